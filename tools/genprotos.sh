@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Regenerates gen/python from protos/. Generated files are never edited by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+site=$("$PY" -c 'import google.api.annotations_pb2 as m, os; print(os.path.dirname(os.path.dirname(os.path.dirname(m.__file__))))')
+tools_inc=$("$PY" -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
+mkdir -p protos/.third_party/google/api
+cp "$site/google/api/annotations.proto" "$site/google/api/http.proto" protos/.third_party/google/api/
+(cd protos && "../$(dirname "$PY")/buf" lint)
+rm -rf gen/python
+mkdir -p gen/python
+mapfile -t files < <(cd protos && find sendsafe -name '*.proto' | sort)
+"$PY" -m grpc_tools.protoc -I protos -I protos/.third_party -I "$tools_inc" \
+  --python_out=gen/python --grpc_python_out=gen/python \
+  --mypy_out=gen/python --mypy_grpc_out=gen/python \
+  "${files[@]/#/protos/}"
+find gen/python/sendsafe -type d -exec touch {}/__init__.py \;
+echo "generated $(find gen/python -name '*_pb2.py' | wc -l) modules"
