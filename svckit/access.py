@@ -1,0 +1,32 @@
+"""The access rules the protos declare, read from the generated descriptors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from google.protobuf import descriptor_pool
+
+from sendsafe.options.v1 import options_pb2
+
+
+@dataclass(frozen=True)
+class Access:
+    allowed_callers: frozenset[str]
+    permission: str
+    privileged: bool
+
+
+@cache
+def access_for(method_path: str) -> Access | None:
+    """Rules for `/pkg.Service/Method`; None if the method is unknown or declares none (deny)."""
+    name = method_path.lstrip("/").replace("/", ".")
+    try:
+        method = descriptor_pool.Default().FindMethodByName(name)
+    except KeyError:
+        return None
+    opts = method.GetOptions()
+    if not opts.HasExtension(options_pb2.access):
+        return None
+    rule = opts.Extensions[options_pb2.access]
+    return Access(frozenset(rule.allowed_callers), rule.permission, rule.privileged)

@@ -1,0 +1,193 @@
+"""grpc.aio server bootstrap: mTLS, caller authorization, error mapping, health, graceful shutdown.
+
+Every RPC goes through `Guard`:
+1. the caller's SPIFFE identity (from its client certificate) must be in the RPC's allowed callers;
+2. an end-user principal is accepted only from the gateway, and the RPC's declared permission must be
+   among the principal's permissions;
+3. the call context (caller, principal, request id) is set for the handler;
+4. DomainError becomes the mapped gRPC status with google.rpc.Status + ErrorInfo; anything else becomes
+   INTERNAL with a generic message (details go to the log with the trace id).
+Denials are reported to `on_denied` (the audit client) before the call is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from sendsafe.context.v1 import principal_pb2
+from svckit import context as callctx
+from svckit.access import access_for
+from svckit.errors import ERROR_DOMAIN, DomainError
+from svckit.tls import TlsFiles, peer_service, server_credentials
+
+_LOG = logging.getLogger(__name__)
+PRINCIPAL_ISSUERS = frozenset({"gateway"})
+_OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+@dataclass(frozen=True)
+class Denial:
+    method: str
+    caller: str | None
+    reason: str
+    principal: principal_pb2.Principal | None
+    peer: str
+
+
+OnDenied = Callable[[Denial], Awaitable[None]]
+
+
+class _RichStatus(grpc.Status):  # type: ignore[misc]
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, bytes], ...]) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing
+
+
+def status_for(code: grpc.StatusCode, reason: str, message: str, metadata: dict[str, str] | None = None) -> Any:
+    """A grpc.Status carrying google.rpc.Status with ErrorInfo, for context.abort_with_status."""
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    rich = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return _RichStatus(code, message, (("grpc-status-details-bin", rich.SerializeToString()),))
+
+
+class Guard(grpc.aio.ServerInterceptor):
+    def __init__(self, on_denied: OnDenied | None = None) -> None:
+        self._on_denied = on_denied
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(_OPEN_PREFIXES):
+            return handler
+        if handler.unary_unary is None:
+            raise NotImplementedError("only unary RPCs are guarded so far")
+        inner = handler.unary_unary
+        guard = self
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = await guard._admit(method, context)
+            try:
+                return await inner(request, context)
+            except DomainError as err:
+                code = grpc.StatusCode[err.code]
+                await context.abort_with_status(status_for(code, err.reason, err.message, err.metadata))
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception:
+                _LOG.exception("unhandled error in %s", method)
+                rid = callctx.request_id()
+                await context.abort_with_status(
+                    status_for(grpc.StatusCode.INTERNAL, "INTERNAL", f"internal error (request id {rid})")
+                )
+            finally:
+                callctx.current.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            guarded,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> Any:
+        access = access_for(method)
+        caller = peer_service(dict(context.auth_context()))  # type: ignore[arg-type]
+        metadata = {k: v for k, v in (context.invocation_metadata() or ())}
+        principal: principal_pb2.Principal | None = None
+        raw = metadata.get(callctx.PRINCIPAL_METADATA_KEY)
+        if raw and caller in PRINCIPAL_ISSUERS:
+            principal = principal_pb2.Principal.FromString(raw if isinstance(raw, bytes) else raw.encode())
+        request_id = str(metadata.get(callctx.REQUEST_ID_METADATA_KEY) or "") or (
+            principal.request_id if principal and principal.request_id else uuid.uuid4().hex
+        )
+        if access is None or caller is None or caller not in access.allowed_callers:
+            await self._deny(context, method, caller, "CALLER_NOT_ALLOWED", principal,
+                             f"service {caller or 'unknown'!s} may not call {method}")
+        elif access.permission and (principal is None or access.permission not in principal.permissions):
+            await self._deny(context, method, caller, "MISSING_PERMISSION", principal,
+                             f"this call needs the {access.permission!r} permission")
+        return callctx.current.set(callctx.CallContext(caller or "", principal, request_id))
+
+    async def _deny(
+        self, context: grpc.aio.ServicerContext, method: str, caller: str | None, reason: str,
+        principal: principal_pb2.Principal | None, message: str,
+    ) -> None:
+        if self._on_denied is not None:
+            try:
+                await self._on_denied(Denial(method, caller, reason, principal, context.peer()))
+            except Exception:
+                _LOG.exception("could not record denial")
+        await context.abort_with_status(status_for(grpc.StatusCode.PERMISSION_DENIED, reason, message))
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    health_server: grpc.aio.Server | None
+    health_port: int | None
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
+
+
+async def start_server(
+    *,
+    listen: str,
+    tls: TlsFiles,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Iterable[str],
+    on_denied: OnDenied | None = None,
+    health_listen: str = "",
+) -> RunningServer:
+    """Start an mTLS server on `listen` (use port 0 in tests) with the guard and health service."""
+    server = grpc.aio.server(interceptors=[Guard(on_denied)], options=[("grpc.so_reuseport", 0)])
+    register(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_secure_port(listen, server_credentials(tls))
+    if port == 0:
+        raise OSError(f"cannot bind {listen}")
+    await server.start()
+    health_server = None
+    health_port = None
+    if health_listen:
+        # Plaintext, health only: kubelet's native gRPC probe cannot present a client certificate.
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
+        health_port = health_server.add_insecure_port(health_listen)
+        await health_server.start()
+    for name in ["", *service_names]:
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, health, health_server, health_port)
+
+
+async def wait_for_shutdown_signal() -> None:
+    """Return on SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

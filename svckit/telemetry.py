@@ -1,0 +1,102 @@
+"""Tracing (OpenTelemetry, W3C propagation, OTLP when configured) and JSON logs with trace ids.
+
+Spans carry who/what/where attributes but never secrets or message content: asyncpg spans hold the
+SQL text without parameters, Redis spans hold the command name with arguments replaced by `?`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from svckit import context as callctx
+
+_instrumented = False
+
+
+def setup_tracing(service_name: str, processors: Iterable[SpanProcessor] = ()) -> TracerProvider:
+    """Install the process-wide tracer provider (once) and instrument grpc.aio, asyncpg and redis."""
+    global _instrumented
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        provider = current
+    else:
+        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        trace.set_tracer_provider(provider)
+    for proc in processors:
+        provider.add_span_processor(proc)
+    if not _instrumented:
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+        from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        GrpcAioInstrumentorServer().instrument()
+        GrpcAioInstrumentorClient().instrument()
+        AsyncPGInstrumentor(capture_parameters=False).instrument()
+        RedisInstrumentor().instrument()
+        _instrumented = True
+    return provider
+
+
+def shutdown_tracing() -> None:
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.force_flush(5000)
+        provider.shutdown()
+
+
+def current_trace_id() -> str:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else ""
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, service, trace/span/request ids."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        span_ctx = trace.get_current_span().get_span_context()
+        out: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "service": self.service,
+        }
+        if span_ctx.is_valid:
+            out["trace_id"] = format(span_ctx.trace_id, "032x")
+            out["span_id"] = format(span_ctx.span_id, "016x")
+        rid = callctx.request_id()
+        if rid:
+            out["request_id"] = rid
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        for key in ("event", "method", "code", "reason"):
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(service: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(service))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("asyncio").setLevel("WARNING")
