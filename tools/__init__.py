@@ -1,0 +1,1 @@
+"""Developer tooling (run as modules, e.g. ``python -m tools.certs``)."""
