@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -22,6 +22,7 @@ from google.protobuf import timestamp_pb2
 from sendsafe.audit.v1 import audit_service_pb2, audit_service_pb2_grpc, event_pb2
 from svckit import context as callctx
 from svckit.errors import Unavailable
+from svckit.server import Denial, OnDenied
 from svckit.telemetry import current_trace_id
 
 _LOG = logging.getLogger(__name__)
@@ -167,3 +168,31 @@ class AuditClient:
         for _, fut in batch:
             if fut is not None and not fut.done():
                 fut.set_result(None)
+
+
+def denial_recorder(record: Callable[[event_pb2.Event], Awaitable[None]], service: str) -> OnDenied:
+    """An `on_denied` hook for svckit.server that records refused calls as audit events."""
+
+    async def on_denied(denial: Denial) -> None:
+        ev = new_event(
+            service,
+            "rpc.denied",
+            outcome=event_pb2.OUTCOME_DENIED,
+            resource_type="rpc",
+            resource_id=denial.method,
+            error_reason=denial.reason,
+            details={"caller": denial.caller or "unknown", "peer": denial.peer},
+        )
+        p = denial.principal
+        if p is not None:
+            ev.actor.type = "user"
+            ev.actor.id = str(p.user_id)
+            ev.actor.account_id = p.account_id
+            ev.actor.api_key_id = p.api_key_id
+            ev.source.client_address = p.client_address
+        else:
+            ev.actor.type = "service"
+            ev.actor.id = denial.caller or "unknown"
+        await record(ev)
+
+    return on_denied

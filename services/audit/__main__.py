@@ -1,0 +1,3 @@
+from services.audit.app import main
+
+main()

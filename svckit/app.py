@@ -1,0 +1,52 @@
+"""Running a service process: logging, tracing, build, serve until SIGTERM, graceful stop.
+
+Each service's `app.py` is its composition root: `build(settings) -> App` wires the pool, Redis,
+clients, the `Service` and its servicer and starts the server (port 0 in tests); `main()` loads the
+settings from the environment once and calls `serve`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from svckit.config import KitSettings
+from svckit.server import RunningServer, wait_for_shutdown_signal
+from svckit.telemetry import setup_logging, setup_tracing, shutdown_tracing
+
+_LOG = logging.getLogger(__name__)
+S = TypeVar("S", bound=KitSettings)
+
+
+@dataclass
+class App:
+    """A started service: its server and everything to close when it stops."""
+
+    server: RunningServer
+    stack: contextlib.AsyncExitStack
+    grace: float = 5.0
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def stop(self) -> None:
+        await self.server.stop(self.grace)
+        await self.stack.aclose()
+
+
+async def serve(build: Callable[[S], Awaitable[App]], settings: S) -> None:
+    setup_logging(settings.service_name, settings.log_level)
+    setup_tracing(settings.service_name)
+    app = await build(settings)
+    _LOG.info("%s serving on port %d", settings.service_name, app.port)
+    try:
+        await wait_for_shutdown_signal()
+        _LOG.info("%s shutting down", settings.service_name)
+    finally:
+        await app.stop()
+        shutdown_tracing()

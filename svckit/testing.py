@@ -1,0 +1,103 @@
+"""Pytest fixtures shared by every test suite (registered in tests/conftest.py).
+
+Tests use the real PostgreSQL and Redis this machine runs, but never their data: each test session
+creates its own databases (`sst_<run>_<name>`) and dropped them at the end, and each test gets its own
+Redis key prefix, deleted afterwards. Certificates are minted per session under a temp directory.
+Override the servers with TEST_PG_DSN (an admin DSN) and TEST_REDIS_URL.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis.asyncio as aioredis
+
+from svckit.db import drop_database, ensure_database
+from svckit.tls import TlsFiles
+
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+@dataclass(frozen=True)
+class CertBundle:
+    dir: Path
+
+    def tls(self, name: str) -> TlsFiles:
+        return TlsFiles(self.dir / f"{name}.crt", self.dir / f"{name}.key", self.dir / "internal-ca.crt")
+
+    @property
+    def public_ca(self) -> Path:
+        return self.dir / "public-ca.crt"
+
+    @property
+    def https_cert(self) -> Path:
+        return self.dir / "gateway-https.crt"
+
+    @property
+    def https_key(self) -> Path:
+        return self.dir / "gateway-https.key"
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> CertBundle:
+    from tools.certs import ensure_dev_certs
+
+    out = tmp_path_factory.mktemp("certs") / "dev"
+    ensure_dev_certs(out)
+    return CertBundle(out)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn() -> str:
+    return os.environ.get("TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+NewDatabase = Callable[[str], Awaitable[str]]
+
+
+@pytest.fixture(scope="session")
+async def new_database(pg_admin_dsn: str) -> AsyncIterator[NewDatabase]:
+    """Factory: `await new_database("identity")` -> DSN of a fresh, empty database."""
+    made: list[str] = []
+
+    async def make(name: str) -> str:
+        parts = urlsplit(pg_admin_dsn)
+        db = f"sst_{RUN_ID}_{name}_{len(made)}"
+        dsn = urlunsplit(parts._replace(path=f"/{db}"))
+        await ensure_database(dsn)
+        made.append(dsn)
+        return dsn
+
+    yield make
+    for dsn in made:
+        await drop_database(dsn)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
+    """A key prefix owned by one test; its keys are deleted afterwards."""
+    prefix = f"sst:{RUN_ID}:{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=prefix + "*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def session_redis_prefix() -> Iterator[str]:
+    yield f"sst:{RUN_ID}:session:"
