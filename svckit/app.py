@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -39,11 +40,22 @@ class App:
         await self.stack.aclose()
 
 
+def write_port_file(port: int) -> None:
+    """Tell a launcher which port was bound (PORT_FILE set: tests and `make run` use port 0)."""
+    path = os.environ.get("PORT_FILE")
+    if path:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(str(port))
+        os.replace(tmp, path)
+
+
 async def serve(build: Callable[[S], Awaitable[App]], settings: S) -> None:
     setup_logging(settings.service_name, settings.log_level)
     setup_tracing(settings.service_name)
     app = await build(settings)
     _LOG.info("%s serving on port %d", settings.service_name, app.port)
+    write_port_file(app.port)
     try:
         await wait_for_shutdown_signal()
         _LOG.info("%s shutting down", settings.service_name)
