@@ -1,0 +1,72 @@
+# SendSafe — the two commands that matter: `make run` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+CHECKOV := .venv-checkov/bin/checkov
+export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
+
+.PHONY: help install protos protos-check certs run test test-unit test-integration test-e2e test-deploy lint bench clean trace-ui-install
+
+help:
+	@echo "make run    start the whole suite (services, worker, gateway) with a demo account"
+	@echo "make test   install everything and run every test (unit, integration, e2e, deploy checks)"
+	@echo "make lint   ruff, mypy, buf lint     make bench   send-path figures     make protos   regenerate gen/"
+
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.lock
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+$(CHECKOV):
+	$(PY) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install -q --upgrade pip
+	.venv-checkov/bin/python -m pip install -q -r deploy/checkov-requirements.lock
+
+protos: install
+	PY=$(BIN)/python tools/genprotos.sh
+
+# CI: the committed generated code must match the protos.
+protos-check: protos
+	@git diff --exit-code --stat -- gen/ || (echo "gen/ is stale: run 'make protos' and commit" && exit 1)
+	@test -z "$$(git status --porcelain -- gen/)" || (echo "gen/ has untracked files: run 'make protos' and commit" && exit 1)
+
+certs: install
+	$(BIN)/python -m tools.certs
+
+run: install
+	$(BIN)/python -m tools.devrun
+
+test: install $(CHECKOV) protos-check
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit -q
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration -q
+
+test-e2e: install
+	$(BIN)/python -m pytest tests/e2e -q
+
+test-deploy: install $(CHECKOV)
+	$(BIN)/python -m pytest tests/deploy -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy svckit services gateway tools bench
+	cd protos && ../$(BIN)/buf lint
+
+bench: install
+	$(BIN)/python -m bench
+
+trace-ui-install:
+	test -x .venv-phoenix/bin/phoenix || ($(PY) -m venv .venv-phoenix && .venv-phoenix/bin/pip install -q arize-phoenix)
+
+clean:
+	rm -rf $(VENV) .venv-checkov .venv-phoenix .dev/run

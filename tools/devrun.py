@@ -1,0 +1,171 @@
+"""`make run`: the whole suite on this machine, ready to take a curl.
+
+Makes sure PostgreSQL and Redis answer (starting the installed servers, or private instances under
+.dev/, when they do not), creates certificates, the development root key and the databases, starts the
+four services, the delivery worker and the gateway as separate processes over mTLS on loopback,
+creates the demo account and API key on first run, prints a curl line, and stops everything on Ctrl-C.
+
+Configuration (environment): GATEWAY_PORT (8443), AUDIT_PORT (50054), KEYS_PORT (50052),
+MESSAGING_PORT (50053), IDENTITY_PORT (50051), PG_DSN (postgresql://postgres@127.0.0.1:5432/postgres),
+REDIS_URL (redis://127.0.0.1:6379/0), SENDSAFE_TRACE_UI=1 (start Arize Phoenix and export traces to it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tools.suite import REPO, Suite, SuiteConfig, ensure_databases, ensure_root_key
+
+DEV = REPO / ".dev"
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_for(host: str, port: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _answers(host, port):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def ensure_postgres(dsn: str) -> None:
+    parts = urlsplit(dsn)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5432
+    if _answers(host, port):
+        return
+    print(f"PostgreSQL is not answering on {host}:{port}; starting it")
+    versions = sorted(Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").exists() else []
+    if versions and shutil.which("pg_ctlcluster"):
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main", "start"], check=False)
+        if _wait_for(host, port, 20):
+            return
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    if not bins:
+        sys.exit("PostgreSQL is not installed. Install it with: apt-get install -y postgresql")
+    bin_dir = bins[-1]
+    data = DEV / "pgdata"
+    data.parent.mkdir(exist_ok=True)
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if not (data / "PG_VERSION").exists():
+        data.mkdir(parents=True, exist_ok=True)
+        if as_pg:
+            shutil.chown(data, "postgres", "postgres")
+        subprocess.run([*as_pg, str(bin_dir / "initdb"), "-A", "trust", "-U", "postgres", "-D", str(data)], check=True)
+    subprocess.run(
+        [*as_pg, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-w",
+         "-o", f"-p {port} -k /tmp -c listen_addresses={host}", "start"],
+        check=True,
+    )
+    if not _wait_for(host, port, 20):
+        sys.exit(f"PostgreSQL did not start; see {data / 'server.log'}")
+
+
+def ensure_redis(url: str) -> None:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    if _answers(host, port):
+        return
+    print(f"Redis is not answering on {host}:{port}; starting it")
+    if not shutil.which("redis-server"):
+        sys.exit("Redis is not installed. Install it with: apt-get install -y redis-server")
+    DEV.mkdir(exist_ok=True)
+    subprocess.run(
+        ["redis-server", "--daemonize", "yes", "--bind", host, "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(DEV), "--logfile", str(DEV / "redis.log")],
+        check=True,
+    )
+    if not _wait_for(host, port, 10):
+        sys.exit(f"Redis did not start; see {DEV / 'redis.log'}")
+
+
+def start_trace_ui(env: dict[str, str]) -> subprocess.Popen[bytes] | None:
+    phoenix = REPO / ".venv-phoenix" / "bin" / "phoenix"
+    if not phoenix.exists():
+        print("SENDSAFE_TRACE_UI=1 needs the trace UI: run `make trace-ui-install` first")
+        return None
+    ui_env = dict(os.environ, PHOENIX_WORKING_DIR=str(DEV / "phoenix"), PHOENIX_HOST="127.0.0.1",
+                  PHOENIX_PORT="16006", PHOENIX_GRPC_PORT="14317", PHOENIX_TELEMETRY_ENABLED="false")
+    log = open(DEV / "phoenix.log", "ab")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen([str(phoenix), "serve"], env=ui_env, stdout=log, stderr=subprocess.STDOUT)
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:14317"
+    print("Trace UI: http://127.0.0.1:16006 (Arize Phoenix; traces arrive once it has started)")
+    return proc
+
+
+def main() -> int:
+    pg_dsn = os.environ.get("PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    ensure_postgres(pg_dsn)
+    ensure_redis(redis_url)
+    from tools.certs import ensure_dev_certs
+
+    certs = DEV / "certs"
+    ensure_dev_certs(certs)
+    config = SuiteConfig(
+        workdir=DEV / "run",
+        certs=certs,
+        pg_admin_dsn=pg_dsn,
+        redis_url=redis_url,
+        root_key_file=ensure_root_key(DEV / "keys-root.key"),
+        ports={
+            "gateway": int(os.environ.get("GATEWAY_PORT", "8443")),
+            "identity": int(os.environ.get("IDENTITY_PORT", "50051")),
+            "keys": int(os.environ.get("KEYS_PORT", "50052")),
+            "messaging": int(os.environ.get("MESSAGING_PORT", "50053")),
+            "audit": int(os.environ.get("AUDIT_PORT", "50054")),
+        },
+    )
+    ensure_databases(config)
+    ui = start_trace_ui(os.environ) if os.environ.get("SENDSAFE_TRACE_UI") == "1" else None  # type: ignore[arg-type]
+    suite = Suite(config)
+    try:
+        suite.start()
+        from tools.bootstrap import bootstrap
+
+        asyncio.run(
+            bootstrap(
+                identity=suite.addrs["identity"], keys=suite.addrs["keys"], certs=certs,
+                out=DEV / "demo.env", gateway_url=suite.gateway_url,
+            )
+        )
+        print(f"\nSendSafe is running (logs in {config.workdir}). Press Ctrl-C to stop.")
+        stop = {"now": False}
+
+        def on_signal(*_: object) -> None:
+            stop["now"] = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        while not stop["now"]:
+            dead = [p.name for p in suite.procs.values() if p.popen.poll() is not None]
+            if dead:
+                print(f"stopped unexpectedly: {', '.join(dead)} (see {config.workdir})")
+                break
+            time.sleep(0.5)
+    finally:
+        print("stopping…")
+        suite.stop()
+        if ui is not None:
+            ui.terminate()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""Start the whole suite as separate processes on loopback: used by `make run`, e2e tests and benchmarks.
+
+Order follows the call graph so every process knows its peers' addresses before it starts:
+audit -> keys -> messaging (+ worker) -> identity -> gateway. Each process binds the port it is given
+(0 = any free port) and reports it through PORT_FILE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICES = ("audit", "keys", "messaging", "identity")
+
+
+@dataclass
+class SuiteConfig:
+    workdir: Path
+    certs: Path
+    pg_admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    db_prefix: str = "sendsafe"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "sendsafe:"
+    root_key_file: Path | None = None
+    ports: dict[str, int] = field(default_factory=dict)
+    env: dict[str, dict[str, str]] = field(default_factory=dict)
+    python: str = sys.executable
+    log_level: str = "INFO"
+    workers: int = 1
+
+    def database_url(self, service: str) -> str:
+        parts = urlsplit(self.pg_admin_dsn)
+        return urlunsplit(parts._replace(path=f"/{self.db_prefix}_{service}"))
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    port: int | None
+
+
+class StartError(RuntimeError):
+    pass
+
+
+class Suite:
+    def __init__(self, config: SuiteConfig) -> None:
+        self.config = config
+        self.procs: dict[str, Proc] = {}
+        self.addrs: dict[str, str] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> Suite:
+        cfg = self.config
+        cfg.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            for name in ("audit", "keys", "messaging", "identity"):
+                self.start_process(name, timeout=timeout)
+            for i in range(cfg.workers):
+                self.start_process("messaging", worker=True, suffix=str(i), timeout=timeout)
+            self.start_process("gateway", timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                proc.popen.wait(remaining)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> Suite:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def gateway_url(self) -> str:
+        port = self.procs["gateway"].port
+        return f"https://localhost:{port}"
+
+    # -- processes -------------------------------------------------------------------------------------
+    def env_for(self, name: str, port_file: Path | None, worker: bool = False) -> dict[str, str]:
+        cfg = self.config
+        cert_name = "messaging" if worker else name
+        env = {
+            k: v for k, v in os.environ.items()
+            if not k.startswith(("GRPC_", "TLS_", "DATABASE_URL", "PORT_FILE", "GATEWAY_"))
+        }
+        env.update(
+            SERVICE_NAME=name,
+            PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'gen' / 'python'}",
+            TLS_CERT_FILE=str(cfg.certs / f"{cert_name}.crt"),
+            TLS_KEY_FILE=str(cfg.certs / f"{cert_name}.key"),
+            TLS_CA_FILE=str(cfg.certs / "internal-ca.crt"),
+            REDIS_URL=cfg.redis_url,
+            REDIS_PREFIX=cfg.redis_prefix,
+            LOG_LEVEL=cfg.log_level,
+            PYTHONUNBUFFERED="1",
+        )
+        for peer, addr in self.addrs.items():
+            env[f"{peer.upper()}_ADDR"] = addr
+        if port_file is not None:
+            env["PORT_FILE"] = str(port_file)
+        port = cfg.ports.get(name, 0)
+        if name == "gateway":
+            env.update(
+                GATEWAY_HTTPS_LISTEN=f"127.0.0.1:{port}",
+                GATEWAY_HTTPS_CERT_FILE=str(cfg.certs / "gateway-https.crt"),
+                GATEWAY_HTTPS_KEY_FILE=str(cfg.certs / "gateway-https.key"),
+            )
+        else:
+            env["GRPC_LISTEN"] = f"127.0.0.1:{0 if worker else port}"
+            env["DATABASE_URL"] = cfg.database_url(name)
+        if name == "keys" and cfg.root_key_file is not None:
+            env["KEYS_ROOT_KEY_FILE"] = str(cfg.root_key_file)
+        env.update(cfg.env.get("worker" if worker else name, {}))
+        return env
+
+    def start_process(self, name: str, *, worker: bool = False, suffix: str = "", timeout: float = 60.0) -> Proc:
+        cfg = self.config
+        label = f"{name}-worker{suffix}" if worker else name
+        log = cfg.workdir / f"{label}.log"
+        port_file = None if worker else cfg.workdir / f"{label}.port"
+        if port_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                port_file.unlink()
+        module = "gateway" if name == "gateway" else f"services.{name}"
+        args = [cfg.python, "-m", module, *(["worker"] if worker else [])]
+        with open(log, "ab") as fh:
+            popen = subprocess.Popen(
+                args, cwd=REPO, env=self.env_for(name, port_file, worker), stdout=fh, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        proc = Proc(label, popen, log, None)
+        self.procs[label] = proc
+        if port_file is not None:
+            proc.port = self._wait_port(proc, port_file, timeout)
+            if name != "gateway":
+                self.addrs[name] = f"127.0.0.1:{proc.port}"
+        return proc
+
+    def restart(self, label: str, timeout: float = 60.0) -> Proc:
+        """Start again a process that stopped (same role, a new port for servers)."""
+        worker = "-worker" in label
+        name = label.split("-worker")[0]
+        suffix = label.split("-worker")[1] if worker else ""
+        return self.start_process(name, worker=worker, suffix=suffix, timeout=timeout)
+
+    def _wait_port(self, proc: Proc, port_file: Path, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if port_file.exists():
+                return int(port_file.read_text())
+            if proc.popen.poll() is not None:
+                tail = proc.log.read_text(errors="replace")[-4000:]
+                raise StartError(f"{proc.name} exited with {proc.popen.returncode}:\n{tail}")
+            time.sleep(0.05)
+        raise StartError(f"{proc.name} did not report its port within {timeout:.0f}s (log: {proc.log})")
+
+
+def ensure_databases(config: SuiteConfig) -> None:
+    """Create the four service databases if missing."""
+    import asyncio
+
+    from svckit.db import ensure_database
+
+    async def run() -> None:
+        for name in SERVICES:
+            await ensure_database(config.database_url(name))
+
+    asyncio.run(run())
+
+
+def ensure_root_key(path: Path) -> Path:
+    """A development root key (32 random bytes, hex) written 0600 if missing."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(os.urandom(32).hex())
+    return path
