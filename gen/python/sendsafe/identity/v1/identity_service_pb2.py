@@ -27,7 +27,7 @@ from sendsafe.identity.v1 import account_pb2 as sendsafe_dot_identity_dot_v1_dot
 from sendsafe.options.v1 import options_pb2 as sendsafe_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+sendsafe/identity/v1/identity_service.proto\x12\x14sendsafe.identity.v1\x1a\x1cgoogle/api/annotations.proto\x1a\"sendsafe/identity/v1/account.proto\x1a!sendsafe/options/v1/options.proto\"\x13\n\x11GetAccountRequest\"\xee\x04\n\x12GetAccountResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x12\n\nuser_email\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x05\x12\x0e\n\x06\x62\x61nned\x18\x05 \x01(\x05\x12\x14\n\x0c\x64\x61te_sign_up\x18\x06 \x01(\x03\x12\x0f\n\x07\x62\x61lance\x18\x07 \x01(\t\x12\x12\n\nuser_phone\x18\x08 \x01(\t\x12\x17\n\x0fuser_first_name\x18\t \x01(\t\x12\x16\n\x0euser_last_name\x18\n \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x0b \x01(\x03\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x0c \x01(\t\x12\x0f\n\x07\x63ountry\x18\r \x01(\t\x12\x1b\n\x13\x64\x65\x66\x61ult_country_sms\x18\x0e \x01(\t\x12\x10\n\x08timezone\x18\x0f \x01(\t\x12\x1b\n\x13setting_unicode_sms\x18\x10 \x01(\x05\x12\x1d\n\x15setting_fix_sender_id\x18\x11 \x01(\x05\x12&\n\x1esetting_sms_message_char_limit\x18\x12 \x01(\x05\x12\x10\n\x08on_trial\x18\x13 \x01(\x05\x12\x15\n\rauto_recharge\x18\x14 \x01(\x05\x12\x19\n\x11low_credit_amount\x18\x15 \x01(\t\x12?\n\x08\x63urrency\x18\x16 \x01(\x0b\x32\x1e.sendsafe.identity.v1.CurrencyB\r\xba\xbb\x18\t_currency\x12\x45\n\nsubaccount\x18\x17 \x01(\x0b\x32 .sendsafe.identity.v1.SubaccountB\x0f\xba\xbb\x18\x0b_subaccount\"!\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\";\n\x0fGetUserResponse\x12(\n\x04user\x18\x01 \x01(\x0b\x32\x1a.sendsafe.identity.v1.User\"\xb2\x01\n\x14\x43reateAccountRequest\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x01 \x01(\t\x12\x14\n\x0c\x61pi_username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x14\n\x0cphone_number\x18\x04 \x01(\t\x12\x12\n\nfirst_name\x18\x05 \x01(\t\x12\x11\n\tlast_name\x18\x06 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x07 \x01(\t\x12\x11\n\ttest_mode\x18\x08 \x01(\x08\"U\n\x15\x43reateAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12(\n\x04user\x18\x02 \x01(\x0b\x32\x1a.sendsafe.identity.v1.User2\x9a\x03\n\x0fIdentityService\x12\xa8\x01\n\nGetAccount\x12\'.sendsafe.identity.v1.GetAccountRequest\x1a(.sendsafe.identity.v1.GetAccountResponse\"G\xaa\xbb\x18\x17\n\x07gateway\x12\x0c\x61\x63\x63ount.read\xb2\xbb\x18\x15\n\x13Here\'s your account\x82\xd3\xe4\x93\x02\r\x12\x0b/v3/account\x12\x65\n\x07GetUser\x12$.sendsafe.identity.v1.GetUserRequest\x1a%.sendsafe.identity.v1.GetUserResponse\"\r\xaa\xbb\x18\t\n\x07gateway\x12u\n\rCreateAccount\x12*.sendsafe.identity.v1.CreateAccountRequest\x1a+.sendsafe.identity.v1.CreateAccountResponse\"\x0b\xaa\xbb\x18\x07\n\x03ops\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+sendsafe/identity/v1/identity_service.proto\x12\x14sendsafe.identity.v1\x1a\x1cgoogle/api/annotations.proto\x1a\"sendsafe/identity/v1/account.proto\x1a!sendsafe/options/v1/options.proto\"\x13\n\x11GetAccountRequest\"\xee\x04\n\x12GetAccountResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x12\n\nuser_email\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x05\x12\x0e\n\x06\x62\x61nned\x18\x05 \x01(\x05\x12\x14\n\x0c\x64\x61te_sign_up\x18\x06 \x01(\x03\x12\x0f\n\x07\x62\x61lance\x18\x07 \x01(\t\x12\x12\n\nuser_phone\x18\x08 \x01(\t\x12\x17\n\x0fuser_first_name\x18\t \x01(\t\x12\x16\n\x0euser_last_name\x18\n \x01(\t\x12\x0f\n\x07\x61\x63\x63ount\x18\x0b \x01(\x03\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x0c \x01(\t\x12\x0f\n\x07\x63ountry\x18\r \x01(\t\x12\x1b\n\x13\x64\x65\x66\x61ult_country_sms\x18\x0e \x01(\t\x12\x10\n\x08timezone\x18\x0f \x01(\t\x12\x1b\n\x13setting_unicode_sms\x18\x10 \x01(\x05\x12\x1d\n\x15setting_fix_sender_id\x18\x11 \x01(\x05\x12&\n\x1esetting_sms_message_char_limit\x18\x12 \x01(\x05\x12\x10\n\x08on_trial\x18\x13 \x01(\x05\x12\x15\n\rauto_recharge\x18\x14 \x01(\x05\x12\x19\n\x11low_credit_amount\x18\x15 \x01(\t\x12?\n\x08\x63urrency\x18\x16 \x01(\x0b\x32\x1e.sendsafe.identity.v1.CurrencyB\r\xba\xbb\x18\t_currency\x12\x45\n\nsubaccount\x18\x17 \x01(\x0b\x32 .sendsafe.identity.v1.SubaccountB\x0f\xba\xbb\x18\x0b_subaccount\"7\n\x0eGetUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x61pi_username\x18\x02 \x01(\t\";\n\x0fGetUserResponse\x12(\n\x04user\x18\x01 \x01(\x0b\x32\x1a.sendsafe.identity.v1.User\"\xb2\x01\n\x14\x43reateAccountRequest\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x01 \x01(\t\x12\x14\n\x0c\x61pi_username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x14\n\x0cphone_number\x18\x04 \x01(\t\x12\x12\n\nfirst_name\x18\x05 \x01(\t\x12\x11\n\tlast_name\x18\x06 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x07 \x01(\t\x12\x11\n\ttest_mode\x18\x08 \x01(\x08\"U\n\x15\x43reateAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12(\n\x04user\x18\x02 \x01(\x0b\x32\x1a.sendsafe.identity.v1.User2\x9f\x03\n\x0fIdentityService\x12\xa8\x01\n\nGetAccount\x12\'.sendsafe.identity.v1.GetAccountRequest\x1a(.sendsafe.identity.v1.GetAccountResponse\"G\xaa\xbb\x18\x17\n\x07gateway\x12\x0c\x61\x63\x63ount.read\xb2\xbb\x18\x15\n\x13Here\'s your account\x82\xd3\xe4\x93\x02\r\x12\x0b/v3/account\x12j\n\x07GetUser\x12$.sendsafe.identity.v1.GetUserRequest\x1a%.sendsafe.identity.v1.GetUserResponse\"\x12\xaa\xbb\x18\x0e\n\x07gateway\n\x03ops\x12u\n\rCreateAccount\x12*.sendsafe.identity.v1.CreateAccountRequest\x1a+.sendsafe.identity.v1.CreateAccountResponse\"\x0b\xaa\xbb\x18\x07\n\x03ops\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,7 +41,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IDENTITYSERVICE'].methods_by_name['GetAccount']._loaded_options = None
   _globals['_IDENTITYSERVICE'].methods_by_name['GetAccount']._serialized_options = b'\252\273\030\027\n\007gateway\022\014account.read\262\273\030\025\n\023Here\'s your account\202\323\344\223\002\r\022\013/v3/account'
   _globals['_IDENTITYSERVICE'].methods_by_name['GetUser']._loaded_options = None
-  _globals['_IDENTITYSERVICE'].methods_by_name['GetUser']._serialized_options = b'\252\273\030\t\n\007gateway'
+  _globals['_IDENTITYSERVICE'].methods_by_name['GetUser']._serialized_options = b'\252\273\030\016\n\007gateway\n\003ops'
   _globals['_IDENTITYSERVICE'].methods_by_name['CreateAccount']._loaded_options = None
   _globals['_IDENTITYSERVICE'].methods_by_name['CreateAccount']._serialized_options = b'\252\273\030\007\n\003ops\030\001'
   _globals['_GETACCOUNTREQUEST']._serialized_start=170
@@ -49,13 +49,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETACCOUNTRESPONSE']._serialized_start=192
   _globals['_GETACCOUNTRESPONSE']._serialized_end=814
   _globals['_GETUSERREQUEST']._serialized_start=816
-  _globals['_GETUSERREQUEST']._serialized_end=849
-  _globals['_GETUSERRESPONSE']._serialized_start=851
-  _globals['_GETUSERRESPONSE']._serialized_end=910
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=913
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=1091
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=1093
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=1178
-  _globals['_IDENTITYSERVICE']._serialized_start=1181
-  _globals['_IDENTITYSERVICE']._serialized_end=1591
+  _globals['_GETUSERREQUEST']._serialized_end=871
+  _globals['_GETUSERRESPONSE']._serialized_start=873
+  _globals['_GETUSERRESPONSE']._serialized_end=932
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=935
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=1113
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=1115
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=1200
+  _globals['_IDENTITYSERVICE']._serialized_start=1203
+  _globals['_IDENTITYSERVICE']._serialized_end=1618
 # @@protoc_insertion_point(module_scope)

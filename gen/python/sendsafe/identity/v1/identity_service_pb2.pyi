@@ -125,20 +125,25 @@ Global___GetAccountResponse: _TypeAlias = GetAccountResponse  # noqa: Y015
 
 @_typing.final
 class GetUserRequest(_message.Message):
-    """Look up one user by id."""
+    """Look up one user by id, or (when user_id is 0) by api_username
+    (case-insensitive).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
+    API_USERNAME_FIELD_NUMBER: _builtins.int
     user_id: _builtins.int
+    api_username: _builtins.str
     def __init__(
         self,
         *,
         user_id: _builtins.int = ...,
+        api_username: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_username", b"api_username", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -65,7 +65,8 @@ class IdentityServiceServicer:
 
     def GetUser(self, request, context):
         """Internal: a user's authentication facts, for the gateway to complete an
-        API-key login (username check, active flag, permissions).
+        API-key login (username check, active flag, permissions), and for
+        operator tooling to find an existing user by name (the demo bootstrap).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

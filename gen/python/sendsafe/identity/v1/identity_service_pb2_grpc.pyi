@@ -37,7 +37,8 @@ class IdentityServiceStub:
     """The caller's account (ClickSend `GET /v3/account`)."""
     GetUser: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.GetUserRequest, _identity_service_pb2.GetUserResponse]
     """Internal: a user's authentication facts, for the gateway to complete an
-    API-key login (username check, active flag, permissions).
+    API-key login (username check, active flag, permissions), and for
+    operator tooling to find an existing user by name (the demo bootstrap).
     """
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.CreateAccountRequest, _identity_service_pb2.CreateAccountResponse]
     """Internal: create an account with its main user (operator tooling)."""
@@ -51,7 +52,8 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """The caller's account (ClickSend `GET /v3/account`)."""
     GetUser: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.GetUserRequest, _identity_service_pb2.GetUserResponse]  # type: ignore[assignment]
     """Internal: a user's authentication facts, for the gateway to complete an
-    API-key login (username check, active flag, permissions).
+    API-key login (username check, active flag, permissions), and for
+    operator tooling to find an existing user by name (the demo bootstrap).
     """
     CreateAccount: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.CreateAccountRequest, _identity_service_pb2.CreateAccountResponse]  # type: ignore[assignment]
     """Internal: create an account with its main user (operator tooling)."""
@@ -74,7 +76,8 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_service_pb2.GetUserResponse, _abc.Awaitable[_identity_service_pb2.GetUserResponse]]:
         """Internal: a user's authentication facts, for the gateway to complete an
-        API-key login (username check, active flag, permissions).
+        API-key login (username check, active flag, permissions), and for
+        operator tooling to find an existing user by name (the demo bootstrap).
         """
 
     @_abc_1.abstractmethod
