@@ -1,0 +1,193 @@
+"""Identity domain rules: permissions from flags, username/email/phone/country checks."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from google.protobuf import descriptor_pool
+
+from sendsafe.audit.v1 import audit_service_pb2
+from sendsafe.identity.v1 import identity_service_pb2
+from sendsafe.keys.v1 import keys_service_pb2
+from sendsafe.messaging.v1 import messaging_service_pb2
+from sendsafe.options.v1 import options_pb2
+from services.identity import domain
+from services.identity.domain import (
+    ALWAYS,
+    FLAG_NAMES,
+    PERMISSION_FLAGS,
+    AccessFlags,
+    BalanceUnavailable,
+    CountryInvalid,
+    EmailInvalid,
+    NameInvalid,
+    PhoneInvalid,
+    UsernameInvalid,
+    check_balance,
+    check_email,
+    check_phone,
+    check_username,
+    derive_permissions,
+    new_account,
+)
+
+
+def _declared_permissions() -> set[str]:
+    pool = descriptor_pool.Default()
+    out: set[str] = set()
+    for module in (identity_service_pb2, keys_service_pb2, messaging_service_pb2, audit_service_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in pool.FindServiceByName(service.full_name).methods:
+                opts = method.GetOptions()
+                if opts.HasExtension(options_pb2.access) and opts.Extensions[options_pb2.access].permission:
+                    out.add(opts.Extensions[options_pb2.access].permission)
+    return out
+
+
+def test_every_declared_permission_has_a_rule() -> None:
+    declared = _declared_permissions()
+    assert declared, "no permissions found in the descriptors"
+    assert declared <= set(PERMISSION_FLAGS), f"unmapped: {declared - set(PERMISSION_FLAGS)}"
+
+
+def test_rules_name_real_flags() -> None:
+    assert all(flag is ALWAYS or flag in FLAG_NAMES for flag in PERMISSION_FLAGS.values())
+
+
+def test_today_mapping() -> None:
+    assert PERMISSION_FLAGS["account.read"] is ALWAYS
+    assert PERMISSION_FLAGS["sms.send"] == "access_sms"
+    assert PERMISSION_FLAGS["sms.read"] == "access_reporting"
+    assert PERMISSION_FLAGS["audit.read"] == "access_reporting"
+
+
+def test_new_user_defaults_to_least_privilege() -> None:
+    flags = AccessFlags()
+    assert not any(getattr(flags, f) for f in FLAG_NAMES)
+    assert derive_permissions(flags, is_main=False, enabled=True) == {"account.read"}
+
+
+def test_flags_grant_their_permissions() -> None:
+    assert derive_permissions(AccessFlags(access_sms=True), is_main=False, enabled=True) == {
+        "account.read",
+        "sms.send",
+    }
+    assert derive_permissions(AccessFlags(access_reporting=True), is_main=False, enabled=True) == {
+        "account.read",
+        "sms.read",
+        "audit.read",
+    }
+    # Flags that grant nothing today grant nothing.
+    assert derive_permissions(AccessFlags(access_billing=True), is_main=False, enabled=True) == {"account.read"}
+
+
+def test_main_user_holds_every_permission_whatever_its_flags() -> None:
+    assert derive_permissions(AccessFlags(), is_main=True, enabled=True) == set(PERMISSION_FLAGS)
+    assert AccessFlags.all_granted().access_sms and not AccessFlags.all_granted().hide_pricing
+
+
+@pytest.mark.parametrize("is_main", [True, False])
+def test_disabled_users_hold_nothing(is_main: bool) -> None:
+    assert derive_permissions(AccessFlags.all_granted(), is_main=is_main, enabled=False) == frozenset()
+
+
+@pytest.mark.parametrize("name", ["abc", "demo", "a.b_c-d@e", "A" * 64, "User.Name@example.com"])
+def test_good_usernames(name: str) -> None:
+    assert check_username(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "ab", "A" * 65, "has space", "tab\t", "new\nline", "ünï", "semi;colon", "demo\n"])
+def test_bad_usernames(name: str) -> None:
+    with pytest.raises(UsernameInvalid) as info:
+        check_username(name)
+    assert info.value.reason == "USERNAME_INVALID"
+
+
+def test_email() -> None:
+    assert check_email(" Demo.User+tag@Example.COM ") == "Demo.User+tag@example.com"
+    for bad in ["", "no-at", "a@b", "a@@b.com", "a b@c.com", "a@-b.com", ".a@b.com", "x" * 65 + "@b.com", "a@b.c\x00m"]:
+        with pytest.raises(EmailInvalid):
+            check_email(bad)
+
+
+def test_phone() -> None:
+    assert check_phone("", "AU") == ""
+    assert check_phone("+61411111111", "AU") == "+61411111111"
+    assert check_phone("0411 111 111", "AU") == "+61411111111"
+    for bad in ["+6141111", "abc", "+61411111111 ext 2", "tel:+61411111111", "1" * 40]:
+        with pytest.raises(PhoneInvalid):
+            check_phone(bad, "AU")
+
+
+def _new(**overrides: object) -> domain.NewAccount:
+    args: dict[str, object] = dict(
+        account_name="Demo",
+        api_username="demo",
+        email="demo@example.com",
+        phone_number="",
+        first_name="Demo",
+        last_name="User",
+        country="",
+        test_mode=False,
+        default_country="AU",
+        default_timezone="Australia/Melbourne",
+    )
+    args.update(overrides)
+    return new_account(**args)  # type: ignore[arg-type]
+
+
+def test_new_account_normalises() -> None:
+    new = _new(account_name="  Demo   Co ", country="nz", phone_number="021 123 4567")
+    assert new.account_name == "Demo Co"
+    assert new.country == "NZ"
+    assert new.phone_number.startswith("+64")
+    assert new.timezone == "Australia/Melbourne"
+    assert _new().country == "AU"
+
+
+def test_new_account_rejects() -> None:
+    with pytest.raises(NameInvalid):
+        _new(account_name="   ")
+    with pytest.raises(NameInvalid):
+        _new(first_name="x" * 101)
+    with pytest.raises(NameInvalid):
+        _new(last_name="bell\x07")
+    with pytest.raises(CountryInvalid):
+        _new(country="XX")
+    with pytest.raises(UsernameInvalid):
+        _new(api_username="no")
+
+
+def test_balance_is_reported_not_invented() -> None:
+    assert check_balance("12.5") == "12.500000"
+    assert check_balance("-1.25") == "-1.250000"
+    for bad in ["", "abc", "NaN", "Infinity"]:
+        with pytest.raises(BalanceUnavailable) as info:
+            check_balance(bad)
+        assert info.value.code == "UNAVAILABLE"
+
+
+def test_user_permissions_follow_enabled() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    user = domain.User(
+        id=1,
+        account_id=1,
+        api_username="sub",
+        email="s@example.com",
+        phone_number="",
+        first_name="",
+        last_name="",
+        is_main=False,
+        notes=None,
+        flags=AccessFlags(access_sms=True),
+        active=True,
+        banned=False,
+        create_time=now,
+        update_time=now,
+    )
+    assert user.enabled and "sms.send" in user.permissions
+    assert replace(user, banned=True).permissions == frozenset()
+    assert replace(user, active=False).permissions == frozenset()
