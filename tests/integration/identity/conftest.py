@@ -1,0 +1,129 @@
+"""Identity over real mTLS and PostgreSQL, with small fake messaging and keys servers (real mTLS,
+real Guard) standing in for the services being built alongside."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
+from sendsafe.messaging.v1 import messaging_service_pb2, messaging_service_pb2_grpc
+from services.identity.config import Settings
+from svckit.app import App
+from svckit.server import RunningServer, start_server
+from svckit.testing import CertBundle, NewDatabase
+
+BALANCE = "12.500000"
+
+
+class FakeMessaging(messaging_service_pb2_grpc.MessagingServiceServicer):
+    def __init__(self) -> None:
+        self.balance_calls: list[int] = []
+
+    async def GetBalance(
+        self, request: messaging_service_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> messaging_service_pb2.GetBalanceResponse:
+        self.balance_calls.append(request.account_id)
+        return messaging_service_pb2.GetBalanceResponse(balance=BALANCE)
+
+
+class FakeKeys(keys_service_pb2_grpc.KeysServiceServicer):
+    def __init__(self) -> None:
+        self.issued: list[keys_service_pb2.IssueApiKeyRequest] = []
+        self._n = itertools.count(1)
+
+    async def IssueApiKey(
+        self, request: keys_service_pb2.IssueApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> keys_service_pb2.IssueApiKeyResponse:
+        self.issued.append(request)
+        n = next(self._n)
+        return keys_service_pb2.IssueApiKeyResponse(key_id=f"key{n}", api_key=f"sk_test_fake_{n:04d}")
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+async def fake_messaging(certs: CertBundle) -> AsyncIterator[tuple[FakeMessaging, RunningServer]]:
+    servicer = FakeMessaging()  # type: ignore[abstract]  # only GetBalance is needed
+    server = await start_server(
+        listen="127.0.0.1:0",
+        tls=certs.tls("messaging"),
+        register=lambda s: messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(servicer, s),
+        service_names=["sendsafe.messaging.v1.MessagingService"],
+    )
+    yield servicer, server
+    await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+async def fake_keys(certs: CertBundle) -> AsyncIterator[tuple[FakeKeys, RunningServer]]:
+    servicer = FakeKeys()  # type: ignore[abstract]  # only IssueApiKey is needed
+    server = await start_server(
+        listen="127.0.0.1:0",
+        tls=certs.tls("keys"),
+        register=lambda s: keys_service_pb2_grpc.add_KeysServiceServicer_to_server(servicer, s),
+        service_names=["sendsafe.keys.v1.KeysService"],
+    )
+    yield servicer, server
+    await server.stop(0)
+
+
+@pytest.fixture(scope="session")
+async def identity_dsn(new_database: NewDatabase) -> str:
+    return await new_database("identity")
+
+
+def identity_settings(certs: CertBundle, dsn: str, *, audit_port: int, messaging_port: int, **kw: object) -> Settings:
+    tls = certs.tls("identity")
+    return Settings(
+        tls_cert_file=tls.cert,
+        tls_key_file=tls.key,
+        tls_ca_file=tls.ca,
+        database_url=dsn,
+        audit_addr=f"127.0.0.1:{audit_port}",
+        messaging_addr=f"127.0.0.1:{messaging_port}",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+async def identity_app(
+    certs: CertBundle, identity_dsn: str, audit_app: App, fake_messaging: tuple[FakeMessaging, RunningServer]
+) -> AsyncIterator[App]:
+    """The real identity service, in-process, over mTLS on a free port."""
+    from services.identity.app import build
+
+    app = await build(
+        identity_settings(certs, identity_dsn, audit_port=audit_app.port, messaging_port=fake_messaging[1].port)
+    )
+    yield app
+    await app.stop()
+
+
+@pytest.fixture(scope="session")
+async def cut_off_identity(certs: CertBundle, identity_dsn: str) -> AsyncIterator[App]:
+    """A second identity on the same database whose audit and messaging addresses answer nothing."""
+    from services.identity.app import build
+
+    app = await build(
+        identity_settings(
+            certs,
+            identity_dsn,
+            audit_port=closed_port(),
+            messaging_port=closed_port(),
+            audit_strict_timeout_seconds=0.5,
+            messaging_timeout_seconds=0.5,
+            shutdown_grace_seconds=0.2,
+        )
+    )
+    yield app
+    await app.stop()
