@@ -1,0 +1,1 @@
+"""SendSafe's HTTPS gateway: TLS termination, authentication, JSON <-> gRPC, trace start, audit."""
