@@ -1,0 +1,348 @@
+"""Who is calling: HTTP authentication and the principal forwarded to the services.
+
+ClickSend's scheme is HTTP Basic with `api_username:api_key`. Verification:
+1. keys `VerifyApiKey(api_key)` -> key id, account, user, scopes (unknown/revoked/expired keys fail);
+2. identity `GetUser(user_id)` -> the user's api_username, active flag, permissions, test mode;
+3. the presented username must equal the user's api_username (constant-time), the user must be
+   active and belong to the key's account;
+4. permissions = the user's permissions, intersected with the key's scopes when it has any.
+
+Results (successes AND definitive failures) are cached for at most `cache_seconds` (hard max 5 s)
+under a SHA-256 of the scheme and credentials; the raw key is never stored. Concurrent requests with
+the same credentials share one verification. Transport failures (keys/identity unavailable) are not
+cached and surface as 5xx, never as 401.
+
+Seam for other schemes: `Authenticator.register_scheme("bearer", handler)` where `handler(credentials,
+request_id) -> Identity` (session tokens resolve through identity and set auth_method SESSION,
+session_id and mfa_time). Nothing else in the gateway depends on how the caller authenticated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from gateway.config import Network
+from gateway.errors import from_rpc_error, parse_status_details
+from sendsafe.context.v1 import principal_pb2
+from sendsafe.identity.v1 import identity_service_pb2
+from sendsafe.keys.v1 import keys_service_pb2
+from svckit import context as callctx
+
+_LOG = logging.getLogger(__name__)
+
+MAX_USERNAME_BYTES = 256
+MAX_API_KEY_BYTES = 512
+# gRPC codes with which keys/identity *reject* credentials (as opposed to failing to answer).
+_REJECTING_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+_AUTH_METHOD_NAMES: dict[int, str] = {
+    principal_pb2.AUTH_METHOD_API_KEY: "api_key",
+    principal_pb2.AUTH_METHOD_SESSION: "session",
+}
+# Guard reasons that mean the gateway itself is misconfigured, not that the caller is wrong.
+_GATEWAY_MISCONFIGURED = frozenset({"CALLER_NOT_ALLOWED"})
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated caller (the request-independent part of the principal)."""
+
+    account_id: int
+    user_id: int
+    api_username: str
+    auth_method: int  # principal_pb2.AuthMethod
+    permissions: frozenset[str]
+    test_mode: bool = False
+    api_key_id: str = ""
+    session_id: str = ""
+    mfa_time: timestamp_pb2.Timestamp | None = None
+
+    @property
+    def auth_method_name(self) -> str:
+        return _AUTH_METHOD_NAMES.get(self.auth_method, "")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A definitive "no" for some credentials (cacheable; an exception instance is not)."""
+
+    reason: str  # public: MISSING_CREDENTIALS | INVALID_CREDENTIALS
+    detail: str  # log/audit only: KEY_REJECTED, USERNAME_MISMATCH, USER_INACTIVE, ...
+    account_id: int = 0
+    user_id: int = 0
+    api_key_id: str = ""
+
+
+class AuthFailure(Exception):
+    """Credentials missing or rejected. `reason` is public; `detail` is for the log and audit only."""
+
+    def __init__(self, reason: str, detail: str, *, account_id: int = 0, user_id: int = 0, api_key_id: str = ""):
+        super().__init__(f"{reason} ({detail})")
+        self.reason = reason
+        self.detail = detail
+        self.account_id = account_id
+        self.user_id = user_id
+        self.api_key_id = api_key_id
+
+    @classmethod
+    def of(cls, r: Rejection) -> AuthFailure:
+        return cls(r.reason, r.detail, account_id=r.account_id, user_id=r.user_id, api_key_id=r.api_key_id)
+
+
+class KeysStub(Protocol):
+    def VerifyApiKey(
+        self, request: keys_service_pb2.VerifyApiKeyRequest, *, timeout: float | None = ..., metadata: Any = ...
+    ) -> Awaitable[keys_service_pb2.VerifyApiKeyResponse]: ...
+
+
+class IdentityStub(Protocol):
+    def GetUser(
+        self, request: identity_service_pb2.GetUserRequest, *, timeout: float | None = ..., metadata: Any = ...
+    ) -> Awaitable[identity_service_pb2.GetUserResponse]: ...
+
+
+SchemeHandler = Callable[[str, str], Awaitable[Identity]]
+
+
+class TtlCache:
+    """A bounded LRU of (expiry, value) with single-flight loading."""
+
+    def __init__(self, ttl: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[bytes, tuple[float, Identity | Rejection]] = OrderedDict()
+        self._inflight: dict[bytes, asyncio.Future[Identity | Rejection]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def digests(self) -> list[bytes]:
+        return list(self._entries)
+
+    async def get_or_load(
+        self, key: bytes, load: Callable[[], Awaitable[Identity | Rejection]]
+    ) -> Identity | Rejection:
+        now = self._clock()
+        entry = self._entries.get(key)
+        if entry is not None:
+            if entry[0] > now:
+                self.hits += 1
+                self._entries.move_to_end(key)
+                return entry[1]
+            del self._entries[key]
+        pending = self._inflight.get(key)
+        if pending is not None:
+            self.hits += 1
+            return await asyncio.shield(pending)
+        self.misses += 1
+        fut: asyncio.Future[Identity | Rejection] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            value = await load()
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters (if any) re-raise it themselves
+            raise
+        finally:
+            self._inflight.pop(key, None)
+        fut.set_result(value)
+        if self.ttl > 0:
+            self._entries[key] = (self._clock() + self.ttl, value)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return value
+
+
+class Authenticator:
+    def __init__(
+        self,
+        keys: KeysStub,
+        identity: IdentityStub,
+        *,
+        cache_seconds: float,
+        timeout: float = 5.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._keys = keys
+        self._identity = identity
+        self._timeout = timeout
+        self.cache = TtlCache(cache_seconds, max_entries, clock)
+        self._schemes: dict[str, SchemeHandler] = {"basic": self._basic}
+
+    def register_scheme(self, scheme: str, handler: SchemeHandler) -> None:
+        """Accept `Authorization: <scheme> <credentials>` (e.g. "bearer" for session tokens)."""
+        self._schemes[scheme.lower()] = handler
+
+    async def authenticate(self, authorization: str | None, request_id: str = "") -> Identity:
+        """The caller's identity, or AuthFailure. Upstream outages raise GatewayError (5xx)."""
+        if not authorization or not authorization.strip():
+            raise AuthFailure("MISSING_CREDENTIALS", "NO_AUTHORIZATION_HEADER")
+        scheme, _, credentials = authorization.strip().partition(" ")
+        handler = self._schemes.get(scheme.lower())
+        if handler is None:
+            raise AuthFailure("INVALID_CREDENTIALS", "UNSUPPORTED_SCHEME")
+        return await handler(credentials.strip(), request_id)
+
+    async def _basic(self, credentials: str, request_id: str) -> Identity:
+        try:
+            decoded = base64.b64decode(credentials, validate=True)
+        except (binascii.Error, ValueError):
+            raise AuthFailure("INVALID_CREDENTIALS", "MALFORMED_BASIC") from None
+        username_b, sep, key_b = decoded.partition(b":")
+        if not sep or not username_b or not key_b:
+            raise AuthFailure("INVALID_CREDENTIALS", "MALFORMED_BASIC")
+        if len(username_b) > MAX_USERNAME_BYTES or len(key_b) > MAX_API_KEY_BYTES:
+            raise AuthFailure("INVALID_CREDENTIALS", "CREDENTIALS_TOO_LONG")
+        try:
+            username, api_key = username_b.decode("utf-8"), key_b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise AuthFailure("INVALID_CREDENTIALS", "MALFORMED_BASIC") from None
+        cache_key = credential_digest("basic", username_b, key_b)
+        result = await self.cache.get_or_load(cache_key, lambda: self._verify_basic(username, api_key, request_id))
+        if isinstance(result, Rejection):
+            raise AuthFailure.of(result)
+        return result
+
+    async def _verify_basic(self, username: str, api_key: str, request_id: str) -> Identity | Rejection:
+        metadata = ((callctx.REQUEST_ID_METADATA_KEY, request_id),) if request_id else ()
+        try:
+            key = await self._keys.VerifyApiKey(
+                keys_service_pb2.VerifyApiKeyRequest(api_key=api_key), timeout=self._timeout, metadata=metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            return self._rejection(err, "KEY_REJECTED")
+        try:
+            got = await self._identity.GetUser(
+                identity_service_pb2.GetUserRequest(user_id=key.user_id), timeout=self._timeout, metadata=metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            return self._rejection(err, "USER_NOT_FOUND", key)
+        user = got.user
+        who: dict[str, Any] = {"account_id": key.account_id, "user_id": key.user_id, "api_key_id": key.key_id}
+        if not hmac.compare_digest(username.encode("utf-8"), user.api_username.encode("utf-8")):
+            return Rejection("INVALID_CREDENTIALS", "USERNAME_MISMATCH", **who)
+        if user.user_id != key.user_id or user.account_id != key.account_id:
+            return Rejection("INVALID_CREDENTIALS", "ACCOUNT_MISMATCH", **who)
+        if not user.active:
+            return Rejection("INVALID_CREDENTIALS", "USER_INACTIVE", **who)
+        permissions = frozenset(user.permissions)
+        if key.scopes:
+            permissions &= frozenset(key.scopes)
+        return Identity(
+            account_id=key.account_id,
+            user_id=key.user_id,
+            api_username=user.api_username,
+            auth_method=principal_pb2.AUTH_METHOD_API_KEY,
+            permissions=permissions,
+            test_mode=user.test_mode,
+            api_key_id=key.key_id,
+        )
+
+    def _rejection(
+        self, err: grpc.aio.AioRpcError, detail: str, key: keys_service_pb2.VerifyApiKeyResponse | None = None
+    ) -> Rejection:
+        _, info = parse_status_details(err.trailing_metadata())
+        reason = info.reason if info is not None else ""
+        if reason in _GATEWAY_MISCONFIGURED:
+            raise RuntimeError(f"the gateway may not call the credential services: {err.details()}")
+        if err.code() not in _REJECTING_CODES:
+            raise from_rpc_error(err)
+        who: dict[str, Any] = {}
+        if key is not None:
+            who = {"account_id": key.account_id, "user_id": key.user_id, "api_key_id": key.key_id}
+        return Rejection("INVALID_CREDENTIALS", f"{detail}:{reason}" if reason else detail, **who)
+
+
+def credential_digest(scheme: str, *parts: bytes) -> bytes:
+    """The cache key for a credential: SHA-256 over length-prefixed parts (never the secret itself)."""
+    h = hashlib.sha256(scheme.encode("ascii") + b"\x00")
+    for part in parts:
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    return h.digest()
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where a request came from (per request, not cached)."""
+
+    client_address: str
+    user_agent: str = ""
+    tls_version: str = ""
+    tls_cipher: str = ""
+
+
+def client_address(peer: str, forwarded_for: list[str], trusted: tuple[Network, ...]) -> str:
+    """The client's IP: the TCP peer, unless the peer is a trusted proxy.
+
+    Behind trusted proxies, X-Forwarded-For is read right to left and the first hop that is not a
+    trusted proxy is the client (hops added by the client itself sit further left and are ignored).
+    A malformed hop stops the walk at the last trusted proxy seen.
+    """
+    if not trusted or not _in_networks(peer, trusted):
+        return peer
+    hops = [h.strip() for value in forwarded_for for h in value.split(",") if h.strip()]
+    current = peer
+    for hop in reversed(hops):
+        try:
+            ip = ipaddress.ip_address(hop)
+        except ValueError:
+            return current
+        current = str(ip)
+        if not _in_networks(current, trusted):
+            return current
+    return current
+
+
+def _in_networks(addr: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def build_principal(identity: Identity, conn: Connection, request_id: str) -> principal_pb2.Principal:
+    p = principal_pb2.Principal(
+        account_id=identity.account_id,
+        user_id=identity.user_id,
+        api_username=identity.api_username,
+        auth_method=identity.auth_method,  # type: ignore[arg-type]
+        api_key_id=identity.api_key_id,
+        session_id=identity.session_id,
+        permissions=sorted(identity.permissions),
+        client_address=conn.client_address,
+        user_agent=conn.user_agent,
+        tls_version=conn.tls_version,
+        tls_cipher=conn.tls_cipher,
+        request_id=request_id,
+        test_mode=identity.test_mode,
+    )
+    if identity.mfa_time is not None:
+        p.mfa_time.CopyFrom(identity.mfa_time)
+    return p

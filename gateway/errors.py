@@ -1,0 +1,151 @@
+"""Gateway errors and their rendering on both surfaces.
+
+One exception type, `GatewayError`, carries everything a response needs: the HTTP status, the gRPC
+status name, a stable UPPER_SNAKE reason and a human message. Errors from services come from their
+gRPC status: the code maps to HTTP through `svckit.errors.HTTP_STATUS` (the only mapping) and the
+reason is the ErrorInfo inside `grpc-status-details-bin`. Transport-level failures (no rich status
+from a SendSafe service) get a generic message, so internal addresses never reach a client.
+
+Rendering:
+- `/v3/...`: the ClickSend envelope (`gateway.compat_clicksend`);
+- everything else: `{"error": {"code": <http>, "status": <grpc code name>, "reason": ..., "message": ...}}`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from gateway import compat_clicksend
+from gateway.transcode import Surface
+from svckit.errors import ERROR_DOMAIN, http_status
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+_GENERIC_MESSAGES: dict[str, str] = {
+    "UNAVAILABLE": "The service is temporarily unavailable; try again shortly.",
+    "DEADLINE_EXCEEDED": "The service did not answer in time.",
+    "CANCELLED": "The request was cancelled.",
+    "RESOURCE_EXHAUSTED": "Too many requests; slow down.",
+    "UNIMPLEMENTED": "This operation is not available.",
+}
+INTERNAL_MESSAGE = "Internal error."
+WWW_AUTHENTICATE = 'Basic realm="SendSafe"'
+
+
+@dataclass
+class GatewayError(Exception):
+    http_status: int
+    status: str  # gRPC status code name ("INVALID_ARGUMENT"), shown on /v1
+    reason: str  # UPPER_SNAKE, stable
+    message: str  # for humans; never secrets
+    clicksend_code: str | None = None  # forces the /v3 response_code (else derived)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.http_status} {self.reason}: {self.message}"
+
+
+def bad_request(message: str, reason: str = "INVALID_ARGUMENT") -> GatewayError:
+    return GatewayError(400, "INVALID_ARGUMENT", reason, message)
+
+
+def unauthenticated(reason: str = "INVALID_CREDENTIALS") -> GatewayError:
+    return GatewayError(
+        401,
+        "UNAUTHENTICATED",
+        reason,
+        f"Invalid or missing credentials ({reason}). Use HTTP Basic with your API username and API key.",
+        clicksend_code="UNAUTHORIZED",
+        headers={"WWW-Authenticate": WWW_AUTHENTICATE},
+    )
+
+
+def forbidden(permission: str) -> GatewayError:
+    return GatewayError(
+        403, "PERMISSION_DENIED", "MISSING_PERMISSION", f"This call needs the '{permission}' permission.",
+        clicksend_code="FORBIDDEN",
+    )
+
+
+def not_found() -> GatewayError:
+    return GatewayError(404, "NOT_FOUND", "ROUTE_NOT_FOUND", "Resource not found.", clicksend_code="NOT_FOUND")
+
+
+def method_not_allowed(allowed: set[str]) -> GatewayError:
+    return GatewayError(
+        405, "UNIMPLEMENTED", "METHOD_NOT_ALLOWED", "Method not allowed for this resource.",
+        clicksend_code="METHOD_NOT_FOUND", headers={"Allow": ", ".join(sorted(allowed))},
+    )
+
+
+def body_too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        413, "INVALID_ARGUMENT", "BODY_TOO_LARGE", f"The request body exceeds {limit} bytes.",
+        clicksend_code="BAD_REQUEST",
+    )
+
+
+def internal(request_id: str) -> GatewayError:
+    return GatewayError(
+        500, "INTERNAL", "INTERNAL", f"{INTERNAL_MESSAGE} Quote request id {request_id} when asking for help.",
+        clicksend_code="INTERNAL_SERVER_ERROR",
+    )
+
+
+def parse_status_details(trailing: Any) -> tuple[status_pb2.Status | None, error_details_pb2.ErrorInfo | None]:
+    """google.rpc.Status and its first ErrorInfo from gRPC trailing metadata, if present."""
+    raw = None
+    for key, value in trailing or ():
+        if key == STATUS_DETAILS_KEY:
+            raw = value
+            break
+    if not raw:
+        return None, None
+    try:
+        status = status_pb2.Status.FromString(raw if isinstance(raw, bytes) else raw.encode("latin-1"))
+    except Exception:  # a malformed trailer is treated as absent
+        return None, None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return status, info
+    return status, None
+
+
+def from_rpc_error(err: grpc.aio.AioRpcError) -> GatewayError:
+    """The HTTP-side error for a failed upstream call."""
+    code = err.code().name
+    status, info = parse_status_details(err.trailing_metadata())
+    http = http_status(code)
+    trusted = info is not None and info.domain == ERROR_DOMAIN
+    if trusted and info is not None:
+        reason = info.reason or code
+        message = (status.message if status is not None else "") or err.details() or code
+        headers = {}
+        retry = info.metadata.get("retry_after_seconds")
+        if retry and retry.isdigit():
+            headers["Retry-After"] = retry
+        return GatewayError(http, code, reason, message, headers=headers)
+    # No SendSafe status: a transport failure or a foreign server. Keep the details in the log only.
+    message = INTERNAL_MESSAGE if http >= 500 else "The request could not be completed."
+    return GatewayError(http, code, code, _GENERIC_MESSAGES.get(code, message))
+
+
+def error_body(err: GatewayError, surface: Surface) -> dict[str, Any]:
+    if surface is Surface.CLICKSEND:
+        code = err.clicksend_code or compat_clicksend.response_code(err.http_status, err.reason)
+        return compat_clicksend.error_envelope(err.http_status, code, err.message)
+    return {"error": {"code": err.http_status, "status": err.status, "reason": err.reason, "message": err.message}}
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
