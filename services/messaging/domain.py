@@ -26,25 +26,40 @@ import phonenumbers
 from svckit.errors import FailedPrecondition, InvalidArgument
 
 __all__ = [
+    "BODY_RECORD",
     "CARRIER_ERROR_TEXT",
+    "CURRENCIES",
+    "DEFAULT_PAGE_LIMIT",
     "GSM7_BASIC",
     "GSM7_EXTENSION",
     "GSM7_MULTI_PART",
     "GSM7_SINGLE_PART",
     "MAX_GSM7_UNITS",
+    "MAX_MESSAGES_PER_REQUEST",
+    "MAX_PAGE_LIMIT",
     "MAX_PARTS",
     "MAX_UCS2_UNITS",
+    "MIN_PAGE_LIMIT",
     "SCHEDULE_MAX_AHEAD_S",
     "SCHEDULE_PAST_TOLERANCE_S",
     "TEMPORARY_FAILURE_ERROR",
     "TEST_RECIPIENTS",
+    "TO_RECORD",
     "UCS2_MULTI_PART",
     "UCS2_SINGLE_PART",
     "UNKNOWN_FAILURE_ERROR",
+    "Caller",
+    "ClaimedMessage",
+    "Currency",
     "EmptyMessage",
     "Encoding",
+    "HistoryItem",
+    "HistoryPage",
+    "HistoryQuery",
     "HistoryStatus",
+    "InvalidAccountId",
     "InvalidMessageBody",
+    "InvalidPaging",
     "InvalidRecipient",
     "InvalidSchedule",
     "InvalidSenderId",
@@ -52,18 +67,32 @@ __all__ = [
     "MessageStatus",
     "MessageStatusCode",
     "MessageTooLong",
+    "MissingRequiredFields",
+    "NewMessage",
+    "OutboundInput",
+    "PageWindow",
     "PriceTable",
+    "Receipt",
     "ReceiptStatus",
     "Recipient",
     "Rejected",
+    "SendItem",
+    "SendResult",
     "SmsParts",
+    "StoredMessage",
+    "Submission",
+    "SubmitResult",
+    "TooManyRecipients",
     "ValidatedMessage",
+    "allocate_credit",
     "can_transition",
+    "check_batch_size",
     "check_transition",
     "clicksend_history_view",
     "clicksend_receipt_code",
     "clicksend_receipt_view",
     "count_parts",
+    "currency_for",
     "format_balance",
     "format_price",
     "is_gsm7",
@@ -71,7 +100,12 @@ __all__ = [
     "is_terminal",
     "is_test_recipient",
     "normalize_recipient",
+    "page_window",
+    "parse_price_table",
     "parse_recipient",
+    "plan_results",
+    "retry_delay",
+    "sources_of",
     "split_parts",
     "validate_body",
     "validate_outbound",
@@ -653,3 +687,362 @@ def validate_outbound(
     ) as exc:
         return Rejected(MessageStatusCode(exc.reason), exc.message)
     return ValidatedMessage(body=body, recipient=recipient, sender=sender_id, schedule=when, sms=sms)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Whole send requests, credit, retries, paging and currencies.
+# --------------------------------------------------------------------------------------------------------
+
+MAX_MESSAGES_PER_REQUEST: Final = 1000
+
+
+class MissingRequiredFields(InvalidArgument):
+    reason = "MISSING_REQUIRED_FIELDS"
+
+
+class TooManyRecipients(InvalidArgument):
+    reason = "TOO_MANY_RECIPIENTS"
+
+
+class InvalidPaging(InvalidArgument):
+    reason = "INVALID_PAGING"
+
+
+class InvalidAccountId(InvalidArgument):
+    reason = "INVALID_ACCOUNT_ID"
+
+
+def check_batch_size(count: int) -> None:
+    """A send/price request carries 1-1000 messages; anything else is refused whole (nothing stored)."""
+    if count <= 0:
+        raise MissingRequiredFields("The request has no messages.")
+    if count > MAX_MESSAGES_PER_REQUEST:
+        raise TooManyRecipients(
+            f"A request may carry at most {MAX_MESSAGES_PER_REQUEST} messages.",
+            max_messages=str(MAX_MESSAGES_PER_REQUEST),
+        )
+
+
+def allocate_credit(balance: Decimal, prices: list[Decimal]) -> list[bool]:
+    """Which messages the balance pays for, in request order, without ever going negative.
+
+    A message that does not fit is refused (INSUFFICIENT_CREDIT) and the next, possibly cheaper,
+    message is still considered: each message is judged on its own, as ClickSend reports per message.
+    """
+    remaining = balance
+    out: list[bool] = []
+    for price in prices:
+        _check_amount("price", price)
+        if price <= remaining:
+            remaining -= price
+            out.append(True)
+        else:
+            out.append(False)
+    return out
+
+
+def sources_of(new: MessageStatus) -> frozenset[MessageStatus]:
+    """The states from which `new` may be entered: the guard of an idempotent, ordered UPDATE."""
+    return frozenset(old for old, targets in _TRANSITIONS.items() if new in targets)
+
+
+def retry_delay(attempt: int, base_seconds: float, cap_seconds: float) -> float:
+    """Exponential backoff after the `attempt`-th failed try (1-based): base, 2*base, 4*base ... cap."""
+    if attempt < 1:
+        raise ValueError(f"attempt must be >= 1, got {attempt}")
+    return float(min(cap_seconds, base_seconds * (2 ** min(attempt - 1, 30))))
+
+
+def parse_price_table(spec: str, default: Decimal) -> PriceTable:
+    """`"AU=0.0770,US=0.0500"` (ISO2=price per part) plus the default for every other country."""
+    prices: dict[str, Decimal] = {}
+    for item in spec.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"price table entry must be CC=price, got {item.strip()!r}")
+        region = key.strip().upper()
+        if region in prices:
+            raise ValueError(f"price table has {region} twice")
+        try:
+            prices[region] = Decimal(value.strip())
+        except ArithmeticError as exc:
+            raise ValueError(f"price for {region} is not a number") from exc
+    return PriceTable(default=default, per_country=prices)
+
+
+@dataclass(frozen=True, slots=True)
+class Currency:
+    """ClickSend's `_currency` block."""
+
+    currency_name_short: str
+    currency_prefix_d: str
+    currency_prefix_c: str
+    currency_name_long: str
+
+
+CURRENCIES: Final[Mapping[str, Currency]] = MappingProxyType(
+    {
+        "AUD": Currency("AUD", "$", "c", "Australian Dollars"),
+        "USD": Currency("USD", "$", "c", "US Dollars"),
+        "GBP": Currency("GBP", "£", "p", "British Pounds"),
+        "EUR": Currency("EUR", "€", "c", "Euros"),
+        "NZD": Currency("NZD", "$", "c", "New Zealand Dollars"),
+    }
+)
+
+
+def currency_for(code: str) -> Currency:
+    try:
+        return CURRENCIES[code.strip().upper()]
+    except KeyError:
+        raise ValueError(f"unknown currency {code!r}; known: {', '.join(sorted(CURRENCIES))}") from None
+
+
+DEFAULT_PAGE_LIMIT: Final = 15
+MIN_PAGE_LIMIT: Final = 15
+MAX_PAGE_LIMIT: Final = 100
+
+
+@dataclass(frozen=True, slots=True)
+class PageWindow:
+    page: int
+    limit: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.limit
+
+    def last_page(self, total: int) -> int:
+        return max(1, -(-total // self.limit))
+
+    def bounds(self, total: int, count: int) -> tuple[int | None, int | None]:
+        """ClickSend's `from`/`to`: 1-based indexes of the first and last item shown (None when empty)."""
+        if count == 0:
+            return None, None
+        return self.offset + 1, self.offset + count
+
+
+def page_window(page: int, limit: int) -> PageWindow:
+    """ClickSend paging: page defaults to 1, limit to 15; limit must be 15-100 (the SDK enforces that too)."""
+    if page < 0:
+        raise InvalidPaging("page must be 1 or more.")
+    if limit < 0 or (limit and not MIN_PAGE_LIMIT <= limit <= MAX_PAGE_LIMIT):
+        raise InvalidPaging(
+            f"limit must be between {MIN_PAGE_LIMIT} and {MAX_PAGE_LIMIT}.",
+            min_limit=str(MIN_PAGE_LIMIT),
+            max_limit=str(MAX_PAGE_LIMIT),
+        )
+    return PageWindow(page=page or 1, limit=limit or DEFAULT_PAGE_LIMIT)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Records passed between the service, its store, queue and carriers (plain values).
+# --------------------------------------------------------------------------------------------------------
+
+BODY_RECORD: Final = "sms.body"
+TO_RECORD: Final = "sms.to"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sends or reads: the account, the user (ClickSend sub-account) and its test mode."""
+
+    account_id: int
+    user_id: int
+    api_username: str
+    test_mode: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundInput:
+    """One message of a send request, as the customer wrote it."""
+
+    body: str
+    to: str
+    country: str = ""
+    sender: str = ""
+    schedule: int = 0
+    custom_string: str = ""
+    source: str = ""
+    from_email: str = ""
+    list_id: str = ""
+    contact_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message row as stored: body and number only as ciphertext."""
+
+    id: str
+    account_id: int
+    user_id: int
+    api_username: str
+    status: MessageStatus
+    body_ct: bytes
+    to_ct: bytes
+    sender: str
+    country: str
+    encoding: str
+    parts: int
+    price: Decimal
+    is_test: bool
+    custom_string: str
+    source: str
+    from_email: str
+    list_id: str
+    contact_id: str
+    schedule: int | None  # unix seconds; None = now
+    publish_at: int  # unix seconds after which the relay (re)publishes it
+
+
+@dataclass(frozen=True, slots=True)
+class SendItem:
+    """The outcome for one message of a send request (rejected ones have no id and are not stored)."""
+
+    input: OutboundInput
+    status: MessageStatusCode
+    message_id: str = ""
+    to: str = ""
+    country: str = ""
+    sender: str = ""
+    parts: int = 0
+    price: Decimal = Decimal(0)
+    schedule: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    date: int
+    items: list[SendItem]
+    currency: Currency
+
+    @property
+    def queued_count(self) -> int:
+        return sum(1 for i in self.items if i.status is MessageStatusCode.SUCCESS)
+
+    @property
+    def blocked_count(self) -> int:
+        return len(self.items) - self.queued_count
+
+    @property
+    def total_price(self) -> Decimal:
+        return sum((i.price for i in self.items if i.status is MessageStatusCode.SUCCESS), Decimal(0))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message row read back for history (still encrypted)."""
+
+    id: str
+    account_id: int
+    user_id: int
+    api_username: str
+    status: MessageStatus
+    body_ct: bytes
+    to_ct: bytes
+    sender: str
+    country: str
+    parts: int
+    price: Decimal
+    custom_string: str
+    from_email: str
+    list_id: str
+    contact_id: str
+    schedule: int | None
+    date: int
+    error_code: int | None
+    carrier: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryItem:
+    message: StoredMessage
+    body: str
+    to: str
+    status: HistoryStatus
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    window: PageWindow
+    date_from: int | None = None
+    date_to: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    window: PageWindow
+    total: int
+    items: list[HistoryItem]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    """A message a worker has claimed for sending (status SENDING, `attempts` already counted)."""
+
+    id: str
+    account_id: int
+    body_ct: bytes
+    to_ct: bytes
+    sender: str
+    attempts: int
+    is_test: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """What a carrier adapter receives: our message id is the carrier's idempotency key."""
+
+    message_id: str
+    to: str
+    body: str
+    sender: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitResult:
+    message_id: str
+    accepted: bool
+    carrier_ref: str = ""
+    error_code: int | None = None  # ClickSend gateway error code when not accepted
+
+    @property
+    def temporary(self) -> bool:
+        return not self.accepted and self.error_code in (None, TEMPORARY_FAILURE_ERROR)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A delivery report from a carrier: a final state for one of our messages."""
+
+    message_id: str
+    status: MessageStatus
+    error_code: int | None = None
+
+
+def plan_results(
+    claimed: list[ClaimedMessage], results: list[SubmitResult], max_attempts: int
+) -> tuple[list[SubmitResult], list[tuple[str, int]], list[tuple[str, int]]]:
+    """Split carrier answers into (sent, retry [(id, attempts)], failed [(id, error_code)]).
+
+    Temporary failures are retried until `max_attempts` claims have been made; permanent failures and
+    exhausted retries fail the message. A claimed message the carrier did not answer for counts as a
+    temporary failure.
+    """
+    by_id = {r.message_id: r for r in results}
+    sent: list[SubmitResult] = []
+    retry: list[tuple[str, int]] = []
+    failed: list[tuple[str, int]] = []
+    for m in claimed:
+        r = by_id.get(m.id) or SubmitResult(m.id, accepted=False, error_code=TEMPORARY_FAILURE_ERROR)
+        if r.accepted:
+            sent.append(r)
+        elif r.temporary and m.attempts < max_attempts:
+            retry.append((m.id, m.attempts))
+        else:
+            code = r.error_code if r.error_code is not None and not r.temporary else UNKNOWN_FAILURE_ERROR
+            failed.append((m.id, code))
+    return sent, retry, failed

@@ -1,0 +1,158 @@
+"""Composition root of the messaging service: the API server (default) or the dispatch worker.
+
+`python -m services.messaging`        -> API server + outbox relay
+`python -m services.messaging worker` -> dispatch worker (stream consumer, carrier, receipts) with a health
+                                         endpoint, same settings
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from sendsafe.messaging.v1 import messaging_service_pb2, messaging_service_pb2_grpc
+from services.messaging.api import MessagingServicer
+from services.messaging.carriers import SimulatorCarrier
+from services.messaging.clients import discard, open_audit, open_envelope, tls_of
+from services.messaging.config import Settings
+from services.messaging.domain import currency_for, parse_price_table
+from services.messaging.service import DeliveryService, MessagingService
+from services.messaging.store import PgMessageStore, PgSimulatorStore
+from services.messaging.stream import DispatchStream
+from services.messaging.worker import StreamWorker, default_consumer_name, pump_receipts, run_every
+from svckit.app import App, serve
+from svckit.audit import denial_recorder
+from svckit.cache import make_redis
+from svckit.config import load
+from svckit.db import create_pool, migrate
+from svckit.server import start_server
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name
+
+
+def _background(stack: contextlib.AsyncExitStack, coro: Coroutine[Any, Any, object], name: str) -> asyncio.Task[Any]:
+    task = asyncio.create_task(coro, name=name)
+
+    async def cancel() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(cancel)
+    return task
+
+
+async def _common(settings: Settings, stack: contextlib.AsyncExitStack) -> tuple[Any, ...]:
+    pool = await create_pool(settings.database_url, max_size=20)
+    stack.push_async_callback(pool.close)
+    await migrate(pool, MIGRATIONS)
+    redis = make_redis(settings.redis_url)
+    stack.push_async_callback(redis.aclose)
+    stream = DispatchStream(redis, settings.dispatch_stream, settings.dead_stream)
+    envelope = await open_envelope(settings, stack)
+    audit = await open_audit(settings, stack)
+    record: Callable[[Any], Awaitable[None]] = audit.record if audit is not None else discard
+    return pool, stream, envelope, record
+
+
+async def build(settings: Settings) -> App:
+    """The API server: SendSms, ListSmsHistory, GetBalance, and the outbox relay."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        pool, stream, envelope, record = await _common(settings, stack)
+        store = PgMessageStore(pool)
+        service = MessagingService(
+            store, stream, envelope,
+            prices=parse_price_table(settings.price_table, settings.price_per_part_amount),
+            trial_credit=settings.trial_credit_amount,
+            currency=currency_for(settings.currency),
+            outbox_grace_seconds=settings.outbox_grace_seconds,
+            relay_batch=settings.relay_batch,
+        )
+        server = await start_server(
+            listen=settings.grpc_listen,
+            tls=tls_of(settings),
+            register=lambda s: messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(
+                MessagingServicer(service), s),
+            service_names=[SERVICE_NAME],
+            on_denied=denial_recorder(record, settings.service_name),
+            health_listen=settings.health_listen,
+        )
+        stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
+        _background(stack, run_every(settings.relay_interval_seconds, service.relay_outbox, "relay"), "outbox-relay")
+        _background(stack, run_every(0.2, service.forget_published, "outbox-cleanup"), "outbox-cleanup")
+        stack.push_async_callback(_final_cleanup, service)
+    except BaseException:
+        await stack.aclose()
+        raise
+    return App(server, stack, grace=settings.shutdown_grace_seconds,
+               extras={"service": service, "store": store, "pool": pool, "stream": stream, "envelope": envelope})
+
+
+async def _final_cleanup(service: MessagingService) -> None:
+    with contextlib.suppress(Exception):
+        await service.forget_published()
+
+
+async def build_worker(settings: Settings) -> App:
+    """The dispatch worker: consumes the stream, submits to the carrier, applies receipts."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        pool, stream, envelope, record = await _common(settings, stack)
+        carrier = SimulatorCarrier(
+            PgSimulatorStore(pool),
+            latency_s=settings.sim_latency_ms / 1000,
+            failure_rate=settings.sim_failure_rate,
+            receipt_delay_s=settings.sim_receipt_delay_ms / 1000,
+            seed=settings.sim_seed,
+        )
+        delivery = DeliveryService(
+            PgMessageStore(pool), stream, envelope, carrier,
+            max_attempts=settings.max_attempts,
+            retry_base_seconds=settings.retry_base_ms / 1000,
+            retry_cap_seconds=settings.retry_cap_ms / 1000,
+            record=record,
+        )
+        worker = StreamWorker(
+            stream, delivery,
+            consumer=settings.consumer_name or default_consumer_name(),
+            batch=settings.worker_batch,
+            block_ms=settings.worker_block_ms,
+            reclaim_idle_ms=settings.reclaim_idle_ms,
+        )
+        # A health endpoint only (no RPCs): probes see the worker, and mTLS is the same as the API's.
+        server = await start_server(
+            listen=settings.grpc_listen, tls=tls_of(settings), register=lambda s: None, service_names=[],
+            health_listen=settings.health_listen,
+        )
+        stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
+        _background(stack, pump_receipts(carrier, delivery), "receipts")
+        task = _background(stack, worker.run(), "dispatch")
+
+        async def drain() -> None:  # runs before the cancel above: let the batch in hand finish
+            worker.stop()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), settings.shutdown_grace_seconds)
+
+        stack.push_async_callback(drain)
+    except BaseException:
+        await stack.aclose()
+        raise
+    return App(server, stack, grace=settings.shutdown_grace_seconds,
+               extras={"worker": worker, "delivery": delivery, "carrier": carrier, "pool": pool})
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvloop
+
+    args = sys.argv[1:] if argv is None else argv
+    role = args[0] if args else "api"
+    if role not in ("api", "worker"):
+        raise SystemExit(f"usage: python -m services.messaging [api|worker] (got {role!r})")
+    settings = load(Settings)
+    uvloop.run(serve(build_worker if role == "worker" else build, settings))

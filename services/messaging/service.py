@@ -1,0 +1,333 @@
+"""Messaging use cases: one method per use case, one transaction each.
+
+`MessagingService` is what the API process does (send, history, balance, the outbox relay);
+`DeliveryService` is what the dispatch worker does (deliver a batch, apply receipts).
+Bodies and phone numbers are only ever plaintext in memory here; they never reach a log line, a span
+attribute, an error message or an audit detail.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from decimal import Decimal
+from typing import Protocol
+
+from sendsafe.audit.v1 import event_pb2
+from services.messaging.carriers import Carrier
+from services.messaging.domain import (
+    BODY_RECORD,
+    TO_RECORD,
+    Caller,
+    ClaimedMessage,
+    Currency,
+    HistoryItem,
+    HistoryPage,
+    HistoryQuery,
+    MessageStatus,
+    MessageStatusCode,
+    NewMessage,
+    OutboundInput,
+    PriceTable,
+    Receipt,
+    Rejected,
+    SendItem,
+    SendResult,
+    StoredMessage,
+    Submission,
+    ValidatedMessage,
+    allocate_credit,
+    check_batch_size,
+    clicksend_history_view,
+    plan_results,
+    retry_delay,
+    validate_outbound,
+)
+from svckit.audit import new_event
+from svckit.envelope import DecryptFailed, aad_for
+
+_LOG = logging.getLogger(__name__)
+SERVICE = "messaging"
+
+
+# -- ports ------------------------------------------------------------------------------------------------
+
+
+class Cipher(Protocol):
+    """svckit.envelope.Envelope."""
+
+    async def encrypt_many(self, account_id: int, items: list[tuple[bytes, bytes]]) -> list[bytes]: ...
+    async def decrypt(self, account_id: int, aad: bytes, blob: bytes) -> bytes: ...
+
+
+class SendTx(Protocol):
+    async def lock_balance(self, account_id: int, initial: Decimal) -> Decimal: ...
+    async def debit(self, account_id: int, amount: Decimal) -> None: ...
+    async def insert_messages(self, messages: Sequence[NewMessage]) -> None: ...
+
+
+class MessageStore(Protocol):
+    def send_tx(self) -> AbstractAsyncContextManager[SendTx]: ...
+    async def delete_outbox(self, message_ids: Sequence[str]) -> None: ...
+    async def relay_due(self, limit: int, publish: Callable[[list[str]], Awaitable[None]]) -> int: ...
+    async def balance(self, account_id: int) -> Decimal | None: ...
+    async def history(
+        self, account_id: int, date_from: int | None, date_to: int | None, offset: int, limit: int
+    ) -> tuple[int, list[StoredMessage]]: ...
+
+
+class DeliveryStore(Protocol):
+    async def claim(self, message_ids: Sequence[str]) -> list[ClaimedMessage]: ...
+    async def record_results(
+        self,
+        carrier: str,
+        sent: Sequence[tuple[str, str]],
+        retry: Sequence[tuple[str, float]],
+        failed: Sequence[tuple[str, int]],
+    ) -> list[str]: ...
+    async def apply_receipts(self, receipts: Sequence[Receipt]) -> list[str]: ...
+
+
+class Queue(Protocol):
+    async def publish(self, message_ids: Sequence[str]) -> None: ...
+    async def dead_letter(self, failed: Sequence[tuple[str, int]]) -> None: ...
+
+
+Record = Callable[[event_pb2.Event], Awaitable[None]]
+
+
+def new_message_id() -> str:
+    """ClickSend message ids are uppercase UUID strings."""
+    return str(uuid.uuid4()).upper()
+
+
+# -- API process ------------------------------------------------------------------------------------------
+
+
+class MessagingService:
+    def __init__(
+        self,
+        store: MessageStore,
+        queue: Queue,
+        cipher: Cipher,
+        *,
+        prices: PriceTable,
+        trial_credit: Decimal,
+        currency: Currency,
+        outbox_grace_seconds: float = 5.0,
+        relay_batch: int = 500,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._cipher = cipher
+        self._prices = prices
+        self._trial_credit = trial_credit
+        self.currency = currency
+        self._grace = outbox_grace_seconds
+        self._relay_batch = relay_batch
+        self._clock = clock
+        self._published: list[str] = []
+
+    async def send_sms(self, caller: Caller, inputs: Sequence[OutboundInput]) -> SendResult:
+        """Validate, price, encrypt and store 1-1000 messages with their outbox rows and the debit in one
+        transaction, then publish them. Rejected messages are reported per message and not stored."""
+        check_batch_size(len(inputs))
+        now = int(self._clock())
+        checked = [
+            validate_outbound(m.body, m.to, m.country, m.sender, m.schedule, now) for m in inputs
+        ]
+        valid: list[tuple[int, ValidatedMessage, str, Decimal]] = []
+        items: list[SendItem | None] = []
+        for i, (m, v) in enumerate(zip(inputs, checked, strict=True)):
+            if isinstance(v, Rejected):
+                items.append(SendItem(m, v.status_code, to=m.to, sender=m.sender, schedule=m.schedule))
+                continue
+            free = caller.test_mode or v.is_test
+            price = Decimal(0) if free else self._prices.price_for(v.recipient.country, v.sms.parts)
+            valid.append((i, v, new_message_id(), price))
+            items.append(None)
+
+        if not valid:
+            return SendResult(date=now, items=[it for it in items if it is not None], currency=self.currency)
+        acct = caller.account_id
+        blobs = await self._cipher.encrypt_many(
+            acct,
+            [
+                pair
+                for _, v, mid, _ in valid
+                for pair in (
+                    (aad_for(acct, BODY_RECORD, mid), v.body.encode()),
+                    (aad_for(acct, TO_RECORD, mid), v.to.encode()),
+                )
+            ],
+        )
+        rows: list[NewMessage] = []
+        async with self._store.send_tx() as tx:
+            prices = [price for _, _, _, price in valid]
+            if any(prices):
+                fits = allocate_credit(await tx.lock_balance(acct, self._trial_credit), prices)
+            else:
+                fits = [True] * len(valid)
+            for k, ((i, v, mid, price), ok) in enumerate(zip(valid, fits, strict=True)):
+                m = inputs[i]
+                scheduled = v.schedule is not None and v.schedule > now
+                if not ok:
+                    items[i] = SendItem(m, MessageStatusCode.INSUFFICIENT_CREDIT, to=v.to, country=v.recipient.country,
+                                        sender=v.sender, parts=v.sms.parts, schedule=m.schedule)
+                    continue
+                items[i] = SendItem(
+                    m, MessageStatusCode.SUCCESS, message_id=mid, to=v.to, country=v.recipient.country,
+                    sender=v.sender, parts=v.sms.parts, price=price, schedule=v.schedule or 0,
+                )
+                rows.append(NewMessage(
+                    id=mid, account_id=acct, user_id=caller.user_id, api_username=caller.api_username,
+                    status=MessageStatus.SCHEDULED if scheduled else MessageStatus.QUEUED,
+                    body_ct=blobs[2 * k], to_ct=blobs[2 * k + 1], sender=v.sender, country=v.recipient.country,
+                    encoding=v.sms.encoding.value, parts=v.sms.parts, price=price,
+                    is_test=caller.test_mode or v.is_test, custom_string=m.custom_string, source=m.source,
+                    from_email=m.from_email, list_id=m.list_id, contact_id=m.contact_id,
+                    schedule=v.schedule if scheduled else None,
+                    publish_at=v.schedule if scheduled and v.schedule is not None else now + int(self._grace + 0.999),
+                ))
+            await tx.insert_messages(rows)
+            await tx.debit(acct, sum((r.price for r in rows), Decimal(0)))
+
+        due = [r.id for r in rows if r.status is MessageStatus.QUEUED]
+        if due:
+            try:
+                await self._queue.publish(due)
+            except Exception as exc:  # the relay republishes from the outbox
+                _LOG.warning("dispatch publish failed (%s); %d messages left to the outbox relay",
+                             type(exc).__name__, len(due))
+            else:
+                self._published.extend(due)
+        return SendResult(date=now, items=[it for it in items if it is not None], currency=self.currency)
+
+    async def forget_published(self) -> int:
+        """Delete the outbox rows of messages published since the last call (batched, off the send path)."""
+        done, self._published = self._published, []
+        if done:
+            try:
+                await self._store.delete_outbox(done)
+            except Exception:
+                self._published.extend(done)
+                raise
+        return len(done)
+
+    async def relay_outbox(self) -> int:
+        """Publish what is due in the outbox: unpublished sends, scheduled messages, retries."""
+        total = 0
+        while True:
+            n = await self._store.relay_due(self._relay_batch, self._queue.publish)
+            total += n
+            if n < self._relay_batch:
+                return total
+
+    async def list_history(self, caller: Caller, query: HistoryQuery) -> HistoryPage:
+        """A page of the account's messages, newest first, bodies and numbers decrypted."""
+        w = query.window
+        total, rows = await self._store.history(caller.account_id, query.date_from, query.date_to, w.offset, w.limit)
+        items = []
+        for m in rows:
+            body = await self._cipher.decrypt(m.account_id, aad_for(m.account_id, BODY_RECORD, m.id), m.body_ct)
+            to = await self._cipher.decrypt(m.account_id, aad_for(m.account_id, TO_RECORD, m.id), m.to_ct)
+            items.append(HistoryItem(m, body.decode(), to.decode(), clicksend_history_view(m.status, m.error_code)))
+        return HistoryPage(window=w, total=total, items=items)
+
+    async def get_balance(self, account_id: int) -> Decimal:
+        """The account's credit (the trial credit for an account that never sent)."""
+        value = await self._store.balance(account_id)
+        return self._trial_credit if value is None else value
+
+
+# -- worker process ---------------------------------------------------------------------------------------
+
+
+class DeliveryService:
+    def __init__(
+        self,
+        store: DeliveryStore,
+        queue: Queue,
+        cipher: Cipher,
+        carrier: Carrier,
+        *,
+        max_attempts: int = 5,
+        retry_base_seconds: float = 1.0,
+        retry_cap_seconds: float = 60.0,
+        record: Record | None = None,
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._cipher = cipher
+        self._carrier = carrier
+        self._max_attempts = max_attempts
+        self._retry_base = retry_base_seconds
+        self._retry_cap = retry_cap_seconds
+        self._record = record
+
+    async def deliver(self, message_ids: Sequence[str]) -> int:
+        """Claim, decrypt, submit and record one batch; returns how many were claimed.
+
+        Raises when the outcome is unknown (database, keys service): the caller leaves the stream entries
+        pending so they are delivered again. Idempotent: re-delivering a batch re-claims only what is not
+        final, and the carrier deduplicates by message id.
+        """
+        claimed = await self._store.claim(list(dict.fromkeys(message_ids)))
+        if not claimed:
+            return 0
+        submissions: list[Submission] = []
+        unreadable: list[tuple[str, int]] = []
+        for m in claimed:
+            try:
+                body = await self._cipher.decrypt(m.account_id, aad_for(m.account_id, BODY_RECORD, m.id), m.body_ct)
+                to = await self._cipher.decrypt(m.account_id, aad_for(m.account_id, TO_RECORD, m.id), m.to_ct)
+            except DecryptFailed:  # keys destroyed or data tampered with: it can never be sent
+                unreadable.append((m.id, 7))
+                continue
+            submissions.append(Submission(m.id, to.decode(), body.decode(), m.sender, m.attempts))
+        try:
+            results = await self._carrier.submit(submissions) if submissions else []
+        except Exception as exc:
+            _LOG.warning("carrier %s submit failed (%s); %d messages will be retried",
+                         self._carrier.name, type(exc).__name__, len(submissions))
+            results = []
+        readable = [m for m in claimed if m.id not in {u[0] for u in unreadable}]
+        sent, retry, failed = plan_results(readable, results, self._max_attempts)
+        failed += unreadable
+        became_failed = await self._store.record_results(
+            self._carrier.name,
+            [(r.message_id, r.carrier_ref) for r in sent],
+            [(mid, retry_delay(attempt, self._retry_base, self._retry_cap)) for mid, attempt in retry],
+            failed,
+        )
+        if became_failed:
+            codes = dict(failed)
+            await self._queue.dead_letter([(mid, codes[mid]) for mid in became_failed])
+        await self._audit(claimed, {r.message_id for r in sent}, {mid for mid, _ in retry}, set(became_failed))
+        return len(claimed)
+
+    async def apply_receipts(self, receipts: list[Receipt]) -> int:
+        """Apply carrier receipts through the ordered, idempotent status transition."""
+        return len(await self._store.apply_receipts(receipts))
+
+    async def _audit(self, claimed: list[ClaimedMessage], sent: set[str], retried: set[str], failed: set[str]) -> None:
+        if self._record is None:
+            return
+        per_account: dict[int, list[int]] = {}
+        for m in claimed:
+            c = per_account.setdefault(m.account_id, [0, 0, 0])
+            c[0] += m.id in sent
+            c[1] += m.id in retried
+            c[2] += m.id in failed
+        for account_id, (n_sent, n_retried, n_failed) in per_account.items():
+            outcome = event_pb2.OUTCOME_SUCCESS if not n_failed else event_pb2.OUTCOME_FAILURE
+            await self._record(new_event(
+                SERVICE, "messaging.sms.sent", outcome=outcome, resource_type="sms_batch",
+                account_id=account_id, error_reason="DELIVERY_FAILED" if n_failed else "",
+                details={"sent": str(n_sent), "retried": str(n_retried), "failed": str(n_failed),
+                         "carrier": self._carrier.name},
+            ))

@@ -1,0 +1,112 @@
+"""The dispatch queue: a Redis Stream with one consumer group, and its dead-letter stream.
+
+Every call is bounded (`asyncio.timeout`) on top of the client's socket timeouts. Entries carry only
+our message id: the stream never holds a body or a phone number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+GROUP = "dispatchers"
+_FIELD = b"m"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    entry_id: bytes
+    message_id: str  # "" when the entry is malformed or was deleted
+
+
+class DispatchStream:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        stream: str,
+        dead_stream: str,
+        *,
+        timeout: float = 5.0,
+    ) -> None:
+        self._redis = redis
+        self.stream = stream
+        self.dead_stream = dead_stream
+        self._timeout = timeout
+
+    async def publish(self, message_ids: Sequence[str]) -> None:
+        """XADD one entry per message, pipelined (no MULTI): one round trip per batch."""
+        if not message_ids:
+            return
+        async with asyncio.timeout(self._timeout):
+            pipe = self._redis.pipeline(transaction=False)
+            for mid in message_ids:
+                pipe.xadd(self.stream, {_FIELD: mid.encode()})
+            await pipe.execute()
+
+    async def dead_letter(self, failed: Sequence[tuple[str, int]]) -> None:
+        """Record messages that reached a final failure: (message id, error code)."""
+        if not failed:
+            return
+        async with asyncio.timeout(self._timeout):
+            pipe = self._redis.pipeline(transaction=False)
+            for mid, code in failed:
+                pipe.xadd(self.dead_stream, {_FIELD: mid.encode(), b"error_code": str(code).encode()})
+            await pipe.execute()
+
+    async def ensure_group(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read(self, consumer: str, *, pending: bool, count: int, block_ms: int) -> list[Entry]:
+        """New entries for `consumer` (blocking up to `block_ms`), or its own pending ones when `pending`."""
+        async with asyncio.timeout(self._timeout + block_ms / 1000):
+            reply: Any = await self._redis.xreadgroup(
+                GROUP, consumer, {self.stream: "0" if pending else ">"}, count=count,
+                block=None if pending else block_ms,
+            )
+        entries: list[Entry] = []
+        for _stream, items in reply or []:
+            entries.extend(_entry(eid, fields) for eid, fields in items)
+        return entries
+
+    async def reclaim(self, consumer: str, *, min_idle_ms: int, count: int, start: bytes = b"0-0") -> tuple[
+        bytes, list[Entry]
+    ]:
+        """XAUTOCLAIM entries idle longer than `min_idle_ms` (their consumer died). Returns (next cursor, entries);
+        entries deleted from the stream meanwhile come back with an empty message id so they can be acked."""
+        async with asyncio.timeout(self._timeout):
+            reply: Any = await self._redis.xautoclaim(
+                self.stream, GROUP, consumer, min_idle_time=min_idle_ms, start_id=start, count=count
+            )
+        cursor: bytes = reply[0]
+        entries = [_entry(eid, fields) for eid, fields in reply[1] if eid is not None]
+        if len(reply) > 2:
+            entries.extend(Entry(eid, "") for eid in reply[2])  # ids of deleted entries
+        return cursor, entries
+
+    async def ack(self, entry_ids: Sequence[bytes]) -> None:
+        """XACK and XDEL handled entries in one round trip (the stream stays short)."""
+        if not entry_ids:
+            return
+        async with asyncio.timeout(self._timeout):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xack(self.stream, GROUP, *entry_ids)
+            pipe.xdel(self.stream, *entry_ids)
+            await pipe.execute()
+
+
+def _entry(entry_id: bytes, fields: dict[bytes, bytes] | None) -> Entry:
+    raw = (fields or {}).get(_FIELD, b"")
+    try:
+        return Entry(entry_id, raw.decode("ascii"))
+    except UnicodeDecodeError:
+        return Entry(entry_id, "")

@@ -1,0 +1,130 @@
+"""The dispatch worker's loops: consume the stream, reclaim a dead consumer's entries, pump receipts.
+
+Delivery semantics: an entry is acked only after its batch's outcome is recorded in the database, so a
+worker killed at any point leaves its entries pending; another worker takes them over with XAUTOCLAIM
+once they have been idle for `reclaim_idle_ms`, and `DeliveryService.deliver` is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from services.messaging.carriers import Carrier
+from services.messaging.service import DeliveryService
+from services.messaging.stream import DispatchStream, Entry
+
+_LOG = logging.getLogger(__name__)
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class StreamWorker:
+    def __init__(
+        self,
+        stream: DispatchStream,
+        delivery: DeliveryService,
+        *,
+        consumer: str,
+        batch: int = 100,
+        block_ms: int = 1000,
+        reclaim_idle_ms: int = 30_000,
+    ) -> None:
+        self._stream = stream
+        self._delivery = delivery
+        self.consumer = consumer
+        self._batch = batch
+        self._block_ms = block_ms
+        self._reclaim_idle_ms = reclaim_idle_ms
+        self._stopping = asyncio.Event()
+        self.batches = 0
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then return from `run`."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        own_pending = True  # first whatever this consumer was given and did not ack
+        next_reclaim = 0.0
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                if own_pending:
+                    await self._stream.ensure_group()
+                if time.monotonic() >= next_reclaim:
+                    await self._reclaim()
+                    next_reclaim = time.monotonic() + max(self._reclaim_idle_ms / 2000, 0.05)
+                entries = await self._stream.read(
+                    self.consumer, pending=own_pending, count=self._batch, block_ms=self._block_ms
+                )
+                if own_pending and not entries:
+                    own_pending = False
+                    continue
+                if entries:
+                    await self._handle(entries)
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _LOG.warning("dispatch loop error (%s); retrying in %.1fs", type(exc).__name__, delay)
+                own_pending = True
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _reclaim(self) -> None:
+        cursor = b"0-0"
+        while not self._stopping.is_set():
+            cursor, entries = await self._stream.reclaim(
+                self.consumer, min_idle_ms=self._reclaim_idle_ms, count=self._batch, start=cursor
+            )
+            if entries:
+                _LOG.info("reclaimed %d idle dispatch entries", len(entries))
+                await self._handle(entries)
+            if cursor in (b"0-0", "0-0"):
+                return
+
+    async def _handle(self, entries: list[Entry]) -> None:
+        ids = [e.message_id for e in entries if _looks_like_id(e.message_id)]
+        if ids:
+            await self._delivery.deliver(ids)
+        await self._stream.ack([e.entry_id for e in entries])
+        self.batches += 1
+
+
+def _looks_like_id(value: str) -> bool:
+    try:
+        return len(value) == 36 and uuid.UUID(value).version == 4
+    except ValueError:
+        return False
+
+
+async def pump_receipts(carrier: Carrier, delivery: DeliveryService, *, limit: int = 500,
+                        idle_s: float = 0.1) -> None:
+    """Forever: hand the carrier's due receipts to the delivery service."""
+    await run_every(idle_s, lambda: carrier.pump_receipts(delivery.apply_receipts, limit), "receipts")
+
+
+async def run_every(interval_s: float, step: Callable[[], Awaitable[object]], name: str) -> None:
+    """Call `step` forever; right away again while it reports work (truthy), else after `interval_s`."""
+    delay = interval_s
+    while True:
+        try:
+            busy = await step()
+            delay = interval_s
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _LOG.warning("%s loop error (%s)", name, type(exc).__name__)
+            busy = False
+            delay = min(max(delay * 2, interval_s), 5.0)
+        if not busy:
+            await asyncio.sleep(delay)

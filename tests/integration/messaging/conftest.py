@@ -1,0 +1,126 @@
+"""Fixtures for the messaging integration tests: the real messaging API and worker over mTLS, real
+PostgreSQL and Redis, the real audit service, and the keys service (real when it has landed, otherwise a
+stand-in KeysService that wraps data keys per account, over the same mTLS)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from sendsafe.context.v1 import principal_pb2
+from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
+from services.messaging.config import Settings
+from svckit.app import App
+from svckit.server import start_server
+from svckit.testing import CertBundle, NewDatabase
+
+PRINCIPAL_KEY = "x-sendsafe-principal-bin"
+
+
+class StandInKeys(keys_service_pb2_grpc.KeysServiceServicer):
+    """Per-account key wrapping with the account id as associated data, like the real keys service."""
+
+    def __init__(self) -> None:
+        self._root = AESGCM(os.urandom(32))
+
+    async def GenerateDataKey(self, request, context):  # type: ignore[no-untyped-def]
+        key, nonce = os.urandom(32), os.urandom(12)
+        wrapped = nonce + self._root.encrypt(nonce, key, str(request.account_id).encode())
+        return keys_service_pb2.GenerateDataKeyResponse(plaintext=key, wrapped_key=wrapped, key_version=1)
+
+    async def DecryptDataKey(self, request, context):  # type: ignore[no-untyped-def]
+        w = request.wrapped_key
+        try:
+            key = self._root.decrypt(w[:12], w[12:], str(request.account_id).encode())
+        except Exception:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not this account's key")
+        return keys_service_pb2.DecryptDataKeyResponse(plaintext=key, key_version=1)
+
+
+@pytest.fixture(scope="session")
+async def keys_addr(certs: CertBundle, new_database: NewDatabase, audit_app: App) -> AsyncIterator[str]:
+    try:
+        from services.keys.app import build as build_keys
+        from services.keys.config import Settings as KeysSettings
+    except ImportError:
+        build_keys = None
+    if build_keys is not None:
+        tls = certs.tls("keys")
+        app = await build_keys(KeysSettings(  # type: ignore[call-arg]
+            tls_cert_file=tls.cert, tls_key_file=tls.key, tls_ca_file=tls.ca,
+            database_url=await new_database("keys"), root_key=os.urandom(32).hex(),
+            audit_addr=f"127.0.0.1:{audit_app.port}",
+        ))
+        yield f"127.0.0.1:{app.port}"
+        await app.stop()
+        return
+    server = await start_server(
+        listen="127.0.0.1:0", tls=certs.tls("keys"),
+        register=lambda s: keys_service_pb2_grpc.add_KeysServiceServicer_to_server(StandInKeys(), s),
+        service_names=[],
+    )
+    yield f"127.0.0.1:{server.port}"
+    await server.stop(0)
+
+
+@dataclass
+class Messaging:
+    settings: Settings
+    api: App
+    start_worker: Callable[..., Awaitable[App]]
+
+    @property
+    def service(self):  # type: ignore[no-untyped-def]
+        return self.api.extras["service"]
+
+    @property
+    def pool(self):  # type: ignore[no-untyped-def]
+        return self.api.extras["pool"]
+
+
+@pytest.fixture
+async def messaging_settings(
+    certs: CertBundle, new_database: NewDatabase, redis_url: str, redis_prefix: str, audit_app: App, keys_addr: str
+) -> Settings:
+    tls = certs.tls("messaging")
+    return Settings(
+        tls_cert_file=tls.cert, tls_key_file=tls.key, tls_ca_file=tls.ca,
+        database_url=await new_database("messaging"), redis_url=redis_url, redis_prefix=redis_prefix,
+        audit_addr=f"127.0.0.1:{audit_app.port}", keys_addr=keys_addr,
+        relay_interval_seconds=0.2, outbox_grace_seconds=1.0, reclaim_idle_ms=1000, worker_block_ms=200,
+        sim_receipt_delay_ms=100, retry_base_ms=50, retry_cap_ms=200, shutdown_grace_seconds=1.0,
+    )
+
+
+@pytest.fixture
+async def messaging(messaging_settings: Settings) -> AsyncIterator[Messaging]:
+    from services.messaging.app import build, build_worker
+
+    api = await build(messaging_settings)
+    workers: list[App] = []
+
+    async def start_worker(**overrides: object) -> App:
+        w = await build_worker(dataclasses.replace(messaging_settings, **overrides))  # type: ignore[arg-type]
+        workers.append(w)
+        return w
+
+    yield Messaging(messaging_settings, api, start_worker)
+    for w in workers:
+        await w.stop()
+    await api.stop()
+
+
+def principal_md(
+    account_id: int, *perms: str, user_id: int = 7, api_username: str = "alice", test_mode: bool = False
+) -> tuple[tuple[str, bytes], ...]:
+    p = principal_pb2.Principal(
+        account_id=account_id, user_id=user_id, api_username=api_username, test_mode=test_mode,
+        permissions=list(perms or ("sms.send", "sms.read")), request_id="req-1", api_key_id="key-1",
+    )
+    return ((PRINCIPAL_KEY, p.SerializeToString()),)
