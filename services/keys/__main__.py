@@ -1,0 +1,3 @@
+from services.keys.app import main
+
+main()

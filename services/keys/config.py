@@ -1,0 +1,120 @@
+"""Keys service settings.
+
+The root key comes from `KEYS_ROOT_KEY` (64 hex characters or base64 of 32 bytes) or from the file named by
+`KEYS_ROOT_KEY_FILE`. A key file must not be readable by anyone but its owner (mode 0600 or 0400); a
+deployment whose secret mount is group-readable by design (Kubernetes `fsGroup` with mode 0440) says so
+explicitly with `KEYS_ROOT_KEY_ALLOW_GROUP_READ=true`. World-readable files are always refused. The key
+never appears in a repr, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.keys.domain import RootKeyInvalid, parse_root_key
+from svckit.config import ConfigError, KitSettings, load, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings(KitSettings):
+    service_name: str = setting("SERVICE_NAME", default="keys")
+    # Not declared `secret` for svckit.config.load: the *_FILE variant is read here, with a permission check.
+    root_key: str = dataclasses.field(
+        default="",
+        repr=False,
+        metadata={"env": "KEYS_ROOT_KEY", "secret": False, "doc": "root key: 64 hex chars or base64 of 32 bytes"},
+    )
+    root_key_file: Path | None = setting("KEYS_ROOT_KEY_FILE", default=None, doc="file holding the root key")
+    root_key_id: str = setting(
+        "KEYS_ROOT_KEY_ID", default="local-1", doc="name of the root key; stored beside everything it wraps"
+    )
+    root_key_allow_group_read: bool = setting("KEYS_ROOT_KEY_ALLOW_GROUP_READ", default=False)
+    kek_cache_seconds: float = setting(
+        "KEYS_KEK_CACHE_SECONDS", default=60.0, doc="how long unwrapped account keys stay in memory"
+    )
+    kek_cache_entries: int = setting("KEYS_KEK_CACHE_ENTRIES", default=10_000)
+    last_used_flush_seconds: float = setting(
+        "KEYS_LAST_USED_FLUSH_SECONDS", default=5.0, doc="period of the API-key last-used write-back"
+    )
+
+    def __post_init__(self) -> None:
+        problems = []
+        try:
+            self.root_key_bytes()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        if not self.audit_addr:
+            problems.append("AUDIT_ADDR: required by the keys service (issuing keys is audited, fail closed)")
+        if self.kek_cache_entries < 1:
+            problems.append("KEYS_KEK_CACHE_ENTRIES: must be at least 1")
+        if self.last_used_flush_seconds <= 0:
+            problems.append("KEYS_LAST_USED_FLUSH_SECONDS: must be positive")
+        if problems:
+            raise ConfigError(problems)
+
+    def root_key_bytes(self) -> bytes:
+        """The 32-byte root key, read and checked now (ConfigError without echoing any key material)."""
+        return read_root_key(self.root_key, self.root_key_file, allow_group_read=self.root_key_allow_group_read)
+
+
+def read_root_key(value: str, file: Path | None, *, allow_group_read: bool = False) -> bytes:
+    if value and file is not None:
+        raise ConfigError(["KEYS_ROOT_KEY and KEYS_ROOT_KEY_FILE: set one, not both"])
+    if value:
+        text, name = value, "KEYS_ROOT_KEY"
+    elif file is not None:
+        text, name = _read_key_file(file, allow_group_read), "KEYS_ROOT_KEY_FILE"
+    else:
+        raise ConfigError(["KEYS_ROOT_KEY (or KEYS_ROOT_KEY_FILE): required but not set"])
+    try:
+        return parse_root_key(text)
+    except RootKeyInvalid as exc:
+        raise ConfigError([f"{name}: {exc.message}"]) from None
+
+
+def _read_key_file(path: Path, allow_group_read: bool) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise ConfigError([f"KEYS_ROOT_KEY_FILE: cannot read {str(path)!r} ({exc.strerror})"]) from None
+    try:
+        # fstat the descriptor we read from, so the check and the read see the same file.
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError([f"KEYS_ROOT_KEY_FILE: {str(path)!r} is not a regular file"])
+        forbidden = stat.S_IRWXO | ((stat.S_IWGRP | stat.S_IXGRP) if allow_group_read else stat.S_IRWXG)
+        if mode & forbidden:
+            hint = "0600" if not allow_group_read else "0640 or tighter"
+            raise ConfigError(
+                [f"KEYS_ROOT_KEY_FILE: {str(path)!r} has mode {stat.S_IMODE(mode):04o}; it must be {hint}"]
+            )
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(1024)
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(["KEYS_ROOT_KEY_FILE: not hex or base64 text"]) from None
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """`load(Settings)`, reporting a root-key problem together with every other problem."""
+    source = os.environ if env is None else env
+    try:
+        return load(Settings, source)
+    except ConfigError as exc:
+        if any(p.startswith("KEYS_ROOT_KEY") for p in exc.problems):
+            raise
+        file = source.get("KEYS_ROOT_KEY_FILE")
+        allow = source.get("KEYS_ROOT_KEY_ALLOW_GROUP_READ", "").strip().lower() in {"1", "true", "yes", "on"}
+        try:
+            read_root_key(source.get("KEYS_ROOT_KEY", ""), Path(file) if file else None, allow_group_read=allow)
+        except ConfigError as more:
+            raise ConfigError(exc.problems + more.problems) from None
+        raise
