@@ -1,0 +1,217 @@
+"""The delivery pipeline: outbox relay, scheduled messages, retries and dead letters, a killed worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from sendsafe.messaging.v1 import messaging_service_pb2 as pb
+from services.messaging.config import Settings
+from services.messaging.domain import BODY_RECORD, TO_RECORD, MessageStatus, NewMessage
+from svckit.cache import make_redis
+from svckit.envelope import aad_for
+from svckit.testing import CertBundle
+from tests.integration.messaging.conftest import Messaging, principal_md
+from tests.integration.messaging.test_api import REAL_NUMBER, TEST_NUMBER, eventually, sms, stub_for
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+async def statuses(m: Messaging) -> dict[str, str]:
+    return {str(r["id"]).upper(): r["status"] for r in await m.pool.fetch("SELECT id, status FROM messages")}
+
+
+async def test_relay_publishes_what_a_crash_left_in_the_outbox(messaging: Messaging) -> None:
+    """Commit without publishing (the API died between commit and XADD): the relay publishes it."""
+    env = messaging.api.extras["envelope"]
+    mid = str(uuid.uuid4()).upper()
+    acct = 701
+    body_ct, to_ct = await env.encrypt_many(
+        acct, [(aad_for(acct, BODY_RECORD, mid), b"orphan"), (aad_for(acct, TO_RECORD, mid), REAL_NUMBER.encode())]
+    )
+    row = NewMessage(
+        id=mid, account_id=acct, user_id=1, api_username="alice", status=MessageStatus.QUEUED, body_ct=body_ct,
+        to_ct=to_ct, sender="", country="AU", encoding="GSM7", parts=1, price=0, is_test=False,  # type: ignore[arg-type]
+        custom_string="", source="", from_email="", list_id="", contact_id="", schedule=None,
+        publish_at=int(time.time()) - 1,
+    )
+    async with messaging.api.extras["store"].send_tx() as tx:
+        await tx.insert_messages([row])
+    redis = make_redis(messaging.settings.redis_url)
+    try:
+        async def published() -> bool:
+            entries = await redis.xrange(messaging.settings.dispatch_stream)
+            return any(f.get(b"m") == mid.encode() for _, f in entries)
+
+        await eventually(published, what="the relay to publish the orphan")
+    finally:
+        await redis.aclose()
+    assert await messaging.pool.fetchval("SELECT count(*) FROM outbox") == 0
+    await messaging.start_worker()
+
+    async def delivered() -> bool:
+        return (await statuses(messaging)).get(mid) == "DELIVERED"
+
+    await eventually(delivered, what="the orphan to be delivered")
+
+
+async def test_scheduled_message_waits_for_its_time(messaging: Messaging, certs: CertBundle) -> None:
+    await messaging.start_worker()
+    ch, stub = stub_for(messaging, certs)
+    async with ch:
+        at = int(time.time()) + 2
+        resp = await stub.SendSms(pb.SendSmsRequest(messages=[sms(TEST_NUMBER, "later", schedule=at)]),  # type: ignore[attr-defined]
+                                  metadata=principal_md(702))
+        mid = resp.messages[0].message_id
+        assert resp.messages[0].schedule == at
+        page = await stub.ListSmsHistory(pb.ListSmsHistoryRequest(), metadata=principal_md(702))  # type: ignore[attr-defined]
+        assert page.data[0].status == "Scheduled" and page.data[0].schedule == str(at)
+
+    async def delivered() -> bool:
+        return (await statuses(messaging)).get(mid) == "DELIVERED"
+
+    await eventually(delivered, what="the scheduled message to be delivered")
+    sent_at = await messaging.pool.fetchval("SELECT extract(epoch FROM sent_time) FROM messages")
+    assert sent_at >= at
+
+
+async def test_temporary_failures_retry_then_dead_letter(messaging: Messaging, certs: CertBundle) -> None:
+    await messaging.start_worker(sim_failure_rate=1.0, max_attempts=3)
+    ch, stub = stub_for(messaging, certs)
+    async with ch:
+        resp = await stub.SendSms(pb.SendSmsRequest(messages=[sms(REAL_NUMBER, "doomed")]),  # type: ignore[attr-defined]
+                                  metadata=principal_md(703))
+        mid = resp.messages[0].message_id
+
+        async def failed() -> bool:
+            return (await statuses(messaging)).get(mid) == "FAILED"
+
+        await eventually(failed, what="the message to fail after its retries")
+        page = await stub.ListSmsHistory(pb.ListSmsHistoryRequest(), metadata=principal_md(703))  # type: ignore[attr-defined]
+        h = page.data[0]
+        assert (h.status, h.status_code, h.error_code) == ("Failed", "301", "7")
+    assert await messaging.pool.fetchval("SELECT attempts FROM messages") == 3
+    assert await messaging.pool.fetchval("SELECT count(*) FROM carrier_sim_submissions") == 0
+    redis = make_redis(messaging.settings.redis_url)
+    try:
+        dead = await redis.xrange(messaging.settings.dead_stream)
+    finally:
+        await redis.aclose()
+    assert [f[b"m"] for _, f in dead] == [mid.encode()]
+
+
+async def test_some_failures_are_retried_and_everything_is_delivered_once(
+    messaging: Messaging, certs: CertBundle
+) -> None:
+    await messaging.start_worker(sim_failure_rate=0.3, sim_seed=42, max_attempts=10, worker_batch=20)
+    ch, stub = stub_for(messaging, certs)
+    async with ch:
+        resp = await stub.SendSms(pb.SendSmsRequest(messages=[sms(TEST_NUMBER, f"r{i}") for i in range(100)]),  # type: ignore[attr-defined]
+                                  metadata=principal_md(704))
+    assert resp.queued_count == 100
+
+    async def all_delivered() -> bool:
+        return set((await statuses(messaging)).values()) == {"DELIVERED"}
+
+    await eventually(all_delivered, what="all 100 delivered despite failures")
+    retried = await messaging.pool.fetchval("SELECT count(*) FROM messages WHERE attempts > 1")
+    assert retried > 0  # the seeded failure rate did bite
+    counts = [r["submit_count"] for r in await messaging.pool.fetch("SELECT submit_count FROM carrier_sim_submissions")]
+    assert len(counts) == 100 and set(counts) == {1}
+
+
+def _worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESSAGING_", "OTEL_"))}
+    env.update(
+        PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'gen' / 'python'}",
+        SERVICE_NAME="messaging",
+        TLS_CERT_FILE=str(settings.tls_cert_file),
+        TLS_KEY_FILE=str(settings.tls_key_file),
+        TLS_CA_FILE=str(settings.tls_ca_file),
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        REDIS_PREFIX=settings.redis_prefix,
+        KEYS_ADDR=settings.keys_addr,
+        AUDIT_ADDR=settings.audit_addr,
+        GRPC_LISTEN="127.0.0.1:0",
+        LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+async def test_killed_worker_loses_nothing_and_delivers_once(
+    messaging: Messaging, certs: CertBundle, tmp_path: Path
+) -> None:
+    n = 200
+    ch, stub = stub_for(messaging, certs)
+    async with ch:
+        resp = await stub.SendSms(pb.SendSmsRequest(messages=[sms(TEST_NUMBER, f"k{i}") for i in range(n)]),  # type: ignore[attr-defined]
+                                  metadata=principal_md(705))
+    accepted = {m.message_id for m in resp.messages if m.status == "SUCCESS"}
+    assert len(accepted) == n
+
+    # A real worker process; every carrier call takes 300 ms, so a 20-message batch is in flight long enough.
+    log = tmp_path / "worker1.log"
+    env = _worker_env(messaging.settings, MESSAGING_WORKER_BATCH="20", MESSAGING_SIM_LATENCY_MS="300",
+                      MESSAGING_RECLAIM_IDLE_MS="1000", MESSAGING_SIM_RECEIPT_DELAY_MS="50")
+    with open(log, "wb") as fh:
+        first = subprocess.Popen([sys.executable, "-m", "services.messaging", "worker"], cwd=REPO, env=env,
+                                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        async def mid_batch() -> bool:
+            s = list((await statuses(messaging)).values())
+            return s.count("SENDING") > 0 and (s.count("SENT") + s.count("DELIVERED")) > 0
+
+        await eventually(mid_batch, timeout=60, what="the first worker to be mid-batch")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    at_kill = await statuses(messaging)
+    in_flight = {mid for mid, st in at_kill.items() if st == "SENDING"}
+    assert in_flight and len(in_flight) < n
+    submitted_before = {str(r["message_id"]).upper() for r in
+                        await messaging.pool.fetch("SELECT message_id FROM carrier_sim_submissions")}
+
+    # A new worker (another process, another consumer name) takes over the dead one's pending entries.
+    with open(tmp_path / "worker2.log", "wb") as fh:
+        second = subprocess.Popen([sys.executable, "-m", "services.messaging", "worker"], cwd=REPO,
+                                  env={**env, "MESSAGING_SIM_LATENCY_MS": "0"},
+                                  stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        async def all_delivered() -> bool:
+            s = await statuses(messaging)
+            return set(s) == accepted and set(s.values()) == {"DELIVERED"}
+
+        await eventually(all_delivered, timeout=60, what="every accepted message to be delivered")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        try:
+            second.wait(15)
+        except subprocess.TimeoutExpired:
+            second.kill()
+            second.wait()
+    assert second.returncode == 0, (tmp_path / "worker2.log").read_text()[-3000:]
+
+    sim = {str(r["message_id"]).upper(): r for r in await messaging.pool.fetch(
+        "SELECT message_id, submit_count, receipt_time FROM carrier_sim_submissions")}
+    assert set(sim) == accepted  # every accepted message reached the carrier
+    assert all(r["receipt_time"] is not None for r in sim.values())  # and got exactly one receipt
+    for mid, r in sim.items():
+        if mid not in in_flight:
+            assert r["submit_count"] == 1, "a message that was not in flight was submitted twice"
+    resubmitted = {mid for mid, r in sim.items() if r["submit_count"] > 1}
+    assert resubmitted <= in_flight & submitted_before
+    print(f"\nkilled worker: {len(in_flight)} in flight at kill, {len(resubmitted)} re-submitted "
+          f"(carrier deduplicated), {n} delivered once")
+    await asyncio.sleep(0)
