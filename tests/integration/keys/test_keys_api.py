@@ -1,0 +1,291 @@
+"""The keys service in-process over real mTLS, with real PostgreSQL, Redis and audit service."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from google.rpc import error_details_pb2, status_pb2
+
+from sendsafe.audit.v1 import event_pb2
+from sendsafe.keys.v1 import keys_service_pb2 as pb
+from sendsafe.keys.v1 import keys_service_pb2_grpc
+from services.keys.domain import looks_like_api_key, parse_api_key
+from svckit.app import App
+from svckit.envelope import DecryptFailed, Envelope, KeysStubSource, aad_for
+from svckit.testing import CertBundle, NewDatabase
+from tests.conftest import channel_as
+
+ROOT_KEY = os.urandom(32)
+
+
+@pytest.fixture
+async def keys_app(
+    audit_app: App, certs: CertBundle, new_database: NewDatabase, redis_url: str, redis_prefix: str, tmp_path: Path
+) -> AsyncIterator[App]:
+    from services.keys.app import build
+    from services.keys.config import Settings
+
+    key_file = tmp_path / "root-key"
+    key_file.write_text(ROOT_KEY.hex())
+    key_file.chmod(0o600)
+    tls = certs.tls("keys")
+    app = await build(
+        Settings(
+            tls_cert_file=tls.cert,
+            tls_key_file=tls.key,
+            tls_ca_file=tls.ca,
+            database_url=await new_database("keys"),
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            audit_addr=f"127.0.0.1:{audit_app.port}",
+            root_key_file=key_file,
+            last_used_flush_seconds=3600,  # tests flush explicitly
+        )
+    )
+    yield app
+    await app.stop()
+
+
+def stub_as(certs: CertBundle, caller: str, app: App) -> tuple[grpc.aio.Channel, keys_service_pb2_grpc.KeysServiceStub]:
+    ch = channel_as(certs, caller, app.port, "keys")
+    return ch, keys_service_pb2_grpc.KeysServiceStub(ch)
+
+
+def _reason(err: grpc.aio.AioRpcError) -> str:
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            st = status_pb2.Status.FromString(value)
+            for detail in st.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return info.reason
+    return ""
+
+
+async def _issue(certs: CertBundle, app: App, account_id: int = 41, caller: str = "identity") -> pb.IssueApiKeyResponse:
+    ch, stub = stub_as(certs, caller, app)
+    async with ch:
+        return await stub.IssueApiKey(pb.IssueApiKeyRequest(account_id=account_id, user_id=7, name="ci"))
+
+
+async def _audit_events(audit_app: App) -> list[event_pb2.Event]:
+    rows = await audit_app.extras["service"]._store.chain_rows(0, 1_000_000)  # type: ignore[attr-defined]
+    return [event_pb2.Event.FromString(r[1]) for r in rows]
+
+
+# -- API keys -----------------------------------------------------------------------------------------
+
+
+async def test_issue_and_verify_round_trip(keys_app: App, certs: CertBundle) -> None:
+    issued = await _issue(certs, keys_app)
+    assert issued.api_key.startswith("ss_live_") and looks_like_api_key(issued.api_key)
+    assert parse_api_key(issued.api_key).key_id == issued.key_id  # type: ignore[union-attr]
+    ops_issued = await _issue(certs, keys_app, caller="ops")
+    assert ops_issued.key_id != issued.key_id
+    ch, stub = stub_as(certs, "gateway", keys_app)
+    async with ch:
+        resp = await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=issued.api_key))
+    assert (resp.key_id, resp.account_id, resp.user_id, list(resp.scopes)) == (issued.key_id, 41, 7, ["*"])
+
+
+async def test_test_mode_keys(keys_app: App, certs: CertBundle) -> None:
+    ch, stub = stub_as(certs, "identity", keys_app)
+    async with ch:
+        issued = await stub.IssueApiKey(pb.IssueApiKeyRequest(account_id=3, user_id=4, name="t", test_mode=True))
+    assert issued.api_key.startswith("ss_test_")
+    ch, stub = stub_as(certs, "gateway", keys_app)
+    async with ch:
+        assert (await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=issued.api_key))).account_id == 3
+
+
+async def test_bad_keys_are_refused_alike(keys_app: App, certs: CertBundle) -> None:
+    good = await _issue(certs, keys_app)
+    revoked = await _issue(certs, keys_app)
+    pool: asyncpg.Pool = keys_app.extras["pool"]  # type: ignore[assignment]
+    await pool.execute("UPDATE api_keys SET revoke_time = now() WHERE key_id = $1", revoked.key_id)
+    parts = parse_api_key(good.api_key)
+    assert parts is not None
+    from services.keys.domain import ApiKeyParts
+
+    wrong_secret = ApiKeyParts(False, parts.key_id, "A" * 22).format()  # valid checksum, wrong secret
+    garbled = good.api_key[:-1] + ("x" if good.api_key[-1] != "x" else "y")
+    seen = set()
+    ch, stub = stub_as(certs, "gateway", keys_app)
+    async with ch:
+        for candidate in (wrong_secret, garbled, "", "Basic nonsense", revoked.api_key):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=candidate))
+            seen.add((info.value.code(), _reason(info.value), info.value.details()))
+        # The good key still works.
+        await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=good.api_key))
+    assert seen == {(grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS", "the API key is not valid")}
+
+
+async def test_verify_failures_are_audited_without_secrets(keys_app: App, audit_app: App, certs: CertBundle) -> None:
+    good = await _issue(certs, keys_app, account_id=4343)
+    parts = parse_api_key(good.api_key)
+    assert parts is not None
+    from services.keys.domain import ApiKeyParts
+
+    wrong = ApiKeyParts(False, parts.key_id, "B" * 22).format()
+    ch, stub = stub_as(certs, "gateway", keys_app)
+    async with ch:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=wrong))
+    await keys_app.extras["audit"].flush()  # type: ignore[attr-defined]
+    failed = [e for e in await _audit_events(audit_app) if e.action == "keys.api_key.verify_failed"]
+    mine = [e for e in failed if e.resource.id == parts.key_id]
+    assert len(mine) == 1
+    ev = mine[0]
+    assert ev.actor.account_id == 4343 and ev.error_reason == "INVALID_CREDENTIALS"
+    assert ev.details["failure"] == "secret_mismatch" and ev.actor.id == "gateway"
+    assert "B" * 22 not in ev.SerializeToString().decode("latin-1")
+
+
+async def test_verify_only_from_gateway(keys_app: App, certs: CertBundle) -> None:
+    issued = await _issue(certs, keys_app)
+    for caller in ("messaging", "identity", "ops"):
+        ch, stub = stub_as(certs, caller, keys_app)
+        async with ch:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=issued.api_key))
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert _reason(info.value) == "CALLER_NOT_ALLOWED"
+    for caller in ("gateway", "messaging"):
+        ch, stub = stub_as(certs, caller, keys_app)
+        async with ch:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.IssueApiKey(pb.IssueApiKeyRequest(account_id=1, user_id=1))
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    ch, stub = stub_as(certs, "gateway", keys_app)
+    async with ch:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GenerateDataKey(pb.GenerateDataKeyRequest(account_id=1))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_stored_row_holds_no_secret(keys_app: App, certs: CertBundle) -> None:
+    issued = await _issue(certs, keys_app, account_id=77)
+    parts = parse_api_key(issued.api_key)
+    assert parts is not None
+    pool: asyncpg.Pool = keys_app.extras["pool"]  # type: ignore[assignment]
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT * FROM api_keys WHERE key_id = $1", issued.key_id)
+        assert len(rows) == 1
+        # Every byte of the table, in text and binary COPY form.
+        text_dump = "\n".join(str(tuple(r.values())) for r in await conn.fetch("SELECT * FROM api_keys"))
+        import io
+
+        buf = io.BytesIO()
+        await conn.copy_from_table("api_keys", output=buf, format="binary")
+    for needle in (parts.secret, issued.api_key, parts.secret[:16]):
+        assert needle not in text_dump
+        assert needle.encode() not in buf.getvalue()
+    assert issued.key_id in text_dump  # the scan does see the row
+
+
+async def test_issue_is_audited_strictly_without_the_secret(
+    keys_app: App, audit_app: App, certs: CertBundle
+) -> None:
+    issued = await _issue(certs, keys_app, account_id=5151)
+    parts = parse_api_key(issued.api_key)
+    assert parts is not None
+    # record_strict: the event is stored before the key is returned, no flush needed.
+    rows = await audit_app.extras["service"]._store.chain_rows(0, 1_000_000)  # type: ignore[attr-defined]
+    mine = [(r[1], event_pb2.Event.FromString(r[1])) for r in rows]
+    mine = [(body, e) for body, e in mine if e.action == "keys.api_key.issued" and e.resource.id == issued.key_id]
+    assert len(mine) == 1
+    body, ev = mine[0]
+    assert (ev.resource.type, ev.actor.account_id, ev.actor.id, ev.service) == ("api_key", 5151, "identity", "keys")
+    assert ev.details["user_id"] == "7"
+    assert parts.secret.encode() not in body and issued.api_key.encode() not in body
+
+
+async def test_last_used_is_written_back_in_batches(
+    keys_app: App, certs: CertBundle, redis_url: str, redis_prefix: str
+) -> None:
+    issued = await _issue(certs, keys_app)
+    pool: asyncpg.Pool = keys_app.extras["pool"]  # type: ignore[assignment]
+    ch, stub = stub_as(certs, "gateway", keys_app)
+    async with ch:
+        for _ in range(3):
+            await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=issued.api_key))
+    # Recorded in Redis, not yet in PostgreSQL.
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        assert await r.get(f"{redis_prefix}apikey:lastused:{issued.key_id}") is not None
+    finally:
+        await r.aclose()
+    assert await pool.fetchval("SELECT last_used_time FROM api_keys WHERE key_id = $1", issued.key_id) is None
+    written = await keys_app.extras["service"].flush_last_used()  # type: ignore[attr-defined]
+    assert written == 1
+    assert await pool.fetchval("SELECT last_used_time FROM api_keys WHERE key_id = $1", issued.key_id) is not None
+
+
+# -- data keys ------------------------------------------------------------------------------------------
+
+
+async def test_data_key_round_trip(keys_app: App, certs: CertBundle) -> None:
+    for caller in ("messaging", "identity"):
+        ch, stub = stub_as(certs, caller, keys_app)
+        async with ch:
+            gen = await stub.GenerateDataKey(pb.GenerateDataKeyRequest(account_id=900))
+            assert len(gen.plaintext) == 32 and gen.key_version == 1 and gen.plaintext not in gen.wrapped_key
+            dec = await stub.DecryptDataKey(pb.DecryptDataKeyRequest(account_id=900, wrapped_key=gen.wrapped_key))
+            assert (dec.plaintext, dec.key_version) == (gen.plaintext, 1)
+    pool: asyncpg.Pool = keys_app.extras["pool"]  # type: ignore[assignment]
+    async with pool.acquire() as conn:
+        import io
+
+        buf = io.BytesIO()
+        await conn.copy_from_table("account_kek_versions", output=buf, format="binary")
+    assert gen.plaintext not in buf.getvalue()
+    assert await pool.fetchval("SELECT count(*) FROM account_kek_versions WHERE account_id = 900") == 1
+
+
+async def test_data_key_refused_for_another_account_or_tampered(keys_app: App, certs: CertBundle) -> None:
+    ch, stub = stub_as(certs, "messaging", keys_app)
+    async with ch:
+        gen = await stub.GenerateDataKey(pb.GenerateDataKeyRequest(account_id=901))
+        await stub.GenerateDataKey(pb.GenerateDataKeyRequest(account_id=902))
+        cases = [
+            (902, gen.wrapped_key, grpc.StatusCode.INVALID_ARGUMENT, "DECRYPT_FAILED"),
+            (903, gen.wrapped_key, grpc.StatusCode.FAILED_PRECONDITION, "KEY_VERSION_UNKNOWN"),
+            (901, gen.wrapped_key[:-1] + bytes([gen.wrapped_key[-1] ^ 1]), grpc.StatusCode.INVALID_ARGUMENT,
+             "DECRYPT_FAILED"),
+            (901, gen.wrapped_key[:1] + (9).to_bytes(4, "big") + gen.wrapped_key[5:],
+             grpc.StatusCode.FAILED_PRECONDITION, "KEY_VERSION_UNKNOWN"),
+            (901, b"junk", grpc.StatusCode.INVALID_ARGUMENT, "DECRYPT_FAILED"),
+        ]
+        for account, wrapped, code, reason in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.DecryptDataKey(pb.DecryptDataKeyRequest(account_id=account, wrapped_key=wrapped))
+            assert (info.value.code(), _reason(info.value)) == (code, reason)
+            assert gen.plaintext.hex() not in (info.value.details() or "")
+
+
+async def test_envelope_over_the_real_service(keys_app: App, certs: CertBundle) -> None:
+    ch, stub = stub_as(certs, "messaging", keys_app)
+    async with ch:
+        writer = Envelope(KeysStubSource(stub))
+        aad = aad_for(1001, "message", "m-1")
+        blobs = await writer.encrypt_many(1001, [(aad, b"hello"), (aad_for(1001, "message", "m-2"), b"world")])
+        blob = await writer.encrypt(1001, aad, b"hello again")
+        assert b"hello" not in blobs[0]
+        reader = Envelope(KeysStubSource(stub))  # another process: no cached keys
+        assert await reader.decrypt(1001, aad, blobs[0]) == b"hello"
+        assert await reader.decrypt(1001, aad_for(1001, "message", "m-2"), blobs[1]) == b"world"
+        assert await reader.decrypt(1001, aad, blob) == b"hello again"
+        with pytest.raises(DecryptFailed):
+            await reader.decrypt(1001, aad_for(1001, "message", "m-2"), blobs[0])  # wrong record
+        await writer.encrypt(1002, aad_for(1002, "message", "x"), b"make 1002 a key ring")
+        with pytest.raises(DecryptFailed):
+            await Envelope(KeysStubSource(stub)).decrypt(1002, aad, blobs[0])  # other account: keys service says no
+        with pytest.raises(DecryptFailed):
+            await Envelope(KeysStubSource(stub)).decrypt(1003, aad, blobs[0])  # account without keys
