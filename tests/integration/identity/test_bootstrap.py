@@ -10,7 +10,7 @@ import pytest
 from svckit.app import App
 from svckit.server import RunningServer
 from svckit.testing import CertBundle
-from tests.integration.identity.conftest import FakeKeys
+from tests.integration.identity.fakes import FakeKeys
 from tools.bootstrap import ENV_KEYS, bootstrap, curl_line, main, read_env
 
 
@@ -77,7 +77,7 @@ async def test_bootstrap_first_run_rerun_and_lost_file(
 def test_cli_reports_an_unreachable_identity(
     certs: CertBundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.integration.identity.conftest import closed_port
+    from tests.integration.identity.fakes import closed_port
 
     port = closed_port()
     rc = main(
