@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -11,6 +13,8 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sendsafe.audit.v1 import event_pb2
 from sendsafe.keys.v1 import keys_service_pb2 as pb
@@ -190,9 +194,7 @@ async def test_stored_row_holds_no_secret(keys_app: App, certs: CertBundle) -> N
     assert issued.key_id in text_dump  # the scan does see the row
 
 
-async def test_issue_is_audited_strictly_without_the_secret(
-    keys_app: App, audit_app: App, certs: CertBundle
-) -> None:
+async def test_issue_is_audited_strictly_without_the_secret(keys_app: App, audit_app: App, certs: CertBundle) -> None:
     issued = await _issue(certs, keys_app, account_id=5151)
     parts = parse_api_key(issued.api_key)
     assert parts is not None
@@ -257,10 +259,18 @@ async def test_data_key_refused_for_another_account_or_tampered(keys_app: App, c
         cases = [
             (902, gen.wrapped_key, grpc.StatusCode.INVALID_ARGUMENT, "DECRYPT_FAILED"),
             (903, gen.wrapped_key, grpc.StatusCode.FAILED_PRECONDITION, "KEY_VERSION_UNKNOWN"),
-            (901, gen.wrapped_key[:-1] + bytes([gen.wrapped_key[-1] ^ 1]), grpc.StatusCode.INVALID_ARGUMENT,
-             "DECRYPT_FAILED"),
-            (901, gen.wrapped_key[:1] + (9).to_bytes(4, "big") + gen.wrapped_key[5:],
-             grpc.StatusCode.FAILED_PRECONDITION, "KEY_VERSION_UNKNOWN"),
+            (
+                901,
+                gen.wrapped_key[:-1] + bytes([gen.wrapped_key[-1] ^ 1]),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "DECRYPT_FAILED",
+            ),
+            (
+                901,
+                gen.wrapped_key[:1] + (9).to_bytes(4, "big") + gen.wrapped_key[5:],
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "KEY_VERSION_UNKNOWN",
+            ),
             (901, b"junk", grpc.StatusCode.INVALID_ARGUMENT, "DECRYPT_FAILED"),
         ]
         for account, wrapped, code, reason in cases:
@@ -289,3 +299,52 @@ async def test_envelope_over_the_real_service(keys_app: App, certs: CertBundle) 
             await Envelope(KeysStubSource(stub)).decrypt(1002, aad, blobs[0])  # other account: keys service says no
         with pytest.raises(DecryptFailed):
             await Envelope(KeysStubSource(stub)).decrypt(1003, aad, blobs[0])  # account without keys
+
+
+# -- no secret in logs or traces ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on for servers started after this fixture (request it before `keys_app`)."""
+    from svckit.telemetry import setup_tracing
+
+    exporter = InMemorySpanExporter()
+    setup_tracing("keys", [SimpleSpanProcessor(exporter)])
+    yield exporter
+    exporter.shutdown()  # the processor stays attached to the global provider; stop collecting
+
+
+async def test_no_secret_in_logs_or_spans(
+    spans: InMemorySpanExporter, keys_app: App, certs: CertBundle, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    issued = await _issue(certs, keys_app, account_id=6060)
+    parts = parse_api_key(issued.api_key)
+    assert parts is not None
+    ch, stub = stub_as(certs, "gateway", keys_app)
+    async with ch:
+        await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=issued.api_key))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=issued.api_key[:-1] + "0"))
+    ch, stub = stub_as(certs, "messaging", keys_app)
+    async with ch:
+        gen = await stub.GenerateDataKey(pb.GenerateDataKeyRequest(account_id=6060))
+        await stub.DecryptDataKey(pb.DecryptDataKeyRequest(account_id=6060, wrapped_key=gen.wrapped_key))
+    await keys_app.extras["service"].flush_last_used()  # type: ignore[attr-defined]
+    finished = spans.get_finished_spans()
+    assert any(s.name.endswith("VerifyApiKey") for s in finished)  # the server was traced
+    dump = caplog.text + "\n".join(
+        f"{s.name} {dict(s.attributes or {})} {[(e.name, dict(e.attributes or {})) for e in s.events]}"
+        for s in finished
+    )
+    needles = [
+        parts.secret,
+        issued.api_key,
+        gen.plaintext.hex(),
+        ROOT_KEY.hex(),
+        base64.b64encode(gen.plaintext).decode(),
+    ]
+    needles += [gen.plaintext.decode("latin-1"), ROOT_KEY.decode("latin-1")]
+    for needle in needles:
+        assert needle not in dump
