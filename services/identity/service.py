@@ -146,6 +146,7 @@ class Service:
                 # The success event may still reach the log (it was queued or in flight) although the
                 # transaction rolled back; this one, for the same account id, says it did not happen.
                 failed.resource.id = stored[0].resource.id
+                failed.actor.account_id = stored[0].actor.account_id
                 failed.details["supersedes_event_id"] = stored[0].event_id
             await self._audit.record(failed)
             raise

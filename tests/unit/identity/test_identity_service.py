@@ -165,6 +165,7 @@ async def test_create_account_fails_closed_without_audit() -> None:
     assert superseded.outcome == event_pb2.OUTCOME_FAILURE
     assert superseded.error_reason == "AUDIT_UNAVAILABLE"
     assert superseded.resource.id == attempt.resource.id
+    assert superseded.actor.account_id == attempt.actor.account_id != 0
     assert superseded.details["supersedes_event_id"] == attempt.event_id
 
 
