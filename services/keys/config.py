@@ -19,6 +19,8 @@ from pathlib import Path
 from services.keys.domain import RootKeyInvalid, parse_root_key
 from svckit.config import ConfigError, KitSettings, load, setting
 
+_AUDIT_REQUIRED = "AUDIT_ADDR: required by the keys service (issuing keys is audited, fail closed)"
+
 
 @dataclass(frozen=True, kw_only=True)
 class Settings(KitSettings):
@@ -49,7 +51,7 @@ class Settings(KitSettings):
         except ConfigError as exc:
             problems.extend(exc.problems)
         if not self.audit_addr:
-            problems.append("AUDIT_ADDR: required by the keys service (issuing keys is audited, fail closed)")
+            problems.append(_AUDIT_REQUIRED)
         if self.kek_cache_entries < 1:
             problems.append("KEYS_KEK_CACHE_ENTRIES: must be at least 1")
         if self.last_used_flush_seconds <= 0:
@@ -111,10 +113,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     except ConfigError as exc:
         if any(p.startswith("KEYS_ROOT_KEY") for p in exc.problems):
             raise
+        # load() stopped before Settings.__post_init__: run its checks on the raw values too.
+        more = [] if source.get("AUDIT_ADDR") else [_AUDIT_REQUIRED]
         file = source.get("KEYS_ROOT_KEY_FILE")
         allow = source.get("KEYS_ROOT_KEY_ALLOW_GROUP_READ", "").strip().lower() in {"1", "true", "yes", "on"}
         try:
             read_root_key(source.get("KEYS_ROOT_KEY", ""), Path(file) if file else None, allow_group_read=allow)
-        except ConfigError as more:
-            raise ConfigError(exc.problems + more.problems) from None
+        except ConfigError as root_problems:
+            more += root_problems.problems
+        if more:
+            raise ConfigError(exc.problems + more) from None
         raise

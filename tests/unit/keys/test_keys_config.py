@@ -91,11 +91,11 @@ def test_both_or_neither_is_refused(tmp_path: Path) -> None:
 
 def test_every_problem_is_listed_at_once() -> None:
     env = _env()
-    del env["DATABASE_URL"]
+    del env["DATABASE_URL"], env["AUDIT_ADDR"]
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     text = str(info.value)
-    assert "DATABASE_URL" in text and "KEYS_ROOT_KEY" in text
+    assert "DATABASE_URL" in text and "KEYS_ROOT_KEY" in text and "AUDIT_ADDR" in text
 
 
 def test_audit_is_required() -> None:
