@@ -93,8 +93,9 @@ class AuditClient:
         linger: float = 0.02,
         rpc_timeout: float = 5.0,
         retry_cap: float = 2.0,
+        stub: audit_service_pb2_grpc.AuditServiceStub | None = None,
     ) -> None:
-        self._stub = audit_service_pb2_grpc.AuditServiceStub(channel)
+        self._stub = stub or audit_service_pb2_grpc.AuditServiceStub(channel)
         self._queue: asyncio.Queue[tuple[event_pb2.Event, asyncio.Future[None] | None]] = asyncio.Queue(max_buffer)
         self._batch_size = batch_size
         self._linger = linger
@@ -119,6 +120,10 @@ class AuditClient:
                 await self._queue.put((event, fut))
                 await asyncio.shield(fut)
         except TimeoutError:
+            # The caller refuses the action; an event still waiting in the buffer is dropped so the log
+            # does not later claim it happened. (One already in flight may still land: emitters record
+            # a superseding failure event for that case.)
+            fut.cancel()
             raise AuditUnavailable("the audit log cannot record this action now; it was not performed") from None
 
     @property
@@ -149,7 +154,9 @@ class AuditClient:
                 await asyncio.sleep(self._linger)
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._send(batch)
+            live = [(ev, fut) for ev, fut in batch if fut is None or not fut.cancelled()]
+            if live:
+                await self._send(live)
             for _ in batch:
                 self._queue.task_done()
 
