@@ -19,7 +19,7 @@ class FlakyStub:
         self.batches: list[list[str]] = []
         self.attempts = 0
 
-    async def AppendEvents(self, request, timeout=None):  # type: ignore[no-untyped-def]  # noqa: N802
+    async def AppendEvents(self, request, timeout=None):  # type: ignore[no-untyped-def]
         self.attempts += 1
         if self.down:
             raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata())
