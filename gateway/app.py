@@ -1,0 +1,516 @@
+"""Composition root and request pipeline of the HTTPS gateway.
+
+`build(settings)` wires everything (tracing, TLS, routes from descriptors, mTLS channels, the
+authenticator, the audit client, the aiohttp app) and returns a `Gateway`; `start()` binds and
+returns the port (port 0 supported), `stop()` stops accepting, drains in-flight requests, flushes the
+audit client and closes the channels. `main()` is `python -m gateway`.
+
+Every request goes through one middleware (`_edge`) that
+- assigns the request id (a client `X-Request-Id` is kept only if it matches ^[A-Za-z0-9-]{8,64}$),
+- starts the SERVER span `<METHOD> <route template>` continuing an incoming W3C `traceparent`,
+- turns every failure into the surface's error body (ClickSend envelope on /v3, `{"error": ...}` else),
+- adds `X-Request-Id` and `traceparent` (of the gateway span) to the response,
+- records exactly one audit event.
+Security headers go on every response in `on_response_prepare`. The per-route handler does:
+body-size cap -> authentication -> the route's permission -> JSON/query/path -> proto -> the gRPC
+call with the principal in `x-sendsafe-principal-bin` -> proto -> JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from aiohttp import web
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from gateway import compat_clicksend, tls
+from gateway.auth import Authenticator, AuthFailure, Connection, Identity, build_principal, client_address
+from gateway.config import Settings
+from gateway.errors import (
+    GatewayError,
+    body_too_large,
+    dumps,
+    error_body,
+    forbidden,
+    from_rpc_error,
+    internal,
+    method_not_allowed,
+    not_found,
+    unauthenticated,
+)
+from gateway.routes import Route, discover_routes
+from gateway.transcode import Surface, TranscodeError, build_request, message_class, message_to_json, parse_json
+from sendsafe.audit.v1 import event_pb2
+from sendsafe.identity.v1 import identity_service_pb2_grpc
+from sendsafe.keys.v1 import keys_service_pb2_grpc
+from svckit import context as callctx
+from svckit.audit import AuditClient
+from svckit.rpc import secure_channel
+from svckit.telemetry import setup_tracing
+
+_LOG = logging.getLogger(__name__)
+
+SECURITY_HEADERS: dict[str, str] = {
+    "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+}
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9-]{8,64}")
+MAX_USER_AGENT = 512
+MAX_AUDITED_PATH = 256
+_JSON = "application/json"
+
+UnaryCall = Callable[..., Awaitable[Any]]
+
+
+@dataclass
+class _RequestState:
+    request_id: str
+    conn: Connection
+    route: Route | None = None
+    identity: Identity | None = None
+    auth_failure: AuthFailure | None = None
+    error: GatewayError | None = None
+    upstream_code: str = ""
+
+
+_STATE = web.RequestKey("sendsafe_state", _RequestState)
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    app: web.Application
+    routes: list[Route]
+    authenticator: Authenticator
+    audit: AuditClient
+    channels: dict[str, grpc.aio.Channel]
+    ssl_context: Any
+    port: int = 0
+    _runner: web.AppRunner | None = field(default=None, repr=False)
+    _health: Any = field(default=None, repr=False)
+
+    async def start(self) -> int:
+        """Bind the HTTPS listener (port 0 = any free port) and return the bound port."""
+        self.audit.start()
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.shutdown_grace_seconds
+        )
+        await self._runner.setup()
+        host, port = self.settings.listen_host_port()
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context, backlog=1024)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        if self.settings.health_listen:
+            self._health = await _start_health(self.settings.health_listen)
+        _LOG.info("gateway listening on https://%s:%d", host, self.port, extra={"event": "gateway.listening"})
+        return self.port
+
+    async def stop(self) -> None:
+        """Graceful: stop accepting, let in-flight requests finish, flush audit events, close channels."""
+        if self._health is not None:
+            servicer = self._health[0]
+            await servicer.enter_graceful_shutdown()
+        if self._runner is not None:
+            await self._runner.cleanup()  # closes the listener, drains handlers (shutdown_timeout)
+            self._runner = None
+        await self.audit.close(timeout=self.settings.shutdown_grace_seconds + 5)
+        for channel in self.channels.values():
+            await channel.close()
+        if self._health is not None:
+            await self._health[1].stop(0)
+            self._health = None
+        _LOG.info("gateway stopped", extra={"event": "gateway.stopped"})
+
+
+async def build(settings: Settings, *, span_processors: Iterable[SpanProcessor] = ()) -> Gateway:
+    """The composition root. Must run inside the event loop that will serve requests."""
+    # Tracing first: it patches grpc.aio channel constructors so trace context reaches the services.
+    setup_tracing(settings.service_name, span_processors)
+    ssl_context = tls.server_context(settings.https_cert_file, settings.https_key_file)
+    if not tls.tls13_restricted(ssl_context):
+        _LOG.warning(
+            "TLS 1.3 suites are not restricted to AES-GCM (offering %s); start with OPENSSL_CONF=%s"
+            " (python -m gateway does this itself)", sorted(tls.tls13_suites(ssl_context)), tls.OPENSSL_CNF,
+        )
+    routes = discover_routes()
+    services = {"identity", "keys", "audit"} | {r.service for r in routes}
+    channels = {
+        svc: secure_channel(
+            settings.upstream_addr(svc), settings.tls, server_name=svc, timeout=settings.upstream_timeout_seconds
+        )
+        for svc in sorted(services)
+    }
+    authenticator = Authenticator(
+        keys_service_pb2_grpc.KeysServiceStub(channels["keys"]),
+        identity_service_pb2_grpc.IdentityServiceStub(channels["identity"]),
+        cache_seconds=settings.auth_cache_seconds,
+        timeout=settings.upstream_timeout_seconds,
+    )
+    audit = AuditClient(channels["audit"])
+    pipeline = _Pipeline(settings, routes, channels, authenticator, audit)
+    return Gateway(
+        settings=settings,
+        app=pipeline.app,
+        routes=routes,
+        authenticator=authenticator,
+        audit=audit,
+        channels=channels,
+        ssl_context=ssl_context,
+    )
+
+
+class _Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        routes: list[Route],
+        channels: dict[str, grpc.aio.Channel],
+        authenticator: Authenticator,
+        audit: AuditClient,
+    ) -> None:
+        self._settings = settings
+        self._auth = authenticator
+        self._audit = audit
+        self._trusted = settings.trusted_proxy_networks
+        self._timeout = settings.upstream_timeout_seconds
+        self._max_body = settings.max_body_bytes
+        self._service = settings.service_name
+        self._tracer = trace.get_tracer("sendsafe.gateway")
+        self.app = web.Application(middlewares=[self._edge], client_max_size=settings.max_body_bytes)
+        self.app.on_response_prepare.append(_security_headers)
+        self._calls: dict[str, UnaryCall] = {}
+        self._by_aiohttp_route: dict[Any, Route] = {}
+        for route in routes:
+            output_cls = message_class(route.output_desc)
+            self._calls[route.key] = channels[route.service].unary_unary(
+                route.rpc_path,
+                request_serializer=_serialize,
+                response_deserializer=output_cls.FromString,
+            )
+            aroute = self.app.router.add_route(route.http_method, route.aiohttp_path, self._handler_for(route))
+            self._by_aiohttp_route[aroute] = route
+
+    def _handler_for(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._serve(route, request)
+
+        handler.__name__ = f"serve_{route.rpc_name}"
+        return handler
+
+    # -- the edge: ids, trace, errors, headers, audit ------------------------------------------------
+
+    @web.middleware
+    async def _edge(self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]) -> Any:
+        supplied = request.headers.get("X-Request-Id", "")
+        request_id = supplied if REQUEST_ID_RE.fullmatch(supplied) else uuid.uuid4().hex
+        state = _RequestState(request_id=request_id, conn=self._connection(request))
+        request[_STATE] = state
+        route = self._by_aiohttp_route.get(request.match_info.route)
+        state.route = route
+        surface = route.surface if route is not None else Surface.for_path(request.path)
+        template = route.template if route is not None else ""
+        attributes: dict[str, Any] = {
+            "http.method": request.method,
+            "client.address": state.conn.client_address,
+            "sendsafe.request_id": request_id,
+        }
+        if route is not None:
+            attributes["http.route"] = template
+            attributes["sendsafe.rpc"] = route.rpc_path
+        parent = propagate.extract(request.headers)
+        name = f"{request.method} {template}" if template else request.method
+        token = callctx.current.set(callctx.CallContext(self._service, None, request_id))
+        try:
+            with self._tracer.start_as_current_span(
+                name, context=parent, kind=SpanKind.SERVER, attributes=attributes,
+                record_exception=False, set_status_on_exception=False,
+            ) as span:
+                response = await self._respond(request, handler, state, surface)
+                response.headers["X-Request-Id"] = request_id
+                carrier: dict[str, str] = {}
+                propagate.inject(carrier)
+                if "traceparent" in carrier:
+                    response.headers["traceparent"] = carrier["traceparent"]
+                span.set_attribute("http.status_code", response.status)
+                if state.identity is not None:
+                    span.set_attribute("sendsafe.account_id", state.identity.account_id)
+                    span.set_attribute("sendsafe.api_key_id", state.identity.api_key_id)
+                if response.status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                trace_id = format(span.get_span_context().trace_id, "032x")
+                await self._record(request, state, response.status, trace_id)
+                return response
+        finally:
+            callctx.current.reset(token)
+
+    async def _respond(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]], state: _RequestState,
+        surface: Surface,
+    ) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except GatewayError as err:
+            state.error = err
+        except AuthFailure as failure:
+            state.auth_failure = failure
+            state.error = unauthenticated(failure.reason)
+        except TranscodeError as exc:
+            status = "NOT_FOUND" if exc.status == 404 else "INVALID_ARGUMENT"
+            state.error = GatewayError(exc.status, status, exc.reason, exc.message)
+        except web.HTTPException as exc:  # from the router (404/405) or aiohttp itself (413)
+            state.error = _from_http_exception(exc, self._max_body)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            where = state.route.template if state.route else "-"
+            _LOG.exception("unhandled error serving %s %s", request.method, where)
+            state.error = internal(state.request_id)
+        failed = state.error
+        if failed.http_status >= 500:
+            _LOG.warning("request failed: %s", failed, extra={"reason": failed.reason, "code": failed.status})
+        return web.Response(
+            status=failed.http_status, body=dumps(error_body(failed, surface)), content_type=_JSON,
+            headers=failed.headers,
+        )
+
+    # -- one route ---------------------------------------------------------------------------------
+
+    async def _serve(self, route: Route, request: web.Request) -> web.StreamResponse:
+        state = request[_STATE]
+        length = request.content_length
+        if length is not None and length > self._max_body:
+            raise body_too_large(self._max_body)
+
+        identity = await self._auth.authenticate(request.headers.get("Authorization"), state.request_id)
+        state.identity = identity
+        if route.permission not in identity.permissions:
+            raise forbidden(route.permission)
+
+        body: Any = None
+        if route.body:
+            raw = await self._read_body(request)
+            if raw.strip():
+                if not _is_json(request.content_type):
+                    raise GatewayError(
+                        415, "INVALID_ARGUMENT", "UNSUPPORTED_MEDIA_TYPE", "Send the request body as application/json."
+                    )
+                body = parse_json(raw)
+        path_params = {route.path_vars[k]: v for k, v in request.match_info.items() if k in route.path_vars}
+        msg = build_request(
+            route.input_desc, route.surface, body=body, body_field=route.body,
+            query=request.query.items(), path_params=path_params,
+        )
+
+        principal = build_principal(identity, state.conn, state.request_id)
+        metadata = (
+            (callctx.PRINCIPAL_METADATA_KEY, principal.SerializeToString()),
+            (callctx.REQUEST_ID_METADATA_KEY, state.request_id),
+        )
+        try:
+            reply = await self._calls[route.key](msg, metadata=metadata, timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            state.upstream_code = err.code().name
+            if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
+                _LOG.warning("%s failed upstream: %s %s", route.rpc_path, err.code().name, err.details())
+            raise from_rpc_error(err) from None
+        if route.surface is Surface.CLICKSEND:
+            out = compat_clicksend.success_envelope(route, reply)
+        else:
+            out = message_to_json(reply, route.surface)
+        return web.Response(status=200, body=dumps(out), content_type=_JSON)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        try:
+            return await request.read()  # bounded by client_max_size
+        except web.HTTPRequestEntityTooLarge:
+            raise body_too_large(self._max_body) from None
+
+    # -- where from ----------------------------------------------------------------------------------
+
+    def _connection(self, request: web.Request) -> Connection:
+        transport = request.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        addr = str(peer[0]) if peer else ""
+        if self._trusted:
+            addr = client_address(addr, request.headers.getall("X-Forwarded-For", []), self._trusted)
+        version = cipher = ""
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        if ssl_object is not None:
+            version = ssl_object.version() or ""
+            negotiated = ssl_object.cipher()
+            cipher = negotiated[0] if negotiated else ""
+        return Connection(
+            client_address=addr,
+            user_agent=request.headers.get("User-Agent", "")[:MAX_USER_AGENT],
+            tls_version=version,
+            tls_cipher=cipher,
+        )
+
+    # -- evidence ------------------------------------------------------------------------------------
+
+    async def _record(self, request: web.Request, state: _RequestState, status: int, trace_id: str) -> None:
+        try:
+            event = self._event(request, state, status, trace_id)
+            await self._audit.record(event)
+        except Exception:  # never fail the request because of the audit client's buffer
+            _LOG.exception("could not queue the audit event")
+
+    def _event(self, request: web.Request, state: _RequestState, status: int, trace_id: str) -> event_pb2.Event:
+        route = state.route
+        err = state.error
+        if route is None:
+            action = "gateway.not_found"
+            resource = request.path[:MAX_AUDITED_PATH]
+        elif state.auth_failure is not None:
+            action = "gateway.unauthenticated"
+            resource = route.template
+        else:
+            action = f"gateway.{route.rpc_name}"
+            resource = route.template
+        if status < 400:
+            outcome = event_pb2.OUTCOME_SUCCESS
+        elif status in (401, 403):
+            outcome = event_pb2.OUTCOME_DENIED
+        else:
+            outcome = event_pb2.OUTCOME_FAILURE
+        details = {
+            "http_status": str(status),
+            "method": request.method,
+            "route": route.template if route is not None else "",
+            "rpc": route.rpc_path if route is not None else "",
+        }
+        if state.upstream_code:
+            details["grpc_status"] = state.upstream_code
+        now = time.time_ns()
+        ev = event_pb2.Event(
+            event_id=uuid.uuid4().hex,
+            action=action,
+            outcome=outcome,  # type: ignore[arg-type]
+            error_reason=err.reason if err is not None else "",
+            request_id=state.request_id,
+            trace_id=trace_id,
+            service=self._service,
+            details=details,
+        )
+        ev.event_time.seconds, ev.event_time.nanos = divmod(now, 1_000_000_000)
+        ev.resource.type = "http_route"
+        ev.resource.id = resource
+        ident = state.identity
+        if ident is not None:
+            ev.actor.type = "user"
+            ev.actor.id = str(ident.user_id)
+            ev.actor.account_id = ident.account_id
+            ev.actor.auth_method = ident.auth_method_name
+            ev.actor.api_key_id = ident.api_key_id
+            ev.actor.session_id = ident.session_id
+        else:
+            ev.actor.type = "anonymous"
+            failure = state.auth_failure
+            if failure is not None:
+                # A real key used with the wrong username (say) is evidence for that key's account.
+                ev.actor.account_id = failure.account_id
+                ev.actor.api_key_id = failure.api_key_id
+                ev.actor.auth_method = "api_key" if failure.api_key_id else ""
+                ev.details["auth_detail"] = failure.detail
+        ev.source.client_address = state.conn.client_address
+        ev.source.user_agent = state.conn.user_agent
+        ev.source.tls_version = state.conn.tls_version
+        ev.source.tls_cipher = state.conn.tls_cipher
+        return ev
+
+
+def _serialize(msg: Any) -> bytes:
+    data: bytes = msg.SerializeToString()
+    return data
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == _JSON or (content_type.startswith("application/") and content_type.endswith("+json"))
+
+
+def _from_http_exception(exc: web.HTTPException, max_body: int) -> GatewayError:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return method_not_allowed(set(exc.allowed_methods))
+    if exc.status == 404:
+        return not_found()
+    if exc.status == 413:
+        return body_too_large(max_body)
+    status = "INTERNAL" if exc.status >= 500 else "INVALID_ARGUMENT"
+    return GatewayError(exc.status, status, f"HTTP_{exc.status}", exc.reason)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+    response.headers["Server"] = "SendSafe"
+
+
+async def _start_health(listen: str) -> tuple[Any, grpc.aio.Server]:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_health.v1._async import HealthServicer
+
+    servicer = HealthServicer()
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    if server.add_insecure_port(listen) == 0:
+        raise OSError(f"cannot bind the health port {listen}")
+    await server.start()
+    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return servicer, server
+
+
+# -- python -m gateway -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    from svckit.config import ConfigError, load
+    from svckit.telemetry import setup_logging
+
+    try:
+        settings = load(Settings)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.service_name, settings.log_level)
+    loop_factory = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but the gateway runs without it
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_run(settings))
+
+
+async def _run(settings: Settings) -> int:
+    from svckit.app import write_port_file
+    from svckit.server import wait_for_shutdown_signal
+    from svckit.telemetry import shutdown_tracing
+
+    gateway = await build(settings)
+    write_port_file(await gateway.start())
+    try:
+        await wait_for_shutdown_signal()
+        _LOG.info("shutting down", extra={"event": "gateway.stopping"})
+    finally:
+        await gateway.stop()
+        with contextlib.suppress(Exception):
+            shutdown_tracing()
+    return 0
