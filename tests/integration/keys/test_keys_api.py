@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from sendsafe.audit.v1 import event_pb2
+from sendsafe.audit.v1 import audit_service_pb2, audit_service_pb2_grpc, event_pb2
+from sendsafe.context.v1 import principal_pb2
 from sendsafe.keys.v1 import keys_service_pb2 as pb
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from services.keys.domain import looks_like_api_key, parse_api_key
@@ -78,9 +80,20 @@ async def _issue(certs: CertBundle, app: App, account_id: int = 41, caller: str 
         return await stub.IssueApiKey(pb.IssueApiKeyRequest(account_id=account_id, user_id=7, name="ci"))
 
 
-async def _audit_events(audit_app: App) -> list[event_pb2.Event]:
+async def _audit_events(audit_app: App, certs: CertBundle, account_id: int, action: str) -> list[event_pb2.Event]:
+    """The account's events with `action`, read the way a customer reads them (audit ListEvents)."""
+    principal = principal_pb2.Principal(account_id=account_id, user_id=1, permissions=["audit.read"])
+    async with channel_as(certs, "gateway", audit_app.port, "audit") as ch:
+        resp = await audit_service_pb2_grpc.AuditServiceStub(ch).ListEvents(
+            audit_service_pb2.ListEventsRequest(action=action, page_size=500),
+            metadata=(("x-sendsafe-principal-bin", principal.SerializeToString()),),
+        )
+    return list(resp.events)
+
+
+async def _all_stored_audit_bytes(audit_app: App) -> bytes:
     rows = await audit_app.extras["service"]._store.chain_rows(0, 1_000_000)  # type: ignore[attr-defined]
-    return [event_pb2.Event.FromString(r[1]) for r in rows]
+    return b"\n".join(r[1] for r in rows)
 
 
 # -- API keys -----------------------------------------------------------------------------------------
@@ -132,7 +145,8 @@ async def test_bad_keys_are_refused_alike(keys_app: App, certs: CertBundle) -> N
 
 
 async def test_verify_failures_are_audited_without_secrets(keys_app: App, audit_app: App, certs: CertBundle) -> None:
-    good = await _issue(certs, keys_app, account_id=4343)
+    account = secrets.randbelow(10**9) + 10**6
+    good = await _issue(certs, keys_app, account_id=account)
     parts = parse_api_key(good.api_key)
     assert parts is not None
     from services.keys.domain import ApiKeyParts
@@ -143,13 +157,10 @@ async def test_verify_failures_are_audited_without_secrets(keys_app: App, audit_
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=wrong))
     await keys_app.extras["audit"].flush()  # type: ignore[attr-defined]
-    failed = [e for e in await _audit_events(audit_app) if e.action == "keys.api_key.verify_failed"]
-    mine = [e for e in failed if e.resource.id == parts.key_id]
-    assert len(mine) == 1
-    ev = mine[0]
-    assert ev.actor.account_id == 4343 and ev.error_reason == "INVALID_CREDENTIALS"
+    (ev,) = await _audit_events(audit_app, certs, account, "keys.api_key.verify_failed")
+    assert ev.resource.id == parts.key_id and ev.error_reason == "INVALID_CREDENTIALS"
     assert ev.details["failure"] == "secret_mismatch" and ev.actor.id == "gateway"
-    assert "B" * 22 not in ev.SerializeToString().decode("latin-1")
+    assert b"B" * 22 not in await _all_stored_audit_bytes(audit_app)
 
 
 async def test_verify_only_from_gateway(keys_app: App, certs: CertBundle) -> None:
@@ -195,18 +206,18 @@ async def test_stored_row_holds_no_secret(keys_app: App, certs: CertBundle) -> N
 
 
 async def test_issue_is_audited_strictly_without_the_secret(keys_app: App, audit_app: App, certs: CertBundle) -> None:
-    issued = await _issue(certs, keys_app, account_id=5151)
+    account = secrets.randbelow(10**9) + 10**6
+    issued = await _issue(certs, keys_app, account_id=account)
     parts = parse_api_key(issued.api_key)
     assert parts is not None
     # record_strict: the event is stored before the key is returned, no flush needed.
-    rows = await audit_app.extras["service"]._store.chain_rows(0, 1_000_000)  # type: ignore[attr-defined]
-    mine = [(r[1], event_pb2.Event.FromString(r[1])) for r in rows]
-    mine = [(body, e) for body, e in mine if e.action == "keys.api_key.issued" and e.resource.id == issued.key_id]
-    assert len(mine) == 1
-    body, ev = mine[0]
-    assert (ev.resource.type, ev.actor.account_id, ev.actor.id, ev.service) == ("api_key", 5151, "identity", "keys")
+    (ev,) = await _audit_events(audit_app, certs, account, "keys.api_key.issued")
+    assert (ev.resource.type, ev.resource.id, ev.actor.id, ev.service) == ("api_key", issued.key_id, "identity", "keys")
     assert ev.details["user_id"] == "7"
-    assert parts.secret.encode() not in body and issued.api_key.encode() not in body
+    assert parts.secret not in str(ev)
+    stored = await _all_stored_audit_bytes(audit_app)  # every byte the audit log holds
+    assert issued.key_id.encode() in stored
+    assert parts.secret.encode() not in stored and issued.api_key.encode() not in stored
 
 
 async def test_last_used_is_written_back_in_batches(
