@@ -127,7 +127,32 @@ class Service:
                 "scopes": ",".join(record.scopes),
             },
         )
-        await self._store.insert_api_key(record, before_commit=lambda: self._audit.record_strict(event))
+        attempted = False
+
+        async def evidence() -> None:
+            nonlocal attempted
+            attempted = True
+            await self._audit.record_strict(event)
+
+        try:
+            await self._store.insert_api_key(record, before_commit=evidence)
+        except Exception as err:
+            # Rolled back and never shown. The success event may still reach the log (queued or in flight);
+            # this one, for the same key id and account, says it did not happen.
+            failed = new_event(
+                self._name,
+                "keys.api_key.issued",
+                outcome=event_pb2.OUTCOME_FAILURE,
+                resource_type="api_key",
+                resource_id=parts.key_id,
+                error_reason=getattr(err, "reason", "INTERNAL"),
+                account_id=account_id,
+                details={"user_id": str(user_id)},
+            )
+            if attempted:
+                failed.details["supersedes_event_id"] = event.event_id
+            await self._audit.record(failed)
+            raise
         return parts.key_id, parts.format()
 
     async def verify_api_key(self, api_key: str) -> VerifiedKey:

@@ -141,6 +141,14 @@ async def test_issue_fails_closed_when_audit_is_down(parts: Parts) -> None:
     with pytest.raises(AuditUnavailable):
         await service.issue_api_key(5, 6, "ci", True)
     assert store.api_keys == {}
+    # A superseding failure event says the (possibly still delivered) success event did not happen.
+    (failed,) = audit.events
+    assert (failed.action, failed.outcome, failed.error_reason) == (
+        "keys.api_key.issued",
+        event_pb2.OUTCOME_FAILURE,
+        "AUDIT_UNAVAILABLE",
+    )
+    assert failed.actor.account_id == 5 and failed.resource.id and failed.details["supersedes_event_id"]
 
 
 async def test_issue_rejects_bad_requests(parts: Parts) -> None:
