@@ -5,7 +5,8 @@ ClickSend's scheme is HTTP Basic with `api_username:api_key`. Verification:
 2. identity `GetUser(user_id)` -> the user's api_username, active flag, permissions, test mode;
 3. the presented username must equal the user's api_username (constant-time), the user must be
    active and belong to the key's account;
-4. permissions = the user's permissions, intersected with the key's scopes when it has any.
+4. permissions = the user's permissions, intersected with the key's scopes unless the key has none
+   or has the wildcard scope "*" (what the keys service issues by default).
 
 Results (successes AND definitive failures) are cached for at most `cache_seconds` (hard max 5 s)
 under a SHA-256 of the scheme and credentials; the raw key is never stored. Concurrent requests with
@@ -44,6 +45,8 @@ from svckit import context as callctx
 
 _LOG = logging.getLogger(__name__)
 
+# A key whose scopes are empty or contain "*" carries all of its user's permissions.
+ALL_SCOPES = "*"
 MAX_USERNAME_BYTES = 256
 MAX_API_KEY_BYTES = 512
 # gRPC codes with which keys/identity *reject* credentials (as opposed to failing to answer).
@@ -251,8 +254,9 @@ class Authenticator:
         if not user.active:
             return Rejection("INVALID_CREDENTIALS", "USER_INACTIVE", **who)
         permissions = frozenset(user.permissions)
-        if key.scopes:
-            permissions &= frozenset(key.scopes)
+        scopes = frozenset(key.scopes)
+        if scopes and ALL_SCOPES not in scopes:
+            permissions &= scopes
         return Identity(
             account_id=key.account_id,
             user_id=key.user_id,

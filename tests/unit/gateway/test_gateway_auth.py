@@ -97,6 +97,13 @@ async def test_scopes_narrow_permissions(parts) -> None:
     assert who.permissions == {"sms.read"}
 
 
+async def test_wildcard_scope_means_all_of_the_users_permissions(parts) -> None:
+    keys, _, _, auth = parts
+    keys.scopes = ["*"]
+    who = await auth.authenticate(_basic("alice", GOOD_KEY))
+    assert who.permissions == {"sms.send", "sms.read", "account.read"}
+
+
 @pytest.mark.parametrize(
     ("header", "reason", "detail"),
     [
