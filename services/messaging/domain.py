@@ -13,6 +13,7 @@ Only the standard library, `phonenumbers` and `svckit.errors` (itself transport-
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -329,7 +330,20 @@ def is_test_recipient(e164: str) -> bool:
     return e164 in TEST_RECIPIENTS
 
 
+_RECIPIENT_CACHE_SIZE: Final = 65_536
+
+
 def parse_recipient(to: str, country: str | None) -> Recipient:
+    """`_parse_recipient` with its valid answers memoised (bounded LRU).
+
+    Validation with `phonenumbers` costs tens of microseconds per number, a large share of the send path;
+    customers send to the same numbers again and again. Only valid results are kept (an exception is
+    never cached), and a `Recipient` is immutable, so sharing it is safe.
+    """
+    return _parse_recipient_cached(to, country)
+
+
+def _parse_recipient(to: str, country: str | None) -> Recipient:
     """Normalise `to` (E.164, or national format with `country` as ISO2) to a valid number.
 
     Raises InvalidRecipient for anything `phonenumbers` does not consider a valid number, except
@@ -363,6 +377,9 @@ def parse_recipient(to: str, country: str | None) -> Recipient:
         # Non-geographic numbers (+800, +882, ...: region "001") have no country to route or price by.
         raise InvalidRecipient("The recipient is not a phone number in a country we can send to.")
     return Recipient(e164, number_region)
+
+
+_parse_recipient_cached = functools.lru_cache(maxsize=_RECIPIENT_CACHE_SIZE)(_parse_recipient)
 
 
 def normalize_recipient(to: str, country: str | None) -> str:

@@ -71,7 +71,7 @@ class SendTx(Protocol):
 
 class MessageStore(Protocol):
     def send_tx(self) -> AbstractAsyncContextManager[SendTx]: ...
-    async def delete_outbox(self, message_ids: Sequence[str]) -> None: ...
+    async def delete_outbox(self, published: Sequence[tuple[str, int]]) -> None: ...
     async def relay_due(self, limit: int, publish: Callable[[list[str]], Awaitable[None]]) -> int: ...
     async def balance(self, account_id: int) -> Decimal | None: ...
     async def history(
@@ -130,7 +130,7 @@ class MessagingService:
         self._grace = outbox_grace_seconds
         self._relay_batch = relay_batch
         self._clock = clock
-        self._published: list[str] = []
+        self._published: list[tuple[str, int]] = []
 
     async def send_sms(self, caller: Caller, inputs: Sequence[OutboundInput]) -> SendResult:
         """Validate, price, encrypt and store 1-1000 messages with their outbox rows and the debit in one
@@ -196,15 +196,15 @@ class MessagingService:
             await tx.insert_messages(rows)
             await tx.debit(acct, sum((r.price for r in rows), Decimal(0)))
 
-        due = [r.id for r in rows if r.status is MessageStatus.QUEUED]
+        due = [r for r in rows if r.status is MessageStatus.QUEUED]
         if due:
             try:
-                await self._queue.publish(due)
+                await self._queue.publish([r.id for r in due])
             except Exception as exc:  # the relay republishes from the outbox
                 _LOG.warning("dispatch publish failed (%s); %d messages left to the outbox relay",
                              type(exc).__name__, len(due))
             else:
-                self._published.extend(due)
+                self._published.extend((r.id, r.publish_at) for r in due)
         return SendResult(date=now, items=[it for it in items if it is not None], currency=self.currency)
 
     async def forget_published(self) -> int:

@@ -24,6 +24,13 @@ _MESSAGE_COLUMNS = (
     "encoding", "parts", "price", "is_test", "custom_string", "source", "from_email", "list_id", "contact_id",
     "schedule_time",
 )
+_INSERT_MESSAGES = (
+    "WITH new AS (INSERT INTO messages (" + ", ".join(_MESSAGE_COLUMNS) + ")"
+    " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bytea[],"
+    " $7::bytea[], $8::text[], $9::text[], $10::text[], $11::int[], $12::numeric[], $13::bool[], $14::text[],"
+    " $15::text[], $16::text[], $17::text[], $18::text[], $19::timestamptz[]) RETURNING id)"
+    " INSERT INTO outbox (message_id, available_time) SELECT * FROM unnest($1::uuid[], $20::timestamptz[])"
+)
 _CLAIMABLE = [s.value for s in sources_of(MessageStatus.SENDING)] + [MessageStatus.SENDING.value]
 
 
@@ -67,24 +74,17 @@ class PgSendTx:
             )
 
     async def insert_messages(self, messages: Sequence[NewMessage]) -> None:
-        """Bulk-insert message rows and their outbox rows (COPY)."""
+        """Insert message rows and their outbox rows in one statement (arrays unnested server-side:
+        one round trip, a prepared statement, no per-call table introspection as COPY needs)."""
         if not messages:
             return
-        await self._conn.copy_records_to_table(
-            "messages",
-            columns=_MESSAGE_COLUMNS,
-            records=[
-                (uuid.UUID(m.id), m.account_id, m.user_id, m.api_username, m.status.value, m.body_ct, m.to_ct,
-                 m.sender, m.country, m.encoding, m.parts, m.price, m.is_test, m.custom_string, m.source,
-                 m.from_email, m.list_id, m.contact_id, _ts(m.schedule))
-                for m in messages
-            ],
-        )
-        await self._conn.copy_records_to_table(
-            "outbox",
-            columns=("message_id", "available_time"),
-            records=[(uuid.UUID(m.id), _ts(m.publish_at)) for m in messages],
-        )
+        cols = list(zip(*(
+            (uuid.UUID(m.id), m.account_id, m.user_id, m.api_username, m.status.value, m.body_ct, m.to_ct,
+             m.sender, m.country, m.encoding, m.parts, m.price, m.is_test, m.custom_string, m.source,
+             m.from_email, m.list_id, m.contact_id, _ts(m.schedule), _ts(m.publish_at))
+            for m in messages
+        ), strict=True))
+        await self._conn.execute(_INSERT_MESSAGES, *cols)
 
 
 class PgMessageStore:
@@ -98,9 +98,15 @@ class PgMessageStore:
         async with self._pool.acquire() as conn, conn.transaction():
             yield PgSendTx(conn)
 
-    async def delete_outbox(self, message_ids: Sequence[str]) -> None:
-        if message_ids:
-            await self._pool.execute("DELETE FROM outbox WHERE message_id = ANY($1::uuid[])", _uuids(message_ids))
+    async def delete_outbox(self, published: Sequence[tuple[str, int]]) -> None:
+        """Delete the outbox rows of published messages: (message id, the row's publish-at time), so a
+        retry row added meanwhile for the same message survives."""
+        if published:
+            await self._pool.execute(
+                "DELETE FROM outbox o USING unnest($1::uuid[], $2::timestamptz[]) AS r(id, at)"
+                " WHERE o.message_id = r.id AND o.available_time = r.at",
+                _uuids([p[0] for p in published]), [_ts(p[1]) for p in published],
+            )
 
     async def relay_due(self, limit: int, publish: Callable[[list[str]], Awaitable[None]]) -> int:
         """Publish outbox rows whose time has come and delete them, in one transaction.
@@ -110,19 +116,18 @@ class PgMessageStore:
         """
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT message_id FROM outbox WHERE available_time <= now()"
+                "SELECT id, message_id FROM outbox WHERE available_time <= now()"
                 " ORDER BY available_time LIMIT $1 FOR UPDATE SKIP LOCKED",
                 limit,
             )
             if not rows:
                 return 0
-            ids = [r["message_id"] for r in rows]
-            await publish([_mid(i) for i in ids])
-            await conn.execute("DELETE FROM outbox WHERE message_id = ANY($1::uuid[])", ids)
-            return len(ids)
+            await publish(list(dict.fromkeys(_mid(r["message_id"]) for r in rows)))
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+            return len(rows)
 
     async def outbox_ids(self) -> list[str]:
-        return [_mid(r["message_id"]) for r in await self._pool.fetch("SELECT message_id FROM outbox")]
+        return [_mid(r["message_id"]) for r in await self._pool.fetch("SELECT message_id FROM outbox ORDER BY id")]
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -219,8 +224,7 @@ class PgMessageStore:
                 await conn.execute(
                     "INSERT INTO outbox (message_id, available_time)"
                     " SELECT r.id, now() + make_interval(secs => r.delay)"
-                    " FROM unnest($1::uuid[], $2::float8[]) AS r(id, delay)"
-                    " ON CONFLICT (message_id) DO UPDATE SET available_time = EXCLUDED.available_time",
+                    " FROM unnest($1::uuid[], $2::float8[]) AS r(id, delay)",
                     ids, delays,
                 )
             done: list[str] = []

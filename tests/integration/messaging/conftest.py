@@ -1,6 +1,5 @@
 """Fixtures for the messaging integration tests: the real messaging API and worker over mTLS, real
-PostgreSQL and Redis, the real audit service, and the keys service (real when it has landed, otherwise a
-stand-in KeysService that wraps data keys per account, over the same mTLS)."""
+PostgreSQL and Redis, and the real audit and keys services."""
 
 from __future__ import annotations
 
@@ -9,64 +8,30 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-import grpc
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sendsafe.context.v1 import principal_pb2
-from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from services.messaging.config import Settings
 from svckit.app import App
-from svckit.server import start_server
 from svckit.testing import CertBundle, NewDatabase
 
 PRINCIPAL_KEY = "x-sendsafe-principal-bin"
 
 
-class StandInKeys(keys_service_pb2_grpc.KeysServiceServicer):
-    """Per-account key wrapping with the account id as associated data, like the real keys service."""
-
-    def __init__(self) -> None:
-        self._root = AESGCM(os.urandom(32))
-
-    async def GenerateDataKey(self, request, context):  # type: ignore[no-untyped-def]
-        key, nonce = os.urandom(32), os.urandom(12)
-        wrapped = nonce + self._root.encrypt(nonce, key, str(request.account_id).encode())
-        return keys_service_pb2.GenerateDataKeyResponse(plaintext=key, wrapped_key=wrapped, key_version=1)
-
-    async def DecryptDataKey(self, request, context):  # type: ignore[no-untyped-def]
-        w = request.wrapped_key
-        try:
-            key = self._root.decrypt(w[:12], w[12:], str(request.account_id).encode())
-        except Exception:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not this account's key")
-        return keys_service_pb2.DecryptDataKeyResponse(plaintext=key, key_version=1)
-
-
 @pytest.fixture(scope="session")
 async def keys_addr(certs: CertBundle, new_database: NewDatabase, audit_app: App) -> AsyncIterator[str]:
-    try:
-        from services.keys.app import build as build_keys
-        from services.keys.config import Settings as KeysSettings
-    except ImportError:
-        build_keys = None
-    if build_keys is not None:
-        tls = certs.tls("keys")
-        app = await build_keys(KeysSettings(  # type: ignore[call-arg]
-            tls_cert_file=tls.cert, tls_key_file=tls.key, tls_ca_file=tls.ca,
-            database_url=await new_database("keys"), root_key=os.urandom(32).hex(),
-            audit_addr=f"127.0.0.1:{audit_app.port}",
-        ))
-        yield f"127.0.0.1:{app.port}"
-        await app.stop()
-        return
-    server = await start_server(
-        listen="127.0.0.1:0", tls=certs.tls("keys"),
-        register=lambda s: keys_service_pb2_grpc.add_KeysServiceServicer_to_server(StandInKeys(), s),
-        service_names=[],
-    )
-    yield f"127.0.0.1:{server.port}"
-    await server.stop(0)
+    """The real keys service, in-process over mTLS (data keys wrapped per account under a test root key)."""
+    from services.keys.app import build as build_keys
+    from services.keys.config import Settings as KeysSettings
+
+    tls = certs.tls("keys")
+    app = await build_keys(KeysSettings(
+        tls_cert_file=tls.cert, tls_key_file=tls.key, tls_ca_file=tls.ca,
+        database_url=await new_database("keys"), root_key=os.urandom(32).hex(),
+        audit_addr=f"127.0.0.1:{audit_app.port}",
+    ))
+    yield f"127.0.0.1:{app.port}"
+    await app.stop()
 
 
 @dataclass
