@@ -7,12 +7,17 @@ import dataclasses
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
+import asyncpg
 import pytest
 
 from sendsafe.context.v1 import principal_pb2
 from services.messaging.config import Settings
+from services.messaging.service import MessagingService
+from services.messaging.store import PgMessageStore
 from svckit.app import App
+from svckit.envelope import Envelope
 from svckit.testing import CertBundle, NewDatabase
 
 PRINCIPAL_KEY = "x-sendsafe-principal-bin"
@@ -41,12 +46,20 @@ class Messaging:
     start_worker: Callable[..., Awaitable[App]]
 
     @property
-    def service(self):  # type: ignore[no-untyped-def]
-        return self.api.extras["service"]
+    def service(self) -> MessagingService:
+        return cast(MessagingService, self.api.extras["service"])
 
     @property
-    def pool(self):  # type: ignore[no-untyped-def]
-        return self.api.extras["pool"]
+    def pool(self) -> asyncpg.Pool:
+        return cast(asyncpg.Pool, self.api.extras["pool"])
+
+    @property
+    def store(self) -> PgMessageStore:
+        return cast(PgMessageStore, self.api.extras["store"])
+
+    @property
+    def envelope(self) -> Envelope:
+        return cast(Envelope, self.api.extras["envelope"])
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from typing import cast
 
+import asyncpg
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
@@ -83,7 +85,7 @@ async def test_send_stores_only_ciphertext_and_the_worker_delivers(messaging: Me
             assert secret.encode() not in dump
         row = await messaging.pool.fetchrow("SELECT body_ct, to_ct FROM messages WHERE id = $1",
                                             uuid.UUID(first.message_id))
-        env = messaging.api.extras["envelope"]
+        env = messaging.envelope
         mid = first.message_id
         assert await env.decrypt(501, aad_for(501, BODY_RECORD, mid), bytes(row["body_ct"])) == marker.encode()
         assert await env.decrypt(501, aad_for(501, TO_RECORD, mid), bytes(row["to_ct"])) == REAL_NUMBER.encode()
@@ -191,7 +193,7 @@ async def test_credit_is_never_overdrawn(messaging_settings, certs: CertBundle) 
             free = await stub.SendSms(pb.SendSmsRequest(messages=[sms(REAL_NUMBER, "t")] * 5),
                                       metadata=principal_md(604, test_mode=True))
             assert free.queued_count == 5 and free.total_price == 0
-        pool = app.extras["pool"]
+        pool = cast(asyncpg.Pool, app.extras["pool"])
         assert await pool.fetchval("SELECT balance FROM balances WHERE account_id = 604") == Decimal("0.046")
         assert await pool.fetchval("SELECT count(*) FROM messages") == 8
     finally:

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from services.messaging.config import Settings
@@ -29,7 +30,7 @@ async def statuses(m: Messaging) -> dict[str, str]:
 
 async def test_relay_publishes_what_a_crash_left_in_the_outbox(messaging: Messaging) -> None:
     """Commit without publishing (the API died between commit and XADD): the relay publishes it."""
-    env = messaging.api.extras["envelope"]
+    env = messaging.envelope
     mid = str(uuid.uuid4()).upper()
     acct = 701
     body_ct, to_ct = await env.encrypt_many(
@@ -41,12 +42,12 @@ async def test_relay_publishes_what_a_crash_left_in_the_outbox(messaging: Messag
         custom_string="", source="", from_email="", list_id="", contact_id="", schedule=None,
         publish_at=int(time.time()) - 1,
     )
-    async with messaging.api.extras["store"].send_tx() as tx:
+    async with messaging.store.send_tx() as tx:
         await tx.insert_messages([row])
     redis = make_redis(messaging.settings.redis_url)
     try:
         async def published() -> bool:
-            entries = await redis.xrange(messaging.settings.dispatch_stream)
+            entries: Any = await redis.xrange(messaging.settings.dispatch_stream)
             return any(f.get(b"m") == mid.encode() for _, f in entries)
 
         await eventually(published, what="the relay to publish the orphan")
@@ -100,7 +101,7 @@ async def test_temporary_failures_retry_then_dead_letter(messaging: Messaging, c
     assert await messaging.pool.fetchval("SELECT count(*) FROM carrier_sim_submissions") == 0
     redis = make_redis(messaging.settings.redis_url)
     try:
-        dead = await redis.xrange(messaging.settings.dead_stream)
+        dead: Any = await redis.xrange(messaging.settings.dead_stream)
     finally:
         await redis.aclose()
     assert [f[b"m"] for _, f in dead] == [mid.encode()]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import cast
+
+import asyncpg
 
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from sendsafe.messaging.v1 import messaging_service_pb2_grpc
@@ -52,7 +55,7 @@ async def test_send_throughput_in_100_message_batches(messaging_settings: Settin
         print(f"\nSendSms in-process, {BATCH}-message batches, concurrency {CONCURRENCY}: {rate:,.0f} messages/s "
               f"(p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
               f"p99 {latencies[int(len(latencies) * 0.99)] * 1000:.1f} ms per request)")
-        pool = app.extras["pool"]
+        pool = cast(asyncpg.Pool, app.extras["pool"])
         assert await pool.fetchval("SELECT count(*) FROM messages") == BATCH * (BATCHES + 1)
     finally:
         await app.stop()
