@@ -102,6 +102,7 @@ class Gateway:
     channels: dict[str, grpc.aio.Channel]
     ssl_context: Any
     port: int = 0
+    health_port: int | None = None
     _runner: web.AppRunner | None = field(default=None, repr=False)
     _health: Any = field(default=None, repr=False)
 
@@ -118,6 +119,7 @@ class Gateway:
         self.port = int(self._runner.addresses[0][1])
         if self.settings.health_listen:
             self._health = await _start_health(self.settings.health_listen)
+            self.health_port = self._health[2]
         _LOG.info("gateway listening on https://%s:%d", host, self.port, extra={"event": "gateway.listening"})
         return self.port
 
@@ -461,18 +463,20 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
     response.headers["Server"] = "SendSafe"
 
 
-async def _start_health(listen: str) -> tuple[Any, grpc.aio.Server]:
+async def _start_health(listen: str) -> tuple[Any, grpc.aio.Server, int]:
+    """Plaintext gRPC health (kubelet's gRPC probe cannot present a client certificate)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_health.v1._async import HealthServicer
 
     servicer = HealthServicer()
     server = grpc.aio.server()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    if server.add_insecure_port(listen) == 0:
+    port = server.add_insecure_port(listen)
+    if port == 0:
         raise OSError(f"cannot bind the health port {listen}")
     await server.start()
     await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return servicer, server
+    return servicer, server, port
 
 
 # -- python -m gateway -------------------------------------------------------------------------------

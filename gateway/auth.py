@@ -275,7 +275,8 @@ class Authenticator:
         if reason in _GATEWAY_MISCONFIGURED:
             raise RuntimeError(f"the gateway may not call the credential services: {err.details()}")
         if err.code() not in _REJECTING_CODES:
-            raise from_rpc_error(err)
+            _LOG.warning("credential check failed upstream: %s %s", err.code().name, err.details())
+            raise from_rpc_error(err) from None
         who: dict[str, Any] = {}
         if key is not None:
             who = {"account_id": key.account_id, "user_id": key.user_id, "api_key_id": key.key_id}

@@ -322,3 +322,19 @@ async def test_graceful_stop_drains_in_flight_requests(certs: CertBundle, gw_bac
     with pytest.raises(aiohttp.ClientConnectorError):
         async with aiohttp.ClientSession() as fresh:
             await fresh.get(f"https://localhost:{port}/v3/account", ssl=False)
+
+
+async def test_health_port_reports_serving(certs: CertBundle, gw_backends: Backends) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.integration.gateway.gw_support import gateway_settings
+
+    gateway = await build(gateway_settings(certs, gw_backends, health_listen="127.0.0.1:0"))
+    await gateway.start()
+    assert gateway.health_port
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.health_port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    await gateway.stop()
