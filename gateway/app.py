@@ -7,7 +7,8 @@ audit client and closes the channels. `main()` is `python -m gateway`.
 
 Every request goes through one middleware (`_edge`) that
 - assigns the request id (a client `X-Request-Id` is kept only if it matches ^[A-Za-z0-9-]{8,64}$),
-- starts the SERVER span `<METHOD> <route template>` continuing an incoming W3C `traceparent`,
+- starts the SERVER span `<METHOD> <route template>` continuing an incoming W3C `traceparent`
+  (trace context only: client `baggage` is dropped at the edge),
 - turns every failure into the surface's error body (ClickSend envelope on /v3, `{"error": ...}` else),
 - adds `X-Request-Id` and `traceparent` (of the gateway span) to the response,
 - records exactly one audit event.
@@ -31,9 +32,10 @@ from typing import Any
 
 import grpc
 from aiohttp import web
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway import compat_clicksend, tls
 from gateway.auth import Authenticator, AuthFailure, Connection, Identity, build_principal, client_address
@@ -74,6 +76,8 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9-]{8,64}")
 MAX_USER_AGENT = 512
 MAX_AUDITED_PATH = 256
 _JSON = "application/json"
+# Only W3C trace context crosses the edge: client-supplied baggage is not forwarded to the services.
+_TRACE_CONTEXT = TraceContextTextMapPropagator()
 
 UnaryCall = Callable[..., Awaitable[Any]]
 
@@ -235,7 +239,7 @@ class _Pipeline:
         if route is not None:
             attributes["http.route"] = template
             attributes["sendsafe.rpc"] = route.rpc_path
-        parent = propagate.extract(request.headers)
+        parent = _TRACE_CONTEXT.extract(request.headers)
         name = f"{request.method} {template}" if template else request.method
         token = callctx.current.set(callctx.CallContext(self._service, None, request_id))
         try:
@@ -246,7 +250,7 @@ class _Pipeline:
                 response = await self._respond(request, handler, state, surface)
                 response.headers["X-Request-Id"] = request_id
                 carrier: dict[str, str] = {}
-                propagate.inject(carrier)
+                _TRACE_CONTEXT.inject(carrier)
                 if "traceparent" in carrier:
                     response.headers["traceparent"] = carrier["traceparent"]
                 span.set_attribute("http.status_code", response.status)

@@ -338,3 +338,9 @@ async def test_health_port_reports_serving(certs: CertBundle, gw_backends: Backe
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     await gateway.stop()
+
+
+async def test_client_baggage_is_not_forwarded(http, gw, gw_backends) -> None:
+    resp, _ = await _call(http, gw, "GET", "/v3/account", headers={**ALICE, "baggage": "account_id=1,role=admin"})
+    assert resp.status == 200
+    assert gw_backends.rec.last("GetAccount").meta("baggage") == []
