@@ -216,3 +216,18 @@ def test_path_params_parse_or_404() -> None:
     with pytest.raises(TranscodeError) as exc:
         build_request(identity_service_pb2.GetUserRequest.DESCRIPTOR, V3, path_params={"user_id": "seven"})
     assert exc.value.status == 404 and exc.value.reason == "NOT_FOUND"
+
+
+def test_bytes_are_base64_both_ways() -> None:
+    from sendsafe.keys.v1 import keys_service_pb2
+
+    out = message_to_json(keys_service_pb2.GenerateDataKeyResponse(wrapped_key=b"\x00\x01\xfe", key_version=2), V1)
+    assert out == {"plaintext": "", "wrapped_key": "AAH+", "key_version": 2}
+    msg = build_request(
+        keys_service_pb2.DecryptDataKeyRequest.DESCRIPTOR, V1, body={"account_id": 1, "wrapped_key": "AAH+"},
+        body_field="*",
+    )
+    assert isinstance(msg, keys_service_pb2.DecryptDataKeyRequest) and msg.wrapped_key == b"\x00\x01\xfe"
+    with pytest.raises(TranscodeError, match="base64"):
+        build_request(keys_service_pb2.DecryptDataKeyRequest.DESCRIPTOR, V1, body={"wrapped_key": "***"},
+                      body_field="*")
