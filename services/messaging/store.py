@@ -25,12 +25,12 @@ _MESSAGE_COLUMNS = (
     "schedule_time",
 )
 _INSERT_MESSAGES = (
-    "WITH new AS (INSERT INTO messages (" + ", ".join(_MESSAGE_COLUMNS) + ")"
+    "INSERT INTO messages (" + ", ".join(_MESSAGE_COLUMNS) + ")"
     " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bytea[],"
     " $7::bytea[], $8::text[], $9::text[], $10::text[], $11::int[], $12::numeric[], $13::bool[], $14::text[],"
-    " $15::text[], $16::text[], $17::text[], $18::text[], $19::timestamptz[]) RETURNING id)"
-    " INSERT INTO outbox (message_id, available_time) SELECT * FROM unnest($1::uuid[], $20::timestamptz[])"
+    " $15::text[], $16::text[], $17::text[], $18::text[], $19::timestamptz[])"
 )
+_INSERT_OUTBOX = "INSERT INTO outbox (message_id, available_time) SELECT * FROM unnest($1::uuid[], $2::timestamptz[])"
 _CLAIMABLE = [s.value for s in sources_of(MessageStatus.SENDING)] + [MessageStatus.SENDING.value]
 
 
@@ -74,8 +74,8 @@ class PgSendTx:
             )
 
     async def insert_messages(self, messages: Sequence[NewMessage]) -> None:
-        """Insert message rows and their outbox rows in one statement (arrays unnested server-side:
-        one round trip, a prepared statement, no per-call table introspection as COPY needs)."""
+        """Bulk-insert message rows and their outbox rows (arrays unnested server-side: one prepared
+        statement per table, no per-call table introspection as COPY needs)."""
         if not messages:
             return
         cols = list(zip(*(
@@ -84,7 +84,8 @@ class PgSendTx:
              m.from_email, m.list_id, m.contact_id, _ts(m.schedule), _ts(m.publish_at))
             for m in messages
         ), strict=True))
-        await self._conn.execute(_INSERT_MESSAGES, *cols)
+        await self._conn.execute(_INSERT_MESSAGES, *cols[:19])
+        await self._conn.execute(_INSERT_OUTBOX, cols[0], cols[19])
 
 
 class PgMessageStore:
