@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -14,9 +15,11 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from sendsafe.audit.v1 import event_pb2
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from sendsafe.messaging.v1 import messaging_service_pb2_grpc, sms_pb2
 from services.messaging.domain import BODY_RECORD, TO_RECORD
+from svckit.app import App
 from svckit.envelope import DecryptFailed, aad_for
 from svckit.testing import CertBundle
 from tests.conftest import channel_as
@@ -58,7 +61,10 @@ def sms(to: str, body: str, **kw: object) -> sms_pb2.OutboundSms:
     return sms_pb2.OutboundSms(to=to, body=body, **kw)  # type: ignore[arg-type]
 
 
-async def test_send_stores_only_ciphertext_and_the_worker_delivers(messaging: Messaging, certs: CertBundle) -> None:
+async def test_send_stores_only_ciphertext_and_the_worker_delivers(
+    messaging: Messaging, certs: CertBundle, audit_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     marker = f"secret body {uuid.uuid4().hex}"
     ch, stub = stub_for(messaging, certs)
     async with ch:
@@ -120,6 +126,25 @@ async def test_send_stores_only_ciphertext_and_the_worker_delivers(messaging: Me
     assert sorted(str(r["message_id"]).upper() for r in sim) == sorted([first.message_id, second.message_id])
     assert all(r["submit_count"] == 1 for r in sim)
     assert await count_rows(messaging, "outbox") == 0
+
+    # The worker audited the batch: counts, never content.
+    audit_service = audit_app.extras["service"]
+
+    async def audited() -> list[event_pb2.Event]:
+        rows = await audit_service._store.chain_rows(0, 1_000_000)  # type: ignore[attr-defined]
+        events = [event_pb2.Event.FromString(r[1]) for r in rows]
+        return [e for e in events if e.action == "messaging.sms.sent" and e.actor.account_id == 501]
+
+    async def has_audit() -> bool:
+        return bool(await audited())
+
+    await eventually(has_audit, what="the delivery audit event")
+    (event,) = await audited()
+    assert dict(event.details) == {"sent": "2", "retried": "0", "failed": "0", "carrier": "simulator"}
+    # Nothing that was logged or audited holds the body or the number.
+    for text in (caplog.text, str(event)):
+        for secret in (marker, REAL_NUMBER, TEST_NUMBER):
+            assert secret not in text
 
     # Balance is the identity service's to read: trial 10 - 0.077.
     async with channel_as(certs, "identity", messaging.api.port, "messaging") as ich:
