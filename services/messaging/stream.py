@@ -93,6 +93,19 @@ class DispatchStream:
             entries.extend(Entry(eid, "") for eid in reply[2])  # ids of deleted entries
         return cursor, entries
 
+    async def prune_consumers(self, *, idle_ms: int, keep: str) -> int:
+        """Forget consumers (dead workers' names) idle longer than `idle_ms` that hold no pending entries."""
+        async with asyncio.timeout(self._timeout):
+            consumers: Any = await self._redis.xinfo_consumers(self.stream, GROUP)
+            gone = [
+                c["name"] for c in consumers
+                if int(c.get("pending", 0)) == 0 and int(c.get("idle", 0)) > idle_ms
+                and (c["name"].decode() if isinstance(c["name"], bytes) else c["name"]) != keep
+            ]
+            for name in gone:
+                await self._redis.xgroup_delconsumer(self.stream, GROUP, name)
+        return len(gone)
+
     async def ack(self, entry_ids: Sequence[bytes]) -> None:
         """XACK and XDEL handled entries in one round trip (the stream stays short)."""
         if not entry_ids:

@@ -21,6 +21,7 @@ from services.messaging.service import DeliveryService
 from services.messaging.stream import DispatchStream, Entry
 
 _LOG = logging.getLogger(__name__)
+_PRUNE_EVERY_S = 300.0
 
 
 def default_consumer_name() -> str:
@@ -54,6 +55,7 @@ class StreamWorker:
     async def run(self) -> None:
         own_pending = True  # first whatever this consumer was given and did not ack
         next_reclaim = 0.0
+        next_prune = time.monotonic() + _PRUNE_EVERY_S
         delay = 0.1
         while not self._stopping.is_set():
             try:
@@ -62,6 +64,10 @@ class StreamWorker:
                 if time.monotonic() >= next_reclaim:
                     await self._reclaim()
                     next_reclaim = time.monotonic() + max(self._reclaim_idle_ms / 2000, 0.05)
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + _PRUNE_EVERY_S
+                    await self._stream.prune_consumers(idle_ms=max(self._reclaim_idle_ms * 10, 3_600_000),
+                                                       keep=self.consumer)
                 entries = await self._stream.read(
                     self.consumer, pending=own_pending, count=self._batch, block_ms=self._block_ms
                 )

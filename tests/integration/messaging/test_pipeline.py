@@ -216,3 +216,24 @@ async def test_killed_worker_loses_nothing_and_delivers_once(
     print(f"\nkilled worker: {len(in_flight)} in flight at kill, {len(resubmitted)} re-submitted "
           f"(carrier deduplicated), {n} delivered once")
     await asyncio.sleep(0)
+
+
+async def test_dead_consumers_without_pending_entries_are_pruned(messaging: Messaging) -> None:
+    from services.messaging.stream import GROUP, DispatchStream
+
+    redis = make_redis(messaging.settings.redis_url)
+    try:
+        stream = DispatchStream(redis, messaging.settings.dispatch_stream, messaging.settings.dead_stream)
+        await stream.ensure_group()
+        await stream.publish([str(uuid.uuid4()).upper()])
+        held = await stream.read("dead-with-pending", pending=False, count=1, block_ms=10)
+        assert len(held) == 1
+        await stream.publish([str(uuid.uuid4()).upper()])
+        done = await stream.read("dead-idle", pending=False, count=1, block_ms=10)
+        await stream.ack([e.entry_id for e in done])
+        await asyncio.sleep(0.05)
+        assert await stream.prune_consumers(idle_ms=10, keep="me") == 1
+        names = {c["name"] for c in await redis.xinfo_consumers(stream.stream, GROUP)}
+        assert names == {b"dead-with-pending"}  # its entry still needs reclaiming
+    finally:
+        await redis.aclose()
