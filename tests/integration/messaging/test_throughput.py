@@ -59,3 +59,30 @@ async def test_send_throughput_in_100_message_batches(messaging_settings: Settin
         assert await pool.fetchval("SELECT count(*) FROM messages") == BATCH * (BATCHES + 1)
     finally:
         await app.stop()
+
+
+async def test_worker_delivery_rate(messaging_settings: Settings, certs: CertBundle) -> None:
+    """Messages/s one in-process worker moves from QUEUED to SENT (simulator, no latency); printed."""
+    from services.messaging.app import build, build_worker
+
+    n = 3000
+    app = await build(dataclasses.replace(messaging_settings, trial_credit="1000000"))
+    try:
+        async with channel_as(certs, "gateway", app.port, "messaging") as ch:
+            stub = messaging_service_pb2_grpc.MessagingServiceStub(ch)
+            request = pb.SendSmsRequest(messages=[sms(f"+614{12000000 + i:08d}", f"m {i}") for i in range(BATCH)])
+            for _ in range(n // BATCH):
+                await stub.SendSms(request, metadata=principal_md(802))
+        pool = cast(asyncpg.Pool, app.extras["pool"])
+        start = time.perf_counter()
+        worker = await build_worker(dataclasses.replace(messaging_settings, sim_receipt_delay_ms=60_000))
+        try:
+            while await pool.fetchval("SELECT count(*) FROM messages WHERE status = 'SENT'") < n:
+                await asyncio.sleep(0.02)
+            elapsed = time.perf_counter() - start
+        finally:
+            await worker.stop()
+        print(f"\nworker (1 process, in-process with the API, batches of {messaging_settings.worker_batch}): "
+              f"{n / elapsed:,.0f} messages/s claimed, decrypted, submitted and recorded")
+    finally:
+        await app.stop()
