@@ -12,7 +12,6 @@ from services.messaging.domain import (
     HistoryItem,
     HistoryPage,
     HistoryQuery,
-    InvalidAccountId,
     OutboundInput,
     SendItem,
     SendResult,
@@ -126,7 +125,5 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     async def GetBalance(
         self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetBalanceResponse:
-        if request.account_id <= 0:
-            raise InvalidAccountId("account_id must be a positive account id")
         balance = await self.service.get_balance(request.account_id)
         return pb.GetBalanceResponse(balance=format_balance(balance), currency=currency_proto(self.service.currency))

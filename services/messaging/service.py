@@ -27,6 +27,7 @@ from services.messaging.domain import (
     HistoryItem,
     HistoryPage,
     HistoryQuery,
+    InvalidAccountId,
     MessageStatus,
     MessageStatusCode,
     NewMessage,
@@ -240,6 +241,8 @@ class MessagingService:
 
     async def get_balance(self, account_id: int) -> Decimal:
         """The account's credit (the trial credit for an account that never sent)."""
+        if account_id <= 0:
+            raise InvalidAccountId("account_id must be a positive account id")
         value = await self._store.balance(account_id)
         return self._trial_credit if value is None else value
 
@@ -295,7 +298,8 @@ class DeliveryService:
             _LOG.warning("carrier %s submit failed (%s); %d messages will be retried",
                          self._carrier.name, type(exc).__name__, len(submissions))
             results = []
-        readable = [m for m in claimed if m.id not in {u[0] for u in unreadable}]
+        unreadable_ids = {mid for mid, _ in unreadable}
+        readable = [m for m in claimed if m.id not in unreadable_ids]
         sent, retry, failed = plan_results(readable, results, self._max_attempts)
         failed += unreadable
         became_failed = await self._store.record_results(

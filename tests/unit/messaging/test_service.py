@@ -18,6 +18,7 @@ from services.messaging.domain import (
     Caller,
     ClaimedMessage,
     HistoryQuery,
+    InvalidAccountId,
     MessageStatus,
     MissingRequiredFields,
     NewMessage,
@@ -284,6 +285,8 @@ async def test_history_decrypts_and_maps_statuses(parts) -> None:  # type: ignor
     assert all(i.to == REAL and i.status.status == "Queued" and i.status.status_code == "200" for i in page.items)
     assert await svc.get_balance(10) == Decimal("10") - 3 * Decimal("0.077")
     assert await svc.get_balance(12345) == Decimal("10")  # never sent: the trial credit
+    with pytest.raises(InvalidAccountId):
+        await svc.get_balance(0)
 
 
 # -- delivery -----------------------------------------------------------------------------------------------
