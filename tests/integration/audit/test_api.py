@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import asyncpg
 import grpc
 import pytest
@@ -9,10 +11,12 @@ from google.rpc import error_details_pb2, status_pb2
 
 from sendsafe.audit.v1 import audit_service_pb2, audit_service_pb2_grpc, event_pb2
 from sendsafe.context.v1 import principal_pb2
+from services.audit.app import build
+from services.audit.config import Settings
 from svckit.app import App
 from svckit.audit import new_event
 from svckit.rpc import secure_channel
-from svckit.testing import CertBundle
+from svckit.testing import CertBundle, NewDatabase
 from svckit.tls import TlsFiles
 from tests.conftest import channel_as, foreign_tls
 
@@ -131,7 +135,18 @@ async def test_invalid_event_is_rejected_whole(audit_app: App, certs: CertBundle
     assert good.event_id not in {event_pb2.Event.FromString(r[1]).event_id for r in rows}
 
 
-async def test_events_are_immutable_and_tampering_is_detected(audit_app: App, certs: CertBundle) -> None:
+@pytest.fixture
+async def private_audit_app(certs: CertBundle, new_database: NewDatabase) -> AsyncIterator[App]:
+    """An audit service with a log of its own: tampering with it must not disturb other tests."""
+    tls = certs.tls("audit")
+    app = await build(Settings(tls_cert_file=tls.cert, tls_key_file=tls.key, tls_ca_file=tls.ca,
+                               database_url=await new_database("audit_tamper")))
+    yield app
+    await app.stop()
+
+
+async def test_events_are_immutable_and_tampering_is_detected(private_audit_app: App, certs: CertBundle) -> None:
+    audit_app = private_audit_app
     async with channel_as(certs, "identity", audit_app.port, "audit") as ch:
         stub = audit_service_pb2_grpc.AuditServiceStub(ch)
         resp = await stub.AppendEvents(audit_service_pb2.AppendEventsRequest(events=[_event(5, "x"), _event(5, "y")]))
