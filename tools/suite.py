@@ -53,6 +53,14 @@ class StartError(RuntimeError):
     pass
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the launcher dies, however it dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
 class Suite:
     def __init__(self, config: SuiteConfig) -> None:
         self.config = config
@@ -150,7 +158,7 @@ class Suite:
         with open(log, "ab") as fh:
             popen = subprocess.Popen(
                 args, cwd=REPO, env=self.env_for(name, port_file, worker), stdout=fh, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )
         proc = Proc(label, popen, log, None)
         self.procs[label] = proc
