@@ -19,8 +19,16 @@ _LOG = logging.getLogger(__name__)
 _LOCK_ID = 0x53454E44  # "SEND"
 
 
+async def _keep_session(_: asyncpg.Connection) -> None:
+    """Pool release hook. Services never change session state (no SET, LISTEN or held advisory locks:
+    `migrate` unlocks explicitly), so the default RESET ALL / UNLISTEN round trip on every release is
+    skipped; asyncpg still rolls back any open transaction before this hook runs."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=10)
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, command_timeout=10, reset=_keep_session
+    )
     assert pool is not None
     return pool
 
