@@ -12,32 +12,59 @@ import os
 import sys
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, SamplingResult
 
 from svckit import context as callctx
 
 _instrumented = False
 
 
+class _RecordWhenObserved(Sampler):
+    """Trace and span ids are always made and propagated (responses and audit events carry them), but
+    spans are recorded only once something receives them (an OTLP exporter or a test's processor):
+    no cost for data nobody reads. Once observed, the usual parent-based choice applies, so
+    OTEL_TRACES_SAMPLER-style ratio sampling can be layered in front by the operator."""
+
+    def __init__(self) -> None:
+        self.observed = False
+        self._on = ParentBased(ALWAYS_ON)
+
+    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
+        if self.observed:
+            return self._on.should_sample(*args, **kwargs)
+        return ALWAYS_OFF.should_sample(*args, **kwargs)
+
+    def get_description(self) -> str:
+        return "RecordWhenObserved"
+
+
+_SAMPLER = _RecordWhenObserved()
+
+
 def setup_tracing(service_name: str, processors: Iterable[SpanProcessor] = ()) -> TracerProvider:
     """Install the process-wide tracer provider (once) and instrument grpc.aio, asyncpg and redis."""
     global _instrumented
+    procs = list(processors)
     current = trace.get_tracer_provider()
     if isinstance(current, TracerProvider):
         provider = current
     else:
-        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        provider = TracerProvider(resource=Resource.create({"service.name": service_name}), sampler=_SAMPLER)
         if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+            _SAMPLER.observed = True
         trace.set_tracer_provider(provider)
-    for proc in processors:
+    for proc in procs:
         provider.add_span_processor(proc)
+        _SAMPLER.observed = True
     if not _instrumented:
         from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
         from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
