@@ -24,13 +24,15 @@ _MESSAGE_COLUMNS = (
     "encoding", "parts", "price", "is_test", "custom_string", "source", "from_email", "list_id", "contact_id",
     "schedule_time",
 )
+# Messages and their outbox rows in ONE statement (a data-modifying CTE): a single round trip, atomic
+# on its own, so a send that debits nothing needs no explicit transaction.
 _INSERT_MESSAGES = (
-    "INSERT INTO messages (" + ", ".join(_MESSAGE_COLUMNS) + ")"
+    "WITH inserted AS (INSERT INTO messages (" + ", ".join(_MESSAGE_COLUMNS) + ")"
     " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bytea[],"
     " $7::bytea[], $8::text[], $9::text[], $10::text[], $11::int[], $12::numeric[], $13::bool[], $14::text[],"
-    " $15::text[], $16::text[], $17::text[], $18::text[], $19::timestamptz[])"
+    " $15::text[], $16::text[], $17::text[], $18::text[], $19::timestamptz[]) RETURNING id)"
+    " INSERT INTO outbox (message_id, available_time) SELECT * FROM unnest($1::uuid[], $20::timestamptz[])"
 )
-_INSERT_OUTBOX = "INSERT INTO outbox (message_id, available_time) SELECT * FROM unnest($1::uuid[], $2::timestamptz[])"
 _CLAIMABLE = [s.value for s in sources_of(MessageStatus.SENDING)] + [MessageStatus.SENDING.value]
 
 
@@ -84,8 +86,7 @@ class PgSendTx:
              m.from_email, m.list_id, m.contact_id, _ts(m.schedule), _ts(m.publish_at))
             for m in messages
         ), strict=True))
-        await self._conn.execute(_INSERT_MESSAGES, *cols[:19])
-        await self._conn.execute(_INSERT_OUTBOX, cols[0], cols[19])
+        await self._conn.execute(_INSERT_MESSAGES, *cols)
 
 
 class PgMessageStore:
@@ -95,9 +96,15 @@ class PgMessageStore:
     # -- sending ------------------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def send_tx(self) -> AsyncIterator[PgSendTx]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            yield PgSendTx(conn)
+    async def send_tx(self, *, atomic: bool = True) -> AsyncIterator[PgSendTx]:
+        """A connection for one send. `atomic=False` (nothing to lock or debit) skips BEGIN/COMMIT: the
+        insert is a single statement and so already all-or-nothing."""
+        async with self._pool.acquire() as conn:
+            if not atomic:
+                yield PgSendTx(conn)
+                return
+            async with conn.transaction():
+                yield PgSendTx(conn)
 
     async def delete_outbox(self, published: Sequence[tuple[str, int]]) -> None:
         """Delete the outbox rows of published messages: (message id, the row's publish-at time), so a

@@ -90,7 +90,7 @@ class FakeStore:
         self.locks = 0
 
     @contextlib.asynccontextmanager
-    async def send_tx(self) -> AsyncIterator[FakeTx]:
+    async def send_tx(self, *, atomic: bool = True) -> AsyncIterator[FakeTx]:
         self.transactions += 1
         tx = FakeTx(self)
         yield tx
