@@ -30,7 +30,7 @@ class Settings(KitSettings):
     relay_batch: int = setting("MESSAGING_RELAY_BATCH", default=500)
 
     # Dispatch worker.
-    worker_batch: int = setting("MESSAGING_WORKER_BATCH", default=100)
+    worker_batch: int = setting("MESSAGING_WORKER_BATCH", default=500)
     worker_block_ms: int = setting("MESSAGING_WORKER_BLOCK_MS", default=1000)
     reclaim_idle_ms: int = setting("MESSAGING_RECLAIM_IDLE_MS", default=30_000,
                                    doc="stream entries idle this long are taken over from their (dead) consumer")

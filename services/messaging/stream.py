@@ -1,7 +1,8 @@
 """The dispatch queue: a Redis Stream with one consumer group, and its dead-letter stream.
 
-Every call is bounded (`asyncio.timeout`) on top of the client's socket timeouts. Entries carry only
-our message id: the stream never holds a body or a phone number.
+Every call is bounded (`asyncio.timeout`) on top of the client's socket timeouts. One entry per
+published batch carries the batch's message ids (comma-separated) and nothing else: the stream never
+holds a body or a phone number, and a 100-message send costs one XADD rather than a hundred.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ _FIELD = b"m"
 @dataclass(frozen=True, slots=True)
 class Entry:
     entry_id: bytes
-    message_id: str  # "" when the entry is malformed or was deleted
+    message_ids: tuple[str, ...]  # empty when the entry is malformed or was deleted
 
 
 class DispatchStream:
@@ -38,14 +39,14 @@ class DispatchStream:
         self.dead_stream = dead_stream
         self._timeout = timeout
 
-    async def publish(self, message_ids: Sequence[str]) -> None:
-        """XADD one entry per message, pipelined (no MULTI): one round trip per batch."""
+    async def publish(self, message_ids: Sequence[str], chunk: int = 1000) -> None:
+        """XADD one entry per `chunk` message ids (pipelined, no MULTI): one round trip per call."""
         if not message_ids:
             return
         async with asyncio.timeout(self._timeout):
             pipe = self._redis.pipeline(transaction=False)
-            for mid in message_ids:
-                pipe.xadd(self.stream, {_FIELD: mid.encode()})
+            for i in range(0, len(message_ids), chunk):
+                pipe.xadd(self.stream, {_FIELD: ",".join(message_ids[i:i + chunk]).encode()})
             await pipe.execute()
 
     async def dead_letter(self, failed: Sequence[tuple[str, int]]) -> None:
@@ -90,7 +91,7 @@ class DispatchStream:
         cursor: bytes = reply[0]
         entries = [_entry(eid, fields) for eid, fields in reply[1] if eid is not None]
         if len(reply) > 2:
-            entries.extend(Entry(eid, "") for eid in reply[2])  # ids of deleted entries
+            entries.extend(Entry(eid, ()) for eid in reply[2])  # ids of deleted entries
         return cursor, entries
 
     async def prune_consumers(self, *, idle_ms: int, keep: str) -> int:
@@ -120,6 +121,6 @@ class DispatchStream:
 def _entry(entry_id: bytes, fields: dict[bytes, bytes] | None) -> Entry:
     raw = (fields or {}).get(_FIELD, b"")
     try:
-        return Entry(entry_id, raw.decode("ascii"))
+        return Entry(entry_id, tuple(i for i in raw.decode("ascii").split(",") if i))
     except UnicodeDecodeError:
-        return Entry(entry_id, "")
+        return Entry(entry_id, ())

@@ -35,7 +35,7 @@ class StreamWorker:
         delivery: DeliveryService,
         *,
         consumer: str,
-        batch: int = 100,
+        batch: int = 500,
         block_ms: int = 1000,
         reclaim_idle_ms: int = 30_000,
     ) -> None:
@@ -43,6 +43,9 @@ class StreamWorker:
         self._delivery = delivery
         self.consumer = consumer
         self._batch = batch
+        # An entry holds one published batch (1 to 1000 ids); read enough entries to fill a delivery
+        # batch from single-message sends, and deliver big ones in `batch`-sized slices.
+        self._entries = max(1, batch // 5)
         self._block_ms = block_ms
         self._reclaim_idle_ms = reclaim_idle_ms
         self._stopping = asyncio.Event()
@@ -69,7 +72,7 @@ class StreamWorker:
                     await self._stream.prune_consumers(idle_ms=max(self._reclaim_idle_ms * 10, 3_600_000),
                                                        keep=self.consumer)
                 entries = await self._stream.read(
-                    self.consumer, pending=own_pending, count=self._batch, block_ms=self._block_ms
+                    self.consumer, pending=own_pending, count=self._entries, block_ms=self._block_ms
                 )
                 if own_pending and not entries:
                     own_pending = False
@@ -90,7 +93,7 @@ class StreamWorker:
         cursor = b"0-0"
         while not self._stopping.is_set():
             cursor, entries = await self._stream.reclaim(
-                self.consumer, min_idle_ms=self._reclaim_idle_ms, count=self._batch, start=cursor
+                self.consumer, min_idle_ms=self._reclaim_idle_ms, count=self._entries, start=cursor
             )
             if entries:
                 _LOG.info("reclaimed %d idle dispatch entries", len(entries))
@@ -99,9 +102,9 @@ class StreamWorker:
                 return
 
     async def _handle(self, entries: list[Entry]) -> None:
-        ids = [e.message_id for e in entries if _looks_like_id(e.message_id)]
-        if ids:
-            await self._delivery.deliver(ids)
+        ids = [mid for e in entries for mid in e.message_ids if _looks_like_id(mid)]
+        for i in range(0, len(ids), self._batch):
+            await self._delivery.deliver(ids[i:i + self._batch])
         await self._stream.ack([e.entry_id for e in entries])
         self.batches += 1
 
