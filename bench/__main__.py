@@ -1,159 +1,32 @@
-"""`make bench`: send-path figures through the real gateway beside a bare TLS baseline, same run.
+"""`make bench`: every benchmark section, one after another, each printing its own figures.
 
-Starts its own copy of the suite (own databases and Redis prefix, dropped afterwards), creates an
-account, then measures, interleaved with the baseline so machine noise hits both alike:
-  - bare aiohttp HTTPS hello (the ceiling for any Python HTTPS endpoint here),
-  - POST /v3/sms/send with 1 message per request,
-  - POST /v3/sms/send with 100 messages per request,
-and prints accepted messages/s, p50/p99 and the ratio to the baseline. Set BENCH_SECONDS (default 8)
-and BENCH_CONCURRENCY (default 32).
+Sections are modules `bench/<name>.py` with a `main() -> int`; `send_path` runs first (the suite
+through the gateway), then the others in name order. `python -m bench NAME...` runs only those.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import json
-import os
-import subprocess
+import importlib
+import pkgutil
 import sys
-import tempfile
-import time
-import uuid
 from pathlib import Path
 
-from bench.load import Result, run
-from tools.suite import REPO, Suite, SuiteConfig, ensure_databases, ensure_root_key
+_NOT_SECTIONS = {"__main__", "load", "bare_tls"}
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User+system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def sections() -> list[str]:
+    names = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if m.name not in _NOT_SECTIONS)
+    return ["send_path", *(n for n in names if n != "send_path")]
 
 
-def _wait_port(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if path.exists():
-            return int(path.read_text())
-        if proc.poll() is not None:
-            raise RuntimeError("baseline server exited")
-        time.sleep(0.05)
-    raise RuntimeError("baseline server did not start")
-
-
-def drain(suite: Suite, config: SuiteConfig, timeout: float = 300.0) -> str:
-    """Start one worker on the accepted backlog and time it to deliver everything."""
-    import asyncpg
-
-    async def counts() -> tuple[int, int]:
-        conn = await asyncpg.connect(config.database_url("messaging"))
-        try:
-            row = await conn.fetchrow(
-                "SELECT count(*) AS total, count(*) FILTER (WHERE status IN ('SENT', 'DELIVERED')) AS done"
-                " FROM messages"
-            )
-            assert row is not None
-            return int(row["total"]), int(row["done"])
-        finally:
-            await conn.close()
-
-    total, done0 = asyncio.run(counts())
-    t0 = time.perf_counter()
-    suite.start_process("messaging", worker=True, suffix="0")
-    done = done0
-    while done < total and time.perf_counter() - t0 < timeout:
-        time.sleep(0.5)
-        _, done = asyncio.run(counts())
-    secs = time.perf_counter() - t0
-    return f"{done - done0:,} messages sent to the carrier in {secs:.1f}s = {(done - done0) / secs:,.0f} messages/s"
-
-
-def main() -> int:
-    seconds = float(os.environ.get("BENCH_SECONDS", "8"))
-    conc = int(os.environ.get("BENCH_CONCURRENCY", "32"))
-    work = Path(tempfile.mkdtemp(prefix="sendsafe-bench-"))
-    from tools.certs import ensure_dev_certs
-
-    certs = work / "certs"
-    ensure_dev_certs(certs)
-    run_id = uuid.uuid4().hex[:6]
-    config = SuiteConfig(
-        workdir=work / "run", certs=certs, db_prefix=f"ssbench_{run_id}",
-        pg_admin_dsn=os.environ.get("PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
-        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), redis_prefix=f"ssbench:{run_id}:",
-        root_key_file=ensure_root_key(work / "root.key"), log_level="WARNING", workers=0,
-        env={"messaging": {"MESSAGING_TRIAL_CREDIT": "100000000"}, "worker": {"MESSAGING_TRIAL_CREDIT": "100000000"}},
-    )
-    ensure_databases(config)
-    cores = os.cpu_count()
-    print(f"machine: {cores} cores; python {sys.version.split()[0]}; {seconds:.0f}s per figure, concurrency {conc}")
-    bare_port_file = work / "bare.port"
-    bare = subprocess.Popen(
-        [sys.executable, "-m", "bench.bare_tls", str(certs / "gateway-https.crt"), str(certs / "gateway-https.key"),
-         str(bare_port_file)], cwd=REPO,
-    )
-    suite = Suite(config)
-    try:
-        bare_url = f"https://localhost:{_wait_port(bare_port_file, bare)}/"
-        suite.start()
-        from tools.bootstrap import bootstrap
-
-        creds = asyncio.run(bootstrap(identity=suite.addrs["identity"], keys=suite.addrs["keys"], certs=certs,
-                                      out=work / "demo.env", gateway_url=suite.gateway_url, announce_to_stdout=False))
-        pair = f"{creds['SENDSAFE_USERNAME']}:{creds['SENDSAFE_API_KEY']}"
-        auth = "Basic " + base64.b64encode(pair.encode()).decode()
-        headers = {"Authorization": auth, "Content-Type": "application/json"}
-        one = json.dumps({"messages": [{"to": "+61411111111", "body": "bench message"}]}).encode()
-        hundred = json.dumps({"messages": [{"to": "+61411111111", "body": f"bench {i}"} for i in range(100)]}).encode()
-        ca = str(certs / "public-ca.crt")
-        send = f"{suite.gateway_url}/v3/sms/send"
-
-        pids = {p.name: p.popen.pid for p in suite.procs.values()}
-        pids["bare-tls"] = bare.pid
-
-        async def measured(coro) -> tuple[Result, dict[str, float]]:  # type: ignore[no-untyped-def]
-            before = {n: _cpu_seconds(pid) for n, pid in pids.items()}
-            result = await coro
-            return result, {n: _cpu_seconds(pid) - before[n] for n, pid in pids.items()}
-
-        async def figures() -> list[tuple[Result, dict[str, float]]]:
-            return [
-                await measured(run("bare TLS hello (aiohttp, same TLS policy)", bare_url, ca=ca,
-                                   concurrency=conc, seconds=seconds)),
-                await measured(run("POST /v3/sms/send, 1 message/request", send, ca=ca, concurrency=conc,
-                                   seconds=seconds, method="POST", body=lambda: one, headers=headers)),
-                await measured(run("POST /v3/sms/send, 100 messages/request", send, ca=ca,
-                                   concurrency=max(4, conc // 4), seconds=seconds, method="POST",
-                                   body=lambda: hundred, headers=headers, items_per_request=100)),
-                await measured(run("bare TLS hello (again, for drift)", bare_url, ca=ca, concurrency=conc,
-                                   seconds=seconds)),
-            ]
-
-        results = asyncio.run(figures())
-        for r, cpu in results:
-            print(r.line())
-            busy = ", ".join(f"{n} {1000 * c / max(r.requests, 1):.2f}" for n, c in cpu.items() if c > 0.05)
-            print(f"    server CPU-ms per request: {busy}")
-        base = (results[0][0].rps + results[3][0].rps) / 2
-        print(f"single-message sends / bare TLS rate: {results[1][0].rps / base:.2f}x (target >= 0.10x)")
-        print(f"100-message batches: {results[2][0].items_per_s:,.0f} accepted messages/s (target >= 10,000)")
-        print("delivery (worker pool of 1 started after acceptance; drains the backlog):")
-        print("    " + drain(suite, config))
-    finally:
-        suite.stop()
-        bare.terminate()
-        bare.wait()
-        from svckit.db import drop_database
-
-        async def drop() -> None:
-            for name in ("audit", "keys", "messaging", "identity"):
-                await drop_database(config.database_url(name))
-
-        asyncio.run(drop())
-    return 0
+def main(argv: list[str]) -> int:
+    chosen = argv or sections()
+    status = 0
+    for name in chosen:
+        print(f"\n== {name} ==", flush=True)
+        status |= importlib.import_module(f"bench.{name}").main()
+    return status
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))
