@@ -105,8 +105,11 @@ def main() -> int:
         pair = f"{creds['SENDSAFE_USERNAME']}:{creds['SENDSAFE_API_KEY']}"
         auth = "Basic " + base64.b64encode(pair.encode()).decode()
         headers = {"Authorization": auth, "Content-Type": "application/json"}
-        one = json.dumps({"messages": [{"to": "+61411111111", "body": "bench message"}]}).encode()
-        hundred = json.dumps({"messages": [{"to": "+61411111111", "body": f"bench {i}"} for i in range(100)]}).encode()
+        # A real (charged) destination, not a ClickSend test number: the paid path locks and debits the
+        # account's balance, which is what customers actually exercise.
+        to = os.environ.get("BENCH_TO", "+61412345678")
+        one = json.dumps({"messages": [{"to": to, "body": "bench message"}]}).encode()
+        hundred = json.dumps({"messages": [{"to": to, "body": f"bench {i}"} for i in range(100)]}).encode()
         ca = str(certs / "public-ca.crt")
         send = f"{suite.gateway_url}/v3/sms/send"
 

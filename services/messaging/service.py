@@ -8,13 +8,14 @@ attribute, an error message or an audit detail.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from sendsafe.audit.v1 import event_pb2
 from services.messaging.carriers import Carrier
@@ -52,6 +53,8 @@ from svckit.envelope import DecryptFailed, aad_for
 
 _LOG = logging.getLogger(__name__)
 SERVICE = "messaging"
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 # -- ports ------------------------------------------------------------------------------------------------
@@ -108,6 +111,50 @@ def new_message_id() -> str:
 # -- API process ------------------------------------------------------------------------------------------
 
 
+class GroupCommit(Generic[T, R]):
+    """Runs one `commit(batch)` for all submissions that arrive while the previous one is running.
+
+    The first submission commits at once (no added latency when idle); under load, requests that
+    queued up meanwhile share the next commit, so a busy account's balance is locked once per batch
+    instead of once per request and the database and stream see one write per batch. A failed commit
+    fails every submission in it (nothing of that batch was stored).
+    """
+
+    def __init__(self, commit: Callable[[list[T]], Awaitable[list[R]]], *, max_batch: int = 200) -> None:
+        self._commit = commit
+        self._max_batch = max_batch
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._draining = False
+
+    async def submit(self, item: T) -> R:
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, fut))
+        if not self._draining:
+            self._draining = True
+            # The drain outlives a cancelled caller: a commit in flight always completes or fails whole.
+            asyncio.get_running_loop().create_task(self._drain())
+        return await asyncio.shield(fut)
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+                try:
+                    results = await self._commit([item for item, _ in batch])
+                except Exception as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), result in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(result)
+        finally:
+            self._draining = False
+
+
+
+
 class MessagingService:
     def __init__(
         self,
@@ -132,6 +179,7 @@ class MessagingService:
         self._relay_batch = relay_batch
         self._clock = clock
         self._published: list[tuple[str, int]] = []
+        self._group: GroupCommit[tuple[int, list[NewMessage]], list[bool]] = GroupCommit(self._commit_group)
 
     async def send_sms(self, caller: Caller, inputs: Sequence[OutboundInput]) -> SendResult:
         """Validate, price, encrypt and store 1-1000 messages with their outbox rows and the debit in one
@@ -166,39 +214,58 @@ class MessagingService:
                 )
             ],
         )
-        rows: list[NewMessage] = []
-        prices = [price for _, _, _, price in valid]
-        # Free sends (test numbers, test accounts) lock and debit nothing: one statement, no transaction.
-        async with self._store.send_tx(atomic=any(prices)) as tx:
-            if any(prices):
-                fits = allocate_credit(await tx.lock_balance(acct, self._trial_credit), prices)
-            else:
-                fits = [True] * len(valid)
-            for k, ((i, v, mid, price), ok) in enumerate(zip(valid, fits, strict=True)):
-                m = inputs[i]
-                scheduled = v.schedule is not None and v.schedule > now
-                if not ok:
-                    items[i] = SendItem(m, MessageStatusCode.INSUFFICIENT_CREDIT, to=v.to, country=v.recipient.country,
-                                        sender=v.sender, parts=v.sms.parts, schedule=m.schedule)
-                    continue
+        candidates: list[NewMessage] = []
+        for k, (i, v, mid, price) in enumerate(valid):
+            m = inputs[i]
+            scheduled = v.schedule is not None and v.schedule > now
+            candidates.append(NewMessage(
+                id=mid, account_id=acct, user_id=caller.user_id, api_username=caller.api_username,
+                status=MessageStatus.SCHEDULED if scheduled else MessageStatus.QUEUED,
+                body_ct=blobs[2 * k], to_ct=blobs[2 * k + 1], sender=v.sender, country=v.recipient.country,
+                encoding=v.sms.encoding.value, parts=v.sms.parts, price=price,
+                is_test=caller.test_mode or v.is_test, custom_string=m.custom_string, source=m.source,
+                from_email=m.from_email, list_id=m.list_id, contact_id=m.contact_id,
+                schedule=v.schedule if scheduled else None,
+                publish_at=v.schedule if scheduled and v.schedule is not None else now + int(self._grace + 0.999),
+            ))
+        fits = await self._group.submit((acct, candidates))
+        for (i, v, mid, price), ok in zip(valid, fits, strict=True):
+            m = inputs[i]
+            if ok:
                 items[i] = SendItem(
                     m, MessageStatusCode.SUCCESS, message_id=mid, to=v.to, country=v.recipient.country,
                     sender=v.sender, parts=v.sms.parts, price=price, schedule=v.schedule or 0,
                 )
-                rows.append(NewMessage(
-                    id=mid, account_id=acct, user_id=caller.user_id, api_username=caller.api_username,
-                    status=MessageStatus.SCHEDULED if scheduled else MessageStatus.QUEUED,
-                    body_ct=blobs[2 * k], to_ct=blobs[2 * k + 1], sender=v.sender, country=v.recipient.country,
-                    encoding=v.sms.encoding.value, parts=v.sms.parts, price=price,
-                    is_test=caller.test_mode or v.is_test, custom_string=m.custom_string, source=m.source,
-                    from_email=m.from_email, list_id=m.list_id, contact_id=m.contact_id,
-                    schedule=v.schedule if scheduled else None,
-                    publish_at=v.schedule if scheduled and v.schedule is not None else now + int(self._grace + 0.999),
-                ))
-            await tx.insert_messages(rows)
-            await tx.debit(acct, sum((r.price for r in rows), Decimal(0)))
+            else:
+                items[i] = SendItem(m, MessageStatusCode.INSUFFICIENT_CREDIT, to=v.to, country=v.recipient.country,
+                                    sender=v.sender, parts=v.sms.parts, schedule=m.schedule)
+        return SendResult(date=now, items=[it for it in items if it is not None], currency=self.currency)
 
-        due = [r for r in rows if r.status is MessageStatus.QUEUED]
+    async def _commit_group(self, group: list[tuple[int, list[NewMessage]]]) -> list[list[bool]]:
+        """Store the sends of several concurrent requests in one transaction (group commit): lock each
+        paying account's balance once (in account order, so concurrent groups cannot deadlock), pay for
+        messages request by request in arrival order, insert every accepted row with its outbox row in
+        one statement, debit each account once, then publish everything queued with one stream write.
+        Returns, per request, which of its messages were paid for."""
+        paying = sorted({acct for acct, rows in group if any(r.price for r in rows)})
+        results: list[list[bool]] = []
+        accepted: list[NewMessage] = []
+        # Free sends (test numbers, test accounts) lock and debit nothing: one statement, no transaction.
+        async with self._store.send_tx(atomic=bool(paying)) as tx:
+            balances = {acct: await tx.lock_balance(acct, self._trial_credit) for acct in paying}
+            spent = dict.fromkeys(paying, Decimal(0))
+            for acct, rows in group:
+                if acct in balances:
+                    fits = allocate_credit(balances[acct] - spent[acct], [r.price for r in rows])
+                    spent[acct] += sum((r.price for r, ok in zip(rows, fits, strict=True) if ok), Decimal(0))
+                else:
+                    fits = [True] * len(rows)
+                results.append(fits)
+                accepted.extend(r for r, ok in zip(rows, fits, strict=True) if ok)
+            await tx.insert_messages(accepted)
+            for acct in paying:
+                await tx.debit(acct, spent[acct])
+        due = [r for r in accepted if r.status is MessageStatus.QUEUED]
         if due:
             try:
                 await self._queue.publish([r.id for r in due])
@@ -207,7 +274,7 @@ class MessagingService:
                              type(exc).__name__, len(due))
             else:
                 self._published.extend((r.id, r.publish_at) for r in due)
-        return SendResult(date=now, items=[it for it in items if it is not None], currency=self.currency)
+        return results
 
     async def forget_published(self) -> int:
         """Delete the outbox rows of messages published since the last call (batched, off the send path)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -399,3 +400,16 @@ async def test_nothing_claimed_nothing_submitted() -> None:
     store, carrier = FakeDeliveryStore([]), FakeCarrier()
     assert await DeliveryService(store, FakeQueue(), Envelope(FakeKeys()), carrier).deliver(["x"]) == 0
     assert not carrier.submitted and store.results is None
+
+
+async def test_concurrent_sends_share_transactions_and_never_overdraw(parts) -> None:  # type: ignore[no-untyped-def]
+    """Forty concurrent single-message requests against 1.00 of credit at 0.077 each: exactly 12 are paid
+    for, the balance never goes negative, and group commit needs fewer transactions than requests."""
+    store, queue, env = parts
+    svc = make_service(store, queue, env, trial_credit=Decimal("1.00"))
+    results = await asyncio.gather(*(svc.send_sms(ALICE, [msg(body=f"m{i}")]) for i in range(40)))
+    statuses = [r.items[0].status.value for r in results]
+    assert statuses.count("SUCCESS") == 12 and statuses.count("INSUFFICIENT_CREDIT") == 28
+    assert store.balances[10] == Decimal("1.00") - 12 * Decimal("0.0770")
+    assert len(store.messages) == 12 and sorted(queue.published) == sorted(store.messages)
+    assert store.transactions < 40
