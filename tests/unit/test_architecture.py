@@ -33,7 +33,7 @@ def test_there_are_four_services() -> None:
 @pytest.mark.parametrize("svc", SERVICES)
 def test_every_service_has_the_same_shape(svc: str) -> None:
     files = {p.name for p in (ROOT / "services" / svc).glob("*.py")}
-    assert SHAPE <= files, f"services/{svc} is missing {sorted(SHAPE - files)}"
+    assert files >= SHAPE, f"services/{svc} is missing {sorted(SHAPE - files)}"
     assert list((ROOT / "services" / svc / "migrations").glob("*.sql")), f"services/{svc} has no migrations"
 
 
