@@ -31,6 +31,14 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
             scopes=list(verified.scopes),
         )
 
+    async def RevokeUserApiKeys(
+        self, request: keys_service_pb2.RevokeUserApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> keys_service_pb2.RevokeUserApiKeysResponse:
+        revoked = await self.service.revoke_user_api_keys(
+            request.account_id, request.user_id, request.keep_key_id, request.reason
+        )
+        return keys_service_pb2.RevokeUserApiKeysResponse(revoked_key_ids=revoked)
+
     async def GenerateDataKey(
         self, request: keys_service_pb2.GenerateDataKeyRequest, context: grpc.aio.ServicerContext
     ) -> keys_service_pb2.GenerateDataKeyResponse:

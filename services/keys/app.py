@@ -17,6 +17,7 @@ from svckit.app import App, serve
 from svckit.audit import AuditClient, denial_recorder
 from svckit.cache import make_redis
 from svckit.db import create_pool, migrate
+from svckit.keyevents import Publisher
 from svckit.rpc import secure_channel
 from svckit.server import start_server
 from svckit.tls import TlsFiles
@@ -61,6 +62,7 @@ async def build(settings: Settings) -> App:
             kek_cache_seconds=settings.kek_cache_seconds,
             kek_cache_entries=settings.kek_cache_entries,
             service_name=settings.service_name,
+            notices=Publisher(redis, settings.redis_prefix),
         )
 
         flusher = asyncio.create_task(

@@ -209,6 +209,22 @@ def check_issue_request(account_id: int, user_id: int, name: str) -> str:
     return name
 
 
+_REVOKE_REASON_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def check_revoke_user_request(account_id: int, user_id: int, keep_key_id: str, reason: str) -> str:
+    """The audit reason for revoking a user's keys ("unspecified" when none is given), or RequestInvalid."""
+    if account_id <= 0:
+        raise RequestInvalid("account_id must be positive")
+    if user_id <= 0:
+        raise RequestInvalid("user_id must be positive")
+    if keep_key_id and not valid_key_id(keep_key_id):
+        raise RequestInvalid("keep_key_id is not a key id")
+    if reason and not _REVOKE_REASON_RE.fullmatch(reason):
+        raise RequestInvalid("reason must be lower_snake_case, at most 40 characters")
+    return reason or "unspecified"
+
+
 def verify_failure(record: ApiKeyRecord | None, parts: ApiKeyParts, pepper: bytes, now: datetime) -> str:
     """Why `parts` does not verify against `record` ("" when it does). The caller always sees the same
     INVALID_CREDENTIALS; the reason is only for the audit log."""

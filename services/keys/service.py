@@ -30,6 +30,7 @@ from services.keys.domain import (
     VerifiedKey,
     check_account_id,
     check_issue_request,
+    check_revoke_user_request,
     kek_aad,
     new_api_key,
     new_key,
@@ -41,6 +42,7 @@ from services.keys.domain import (
     wrapped_key_version,
 )
 from svckit.audit import new_event
+from svckit.keyevents import API_KEYS_CHANGED, KeyNotice
 
 _LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +54,7 @@ class KeyStore(Protocol):
     async def create_first_kek(self, first: StoredKek) -> tuple[StoredKek, bool]: ...
     async def insert_api_key(self, record: ApiKeyRecord, before_commit: Callable[[], Awaitable[None]]) -> None: ...
     async def api_key(self, key_id: str) -> ApiKeyRecord | None: ...
+    async def revoke_user_keys(self, account_id: int, user_id: int, keep_key_id: str, when: datetime) -> list[str]: ...
     async def set_last_used(self, items: Sequence[tuple[str, datetime]]) -> int: ...
 
 
@@ -59,6 +62,15 @@ class LastUsed(Protocol):
     async def touch(self, key_id: str, when: float | None = None) -> None: ...
     async def take(self, limit: int) -> list[tuple[str, datetime]]: ...
     async def give_back(self, key_ids: Sequence[str]) -> None: ...
+
+
+class Notices(Protocol):
+    async def publish(self, notice: KeyNotice) -> int: ...
+
+
+class _NoNotices:
+    async def publish(self, notice: KeyNotice) -> int:
+        return 0
 
 
 class Audit(Protocol):
@@ -82,8 +94,10 @@ class Service:
         kek_cache_entries: int = 10_000,
         service_name: str = "keys",
         now: Callable[[], datetime] = _utcnow,
+        notices: Notices | None = None,
     ) -> None:
         self._store = store
+        self._notices: Notices = notices or _NoNotices()
         self._last_used = last_used
         self._root = root
         self._audit = audit
@@ -173,6 +187,28 @@ class Service:
             raise InvalidCredentials()
         await self._touch(parts.key_id)
         return VerifiedKey(record.key_id, record.account_id, record.user_id, record.scopes)
+
+    async def revoke_user_api_keys(self, account_id: int, user_id: int, keep_key_id: str, reason: str) -> list[str]:
+        """Revoke every key of one user (but `keep_key_id`) now; the ids revoked by this call.
+
+        Not fail-closed on audit: refusing a revocation because the audit log is slow would keep a
+        possibly leaked key alive. The events are queued (retried until stored) instead."""
+        why = check_revoke_user_request(account_id, user_id, keep_key_id, reason)
+        revoked = await self._store.revoke_user_keys(account_id, user_id, keep_key_id, self._now())
+        if revoked:
+            await self._notices.publish(KeyNotice(API_KEYS_CHANGED, account_id, tuple(revoked), "revoked"))
+        for key_id in revoked:
+            await self._audit.record(
+                new_event(
+                    self._name,
+                    "keys.api_key.revoked",
+                    resource_type="api_key",
+                    resource_id=key_id,
+                    account_id=account_id,
+                    details={"user_id": str(user_id), "reason": why},
+                )
+            )
+        return revoked
 
     async def flush_last_used(self, batch: int = 1000) -> int:
         """Write last-used times recorded in Redis back to PostgreSQL, in batches. Returns keys written."""

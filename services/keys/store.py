@@ -108,6 +108,17 @@ class PgKeyStore:
         )
         return _api_key(row)
 
+    async def revoke_user_keys(self, account_id: int, user_id: int, keep_key_id: str, when: datetime) -> list[str]:
+        """Revoke, as of `when`, every key of the user that is not already revoked by then (except
+        `keep_key_id`). Returns the ids revoked by this call."""
+        rows = await self._pool.fetch(
+            "UPDATE api_keys SET revoke_time = $4"
+            " WHERE account_id = $1 AND user_id = $2 AND key_id <> $3 AND (revoke_time IS NULL OR revoke_time > $4)"
+            " RETURNING key_id",
+            account_id, user_id, keep_key_id, when,
+        )
+        return sorted(r["key_id"] for r in rows)
+
     async def set_last_used(self, items: Sequence[tuple[str, datetime]]) -> int:
         """Move last_used_time forward (never back) for many keys in one statement."""
         if not items:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
@@ -183,6 +184,46 @@ async def test_verify_only_from_gateway(keys_app: App, certs: CertBundle) -> Non
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.GenerateDataKey(pb.GenerateDataKeyRequest(account_id=1))
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_revoke_user_keys_notifies_subscribers(
+    keys_app: App, certs: CertBundle, redis_url: str, redis_prefix: str
+) -> None:
+    from svckit.cache import make_redis
+    from svckit.keyevents import API_KEYS_CHANGED, KeyNotice, Subscriber
+
+    first, second = await _issue(certs, keys_app, account_id=55), await _issue(certs, keys_app, account_id=55)
+    got: list[KeyNotice] = []
+    redis = make_redis(redis_url)
+    sub = Subscriber(redis, redis_prefix, on_notice=got.append, on_resync=lambda: None)
+    sub.start()
+    try:
+        assert await sub.wait_ready()
+        for caller in ("gateway", "messaging"):
+            ch, stub = stub_as(certs, caller, keys_app)
+            async with ch:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await stub.RevokeUserApiKeys(pb.RevokeUserApiKeysRequest(account_id=55, user_id=7))
+            assert _reason(info.value) == "CALLER_NOT_ALLOWED"
+        ch, stub = stub_as(certs, "identity", keys_app)
+        async with ch:
+            resp = await stub.RevokeUserApiKeys(
+                pb.RevokeUserApiKeysRequest(account_id=55, user_id=7, keep_key_id=second.key_id, reason="regenerated")
+            )
+        assert list(resp.revoked_key_ids) == [first.key_id]
+        ch, stub = stub_as(certs, "gateway", keys_app)
+        async with ch:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=first.api_key))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=second.api_key))
+        async with asyncio.timeout(5):
+            while not got:
+                await asyncio.sleep(0.01)
+        assert got == [KeyNotice(API_KEYS_CHANGED, 55, (first.key_id,), "revoked")]
+    finally:
+        await sub.close()
+        await redis.aclose()
 
 
 async def test_stored_row_holds_no_secret(keys_app: App, certs: CertBundle) -> None:

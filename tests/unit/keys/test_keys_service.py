@@ -14,6 +14,7 @@ from services.keys import domain as d
 from services.keys.domain import ApiKeyRecord, DecryptFailed, InvalidCredentials, KeyVersionUnknown, StoredKek
 from services.keys.service import Service
 from svckit.audit import AuditUnavailable
+from svckit.keyevents import API_KEYS_CHANGED, KeyNotice
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -55,6 +56,16 @@ class FakeStore:
     async def api_key(self, key_id: str) -> ApiKeyRecord | None:
         self.calls.append("api_key")
         return self.api_keys.get(key_id)
+
+    async def revoke_user_keys(self, account_id: int, user_id: int, keep_key_id: str, when: datetime) -> list[str]:
+        self.calls.append("revoke_user_keys")
+        out = []
+        for k, r in self.api_keys.items():
+            live = r.revoke_time is None or r.revoke_time > when
+            if r.account_id == account_id and r.user_id == user_id and k != keep_key_id and live:
+                self.api_keys[k] = dataclasses.replace(r, revoke_time=when)
+                out.append(k)
+        return sorted(out)
 
     async def set_last_used(self, items: Sequence[tuple[str, datetime]]) -> int:
         if self.fail_last_used:
@@ -101,6 +112,15 @@ class FakeAudit:
             raise AuditUnavailable("the audit log cannot record this action now; it was not performed")
         self.strict.append(event)
         self.events.append(event)
+
+
+class FakeNotices:
+    def __init__(self) -> None:
+        self.sent: list[KeyNotice] = []
+
+    async def publish(self, notice: KeyNotice) -> int:
+        self.sent.append(notice)
+        return 1
 
 
 ROOT = d.LocalRootKey({"r1": bytes(range(32))}, "r1")
@@ -198,6 +218,33 @@ async def test_every_verify_failure_looks_the_same(parts: Parts) -> None:
         assert not secret or secret not in str(ev)
     assert messages == {("UNAUTHENTICATED", "INVALID_CREDENTIALS", "the API key is not valid")}
     assert not last_used.pending  # failures are not uses
+
+
+async def test_revoke_every_key_of_a_user(parts: Parts) -> None:
+    service, store, _, audit = parts
+    notices = FakeNotices()
+    service = Service(store, FakeLastUsed(), ROOT, audit, now=lambda: NOW, notices=notices)
+    keys = [await service.issue_api_key(5, 6, f"k{i}", False) for i in range(3)]
+    _, other_user = await service.issue_api_key(5, 8, "other", False)
+    keep_id, keep = keys[2]
+    audit.events.clear()
+    revoked = await service.revoke_user_api_keys(5, 6, keep_id, "regenerated")
+    assert revoked == sorted(k for k, _ in keys[:2])
+    for _, key in keys[:2]:
+        with pytest.raises(InvalidCredentials):
+            await service.verify_api_key(key)
+    await service.verify_api_key(keep)
+    await service.verify_api_key(other_user)
+    assert notices.sent == [KeyNotice(API_KEYS_CHANGED, 5, tuple(revoked), "revoked")]
+    done = [e for e in audit.events if e.action == "keys.api_key.revoked"]
+    assert sorted(e.resource.id for e in done) == revoked
+    assert all(e.details["reason"] == "regenerated" and e.actor.account_id == 5 for e in done)
+    # Idempotent: nothing left to revoke, nothing published.
+    assert await service.revoke_user_api_keys(5, 6, keep_id, "") == []
+    assert len(notices.sent) == 1
+    for bad in ((0, 6, "", ""), (5, 0, "", ""), (5, 6, "not a key id", ""), (5, 6, "", "Free Text!")):
+        with pytest.raises(d.RequestInvalid):
+            await service.revoke_user_api_keys(*bad)
 
 
 async def test_verify_survives_a_broken_redis(parts: Parts) -> None:

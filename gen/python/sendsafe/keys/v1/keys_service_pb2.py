@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from sendsafe.options.v1 import options_pb2 as sendsafe_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#sendsafe/keys/v1/keys_service.proto\x12\x10sendsafe.keys.v1\x1a!sendsafe/options/v1/options.proto\"Z\n\x12IssueApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\ttest_mode\x18\x04 \x01(\x08\"6\n\x13IssueApiKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"&\n\x13VerifyApiKeyRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"[\n\x14VerifyApiKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\x03\x12\x0f\n\x07user_id\x18\x03 \x01(\x03\x12\x0e\n\x06scopes\x18\x04 \x03(\t\",\n\x16GenerateDataKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\"V\n\x17GenerateDataKeyResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\x12\x13\n\x0bwrapped_key\x18\x02 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x03 \x01(\x05\"@\n\x15\x44\x65\x63ryptDataKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x13\n\x0bwrapped_key\x18\x02 \x01(\x0c\"@\n\x16\x44\x65\x63ryptDataKeyResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\x05\x32\xf2\x03\n\x0bKeysService\x12q\n\x0bIssueApiKey\x12$.sendsafe.keys.v1.IssueApiKeyRequest\x1a%.sendsafe.keys.v1.IssueApiKeyResponse\"\x15\xaa\xbb\x18\x11\n\x08identity\n\x03ops\x18\x01\x12l\n\x0cVerifyApiKey\x12%.sendsafe.keys.v1.VerifyApiKeyRequest\x1a&.sendsafe.keys.v1.VerifyApiKeyResponse\"\r\xaa\xbb\x18\t\n\x07gateway\x12\x81\x01\n\x0fGenerateDataKey\x12(.sendsafe.keys.v1.GenerateDataKeyRequest\x1a).sendsafe.keys.v1.GenerateDataKeyResponse\"\x19\xaa\xbb\x18\x15\n\x08identity\n\tmessaging\x12~\n\x0e\x44\x65\x63ryptDataKey\x12\'.sendsafe.keys.v1.DecryptDataKeyRequest\x1a(.sendsafe.keys.v1.DecryptDataKeyResponse\"\x19\xaa\xbb\x18\x15\n\x08identity\n\tmessagingb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#sendsafe/keys/v1/keys_service.proto\x12\x10sendsafe.keys.v1\x1a!sendsafe/options/v1/options.proto\"Z\n\x12IssueApiKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\ttest_mode\x18\x04 \x01(\x08\"6\n\x13IssueApiKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61pi_key\x18\x02 \x01(\t\"&\n\x13VerifyApiKeyRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"[\n\x14VerifyApiKeyResponse\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\x03\x12\x0f\n\x07user_id\x18\x03 \x01(\x03\x12\x0e\n\x06scopes\x18\x04 \x03(\t\"d\n\x18RevokeUserApiKeysRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x13\n\x0bkeep_key_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"4\n\x19RevokeUserApiKeysResponse\x12\x17\n\x0frevoked_key_ids\x18\x01 \x03(\t\",\n\x16GenerateDataKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\"V\n\x17GenerateDataKeyResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\x12\x13\n\x0bwrapped_key\x18\x02 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x03 \x01(\x05\"@\n\x15\x44\x65\x63ryptDataKeyRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x13\n\x0bwrapped_key\x18\x02 \x01(\x0c\"@\n\x16\x44\x65\x63ryptDataKeyResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\x05\x32\xf6\x04\n\x0bKeysService\x12q\n\x0bIssueApiKey\x12$.sendsafe.keys.v1.IssueApiKeyRequest\x1a%.sendsafe.keys.v1.IssueApiKeyResponse\"\x15\xaa\xbb\x18\x11\n\x08identity\n\x03ops\x18\x01\x12l\n\x0cVerifyApiKey\x12%.sendsafe.keys.v1.VerifyApiKeyRequest\x1a&.sendsafe.keys.v1.VerifyApiKeyResponse\"\r\xaa\xbb\x18\t\n\x07gateway\x12\x81\x01\n\x11RevokeUserApiKeys\x12*.sendsafe.keys.v1.RevokeUserApiKeysRequest\x1a+.sendsafe.keys.v1.RevokeUserApiKeysResponse\"\x13\xaa\xbb\x18\x0f\n\x08identity\n\x03ops\x12\x81\x01\n\x0fGenerateDataKey\x12(.sendsafe.keys.v1.GenerateDataKeyRequest\x1a).sendsafe.keys.v1.GenerateDataKeyResponse\"\x19\xaa\xbb\x18\x15\n\x08identity\n\tmessaging\x12~\n\x0e\x44\x65\x63ryptDataKey\x12\'.sendsafe.keys.v1.DecryptDataKeyRequest\x1a(.sendsafe.keys.v1.DecryptDataKeyResponse\"\x19\xaa\xbb\x18\x15\n\x08identity\n\tmessagingb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEYSSERVICE'].methods_by_name['IssueApiKey']._serialized_options = b'\252\273\030\021\n\010identity\n\003ops\030\001'
   _globals['_KEYSSERVICE'].methods_by_name['VerifyApiKey']._loaded_options = None
   _globals['_KEYSSERVICE'].methods_by_name['VerifyApiKey']._serialized_options = b'\252\273\030\t\n\007gateway'
+  _globals['_KEYSSERVICE'].methods_by_name['RevokeUserApiKeys']._loaded_options = None
+  _globals['_KEYSSERVICE'].methods_by_name['RevokeUserApiKeys']._serialized_options = b'\252\273\030\017\n\010identity\n\003ops'
   _globals['_KEYSSERVICE'].methods_by_name['GenerateDataKey']._loaded_options = None
   _globals['_KEYSSERVICE'].methods_by_name['GenerateDataKey']._serialized_options = b'\252\273\030\025\n\010identity\n\tmessaging'
   _globals['_KEYSSERVICE'].methods_by_name['DecryptDataKey']._loaded_options = None
@@ -48,14 +50,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYAPIKEYREQUEST']._serialized_end=278
   _globals['_VERIFYAPIKEYRESPONSE']._serialized_start=280
   _globals['_VERIFYAPIKEYRESPONSE']._serialized_end=371
-  _globals['_GENERATEDATAKEYREQUEST']._serialized_start=373
-  _globals['_GENERATEDATAKEYREQUEST']._serialized_end=417
-  _globals['_GENERATEDATAKEYRESPONSE']._serialized_start=419
-  _globals['_GENERATEDATAKEYRESPONSE']._serialized_end=505
-  _globals['_DECRYPTDATAKEYREQUEST']._serialized_start=507
-  _globals['_DECRYPTDATAKEYREQUEST']._serialized_end=571
-  _globals['_DECRYPTDATAKEYRESPONSE']._serialized_start=573
-  _globals['_DECRYPTDATAKEYRESPONSE']._serialized_end=637
-  _globals['_KEYSSERVICE']._serialized_start=640
-  _globals['_KEYSSERVICE']._serialized_end=1138
+  _globals['_REVOKEUSERAPIKEYSREQUEST']._serialized_start=373
+  _globals['_REVOKEUSERAPIKEYSREQUEST']._serialized_end=473
+  _globals['_REVOKEUSERAPIKEYSRESPONSE']._serialized_start=475
+  _globals['_REVOKEUSERAPIKEYSRESPONSE']._serialized_end=527
+  _globals['_GENERATEDATAKEYREQUEST']._serialized_start=529
+  _globals['_GENERATEDATAKEYREQUEST']._serialized_end=573
+  _globals['_GENERATEDATAKEYRESPONSE']._serialized_start=575
+  _globals['_GENERATEDATAKEYRESPONSE']._serialized_end=661
+  _globals['_DECRYPTDATAKEYREQUEST']._serialized_start=663
+  _globals['_DECRYPTDATAKEYREQUEST']._serialized_end=727
+  _globals['_DECRYPTDATAKEYRESPONSE']._serialized_start=729
+  _globals['_DECRYPTDATAKEYRESPONSE']._serialized_end=793
+  _globals['_KEYSSERVICE']._serialized_start=796
+  _globals['_KEYSSERVICE']._serialized_end=1426
 # @@protoc_insertion_point(module_scope)

@@ -125,6 +125,64 @@ class VerifyApiKeyResponse(_message.Message):
 Global___VerifyApiKeyResponse: _TypeAlias = VerifyApiKeyResponse  # noqa: Y015
 
 @_typing.final
+class RevokeUserApiKeysRequest(_message.Message):
+    """Revoke the keys of one user of one account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    KEEP_KEY_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    user_id: _builtins.int
+    keep_key_id: _builtins.str
+    """Optional: leave this key alive (issue the new key first, then revoke
+    every other one, so the user is never without a key).
+    """
+    reason: _builtins.str
+    """Optional, for the audit log: lower_snake_case, at most 40 characters
+    (e.g. "regenerated", "user_disabled", "leaked").
+    """
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        user_id: _builtins.int = ...,
+        keep_key_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "keep_key_id", b"keep_key_id", "reason", b"reason", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeUserApiKeysRequest: _TypeAlias = RevokeUserApiKeysRequest  # noqa: Y015
+
+@_typing.final
+class RevokeUserApiKeysResponse(_message.Message):
+    """The keys revoked by this call (already revoked keys are not listed)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_KEY_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revoked_key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        revoked_key_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revoked_key_ids", b"revoked_key_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeUserApiKeysResponse: _TypeAlias = RevokeUserApiKeysResponse  # noqa: Y015
+
+@_typing.final
 class GenerateDataKeyRequest(_message.Message):
     """Ask for a data key bound to an account."""
 

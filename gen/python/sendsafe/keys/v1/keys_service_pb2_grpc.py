@@ -45,6 +45,11 @@ class KeysServiceStub:
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.VerifyApiKeyRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.VerifyApiKeyResponse.FromString,
                 _registered_method=True)
+        self.RevokeUserApiKeys = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/RevokeUserApiKeys',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysResponse.FromString,
+                _registered_method=True)
         self.GenerateDataKey = channel.unary_unary(
                 '/sendsafe.keys.v1.KeysService/GenerateDataKey',
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GenerateDataKeyRequest.SerializeToString,
@@ -70,6 +75,16 @@ class KeysServiceServicer:
 
     def VerifyApiKey(self, request, context):
         """Internal: check an API key presented to the gateway.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeUserApiKeys(self, request, context):
+        """Internal: revoke every API key of one user at once (sub-account
+        regen-api-key, a user removed or disabled). Idempotent. Gateways drop
+        cached verifications of the revoked keys at once (pub/sub) or within
+        their bounded cache time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,6 +116,11 @@ def add_KeysServiceServicer_to_server(servicer, server):
                     servicer.VerifyApiKey,
                     request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.VerifyApiKeyRequest.FromString,
                     response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.VerifyApiKeyResponse.SerializeToString,
+            ),
+            'RevokeUserApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeUserApiKeys,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysResponse.SerializeToString,
             ),
             'GenerateDataKey': grpc.unary_unary_rpc_method_handler(
                     servicer.GenerateDataKey,
@@ -168,6 +188,33 @@ class KeysService:
             '/sendsafe.keys.v1.KeysService/VerifyApiKey',
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.VerifyApiKeyRequest.SerializeToString,
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.VerifyApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeUserApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/RevokeUserApiKeys',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

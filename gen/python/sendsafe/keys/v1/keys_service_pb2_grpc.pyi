@@ -37,6 +37,12 @@ class KeysServiceStub:
     """Internal: issue a new API key for a user; the secret is returned once."""
     VerifyApiKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.VerifyApiKeyRequest, _keys_service_pb2.VerifyApiKeyResponse]
     """Internal: check an API key presented to the gateway."""
+    RevokeUserApiKeys: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.RevokeUserApiKeysRequest, _keys_service_pb2.RevokeUserApiKeysResponse]
+    """Internal: revoke every API key of one user at once (sub-account
+    regen-api-key, a user removed or disabled). Idempotent. Gateways drop
+    cached verifications of the revoked keys at once (pub/sub) or within
+    their bounded cache time.
+    """
     GenerateDataKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.GenerateDataKeyRequest, _keys_service_pb2.GenerateDataKeyResponse]
     """Internal: a new data key under the account's current key-encryption key."""
     DecryptDataKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.DecryptDataKeyRequest, _keys_service_pb2.DecryptDataKeyResponse]
@@ -51,6 +57,12 @@ class KeysServiceAsyncStub(KeysServiceStub):
     """Internal: issue a new API key for a user; the secret is returned once."""
     VerifyApiKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.VerifyApiKeyRequest, _keys_service_pb2.VerifyApiKeyResponse]  # type: ignore[assignment]
     """Internal: check an API key presented to the gateway."""
+    RevokeUserApiKeys: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.RevokeUserApiKeysRequest, _keys_service_pb2.RevokeUserApiKeysResponse]  # type: ignore[assignment]
+    """Internal: revoke every API key of one user at once (sub-account
+    regen-api-key, a user removed or disabled). Idempotent. Gateways drop
+    cached verifications of the revoked keys at once (pub/sub) or within
+    their bounded cache time.
+    """
     GenerateDataKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.GenerateDataKeyRequest, _keys_service_pb2.GenerateDataKeyResponse]  # type: ignore[assignment]
     """Internal: a new data key under the account's current key-encryption key."""
     DecryptDataKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.DecryptDataKeyRequest, _keys_service_pb2.DecryptDataKeyResponse]  # type: ignore[assignment]
@@ -74,6 +86,18 @@ class KeysServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_keys_service_pb2.VerifyApiKeyResponse, _abc.Awaitable[_keys_service_pb2.VerifyApiKeyResponse]]:
         """Internal: check an API key presented to the gateway."""
+
+    @_abc_1.abstractmethod
+    def RevokeUserApiKeys(
+        self,
+        request: _keys_service_pb2.RevokeUserApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.RevokeUserApiKeysResponse, _abc.Awaitable[_keys_service_pb2.RevokeUserApiKeysResponse]]:
+        """Internal: revoke every API key of one user at once (sub-account
+        regen-api-key, a user removed or disabled). Idempotent. Gateways drop
+        cached verifications of the revoked keys at once (pub/sub) or within
+        their bounded cache time.
+        """
 
     @_abc_1.abstractmethod
     def GenerateDataKey(
