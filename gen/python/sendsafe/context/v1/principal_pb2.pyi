@@ -61,6 +61,7 @@ class Principal(_message.Message):
     TLS_CIPHER_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TEST_MODE_FIELD_NUMBER: _builtins.int
+    STAFF_FIELD_NUMBER: _builtins.int
     account_id: _builtins.int
     user_id: _builtins.int
     api_username: _builtins.str
@@ -75,6 +76,10 @@ class Principal(_message.Message):
     request_id: _builtins.str
     test_mode: _builtins.bool
     """True for accounts in test mode (test hooks allowed, nothing charged)."""
+    staff: _builtins.bool
+    """A SendSafe staff member (the staff directory), not a customer user:
+    user_id is the staff id and account_id the platform account.
+    """
     @_builtins.property
     def permissions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Permission names (as declared by the protos' access options) granted."""
@@ -98,10 +103,11 @@ class Principal(_message.Message):
         tls_cipher: _builtins.str = ...,
         request_id: _builtins.str = ...,
         test_mode: _builtins.bool = ...,
+        staff: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["mfa_time", b"mfa_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "api_key_id", b"api_key_id", "api_username", b"api_username", "auth_method", b"auth_method", "client_address", b"client_address", "mfa_time", b"mfa_time", "permissions", b"permissions", "request_id", b"request_id", "session_id", b"session_id", "test_mode", b"test_mode", "tls_cipher", b"tls_cipher", "tls_version", b"tls_version", "user_agent", b"user_agent", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "api_key_id", b"api_key_id", "api_username", b"api_username", "auth_method", b"auth_method", "client_address", b"client_address", "mfa_time", b"mfa_time", "permissions", b"permissions", "request_id", b"request_id", "session_id", b"session_id", "staff", b"staff", "test_mode", b"test_mode", "tls_cipher", b"tls_cipher", "tls_version", b"tls_version", "user_agent", b"user_agent", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -34,11 +34,17 @@ class Access(_message.Message):
     ALLOWED_CALLERS_FIELD_NUMBER: _builtins.int
     PERMISSION_FIELD_NUMBER: _builtins.int
     PRIVILEGED_FIELD_NUMBER: _builtins.int
+    PUBLIC_FIELD_NUMBER: _builtins.int
     permission: _builtins.str
     """Permission the end-user principal must hold. Empty for internal RPCs."""
     privileged: _builtins.bool
     """A privileged action: it fails closed when its audit event cannot be
     recorded, and (for staff) needs a recent second factor.
+    """
+    public: _builtins.bool
+    """Reachable without credentials (interactive login). The gateway then
+    forwards a principal that carries only where the request came from; such
+    an RPC declares no permission and does its own throttling.
     """
     @_builtins.property
     def allowed_callers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -52,10 +58,11 @@ class Access(_message.Message):
         allowed_callers: _abc.Iterable[_builtins.str] | None = ...,
         permission: _builtins.str = ...,
         privileged: _builtins.bool = ...,
+        public: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_callers", b"allowed_callers", "permission", b"permission", "privileged", b"privileged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_callers", b"allowed_callers", "permission", b"permission", "privileged", b"privileged", "public", b"public"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
