@@ -1,16 +1,29 @@
-"""Outbound gRPC channels: mTLS, request-id propagation, default deadlines."""
+"""Outbound gRPC channels: mTLS, request-id propagation, default deadlines, rotated certificates.
+
+A grpc channel keeps the client certificate and CA it was built with, so `secure_channel` returns a
+`ReloadingChannel`: at most every `reload_check_seconds` (on a call) it stats the certificate files;
+once they changed to a consistent set it builds a new channel for the calls that follow and closes the
+old one gracefully (calls in flight finish on it). Stubs built on it never need rebuilding.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from svckit import context as callctx
-from svckit.tls import TlsFiles, channel_credentials
+from svckit.tls import TlsFiles, TlsMaterial, TlsWatcher, material_channel_credentials
 
 DEFAULT_TIMEOUT = 5.0
+RELOAD_CHECK_SECONDS = 5.0
+RETIRE_GRACE_SECONDS = 30.0
+
+_LOG = logging.getLogger(__name__)
 
 
 class _ContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
@@ -36,17 +49,138 @@ class _ContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
         return await continuation(details, request)
 
 
+class ReloadingChannel(grpc.aio.Channel):
+    """A `grpc.aio.Channel` that rebuilds its underlying channel when the TLS files change."""
+
+    def __init__(
+        self,
+        build: Callable[[TlsMaterial], grpc.aio.Channel],
+        tls: TlsFiles,
+        *,
+        name: str,
+        reload_check_seconds: float = RELOAD_CHECK_SECONDS,
+        retire_grace_seconds: float = RETIRE_GRACE_SECONDS,
+    ) -> None:
+        self._build = build
+        self._watcher = TlsWatcher(tls)
+        self._name = name
+        self._check_every = reload_check_seconds
+        self._grace = retire_grace_seconds
+        self._next_check = time.monotonic() + reload_check_seconds
+        self._channel = build(self._watcher.material)
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.generation = 0  # how many times the channel was rebuilt
+
+    def current(self) -> grpc.aio.Channel:
+        """The channel new calls go to, after a (rate-limited) look at the certificate files."""
+        now = time.monotonic()
+        if now >= self._next_check and not self._closed:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop to close the old channel on: look again on the next call
+                return self._channel
+            self._next_check = now + self._check_every
+            material = self._watcher.poll()
+            if material is not None:
+                self._replace(material, loop)
+        return self._channel
+
+    def _replace(self, material: TlsMaterial, loop: asyncio.AbstractEventLoop) -> None:
+        old, self._channel = self._channel, self._build(material)
+        self.generation += 1
+        task = loop.create_task(old.close(self._grace), name=f"retire-channel-{self._name}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        _LOG.info("tls client certificate reloaded for %s", self._name, extra={"event": "tls.client_reloaded"})
+
+    async def retired(self) -> None:
+        """Wait until every replaced channel has closed (its calls finished or the grace ran out)."""
+        while self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def close(self, grace: float | None = None) -> None:
+        self._closed = True
+        await self._channel.close(grace)
+        await self.retired()
+
+    async def __aenter__(self) -> ReloadingChannel:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        await self.close(None)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self.current().get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self.current().wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self.current().channel_ready()
+
+    def unary_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                    _registered_method: bool | None = False) -> Any:
+        return _Follow(self, "unary_unary", method, request_serializer, response_deserializer, _registered_method)
+
+    def unary_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: bool | None = False) -> Any:
+        return _Follow(self, "unary_stream", method, request_serializer, response_deserializer, _registered_method)
+
+    def stream_unary(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                     _registered_method: bool | None = False) -> Any:
+        return _Follow(self, "stream_unary", method, request_serializer, response_deserializer, _registered_method)
+
+    def stream_stream(self, method: str, request_serializer: Any = None, response_deserializer: Any = None,
+                      _registered_method: bool | None = False) -> Any:
+        return _Follow(self, "stream_stream", method, request_serializer, response_deserializer, _registered_method)
+
+
+class _Follow:
+    """A multi-callable bound to whatever channel `ReloadingChannel.current()` is at call time."""
+
+    __slots__ = ("_args", "_bound", "_kind", "_owner")
+
+    def __init__(self, owner: ReloadingChannel, kind: str, method: str, *args: Any) -> None:
+        self._owner = owner
+        self._kind = kind
+        self._args = (method, *args)
+        self._bound: tuple[grpc.aio.Channel, Any] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        channel = self._owner.current()
+        bound = self._bound
+        if bound is None or bound[0] is not channel:
+            method, ser, deser, registered = self._args
+            call = getattr(channel, self._kind)(
+                method, request_serializer=ser, response_deserializer=deser, _registered_method=registered
+            )
+            bound = self._bound = (channel, call)
+        return bound[1](*args, **kwargs)
+
+
 def secure_channel(
-    address: str, tls: TlsFiles, *, server_name: str, timeout: float = DEFAULT_TIMEOUT
-) -> grpc.aio.Channel:
-    """A channel to `address` that verifies the server certificate for DNS name `server_name`."""
-    return grpc.aio.secure_channel(
-        address,
-        channel_credentials(tls),
-        options=[
-            ("grpc.ssl_target_name_override", server_name),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-        ],
-        interceptors=[_ContextInterceptor(timeout)],
-    )
+    address: str,
+    tls: TlsFiles,
+    *,
+    server_name: str,
+    timeout: float = DEFAULT_TIMEOUT,
+    reload_check_seconds: float = RELOAD_CHECK_SECONDS,
+) -> ReloadingChannel:
+    """A channel to `address` that verifies the server certificate for DNS name `server_name` and
+    follows rotations of `tls` (checked at most every `reload_check_seconds`, on a call)."""
+    interceptors = [_ContextInterceptor(timeout)]
+
+    def build(material: TlsMaterial) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(
+            address,
+            material_channel_credentials(material),
+            options=[
+                ("grpc.ssl_target_name_override", server_name),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ],
+            interceptors=interceptors,
+        )
+
+    return ReloadingChannel(build, tls, name=f"{server_name} ({address})", reload_check_seconds=reload_check_seconds)
