@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 import grpc
 from google.protobuf import timestamp_pb2
 
-from sendsafe.identity.v1 import account_pb2, identity_service_pb2, identity_service_pb2_grpc
-from services.identity.domain import FLAG_NAMES, MASKED_API_KEY, Account, AccountDetails, PrincipalRequired, User
-from services.identity.service import CreateAccountInput, Service
+from sendsafe.identity.v1 import (
+    account_pb2,
+    auth_service_pb2,
+    auth_service_pb2_grpc,
+    identity_service_pb2,
+    identity_service_pb2_grpc,
+    staff_service_pb2,
+    staff_service_pb2_grpc,
+)
+from services.identity.domain import (
+    FLAG_NAMES,
+    MASKED_API_KEY,
+    STAFF,
+    Account,
+    AccountDetails,
+    PrincipalRequired,
+    SessionRecord,
+    StaffMember,
+    User,
+)
+from services.identity.service import CreateAccountInput, Service, SubaccountInput
+from services.identity.sessions import Sessions
+from services.identity.staff import Staff
 from svckit import context as callctx
 
 
@@ -24,6 +47,12 @@ def user_to_proto(account: Account, user: User) -> account_pb2.User:
         permissions=sorted(user.permissions),
         create_time=created,
     )
+
+
+def _ts(when: datetime) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromDatetime(when)
+    return t
 
 
 def subaccount_to_proto(user: User) -> account_pb2.Subaccount:
@@ -111,6 +140,297 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
                 last_name=request.last_name,
                 country=request.country,
                 test_mode=request.test_mode,
+                password=request.password,
             )
         )
         return identity_service_pb2.CreateAccountResponse(account_id=account.id, user=user_to_proto(account, user))
+
+    # -- sub-accounts ---------------------------------------------------------------------------------
+
+    async def CreateSubaccount(
+        self, request: identity_service_pb2.CreateSubaccountRequest, context: grpc.aio.ServicerContext
+    ) -> identity_service_pb2.CreateSubaccountResponse:
+        user, api_key = await self.service.create_subaccount(_subaccount_input(request, with_username=True))
+        sub = subaccount_to_proto(user)
+        sub.api_key = api_key  # the one answer that shows the key
+        return identity_service_pb2.CreateSubaccountResponse(subaccount=sub)
+
+    async def ListSubaccounts(
+        self, request: identity_service_pb2.ListSubaccountsRequest, context: grpc.aio.ServicerContext
+    ) -> identity_service_pb2.ListSubaccountsResponse:
+        page = await self.service.list_subaccounts(request.page, request.limit)
+        w = page.window
+        resp = identity_service_pb2.ListSubaccountsResponse(
+            total=page.total,
+            per_page=w.limit,
+            current_page=w.page,
+            last_page=w.last_page(page.total),
+            data=[subaccount_to_proto(u) for u in page.users],
+        )
+        if w.page < w.last_page(page.total):
+            resp.next_page_url = f"/?page={w.page + 1}"
+        if w.page > 1:
+            resp.prev_page_url = f"/?page={w.page - 1}"
+        if page.users:
+            resp.first_index = w.offset + 1
+            resp.last_index = w.offset + len(page.users)
+        return resp
+
+    async def GetSubaccount(
+        self, request: identity_service_pb2.GetSubaccountRequest, context: grpc.aio.ServicerContext
+    ) -> identity_service_pb2.GetSubaccountResponse:
+        user = await self.service.get_subaccount(request.subaccount_id)
+        return identity_service_pb2.GetSubaccountResponse(subaccount=subaccount_to_proto(user))
+
+    async def UpdateSubaccount(
+        self, request: identity_service_pb2.UpdateSubaccountRequest, context: grpc.aio.ServicerContext
+    ) -> identity_service_pb2.UpdateSubaccountResponse:
+        user = await self.service.update_subaccount(request.subaccount_id, _subaccount_input(request))
+        return identity_service_pb2.UpdateSubaccountResponse(subaccount=subaccount_to_proto(user))
+
+    async def DeleteSubaccount(
+        self, request: identity_service_pb2.DeleteSubaccountRequest, context: grpc.aio.ServicerContext
+    ) -> identity_service_pb2.DeleteSubaccountResponse:
+        await self.service.delete_subaccount(request.subaccount_id)
+        return identity_service_pb2.DeleteSubaccountResponse(deleted=True)
+
+    async def RegenerateSubaccountApiKey(
+        self, request: identity_service_pb2.RegenerateSubaccountApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> identity_service_pb2.RegenerateSubaccountApiKeyResponse:
+        # The body (access_sms, email, notes in the SDK's model) is ignored, as ClickSend does.
+        api_key = await self.service.regenerate_api_key(request.subaccount_id)
+        return identity_service_pb2.RegenerateSubaccountApiKeyResponse(api_key=api_key)
+
+
+def _opt(msg: Any, name: str) -> Any:
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def _subaccount_input(msg: Any, *, with_username: bool = False) -> SubaccountInput:
+    fields = msg.DESCRIPTOR.fields_by_name
+    flags = {n: getattr(msg, n) for n in FLAG_NAMES if n in fields and msg.HasField(n)}
+    if with_username:  # create: plain strings, "" = not given
+        return SubaccountInput(
+            api_username=msg.api_username or None,
+            password=msg.password or None,
+            email=msg.email or None,
+            phone_number=msg.phone_number or None,
+            first_name=msg.first_name or None,
+            last_name=msg.last_name or None,
+            notes=_opt(msg, "notes"),
+            flags=flags,
+        )
+    return SubaccountInput(
+        password=_opt(msg, "password"),
+        email=_opt(msg, "email"),
+        phone_number=_opt(msg, "phone_number"),
+        first_name=_opt(msg, "first_name"),
+        last_name=_opt(msg, "last_name"),
+        notes=_opt(msg, "notes"),
+        flags=flags,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sessions, MFA, step-up
+
+
+def session_to_proto(s: SessionRecord, current_id: str = "") -> auth_service_pb2.Session:
+    out = auth_service_pb2.Session(
+        session_id=s.id,
+        amr=list(s.amr),
+        create_time=_ts(s.create_time),
+        expire_time=_ts(s.expire_time),
+        last_seen_time=_ts(s.last_seen_time),
+        client_address=s.client_address,
+        user_agent=s.user_agent,
+        current=s.id == current_id,
+    )
+    if s.mfa_time is not None:
+        out.mfa_time.CopyFrom(_ts(s.mfa_time))
+    return out
+
+
+class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
+    def __init__(self, sessions: Sessions) -> None:
+        self.sessions = sessions
+
+    async def Login(
+        self, request: auth_service_pb2.LoginRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.LoginResponse:
+        token, session = await self.sessions.login(
+            "user", request.username, request.password, request.totp_code, request.recovery_code
+        )
+        return auth_service_pb2.LoginResponse(session_token=token, session=session_to_proto(session, session.id))
+
+    async def ResolveSession(
+        self, request: auth_service_pb2.ResolveSessionRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.ResolveSessionResponse:
+        session, subject = await self.sessions.resolve(request.session_token)
+        out = auth_service_pb2.ResolveSessionResponse(
+            session_id=session.id,
+            account_id=subject.account_id,
+            user_id=subject.id,
+            username=subject.username,
+            staff=subject.is_staff,
+            permissions=sorted(subject.permissions),
+            test_mode=subject.test_mode,
+            expire_time=_ts(session.expire_time),
+        )
+        if session.mfa_time is not None:
+            out.mfa_time.CopyFrom(_ts(session.mfa_time))
+        return out
+
+    async def Logout(
+        self, request: auth_service_pb2.LogoutRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.LogoutResponse:
+        await self.sessions.logout()
+        return auth_service_pb2.LogoutResponse()
+
+    async def ListSessions(
+        self, request: auth_service_pb2.ListSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.ListSessionsResponse:
+        current, sessions = await self.sessions.list_sessions()
+        return auth_service_pb2.ListSessionsResponse(sessions=[session_to_proto(s, current) for s in sessions])
+
+    async def RevokeSession(
+        self, request: auth_service_pb2.RevokeSessionRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.RevokeSessionResponse:
+        await self.sessions.revoke_session(request.session_id)
+        return auth_service_pb2.RevokeSessionResponse()
+
+    async def RevokeOtherSessions(
+        self, request: auth_service_pb2.RevokeOtherSessionsRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.RevokeOtherSessionsResponse:
+        return auth_service_pb2.RevokeOtherSessionsResponse(revoked_count=await self.sessions.revoke_other_sessions())
+
+    async def StepUp(
+        self, request: auth_service_pb2.StepUpRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.StepUpResponse:
+        when = await self.sessions.step_up(request.totp_code, request.recovery_code)
+        return auth_service_pb2.StepUpResponse(
+            mfa_time=_ts(when), max_age_seconds=self.sessions.settings.step_up_max_age_seconds
+        )
+
+    async def StartTotpEnrollment(
+        self, request: auth_service_pb2.StartTotpEnrollmentRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.StartTotpEnrollmentResponse:
+        e = await self.sessions.start_totp()
+        return auth_service_pb2.StartTotpEnrollmentResponse(otpauth_uri=e.otpauth_uri, secret=e.secret, qr_png=e.qr_png)
+
+    async def ConfirmTotpEnrollment(
+        self, request: auth_service_pb2.ConfirmTotpEnrollmentRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.ConfirmTotpEnrollmentResponse:
+        codes = await self.sessions.confirm_totp(request.code)
+        return auth_service_pb2.ConfirmTotpEnrollmentResponse(recovery_codes=codes)
+
+    async def RemoveTotp(
+        self, request: auth_service_pb2.RemoveTotpRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.RemoveTotpResponse:
+        await self.sessions.remove_totp()
+        return auth_service_pb2.RemoveTotpResponse()
+
+    async def RegenerateRecoveryCodes(
+        self, request: auth_service_pb2.RegenerateRecoveryCodesRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.RegenerateRecoveryCodesResponse:
+        codes = await self.sessions.regenerate_recovery_codes()
+        return auth_service_pb2.RegenerateRecoveryCodesResponse(recovery_codes=codes)
+
+    async def ChangePassword(
+        self, request: auth_service_pb2.ChangePasswordRequest, context: grpc.aio.ServicerContext
+    ) -> auth_service_pb2.ChangePasswordResponse:
+        n = await self.sessions.change_password(request.current_password, request.new_password)
+        return auth_service_pb2.ChangePasswordResponse(revoked_sessions=n)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Staff
+
+
+_ROLE_NAMES = {
+    staff_service_pb2.STAFF_ROLE_SUPPORT_READONLY: "support_readonly",
+    staff_service_pb2.STAFF_ROLE_SUPPORT_AGENT: "support_agent",
+    staff_service_pb2.STAFF_ROLE_SECURITY_ADMIN: "security_admin",
+    staff_service_pb2.STAFF_ROLE_PLATFORM_ADMIN: "platform_admin",
+}
+_ROLE_VALUES = {v: k for k, v in _ROLE_NAMES.items()}
+
+
+def staff_to_proto(m: StaffMember) -> staff_service_pb2.StaffUser:
+    return staff_service_pb2.StaffUser(
+        staff_id=m.id,
+        username=m.username,
+        email=m.email,
+        display_name=m.display_name,
+        role=_ROLE_VALUES[m.role],  # type: ignore[arg-type]
+        active=m.active,
+        create_time=_ts(m.create_time),
+    )
+
+
+def customer_user_to_proto(user: User, mfa: bool) -> staff_service_pb2.CustomerUser:
+    return staff_service_pb2.CustomerUser(
+        user_id=user.id,
+        api_username=user.api_username,
+        email=user.email,
+        is_main=user.is_main,
+        active=user.enabled,
+        mfa_enabled=mfa,
+        permissions=sorted(user.permissions),
+        create_time=_ts(user.create_time),
+    )
+
+
+class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
+    def __init__(self, sessions: Sessions, staff: Staff) -> None:
+        self.sessions = sessions
+        self.staff = staff
+
+    async def StaffLogin(
+        self, request: staff_service_pb2.StaffLoginRequest, context: grpc.aio.ServicerContext
+    ) -> staff_service_pb2.StaffLoginResponse:
+        token, session = await self.sessions.login(
+            STAFF, request.username, request.password, request.totp_code, request.recovery_code
+        )
+        return staff_service_pb2.StaffLoginResponse(session_token=token, session=session_to_proto(session, session.id))
+
+    async def CreateStaffUser(
+        self, request: staff_service_pb2.CreateStaffUserRequest, context: grpc.aio.ServicerContext
+    ) -> staff_service_pb2.CreateStaffUserResponse:
+        new = await self.staff.create(
+            request.username, request.email, request.display_name, _ROLE_NAMES.get(request.role, ""), request.password
+        )
+        return staff_service_pb2.CreateStaffUserResponse(
+            staff_user=staff_to_proto(new.member),
+            otpauth_uri=new.enrollment.otpauth_uri,
+            totp_secret=new.enrollment.secret,
+            qr_png=new.enrollment.qr_png,
+            recovery_codes=new.recovery_codes,
+        )
+
+    async def ChangeStaffRole(
+        self, request: staff_service_pb2.ChangeStaffRoleRequest, context: grpc.aio.ServicerContext
+    ) -> staff_service_pb2.ChangeStaffRoleResponse:
+        member = await self.staff.change_role(request.staff_id, _ROLE_NAMES.get(request.role, ""), request.reason)
+        return staff_service_pb2.ChangeStaffRoleResponse(staff_user=staff_to_proto(member))
+
+    async def GetCustomerAccount(
+        self, request: staff_service_pb2.GetCustomerAccountRequest, context: grpc.aio.ServicerContext
+    ) -> staff_service_pb2.GetCustomerAccountResponse:
+        account, users = await self.staff.get_customer_account(request.account_id, request.reason)
+        return staff_service_pb2.GetCustomerAccountResponse(
+            account_id=account.id,
+            account_name=account.name,
+            country=account.country,
+            test_mode=account.test_mode,
+            create_time=_ts(account.create_time),
+            users=[customer_user_to_proto(u, mfa) for u, mfa in users],
+        )
+
+    async def SetCustomerUserStatus(
+        self, request: staff_service_pb2.SetCustomerUserStatusRequest, context: grpc.aio.ServicerContext
+    ) -> staff_service_pb2.SetCustomerUserStatusResponse:
+        user = await self.staff.set_customer_user_status(
+            request.account_id, request.user_id, request.active, request.reason
+        )
+        return staff_service_pb2.SetCustomerUserStatusResponse(user=customer_user_to_proto(user, False))

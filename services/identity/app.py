@@ -2,22 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from pathlib import Path
 
-from sendsafe.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
-from services.identity.api import IdentityServicer
-from services.identity.clients import MessagingBalances
+import grpc
+
+from sendsafe.identity.v1 import (
+    auth_service_pb2,
+    auth_service_pb2_grpc,
+    identity_service_pb2,
+    identity_service_pb2_grpc,
+    staff_service_pb2,
+    staff_service_pb2_grpc,
+)
+from sendsafe.keys.v1 import keys_service_pb2_grpc
+from services.identity.api import AuthServicer, IdentityServicer, StaffServicer
+from services.identity.clients import KeysClient, MessagingBalances
 from services.identity.config import Settings
+from services.identity.credentials import Hasher
 from services.identity.service import Service
+from services.identity.sessions import Sessions
+from services.identity.staff import Staff
 from services.identity.store import PgIdentityStore
 from svckit.app import App, serve
 from svckit.audit import AuditClient, denial_recorder
 from svckit.config import load
 from svckit.db import create_pool, migrate
+from svckit.envelope import Envelope, KeysStubSource
 from svckit.rpc import secure_channel
 from svckit.server import start_server
 from svckit.tls import TlsFiles
+
+_LOG = logging.getLogger(__name__)
+PRUNE_EVERY_SECONDS = 600.0
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -41,29 +60,80 @@ async def build(settings: Settings) -> App:
         )
         stack.push_async_callback(messaging_channel.close)
 
+        keys_channel = secure_channel(
+            settings.keys_addr, tls, server_name="keys", timeout=settings.keys_timeout_seconds
+        )
+        stack.push_async_callback(keys_channel.close)
+
+        store = PgIdentityStore(pool)
+        hasher = Hasher(settings.argon2)
+        stack.callback(hasher.close)
+        sessions = Sessions(
+            store,
+            audit,
+            Envelope(KeysStubSource(keys_service_pb2_grpc.KeysServiceStub(keys_channel))),
+            hasher,
+            platform_account_id=await store.platform_account_id(),
+            policy=settings.password_policy,
+            throttle=settings.throttle,
+            settings=settings.sessions,
+        )
         service = Service(
-            PgIdentityStore(pool),
+            store,
             MessagingBalances(messaging_channel, timeout=settings.messaging_timeout_seconds),
             audit,
             currency=settings.currency,
             default_country=settings.default_country,
             default_timezone=settings.default_timezone,
             audit_strict_timeout=settings.audit_strict_timeout_seconds,
+            keys=KeysClient(keys_channel, timeout=settings.keys_timeout_seconds),
+            hasher=hasher,
+            policy=settings.password_policy,
+            require_step_up=sessions.require_step_up,
         )
+        staff = Staff(store, audit, sessions)
+
+        def register(s: grpc.aio.Server) -> None:
+            identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(service), s)
+            auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(sessions), s)
+            staff_service_pb2_grpc.add_StaffServiceServicer_to_server(StaffServicer(sessions, staff), s)
+
         server = await start_server(
             listen=settings.grpc_listen,
             tls=tls,
-            register=lambda s: identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(
-                IdentityServicer(service), s
-            ),
-            service_names=[identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name],
+            register=register,
+            service_names=[
+                identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
+                auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
+                staff_service_pb2.DESCRIPTOR.services_by_name["StaffService"].full_name,
+            ],
             on_denied=denial_recorder(audit.record, settings.service_name),
             health_listen=settings.health_listen,
         )
+        pruner = asyncio.create_task(_prune_forever(store), name="identity-prune")
+        stack.push_async_callback(_cancel, pruner)
     except BaseException:
         await stack.aclose()
         raise
-    return App(server, stack, grace=settings.shutdown_grace_seconds, extras={"service": service, "audit": audit})
+    return App(
+        server, stack, grace=settings.shutdown_grace_seconds,
+        extras={"service": service, "audit": audit, "sessions": sessions, "staff": staff, "store": store},
+    )
+
+
+async def _prune_forever(store: PgIdentityStore) -> None:
+    while True:
+        await asyncio.sleep(PRUNE_EVERY_SECONDS)
+        try:
+            await store.prune()
+        except Exception as exc:  # the next round tries again
+            _LOG.warning("pruning login counters failed: %s", type(exc).__name__)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def main() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.identity.domain import Currency
+from services.identity.credentials import Argon2Params, PasswordPolicy
+from services.identity.domain import Currency, ThrottlePolicy
+from services.identity.sessions import SessionSettings
 from svckit.config import KitSettings, setting
 
 
@@ -18,8 +20,26 @@ class Settings(KitSettings):
     )
     messaging_addr: str = setting("MESSAGING_ADDR", doc="host:port of messaging (account balances)")
     messaging_timeout_seconds: float = setting("MESSAGING_TIMEOUT_SECONDS", default=2.0)
-    # Not called yet: API keys for sub-accounts and encrypted TOTP secrets (issue 3) go through keys.
-    keys_addr: str = setting("KEYS_ADDR", default="", doc="host:port of the keys service")
+    keys_addr: str = setting("KEYS_ADDR", doc="host:port of keys (sub-accounts' API keys, TOTP secret encryption)")
+    keys_timeout_seconds: float = setting("KEYS_TIMEOUT_SECONDS", default=5.0)
+    # Passwords: argon2id cost (hashes made with other parameters are upgraded at the next login) and policy.
+    argon2_time_cost: int = setting("PASSWORD_ARGON2_TIME_COST", default=3)
+    argon2_memory_kib: int = setting("PASSWORD_ARGON2_MEMORY_KIB", default=65536)
+    argon2_parallelism: int = setting("PASSWORD_ARGON2_PARALLELISM", default=1)
+    password_min_length: int = setting("PASSWORD_MIN_LENGTH", default=12)
+    password_min_score: int = setting("PASSWORD_MIN_SCORE", default=3, doc="zxcvbn score 0-4")
+    # Sessions and step-up.
+    session_lifetime_seconds: int = setting("SESSION_LIFETIME_SECONDS", default=12 * 3600)
+    staff_session_lifetime_seconds: int = setting("STAFF_SESSION_LIFETIME_SECONDS", default=8 * 3600)
+    session_idle_seconds: int = setting("SESSION_IDLE_SECONDS", default=3600)
+    step_up_max_age_seconds: int = setting("STEP_UP_MAX_AGE_SECONDS", default=300)
+    totp_issuer: str = setting("TOTP_ISSUER", default="SendSafe")
+    # Brute force.
+    login_max_failures: int = setting("LOGIN_MAX_FAILURES", default=10, doc="per user, then locked")
+    login_window_seconds: int = setting("LOGIN_WINDOW_SECONDS", default=900)
+    login_lock_seconds: int = setting("LOGIN_LOCK_SECONDS", default=900)
+    login_address_max_failures: int = setting("LOGIN_ADDRESS_MAX_FAILURES", default=100, doc="per client address")
+    login_address_window_seconds: int = setting("LOGIN_ADDRESS_WINDOW_SECONDS", default=900)
     default_country: str = setting("DEFAULT_COUNTRY", default="AU", doc="ISO 3166 code for new accounts")
     default_timezone: str = setting("DEFAULT_TIMEZONE", default="Australia/Melbourne")
     currency_name_short: str = setting("CURRENCY_NAME_SHORT", default="AUD")
@@ -38,4 +58,33 @@ class Settings(KitSettings):
             currency_name_long=self.currency_name_long,
             min_recharge_amount=self.currency_min_recharge,
             max_recharge_amount=self.currency_max_recharge,
+        )
+
+    @property
+    def argon2(self) -> Argon2Params:
+        return Argon2Params(self.argon2_time_cost, self.argon2_memory_kib, self.argon2_parallelism)
+
+    @property
+    def password_policy(self) -> PasswordPolicy:
+        return PasswordPolicy(min_length=self.password_min_length, min_score=self.password_min_score)
+
+    @property
+    def throttle(self) -> ThrottlePolicy:
+        return ThrottlePolicy(
+            max_failures=self.login_max_failures,
+            window_seconds=self.login_window_seconds,
+            lock_seconds=self.login_lock_seconds,
+            address_max_failures=self.login_address_max_failures,
+            address_window_seconds=self.login_address_window_seconds,
+        )
+
+    @property
+    def sessions(self) -> SessionSettings:
+        return SessionSettings(
+            lifetime_seconds=self.session_lifetime_seconds,
+            staff_lifetime_seconds=self.staff_session_lifetime_seconds,
+            idle_seconds=self.session_idle_seconds,
+            step_up_max_age_seconds=self.step_up_max_age_seconds,
+            totp_issuer=self.totp_issuer,
+            audit_strict_timeout=self.audit_strict_timeout_seconds,
         )

@@ -1,5 +1,6 @@
 """Identity rules: accounts, users (ClickSend sub-accounts), their access flags and the permissions
-those flags grant, and what a valid new account looks like. Pure: no I/O.
+those flags grant, what a valid new account or sub-account looks like, the staff directory's roles,
+sessions, login throttling and step-up. Pure: no I/O.
 
 Permissions are the names the protos declare in `(sendsafe.options.v1.access).permission`. Which flag
 grants which permission lives in one table, `PERMISSION_FLAGS`; a permission a proto declares but the
@@ -11,14 +12,23 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Final
 
 import phonenumbers
 
-from svckit.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from svckit.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 
 # ---------------------------------------------------------------------------------------------------
 # Errors (stable UPPER_SNAKE reasons; svckit maps the kinds to gRPC codes)
@@ -69,6 +79,117 @@ class BalanceUnavailable(Unavailable):
     reason = "BALANCE_UNAVAILABLE"
 
 
+class MissingRequiredFields(InvalidArgument):
+    # ClickSend's application code for a request without its required fields.
+    reason = "MISSING_REQUIRED_FIELDS"
+
+
+class FlagInvalid(InvalidArgument):
+    reason = "FLAG_INVALID"
+
+
+class PagingInvalid(InvalidArgument):
+    reason = "INVALID_PAGING"
+
+
+class SubaccountNotFound(NotFound):
+    reason = "NOT_FOUND"
+
+
+class MainUserProtected(PermissionDenied):
+    reason = "MAIN_USER_PROTECTED"
+
+
+class FlagNotHeld(PermissionDenied):
+    reason = "FLAG_NOT_HELD"
+
+
+class InvalidCredentials(Unauthenticated):
+    """One answer for an unknown user, a wrong password or code, a replayed code and a locked user."""
+
+    reason = "INVALID_CREDENTIALS"
+
+    def __init__(self) -> None:
+        super().__init__("Invalid username, password or code.")
+
+
+class MfaRequired(Unauthenticated):
+    """The password was right; a second factor (TOTP or recovery code) must come with it."""
+
+    reason = "MFA_REQUIRED"
+
+
+class LoginThrottled(ResourceExhausted):
+    reason = "LOGIN_THROTTLED"
+
+
+class SessionInvalid(Unauthenticated):
+    reason = "SESSION_INVALID"
+
+
+class SessionRequired(PermissionDenied):
+    reason = "SESSION_REQUIRED"
+
+
+class StepUpRequired(Unauthenticated):
+    """RFC 9470: the gateway answers 401 with `WWW-Authenticate: Bearer error="insufficient_user_authentication",
+    max_age=<metadata max_age>`."""
+
+    reason = "INSUFFICIENT_USER_AUTHENTICATION"
+
+
+class PasswordRejected(InvalidArgument):
+    reason = "PASSWORD_REJECTED"
+
+
+class MfaAlreadyEnrolled(FailedPrecondition):
+    reason = "MFA_ALREADY_ENROLLED"
+
+
+class MfaNotPending(FailedPrecondition):
+    reason = "MFA_NOT_PENDING"
+
+
+class MfaNotEnrolled(FailedPrecondition):
+    reason = "MFA_NOT_ENROLLED"
+
+
+class MfaCodeInvalid(InvalidArgument):
+    reason = "MFA_CODE_INVALID"
+
+
+class StaffMfaMandatory(FailedPrecondition):
+    reason = "STAFF_MFA_MANDATORY"
+
+
+class ReasonRequired(InvalidArgument):
+    reason = "REASON_REQUIRED"
+
+
+class RoleInvalid(InvalidArgument):
+    reason = "ROLE_INVALID"
+
+
+class StaffNotFound(NotFound):
+    reason = "STAFF_NOT_FOUND"
+
+
+class AccountNotFound(NotFound):
+    reason = "ACCOUNT_NOT_FOUND"
+
+
+class OwnRoleChange(PermissionDenied):
+    reason = "OWN_ROLE_CHANGE"
+
+
+class RoleNotGrantable(PermissionDenied):
+    reason = "ROLE_NOT_GRANTABLE"
+
+
+class StaffOnly(PermissionDenied):
+    reason = "STAFF_ONLY"
+
+
 # ---------------------------------------------------------------------------------------------------
 # Access flags and permissions
 
@@ -113,11 +234,54 @@ ALWAYS: Final = None
 PERMISSION_FLAGS: Final[Mapping[str, str | None]] = MappingProxyType(
     {
         "account.read": ALWAYS,
+        "self.manage": ALWAYS,  # one's own sessions, second factor and password
         "sms.send": "access_sms",
         "sms.read": "access_reporting",
+        "sms.settings": "access_settings",  # messaging privacy controls and webhooks
         "audit.read": "access_reporting",
+        "subaccounts.read": "access_users",
+        "subaccounts.write": "access_users",
+        "api_keys.read": "access_settings",
+        "api_keys.write": "access_settings",
+        "audit.manage": "access_settings",  # alert rules, webhooks, forwarding
     }
 )
+
+# The staff directory's roles and the permissions each grants. Staff permissions (`staff.*`,
+# `audit.read_all`, `audit.verify`) are never granted to customers (they are not in PERMISSION_FLAGS), and
+# customers' data permissions (sms.*, subaccounts.*, ...) are never granted to staff: staff reach customer
+# data only through explicit, audited RPCs. `audit.read` on a staff session reads the platform account's feed.
+STAFF_ROLES: Final[tuple[str, ...]] = ("support_readonly", "support_agent", "security_admin", "platform_admin")
+ROLE_PERMISSIONS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {
+        "support_readonly": frozenset({"self.manage", "staff.accounts.read"}),
+        "support_agent": frozenset({"self.manage", "staff.accounts.read", "staff.accounts.write"}),
+        "security_admin": frozenset(
+            {"self.manage", "staff.accounts.read", "staff.roles.write", "audit.read", "audit.read_all", "audit.verify"}
+        ),
+        "platform_admin": frozenset(
+            {
+                "self.manage", "staff.accounts.read", "staff.accounts.write", "staff.roles.write", "audit.read",
+                "audit.read_all", "audit.verify",
+            }
+        ),
+    }
+)
+# Who may hand out which role: nobody grants a role above their own.
+GRANTABLE_ROLES: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
+    {
+        "support_readonly": frozenset(),
+        "support_agent": frozenset(),
+        "security_admin": frozenset({"support_readonly", "support_agent", "security_admin"}),
+        "platform_admin": frozenset(STAFF_ROLES),
+    }
+)
+
+
+def check_role(role: str) -> str:
+    if role not in ROLE_PERMISSIONS:
+        raise RoleInvalid(f"role must be one of {', '.join(STAFF_ROLES)}")
+    return role
 
 
 def derive_permissions(flags: AccessFlags, *, is_main: bool, enabled: bool) -> frozenset[str]:
@@ -328,3 +492,217 @@ def check_balance(raw: str) -> str:
     if not raw or not value.is_finite():
         raise BalanceUnavailable("the balance is unavailable right now")
     return f"{value:.6f}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sub-accounts
+
+
+DEFAULT_PAGE_LIMIT: Final = 15
+MIN_PAGE_LIMIT: Final = 15
+MAX_PAGE_LIMIT: Final = 100
+MAX_NOTES = 1000
+
+
+@dataclass(frozen=True)
+class PageWindow:
+    page: int
+    limit: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.limit
+
+    def last_page(self, total: int) -> int:
+        return max(1, -(-total // self.limit))
+
+
+def page_window(page: int, limit: int) -> PageWindow:
+    """ClickSend paging: page defaults to 1, limit to 15; limit must be 15-100."""
+    if page < 0:
+        raise PagingInvalid("page must be 1 or more.")
+    if limit < 0 or (limit and not MIN_PAGE_LIMIT <= limit <= MAX_PAGE_LIMIT):
+        raise PagingInvalid(f"limit must be between {MIN_PAGE_LIMIT} and {MAX_PAGE_LIMIT}.")
+    return PageWindow(page=page or 1, limit=limit or DEFAULT_PAGE_LIMIT)
+
+
+def check_flag(name: str, value: int) -> bool:
+    """ClickSend flags are the integers 0 and 1."""
+    if value not in (0, 1):
+        raise FlagInvalid(f"{name} must be 0 or 1", field=name)
+    return bool(value)
+
+
+def check_notes(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    if len(raw) > MAX_NOTES:
+        raise NameInvalid(f"notes must be at most {MAX_NOTES} characters", field="notes")
+    return raw
+
+
+@dataclass(frozen=True)
+class NewSubaccount:
+    """A validated request to create a sub-account (password already checked against the policy)."""
+
+    account_id: int
+    api_username: str
+    email: str
+    phone_number: str
+    first_name: str
+    last_name: str
+    notes: str | None
+    flags: AccessFlags
+
+
+@dataclass(frozen=True)
+class SubaccountChanges:
+    """Validated changes; None means "keep". `password_hash` is set when a new password was given."""
+
+    email: str | None = None
+    phone_number: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    notes: str | None = None
+    set_notes: bool = False
+    flags: AccessFlags | None = None
+    password_hash: str | None = None
+
+    def changed_fields(self) -> list[str]:
+        out = [f for f in ("email", "phone_number", "first_name", "last_name") if getattr(self, f) is not None]
+        if self.set_notes:
+            out.append("notes")
+        if self.flags is not None:
+            out.append("flags")
+        if self.password_hash is not None:
+            out.append("password")
+        return out
+
+
+def check_grant(actor: User, current: AccessFlags, wanted: AccessFlags) -> None:
+    """No privilege escalation through sub-account management: a non-main user may turn on only flags it
+    holds itself (turning flags off is always allowed). The main user holds every access flag."""
+    if actor.is_main:
+        return
+    for name in FLAG_NAMES:
+        if getattr(wanted, name) and not getattr(current, name) and not getattr(actor.flags, name):
+            raise FlagNotHeld(f"you cannot grant {name}: you do not hold it yourself", field=name)
+
+
+def check_manageable(actor: User, target: User) -> None:
+    """The main user is managed only by itself; nobody edits their own access flags through this path."""
+    if target.is_main and not actor.is_main:
+        raise MainUserProtected("only the main user may change the main user")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Who logs in: a customer user or a staff member
+
+
+USER: Final = "user"
+STAFF: Final = "staff"
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Someone who can hold a session: a customer user or a staff member."""
+
+    kind: str  # USER | STAFF
+    id: int
+    account_id: int  # a staff member's is the platform account
+    username: str
+    email: str
+    password_hash: str | None
+    enabled: bool
+    permissions: frozenset[str]
+    test_mode: bool = False
+    role: str = ""  # staff only
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+    @property
+    def is_staff(self) -> bool:
+        return self.kind == STAFF
+
+
+@dataclass(frozen=True)
+class StaffMember:
+    id: int
+    username: str
+    email: str
+    display_name: str
+    role: str
+    active: bool
+    create_time: datetime
+
+    @property
+    def permissions(self) -> frozenset[str]:
+        return ROLE_PERMISSIONS[self.role] if self.active else frozenset()
+
+
+def check_reason(raw: str) -> str:
+    """Staff state why they touch a customer's data (a ticket id, a sentence); the customer sees it."""
+    value = " ".join(raw.split())
+    if not value:
+        raise ReasonRequired("give a reason (it is shown to the customer in their audit feed)")
+    if len(value) > 200 or not value.isprintable():
+        raise ReasonRequired("the reason must be at most 200 printable characters")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sessions, throttling and step-up
+
+
+# RFC 8176 authentication method references.
+AMR_PASSWORD: Final = "pwd"  # noqa: S105 - a method name
+AMR_OTP: Final = "otp"
+AMR_RECOVERY: Final = "recovery"
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id: str
+    subject_kind: str
+    subject_id: int
+    account_id: int
+    amr: tuple[str, ...]
+    mfa_time: datetime | None
+    client_address: str
+    user_agent: str
+    create_time: datetime
+    expire_time: datetime
+    last_seen_time: datetime
+
+
+@dataclass(frozen=True)
+class ThrottlePolicy:
+    """Per-user lockout and per-client-address throttling of failed logins.
+
+    A user's counter is incremented *before* the password is checked (and reset by a full success), so
+    concurrent guesses cannot outrun it: with `max_failures` = 10, at most 10 passwords are ever checked
+    per window however many requests arrive at once. From the `max_failures`-th failure the user is
+    locked for `lock_seconds`; attempts while locked still count and get the same answer as a wrong
+    password. A client address with `address_max_failures` failures in its window gets 429 for the rest
+    of the window (that reveals nothing about any user)."""
+
+    max_failures: int = 10
+    window_seconds: int = 900
+    lock_seconds: int = 900
+    address_max_failures: int = 100
+    address_window_seconds: int = 900
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The counter after this attempt was counted."""
+
+    failures: int
+    locked: bool
+
+
+def step_up_ok(mfa_time: datetime | None, now: datetime, max_age_seconds: int) -> bool:
+    """A privileged call on a session needs a second factor verified within `max_age_seconds`."""
+    return mfa_time is not None and now - mfa_time <= timedelta(seconds=max_age_seconds)

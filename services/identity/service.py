@@ -1,30 +1,54 @@
-"""Identity use cases, one method per RPC: get the caller's account, look up a user, create an account."""
+"""Identity use cases, one method per RPC: get the caller's account, look up a user, create an account, and
+the ClickSend sub-account endpoints (create, list, get, update, delete, regenerate the API key).
+
+Sub-account management is defence in depth on top of the gateway's permission check: the target must be
+in the caller's account, only the main user manages the main user, and nobody grants a flag they do not
+hold. Every change is recorded before it commits (fail closed) and refusals are recorded as DENIED."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from sendsafe.audit.v1 import event_pb2
+from services.identity.credentials import Hasher, PasswordPolicy
 from services.identity.domain import (
+    FLAG_NAMES,
     USERNAME_RE,
+    AccessFlags,
     Account,
     AccountDetails,
     AccountSettings,
     Currency,
+    MissingRequiredFields,
     NewAccount,
+    NewSubaccount,
+    PageWindow,
+    PrincipalRequired,
+    SubaccountChanges,
+    SubaccountNotFound,
     User,
     UserDisabled,
     UserLookupInvalid,
     UsernameInvalid,
     UserNotFound,
     check_balance,
+    check_email,
+    check_flag,
+    check_grant,
+    check_manageable,
+    check_name,
+    check_notes,
+    check_phone,
     check_username,
     new_account,
+    page_window,
 )
+from svckit import context as callctx
 from svckit.audit import new_event
-from svckit.errors import DomainError
+from svckit.errors import DomainError, PermissionDenied, Unauthenticated
 
 SERVICE = "identity"
 
@@ -33,8 +57,22 @@ class IdentityStore(Protocol):
     async def get_user(self, user_id: int) -> tuple[Account, User] | None: ...
     async def find_user(self, api_username: str) -> tuple[Account, User] | None: ...
     async def create_account(
-        self, new: NewAccount, before_commit: Callable[[Account, User], Awaitable[None]]
+        self, new: NewAccount, before_commit: Callable[[Account, User], Awaitable[None]],
+        password_hash: str | None = None,
     ) -> tuple[Account, User]: ...
+    async def list_users(self, account_id: int, offset: int, limit: int) -> tuple[int, list[User]]: ...
+    async def create_subaccount(
+        self, new: NewSubaccount, password_hash: str, before_commit: Callable[[User], Awaitable[None]]
+    ) -> User: ...
+    async def update_user(
+        self, user_id: int, changes: SubaccountChanges, before_commit: Callable[[User], Awaitable[None]]
+    ) -> User | None: ...
+    async def delete_user(self, user_id: int, before_commit: Callable[[], Awaitable[None]]) -> bool: ...
+
+
+class Keys(Protocol):
+    async def issue(self, account_id: int, user_id: int, name: str, test_mode: bool) -> tuple[str, str]: ...
+    async def revoke_user_keys(self, account_id: int, user_id: int, *, keep_key_id: str = "", reason: str) -> int: ...
 
 
 class Balances(Protocol):
@@ -56,6 +94,32 @@ class CreateAccountInput:
     last_name: str
     country: str
     test_mode: bool
+    password: str = ""
+
+
+@dataclass(frozen=True)
+class SubaccountInput:
+    """A create or update request as given: None = not given. Flags are the raw 0/1 integers."""
+
+    api_username: str | None = None
+    password: str | None = None
+    email: str | None = None
+    phone_number: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    notes: str | None = None
+    flags: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SubaccountPage:
+    window: PageWindow
+    total: int
+    users: list[User]
+
+
+async def _no_step_up() -> None:
+    return None
 
 
 class Service:
@@ -70,8 +134,16 @@ class Service:
         default_timezone: str,
         audit_strict_timeout: float = 5.0,
         account_settings: AccountSettings | None = None,
+        keys: Keys | None = None,
+        hasher: Hasher | None = None,
+        policy: PasswordPolicy | None = None,
+        require_step_up: Callable[[], Awaitable[None]] = _no_step_up,
     ) -> None:
         self._store = store
+        self._keys = keys
+        self._hasher = hasher
+        self._policy = policy or PasswordPolicy()
+        self._require_step_up = require_step_up
         self._balances = balances
         self._audit = audit
         self._currency = currency
@@ -131,7 +203,12 @@ class Service:
                 default_country=self._default_country,
                 default_timezone=self._default_timezone,
             )
-            return await self._store.create_account(new, evidence)
+            password_hash = None
+            if req.password:
+                assert self._hasher is not None
+                self._policy.check(req.password, identifiers=(new.api_username, new.email))
+                password_hash = await self._hasher.hash(req.password)
+            return await self._store.create_account(new, evidence, password_hash)
         except Exception as err:
             reason = err.reason if isinstance(err, DomainError) else "INTERNAL"
             failed = new_event(
@@ -166,3 +243,183 @@ class Service:
                 "test_mode": str(account.test_mode).lower(),
             },
         )
+
+    # -- sub-accounts (ClickSend /v3/subaccounts) ---------------------------------------------------------
+
+    async def _caller(self) -> User:
+        """The calling user, from the principal: enabled, and a customer (staff have no sub-accounts)."""
+        p = callctx.principal()
+        if p is None or not p.account_id or not p.user_id or p.staff:
+            raise PrincipalRequired("managing sub-accounts needs an authenticated customer user")
+        found = await self._store.get_user(p.user_id)
+        if found is None or found[1].account_id != p.account_id or not found[1].enabled:
+            raise UserDisabled("this user is disabled")
+        return found[1]
+
+    async def _target(self, actor: User, subaccount_id: int) -> tuple[Account, User]:
+        found = await self._store.get_user(subaccount_id) if subaccount_id > 0 else None
+        if found is None or found[1].account_id != actor.account_id:
+            raise SubaccountNotFound("Subaccount not found.")  # another account's user is not even named
+        return found
+
+    @contextlib.asynccontextmanager
+    async def _evidence(self, action: str, resource_id: str = "") -> AsyncIterator[None]:
+        """Record a refused or failed change (DENIED for permission problems, FAILURE otherwise)."""
+        try:
+            yield
+        except DomainError as err:
+            denied = isinstance(err, PermissionDenied | Unauthenticated)
+            await self._audit.record(
+                new_event(
+                    SERVICE, action,
+                    outcome=event_pb2.OUTCOME_DENIED if denied else event_pb2.OUTCOME_FAILURE,
+                    error_reason=err.reason, resource_type="subaccount", resource_id=resource_id,
+                )
+            )
+            raise
+
+    def _event(self, action: str, user: User, details: dict[str, str] | None = None) -> event_pb2.Event:
+        return new_event(SERVICE, action, resource_type="subaccount", resource_id=str(user.id), details=details)
+
+    async def _strict(self, ev: event_pb2.Event) -> None:
+        await self._audit.record_strict(ev, timeout=self._strict_timeout)
+
+    def _flags(self, raw: dict[str, int], base: AccessFlags) -> AccessFlags:
+        values = {name: getattr(base, name) for name in FLAG_NAMES}
+        for name, value in raw.items():
+            values[name] = check_flag(name, value)
+        return AccessFlags(**values)
+
+    async def _password_hash(self, password: str, username: str, email: str) -> str:
+        assert self._hasher is not None
+        self._policy.check(password, identifiers=(username, email))
+        return await self._hasher.hash(password)
+
+    async def create_subaccount(self, req: SubaccountInput) -> tuple[User, str]:
+        """The new sub-account and its first API key (the only time the key is shown)."""
+        async with self._evidence("subaccount.create"):
+            actor = await self._caller()
+            await self._require_step_up()
+            missing = [f for f in ("api_username", "password", "email") if not getattr(req, f)]
+            if missing:
+                raise MissingRequiredFields(f"missing required fields: {', '.join(missing)}", fields=",".join(missing))
+            assert req.api_username and req.password and req.email
+            flags = self._flags(req.flags, AccessFlags())
+            check_grant(actor, AccessFlags(), flags)
+            account = await self._account_of(actor)
+            email = check_email(req.email)
+            new = NewSubaccount(
+                account_id=actor.account_id,
+                api_username=check_username(req.api_username),
+                email=email,
+                phone_number=check_phone(req.phone_number or "", account.country),
+                first_name=check_name(req.first_name or "", "first_name", required=False),
+                last_name=check_name(req.last_name or "", "last_name", required=False),
+                notes=check_notes(req.notes),
+                flags=flags,
+            )
+            password_hash = await self._password_hash(req.password, new.api_username, email)
+            issued: list[str] = []
+
+            async def before_commit(user: User) -> None:
+                await self._strict(self._event("subaccount.create", user, _flag_details(user.flags)))
+                assert self._keys is not None
+                _, api_key = await self._keys.issue(account.id, user.id, "subaccount", account.test_mode)
+                issued.append(api_key)
+
+            user = await self._store.create_subaccount(new, password_hash, before_commit)
+            return user, issued[0]
+
+    async def _account_of(self, user: User) -> Account:
+        found = await self._store.get_user(user.id)
+        assert found is not None
+        return found[0]
+
+    async def list_subaccounts(self, page: int, limit: int) -> SubaccountPage:
+        actor = await self._caller()
+        window = page_window(page, limit)
+        total, users = await self._store.list_users(actor.account_id, window.offset, window.limit)
+        return SubaccountPage(window, total, users)
+
+    async def get_subaccount(self, subaccount_id: int) -> User:
+        actor = await self._caller()
+        return (await self._target(actor, subaccount_id))[1]
+
+    async def update_subaccount(self, subaccount_id: int, req: SubaccountInput) -> User:
+        async with self._evidence("subaccount.update", str(subaccount_id)):
+            actor = await self._caller()
+            await self._require_step_up()
+            account, target = await self._target(actor, subaccount_id)
+            check_manageable(actor, target)
+            flags = None
+            if req.flags:
+                if target.is_main:
+                    raise PermissionDenied("the main user's access cannot be reduced", reason="MAIN_USER_PROTECTED")
+                flags = self._flags(req.flags, target.flags)
+                check_grant(actor, target.flags, flags)
+            email = check_email(req.email) if req.email is not None else None
+            changes = SubaccountChanges(
+                email=email,
+                phone_number=_maybe(req.phone_number, lambda v: check_phone(v, account.country)),
+                first_name=_maybe(req.first_name, lambda v: check_name(v, "first_name", required=False)),
+                last_name=_maybe(req.last_name, lambda v: check_name(v, "last_name", required=False)),
+                notes=check_notes(req.notes),
+                set_notes=req.notes is not None,
+                flags=flags,
+                password_hash=(
+                    await self._password_hash(req.password, target.api_username, email or target.email)
+                    if req.password is not None else None
+                ),
+            )
+
+            async def before_commit(user: User) -> None:
+                details = {"fields": ",".join(changes.changed_fields())}
+                if flags is not None:
+                    details.update(_flag_details(flags))
+                await self._strict(self._event("subaccount.update", user, details))
+
+            user = await self._store.update_user(target.id, changes, before_commit)
+            if user is None:
+                raise SubaccountNotFound("Subaccount not found.")
+            return user
+
+    async def delete_subaccount(self, subaccount_id: int) -> None:
+        """The user is gone: its API keys are revoked first (keys service), then the user and its sessions."""
+        async with self._evidence("subaccount.delete", str(subaccount_id)):
+            actor = await self._caller()
+            await self._require_step_up()
+            _, target = await self._target(actor, subaccount_id)
+            check_manageable(actor, target)
+            if target.is_main:
+                raise PermissionDenied("the main user cannot be deleted", reason="MAIN_USER_PROTECTED")
+            assert self._keys is not None
+            revoked = await self._keys.revoke_user_keys(target.account_id, target.id, reason="user_deleted")
+            ev = self._event("subaccount.delete", target, {"api_keys_revoked": str(revoked)})
+            if not await self._store.delete_user(target.id, lambda: self._strict(ev)):
+                raise SubaccountNotFound("Subaccount not found.")
+
+    async def regenerate_api_key(self, subaccount_id: int) -> str:
+        """A new key; every other key of the user is revoked at once (the gateway drops cached
+        verifications on the keys service's notice, or within its bounded cache time)."""
+        async with self._evidence("subaccount.regen_api_key", str(subaccount_id)):
+            actor = await self._caller()
+            await self._require_step_up()
+            account, target = await self._target(actor, subaccount_id)
+            check_manageable(actor, target)
+            assert self._keys is not None
+            key_id, api_key = await self._keys.issue(account.id, target.id, "regenerated", account.test_mode)
+            revoked = await self._keys.revoke_user_keys(account.id, target.id, keep_key_id=key_id, reason="regenerated")
+            await self._strict(
+                self._event(
+                    "subaccount.regen_api_key", target, {"api_key_id": key_id, "api_keys_revoked": str(revoked)}
+                )
+            )
+            return api_key
+
+
+def _maybe(value: str | None, check: Callable[[str], str]) -> str | None:
+    return None if value is None else check(value)
+
+
+def _flag_details(flags: AccessFlags) -> dict[str, str]:
+    return {"flags_on": ",".join(n for n in FLAG_NAMES if getattr(flags, n))}

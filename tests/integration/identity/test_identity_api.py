@@ -17,6 +17,7 @@ from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import identity_service_pb2 as pb
 from sendsafe.identity.v1 import identity_service_pb2_grpc
 from sendsafe.options.v1 import options_pb2
+from services.identity.domain import PERMISSION_FLAGS
 from svckit.app import App
 from svckit.testing import CertBundle
 from tests.conftest import channel_as
@@ -98,7 +99,7 @@ async def test_create_account_as_ops(identity_app: App, audit_app: App, certs: C
     user = resp.user
     assert resp.account_id > 0 and user.account_id == resp.account_id
     assert user.api_username == name and user.is_main and user.active and not user.test_mode
-    assert set(user.permissions) == {"account.read", "sms.send", "sms.read", "audit.read"}
+    assert set(user.permissions) == set(PERMISSION_FLAGS)  # the main user holds every customer permission
     assert user.create_time.seconds > 0
     events = [e for e in await _audit_events(audit_app) if e.action == "account.create"]
     (ev,) = [e for e in events if e.resource.id == str(resp.account_id)]
@@ -251,7 +252,8 @@ async def test_create_account_fails_closed_without_audit(
         assert await conn.fetchval("SELECT count(*) FROM users WHERE lower(api_username) = $1", name.lower()) == 0
         assert (
             await conn.fetchval(
-                "SELECT count(*) FROM accounts a WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.account_id = a.id)"
+                "SELECT count(*) FROM accounts a WHERE NOT a.platform"
+                " AND NOT EXISTS (SELECT 1 FROM users u WHERE u.account_id = a.id)"
             )
             == 0
         )

@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import descriptor_pool
 
 from sendsafe.audit.v1 import audit_service_pb2
-from sendsafe.identity.v1 import identity_service_pb2
+from sendsafe.identity.v1 import auth_service_pb2, identity_service_pb2, staff_service_pb2
 from sendsafe.keys.v1 import keys_service_pb2
 from sendsafe.messaging.v1 import messaging_service_pb2
 from sendsafe.options.v1 import options_pb2
@@ -16,7 +16,10 @@ from services.identity import domain
 from services.identity.domain import (
     ALWAYS,
     FLAG_NAMES,
+    GRANTABLE_ROLES,
     PERMISSION_FLAGS,
+    ROLE_PERMISSIONS,
+    STAFF_ROLES,
     AccessFlags,
     BalanceUnavailable,
     CountryInvalid,
@@ -36,7 +39,11 @@ from services.identity.domain import (
 def _declared_permissions() -> set[str]:
     pool = descriptor_pool.Default()
     out: set[str] = set()
-    for module in (identity_service_pb2, keys_service_pb2, messaging_service_pb2, audit_service_pb2):
+    modules = (
+        identity_service_pb2, auth_service_pb2, staff_service_pb2, keys_service_pb2, messaging_service_pb2,
+        audit_service_pb2,
+    )
+    for module in modules:
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in pool.FindServiceByName(service.full_name).methods:
                 opts = method.GetOptions()
@@ -48,7 +55,19 @@ def _declared_permissions() -> set[str]:
 def test_every_declared_permission_has_a_rule() -> None:
     declared = _declared_permissions()
     assert declared, "no permissions found in the descriptors"
-    assert declared <= set(PERMISSION_FLAGS), f"unmapped: {declared - set(PERMISSION_FLAGS)}"
+    staff = set().union(*ROLE_PERMISSIONS.values())
+    assert declared <= set(PERMISSION_FLAGS) | staff, f"unmapped: {declared - set(PERMISSION_FLAGS) - staff}"
+
+
+def test_staff_and_customer_permissions_never_mix() -> None:
+    """Customers never hold staff.*; staff never hold customer data permissions (only audited staff RPCs)."""
+    staff = set().union(*ROLE_PERMISSIONS.values())
+    shared = {"self.manage", "audit.read"}  # on a staff session: one's own sessions, the platform's feed
+    assert staff & set(PERMISSION_FLAGS) == shared
+    assert all(p.startswith(("staff.", "audit.")) for p in staff - shared)
+    assert set(ROLE_PERMISSIONS) == set(STAFF_ROLES) == set(GRANTABLE_ROLES)
+    assert ROLE_PERMISSIONS["platform_admin"] == staff
+    assert ROLE_PERMISSIONS["support_readonly"] < ROLE_PERMISSIONS["support_agent"]
 
 
 def test_rules_name_real_flags() -> None:
@@ -60,26 +79,29 @@ def test_today_mapping() -> None:
     assert PERMISSION_FLAGS["sms.send"] == "access_sms"
     assert PERMISSION_FLAGS["sms.read"] == "access_reporting"
     assert PERMISSION_FLAGS["audit.read"] == "access_reporting"
+    assert PERMISSION_FLAGS["subaccounts.read"] == PERMISSION_FLAGS["subaccounts.write"] == "access_users"
+    assert PERMISSION_FLAGS["self.manage"] is ALWAYS
 
 
 def test_new_user_defaults_to_least_privilege() -> None:
     flags = AccessFlags()
     assert not any(getattr(flags, f) for f in FLAG_NAMES)
-    assert derive_permissions(flags, is_main=False, enabled=True) == {"account.read"}
+    assert derive_permissions(flags, is_main=False, enabled=True) == {"account.read", "self.manage"}
 
 
 def test_flags_grant_their_permissions() -> None:
-    assert derive_permissions(AccessFlags(access_sms=True), is_main=False, enabled=True) == {
-        "account.read",
-        "sms.send",
-    }
-    assert derive_permissions(AccessFlags(access_reporting=True), is_main=False, enabled=True) == {
-        "account.read",
+    base = {"account.read", "self.manage"}
+    assert derive_permissions(AccessFlags(access_sms=True), is_main=False, enabled=True) == base | {"sms.send"}
+    assert derive_permissions(AccessFlags(access_reporting=True), is_main=False, enabled=True) == base | {
         "sms.read",
         "audit.read",
     }
+    assert derive_permissions(AccessFlags(access_users=True), is_main=False, enabled=True) == base | {
+        "subaccounts.read",
+        "subaccounts.write",
+    }
     # Flags that grant nothing today grant nothing.
-    assert derive_permissions(AccessFlags(access_billing=True), is_main=False, enabled=True) == {"account.read"}
+    assert derive_permissions(AccessFlags(access_billing=True), is_main=False, enabled=True) == base
 
 
 def test_main_user_holds_every_permission_whatever_its_flags() -> None:

@@ -49,7 +49,8 @@ class FakeStore:
         return None
 
     async def create_account(
-        self, new: NewAccount, before_commit: Callable[[Account, User], Awaitable[None]]
+        self, new: NewAccount, before_commit: Callable[[Account, User], Awaitable[None]],
+        password_hash: str | None = None,
     ) -> tuple[Account, User]:
         if await self.find_user(new.api_username):
             raise UsernameTaken("taken")

@@ -57,7 +57,9 @@ Global___Currency: _TypeAlias = Currency  # noqa: Y015
 
 @_typing.final
 class Subaccount(_message.Message):
-    """The ClickSend sub-account object. `api_key` is always masked here."""
+    """The ClickSend sub-account object. `api_key` is masked ("********") except
+    in the answers that create or regenerate the key.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -3,8 +3,10 @@
 isort:skip_file
 Identity: accounts and their users (ClickSend sub-accounts)."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from sendsafe.identity.v1 import account_pb2 as _account_pb2
 import builtins as _builtins
 import sys
@@ -185,6 +187,7 @@ class CreateAccountRequest(_message.Message):
     LAST_NAME_FIELD_NUMBER: _builtins.int
     COUNTRY_FIELD_NUMBER: _builtins.int
     TEST_MODE_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
     account_name: _builtins.str
     api_username: _builtins.str
     email: _builtins.str
@@ -193,6 +196,10 @@ class CreateAccountRequest(_message.Message):
     last_name: _builtins.str
     country: _builtins.str
     test_mode: _builtins.bool
+    password: _builtins.str
+    """Optional: the main user's password for interactive login (the password
+    policy applies). Empty: API keys only until a password is set.
+    """
     def __init__(
         self,
         *,
@@ -204,10 +211,11 @@ class CreateAccountRequest(_message.Message):
         last_name: _builtins.str = ...,
         country: _builtins.str = ...,
         test_mode: _builtins.bool = ...,
+        password: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_name", b"account_name", "api_username", b"api_username", "country", b"country", "email", b"email", "first_name", b"first_name", "last_name", b"last_name", "phone_number", b"phone_number", "test_mode", b"test_mode"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_name", b"account_name", "api_username", b"api_username", "country", b"country", "email", b"email", "first_name", b"first_name", "last_name", b"last_name", "password", b"password", "phone_number", b"phone_number", "test_mode", b"test_mode"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -237,3 +245,629 @@ class CreateAccountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateAccountResponse: _TypeAlias = CreateAccountResponse  # noqa: Y015
+
+@_typing.final
+class CreateSubaccountRequest(_message.Message):
+    """ClickSend create-subaccount request. Flags are 0 or 1 and default to 0
+    (least privilege; ClickSend defaults several to 1).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_USERNAME_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    FIRST_NAME_FIELD_NUMBER: _builtins.int
+    LAST_NAME_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    ACCESS_USERS_FIELD_NUMBER: _builtins.int
+    ACCESS_BILLING_FIELD_NUMBER: _builtins.int
+    ACCESS_REPORTING_FIELD_NUMBER: _builtins.int
+    ACCESS_CONTACTS_FIELD_NUMBER: _builtins.int
+    ACCESS_SETTINGS_FIELD_NUMBER: _builtins.int
+    ACCESS_SMS_FIELD_NUMBER: _builtins.int
+    ACCESS_EMAIL_FIELD_NUMBER: _builtins.int
+    ACCESS_VOICE_FIELD_NUMBER: _builtins.int
+    ACCESS_FAX_FIELD_NUMBER: _builtins.int
+    ACCESS_POST_FIELD_NUMBER: _builtins.int
+    ACCESS_MMS_FIELD_NUMBER: _builtins.int
+    ACCESS_RESELLER_FIELD_NUMBER: _builtins.int
+    ACCESS_SMPP_FIELD_NUMBER: _builtins.int
+    ACCESS_GLOBAL_SENDING_FIELD_NUMBER: _builtins.int
+    HIDE_PRICING_FIELD_NUMBER: _builtins.int
+    SHARE_CAMPAIGNS_FIELD_NUMBER: _builtins.int
+    SMS_DEIDENTIFY_MESSAGE_FIELD_NUMBER: _builtins.int
+    api_username: _builtins.str
+    password: _builtins.str
+    email: _builtins.str
+    phone_number: _builtins.str
+    first_name: _builtins.str
+    last_name: _builtins.str
+    user_id: _builtins.int
+    """Accepted for compatibility and ignored."""
+    notes: _builtins.str
+    access_users: _builtins.int
+    access_billing: _builtins.int
+    access_reporting: _builtins.int
+    access_contacts: _builtins.int
+    access_settings: _builtins.int
+    access_sms: _builtins.int
+    access_email: _builtins.int
+    access_voice: _builtins.int
+    access_fax: _builtins.int
+    access_post: _builtins.int
+    access_mms: _builtins.int
+    access_reseller: _builtins.int
+    access_smpp: _builtins.int
+    access_global_sending: _builtins.int
+    hide_pricing: _builtins.int
+    share_campaigns: _builtins.int
+    sms_deidentify_message: _builtins.int
+    def __init__(
+        self,
+        *,
+        api_username: _builtins.str = ...,
+        password: _builtins.str = ...,
+        email: _builtins.str = ...,
+        phone_number: _builtins.str = ...,
+        first_name: _builtins.str = ...,
+        last_name: _builtins.str = ...,
+        user_id: _builtins.int = ...,
+        notes: _builtins.str | None = ...,
+        access_users: _builtins.int | None = ...,
+        access_billing: _builtins.int | None = ...,
+        access_reporting: _builtins.int | None = ...,
+        access_contacts: _builtins.int | None = ...,
+        access_settings: _builtins.int | None = ...,
+        access_sms: _builtins.int | None = ...,
+        access_email: _builtins.int | None = ...,
+        access_voice: _builtins.int | None = ...,
+        access_fax: _builtins.int | None = ...,
+        access_post: _builtins.int | None = ...,
+        access_mms: _builtins.int | None = ...,
+        access_reseller: _builtins.int | None = ...,
+        access_smpp: _builtins.int | None = ...,
+        access_global_sending: _builtins.int | None = ...,
+        hide_pricing: _builtins.int | None = ...,
+        share_campaigns: _builtins.int | None = ...,
+        sms_deidentify_message: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_access_billing", b"_access_billing", "_access_contacts", b"_access_contacts", "_access_email", b"_access_email", "_access_fax", b"_access_fax", "_access_global_sending", b"_access_global_sending", "_access_mms", b"_access_mms", "_access_post", b"_access_post", "_access_reporting", b"_access_reporting", "_access_reseller", b"_access_reseller", "_access_settings", b"_access_settings", "_access_smpp", b"_access_smpp", "_access_sms", b"_access_sms", "_access_users", b"_access_users", "_access_voice", b"_access_voice", "_hide_pricing", b"_hide_pricing", "_notes", b"_notes", "_share_campaigns", b"_share_campaigns", "_sms_deidentify_message", b"_sms_deidentify_message", "access_billing", b"access_billing", "access_contacts", b"access_contacts", "access_email", b"access_email", "access_fax", b"access_fax", "access_global_sending", b"access_global_sending", "access_mms", b"access_mms", "access_post", b"access_post", "access_reporting", b"access_reporting", "access_reseller", b"access_reseller", "access_settings", b"access_settings", "access_smpp", b"access_smpp", "access_sms", b"access_sms", "access_users", b"access_users", "access_voice", b"access_voice", "hide_pricing", b"hide_pricing", "notes", b"notes", "share_campaigns", b"share_campaigns", "sms_deidentify_message", b"sms_deidentify_message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_access_billing", b"_access_billing", "_access_contacts", b"_access_contacts", "_access_email", b"_access_email", "_access_fax", b"_access_fax", "_access_global_sending", b"_access_global_sending", "_access_mms", b"_access_mms", "_access_post", b"_access_post", "_access_reporting", b"_access_reporting", "_access_reseller", b"_access_reseller", "_access_settings", b"_access_settings", "_access_smpp", b"_access_smpp", "_access_sms", b"_access_sms", "_access_users", b"_access_users", "_access_voice", b"_access_voice", "_hide_pricing", b"_hide_pricing", "_notes", b"_notes", "_share_campaigns", b"_share_campaigns", "_sms_deidentify_message", b"_sms_deidentify_message", "access_billing", b"access_billing", "access_contacts", b"access_contacts", "access_email", b"access_email", "access_fax", b"access_fax", "access_global_sending", b"access_global_sending", "access_mms", b"access_mms", "access_post", b"access_post", "access_reporting", b"access_reporting", "access_reseller", b"access_reseller", "access_settings", b"access_settings", "access_smpp", b"access_smpp", "access_sms", b"access_sms", "access_users", b"access_users", "access_voice", b"access_voice", "api_username", b"api_username", "email", b"email", "first_name", b"first_name", "hide_pricing", b"hide_pricing", "last_name", b"last_name", "notes", b"notes", "password", b"password", "phone_number", b"phone_number", "share_campaigns", b"share_campaigns", "sms_deidentify_message", b"sms_deidentify_message", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__access_billing: _TypeAlias = _typing.Literal["access_billing"]  # noqa: Y015
+    _WhichOneofArgType__access_billing: _TypeAlias = _typing.Literal["_access_billing", b"_access_billing"]  # noqa: Y015
+    _WhichOneofReturnType__access_contacts: _TypeAlias = _typing.Literal["access_contacts"]  # noqa: Y015
+    _WhichOneofArgType__access_contacts: _TypeAlias = _typing.Literal["_access_contacts", b"_access_contacts"]  # noqa: Y015
+    _WhichOneofReturnType__access_email: _TypeAlias = _typing.Literal["access_email"]  # noqa: Y015
+    _WhichOneofArgType__access_email: _TypeAlias = _typing.Literal["_access_email", b"_access_email"]  # noqa: Y015
+    _WhichOneofReturnType__access_fax: _TypeAlias = _typing.Literal["access_fax"]  # noqa: Y015
+    _WhichOneofArgType__access_fax: _TypeAlias = _typing.Literal["_access_fax", b"_access_fax"]  # noqa: Y015
+    _WhichOneofReturnType__access_global_sending: _TypeAlias = _typing.Literal["access_global_sending"]  # noqa: Y015
+    _WhichOneofArgType__access_global_sending: _TypeAlias = _typing.Literal["_access_global_sending", b"_access_global_sending"]  # noqa: Y015
+    _WhichOneofReturnType__access_mms: _TypeAlias = _typing.Literal["access_mms"]  # noqa: Y015
+    _WhichOneofArgType__access_mms: _TypeAlias = _typing.Literal["_access_mms", b"_access_mms"]  # noqa: Y015
+    _WhichOneofReturnType__access_post: _TypeAlias = _typing.Literal["access_post"]  # noqa: Y015
+    _WhichOneofArgType__access_post: _TypeAlias = _typing.Literal["_access_post", b"_access_post"]  # noqa: Y015
+    _WhichOneofReturnType__access_reporting: _TypeAlias = _typing.Literal["access_reporting"]  # noqa: Y015
+    _WhichOneofArgType__access_reporting: _TypeAlias = _typing.Literal["_access_reporting", b"_access_reporting"]  # noqa: Y015
+    _WhichOneofReturnType__access_reseller: _TypeAlias = _typing.Literal["access_reseller"]  # noqa: Y015
+    _WhichOneofArgType__access_reseller: _TypeAlias = _typing.Literal["_access_reseller", b"_access_reseller"]  # noqa: Y015
+    _WhichOneofReturnType__access_settings: _TypeAlias = _typing.Literal["access_settings"]  # noqa: Y015
+    _WhichOneofArgType__access_settings: _TypeAlias = _typing.Literal["_access_settings", b"_access_settings"]  # noqa: Y015
+    _WhichOneofReturnType__access_smpp: _TypeAlias = _typing.Literal["access_smpp"]  # noqa: Y015
+    _WhichOneofArgType__access_smpp: _TypeAlias = _typing.Literal["_access_smpp", b"_access_smpp"]  # noqa: Y015
+    _WhichOneofReturnType__access_sms: _TypeAlias = _typing.Literal["access_sms"]  # noqa: Y015
+    _WhichOneofArgType__access_sms: _TypeAlias = _typing.Literal["_access_sms", b"_access_sms"]  # noqa: Y015
+    _WhichOneofReturnType__access_users: _TypeAlias = _typing.Literal["access_users"]  # noqa: Y015
+    _WhichOneofArgType__access_users: _TypeAlias = _typing.Literal["_access_users", b"_access_users"]  # noqa: Y015
+    _WhichOneofReturnType__access_voice: _TypeAlias = _typing.Literal["access_voice"]  # noqa: Y015
+    _WhichOneofArgType__access_voice: _TypeAlias = _typing.Literal["_access_voice", b"_access_voice"]  # noqa: Y015
+    _WhichOneofReturnType__hide_pricing: _TypeAlias = _typing.Literal["hide_pricing"]  # noqa: Y015
+    _WhichOneofArgType__hide_pricing: _TypeAlias = _typing.Literal["_hide_pricing", b"_hide_pricing"]  # noqa: Y015
+    _WhichOneofReturnType__notes: _TypeAlias = _typing.Literal["notes"]  # noqa: Y015
+    _WhichOneofArgType__notes: _TypeAlias = _typing.Literal["_notes", b"_notes"]  # noqa: Y015
+    _WhichOneofReturnType__share_campaigns: _TypeAlias = _typing.Literal["share_campaigns"]  # noqa: Y015
+    _WhichOneofArgType__share_campaigns: _TypeAlias = _typing.Literal["_share_campaigns", b"_share_campaigns"]  # noqa: Y015
+    _WhichOneofReturnType__sms_deidentify_message: _TypeAlias = _typing.Literal["sms_deidentify_message"]  # noqa: Y015
+    _WhichOneofArgType__sms_deidentify_message: _TypeAlias = _typing.Literal["_sms_deidentify_message", b"_sms_deidentify_message"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_billing) -> _WhichOneofReturnType__access_billing | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_contacts) -> _WhichOneofReturnType__access_contacts | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_email) -> _WhichOneofReturnType__access_email | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_fax) -> _WhichOneofReturnType__access_fax | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_global_sending) -> _WhichOneofReturnType__access_global_sending | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_mms) -> _WhichOneofReturnType__access_mms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_post) -> _WhichOneofReturnType__access_post | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_reporting) -> _WhichOneofReturnType__access_reporting | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_reseller) -> _WhichOneofReturnType__access_reseller | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_settings) -> _WhichOneofReturnType__access_settings | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_smpp) -> _WhichOneofReturnType__access_smpp | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_sms) -> _WhichOneofReturnType__access_sms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_users) -> _WhichOneofReturnType__access_users | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_voice) -> _WhichOneofReturnType__access_voice | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hide_pricing) -> _WhichOneofReturnType__hide_pricing | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__notes) -> _WhichOneofReturnType__notes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__share_campaigns) -> _WhichOneofReturnType__share_campaigns | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sms_deidentify_message) -> _WhichOneofReturnType__sms_deidentify_message | None: ...
+
+Global___CreateSubaccountRequest: _TypeAlias = CreateSubaccountRequest  # noqa: Y015
+
+@_typing.final
+class CreateSubaccountResponse(_message.Message):
+    """The new sub-account, with its API key in the clear (the only time)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subaccount(self) -> _account_pb2.Subaccount: ...
+    def __init__(
+        self,
+        *,
+        subaccount: _account_pb2.Subaccount | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subaccount", b"subaccount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subaccount", b"subaccount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSubaccountResponse: _TypeAlias = CreateSubaccountResponse  # noqa: Y015
+
+@_typing.final
+class ListSubaccountsRequest(_message.Message):
+    """Paging: page from 1, limit 15-100 (ClickSend's defaults and bounds)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    page: _builtins.int
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        page: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubaccountsRequest: _TypeAlias = ListSubaccountsRequest  # noqa: Y015
+
+@_typing.final
+class ListSubaccountsResponse(_message.Message):
+    """One page of sub-accounts (ClickSend paged `data`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    PER_PAGE_FIELD_NUMBER: _builtins.int
+    CURRENT_PAGE_FIELD_NUMBER: _builtins.int
+    LAST_PAGE_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_URL_FIELD_NUMBER: _builtins.int
+    PREV_PAGE_URL_FIELD_NUMBER: _builtins.int
+    FIRST_INDEX_FIELD_NUMBER: _builtins.int
+    LAST_INDEX_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    per_page: _builtins.int
+    current_page: _builtins.int
+    last_page: _builtins.int
+    next_page_url: _builtins.str
+    prev_page_url: _builtins.str
+    first_index: _builtins.int
+    last_index: _builtins.int
+    @_builtins.property
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[_account_pb2.Subaccount]: ...
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        per_page: _builtins.int = ...,
+        current_page: _builtins.int = ...,
+        last_page: _builtins.int = ...,
+        next_page_url: _builtins.str | None = ...,
+        prev_page_url: _builtins.str | None = ...,
+        first_index: _builtins.int | None = ...,
+        last_index: _builtins.int | None = ...,
+        data: _abc.Iterable[_account_pb2.Subaccount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_index", b"_first_index", "_last_index", b"_last_index", "_next_page_url", b"_next_page_url", "_prev_page_url", b"_prev_page_url", "first_index", b"first_index", "last_index", b"last_index", "next_page_url", b"next_page_url", "prev_page_url", b"prev_page_url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_index", b"_first_index", "_last_index", b"_last_index", "_next_page_url", b"_next_page_url", "_prev_page_url", b"_prev_page_url", "current_page", b"current_page", "data", b"data", "first_index", b"first_index", "last_index", b"last_index", "last_page", b"last_page", "next_page_url", b"next_page_url", "per_page", b"per_page", "prev_page_url", b"prev_page_url", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__first_index: _TypeAlias = _typing.Literal["first_index"]  # noqa: Y015
+    _WhichOneofArgType__first_index: _TypeAlias = _typing.Literal["_first_index", b"_first_index"]  # noqa: Y015
+    _WhichOneofReturnType__last_index: _TypeAlias = _typing.Literal["last_index"]  # noqa: Y015
+    _WhichOneofArgType__last_index: _TypeAlias = _typing.Literal["_last_index", b"_last_index"]  # noqa: Y015
+    _WhichOneofReturnType__next_page_url: _TypeAlias = _typing.Literal["next_page_url"]  # noqa: Y015
+    _WhichOneofArgType__next_page_url: _TypeAlias = _typing.Literal["_next_page_url", b"_next_page_url"]  # noqa: Y015
+    _WhichOneofReturnType__prev_page_url: _TypeAlias = _typing.Literal["prev_page_url"]  # noqa: Y015
+    _WhichOneofArgType__prev_page_url: _TypeAlias = _typing.Literal["_prev_page_url", b"_prev_page_url"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_index) -> _WhichOneofReturnType__first_index | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_index) -> _WhichOneofReturnType__last_index | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__next_page_url) -> _WhichOneofReturnType__next_page_url | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prev_page_url) -> _WhichOneofReturnType__prev_page_url | None: ...
+
+Global___ListSubaccountsResponse: _TypeAlias = ListSubaccountsResponse  # noqa: Y015
+
+@_typing.final
+class GetSubaccountRequest(_message.Message):
+    """One sub-account of the caller's account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    subaccount_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        subaccount_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subaccount_id", b"subaccount_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubaccountRequest: _TypeAlias = GetSubaccountRequest  # noqa: Y015
+
+@_typing.final
+class GetSubaccountResponse(_message.Message):
+    """The sub-account (API key masked)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subaccount(self) -> _account_pb2.Subaccount: ...
+    def __init__(
+        self,
+        *,
+        subaccount: _account_pb2.Subaccount | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subaccount", b"subaccount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subaccount", b"subaccount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubaccountResponse: _TypeAlias = GetSubaccountResponse  # noqa: Y015
+
+@_typing.final
+class UpdateSubaccountRequest(_message.Message):
+    """Any subset of the fields; absent fields keep their value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    PHONE_NUMBER_FIELD_NUMBER: _builtins.int
+    FIRST_NAME_FIELD_NUMBER: _builtins.int
+    LAST_NAME_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    ACCESS_USERS_FIELD_NUMBER: _builtins.int
+    ACCESS_BILLING_FIELD_NUMBER: _builtins.int
+    ACCESS_REPORTING_FIELD_NUMBER: _builtins.int
+    ACCESS_CONTACTS_FIELD_NUMBER: _builtins.int
+    ACCESS_SETTINGS_FIELD_NUMBER: _builtins.int
+    ACCESS_SMS_FIELD_NUMBER: _builtins.int
+    ACCESS_EMAIL_FIELD_NUMBER: _builtins.int
+    ACCESS_VOICE_FIELD_NUMBER: _builtins.int
+    ACCESS_FAX_FIELD_NUMBER: _builtins.int
+    ACCESS_POST_FIELD_NUMBER: _builtins.int
+    ACCESS_MMS_FIELD_NUMBER: _builtins.int
+    ACCESS_RESELLER_FIELD_NUMBER: _builtins.int
+    ACCESS_SMPP_FIELD_NUMBER: _builtins.int
+    ACCESS_GLOBAL_SENDING_FIELD_NUMBER: _builtins.int
+    HIDE_PRICING_FIELD_NUMBER: _builtins.int
+    SHARE_CAMPAIGNS_FIELD_NUMBER: _builtins.int
+    SMS_DEIDENTIFY_MESSAGE_FIELD_NUMBER: _builtins.int
+    subaccount_id: _builtins.int
+    email: _builtins.str
+    password: _builtins.str
+    phone_number: _builtins.str
+    first_name: _builtins.str
+    last_name: _builtins.str
+    notes: _builtins.str
+    access_users: _builtins.int
+    access_billing: _builtins.int
+    access_reporting: _builtins.int
+    access_contacts: _builtins.int
+    access_settings: _builtins.int
+    access_sms: _builtins.int
+    access_email: _builtins.int
+    access_voice: _builtins.int
+    access_fax: _builtins.int
+    access_post: _builtins.int
+    access_mms: _builtins.int
+    access_reseller: _builtins.int
+    access_smpp: _builtins.int
+    access_global_sending: _builtins.int
+    hide_pricing: _builtins.int
+    share_campaigns: _builtins.int
+    sms_deidentify_message: _builtins.int
+    def __init__(
+        self,
+        *,
+        subaccount_id: _builtins.int = ...,
+        email: _builtins.str | None = ...,
+        password: _builtins.str | None = ...,
+        phone_number: _builtins.str | None = ...,
+        first_name: _builtins.str | None = ...,
+        last_name: _builtins.str | None = ...,
+        notes: _builtins.str | None = ...,
+        access_users: _builtins.int | None = ...,
+        access_billing: _builtins.int | None = ...,
+        access_reporting: _builtins.int | None = ...,
+        access_contacts: _builtins.int | None = ...,
+        access_settings: _builtins.int | None = ...,
+        access_sms: _builtins.int | None = ...,
+        access_email: _builtins.int | None = ...,
+        access_voice: _builtins.int | None = ...,
+        access_fax: _builtins.int | None = ...,
+        access_post: _builtins.int | None = ...,
+        access_mms: _builtins.int | None = ...,
+        access_reseller: _builtins.int | None = ...,
+        access_smpp: _builtins.int | None = ...,
+        access_global_sending: _builtins.int | None = ...,
+        hide_pricing: _builtins.int | None = ...,
+        share_campaigns: _builtins.int | None = ...,
+        sms_deidentify_message: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_access_billing", b"_access_billing", "_access_contacts", b"_access_contacts", "_access_email", b"_access_email", "_access_fax", b"_access_fax", "_access_global_sending", b"_access_global_sending", "_access_mms", b"_access_mms", "_access_post", b"_access_post", "_access_reporting", b"_access_reporting", "_access_reseller", b"_access_reseller", "_access_settings", b"_access_settings", "_access_smpp", b"_access_smpp", "_access_sms", b"_access_sms", "_access_users", b"_access_users", "_access_voice", b"_access_voice", "_email", b"_email", "_first_name", b"_first_name", "_hide_pricing", b"_hide_pricing", "_last_name", b"_last_name", "_notes", b"_notes", "_password", b"_password", "_phone_number", b"_phone_number", "_share_campaigns", b"_share_campaigns", "_sms_deidentify_message", b"_sms_deidentify_message", "access_billing", b"access_billing", "access_contacts", b"access_contacts", "access_email", b"access_email", "access_fax", b"access_fax", "access_global_sending", b"access_global_sending", "access_mms", b"access_mms", "access_post", b"access_post", "access_reporting", b"access_reporting", "access_reseller", b"access_reseller", "access_settings", b"access_settings", "access_smpp", b"access_smpp", "access_sms", b"access_sms", "access_users", b"access_users", "access_voice", b"access_voice", "email", b"email", "first_name", b"first_name", "hide_pricing", b"hide_pricing", "last_name", b"last_name", "notes", b"notes", "password", b"password", "phone_number", b"phone_number", "share_campaigns", b"share_campaigns", "sms_deidentify_message", b"sms_deidentify_message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_access_billing", b"_access_billing", "_access_contacts", b"_access_contacts", "_access_email", b"_access_email", "_access_fax", b"_access_fax", "_access_global_sending", b"_access_global_sending", "_access_mms", b"_access_mms", "_access_post", b"_access_post", "_access_reporting", b"_access_reporting", "_access_reseller", b"_access_reseller", "_access_settings", b"_access_settings", "_access_smpp", b"_access_smpp", "_access_sms", b"_access_sms", "_access_users", b"_access_users", "_access_voice", b"_access_voice", "_email", b"_email", "_first_name", b"_first_name", "_hide_pricing", b"_hide_pricing", "_last_name", b"_last_name", "_notes", b"_notes", "_password", b"_password", "_phone_number", b"_phone_number", "_share_campaigns", b"_share_campaigns", "_sms_deidentify_message", b"_sms_deidentify_message", "access_billing", b"access_billing", "access_contacts", b"access_contacts", "access_email", b"access_email", "access_fax", b"access_fax", "access_global_sending", b"access_global_sending", "access_mms", b"access_mms", "access_post", b"access_post", "access_reporting", b"access_reporting", "access_reseller", b"access_reseller", "access_settings", b"access_settings", "access_smpp", b"access_smpp", "access_sms", b"access_sms", "access_users", b"access_users", "access_voice", b"access_voice", "email", b"email", "first_name", b"first_name", "hide_pricing", b"hide_pricing", "last_name", b"last_name", "notes", b"notes", "password", b"password", "phone_number", b"phone_number", "share_campaigns", b"share_campaigns", "sms_deidentify_message", b"sms_deidentify_message", "subaccount_id", b"subaccount_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__access_billing: _TypeAlias = _typing.Literal["access_billing"]  # noqa: Y015
+    _WhichOneofArgType__access_billing: _TypeAlias = _typing.Literal["_access_billing", b"_access_billing"]  # noqa: Y015
+    _WhichOneofReturnType__access_contacts: _TypeAlias = _typing.Literal["access_contacts"]  # noqa: Y015
+    _WhichOneofArgType__access_contacts: _TypeAlias = _typing.Literal["_access_contacts", b"_access_contacts"]  # noqa: Y015
+    _WhichOneofReturnType__access_email: _TypeAlias = _typing.Literal["access_email"]  # noqa: Y015
+    _WhichOneofArgType__access_email: _TypeAlias = _typing.Literal["_access_email", b"_access_email"]  # noqa: Y015
+    _WhichOneofReturnType__access_fax: _TypeAlias = _typing.Literal["access_fax"]  # noqa: Y015
+    _WhichOneofArgType__access_fax: _TypeAlias = _typing.Literal["_access_fax", b"_access_fax"]  # noqa: Y015
+    _WhichOneofReturnType__access_global_sending: _TypeAlias = _typing.Literal["access_global_sending"]  # noqa: Y015
+    _WhichOneofArgType__access_global_sending: _TypeAlias = _typing.Literal["_access_global_sending", b"_access_global_sending"]  # noqa: Y015
+    _WhichOneofReturnType__access_mms: _TypeAlias = _typing.Literal["access_mms"]  # noqa: Y015
+    _WhichOneofArgType__access_mms: _TypeAlias = _typing.Literal["_access_mms", b"_access_mms"]  # noqa: Y015
+    _WhichOneofReturnType__access_post: _TypeAlias = _typing.Literal["access_post"]  # noqa: Y015
+    _WhichOneofArgType__access_post: _TypeAlias = _typing.Literal["_access_post", b"_access_post"]  # noqa: Y015
+    _WhichOneofReturnType__access_reporting: _TypeAlias = _typing.Literal["access_reporting"]  # noqa: Y015
+    _WhichOneofArgType__access_reporting: _TypeAlias = _typing.Literal["_access_reporting", b"_access_reporting"]  # noqa: Y015
+    _WhichOneofReturnType__access_reseller: _TypeAlias = _typing.Literal["access_reseller"]  # noqa: Y015
+    _WhichOneofArgType__access_reseller: _TypeAlias = _typing.Literal["_access_reseller", b"_access_reseller"]  # noqa: Y015
+    _WhichOneofReturnType__access_settings: _TypeAlias = _typing.Literal["access_settings"]  # noqa: Y015
+    _WhichOneofArgType__access_settings: _TypeAlias = _typing.Literal["_access_settings", b"_access_settings"]  # noqa: Y015
+    _WhichOneofReturnType__access_smpp: _TypeAlias = _typing.Literal["access_smpp"]  # noqa: Y015
+    _WhichOneofArgType__access_smpp: _TypeAlias = _typing.Literal["_access_smpp", b"_access_smpp"]  # noqa: Y015
+    _WhichOneofReturnType__access_sms: _TypeAlias = _typing.Literal["access_sms"]  # noqa: Y015
+    _WhichOneofArgType__access_sms: _TypeAlias = _typing.Literal["_access_sms", b"_access_sms"]  # noqa: Y015
+    _WhichOneofReturnType__access_users: _TypeAlias = _typing.Literal["access_users"]  # noqa: Y015
+    _WhichOneofArgType__access_users: _TypeAlias = _typing.Literal["_access_users", b"_access_users"]  # noqa: Y015
+    _WhichOneofReturnType__access_voice: _TypeAlias = _typing.Literal["access_voice"]  # noqa: Y015
+    _WhichOneofArgType__access_voice: _TypeAlias = _typing.Literal["_access_voice", b"_access_voice"]  # noqa: Y015
+    _WhichOneofReturnType__email: _TypeAlias = _typing.Literal["email"]  # noqa: Y015
+    _WhichOneofArgType__email: _TypeAlias = _typing.Literal["_email", b"_email"]  # noqa: Y015
+    _WhichOneofReturnType__first_name: _TypeAlias = _typing.Literal["first_name"]  # noqa: Y015
+    _WhichOneofArgType__first_name: _TypeAlias = _typing.Literal["_first_name", b"_first_name"]  # noqa: Y015
+    _WhichOneofReturnType__hide_pricing: _TypeAlias = _typing.Literal["hide_pricing"]  # noqa: Y015
+    _WhichOneofArgType__hide_pricing: _TypeAlias = _typing.Literal["_hide_pricing", b"_hide_pricing"]  # noqa: Y015
+    _WhichOneofReturnType__last_name: _TypeAlias = _typing.Literal["last_name"]  # noqa: Y015
+    _WhichOneofArgType__last_name: _TypeAlias = _typing.Literal["_last_name", b"_last_name"]  # noqa: Y015
+    _WhichOneofReturnType__notes: _TypeAlias = _typing.Literal["notes"]  # noqa: Y015
+    _WhichOneofArgType__notes: _TypeAlias = _typing.Literal["_notes", b"_notes"]  # noqa: Y015
+    _WhichOneofReturnType__password: _TypeAlias = _typing.Literal["password"]  # noqa: Y015
+    _WhichOneofArgType__password: _TypeAlias = _typing.Literal["_password", b"_password"]  # noqa: Y015
+    _WhichOneofReturnType__phone_number: _TypeAlias = _typing.Literal["phone_number"]  # noqa: Y015
+    _WhichOneofArgType__phone_number: _TypeAlias = _typing.Literal["_phone_number", b"_phone_number"]  # noqa: Y015
+    _WhichOneofReturnType__share_campaigns: _TypeAlias = _typing.Literal["share_campaigns"]  # noqa: Y015
+    _WhichOneofArgType__share_campaigns: _TypeAlias = _typing.Literal["_share_campaigns", b"_share_campaigns"]  # noqa: Y015
+    _WhichOneofReturnType__sms_deidentify_message: _TypeAlias = _typing.Literal["sms_deidentify_message"]  # noqa: Y015
+    _WhichOneofArgType__sms_deidentify_message: _TypeAlias = _typing.Literal["_sms_deidentify_message", b"_sms_deidentify_message"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_billing) -> _WhichOneofReturnType__access_billing | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_contacts) -> _WhichOneofReturnType__access_contacts | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_email) -> _WhichOneofReturnType__access_email | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_fax) -> _WhichOneofReturnType__access_fax | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_global_sending) -> _WhichOneofReturnType__access_global_sending | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_mms) -> _WhichOneofReturnType__access_mms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_post) -> _WhichOneofReturnType__access_post | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_reporting) -> _WhichOneofReturnType__access_reporting | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_reseller) -> _WhichOneofReturnType__access_reseller | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_settings) -> _WhichOneofReturnType__access_settings | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_smpp) -> _WhichOneofReturnType__access_smpp | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_sms) -> _WhichOneofReturnType__access_sms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_users) -> _WhichOneofReturnType__access_users | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_voice) -> _WhichOneofReturnType__access_voice | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__email) -> _WhichOneofReturnType__email | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_name) -> _WhichOneofReturnType__first_name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hide_pricing) -> _WhichOneofReturnType__hide_pricing | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_name) -> _WhichOneofReturnType__last_name | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__notes) -> _WhichOneofReturnType__notes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__password) -> _WhichOneofReturnType__password | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__phone_number) -> _WhichOneofReturnType__phone_number | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__share_campaigns) -> _WhichOneofReturnType__share_campaigns | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sms_deidentify_message) -> _WhichOneofReturnType__sms_deidentify_message | None: ...
+
+Global___UpdateSubaccountRequest: _TypeAlias = UpdateSubaccountRequest  # noqa: Y015
+
+@_typing.final
+class UpdateSubaccountResponse(_message.Message):
+    """The updated sub-account (API key masked)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subaccount(self) -> _account_pb2.Subaccount: ...
+    def __init__(
+        self,
+        *,
+        subaccount: _account_pb2.Subaccount | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subaccount", b"subaccount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subaccount", b"subaccount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSubaccountResponse: _TypeAlias = UpdateSubaccountResponse  # noqa: Y015
+
+@_typing.final
+class DeleteSubaccountRequest(_message.Message):
+    """The sub-account to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    subaccount_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        subaccount_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subaccount_id", b"subaccount_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSubaccountRequest: _TypeAlias = DeleteSubaccountRequest  # noqa: Y015
+
+@_typing.final
+class DeleteSubaccountResponse(_message.Message):
+    """Always true on success (ClickSend `data: true`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.bool
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteSubaccountResponse: _TypeAlias = DeleteSubaccountResponse  # noqa: Y015
+
+@_typing.final
+class RegenerateSubaccountApiKeyRequest(_message.Message):
+    """The sub-account to re-key. The body is ignored; the SDK's model for it has
+    these fields, so they are accepted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_SMS_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    subaccount_id: _builtins.int
+    access_sms: _builtins.int
+    email: _builtins.str
+    notes: _builtins.str
+    def __init__(
+        self,
+        *,
+        subaccount_id: _builtins.int = ...,
+        access_sms: _builtins.int | None = ...,
+        email: _builtins.str | None = ...,
+        notes: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_access_sms", b"_access_sms", "_email", b"_email", "_notes", b"_notes", "access_sms", b"access_sms", "email", b"email", "notes", b"notes"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_access_sms", b"_access_sms", "_email", b"_email", "_notes", b"_notes", "access_sms", b"access_sms", "email", b"email", "notes", b"notes", "subaccount_id", b"subaccount_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__access_sms: _TypeAlias = _typing.Literal["access_sms"]  # noqa: Y015
+    _WhichOneofArgType__access_sms: _TypeAlias = _typing.Literal["_access_sms", b"_access_sms"]  # noqa: Y015
+    _WhichOneofReturnType__email: _TypeAlias = _typing.Literal["email"]  # noqa: Y015
+    _WhichOneofArgType__email: _TypeAlias = _typing.Literal["_email", b"_email"]  # noqa: Y015
+    _WhichOneofReturnType__notes: _TypeAlias = _typing.Literal["notes"]  # noqa: Y015
+    _WhichOneofArgType__notes: _TypeAlias = _typing.Literal["_notes", b"_notes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__access_sms) -> _WhichOneofReturnType__access_sms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__email) -> _WhichOneofReturnType__email | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__notes) -> _WhichOneofReturnType__notes | None: ...
+
+Global___RegenerateSubaccountApiKeyRequest: _TypeAlias = RegenerateSubaccountApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class RegenerateSubaccountApiKeyResponse(_message.Message):
+    """The new key, shown once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_KEY_FIELD_NUMBER: _builtins.int
+    api_key: _builtins.str
+    def __init__(
+        self,
+        *,
+        api_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegenerateSubaccountApiKeyResponse: _TypeAlias = RegenerateSubaccountApiKeyResponse  # noqa: Y015

@@ -50,6 +50,36 @@ class IdentityServiceStub:
                 request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateAccountRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateAccountResponse.FromString,
                 _registered_method=True)
+        self.CreateSubaccount = channel.unary_unary(
+                '/sendsafe.identity.v1.IdentityService/CreateSubaccount',
+                request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateSubaccountRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateSubaccountResponse.FromString,
+                _registered_method=True)
+        self.ListSubaccounts = channel.unary_unary(
+                '/sendsafe.identity.v1.IdentityService/ListSubaccounts',
+                request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.ListSubaccountsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.ListSubaccountsResponse.FromString,
+                _registered_method=True)
+        self.GetSubaccount = channel.unary_unary(
+                '/sendsafe.identity.v1.IdentityService/GetSubaccount',
+                request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetSubaccountRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetSubaccountResponse.FromString,
+                _registered_method=True)
+        self.UpdateSubaccount = channel.unary_unary(
+                '/sendsafe.identity.v1.IdentityService/UpdateSubaccount',
+                request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.UpdateSubaccountRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.UpdateSubaccountResponse.FromString,
+                _registered_method=True)
+        self.DeleteSubaccount = channel.unary_unary(
+                '/sendsafe.identity.v1.IdentityService/DeleteSubaccount',
+                request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.DeleteSubaccountRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.DeleteSubaccountResponse.FromString,
+                _registered_method=True)
+        self.RegenerateSubaccountApiKey = channel.unary_unary(
+                '/sendsafe.identity.v1.IdentityService/RegenerateSubaccountApiKey',
+                request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.RegenerateSubaccountApiKeyRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.RegenerateSubaccountApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -79,6 +109,52 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSubaccount(self, request, context):
+        """Create a sub-account with its first API key, shown only in this answer
+        (ClickSend `POST /v3/subaccounts`). Access flags default to 0.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubaccounts(self, request, context):
+        """The account's sub-accounts, paged (ClickSend `GET /v3/subaccounts`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSubaccount(self, request, context):
+        """One sub-account (ClickSend `GET /v3/subaccounts/{subaccount_id}`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSubaccount(self, request, context):
+        """Change any subset of a sub-account's fields (ClickSend
+        `PUT /v3/subaccounts/{subaccount_id}`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSubaccount(self, request, context):
+        """Delete a sub-account: its API keys and sessions stop working at once
+        (ClickSend `DELETE /v3/subaccounts/{subaccount_id}`; `data` is `true`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegenerateSubaccountApiKey(self, request, context):
+        """A new API key for a sub-account; every older key of that user is revoked
+        at once (ClickSend `PUT /v3/subaccounts/{subaccount_id}/regen-api-key`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +172,36 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.CreateAccount,
                     request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateAccountRequest.FromString,
                     response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateAccountResponse.SerializeToString,
+            ),
+            'CreateSubaccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSubaccount,
+                    request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateSubaccountRequest.FromString,
+                    response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateSubaccountResponse.SerializeToString,
+            ),
+            'ListSubaccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubaccounts,
+                    request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.ListSubaccountsRequest.FromString,
+                    response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.ListSubaccountsResponse.SerializeToString,
+            ),
+            'GetSubaccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubaccount,
+                    request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetSubaccountRequest.FromString,
+                    response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetSubaccountResponse.SerializeToString,
+            ),
+            'UpdateSubaccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSubaccount,
+                    request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.UpdateSubaccountRequest.FromString,
+                    response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.UpdateSubaccountResponse.SerializeToString,
+            ),
+            'DeleteSubaccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSubaccount,
+                    request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.DeleteSubaccountRequest.FromString,
+                    response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.DeleteSubaccountResponse.SerializeToString,
+            ),
+            'RegenerateSubaccountApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegenerateSubaccountApiKey,
+                    request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.RegenerateSubaccountApiKeyRequest.FromString,
+                    response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.RegenerateSubaccountApiKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +286,168 @@ class IdentityService:
             '/sendsafe.identity.v1.IdentityService/CreateAccount',
             sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateAccountRequest.SerializeToString,
             sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSubaccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.identity.v1.IdentityService/CreateSubaccount',
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateSubaccountRequest.SerializeToString,
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateSubaccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubaccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.identity.v1.IdentityService/ListSubaccounts',
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.ListSubaccountsRequest.SerializeToString,
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.ListSubaccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubaccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.identity.v1.IdentityService/GetSubaccount',
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetSubaccountRequest.SerializeToString,
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetSubaccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSubaccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.identity.v1.IdentityService/UpdateSubaccount',
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.UpdateSubaccountRequest.SerializeToString,
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.UpdateSubaccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSubaccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.identity.v1.IdentityService/DeleteSubaccount',
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.DeleteSubaccountRequest.SerializeToString,
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.DeleteSubaccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegenerateSubaccountApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.identity.v1.IdentityService/RegenerateSubaccountApiKey',
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.RegenerateSubaccountApiKeyRequest.SerializeToString,
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.RegenerateSubaccountApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

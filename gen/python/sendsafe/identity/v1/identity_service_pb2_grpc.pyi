@@ -42,6 +42,26 @@ class IdentityServiceStub:
     """
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.CreateAccountRequest, _identity_service_pb2.CreateAccountResponse]
     """Internal: create an account with its main user (operator tooling)."""
+    CreateSubaccount: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.CreateSubaccountRequest, _identity_service_pb2.CreateSubaccountResponse]
+    """Create a sub-account with its first API key, shown only in this answer
+    (ClickSend `POST /v3/subaccounts`). Access flags default to 0.
+    """
+    ListSubaccounts: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.ListSubaccountsRequest, _identity_service_pb2.ListSubaccountsResponse]
+    """The account's sub-accounts, paged (ClickSend `GET /v3/subaccounts`)."""
+    GetSubaccount: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.GetSubaccountRequest, _identity_service_pb2.GetSubaccountResponse]
+    """One sub-account (ClickSend `GET /v3/subaccounts/{subaccount_id}`)."""
+    UpdateSubaccount: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.UpdateSubaccountRequest, _identity_service_pb2.UpdateSubaccountResponse]
+    """Change any subset of a sub-account's fields (ClickSend
+    `PUT /v3/subaccounts/{subaccount_id}`).
+    """
+    DeleteSubaccount: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.DeleteSubaccountRequest, _identity_service_pb2.DeleteSubaccountResponse]
+    """Delete a sub-account: its API keys and sessions stop working at once
+    (ClickSend `DELETE /v3/subaccounts/{subaccount_id}`; `data` is `true`).
+    """
+    RegenerateSubaccountApiKey: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.RegenerateSubaccountApiKeyRequest, _identity_service_pb2.RegenerateSubaccountApiKeyResponse]
+    """A new API key for a sub-account; every older key of that user is revoked
+    at once (ClickSend `PUT /v3/subaccounts/{subaccount_id}/regen-api-key`).
+    """
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -57,6 +77,26 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """
     CreateAccount: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.CreateAccountRequest, _identity_service_pb2.CreateAccountResponse]  # type: ignore[assignment]
     """Internal: create an account with its main user (operator tooling)."""
+    CreateSubaccount: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.CreateSubaccountRequest, _identity_service_pb2.CreateSubaccountResponse]  # type: ignore[assignment]
+    """Create a sub-account with its first API key, shown only in this answer
+    (ClickSend `POST /v3/subaccounts`). Access flags default to 0.
+    """
+    ListSubaccounts: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.ListSubaccountsRequest, _identity_service_pb2.ListSubaccountsResponse]  # type: ignore[assignment]
+    """The account's sub-accounts, paged (ClickSend `GET /v3/subaccounts`)."""
+    GetSubaccount: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.GetSubaccountRequest, _identity_service_pb2.GetSubaccountResponse]  # type: ignore[assignment]
+    """One sub-account (ClickSend `GET /v3/subaccounts/{subaccount_id}`)."""
+    UpdateSubaccount: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.UpdateSubaccountRequest, _identity_service_pb2.UpdateSubaccountResponse]  # type: ignore[assignment]
+    """Change any subset of a sub-account's fields (ClickSend
+    `PUT /v3/subaccounts/{subaccount_id}`).
+    """
+    DeleteSubaccount: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.DeleteSubaccountRequest, _identity_service_pb2.DeleteSubaccountResponse]  # type: ignore[assignment]
+    """Delete a sub-account: its API keys and sessions stop working at once
+    (ClickSend `DELETE /v3/subaccounts/{subaccount_id}`; `data` is `true`).
+    """
+    RegenerateSubaccountApiKey: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.RegenerateSubaccountApiKeyRequest, _identity_service_pb2.RegenerateSubaccountApiKeyResponse]  # type: ignore[assignment]
+    """A new API key for a sub-account; every older key of that user is revoked
+    at once (ClickSend `PUT /v3/subaccounts/{subaccount_id}/regen-api-key`).
+    """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     """Accounts and users."""
@@ -87,5 +127,61 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_service_pb2.CreateAccountResponse, _abc.Awaitable[_identity_service_pb2.CreateAccountResponse]]:
         """Internal: create an account with its main user (operator tooling)."""
+
+    @_abc_1.abstractmethod
+    def CreateSubaccount(
+        self,
+        request: _identity_service_pb2.CreateSubaccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.CreateSubaccountResponse, _abc.Awaitable[_identity_service_pb2.CreateSubaccountResponse]]:
+        """Create a sub-account with its first API key, shown only in this answer
+        (ClickSend `POST /v3/subaccounts`). Access flags default to 0.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSubaccounts(
+        self,
+        request: _identity_service_pb2.ListSubaccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.ListSubaccountsResponse, _abc.Awaitable[_identity_service_pb2.ListSubaccountsResponse]]:
+        """The account's sub-accounts, paged (ClickSend `GET /v3/subaccounts`)."""
+
+    @_abc_1.abstractmethod
+    def GetSubaccount(
+        self,
+        request: _identity_service_pb2.GetSubaccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.GetSubaccountResponse, _abc.Awaitable[_identity_service_pb2.GetSubaccountResponse]]:
+        """One sub-account (ClickSend `GET /v3/subaccounts/{subaccount_id}`)."""
+
+    @_abc_1.abstractmethod
+    def UpdateSubaccount(
+        self,
+        request: _identity_service_pb2.UpdateSubaccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.UpdateSubaccountResponse, _abc.Awaitable[_identity_service_pb2.UpdateSubaccountResponse]]:
+        """Change any subset of a sub-account's fields (ClickSend
+        `PUT /v3/subaccounts/{subaccount_id}`).
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteSubaccount(
+        self,
+        request: _identity_service_pb2.DeleteSubaccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.DeleteSubaccountResponse, _abc.Awaitable[_identity_service_pb2.DeleteSubaccountResponse]]:
+        """Delete a sub-account: its API keys and sessions stop working at once
+        (ClickSend `DELETE /v3/subaccounts/{subaccount_id}`; `data` is `true`).
+        """
+
+    @_abc_1.abstractmethod
+    def RegenerateSubaccountApiKey(
+        self,
+        request: _identity_service_pb2.RegenerateSubaccountApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.RegenerateSubaccountApiKeyResponse, _abc.Awaitable[_identity_service_pb2.RegenerateSubaccountApiKeyResponse]]:
+        """A new API key for a sub-account; every older key of that user is revoked
+        at once (ClickSend `PUT /v3/subaccounts/{subaccount_id}/regen-api-key`).
+        """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

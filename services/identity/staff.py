@@ -1,0 +1,185 @@
+"""Staff directory use cases, one method per RPC: create a staff member (ops), change a role, and the two
+explicit ways staff reach a customer's data. Staff log in through `Sessions.login(STAFF, ...)`.
+
+Access transparency: every staff access to a customer's data writes two events before the data is
+returned or changed (fail closed): one in the customer's own feed (actor type "staff", the stated reason)
+and one in the platform feed (the platform account's, which security staff read with `audit.read`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sendsafe.audit.v1 import event_pb2
+from services.identity import credentials
+from services.identity.domain import (
+    GRANTABLE_ROLES,
+    STAFF,
+    Account,
+    AccountNotFound,
+    OwnRoleChange,
+    RoleNotGrantable,
+    StaffMember,
+    StaffNotFound,
+    StaffOnly,
+    SubaccountNotFound,
+    User,
+    check_email,
+    check_name,
+    check_reason,
+    check_role,
+    check_username,
+)
+from services.identity.sessions import TOTP_RECORD, Enrollment, Sessions
+from svckit import context as callctx
+from svckit.audit import new_event
+from svckit.envelope import aad_for
+
+SERVICE = "identity"
+
+
+class StaffStore(Protocol):
+    async def create_staff(
+        self, username: str, email: str, display_name: str, role: str, password_hash: str,
+        secret_blob: Callable[[int], Awaitable[bytes]], recovery_hashes: list[bytes], platform_account_id: int,
+        before_commit: Callable[[StaffMember], Awaitable[None]],
+    ) -> StaffMember: ...
+    async def get_staff(self, staff_id: int) -> StaffMember | None: ...
+    async def set_staff_role(
+        self, staff_id: int, role: str, before_commit: Callable[[StaffMember], Awaitable[None]]
+    ) -> StaffMember | None: ...
+    async def get_account(self, account_id: int) -> Account | None: ...
+    async def account_users(self, account_id: int) -> list[tuple[User, bool]]: ...
+    async def get_user(self, user_id: int) -> tuple[Account, User] | None: ...
+    async def set_user_active(
+        self, user_id: int, active: bool, before_commit: Callable[[User], Awaitable[None]]
+    ) -> User | None: ...
+
+
+class Auditor(Protocol):
+    async def record_strict(self, event: event_pb2.Event, timeout: float = ...) -> None: ...
+
+
+@dataclass(frozen=True)
+class NewStaff:
+    member: StaffMember
+    enrollment: Enrollment
+    recovery_codes: list[str]
+
+
+class Staff:
+    def __init__(self, store: StaffStore, audit: Auditor, sessions: Sessions) -> None:
+        self._store = store
+        self._audit = audit
+        self._sessions = sessions
+        self._timeout = sessions.settings.audit_strict_timeout
+
+    async def create(self, username: str, email: str, display_name: str, role: str, password: str) -> NewStaff:
+        username = check_username(username)
+        email = check_email(email)
+        display_name = check_name(display_name, "display_name", required=False)
+        role = check_role(role)
+        self._sessions.policy.check(password, identifiers=(username, email))
+        password_hash = await self._sessions.hasher.hash(password)
+        secret = credentials.new_totp_secret()
+        codes = credentials.new_recovery_codes()
+        platform = self._sessions.platform_account_id
+        sealer = self._sessions.sealer
+
+        async def seal(staff_id: int) -> bytes:
+            aad = aad_for(platform, TOTP_RECORD, f"{STAFF}:{staff_id}")
+            return await sealer.encrypt(platform, aad, secret.encode("ascii"))
+
+        async def evidence(member: StaffMember) -> None:
+            await self._audit.record_strict(
+                new_event(SERVICE, "staff.create", resource_type="staff", resource_id=str(member.id),
+                          account_id=platform, details={"username": member.username, "role": member.role}),
+                timeout=self._timeout,
+            )
+
+        member = await self._store.create_staff(
+            username, email, display_name, role, password_hash, seal,
+            [credentials.recovery_code_hash(c) for c in codes], platform, evidence,
+        )
+        uri = credentials.totp_uri(secret, member.username, self._sessions.settings.totp_issuer + " Staff")
+        return NewStaff(member, Enrollment(uri, secret, credentials.qr_png(uri)), codes)
+
+    async def _me(self) -> StaffMember:
+        p = callctx.principal()
+        if p is None or not p.staff:
+            raise StaffOnly("this is for SendSafe staff")
+        member = await self._store.get_staff(p.user_id)
+        if member is None or not member.active:
+            raise StaffOnly("this is for SendSafe staff")
+        return member
+
+    async def change_role(self, staff_id: int, role: str, reason: str) -> StaffMember:
+        me = await self._me()
+        await self._sessions.require_step_up()
+        role = check_role(role)
+        reason = check_reason(reason)
+        if staff_id == me.id:
+            raise OwnRoleChange("nobody changes their own role")
+        target = await self._store.get_staff(staff_id)
+        if target is None:
+            raise StaffNotFound("no such staff member")
+        grantable = GRANTABLE_ROLES[me.role]
+        if role not in grantable or target.role not in grantable:
+            raise RoleNotGrantable(f"a {me.role} cannot move a {target.role} to {role}")
+
+        async def evidence(member: StaffMember) -> None:
+            await self._audit.record_strict(
+                new_event(SERVICE, "staff.role.change", resource_type="staff", resource_id=str(member.id),
+                          details={"from": target.role, "to": member.role, "reason": reason}),
+                timeout=self._timeout,
+            )
+
+        changed = await self._store.set_staff_role(staff_id, role, evidence)
+        if changed is None:
+            raise StaffNotFound("no such staff member")
+        return changed
+
+    async def get_customer_account(self, account_id: int, reason: str) -> tuple[Account, list[tuple[User, bool]]]:
+        me = await self._me()
+        reason = check_reason(reason)
+        account = await self._store.get_account(account_id) if account_id > 0 else None
+        if account is None:
+            raise AccountNotFound("no such customer account")
+        await self._transparency(me, account.id, "GetCustomerAccount", reason, {})
+        return account, await self._store.account_users(account.id)
+
+    async def set_customer_user_status(self, account_id: int, user_id: int, active: bool, reason: str) -> User:
+        me = await self._me()
+        await self._sessions.require_step_up()
+        reason = check_reason(reason)
+        found = await self._store.get_user(user_id) if user_id > 0 else None
+        if found is None or found[1].account_id != account_id:
+            raise SubaccountNotFound("no such user in that account")
+
+        async def evidence(user: User) -> None:
+            await self._transparency(
+                me, account_id, "SetCustomerUserStatus", reason,
+                {"user_id": str(user.id), "active": str(active).lower()},
+            )
+
+        user = await self._store.set_user_active(user_id, active, evidence)
+        if user is None:
+            raise SubaccountNotFound("no such user in that account")
+        return user
+
+    async def _transparency(
+        self, me: StaffMember, account_id: int, operation: str, reason: str, extra: dict[str, str]
+    ) -> None:
+        """One event in the customer's feed, one in the platform feed; both stored before we go on."""
+        details = {"operation": operation, "reason": reason, "staff_username": me.username, "role": me.role, **extra}
+        customer = new_event(SERVICE, "staff.customer_access", resource_type="account", resource_id=str(account_id),
+                             account_id=account_id, details=details)
+        platform = new_event(SERVICE, "staff.customer_access", resource_type="account", resource_id=str(account_id),
+                             account_id=self._sessions.platform_account_id,
+                             details={**details, "customer_account_id": str(account_id)})
+        for ev in (customer, platform):
+            ev.actor.type = "staff"
+            ev.actor.id = str(me.id)
+            await self._audit.record_strict(ev, timeout=self._timeout)
