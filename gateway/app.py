@@ -38,7 +38,15 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from gateway import compat_clicksend, tls
-from gateway.auth import Authenticator, AuthFailure, Connection, Identity, build_principal, client_address
+from gateway.auth import (
+    Authenticator,
+    AuthFailure,
+    Connection,
+    Identity,
+    anonymous_principal,
+    build_principal,
+    client_address,
+)
 from gateway.config import Settings
 from gateway.errors import (
     GatewayError,
@@ -55,7 +63,7 @@ from gateway.errors import (
 from gateway.routes import Route, discover_routes
 from gateway.transcode import Surface, TranscodeError, build_request, message_class, message_to_json, parse_json
 from sendsafe.audit.v1 import event_pb2
-from sendsafe.identity.v1 import identity_service_pb2_grpc
+from sendsafe.identity.v1 import auth_service_pb2_grpc, identity_service_pb2_grpc
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from svckit import context as callctx
 from svckit.audit import AuditClient
@@ -105,7 +113,6 @@ class Gateway:
     audit: AuditClient
     channels: dict[str, grpc.aio.Channel]
     ssl_context: Any
-    https: tls.ReloadingCertificate | None = None  # follows the rotated public certificate
     port: int = 0
     health_port: int | None = None
     _runner: web.AppRunner | None = field(default=None, repr=False)
@@ -149,8 +156,7 @@ async def build(settings: Settings, *, span_processors: Iterable[SpanProcessor] 
     """The composition root. Must run inside the event loop that will serve requests."""
     # Tracing first: it patches grpc.aio channel constructors so trace context reaches the services.
     setup_tracing(settings.service_name, span_processors)
-    https = tls.ReloadingCertificate(settings.https_cert_file, settings.https_key_file)
-    ssl_context = https.context
+    ssl_context = tls.server_context(settings.https_cert_file, settings.https_key_file)
     if not tls.tls13_restricted(ssl_context):
         _LOG.warning(
             "TLS 1.3 suites are not restricted to AES-GCM (offering %s); start with OPENSSL_CONF=%s"
@@ -169,6 +175,7 @@ async def build(settings: Settings, *, span_processors: Iterable[SpanProcessor] 
         identity_service_pb2_grpc.IdentityServiceStub(channels["identity"]),
         cache_seconds=settings.auth_cache_seconds,
         timeout=settings.upstream_timeout_seconds,
+        sessions=auth_service_pb2_grpc.AuthServiceStub(channels["identity"]),
     )
     audit = AuditClient(channels["audit"])
     pipeline = _Pipeline(settings, routes, channels, authenticator, audit)
@@ -180,7 +187,6 @@ async def build(settings: Settings, *, span_processors: Iterable[SpanProcessor] 
         audit=audit,
         channels=channels,
         ssl_context=ssl_context,
-        https=https,
     )
 
 
@@ -307,10 +313,12 @@ class _Pipeline:
         if length is not None and length > self._max_body:
             raise body_too_large(self._max_body)
 
-        identity = await self._auth.authenticate(request.headers.get("Authorization"), state.request_id)
-        state.identity = identity
-        if route.permission not in identity.permissions:
-            raise forbidden(route.permission)
+        identity: Identity | None = None
+        if not route.public:  # public routes (login) take no credentials and do their own throttling
+            identity = await self._auth.authenticate(request.headers.get("Authorization"), state.request_id)
+            state.identity = identity
+            if route.permission not in identity.permissions:
+                raise forbidden(route.permission)
 
         body: Any = None
         if route.body:
@@ -327,7 +335,11 @@ class _Pipeline:
             query=request.query.items(), path_params=path_params,
         )
 
-        principal = build_principal(identity, state.conn, state.request_id)
+        principal = (
+            build_principal(identity, state.conn, state.request_id)
+            if identity is not None
+            else anonymous_principal(state.conn, state.request_id)
+        )
         metadata = (
             (callctx.PRINCIPAL_METADATA_KEY, principal.SerializeToString()),
             (callctx.REQUEST_ID_METADATA_KEY, state.request_id),
@@ -423,7 +435,7 @@ class _Pipeline:
         ev.resource.id = resource
         ident = state.identity
         if ident is not None:
-            ev.actor.type = "user"
+            ev.actor.type = "staff" if ident.staff else "user"
             ev.actor.id = str(ident.user_id)
             ev.actor.account_id = ident.account_id
             ev.actor.auth_method = ident.auth_method_name

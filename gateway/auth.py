@@ -13,9 +13,11 @@ under a SHA-256 of the scheme and credentials; the raw key is never stored. Conc
 the same credentials share one verification. Transport failures (keys/identity unavailable) are not
 cached and surface as 5xx, never as 401.
 
-Seam for other schemes: `Authenticator.register_scheme("bearer", handler)` where `handler(credentials,
-request_id) -> Identity` (session tokens resolve through identity and set auth_method SESSION,
-session_id and mfa_time). Nothing else in the gateway depends on how the caller authenticated.
+`Bearer <session token>` (interactive sessions from `/v1/auth/login` and `/v1/staff/login`) resolves
+through identity `ResolveSession` -> account, user (or staff member), permissions, session id and the
+time of the last second factor; it is cached the same way, so a revoked session stops working within
+`cache_seconds`. Other schemes plug in with `Authenticator.register_scheme(name, handler)`. Nothing
+else in the gateway depends on how the caller authenticated.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from google.protobuf import timestamp_pb2
 from gateway.config import Network
 from gateway.errors import from_rpc_error, parse_status_details
 from sendsafe.context.v1 import principal_pb2
-from sendsafe.identity.v1 import identity_service_pb2
+from sendsafe.identity.v1 import auth_service_pb2, identity_service_pb2
 from sendsafe.keys.v1 import keys_service_pb2
 from svckit import context as callctx
 
@@ -49,6 +51,8 @@ _LOG = logging.getLogger(__name__)
 ALL_SCOPES = "*"
 MAX_USERNAME_BYTES = 256
 MAX_API_KEY_BYTES = 512
+MAX_SESSION_TOKEN_BYTES = 256
+SESSION_TOKEN_PREFIX = "ss_sess_"  # noqa: S105 - identity's session tokens; anything else is not one (no RPC)
 # gRPC codes with which keys/identity *reject* credentials (as opposed to failing to answer).
 _REJECTING_CODES = frozenset(
     {
@@ -80,6 +84,7 @@ class Identity:
     api_key_id: str = ""
     session_id: str = ""
     mfa_time: timestamp_pb2.Timestamp | None = None
+    staff: bool = False  # a SendSafe staff member (account_id is the platform account)
 
     @property
     def auth_method_name(self) -> str:
@@ -123,6 +128,12 @@ class IdentityStub(Protocol):
     def GetUser(
         self, request: identity_service_pb2.GetUserRequest, *, timeout: float | None = ..., metadata: Any = ...
     ) -> Awaitable[identity_service_pb2.GetUserResponse]: ...
+
+
+class SessionsStub(Protocol):
+    def ResolveSession(
+        self, request: auth_service_pb2.ResolveSessionRequest, *, timeout: float | None = ..., metadata: Any = ...
+    ) -> Awaitable[auth_service_pb2.ResolveSessionResponse]: ...
 
 
 SchemeHandler = Callable[[str, str], Awaitable[Identity]]
@@ -190,12 +201,16 @@ class Authenticator:
         timeout: float = 5.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        sessions: SessionsStub | None = None,
     ) -> None:
         self._keys = keys
         self._identity = identity
+        self._sessions = sessions
         self._timeout = timeout
         self.cache = TtlCache(cache_seconds, max_entries, clock)
         self._schemes: dict[str, SchemeHandler] = {"basic": self._basic}
+        if sessions is not None:
+            self._schemes["bearer"] = self._bearer
 
     def register_scheme(self, scheme: str, handler: SchemeHandler) -> None:
         """Accept `Authorization: <scheme> <credentials>` (e.g. "bearer" for session tokens)."""
@@ -267,6 +282,41 @@ class Authenticator:
             api_key_id=key.key_id,
         )
 
+    async def _bearer(self, token: str, request_id: str) -> Identity:
+        raw = token.encode("utf-8", "replace")
+        if (
+            not token.startswith(SESSION_TOKEN_PREFIX) or len(raw) > MAX_SESSION_TOKEN_BYTES
+            or not token.isascii() or not token.isprintable()
+        ):
+            raise AuthFailure("INVALID_CREDENTIALS", "MALFORMED_BEARER")
+        result = await self.cache.get_or_load(
+            credential_digest("bearer", raw), lambda: self._resolve_session(token, request_id)
+        )
+        if isinstance(result, Rejection):
+            raise AuthFailure.of(result)
+        return result
+
+    async def _resolve_session(self, token: str, request_id: str) -> Identity | Rejection:
+        assert self._sessions is not None
+        metadata = ((callctx.REQUEST_ID_METADATA_KEY, request_id),) if request_id else ()
+        try:
+            s = await self._sessions.ResolveSession(
+                auth_service_pb2.ResolveSessionRequest(session_token=token), timeout=self._timeout, metadata=metadata
+            )
+        except grpc.aio.AioRpcError as err:
+            return self._rejection(err, "SESSION_REJECTED")
+        return Identity(
+            account_id=s.account_id,
+            user_id=s.user_id,
+            api_username=s.username,
+            auth_method=principal_pb2.AUTH_METHOD_SESSION,
+            permissions=frozenset(s.permissions),
+            test_mode=s.test_mode,
+            session_id=s.session_id,
+            mfa_time=s.mfa_time if s.HasField("mfa_time") else None,
+            staff=s.staff,
+        )
+
     def _rejection(
         self, err: grpc.aio.AioRpcError, detail: str, key: keys_service_pb2.VerifyApiKeyResponse | None = None
     ) -> Rejection:
@@ -332,6 +382,17 @@ def _in_networks(addr: str, networks: tuple[Network, ...]) -> bool:
     return any(ip in net for net in networks)
 
 
+def anonymous_principal(conn: Connection, request_id: str) -> principal_pb2.Principal:
+    """What a public route (interactive login) forwards: where the request came from, nobody yet."""
+    return principal_pb2.Principal(
+        client_address=conn.client_address,
+        user_agent=conn.user_agent,
+        tls_version=conn.tls_version,
+        tls_cipher=conn.tls_cipher,
+        request_id=request_id,
+    )
+
+
 def build_principal(identity: Identity, conn: Connection, request_id: str) -> principal_pb2.Principal:
     p = principal_pb2.Principal(
         account_id=identity.account_id,
@@ -347,6 +408,7 @@ def build_principal(identity: Identity, conn: Connection, request_id: str) -> pr
         tls_cipher=conn.tls_cipher,
         request_id=request_id,
         test_mode=identity.test_mode,
+        staff=identity.staff,
     )
     if identity.mfa_time is not None:
         p.mfa_time.CopyFrom(identity.mfa_time)

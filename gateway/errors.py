@@ -35,6 +35,8 @@ _GENERIC_MESSAGES: dict[str, str] = {
 }
 INTERNAL_MESSAGE = "Internal error."
 WWW_AUTHENTICATE = 'Basic realm="SendSafe"'
+# A service's reason for "a second factor is needed, verified within max_age seconds" (RFC 9470 step-up).
+STEP_UP_REASON = "INSUFFICIENT_USER_AUTHENTICATION"
 
 
 @dataclass
@@ -134,10 +136,18 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> GatewayError:
         retry = info.metadata.get("retry_after_seconds")
         if retry and retry.isdigit():
             headers["Retry-After"] = retry
+        if reason == STEP_UP_REASON and http == 401:
+            headers["WWW-Authenticate"] = step_up_challenge(info.metadata.get("max_age", ""))
         return GatewayError(http, code, reason, message, headers=headers)
     # No SendSafe status: a transport failure or a foreign server. Keep the details in the log only.
     message = INTERNAL_MESSAGE if http >= 500 else "The request could not be completed."
     return GatewayError(http, code, code, _GENERIC_MESSAGES.get(code, message))
+
+
+def step_up_challenge(max_age: str) -> str:
+    """RFC 9470 §3: the client re-authenticates (POST /v1/auth/step-up) and retries."""
+    challenge = 'Bearer error="insufficient_user_authentication", error_description="A second factor is required"'
+    return f"{challenge}, max_age={max_age}" if max_age.isdigit() else challenge
 
 
 def error_body(err: GatewayError, surface: Surface) -> dict[str, Any]:

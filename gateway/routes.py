@@ -4,8 +4,9 @@ Every RPC of `sendsafe.{identity,keys,messaging,audit}.v1.*_service_pb2` that ca
 `google.api.http` binding becomes a route; RPCs without one (internal RPCs) are unreachable from
 outside by construction. The route knows everything the gateway needs to serve it generically:
 input/output message descriptors, the gRPC method path, the backend service, the permission the
-principal must hold (`sendsafe.options.v1.access`), and the ClickSend envelope text
-(`sendsafe.options.v1.envelope`). A new RPC with an http binding needs no gateway code.
+principal must hold (`sendsafe.options.v1.access`) -- or that it is public (interactive login: no
+credentials, no permission) -- and the ClickSend envelope text (`sendsafe.options.v1.envelope`). A new
+RPC with an http binding needs no gateway code.
 """
 
 from __future__ import annotations
@@ -51,11 +52,12 @@ class Route:
     rpc_name: str  # "SendSms"
     input_desc: descriptor.Descriptor = field(hash=False, compare=False)
     output_desc: descriptor.Descriptor = field(hash=False, compare=False)
-    permission: str
+    permission: str  # "" only for public routes
     privileged: bool
     surface: Surface
     response_msg: str  # ClickSend envelope text on success
     data_field: str  # "" whole message, "-" null, else the field that becomes `data`
+    public: bool = False  # reachable without credentials
 
     @property
     def key(self) -> str:
@@ -119,8 +121,10 @@ def _route(method: descriptor.MethodDescriptor, rule: http_pb2.HttpRule) -> Rout
     access = opts.Extensions[options_pb2.access]
     if GATEWAY_CALLER not in access.allowed_callers:
         raise RouteError(f"{where}: has an http binding but does not allow the gateway as caller")
-    if not access.permission:
-        raise RouteError(f"{where}: has an http binding but declares no permission")
+    if access.public and access.permission:
+        raise RouteError(f"{where}: is public but declares a permission")
+    if not access.permission and not access.public:
+        raise RouteError(f"{where}: has an http binding but declares no permission (and is not public)")
     envelope = opts.Extensions[options_pb2.envelope]
 
     input_desc, output_desc = method.input_type, method.output_type
@@ -151,6 +155,7 @@ def _route(method: descriptor.MethodDescriptor, rule: http_pb2.HttpRule) -> Rout
         surface=Surface.for_path(template),
         response_msg=envelope.response_msg or DEFAULT_RESPONSE_MSG,
         data_field=data_field,
+        public=access.public,
     )
 
 

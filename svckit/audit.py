@@ -62,7 +62,7 @@ def new_event(
     ctx = callctx.get()
     p = ctx.principal if ctx else None
     if p is not None:
-        ev.actor.type = "user"
+        ev.actor.type = "staff" if p.staff else "user"
         ev.actor.id = str(p.user_id)
         ev.actor.account_id = p.account_id
         ev.actor.auth_method = {1: "api_key", 2: "session"}.get(p.auth_method, "")

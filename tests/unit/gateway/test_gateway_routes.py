@@ -37,7 +37,8 @@ def test_every_route_allows_the_gateway_and_names_a_permission(table: dict) -> N
     for route in table.values():
         access = access_for(route.rpc_path)
         assert access is not None and "gateway" in access.allowed_callers
-        assert route.permission == access.permission != ""
+        assert route.permission == access.permission
+        assert route.public == (route.permission == "")  # public routes (login) only
 
 
 def test_path_templates() -> None:
