@@ -113,6 +113,7 @@ class Gateway:
     audit: AuditClient
     channels: dict[str, grpc.aio.Channel]
     ssl_context: Any
+    https: tls.ReloadingCertificate | None = None  # follows the rotated public certificate
     port: int = 0
     health_port: int | None = None
     _runner: web.AppRunner | None = field(default=None, repr=False)
@@ -156,7 +157,8 @@ async def build(settings: Settings, *, span_processors: Iterable[SpanProcessor] 
     """The composition root. Must run inside the event loop that will serve requests."""
     # Tracing first: it patches grpc.aio channel constructors so trace context reaches the services.
     setup_tracing(settings.service_name, span_processors)
-    ssl_context = tls.server_context(settings.https_cert_file, settings.https_key_file)
+    https = tls.ReloadingCertificate(settings.https_cert_file, settings.https_key_file)
+    ssl_context = https.context
     if not tls.tls13_restricted(ssl_context):
         _LOG.warning(
             "TLS 1.3 suites are not restricted to AES-GCM (offering %s); start with OPENSSL_CONF=%s"
@@ -187,6 +189,7 @@ async def build(settings: Settings, *, span_processors: Iterable[SpanProcessor] 
         audit=audit,
         channels=channels,
         ssl_context=ssl_context,
+        https=https,
     )
 
 
