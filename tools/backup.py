@@ -1,13 +1,19 @@
 """Encrypted backups of each service's database, and restore.
 
-    python -m tools.backup backup  --dir BACKUPS [--services audit,keys,messaging,identity]
-    python -m tools.backup restore --from BACKUPS/<stamp> [--services ...]
+    python -m tools.backup backup  --dir BACKUPS [--keep N] [--services identity,messaging,audit,keys]
     python -m tools.backup verify  --from BACKUPS/<stamp>
+    python -m tools.backup restore --from BACKUPS/<stamp> [--services ...]
 
 Each database is dumped with `pg_dump -Fc` and streamed through authenticated encryption into
 `<stamp>/<service>.pgdump.enc`; nothing unencrypted touches the disk. A `manifest.json` lists every file
 with its size and SHA-256 and is itself authenticated (HMAC), so a swapped, truncated or edited backup
-is refused before anything is restored.
+is refused before anything is restored. Each dump is one consistent snapshot of its database; the keys
+database is dumped last, so every key version the other dumps refer to is in it.
+
+Restore verifies the whole backup first, then restores each database in one transaction
+(`pg_restore --clean --if-exists --single-transaction --exit-on-error`) into existing databases, empty or
+not. Ownership is not restored (`--no-owner`: the restoring role owns the objects); privileges are, so
+the roles the services' migrations grant to (e.g. the audit writer role) must exist in the cluster.
 
 File format (version 1): magic `SSBK1`, 16-byte random salt, then frames of
 [4-byte big-endian length][AES-256-GCM ciphertext]. The file key is HKDF-SHA256(backup key, salt); frame
@@ -15,24 +21,29 @@ i uses nonce = 4 zero bytes || i (8 bytes) and associated data = magic || salt |
 frames cannot be reordered, dropped or cut off at the end without detection.
 
 Settings (environment): BACKUP_KEY_FILE (32 random bytes, hex; or BACKUP_KEY), and for each service
-`<SERVICE>_DATABASE_URL` (or `<SERVICE>_DATABASE_URL_FILE`), e.g. AUDIT_DATABASE_URL. The backup key is
-not the keys service's root key: restoring readable data also needs the root key, kept separately.
+`<SERVICE>_DATABASE_URL` (or `<SERVICE>_DATABASE_URL_FILE`), e.g. AUDIT_DATABASE_URL. `make run` writes
+them for its databases to `.dev/backup.env`. The backup key is not the keys service's root key:
+restoring readable data also needs the root key (every version the backup's data was wrapped with).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -40,7 +51,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 MAGIC = b"SSBK1"
 CHUNK = 1 << 20
-SERVICES = ("audit", "keys", "messaging", "identity")
+# Dump order matters: data that names key versions first, the keys service's database last, so every
+# key-encryption-key version a message or a TOTP secret refers to is in the keys dump too.
+SERVICES = ("identity", "messaging", "audit", "keys")
 
 
 class BackupError(Exception):
@@ -142,70 +155,153 @@ def _manifest_mac(key: bytes, body: bytes) -> str:
 
 
 def backup(key: bytes, urls: dict[str, str], root: Path) -> Path:
+    """Dump every database in `urls` into a new folder `root/<UTC stamp>`; returns the folder. A failed
+    dump removes the folder again, so a folder with a manifest is always a complete backup."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = root / stamp
-    out.mkdir(parents=True, mode=0o700)
-    files = {}
-    for svc, url in urls.items():
-        path = out / f"{svc}.pgdump.enc"
-        proc = subprocess.Popen(["pg_dump", "-Fc", "--no-owner", "--no-privileges", url], stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as dst:
-            size = encrypt_stream(key, proc.stdout, dst)
-        if proc.wait() != 0:
-            raise BackupError(f"pg_dump failed for {svc}")
-        files[svc] = {"file": path.name, "plain_size": size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(mode=0o700)
+    except FileExistsError:
+        raise BackupError(f"{out} already exists (one backup per second at most)") from None
+    try:
+        files = {svc: _dump(key, svc, url, out) for svc, url in urls.items()}
+    except BaseException:
+        for child in out.iterdir():
+            child.unlink()
+        out.rmdir()
+        raise
     body = json.dumps({"version": 1, "created": stamp, "files": files}, sort_keys=True).encode()
-    (out / "manifest.json").write_text(json.dumps({"manifest": json.loads(body), "mac": _manifest_mac(key, body)}))
+    doc = json.dumps({"manifest": json.loads(body), "mac": _manifest_mac(key, body)})
+    fd = os.open(out / "manifest.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(doc)
     return out
 
 
+def _dump(key: bytes, svc: str, url: str, out: Path) -> dict[str, object]:
+    path = out / f"{svc}.pgdump.enc"
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            ["pg_dump", "-Fc", "--no-owner", url], stdout=subprocess.PIPE, stderr=errors
+        )
+        assert proc.stdout is not None
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as dst:
+                size = encrypt_stream(key, proc.stdout, dst)
+        finally:
+            code = proc.wait()
+        if code != 0:
+            raise BackupError(f"pg_dump failed for {svc}: {_tail(errors, url)}")
+    return {"file": path.name, "plain_size": size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tail(errors: IO[bytes], url: str) -> str:
+    """The end of pg_dump's/pg_restore's messages, without the connection's password."""
+    errors.seek(0)
+    text = errors.read().decode(errors="replace")
+    password = urlsplit(url).password
+    return (text.replace(password, "***") if password else text)[-500:]
+
+
 def verify(key: bytes, folder: Path) -> dict[str, dict[str, object]]:
-    doc = json.loads((folder / "manifest.json").read_text())
-    body = json.dumps(doc["manifest"], sort_keys=True).encode()
-    if not hmac.compare_digest(_manifest_mac(key, body), doc["mac"]):
+    """Check the manifest's MAC and every file's digest; the manifest's file list, or BackupError."""
+    try:
+        doc = json.loads((folder / "manifest.json").read_text())
+        body = json.dumps(doc["manifest"], sort_keys=True).encode()
+        mac = str(doc["mac"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BackupError(f"{folder}: no readable manifest ({type(exc).__name__})") from None
+    if not hmac.compare_digest(_manifest_mac(key, body), mac):
         raise BackupError("manifest does not authenticate (wrong key or edited manifest)")
     files: dict[str, dict[str, object]] = doc["manifest"]["files"]
     for svc, meta in files.items():
-        digest = hashlib.sha256((folder / str(meta["file"])).read_bytes()).hexdigest()
-        if digest != meta["sha256"]:
+        path = folder / str(meta["file"])
+        if not path.is_file() or _sha256(path) != meta["sha256"]:
             raise BackupError(f"{svc}: file does not match the manifest")
     return files
 
 
 def restore(key: bytes, folder: Path, urls: dict[str, str]) -> None:
-    """Restore into the given (existing, empty or to-be-replaced) databases."""
+    """Restore into the given (existing, empty or to-be-replaced) databases.
+
+    Nothing is touched until the whole backup verified (manifest MAC, every file's digest, every
+    requested service present). Each database is then restored in one transaction
+    (`pg_restore --single-transaction --exit-on-error`); should decryption still fail part-way,
+    pg_restore is killed before it sees the end of its input, so that transaction rolls back.
+    """
     files = verify(key, folder)
+    missing = [svc for svc in urls if svc not in files]
+    if missing:
+        raise BackupError(f"not in this backup: {', '.join(missing)}")
     for svc, url in urls.items():
-        if svc not in files:
-            raise BackupError(f"{svc} is not in this backup")
+        _restore_one(key, folder / str(files[svc]["file"]), svc, url)
+
+
+def _restore_one(key: bytes, path: Path, svc: str, url: str) -> None:
+    with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
-            ["pg_restore", "--no-owner", "--no-privileges", "--clean", "--if-exists", "--exit-on-error", "-d", url],
-            stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+            ["pg_restore", "--no-owner", "--clean", "--if-exists", "--exit-on-error", "--single-transaction",
+             "-d", url],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors,
         )
         assert proc.stdin is not None
-        with open(folder / str(files[svc]["file"]), "rb") as src:
-            for chunk in decrypt_stream(key, src):
-                proc.stdin.write(chunk)
-        proc.stdin.close()
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        try:
+            with open(path, "rb") as src:
+                for chunk in decrypt_stream(key, src):
+                    proc.stdin.write(chunk)
+            proc.stdin.close()
+        except BrokenPipeError:  # pg_restore stopped reading: its exit status and messages say why
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+        except BaseException:
+            proc.kill()  # before it reads an end of input: its transaction rolls back
+            proc.wait()
+            raise
         if proc.wait() != 0:
-            raise BackupError(f"pg_restore failed for {svc}: {err[-500:]}")
+            raise BackupError(f"pg_restore failed for {svc}: {_tail(errors, url)}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.backup")
+STAMP = re.compile(r"\d{8}T\d{6}Z")
+
+
+def prune(root: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` complete backups (`<stamp>/manifest.json`) under `root`."""
+    done = sorted(p for p in root.iterdir() if STAMP.fullmatch(p.name) and (p / "manifest.json").is_file())
+    removed = done[:-keep] if keep > 0 else []
+    for folder in removed:
+        for child in folder.iterdir():
+            child.unlink()
+        folder.rmdir()
+    return removed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tools.backup", description="Encrypted database backups.")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("backup")
+    b = sub.add_parser("backup", help="dump every database into DIR/<UTC stamp>/")
     b.add_argument("--dir", type=Path, required=True)
-    r = sub.add_parser("restore")
+    b.add_argument("--keep", type=int, default=0, help="then delete all but the newest KEEP backups (0: keep all)")
+    r = sub.add_parser("restore", help="verify the whole backup, then restore each database in one transaction")
     r.add_argument("--from", dest="src", type=Path, required=True)
-    v = sub.add_parser("verify")
+    v = sub.add_parser("verify", help="check the manifest's MAC and every file's digest")
     v.add_argument("--from", dest="src", type=Path, required=True)
     for p in (b, r):
         p.add_argument("--services", default=",".join(SERVICES))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         key = load_key()
         if args.cmd == "verify":
@@ -214,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         urls = database_urls([s for s in args.services.split(",") if s])
         if args.cmd == "backup":
             print(f"backup written to {backup(key, urls, args.dir)}")
+            for old in prune(args.dir, args.keep):
+                print(f"deleted the older backup {old}")
         else:
             restore(key, args.src, urls)
             print(f"restored {', '.join(urls)} from {args.src}")
