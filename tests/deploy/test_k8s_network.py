@@ -21,6 +21,7 @@ from tools.k8s_manifests import (
     OVERLAYS,
     Doc,
     Edge,
+    Workload,
     admits_other_namespaces,
     grpc_callees,
     ipblocks,
@@ -200,3 +201,39 @@ def test_network_identity_is_the_certificate_identity(rendered: dict[str, list[D
                     f"{overlay}: {w} is selected as {w.app!r}; its certificate: {certificate['spec']['uris']}"
                 )
     assert checked, "no workload mounts a service certificate"
+
+
+def _egress_open(policies: list[Doc], w: Workload, port: int) -> bool:
+    """Whether some egress rule of a policy that selects pod `w` allows TCP `port` (to any peer)."""
+    for policy in policies:
+        if policy["metadata"].get("namespace") != w.namespace or "Egress" not in policy_types(policy):
+            continue
+        if not selects(policy["spec"].get("podSelector"), w.labels):
+            continue
+        for rule in policy["spec"].get("egress") or []:
+            for entry in rule.get("ports") or []:
+                if entry.get("protocol", "TCP") == "TCP" and entry.get("port") == port:
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize(("port", "settings"), [(5432, "DATABASE_URL"), (6379, "REDIS_URL")])
+def test_data_store_egress_only_for_workloads_that_hold_its_url(
+    rendered: dict[str, list[Doc]], overlay: str, port: int, settings: str
+) -> None:
+    """PostgreSQL (5432) and Redis (6379) are reachable from exactly the pods configured with their URL
+    (`DATABASE_URL_FILE`, the backup's `<SERVICE>_DATABASE_URL_FILE`; `REDIS_URL_FILE`)."""
+    docs = rendered[overlay]
+    policies = list(of_kind(docs, "NetworkPolicy"))
+    holders, reaching = set(), set()
+    for w in workloads(docs):
+        if w.namespace != NAMESPACE or w.labels.get("app.kubernetes.io/part-of") != "sendsafe":
+            continue
+        names = {v["name"] for c in w.containers() for v in c.get("env") or []}
+        if any(n.removesuffix("_FILE").endswith(settings) for n in names):
+            holders.add(w.app)
+        if _egress_open(policies, w, port):
+            reaching.add(w.app)
+    assert len(holders) >= 4, f"{overlay}: only {sorted(holders)} hold a {settings}"
+    assert reaching == holders, f"{overlay}: TCP {port} egress for {sorted(reaching)}, URLs in {sorted(holders)}"

@@ -222,16 +222,28 @@ def test_required_settings_are_provided(rendered: dict[str, list[Doc]], overlay:
 
 
 def test_backup_job_gives_tools_backup_every_database(rendered: dict[str, list[Doc]], overlay: str) -> None:
+    """The CronJob's command is one the real CLI accepts, writing to the backup volume, with every setting
+    `tools.backup` reads for every database it backs up by default."""
     from tools import backup
 
     (cronjob,) = [d for d in of_kind(rendered[overlay], "CronJob") if d["metadata"]["name"] == "ops-backup"]
     (w,) = workloads([cronjob])
     container = w.pod_spec["containers"][0]
-    assert container["args"][:2] == ["tools.backup", "backup"]
+    module, *argv = container["args"]
+    assert module == "tools.backup"
+    args = backup.build_parser().parse_args(argv)  # exits (fails the test) on arguments the CLI does not take
+    assert args.cmd == "backup" and args.keep > 0
+    assert args.services.split(",") == list(backup.SERVICES)
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(args.dir)]
+    assert not mount.get("readOnly")
+    (volume,) = [v for v in w.pod_spec["volumes"] if v["name"] == mount["name"]]
+    assert volume["persistentVolumeClaim"]["claimName"] == "sendsafe-backups"
     env = _env(rendered[overlay], w, container)
     for service in backup.SERVICES:
         assert f"{service.upper()}_DATABASE_URL_FILE" in env, f"backup of {service} has no DSN"
     assert "BACKUP_KEY_FILE" in env
+    # It speaks no gRPC: no service certificate, and not the `ops` pod name the gRPC egress rules select.
+    assert w.app == "ops-backup" and not any(k.startswith("TLS_") for k in env)
 
 
 def test_platform_deployments_probe_scale_and_survive_disruption(
