@@ -66,7 +66,8 @@ def test_sdk_every_subaccount_endpoint(subaccounts: clicksend.SubaccountsApi, cu
     got = subaccounts.view_specific_subaccount(sid)
     assert got.data.api_username == created.api_username and got.data.api_key == "********"
 
-    updated = subaccounts.update_subaccount(sid, update_subaccount_request={"email": "new@example.com", "access_sms": 1})
+    changes = {"email": "new@example.com", "access_sms": 1}
+    updated = subaccounts.update_subaccount(sid, update_subaccount_request=changes)
     assert updated.data.email == "new@example.com" and updated.data.access_sms == 1
 
     regen = subaccounts.generate_new_api_key(sid, generate_new_api_key_request={})
