@@ -2,51 +2,333 @@
 
 from __future__ import annotations
 
-import grpc
+from datetime import UTC, datetime
 
-from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
-from services.keys.service import Service
+import grpc
+from google.protobuf import timestamp_pb2
+
+from sendsafe.context.v1 import principal_pb2
+from sendsafe.keys.v1 import keys_service_pb2 as pb
+from sendsafe.keys.v1 import keys_service_pb2_grpc
+from services.keys.domain import (
+    ApiKeyRecord,
+    Caller,
+    PrincipalRequired,
+    SendLimits,
+    check_send_limits,
+    key_prefix,
+)
+from services.keys.service import AccountStatus, Service
+from svckit import context as callctx
+
+_KEY_STATES = {
+    "active": pb.API_KEY_STATE_ACTIVE,
+    "expired": pb.API_KEY_STATE_EXPIRED,
+    "revoked": pb.API_KEY_STATE_REVOKED,
+}
+_RING_STATES = {
+    "enabled": pb.ACCOUNT_KEY_STATE_ENABLED,
+    "pending_destruction": pb.ACCOUNT_KEY_STATE_PENDING_DESTRUCTION,
+    "destroyed": pb.ACCOUNT_KEY_STATE_DESTROYED,
+}
+_VERSION_STATES = {
+    "primary": pb.KEY_VERSION_STATE_PRIMARY,
+    "enabled": pb.KEY_VERSION_STATE_ENABLED,
+    "retired": pb.KEY_VERSION_STATE_RETIRED,
+    "destroyed": pb.KEY_VERSION_STATE_DESTROYED,
+}
+
+
+def _ts(when: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if when is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(when)
+    return ts
+
+
+def _dt(msg: object, field: str) -> datetime | None:
+    if not msg.HasField(field):  # type: ignore[attr-defined]
+        return None
+    ts: timestamp_pb2.Timestamp = getattr(msg, field)
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def caller() -> Caller:
+    """The end user behind this call, from the principal the gateway forwarded."""
+    p = callctx.principal()
+    if p is None or p.account_id <= 0 or p.user_id <= 0:
+        raise PrincipalRequired("this call needs an authenticated customer")
+    key_id = p.api_key_id if p.auth_method == principal_pb2.AUTH_METHOD_API_KEY else ""
+    return Caller(p.account_id, p.user_id, frozenset(p.permissions), p.test_mode, key_id)
+
+
+def limits_to_proto(limits: SendLimits) -> pb.SendLimits:
+    return pb.SendLimits(
+        messages_per_minute=limits.per_minute,
+        messages_per_day=limits.per_day,
+        allowed_countries=list(limits.countries),
+    )
+
+
+def limits_from_proto(msg: pb.SendLimits) -> SendLimits:
+    return check_send_limits(msg.messages_per_minute, msg.messages_per_day, msg.allowed_countries)
+
+
+def api_key_to_proto(r: ApiKeyRecord, now: datetime) -> pb.ApiKey:
+    return pb.ApiKey(
+        key_id=r.key_id,
+        name=r.name,
+        prefix=key_prefix(r.test_mode, r.key_id),
+        test_mode=r.test_mode,
+        user_id=r.user_id,
+        scopes=list(r.scopes),
+        state=_KEY_STATES[r.state(now)],
+        create_time=_ts(r.create_time),
+        expire_time=_ts(r.expire_time),
+        revoke_time=_ts(r.revoke_time),
+        last_used_time=_ts(r.last_used_time),
+        last_used_address=r.last_used_address,
+        allowed_cidrs=list(r.allowed_cidrs),
+        send_limits=limits_to_proto(r.send_limits),
+        rolled_from_key_id=r.rolled_from,
+        rolled_to_key_id=r.rolled_to,
+        created_by_key_id=r.created_by,
+    )
+
+
+def status_to_proto(s: AccountStatus) -> pb.AccountKeyStatus:
+    ring = s.ring
+    return pb.AccountKeyStatus(
+        account_id=ring.account_id,
+        state=_RING_STATES[ring.state.value],
+        current_version=ring.current_version,
+        min_decryption_version=ring.min_decryption_version,
+        rotation_period_seconds=ring.rotation_period_seconds,
+        next_rotation_time=_ts(s.next_rotation_time),
+        versions=[
+            pb.KeyVersion(
+                version=v.version,
+                state=_VERSION_STATES[ring.version_state(v.version, v.wrapped is None)],
+                create_time=_ts(v.create_time),
+                root_key_id=v.wrapped.key_id if v.wrapped is not None else "",
+            )
+            for v in s.versions
+        ],
+        destroy_time=_ts(ring.destroy_time),
+    )
 
 
 class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
     def __init__(self, service: Service) -> None:
         self.service = service
 
+    # -- customer API keys ---------------------------------------------------------------------------------
+
+    async def CreateApiKey(
+        self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateApiKeyResponse:
+        record, secret = await self.service.create_api_key(
+            caller(),
+            name=request.name,
+            scopes=list(request.scopes),
+            expire_time=_dt(request, "expire_time"),
+            allowed_cidrs=list(request.allowed_cidrs),
+            send_limits=limits_from_proto(request.send_limits),
+        )
+        return pb.CreateApiKeyResponse(api_key=api_key_to_proto(record, self.service.now()), secret=secret)
+
+    async def ListApiKeys(
+        self, request: pb.ListApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListApiKeysResponse:
+        records, token = await self.service.list_api_keys(
+            caller(), request.page_size, request.page_token, request.show_inactive
+        )
+        now = self.service.now()
+        return pb.ListApiKeysResponse(api_keys=[api_key_to_proto(r, now) for r in records], next_page_token=token)
+
+    async def GetApiKey(self, request: pb.GetApiKeyRequest, context: grpc.aio.ServicerContext) -> pb.GetApiKeyResponse:
+        record = await self.service.get_api_key(caller(), request.key_id)
+        return pb.GetApiKeyResponse(api_key=api_key_to_proto(record, self.service.now()))
+
+    async def RevokeApiKey(
+        self, request: pb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeApiKeyResponse:
+        record = await self.service.revoke_api_key(caller(), request.key_id)
+        return pb.RevokeApiKeyResponse(api_key=api_key_to_proto(record, self.service.now()))
+
+    async def RollApiKey(
+        self, request: pb.RollApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RollApiKeyResponse:
+        new, secret, old = await self.service.roll_api_key(
+            caller(), request.key_id, request.overlap_seconds, _dt(request, "expire_time")
+        )
+        now = self.service.now()
+        return pb.RollApiKeyResponse(
+            api_key=api_key_to_proto(new, now), secret=secret, previous=api_key_to_proto(old, now)
+        )
+
+    async def ListReceiptSigningKeys(
+        self, request: pb.ListReceiptSigningKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListReceiptSigningKeysResponse:
+        keys = await self.service.list_receipt_signing_keys()
+        return pb.ListReceiptSigningKeysResponse(
+            keys=[
+                pb.ReceiptSigningKey(key_id=k, algorithm="ed25519", public_key=pub, create_time=_ts(t))
+                for k, pub, t in keys
+            ]
+        )
+
+    # -- API keys, internal ----------------------------------------------------------------------------------
+
     async def IssueApiKey(
-        self, request: keys_service_pb2.IssueApiKeyRequest, context: grpc.aio.ServicerContext
-    ) -> keys_service_pb2.IssueApiKeyResponse:
-        key_id, api_key = await self.service.issue_api_key(
+        self, request: pb.IssueApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IssueApiKeyResponse:
+        key_id, api_key, expire_time = await self.service.issue_api_key(
             request.account_id, request.user_id, request.name, request.test_mode
         )
-        return keys_service_pb2.IssueApiKeyResponse(key_id=key_id, api_key=api_key)
+        return pb.IssueApiKeyResponse(key_id=key_id, api_key=api_key, expire_time=_ts(expire_time))
 
     async def VerifyApiKey(
-        self, request: keys_service_pb2.VerifyApiKeyRequest, context: grpc.aio.ServicerContext
-    ) -> keys_service_pb2.VerifyApiKeyResponse:
-        verified = await self.service.verify_api_key(request.api_key)
-        return keys_service_pb2.VerifyApiKeyResponse(
-            key_id=verified.key_id,
-            account_id=verified.account_id,
-            user_id=verified.user_id,
-            scopes=list(verified.scopes),
+        self, request: pb.VerifyApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VerifyApiKeyResponse:
+        v = await self.service.verify_api_key(request.api_key, request.client_address)
+        return pb.VerifyApiKeyResponse(
+            key_id=v.key_id,
+            account_id=v.account_id,
+            user_id=v.user_id,
+            scopes=list(v.scopes),
+            send_limits=limits_to_proto(v.send_limits),
+            expire_time=_ts(v.expire_time),
+            valid_for_seconds=v.valid_for_seconds,
         )
 
     async def RevokeUserApiKeys(
-        self, request: keys_service_pb2.RevokeUserApiKeysRequest, context: grpc.aio.ServicerContext
-    ) -> keys_service_pb2.RevokeUserApiKeysResponse:
+        self, request: pb.RevokeUserApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeUserApiKeysResponse:
         revoked = await self.service.revoke_user_api_keys(
             request.account_id, request.user_id, request.keep_key_id, request.reason
         )
-        return keys_service_pb2.RevokeUserApiKeysResponse(revoked_key_ids=revoked)
+        return pb.RevokeUserApiKeysResponse(revoked_key_ids=revoked)
+
+    async def ReportLeakedApiKeys(
+        self, request: pb.ReportLeakedApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReportLeakedApiKeysResponse:
+        report = await self.service.report_leaked_api_keys(list(request.candidates), request.source)
+        return pb.ReportLeakedApiKeysResponse(
+            revoked_key_ids=report.revoked, inactive_key_ids=report.inactive, not_keys=report.not_keys
+        )
+
+    # -- data keys and encryption ---------------------------------------------------------------------------
 
     async def GenerateDataKey(
-        self, request: keys_service_pb2.GenerateDataKeyRequest, context: grpc.aio.ServicerContext
-    ) -> keys_service_pb2.GenerateDataKeyResponse:
-        plaintext, wrapped, version = await self.service.generate_data_key(request.account_id)
-        return keys_service_pb2.GenerateDataKeyResponse(plaintext=plaintext, wrapped_key=wrapped, key_version=version)
+        self, request: pb.GenerateDataKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateDataKeyResponse:
+        plaintext, wrapped, version = await self.service.generate_data_key(
+            request.account_id, dict(request.encryption_context)
+        )
+        return pb.GenerateDataKeyResponse(plaintext=plaintext, wrapped_key=wrapped, key_version=version)
+
+    async def GenerateDataKeyWithoutPlaintext(
+        self, request: pb.GenerateDataKeyWithoutPlaintextRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GenerateDataKeyWithoutPlaintextResponse:
+        wrapped, version = await self.service.generate_data_key_without_plaintext(
+            request.account_id, dict(request.encryption_context)
+        )
+        return pb.GenerateDataKeyWithoutPlaintextResponse(wrapped_key=wrapped, key_version=version)
 
     async def DecryptDataKey(
-        self, request: keys_service_pb2.DecryptDataKeyRequest, context: grpc.aio.ServicerContext
-    ) -> keys_service_pb2.DecryptDataKeyResponse:
-        plaintext, version = await self.service.decrypt_data_key(request.account_id, request.wrapped_key)
-        return keys_service_pb2.DecryptDataKeyResponse(plaintext=plaintext, key_version=version)
+        self, request: pb.DecryptDataKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DecryptDataKeyResponse:
+        plaintext, version = await self.service.decrypt_data_key(
+            request.account_id, request.wrapped_key, dict(request.encryption_context)
+        )
+        return pb.DecryptDataKeyResponse(plaintext=plaintext, key_version=version)
+
+    async def Encrypt(self, request: pb.EncryptRequest, context: grpc.aio.ServicerContext) -> pb.EncryptResponse:
+        ciphertext, version = await self.service.encrypt(
+            request.account_id, request.plaintext, dict(request.encryption_context)
+        )
+        return pb.EncryptResponse(ciphertext=ciphertext, key_version=version)
+
+    async def Decrypt(self, request: pb.DecryptRequest, context: grpc.aio.ServicerContext) -> pb.DecryptResponse:
+        plaintext, version = await self.service.decrypt(
+            request.account_id, request.ciphertext, dict(request.encryption_context)
+        )
+        return pb.DecryptResponse(plaintext=plaintext, key_version=version)
+
+    async def Rewrap(self, request: pb.RewrapRequest, context: grpc.aio.ServicerContext) -> pb.RewrapResponse:
+        outcomes, current = await self.service.rewrap(
+            request.account_id, [(i.reference, i.blob, dict(i.encryption_context)) for i in request.items]
+        )
+        return pb.RewrapResponse(
+            results=[
+                pb.RewrapResult(
+                    reference=o.reference, blob=o.blob, key_version=o.version, changed=o.changed,
+                    error_reason=o.error_reason,
+                )
+                for o in outcomes
+            ],
+            current_version=current,
+        )
+
+    # -- key management ---------------------------------------------------------------------------------------
+
+    async def GetAccountKeyStatus(
+        self, request: pb.GetAccountKeyStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAccountKeyStatusResponse:
+        status = await self.service.account_key_status(request.account_id)
+        return pb.GetAccountKeyStatusResponse(status=status_to_proto(status))
+
+    async def RotateAccountKey(
+        self, request: pb.RotateAccountKeyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RotateAccountKeyResponse:
+        status = await self.service.rotate_account_key(request.account_id)
+        return pb.RotateAccountKeyResponse(status=status_to_proto(status))
+
+    async def SetAccountKeyPolicy(
+        self, request: pb.SetAccountKeyPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetAccountKeyPolicyResponse:
+        status = await self.service.set_account_key_policy(
+            request.account_id,
+            request.rotation_period_seconds if request.HasField("rotation_period_seconds") else None,
+            request.min_decryption_version if request.HasField("min_decryption_version") else None,
+        )
+        return pb.SetAccountKeyPolicyResponse(status=status_to_proto(status))
+
+    async def ScheduleAccountKeyDestruction(
+        self, request: pb.ScheduleAccountKeyDestructionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScheduleAccountKeyDestructionResponse:
+        ctx = callctx.get()
+        status = await self.service.schedule_destruction(
+            request.account_id, request.pending_window_seconds, ctx.caller if ctx else ""
+        )
+        return pb.ScheduleAccountKeyDestructionResponse(status=status_to_proto(status))
+
+    async def CancelAccountKeyDestruction(
+        self, request: pb.CancelAccountKeyDestructionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelAccountKeyDestructionResponse:
+        status = await self.service.cancel_destruction(request.account_id)
+        return pb.CancelAccountKeyDestructionResponse(status=status_to_proto(status))
+
+    async def GetRootKeyStatus(
+        self, request: pb.GetRootKeyStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRootKeyStatusResponse:
+        current, usage = await self.service.root_key_status()
+        return pb.GetRootKeyStatusResponse(
+            current_root_key_id=current,
+            usage=[
+                pb.RootKeyUsage(root_key_id=u.root_key_id, current=u.current, wrapped_keys=u.wrapped_keys,
+                                api_key_hashes=u.api_key_hashes)
+                for u in usage
+            ],
+        )
+
+    async def RunKeyMaintenance(
+        self, request: pb.RunKeyMaintenanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RunKeyMaintenanceResponse:
+        report = await self.service.run_maintenance()
+        return pb.RunKeyMaintenanceResponse(
+            rotated_accounts=report.rotated, destroyed_accounts=report.destroyed,
+            rewrapped_keys=report.rewrapped, remaining_to_rewrap=report.remaining,
+        )

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
+import pkgutil
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
+from sendsafe.options.v1 import options_pb2
 from services.keys.api import KeysServicer
 from services.keys.config import Settings, load_settings
-from services.keys.domain import LocalRootKey
-from services.keys.service import Service
+from services.keys.domain import KeyRules, LocalRootKey
+from services.keys.service import Service, utcnow
 from services.keys.store import PgKeyStore, RedisLastUsed
 from svckit.app import App, serve
 from svckit.audit import AuditClient, denial_recorder
 from svckit.cache import make_redis
 from svckit.db import create_pool, migrate
-from svckit.keyevents import Publisher
+from svckit.keyevents import Publisher, Subscriber
 from svckit.rpc import secure_channel
 from svckit.server import start_server
 from svckit.tls import TlsFiles
@@ -26,20 +31,37 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _LOG = logging.getLogger(__name__)
 
 
-async def _flush_periodically(service: Service, period: float) -> None:
+def declared_permissions() -> frozenset[str]:
+    """Every permission an RPC of any SendSafe service declares: the names API-key scopes may use."""
+    import sendsafe
+
+    found: set[str] = set()
+    for info in pkgutil.walk_packages(sendsafe.__path__, "sendsafe."):
+        if not info.name.endswith("_service_pb2"):
+            continue
+        for service in importlib.import_module(info.name).DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                opts = method.GetOptions()
+                if opts.HasExtension(options_pb2.access) and opts.Extensions[options_pb2.access].permission:
+                    found.add(opts.Extensions[options_pb2.access].permission)
+    return frozenset(found)
+
+
+async def _every(period: float, what: str, job: Callable[[], Awaitable[object]]) -> None:
     while True:
         await asyncio.sleep(period)
         try:
-            await service.flush_last_used()
+            await job()
         except Exception as exc:
-            _LOG.warning("API-key last-used write-back failed (%s); retrying next period", type(exc).__name__)
+            _LOG.warning("%s failed (%s); retrying next period", what, type(exc).__name__)
 
 
-async def build(settings: Settings) -> App:
+async def build(settings: Settings, *, now: Callable[[], datetime] | None = None) -> App:
+    """Wire and start the service. `now` replaces the clock (tests: expiry and destruction to the second)."""
     stack = contextlib.AsyncExitStack()
     try:
         tls = TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
-        root = LocalRootKey({settings.root_key_id: settings.root_key_bytes()}, settings.root_key_id)
+        root = LocalRootKey(settings.root_keys(), settings.root_key_id)
 
         pool = await create_pool(settings.database_url)
         stack.push_async_callback(pool.close)
@@ -59,26 +81,45 @@ async def build(settings: Settings) -> App:
             RedisLastUsed(redis, settings.redis_prefix),
             root,
             audit,
+            rules=KeyRules(
+                declared_permissions=declared_permissions(),
+                max_lifetime=timedelta(days=settings.api_key_max_lifetime_days),
+                default_lifetime=timedelta(days=settings.api_key_default_lifetime_days),
+            ),
             kek_cache_seconds=settings.kek_cache_seconds,
             kek_cache_entries=settings.kek_cache_entries,
+            rotation_period=timedelta(days=settings.kek_rotation_days),
+            min_pending_window=timedelta(seconds=settings.min_destruction_pending_seconds),
             service_name=settings.service_name,
             notices=Publisher(redis, settings.redis_prefix),
+            now=now or utcnow,
         )
+        await service.prepare()
+
+        # Other replicas' ring changes (rotation, retirement, destruction) clear this one's KEK cache.
+        notices = Subscriber(redis, settings.redis_prefix, on_notice=service.on_notice, on_resync=service.forget_all)
+        notices.start()
+        stack.push_async_callback(notices.close)
 
         flusher = asyncio.create_task(
-            _flush_periodically(service, settings.last_used_flush_seconds), name="keys-last-used-flush"
+            _every(settings.last_used_flush_seconds, "API-key last-used write-back", service.flush_last_used),
+            name="keys-last-used-flush",
+        )
+        maintenance = asyncio.create_task(
+            _every(settings.maintenance_seconds, "key maintenance", service.run_maintenance), name="keys-maintenance"
         )
 
-        async def stop_flusher() -> None:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+        async def stop_jobs() -> None:
+            for task in (flusher, maintenance):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             try:
                 await service.flush_last_used()
             except Exception as exc:
                 _LOG.warning("final API-key last-used write-back failed (%s)", type(exc).__name__)
 
-        stack.push_async_callback(stop_flusher)
+        stack.push_async_callback(stop_jobs)
 
         server = await start_server(
             listen=settings.grpc_listen,
@@ -92,7 +133,8 @@ async def build(settings: Settings) -> App:
         await stack.aclose()
         raise
     return App(
-        server, stack, grace=settings.shutdown_grace_seconds, extras={"service": service, "pool": pool, "audit": audit}
+        server, stack, grace=settings.shutdown_grace_seconds,
+        extras={"service": service, "pool": pool, "audit": audit, "notices": notices},
     )
 
 

@@ -43,6 +43,26 @@ class Settings(KitSettings):
     last_used_flush_seconds: float = setting(
         "KEYS_LAST_USED_FLUSH_SECONDS", default=5.0, doc="period of the API-key last-used write-back"
     )
+    retiring_root_keys_file: Path | None = setting(
+        "KEYS_RETIRING_ROOT_KEYS_FILE", default=None,
+        doc="root-key rotation: file of '<id> <key>' lines, older root keys kept until nothing uses them",
+    )
+    api_key_max_lifetime_days: float = setting(
+        "KEYS_API_KEY_MAX_LIFETIME_DAYS", default=366.0, doc="no API key lives longer (GitHub's default policy)"
+    )
+    api_key_default_lifetime_days: float = setting(
+        "KEYS_API_KEY_DEFAULT_LIFETIME_DAYS", default=90.0, doc="lifetime of a created key that asks for none"
+    )
+    kek_rotation_days: float = setting(
+        "KEYS_KEK_ROTATION_DAYS", default=90.0, doc="rotate account keys this often (0 = only by request)"
+    )
+    min_destruction_pending_seconds: int = setting(
+        "KEYS_MIN_DESTRUCTION_PENDING_SECONDS", default=7 * 24 * 3600,
+        doc="shortest pending window before an account's keys are destroyed",
+    )
+    maintenance_seconds: float = setting(
+        "KEYS_MAINTENANCE_SECONDS", default=60.0, doc="period of rotations, destructions and root-key rewrapping"
+    )
 
     def __post_init__(self) -> None:
         problems = []
@@ -56,12 +76,49 @@ class Settings(KitSettings):
             problems.append("KEYS_KEK_CACHE_ENTRIES: must be at least 1")
         if self.last_used_flush_seconds <= 0:
             problems.append("KEYS_LAST_USED_FLUSH_SECONDS: must be positive")
+        if self.maintenance_seconds <= 0:
+            problems.append("KEYS_MAINTENANCE_SECONDS: must be positive")
+        if not 0 < self.api_key_max_lifetime_days <= 3660:
+            problems.append("KEYS_API_KEY_MAX_LIFETIME_DAYS: must be between 0 and 3660")
+        if not 0 < self.api_key_default_lifetime_days <= self.api_key_max_lifetime_days:
+            problems.append("KEYS_API_KEY_DEFAULT_LIFETIME_DAYS: must be positive and at most the maximum lifetime")
+        if self.kek_rotation_days < 0 or 0 < self.kek_rotation_days * 86400 < 3600:
+            problems.append("KEYS_KEK_ROTATION_DAYS: 0 (off) or at least one hour")
+        if not 0 <= self.min_destruction_pending_seconds <= 30 * 86400:
+            problems.append("KEYS_MIN_DESTRUCTION_PENDING_SECONDS: between 0 and 30 days")
+        try:
+            self.root_keys()
+        except ConfigError as exc:
+            problems.extend(p for p in exc.problems if p.startswith("KEYS_RETIRING"))
         if problems:
             raise ConfigError(problems)
 
     def root_key_bytes(self) -> bytes:
         """The 32-byte root key, read and checked now (ConfigError without echoing any key material)."""
         return read_root_key(self.root_key, self.root_key_file, allow_group_read=self.root_key_allow_group_read)
+
+    def root_keys(self) -> dict[str, bytes]:
+        """Every root key by id: the current one and the retiring ones (still needed to unwrap)."""
+        keys = {self.root_key_id: self.root_key_bytes()}
+        if self.retiring_root_keys_file is not None:
+            text = _read_key_file(
+                self.retiring_root_keys_file, self.root_key_allow_group_read, "KEYS_RETIRING_ROOT_KEYS_FILE"
+            )
+            for n, line in enumerate(text.splitlines(), 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                kid, _, value = line.partition(" ")
+                where = f"KEYS_RETIRING_ROOT_KEYS_FILE line {n}"
+                if not kid or not value.strip():
+                    raise ConfigError([f"{where}: expected '<id> <key>'"])
+                if kid == self.root_key_id:
+                    raise ConfigError([f"{where}: {kid!r} is the current root key id"])
+                try:
+                    keys[kid] = parse_root_key(value)
+                except RootKeyInvalid as exc:
+                    raise ConfigError([f"{where}: {exc.message}"]) from None
+        return keys
 
 
 def read_root_key(value: str, file: Path | None, *, allow_group_read: bool = False) -> bytes:
@@ -79,30 +136,28 @@ def read_root_key(value: str, file: Path | None, *, allow_group_read: bool = Fal
         raise ConfigError([f"{name}: {exc.message}"]) from None
 
 
-def _read_key_file(path: Path, allow_group_read: bool) -> str:
+def _read_key_file(path: Path, allow_group_read: bool, name: str = "KEYS_ROOT_KEY_FILE") -> str:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as exc:
-        raise ConfigError([f"KEYS_ROOT_KEY_FILE: cannot read {str(path)!r} ({exc.strerror})"]) from None
+        raise ConfigError([f"{name}: cannot read {str(path)!r} ({exc.strerror})"]) from None
     try:
         # fstat the descriptor we read from, so the check and the read see the same file.
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise ConfigError([f"KEYS_ROOT_KEY_FILE: {str(path)!r} is not a regular file"])
+            raise ConfigError([f"{name}: {str(path)!r} is not a regular file"])
         forbidden = stat.S_IRWXO | ((stat.S_IWGRP | stat.S_IXGRP) if allow_group_read else stat.S_IRWXG)
         if mode & forbidden:
             hint = "0600" if not allow_group_read else "0640 or tighter"
-            raise ConfigError(
-                [f"KEYS_ROOT_KEY_FILE: {str(path)!r} has mode {stat.S_IMODE(mode):04o}; it must be {hint}"]
-            )
+            raise ConfigError([f"{name}: {str(path)!r} has mode {stat.S_IMODE(mode):04o}; it must be {hint}"])
         with os.fdopen(os.dup(fd), "rb") as fh:
-            data = fh.read(1024)
+            data = fh.read(64 * 1024)
     finally:
         os.close(fd)
     try:
         return data.decode("ascii").strip()
     except UnicodeDecodeError:
-        raise ConfigError(["KEYS_ROOT_KEY_FILE: not hex or base64 text"]) from None
+        raise ConfigError([f"{name}: not hex or base64 text"]) from None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

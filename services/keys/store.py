@@ -9,15 +9,50 @@ from datetime import UTC, datetime
 import asyncpg
 import redis.asyncio as aioredis
 
-from services.keys.domain import ApiKeyRecord, RootWrapped, StoredKek
+from services.keys.domain import (
+    AccountRing,
+    ApiKeyAlreadyRolled,
+    ApiKeyRecord,
+    RingState,
+    RootWrapped,
+    SendLimits,
+    StoredKek,
+)
 
-_KEK_COLUMNS = "v.account_id, v.version, v.root_key_id, v.wrapped_kek"
+_KEY_COLUMNS = (
+    "key_id, account_id, user_id, name, test_mode, scopes, secret_hmac, pepper_id, create_time, expire_time,"
+    " revoke_time, last_used_time, last_used_address, allowed_cidrs, send_per_minute, send_per_day,"
+    " send_countries, rolled_from, rolled_to, created_by"
+)
+_RING_COLUMNS = (
+    "k.account_id, k.current_version, k.min_decryption_version, k.state, k.rotation_period_seconds,"
+    " k.destroy_time, v.create_time AS current_create_time"
+)
+_RING_FROM = (
+    "account_keys k JOIN account_kek_versions v ON v.account_id = k.account_id AND v.version = k.current_version"
+)
 
 
 def _kek(row: asyncpg.Record | None) -> StoredKek | None:
     if row is None:
         return None
-    return StoredKek(row["account_id"], row["version"], RootWrapped(row["root_key_id"], bytes(row["wrapped_kek"])))
+    blob = row["wrapped_kek"]
+    wrapped = None if blob is None else RootWrapped(row["root_key_id"], bytes(blob))
+    return StoredKek(row["account_id"], row["version"], wrapped, row["create_time"])
+
+
+def _ring(row: asyncpg.Record | None) -> AccountRing | None:
+    if row is None:
+        return None
+    return AccountRing(
+        account_id=row["account_id"],
+        current_version=row["current_version"],
+        min_decryption_version=row["min_decryption_version"],
+        state=RingState(row["state"]),
+        rotation_period_seconds=row["rotation_period_seconds"],
+        destroy_time=row["destroy_time"],
+        current_create_time=row["current_create_time"],
+    )
 
 
 def _api_key(row: asyncpg.Record | None) -> ApiKeyRecord | None:
@@ -36,6 +71,23 @@ def _api_key(row: asyncpg.Record | None) -> ApiKeyRecord | None:
         expire_time=row["expire_time"],
         revoke_time=row["revoke_time"],
         last_used_time=row["last_used_time"],
+        last_used_address=row["last_used_address"] or "",
+        allowed_cidrs=tuple(row["allowed_cidrs"]),
+        send_limits=SendLimits(row["send_per_minute"], row["send_per_day"], tuple(row["send_countries"])),
+        rolled_from=row["rolled_from"] or "",
+        rolled_to=row["rolled_to"] or "",
+        created_by=row["created_by"] or "",
+    )
+
+
+async def _insert_key(conn: asyncpg.Connection, r: ApiKeyRecord) -> None:
+    await conn.execute(
+        f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES"
+        " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+        r.key_id, r.account_id, r.user_id, r.name, r.test_mode, list(r.scopes), r.secret_hmac, r.pepper_id,
+        r.create_time, r.expire_time, r.revoke_time, r.last_used_time, r.last_used_address or None,
+        list(r.allowed_cidrs), r.send_limits.per_minute, r.send_limits.per_day, list(r.send_limits.countries),
+        r.rolled_from or None, r.rolled_to or None, r.created_by or None,
     )
 
 
@@ -43,70 +95,277 @@ class PgKeyStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    # -- account key-encryption keys --------------------------------------------------------------------
+    # -- account key rings ---------------------------------------------------------------------------------
 
-    async def current_kek(self, account_id: int) -> StoredKek | None:
-        row = await self._pool.fetchrow(
-            f"SELECT {_KEK_COLUMNS} FROM account_keys k"
-            " JOIN account_kek_versions v ON v.account_id = k.account_id AND v.version = k.current_version"
-            " WHERE k.account_id = $1",
-            account_id,
-        )
-        return _kek(row)
+    async def ring(self, account_id: int) -> AccountRing | None:
+        row = await self._pool.fetchrow(f"SELECT {_RING_COLUMNS} FROM {_RING_FROM} WHERE k.account_id = $1", account_id)
+        return _ring(row)
 
     async def kek_version(self, account_id: int, version: int) -> StoredKek | None:
         row = await self._pool.fetchrow(
-            f"SELECT {_KEK_COLUMNS} FROM account_kek_versions v WHERE v.account_id = $1 AND v.version = $2",
+            "SELECT account_id, version, root_key_id, wrapped_kek, create_time FROM account_kek_versions"
+            " WHERE account_id = $1 AND version = $2",
             account_id, version,
         )
         return _kek(row)
 
-    async def create_first_kek(self, first: StoredKek) -> tuple[StoredKek, bool]:
+    async def kek_versions(self, account_id: int) -> list[StoredKek]:
+        rows = await self._pool.fetch(
+            "SELECT account_id, version, root_key_id, wrapped_kek, create_time FROM account_kek_versions"
+            " WHERE account_id = $1 ORDER BY version",
+            account_id,
+        )
+        return [k for k in map(_kek, rows) if k is not None]
+
+    async def create_first_kek(self, first: StoredKek) -> tuple[AccountRing, bool]:
         """Store `first` as the account's version-1 KEK unless another writer got there first.
-        Returns the account's current KEK and whether it is the one given."""
+        Returns the account's ring and whether `first` was stored."""
+        assert first.wrapped is not None
         async with self._pool.acquire() as conn, conn.transaction():
             created = await conn.fetchval(
-                "INSERT INTO account_keys (account_id, current_version) VALUES ($1, $2)"
+                "INSERT INTO account_keys (account_id, current_version, create_time) VALUES ($1, $2, $3)"
                 " ON CONFLICT (account_id) DO NOTHING RETURNING true",
-                first.account_id, first.version,
+                first.account_id, first.version, first.create_time,
             )
             if created:
                 await conn.execute(
-                    "INSERT INTO account_kek_versions (account_id, version, root_key_id, wrapped_kek)"
-                    " VALUES ($1, $2, $3, $4)",
-                    first.account_id, first.version, first.wrapped.key_id, first.wrapped.blob,
+                    "INSERT INTO account_kek_versions (account_id, version, root_key_id, wrapped_kek, create_time)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    first.account_id, first.version, first.wrapped.key_id, first.wrapped.blob, first.create_time,
                 )
-                return first, True
-            row = await conn.fetchrow(
-                f"SELECT {_KEK_COLUMNS} FROM account_keys k"
-                " JOIN account_kek_versions v ON v.account_id = k.account_id AND v.version = k.current_version"
-                " WHERE k.account_id = $1",
-                first.account_id,
+            ring = _ring(
+                await conn.fetchrow(f"SELECT {_RING_COLUMNS} FROM {_RING_FROM} WHERE k.account_id = $1",
+                                    first.account_id)
             )
-            current = _kek(row)
-            assert current is not None
-            return current, False
+        assert ring is not None
+        return ring, bool(created)
+
+    async def add_kek_version(
+        self, new: StoredKek, expected_current: int, before_commit: Callable[[], Awaitable[None]]
+    ) -> AccountRing | None:
+        """Make `new` the account's current version if the ring is enabled and still at `expected_current`
+        (None otherwise: someone else rotated or the ring changed state)."""
+        assert new.wrapped is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            moved = await conn.fetchval(
+                "UPDATE account_keys SET current_version = $2"
+                " WHERE account_id = $1 AND current_version = $3 AND state = 'enabled' RETURNING true",
+                new.account_id, new.version, expected_current,
+            )
+            if not moved:
+                return None
+            await conn.execute(
+                "INSERT INTO account_kek_versions (account_id, version, root_key_id, wrapped_kek, create_time)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                new.account_id, new.version, new.wrapped.key_id, new.wrapped.blob, new.create_time,
+            )
+            await before_commit()
+            return _ring(
+                await conn.fetchrow(f"SELECT {_RING_COLUMNS} FROM {_RING_FROM} WHERE k.account_id = $1",
+                                    new.account_id)
+            )
+
+    async def set_policy(
+        self, account_id: int, rotation_period_seconds: int, min_decryption_version: int,
+        before_commit: Callable[[], Awaitable[None]],
+    ) -> AccountRing | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(
+                "UPDATE account_keys SET rotation_period_seconds = $2, min_decryption_version = $3"
+                " WHERE account_id = $1 AND state = 'enabled' AND current_version >= $3 RETURNING true",
+                account_id, rotation_period_seconds, min_decryption_version,
+            )
+            if not done:
+                return None
+            await before_commit()
+            return _ring(
+                await conn.fetchrow(f"SELECT {_RING_COLUMNS} FROM {_RING_FROM} WHERE k.account_id = $1", account_id)
+            )
+
+    async def schedule_destruction(
+        self, account_id: int, destroy_time: datetime, now: datetime, requested_by: str,
+        before_commit: Callable[[], Awaitable[None]],
+    ) -> AccountRing | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(
+                "UPDATE account_keys SET state = 'pending_destruction', destroy_time = $2,"
+                " destruction_scheduled_time = $3, destruction_requested_by = $4"
+                " WHERE account_id = $1 AND state = 'enabled' RETURNING true",
+                account_id, destroy_time, now, requested_by,
+            )
+            if not done:
+                return None
+            await before_commit()
+            return _ring(
+                await conn.fetchrow(f"SELECT {_RING_COLUMNS} FROM {_RING_FROM} WHERE k.account_id = $1", account_id)
+            )
+
+    async def cancel_destruction(
+        self, account_id: int, before_commit: Callable[[], Awaitable[None]]
+    ) -> AccountRing | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(
+                "UPDATE account_keys SET state = 'enabled', destroy_time = NULL, destruction_scheduled_time = NULL,"
+                " destruction_requested_by = NULL WHERE account_id = $1 AND state = 'pending_destruction'"
+                " RETURNING true",
+                account_id,
+            )
+            if not done:
+                return None
+            await before_commit()
+            return _ring(
+                await conn.fetchrow(f"SELECT {_RING_COLUMNS} FROM {_RING_FROM} WHERE k.account_id = $1", account_id)
+            )
+
+    async def due_rotations(self, now: datetime, default_period_seconds: int, limit: int) -> list[AccountRing]:
+        """Enabled rings whose current version is older than their rotation period (0 = the default)."""
+        rows = await self._pool.fetch(
+            f"SELECT {_RING_COLUMNS} FROM {_RING_FROM}"
+            " CROSS JOIN LATERAL (SELECT CASE WHEN k.rotation_period_seconds > 0 THEN k.rotation_period_seconds"
+            "   ELSE $2::bigint END AS period) p"
+            " WHERE k.state = 'enabled' AND p.period > 0"
+            " AND v.create_time <= $1::timestamptz - make_interval(secs => p.period::double precision)"
+            " ORDER BY v.create_time LIMIT $3",
+            now, default_period_seconds, limit,
+        )
+        return [r for r in map(_ring, rows) if r is not None]
+
+    async def due_destructions(self, now: datetime, limit: int) -> list[int]:
+        rows = await self._pool.fetch(
+            "SELECT account_id FROM account_keys WHERE state = 'pending_destruction' AND destroy_time <= $1"
+            " ORDER BY destroy_time LIMIT $2",
+            now, limit,
+        )
+        return [r["account_id"] for r in rows]
+
+    async def destroy(
+        self,
+        account_id: int,
+        now: datetime,
+        before_commit: Callable[[list[tuple[int, bytes]], datetime | None, str], Awaitable[None]],
+    ) -> bool:
+        """Destroy every KEK version of a ring whose destruction is due. `before_commit(destroyed, scheduled,
+        requested_by)` runs with the wrapped keys about to go (for the receipt); raising there destroys nothing."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            ring = await conn.fetchrow(
+                "SELECT destruction_scheduled_time, destruction_requested_by FROM account_keys"
+                " WHERE account_id = $1 AND state = 'pending_destruction' AND destroy_time <= $2 FOR UPDATE",
+                account_id, now,
+            )
+            if ring is None:
+                return False
+            rows = await conn.fetch(
+                "SELECT version, wrapped_kek FROM account_kek_versions WHERE account_id = $1"
+                " AND wrapped_kek IS NOT NULL ORDER BY version",
+                account_id,
+            )
+            await before_commit(
+                [(r["version"], bytes(r["wrapped_kek"])) for r in rows],
+                ring["destruction_scheduled_time"],
+                ring["destruction_requested_by"] or "",
+            )
+            await conn.execute(
+                "UPDATE account_kek_versions SET wrapped_kek = NULL, destroy_time = $2"
+                " WHERE account_id = $1 AND wrapped_kek IS NOT NULL",
+                account_id, now,
+            )
+            await conn.execute(
+                "UPDATE account_keys SET state = 'destroyed', destroy_time = $2 WHERE account_id = $1", account_id, now
+            )
+            return True
+
+    # -- root-key rewrap ----------------------------------------------------------------------------------
+
+    async def keks_to_rewrap(self, current_root_key_id: str, limit: int) -> list[StoredKek]:
+        rows = await self._pool.fetch(
+            "SELECT account_id, version, root_key_id, wrapped_kek, create_time FROM account_kek_versions"
+            " WHERE wrapped_kek IS NOT NULL AND root_key_id <> $1 ORDER BY root_key_id, account_id, version LIMIT $2",
+            current_root_key_id, limit,
+        )
+        return [k for k in map(_kek, rows) if k is not None]
+
+    async def replace_wrapped(self, account_id: int, version: int, old_root_key_id: str, new: RootWrapped) -> bool:
+        """Swap in the rewrapped KEK unless the row changed meanwhile (destroyed, or rewrapped by another)."""
+        result = await self._pool.execute(
+            "UPDATE account_kek_versions SET root_key_id = $4, wrapped_kek = $5"
+            " WHERE account_id = $1 AND version = $2 AND root_key_id = $3 AND wrapped_kek IS NOT NULL",
+            account_id, version, old_root_key_id, new.key_id, new.blob,
+        )
+        return result.endswith(" 1")
+
+    async def root_key_usage(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(KEK versions per root key id, API-key hashes per pepper id)."""
+        keks = await self._pool.fetch(
+            "SELECT root_key_id, count(*) AS n FROM account_kek_versions WHERE wrapped_kek IS NOT NULL"
+            " GROUP BY root_key_id"
+        )
+        peppers = await self._pool.fetch("SELECT pepper_id, count(*) AS n FROM api_keys GROUP BY pepper_id")
+        return {r["root_key_id"]: r["n"] for r in keks}, {r["pepper_id"]: r["n"] for r in peppers}
+
+    # -- receipt signing keys -----------------------------------------------------------------------------
+
+    async def add_signing_key(self, key_id: str, public_key: bytes, when: datetime) -> None:
+        await self._pool.execute(
+            "INSERT INTO receipt_signing_keys (key_id, public_key, create_time) VALUES ($1, $2, $3)"
+            " ON CONFLICT (key_id) DO NOTHING",
+            key_id, public_key, when,
+        )
+
+    async def signing_keys(self) -> list[tuple[str, bytes, datetime]]:
+        rows = await self._pool.fetch(
+            "SELECT key_id, public_key, create_time FROM receipt_signing_keys ORDER BY create_time DESC, key_id"
+        )
+        return [(r["key_id"], bytes(r["public_key"]), r["create_time"]) for r in rows]
 
     # -- API keys -----------------------------------------------------------------------------------------
 
     async def insert_api_key(self, record: ApiKeyRecord, before_commit: Callable[[], Awaitable[None]]) -> None:
         """Insert `record`; `before_commit` runs inside the transaction (a failure there stores nothing)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO api_keys (key_id, account_id, user_id, name, test_mode, scopes, secret_hmac,"
-                " pepper_id, create_time, expire_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                record.key_id, record.account_id, record.user_id, record.name, record.test_mode,
-                list(record.scopes), record.secret_hmac, record.pepper_id, record.create_time, record.expire_time,
-            )
+            await _insert_key(conn, record)
             await before_commit()
 
     async def api_key(self, key_id: str) -> ApiKeyRecord | None:
-        row = await self._pool.fetchrow(
-            "SELECT key_id, account_id, user_id, name, test_mode, scopes, secret_hmac, pepper_id, create_time,"
-            " expire_time, revoke_time, last_used_time FROM api_keys WHERE key_id = $1",
-            key_id,
-        )
+        row = await self._pool.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = $1", key_id)
         return _api_key(row)
+
+    async def list_api_keys(
+        self, account_id: int, user_id: int, *, show_inactive: bool, now: datetime,
+        after: tuple[datetime, str] | None, limit: int,
+    ) -> list[ApiKeyRecord]:
+        after_time, after_id = after if after is not None else (None, "")
+        rows = await self._pool.fetch(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE account_id = $1 AND user_id = $2"
+            " AND ($3 OR ((revoke_time IS NULL OR revoke_time > $4) AND (expire_time IS NULL OR expire_time > $4)))"
+            " AND ($5::timestamptz IS NULL OR (create_time, key_id) < ($5, $6))"
+            " ORDER BY create_time DESC, key_id DESC LIMIT $7",
+            account_id, user_id, show_inactive, now, after_time, after_id, limit,
+        )
+        return [r for r in map(_api_key, rows) if r is not None]
+
+    async def revoke_api_key(self, key_id: str, when: datetime) -> bool:
+        """Revoke one key as of `when`; False when it already was by then."""
+        result = await self._pool.execute(
+            "UPDATE api_keys SET revoke_time = $2 WHERE key_id = $1 AND (revoke_time IS NULL OR revoke_time > $2)",
+            key_id, when,
+        )
+        return result.endswith(" 1")
+
+    async def roll_api_key(
+        self, old: ApiKeyRecord, old_expire_time: datetime, new: ApiKeyRecord,
+        before_commit: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Insert `new` and shorten `old` to `old_expire_time`, linking both; ApiKeyAlreadyRolled on a race."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            moved = await conn.fetchval(
+                "UPDATE api_keys SET expire_time = $2, rolled_to = $3 WHERE key_id = $1 AND rolled_to IS NULL"
+                " RETURNING true",
+                old.key_id, old_expire_time, new.key_id,
+            )
+            if not moved:
+                raise ApiKeyAlreadyRolled("the key was rolled by another request")
+            await _insert_key(conn, new)
+            await before_commit()
 
     async def revoke_user_keys(self, account_id: int, user_id: int, keep_key_id: str, when: datetime) -> list[str]:
         """Revoke, as of `when`, every key of the user that is not already revoked by then (except
@@ -119,41 +378,52 @@ class PgKeyStore:
         )
         return sorted(r["key_id"] for r in rows)
 
-    async def set_last_used(self, items: Sequence[tuple[str, datetime]]) -> int:
-        """Move last_used_time forward (never back) for many keys in one statement."""
+    async def rehash_api_key(self, key_id: str, old_pepper_id: str, new_hmac: bytes, new_pepper_id: str) -> bool:
+        """Move a key's hash to the current pepper (after a root-key rotation), once."""
+        result = await self._pool.execute(
+            "UPDATE api_keys SET secret_hmac = $3, pepper_id = $4 WHERE key_id = $1 AND pepper_id = $2",
+            key_id, old_pepper_id, new_hmac, new_pepper_id,
+        )
+        return result.endswith(" 1")
+
+    async def set_last_used(self, items: Sequence[tuple[str, datetime, str]]) -> int:
+        """Move last use (time and address) forward, never back, for many keys in one statement."""
         if not items:
             return 0
         result = await self._pool.execute(
-            "UPDATE api_keys a SET last_used_time = v.t"
-            " FROM unnest($1::text[], $2::timestamptz[]) AS v(key_id, t)"
+            "UPDATE api_keys a SET last_used_time = v.t, last_used_address = NULLIF(v.addr, '')"
+            " FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS v(key_id, t, addr)"
             " WHERE a.key_id = v.key_id AND (a.last_used_time IS NULL OR a.last_used_time < v.t)",
-            [k for k, _ in items], [t for _, t in items],
+            [k for k, _, _ in items], [t for _, t, _ in items], [a for _, _, a in items],
         )
         return int(result.split()[-1])
 
 
 class RedisLastUsed:
-    """API-key last-used times in Redis, for a periodic batched write-back to PostgreSQL.
+    """API-key last use (time and client address) in Redis, for a periodic batched write-back to PostgreSQL:
+    no database write per request.
 
-    `<prefix>apikey:lastused:<key_id>` holds the latest use (Unix seconds); `<prefix>apikey:lastused:pending`
-    is the set of key ids not yet written back. SPOP hands each id to one flusher, so replicas share the work.
+    `<prefix>apikey:lastused:<key_id>` holds ``<unix seconds>|<address>`` of the latest use;
+    `<prefix>apikey:lastused:pending` is the set of key ids not yet written back. SPOP hands each id to one
+    flusher, so replicas share the work.
     """
 
     RETENTION_SECONDS = 7 * 24 * 3600
+    MAX_ADDRESS = 64
 
     def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
         self._redis = redis
         self._base = f"{prefix}apikey:lastused:"
         self._pending = f"{prefix}apikey:lastused:pending"
 
-    async def touch(self, key_id: str, when: float | None = None) -> None:
+    async def touch(self, key_id: str, address: str = "", when: float | None = None) -> None:
         t = time.time() if when is None else when
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(self._base + key_id, f"{t:.3f}", ex=self.RETENTION_SECONDS)
+            pipe.set(self._base + key_id, f"{t:.3f}|{address[: self.MAX_ADDRESS]}", ex=self.RETENTION_SECONDS)
             pipe.sadd(self._pending, key_id)
             await pipe.execute()
 
-    async def take(self, limit: int) -> list[tuple[str, datetime]]:
+    async def take(self, limit: int) -> list[tuple[str, datetime, str]]:
         raw = await self._redis.spop(self._pending, limit)
         ids = [r.decode() if isinstance(r, bytes) else str(r) for r in (raw or [])]  # type: ignore[union-attr]
         if not ids:
@@ -161,8 +431,11 @@ class RedisLastUsed:
         values = await self._redis.mget([self._base + k for k in ids])
         out = []
         for key_id, value in zip(ids, values, strict=True):
-            if value is not None:
-                out.append((key_id, datetime.fromtimestamp(float(value), UTC)))
+            if value is None:
+                continue
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            stamp, _, address = text.partition("|")
+            out.append((key_id, datetime.fromtimestamp(float(stamp), UTC), address))
         return out
 
     async def give_back(self, key_ids: Sequence[str]) -> None:

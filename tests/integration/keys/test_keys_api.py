@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import asyncpg
 import grpc
@@ -25,38 +23,11 @@ from sendsafe.keys.v1 import keys_service_pb2_grpc
 from services.keys.domain import looks_like_api_key, parse_api_key
 from svckit.app import App
 from svckit.envelope import DecryptFailed, Envelope, KeysStubSource, aad_for
-from svckit.testing import CertBundle, NewDatabase
+from svckit.testing import CertBundle
 from tests.conftest import channel_as
+from tests.integration.keys import conftest as keys_conftest
 
-ROOT_KEY = os.urandom(32)
-
-
-@pytest.fixture
-async def keys_app(
-    audit_app: App, certs: CertBundle, new_database: NewDatabase, redis_url: str, redis_prefix: str, tmp_path: Path
-) -> AsyncIterator[App]:
-    from services.keys.app import build
-    from services.keys.config import Settings
-
-    key_file = tmp_path / "root-key"
-    key_file.write_text(ROOT_KEY.hex())
-    key_file.chmod(0o600)
-    tls = certs.tls("keys")
-    app = await build(
-        Settings(
-            tls_cert_file=tls.cert,
-            tls_key_file=tls.key,
-            tls_ca_file=tls.ca,
-            database_url=await new_database("keys"),
-            redis_url=redis_url,
-            redis_prefix=redis_prefix,
-            audit_addr=f"127.0.0.1:{audit_app.port}",
-            root_key_file=key_file,
-            last_used_flush_seconds=3600,  # tests flush explicitly
-        )
-    )
-    yield app
-    await app.stop()
+ROOT_KEY = keys_conftest.ROOT_KEY
 
 
 def stub_as(certs: CertBundle, caller: str, app: App) -> tuple[grpc.aio.Channel, keys_service_pb2_grpc.KeysServiceStub]:
@@ -126,7 +97,7 @@ async def test_bad_keys_are_refused_alike(keys_app: App, certs: CertBundle) -> N
     good = await _issue(certs, keys_app)
     revoked = await _issue(certs, keys_app)
     pool: asyncpg.Pool = keys_app.extras["pool"]  # type: ignore[assignment]
-    await pool.execute("UPDATE api_keys SET revoke_time = now() WHERE key_id = $1", revoked.key_id)
+    await pool.execute("UPDATE api_keys SET revoke_time = now() - interval '1 day' WHERE key_id = $1", revoked.key_id)
     parts = parse_api_key(good.api_key)
     assert parts is not None
     from services.keys.domain import ApiKeyParts
@@ -136,10 +107,14 @@ async def test_bad_keys_are_refused_alike(keys_app: App, certs: CertBundle) -> N
     seen = set()
     ch, stub = stub_as(certs, "gateway", keys_app)
     async with ch:
-        for candidate in (wrong_secret, garbled, "", "Basic nonsense", revoked.api_key):
+        for candidate in (wrong_secret, garbled, "", "Basic nonsense"):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=candidate))
             seen.add((info.value.code(), _reason(info.value), info.value.details()))
+        # Whoever holds a real but revoked key learns why (Stripe does the same).
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=revoked.api_key))
+        assert (info.value.code(), _reason(info.value)) == (grpc.StatusCode.UNAUTHENTICATED, "API_KEY_REVOKED")
         # The good key still works.
         await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=good.api_key))
     assert seen == {(grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS", "the API key is not valid")}
@@ -308,22 +283,14 @@ async def test_data_key_refused_for_another_account_or_tampered(keys_app: App, c
     async with ch:
         gen = await stub.GenerateDataKey(pb.GenerateDataKeyRequest(account_id=901))
         await stub.GenerateDataKey(pb.GenerateDataKeyRequest(account_id=902))
+        bad_arg, precondition = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION
         cases = [
-            (902, gen.wrapped_key, grpc.StatusCode.INVALID_ARGUMENT, "DECRYPT_FAILED"),
-            (903, gen.wrapped_key, grpc.StatusCode.FAILED_PRECONDITION, "KEY_VERSION_UNKNOWN"),
-            (
-                901,
-                gen.wrapped_key[:-1] + bytes([gen.wrapped_key[-1] ^ 1]),
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "DECRYPT_FAILED",
-            ),
-            (
-                901,
-                gen.wrapped_key[:1] + (9).to_bytes(4, "big") + gen.wrapped_key[5:],
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "KEY_VERSION_UNKNOWN",
-            ),
-            (901, b"junk", grpc.StatusCode.INVALID_ARGUMENT, "DECRYPT_FAILED"),
+            (902, gen.wrapped_key, bad_arg, "KEY_ACCOUNT_MISMATCH"),
+            (903, gen.wrapped_key, bad_arg, "KEY_ACCOUNT_MISMATCH"),
+            (901, gen.wrapped_key[:-1] + bytes([gen.wrapped_key[-1] ^ 1]), bad_arg, "DECRYPT_FAILED"),
+            (901, gen.wrapped_key[:1] + (9).to_bytes(4, "big") + gen.wrapped_key[5:], precondition,
+             "KEY_VERSION_UNKNOWN"),
+            (901, b"junk", bad_arg, "DECRYPT_FAILED"),
         ]
         for account, wrapped, code, reason in cases:
             with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -368,36 +335,76 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 
 async def test_no_secret_in_logs_or_spans(
-    spans: InMemorySpanExporter, keys_app: App, certs: CertBundle, caplog: pytest.LogCaptureFixture
+    spans: InMemorySpanExporter, keys_app: App, audit_app: App, certs: CertBundle, caplog: pytest.LogCaptureFixture,
+    clock: keys_conftest.Clock,
 ) -> None:
+    """Every path that handles a secret (issue, create, roll, verify ok/failed, leak report, data keys,
+    encrypt/decrypt, rewrap, rotation, destruction): no key, secret or plaintext in a log line, a span
+    attribute or event, or any byte the audit log stores."""
     caplog.set_level(logging.DEBUG)
-    issued = await _issue(certs, keys_app, account_id=6060)
+    account = secrets.randbelow(10**9) + 10**6
+    issued = await _issue(certs, keys_app, account_id=account)
     parts = parse_api_key(issued.api_key)
     assert parts is not None
+    user = principal_pb2.Principal(account_id=account, user_id=7, permissions=["sms.send", "api_keys.write"],
+                                   auth_method=principal_pb2.AUTH_METHOD_SESSION)
+    as_user = (("x-sendsafe-principal-bin", user.SerializeToString()),)
+    small_secret = secrets.token_hex(16).encode()
     ch, stub = stub_as(certs, "gateway", keys_app)
     async with ch:
         await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=issued.api_key))
         with pytest.raises(grpc.aio.AioRpcError):
             wrong_last = "1" if issued.api_key.endswith("0") else "0"  # always a different key
             await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=issued.api_key[:-1] + wrong_last))
+        created = await stub.CreateApiKey(
+            pb.CreateApiKeyRequest(name="ci", scopes=["sms.send"], allowed_cidrs=["10.0.0.0/8"]), metadata=as_user
+        )
+        with pytest.raises(grpc.aio.AioRpcError):  # refused from outside its allow-list
+            await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=created.secret, client_address="192.0.2.1"))
+        rolled = await stub.RollApiKey(pb.RollApiKeyRequest(key_id=created.api_key.key_id), metadata=as_user)
+        with pytest.raises(grpc.aio.AioRpcError):  # the old key, rolled with no overlap: expired
+            await stub.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=created.secret, client_address="10.0.0.1"))
+    ch, stub = stub_as(certs, "ops", keys_app)
+    async with ch:
+        await stub.ReportLeakedApiKeys(pb.ReportLeakedApiKeysRequest(candidates=[rolled.secret], source="test"))
     ch, stub = stub_as(certs, "messaging", keys_app)
     async with ch:
-        gen = await stub.GenerateDataKey(pb.GenerateDataKeyRequest(account_id=6060))
-        await stub.DecryptDataKey(pb.DecryptDataKeyRequest(account_id=6060, wrapped_key=gen.wrapped_key))
+        gen = await stub.GenerateDataKey(pb.GenerateDataKeyRequest(account_id=account))
+        await stub.DecryptDataKey(pb.DecryptDataKeyRequest(account_id=account, wrapped_key=gen.wrapped_key))
+        ct = await stub.Encrypt(pb.EncryptRequest(account_id=account, plaintext=small_secret))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.Decrypt(pb.DecryptRequest(account_id=account, ciphertext=ct.ciphertext,
+                                                 encryption_context={"wrong": "context"}))
+    ch, stub = stub_as(certs, "ops", keys_app)
+    async with ch:
+        await stub.RotateAccountKey(pb.RotateAccountKeyRequest(account_id=account))
+        ch2, mstub = stub_as(certs, "messaging", keys_app)
+        async with ch2:
+            await mstub.Rewrap(pb.RewrapRequest(account_id=account, items=[
+                pb.RewrapItem(reference="1", blob=gen.wrapped_key), pb.RewrapItem(reference="2", blob=ct.ciphertext)]))
+        await stub.ScheduleAccountKeyDestruction(
+            pb.ScheduleAccountKeyDestructionRequest(account_id=account, pending_window_seconds=60))
+        clock.advance(seconds=61)
+        assert (await stub.RunKeyMaintenance(pb.RunKeyMaintenanceRequest())).destroyed_accounts == 1
     await keys_app.extras["service"].flush_last_used()  # type: ignore[attr-defined]
+    await keys_app.extras["audit"].flush()  # type: ignore[attr-defined]
     finished = spans.get_finished_spans()
     assert any(s.name.endswith("VerifyApiKey") for s in finished)  # the server was traced
+    assert any(s.name.endswith("RollApiKey") for s in finished)
     dump = caplog.text + "\n".join(
         f"{s.name} {dict(s.attributes or {})} {[(e.name, dict(e.attributes or {})) for e in s.events]}"
         for s in finished
     )
-    needles = [
-        parts.secret,
-        issued.api_key,
-        gen.plaintext.hex(),
-        ROOT_KEY.hex(),
-        base64.b64encode(gen.plaintext).decode(),
-    ]
-    needles += [gen.plaintext.decode("latin-1"), ROOT_KEY.decode("latin-1")]
+    audit_bytes = await _all_stored_audit_bytes(audit_app)
+    assert b"keys.account_keys.destroyed" in audit_bytes and created.api_key.key_id.encode() in audit_bytes
+    needles = [parts.secret, issued.api_key, created.secret, rolled.secret, gen.plaintext.hex(), ROOT_KEY.hex(),
+               base64.b64encode(gen.plaintext).decode(), small_secret.decode(), base64.b64encode(small_secret).decode()]
+    for secret in (created.secret, rolled.secret):
+        needles.append(parse_api_key(secret).secret)  # type: ignore[union-attr]
+    binary = [gen.plaintext, ROOT_KEY]
     for needle in needles:
-        assert needle not in dump
+        assert needle not in dump, needle[:4]
+        assert needle.encode() not in audit_bytes, needle[:4]
+    for raw in binary:
+        assert raw.decode("latin-1") not in dump
+        assert raw not in audit_bytes

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
+import json
 import string
 import zlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.exceptions import InvalidTag
 
 from services.keys import domain as d
 from services.keys.domain import (
@@ -231,41 +234,163 @@ def test_local_root_key_rejects_bad_config() -> None:
         LocalRootKey({"r1": ROOT}, "r2")
 
 
-# -- data keys --------------------------------------------------------------------------------------------
+# -- data keys and small secrets ----------------------------------------------------------------------------
+
+CTX = {"purpose": "totp", "user_id": "6"}
+
+
+def _kek(account_id: int = 5, version: int = 3) -> d.Kek:
+    return d.Kek.of(account_id, version, d.new_key())
 
 
 def test_data_key_wrap_round_trip_and_layout() -> None:
-    kek = AESGCM(d.new_key())
+    kek = _kek()
     dk = d.new_key()
-    wrapped = d.wrap_data_key(kek, 5, 3, dk)
-    assert len(wrapped) == d.WRAPPED_DATA_KEY_LEN == 65
-    assert wrapped[0] == 1 and int.from_bytes(wrapped[1:5], "big") == 3
-    assert d.wrapped_key_version(wrapped) == 3
-    assert d.unwrap_data_key(kek, 5, wrapped) == dk
+    wrapped = d.wrap_data_key(kek, dk, CTX)
+    assert len(wrapped) == d.WRAPPED_DATA_KEY_LEN == 73
+    assert wrapped[0] == 2 and int.from_bytes(wrapped[1:5], "big") == 3 and int.from_bytes(wrapped[5:13], "big") == 5
+    header = d.parse_blob(wrapped)
+    assert (header.fmt, header.version, header.account_id, header.is_data_key) == (2, 3, 5, True)
+    assert d.unwrap_data_key(kek, wrapped, CTX) == dk
     assert dk not in wrapped
+    assert d.unwrap_data_key(kek, d.wrap_data_key(kek, dk)) == dk  # no context at all
 
 
-def test_data_key_unwrap_failures() -> None:
-    kek = AESGCM(d.new_key())
-    wrapped = d.wrap_data_key(kek, 5, 1, d.new_key())
+def test_legacy_format_1_still_unwraps() -> None:
+    kek = _kek(5, 1)
+    dk = d.new_key()
+    nonce = bytes(12)
+    legacy = bytes((1,)) + (1).to_bytes(4, "big") + nonce + kek.wrap.encrypt(nonce, dk, d.data_key_aad_v1(5, 1))
+    assert len(legacy) == d.WRAPPED_DATA_KEY_V1_LEN == 65
+    assert d.parse_blob(legacy).account_id is None
+    assert d.unwrap_data_key(kek, legacy) == dk
     with pytest.raises(DecryptFailed):
-        d.unwrap_data_key(kek, 6, wrapped)  # another account
+        d.unwrap_data_key(kek, legacy, CTX)
     with pytest.raises(DecryptFailed):
-        d.unwrap_data_key(AESGCM(d.new_key()), 5, wrapped)  # another KEK
-    for i in range(len(wrapped)):
+        d.unwrap_data_key(d.Kek(6, 1, kek.wrap, kek.seal), legacy)  # bound to account 5 through the AAD
+
+
+def test_data_key_unwrap_failures_are_clear() -> None:
+    kek = _kek(5, 1)
+    wrapped = d.wrap_data_key(kek, d.new_key(), CTX)
+    with pytest.raises(d.KeyAccountMismatch):
+        d.unwrap_data_key(d.Kek(6, 1, kek.wrap, kek.seal), wrapped, CTX)  # another account
+    with pytest.raises(DecryptFailed):
+        d.unwrap_data_key(_kek(5, 1), wrapped, CTX)  # another KEK
+    for ctx in ({}, {"purpose": "totp"}, {"purpose": "TOTP", "user_id": "6"}, CTX | {"extra": ""}):
+        with pytest.raises(DecryptFailed):
+            d.unwrap_data_key(kek, wrapped, ctx)  # associated data must match exactly
+    for i in range(13, len(wrapped)):  # every byte after the header is authenticated
         bad = bytearray(wrapped)
         bad[i] ^= 0x80
         with pytest.raises(DecryptFailed):
-            d.unwrap_data_key(kek, 5, bytes(bad))
-    for bad_blob in (
-        b"",
-        wrapped[:-1],
-        wrapped + b"\x00",
-        b"\x02" + wrapped[1:],
-        b"\x01\x00\x00\x00\x00" + wrapped[5:],
-    ):
+            d.unwrap_data_key(kek, bytes(bad), CTX)
+    for i in range(1, 5):  # a changed version in the header fails too (authenticated as associated data)
+        bad = bytearray(wrapped)
+        bad[i] ^= 0x01
+        with pytest.raises((DecryptFailed, d.KeyAccountMismatch)):
+            d.unwrap_data_key(kek, bytes(bad), CTX)
+    zero_version = b"\x02\x00\x00\x00\x00" + wrapped[5:]
+    for bad_blob in (b"", wrapped[:-1], wrapped + b"\x00", b"\x09" + wrapped[1:], zero_version):
         with pytest.raises(DecryptFailed):
-            d.wrapped_key_version(bad_blob)
+            d.parse_blob(bad_blob)
+
+
+def test_small_secrets_round_trip_and_fail_clearly() -> None:
+    kek = _kek(5, 2)
+    ct = d.encrypt_small(kek, b"JBSWY3DPEHPK3PXP", CTX)
+    assert ct[0] == 3 and b"JBSWY3DPEHPK3PXP" not in ct
+    assert d.decrypt_small(kek, ct, CTX) == b"JBSWY3DPEHPK3PXP"
+    assert d.decrypt_small(kek, d.encrypt_small(kek, b""), None) == b""
+    with pytest.raises(DecryptFailed):
+        d.decrypt_small(kek, ct, {"purpose": "totp", "user_id": "7"})
+    with pytest.raises(DecryptFailed):
+        d.decrypt_small(kek, ct[:-1] + bytes([ct[-1] ^ 1]), CTX)
+    with pytest.raises(d.KeyAccountMismatch):
+        d.decrypt_small(d.Kek(9, 2, kek.wrap, kek.seal), ct, CTX)
+    with pytest.raises(DecryptFailed):
+        d.decrypt_small(kek, d.wrap_data_key(kek, d.new_key()), None)  # a wrapped key is not a ciphertext
+    with pytest.raises(DecryptFailed):
+        d.unwrap_data_key(kek, ct, CTX)  # and the other way round
+    with pytest.raises(d.PlaintextTooLarge):
+        d.encrypt_small(kek, bytes(d.MAX_PLAINTEXT + 1))
+    # The small-secret key is a subkey: the KEK itself does not open it.
+    with pytest.raises(InvalidTag):
+        kek.wrap.decrypt(ct[13:25], ct[25:], b"")
+
+
+def test_context_encoding_is_canonical_and_bounded() -> None:
+    assert d.canonical_context({"b": "2", "a": "1"}) == d.canonical_context({"a": "1", "b": "2"})
+    assert d.canonical_context({"ab": "c"}) != d.canonical_context({"a": "bc"})
+    assert d.canonical_context({}) != d.canonical_context({"": ""}.fromkeys([]) | {"a": ""})
+    for bad in ({"": "x"}, {str(i): "" for i in range(33)}, {"k": "v" * 5000}):
+        with pytest.raises(d.ContextInvalid):
+            d.canonical_context(bad)
+
+
+# -- key rings -----------------------------------------------------------------------------------------------
+
+
+def test_ring_checks() -> None:
+    ring = d.AccountRing(5, current_version=4, min_decryption_version=2)
+    ring.check_usable()
+    ring.check_decrypt(2)
+    ring.check_decrypt(4)
+    with pytest.raises(d.KeyVersionRetired) as info:
+        ring.check_decrypt(1)
+    assert info.value.reason == "KEY_VERSION_RETIRED" and "minimum decryption version is 2" in info.value.message
+    with pytest.raises(KeyVersionUnknown):
+        ring.check_decrypt(5)
+    with pytest.raises(d.KeysPendingDestruction):
+        dataclasses.replace(ring, state=d.RingState.PENDING_DESTRUCTION).check_decrypt(4)
+    with pytest.raises(d.KeysDestroyed):
+        dataclasses.replace(ring, state=d.RingState.DESTROYED).check_usable()
+    assert [ring.version_state(v, False) for v in (1, 2, 4)] == ["retired", "enabled", "primary"]
+    assert ring.version_state(3, True) == "destroyed"
+
+
+def test_policy_checks() -> None:
+    ring = d.AccountRing(5, current_version=3)
+    assert d.check_policy(ring, None, None) == (0, 1)
+    assert d.check_policy(ring, 3600, 3) == (3600, 3)
+    for period, minimum in ((59, None), (None, 0), (None, 4)):
+        with pytest.raises(d.KeyPolicyInvalid):
+            d.check_policy(ring, period, minimum)
+    assert d.check_pending_window(7 * 86400, timedelta(days=7)) == timedelta(days=7)
+    for bad in (86400, 31 * 86400):
+        with pytest.raises(d.KeyPolicyInvalid):
+            d.check_pending_window(bad, timedelta(days=7))
+
+
+def test_next_rotation_time() -> None:
+    ring = d.AccountRing(5, 1, current_create_time=NOW)
+    assert ring.next_rotation_time(timedelta(days=90)) == NOW + timedelta(days=90)
+    assert dataclasses.replace(ring, rotation_period_seconds=3600).next_rotation_time(timedelta(0)) == NOW + timedelta(
+        hours=1
+    )
+    assert ring.next_rotation_time(timedelta(0)) is None
+
+
+# -- destruction receipts ----------------------------------------------------------------------------------
+
+
+def test_receipt_is_canonical_signed_and_verifiable() -> None:
+    signer = d.receipt_signer("r1", bytes(range(32)))
+    assert signer.key_id.startswith("r1.") and bytes(range(32)).hex() not in repr(signer)
+    body = d.destruction_receipt(
+        account_id=5, destroyed=[(2, b"w2"), (1, b"w1")], scheduled_time=NOW, destroy_time=NOW + timedelta(days=7),
+        requested_by="identity", signing_key_id=signer.key_id,
+    )
+    parsed = json.loads(body)
+    assert parsed["type"] == d.RECEIPT_TYPE and parsed["account_id"] == "5"
+    assert [v["version"] for v in parsed["destroyed_key_versions"]] == [1, 2]
+    assert parsed["destroyed_key_versions"][0]["wrapped_sha256"] == hashlib.sha256(b"w1").hexdigest()
+    assert body == json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
+    signature = signer.sign(body)
+    assert d.verify_receipt(signer.public_bytes, body, signature)
+    assert not d.verify_receipt(signer.public_bytes, body.replace(b'"5"', b'"6"'), signature)
+    assert not d.verify_receipt(d.receipt_signer("r1", bytes(32)).public_bytes, body, signature)
+    assert not d.verify_receipt(b"short", body, signature)
 
 
 def test_ttl_lru() -> None:
@@ -280,3 +405,142 @@ def test_ttl_lru() -> None:
     assert cache.get("a") is None and len(cache) == 1
     cache.pop("c")
     assert len(cache) == 0
+
+
+# -- API-key settings ------------------------------------------------------------------------------------------
+
+RULES = d.KeyRules(
+    declared_permissions=frozenset({"sms.send", "sms.read", "api_keys.read", "api_keys.write", "audit.read"}),
+    max_lifetime=timedelta(days=366),
+    default_lifetime=timedelta(days=90),
+)
+USER = d.Caller(5, 6, frozenset({"sms.send", "sms.read", "api_keys.write"}))
+
+
+def _new(caller: d.Caller = USER, parent: ApiKeyRecord | None = None, **kw: object) -> d.KeySpec:
+    args: dict[str, object] = {
+        "name": "ci", "scopes": ["sms.send"], "expire_time": None, "allowed_cidrs": [], "send_limits": d.NO_LIMITS,
+        "rules": RULES, "now": NOW,
+    }
+    args.update(kw)
+    return d.check_new_key(caller, parent, **args)  # type: ignore[arg-type]
+
+
+def test_scopes_are_declared_held_and_canonical() -> None:
+    assert _new(scopes=[" sms.send", "sms.read", "sms.send"]).scopes == ("sms.read", "sms.send")
+    assert _new(scopes=["*"]).scopes == ("*",)
+    with pytest.raises(d.ScopeInvalid):
+        _new(scopes=[])
+    with pytest.raises(d.ScopeInvalid):
+        _new(scopes=["sms.sendd"])  # not a permission any proto declares
+    with pytest.raises(d.ScopeInvalid):
+        _new(scopes=["*", "sms.send"])
+    with pytest.raises(d.ScopeNotHeld) as info:
+        _new(scopes=["audit.read"])  # declared, but the caller does not hold it
+    assert info.value.reason == "SCOPE_NOT_HELD" and "audit.read" in info.value.message
+
+
+def test_expiry_is_mandatory_and_bounded() -> None:
+    assert _new().expire_time == NOW + timedelta(days=90)
+    assert _new(expire_time=NOW + timedelta(days=366)).expire_time == NOW + timedelta(days=366)
+    for bad in (NOW, NOW - timedelta(seconds=1), NOW + timedelta(days=366, seconds=1)):
+        with pytest.raises(d.ExpiryInvalid):
+            _new(expire_time=bad)
+
+
+def test_cidrs_are_normalised_and_checked() -> None:
+    spec = _new(allowed_cidrs=["203.0.113.7", "10.1.2.3/8", "2001:db8::/32", "10.0.0.0/8"])
+    assert spec.allowed_cidrs == ("10.0.0.0/8", "203.0.113.7/32", "2001:db8::/32")
+    for bad in (["not an ip"], ["10.0.0.0/33"], [f"10.0.0.{i}" for i in range(51)]):
+        with pytest.raises(d.CidrInvalid):
+            _new(allowed_cidrs=bad)
+
+
+def test_address_allow_list() -> None:
+    cidrs = ("10.0.0.0/8", "2001:db8::/32")
+    assert d.address_allowed((), "198.51.100.1") and d.address_allowed((), "")
+    assert d.address_allowed(cidrs, "10.200.0.1") and d.address_allowed(cidrs, "2001:db8::5")
+    assert d.address_allowed(cidrs, "::ffff:10.0.0.1")  # IPv4-mapped IPv6 is the IPv4 address
+    for outside in ("11.0.0.1", "2001:db9::1", "", "localhost", "10.0.0.1; drop"):
+        assert not d.address_allowed(cidrs, outside)
+
+
+def test_send_limits() -> None:
+    limits = d.check_send_limits(60, 1000, ["au", " NZ", "AU"])
+    assert limits == d.SendLimits(60, 1000, ("AU", "NZ")) and not limits.unlimited
+    assert d.check_send_limits(0, 0, []).unlimited
+    for bad in ((-1, 0, []), (0, -1, []), (10, 5, []), (0, 0, ["XX"]), (0, 0, ["Australia"]),
+                (d.MAX_SEND_PER_MINUTE + 1, 0, [])):
+        with pytest.raises(d.SendLimitsInvalid):
+            d.check_send_limits(*bad)  # type: ignore[arg-type]
+
+
+def test_a_key_made_with_a_key_is_never_stronger() -> None:
+    parts = d.new_api_key(False)
+    parent = _record(
+        parts, scopes=("sms.send",), expire_time=NOW + timedelta(days=10), allowed_cidrs=("10.0.0.0/8",),
+        send_limits=d.SendLimits(10, 100, ("AU",)),
+    )
+    via_key = dataclasses.replace(USER, permissions=frozenset({"sms.send"}), api_key_id=parts.key_id)
+    ok = _new(via_key, parent, allowed_cidrs=["10.1.0.0/16"], send_limits=d.SendLimits(5, 50, ("AU",)))
+    assert ok.expire_time == NOW + timedelta(days=10)  # the default lifetime is cut to the parent's
+    for kw in (
+        {"expire_time": NOW + timedelta(days=11)},
+        {"allowed_cidrs": []},
+        {"allowed_cidrs": ["11.0.0.0/8"]},
+        {"allowed_cidrs": ["10.0.0.0/7"]},
+        {"send_limits": d.SendLimits(0, 50, ("AU",))},
+        {"send_limits": d.SendLimits(11, 50, ("AU",))},
+        {"send_limits": d.SendLimits(5, 50, ())},
+        {"send_limits": d.SendLimits(5, 50, ("AU", "NZ"))},
+        {"scopes": ["*"]},
+    ):
+        base = {"allowed_cidrs": ["10.1.0.0/16"], "send_limits": d.SendLimits(5, 50, ("AU",))}
+        with pytest.raises(d.ExceedsCallingKey):
+            _new(via_key, parent, **(base | kw))
+    # An unrestricted parent key does not restrict.
+    free = _record(parts, scopes=("*",))
+    assert _new(via_key, free, scopes=["*"]).scopes == ("*",)
+
+
+def test_roll_rules() -> None:
+    parts = d.new_api_key(False)
+    live = _record(parts, expire_time=NOW + timedelta(days=30))
+    assert d.check_roll(live, 0, NOW) == NOW
+    assert d.check_roll(live, 3600, NOW) == NOW + timedelta(hours=1)
+    assert d.check_roll(_record(parts, expire_time=NOW + timedelta(minutes=5)), 3600, NOW) == NOW + timedelta(minutes=5)
+    for bad in (-1, 86401):
+        with pytest.raises(d.RequestInvalid):
+            d.check_roll(live, bad, NOW)
+    with pytest.raises(d.ApiKeyInactive):
+        d.check_roll(_record(parts, revoke_time=NOW), 0, NOW)
+    with pytest.raises(d.ApiKeyAlreadyRolled):
+        d.check_roll(_record(parts, rolled_to="x" * 12), 0, NOW)
+    assert d.rolled_lifetime(live, RULES) == timedelta(days=31)  # created a day before NOW
+    assert d.rolled_lifetime(_record(parts), RULES) == RULES.max_lifetime
+
+
+def test_verify_outcomes_after_the_secret_is_proven() -> None:
+    parts = d.new_api_key(False)
+    fenced = _record(parts, allowed_cidrs=("203.0.113.0/24",))
+    assert d.verify_failure(fenced, parts, PEPPER, NOW, "203.0.113.9") == ""
+    assert d.verify_failure(fenced, parts, PEPPER, NOW, "198.51.100.1") == "address_not_allowed"
+    assert d.verify_failure(fenced, parts, PEPPER, NOW, "") == "address_not_allowed"
+    assert d.VERIFY_ERRORS["address_not_allowed"]().code == "PERMISSION_DENIED"
+    assert d.VERIFY_ERRORS["revoked"]().reason == "API_KEY_REVOKED"
+    assert d.VERIFY_ERRORS["expired"]().reason == "API_KEY_EXPIRED"
+    assert {d.VERIFY_ERRORS[f]().reason for f in ("malformed", "unknown_key", "secret_mismatch")} == {
+        "INVALID_CREDENTIALS"
+    }
+    assert d.valid_for(_record(parts, expire_time=NOW + timedelta(seconds=2.5)), NOW) == 2.5
+    assert d.valid_for(_record(parts), NOW) == 0.0
+
+
+def test_page_tokens() -> None:
+    token = d.page_token(NOW, "A" * 12)
+    assert d.parse_page_token(token) == (NOW, "A" * 12)
+    assert d.parse_page_token("") is None
+    for bad in ("!!", "abc", base64.urlsafe_b64encode(b"1.short").decode()):
+        with pytest.raises(d.RequestInvalid):
+            d.parse_page_token(bad)
+    assert d.page_size(0) == 50 and d.page_size(1000) == 100

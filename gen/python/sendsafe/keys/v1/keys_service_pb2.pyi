@@ -6,7 +6,9 @@ Keys: customer API keys and the per-account keys that protect data at rest."""
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,6 +19,468 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ApiKeyState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ApiKeyStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ApiKeyState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    API_KEY_STATE_UNSPECIFIED: _ApiKeyState.ValueType  # 0
+    API_KEY_STATE_ACTIVE: _ApiKeyState.ValueType  # 1
+    API_KEY_STATE_EXPIRED: _ApiKeyState.ValueType  # 2
+    API_KEY_STATE_REVOKED: _ApiKeyState.ValueType  # 3
+
+class ApiKeyState(_ApiKeyState, metaclass=_ApiKeyStateEnumTypeWrapper):
+    """---- API keys ----------------------------------------------------------------
+
+    Lifecycle state of an API key.
+    """
+
+API_KEY_STATE_UNSPECIFIED: ApiKeyState.ValueType  # 0
+API_KEY_STATE_ACTIVE: ApiKeyState.ValueType  # 1
+API_KEY_STATE_EXPIRED: ApiKeyState.ValueType  # 2
+API_KEY_STATE_REVOKED: ApiKeyState.ValueType  # 3
+Global___ApiKeyState: _TypeAlias = ApiKeyState  # noqa: Y015
+
+class _AccountKeyState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AccountKeyStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccountKeyState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACCOUNT_KEY_STATE_UNSPECIFIED: _AccountKeyState.ValueType  # 0
+    ACCOUNT_KEY_STATE_ENABLED: _AccountKeyState.ValueType  # 1
+    ACCOUNT_KEY_STATE_PENDING_DESTRUCTION: _AccountKeyState.ValueType  # 2
+    """Every use fails; destruction happens at destroy_time unless cancelled."""
+    ACCOUNT_KEY_STATE_DESTROYED: _AccountKeyState.ValueType  # 3
+
+class AccountKeyState(_AccountKeyState, metaclass=_AccountKeyStateEnumTypeWrapper):
+    """---- key management ----------------------------------------------------------
+
+    Lifecycle state of an account's keys.
+    """
+
+ACCOUNT_KEY_STATE_UNSPECIFIED: AccountKeyState.ValueType  # 0
+ACCOUNT_KEY_STATE_ENABLED: AccountKeyState.ValueType  # 1
+ACCOUNT_KEY_STATE_PENDING_DESTRUCTION: AccountKeyState.ValueType  # 2
+"""Every use fails; destruction happens at destroy_time unless cancelled."""
+ACCOUNT_KEY_STATE_DESTROYED: AccountKeyState.ValueType  # 3
+Global___AccountKeyState: _TypeAlias = AccountKeyState  # noqa: Y015
+
+class _KeyVersionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _KeyVersionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeyVersionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    KEY_VERSION_STATE_UNSPECIFIED: _KeyVersionState.ValueType  # 0
+    KEY_VERSION_STATE_PRIMARY: _KeyVersionState.ValueType  # 1
+    """The version new data uses."""
+    KEY_VERSION_STATE_ENABLED: _KeyVersionState.ValueType  # 2
+    """Decrypts what it protects; not used for new data."""
+    KEY_VERSION_STATE_RETIRED: _KeyVersionState.ValueType  # 3
+    """Below the minimum decryption version: nothing it protects decrypts."""
+    KEY_VERSION_STATE_DESTROYED: _KeyVersionState.ValueType  # 4
+
+class KeyVersionState(_KeyVersionState, metaclass=_KeyVersionStateEnumTypeWrapper):
+    """Lifecycle state of one key version."""
+
+KEY_VERSION_STATE_UNSPECIFIED: KeyVersionState.ValueType  # 0
+KEY_VERSION_STATE_PRIMARY: KeyVersionState.ValueType  # 1
+"""The version new data uses."""
+KEY_VERSION_STATE_ENABLED: KeyVersionState.ValueType  # 2
+"""Decrypts what it protects; not used for new data."""
+KEY_VERSION_STATE_RETIRED: KeyVersionState.ValueType  # 3
+"""Below the minimum decryption version: nothing it protects decrypts."""
+KEY_VERSION_STATE_DESTROYED: KeyVersionState.ValueType  # 4
+Global___KeyVersionState: _TypeAlias = KeyVersionState  # noqa: Y015
+
+@_typing.final
+class SendLimits(_message.Message):
+    """How much a key may send; 0 / empty means no limit of that kind. The
+    messaging service enforces them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    MESSAGES_PER_DAY_FIELD_NUMBER: _builtins.int
+    ALLOWED_COUNTRIES_FIELD_NUMBER: _builtins.int
+    messages_per_minute: _builtins.int
+    messages_per_day: _builtins.int
+    @_builtins.property
+    def allowed_countries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ISO 3166-1 alpha-2 codes of destination countries; empty = any."""
+
+    def __init__(
+        self,
+        *,
+        messages_per_minute: _builtins.int = ...,
+        messages_per_day: _builtins.int = ...,
+        allowed_countries: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_countries", b"allowed_countries", "messages_per_day", b"messages_per_day", "messages_per_minute", b"messages_per_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendLimits: _TypeAlias = SendLimits  # noqa: Y015
+
+@_typing.final
+class ApiKey(_message.Message):
+    """An API key as shown to its owner: never its secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    TEST_MODE_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    REVOKE_TIME_FIELD_NUMBER: _builtins.int
+    LAST_USED_TIME_FIELD_NUMBER: _builtins.int
+    LAST_USED_ADDRESS_FIELD_NUMBER: _builtins.int
+    ALLOWED_CIDRS_FIELD_NUMBER: _builtins.int
+    SEND_LIMITS_FIELD_NUMBER: _builtins.int
+    ROLLED_FROM_KEY_ID_FIELD_NUMBER: _builtins.int
+    ROLLED_TO_KEY_ID_FIELD_NUMBER: _builtins.int
+    CREATED_BY_KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    name: _builtins.str
+    prefix: _builtins.str
+    """The visible start of the key ("ss_live_<key id>_"); the rest is secret."""
+    test_mode: _builtins.bool
+    user_id: _builtins.int
+    state: Global___ApiKeyState.ValueType
+    last_used_address: _builtins.str
+    rolled_from_key_id: _builtins.str
+    """This key replaced that one (roll)."""
+    rolled_to_key_id: _builtins.str
+    """This key was replaced by that one (roll)."""
+    created_by_key_id: _builtins.str
+    """The API key this key was created with (empty: created in a session)."""
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Permission names; "*" = every permission of the owner."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def revoke_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_used_time(self) -> _timestamp_pb2.Timestamp:
+        """Written back in batches: may lag real use by a few seconds."""
+
+    @_builtins.property
+    def allowed_cidrs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Client addresses allowed to use the key (IP or CIDR); empty = any."""
+
+    @_builtins.property
+    def send_limits(self) -> Global___SendLimits: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        prefix: _builtins.str = ...,
+        test_mode: _builtins.bool = ...,
+        user_id: _builtins.int = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        state: Global___ApiKeyState.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        revoke_time: _timestamp_pb2.Timestamp | None = ...,
+        last_used_time: _timestamp_pb2.Timestamp | None = ...,
+        last_used_address: _builtins.str = ...,
+        allowed_cidrs: _abc.Iterable[_builtins.str] | None = ...,
+        send_limits: Global___SendLimits | None = ...,
+        rolled_from_key_id: _builtins.str = ...,
+        rolled_to_key_id: _builtins.str = ...,
+        created_by_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time", "last_used_time", b"last_used_time", "revoke_time", b"revoke_time", "send_limits", b"send_limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_cidrs", b"allowed_cidrs", "create_time", b"create_time", "created_by_key_id", b"created_by_key_id", "expire_time", b"expire_time", "key_id", b"key_id", "last_used_address", b"last_used_address", "last_used_time", b"last_used_time", "name", b"name", "prefix", b"prefix", "revoke_time", b"revoke_time", "rolled_from_key_id", b"rolled_from_key_id", "rolled_to_key_id", b"rolled_to_key_id", "scopes", b"scopes", "send_limits", b"send_limits", "state", b"state", "test_mode", b"test_mode", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKey: _TypeAlias = ApiKey  # noqa: Y015
+
+@_typing.final
+class CreateApiKeyRequest(_message.Message):
+    """A new key for the calling user."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    ALLOWED_CIDRS_FIELD_NUMBER: _builtins.int
+    SEND_LIMITS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Permission names the key may use, or ["*"] for all of the owner's."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Unset: now plus the maximum lifetime. Never later than that."""
+
+    @_builtins.property
+    def allowed_cidrs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def send_limits(self) -> Global___SendLimits: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        allowed_cidrs: _abc.Iterable[_builtins.str] | None = ...,
+        send_limits: Global___SendLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "send_limits", b"send_limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_cidrs", b"allowed_cidrs", "expire_time", b"expire_time", "name", b"name", "scopes", b"scopes", "send_limits", b"send_limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateApiKeyRequest: _TypeAlias = CreateApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class CreateApiKeyResponse(_message.Message):
+    """The new key and, this once, its secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_KEY_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    @_builtins.property
+    def api_key(self) -> Global___ApiKey: ...
+    def __init__(
+        self,
+        *,
+        api_key: Global___ApiKey | None = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateApiKeyResponse: _TypeAlias = CreateApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class ListApiKeysRequest(_message.Message):
+    """A page of the caller's keys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SHOW_INACTIVE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most 100; 0 = 50."""
+    page_token: _builtins.str
+    show_inactive: _builtins.bool
+    """Also list revoked and expired keys."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        show_inactive: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "show_inactive", b"show_inactive"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApiKeysRequest: _TypeAlias = ListApiKeysRequest  # noqa: Y015
+
+@_typing.final
+class ListApiKeysResponse(_message.Message):
+    """One page of keys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_KEYS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def api_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiKey]: ...
+    def __init__(
+        self,
+        *,
+        api_keys: _abc.Iterable[Global___ApiKey] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_keys", b"api_keys", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApiKeysResponse: _TypeAlias = ListApiKeysResponse  # noqa: Y015
+
+@_typing.final
+class GetApiKeyRequest(_message.Message):
+    """One key by id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetApiKeyRequest: _TypeAlias = GetApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class GetApiKeyResponse(_message.Message):
+    """The key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def api_key(self) -> Global___ApiKey: ...
+    def __init__(
+        self,
+        *,
+        api_key: Global___ApiKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetApiKeyResponse: _TypeAlias = GetApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class RevokeApiKeyRequest(_message.Message):
+    """Revoke one key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeApiKeyRequest: _TypeAlias = RevokeApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class RevokeApiKeyResponse(_message.Message):
+    """The key as revoked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def api_key(self) -> Global___ApiKey: ...
+    def __init__(
+        self,
+        *,
+        api_key: Global___ApiKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class RollApiKeyRequest(_message.Message):
+    """Roll one key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    OVERLAP_SECONDS_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    overlap_seconds: _builtins.int
+    """How long the old key keeps working: 0 (stops now) to 86400 seconds."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Expiry of the new key. Unset: the old key's lifetime again, from now,
+        within the maximum lifetime.
+        """
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        overlap_seconds: _builtins.int = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "key_id", b"key_id", "overlap_seconds", b"overlap_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollApiKeyRequest: _TypeAlias = RollApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class RollApiKeyResponse(_message.Message):
+    """The new key with its secret, and the old key with its new expiry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_KEY_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    @_builtins.property
+    def api_key(self) -> Global___ApiKey: ...
+    @_builtins.property
+    def previous(self) -> Global___ApiKey: ...
+    def __init__(
+        self,
+        *,
+        api_key: Global___ApiKey | None = ...,
+        secret: _builtins.str = ...,
+        previous: Global___ApiKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "previous", b"previous"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "previous", b"previous", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollApiKeyResponse: _TypeAlias = RollApiKeyResponse  # noqa: Y015
 
 @_typing.final
 class IssueApiKeyRequest(_message.Message):
@@ -56,17 +520,21 @@ class IssueApiKeyResponse(_message.Message):
 
     KEY_ID_FIELD_NUMBER: _builtins.int
     API_KEY_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     api_key: _builtins.str
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
         api_key: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "key_id", b"key_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "expire_time", b"expire_time", "key_id", b"key_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -74,20 +542,24 @@ Global___IssueApiKeyResponse: _TypeAlias = IssueApiKeyResponse  # noqa: Y015
 
 @_typing.final
 class VerifyApiKeyRequest(_message.Message):
-    """The secret as presented by the client."""
+    """The secret as presented by the client, and where the client is."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     API_KEY_FIELD_NUMBER: _builtins.int
+    CLIENT_ADDRESS_FIELD_NUMBER: _builtins.int
     api_key: _builtins.str
+    client_address: _builtins.str
+    """The client's IP address as the gateway established it (for allow-lists)."""
     def __init__(
         self,
         *,
         api_key: _builtins.str = ...,
+        client_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "client_address", b"client_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -95,7 +567,7 @@ Global___VerifyApiKeyRequest: _TypeAlias = VerifyApiKeyRequest  # noqa: Y015
 
 @_typing.final
 class VerifyApiKeyResponse(_message.Message):
-    """Whose key it is."""
+    """Whose key it is, what it may do, and for how long this answer holds."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -103,11 +575,22 @@ class VerifyApiKeyResponse(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     SCOPES_FIELD_NUMBER: _builtins.int
+    SEND_LIMITS_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    VALID_FOR_SECONDS_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     account_id: _builtins.int
     user_id: _builtins.int
+    valid_for_seconds: _builtins.float
+    """Seconds (by the keys service's clock) until the key expires; a cached
+    answer must not outlive it. 0 with no expire_time: no expiry.
+    """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def send_limits(self) -> Global___SendLimits: ...
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -115,10 +598,13 @@ class VerifyApiKeyResponse(_message.Message):
         account_id: _builtins.int = ...,
         user_id: _builtins.int = ...,
         scopes: _abc.Iterable[_builtins.str] | None = ...,
+        send_limits: Global___SendLimits | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        valid_for_seconds: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "send_limits", b"send_limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "key_id", b"key_id", "scopes", b"scopes", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expire_time", b"expire_time", "key_id", b"key_id", "scopes", b"scopes", "send_limits", b"send_limits", "user_id", b"user_id", "valid_for_seconds", b"valid_for_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -183,21 +669,187 @@ class RevokeUserApiKeysResponse(_message.Message):
 Global___RevokeUserApiKeysResponse: _TypeAlias = RevokeUserApiKeysResponse  # noqa: Y015
 
 @_typing.final
-class GenerateDataKeyRequest(_message.Message):
-    """Ask for a data key bound to an account."""
+class ReportLeakedApiKeysRequest(_message.Message):
+    """Strings found in public; at most 1000."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """Where they were found (for the audit log and the owner), e.g. a URL."""
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        candidates: _abc.Iterable[_builtins.str] | None = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportLeakedApiKeysRequest: _TypeAlias = ReportLeakedApiKeysRequest  # noqa: Y015
+
+@_typing.final
+class ReportLeakedApiKeysResponse(_message.Message):
+    """What the report did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_KEY_IDS_FIELD_NUMBER: _builtins.int
+    INACTIVE_KEY_IDS_FIELD_NUMBER: _builtins.int
+    NOT_KEYS_FIELD_NUMBER: _builtins.int
+    not_keys: _builtins.int
+    """Candidates that are not SendSafe keys (bad format, checksum or secret)."""
+    @_builtins.property
+    def revoked_key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keys that were live and are now revoked."""
+
+    @_builtins.property
+    def inactive_key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Real keys that were already revoked or expired."""
+
+    def __init__(
+        self,
+        *,
+        revoked_key_ids: _abc.Iterable[_builtins.str] | None = ...,
+        inactive_key_ids: _abc.Iterable[_builtins.str] | None = ...,
+        not_keys: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inactive_key_ids", b"inactive_key_ids", "not_keys", b"not_keys", "revoked_key_ids", b"revoked_key_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportLeakedApiKeysResponse: _TypeAlias = ReportLeakedApiKeysResponse  # noqa: Y015
+
+@_typing.final
+class ListReceiptSigningKeysRequest(_message.Message):
+    """---- receipts ----------------------------------------------------------------
+
+    List the receipt signing keys.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReceiptSigningKeysRequest: _TypeAlias = ListReceiptSigningKeysRequest  # noqa: Y015
+
+@_typing.final
+class ReceiptSigningKey(_message.Message):
+    """One Ed25519 public key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    algorithm: _builtins.str
+    """"ed25519" """
+    public_key: _builtins.bytes
+    """The raw 32-byte public key."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        algorithm: _builtins.str = ...,
+        public_key: _builtins.bytes = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "create_time", b"create_time", "key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiptSigningKey: _TypeAlias = ReceiptSigningKey  # noqa: Y015
+
+@_typing.final
+class ListReceiptSigningKeysResponse(_message.Message):
+    """Every key that has ever signed receipts, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReceiptSigningKey]: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___ReceiptSigningKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListReceiptSigningKeysResponse: _TypeAlias = ListReceiptSigningKeysResponse  # noqa: Y015
+
+@_typing.final
+class GenerateDataKeyRequest(_message.Message):
+    """---- data keys and encryption ------------------------------------------------
+
+    Ask for a data key bound to an account.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EncryptionContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.int
+    @_builtins.property
+    def encryption_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Associated data bound to the wrapped key: DecryptDataKey must present
+        exactly the same map. Optional.
+        """
+
     def __init__(
         self,
         *,
         account_id: _builtins.int = ...,
+        encryption_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "encryption_context", b"encryption_context"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -214,7 +866,7 @@ class GenerateDataKeyResponse(_message.Message):
     KEY_VERSION_FIELD_NUMBER: _builtins.int
     plaintext: _builtins.bytes
     wrapped_key: _builtins.bytes
-    """Self-describing: carries the key-encryption key version."""
+    """Self-describing: carries the account and the key-encryption key version."""
     key_version: _builtins.int
     def __init__(
         self,
@@ -232,24 +884,117 @@ class GenerateDataKeyResponse(_message.Message):
 Global___GenerateDataKeyResponse: _TypeAlias = GenerateDataKeyResponse  # noqa: Y015
 
 @_typing.final
+class GenerateDataKeyWithoutPlaintextRequest(_message.Message):
+    """Ask for a wrapped data key only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EncryptionContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    @_builtins.property
+    def encryption_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        encryption_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "encryption_context", b"encryption_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateDataKeyWithoutPlaintextRequest: _TypeAlias = GenerateDataKeyWithoutPlaintextRequest  # noqa: Y015
+
+@_typing.final
+class GenerateDataKeyWithoutPlaintextResponse(_message.Message):
+    """The wrapped data key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRAPPED_KEY_FIELD_NUMBER: _builtins.int
+    KEY_VERSION_FIELD_NUMBER: _builtins.int
+    wrapped_key: _builtins.bytes
+    key_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        wrapped_key: _builtins.bytes = ...,
+        key_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_version", b"key_version", "wrapped_key", b"wrapped_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GenerateDataKeyWithoutPlaintextResponse: _TypeAlias = GenerateDataKeyWithoutPlaintextResponse  # noqa: Y015
+
+@_typing.final
 class DecryptDataKeyRequest(_message.Message):
     """Unwrap a data key for an account."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class EncryptionContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     WRAPPED_KEY_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.int
     wrapped_key: _builtins.bytes
+    @_builtins.property
+    def encryption_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
         self,
         *,
         account_id: _builtins.int = ...,
         wrapped_key: _builtins.bytes = ...,
+        encryption_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "wrapped_key", b"wrapped_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "encryption_context", b"encryption_context", "wrapped_key", b"wrapped_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -278,3 +1023,721 @@ class DecryptDataKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecryptDataKeyResponse: _TypeAlias = DecryptDataKeyResponse  # noqa: Y015
+
+@_typing.final
+class EncryptRequest(_message.Message):
+    """Encrypt a small secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EncryptionContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PLAINTEXT_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    plaintext: _builtins.bytes
+    """At most 4096 bytes."""
+    @_builtins.property
+    def encryption_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        plaintext: _builtins.bytes = ...,
+        encryption_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "encryption_context", b"encryption_context", "plaintext", b"plaintext"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EncryptRequest: _TypeAlias = EncryptRequest  # noqa: Y015
+
+@_typing.final
+class EncryptResponse(_message.Message):
+    """The ciphertext (self-describing: account and key version)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    KEY_VERSION_FIELD_NUMBER: _builtins.int
+    ciphertext: _builtins.bytes
+    key_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        ciphertext: _builtins.bytes = ...,
+        key_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "key_version", b"key_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EncryptResponse: _TypeAlias = EncryptResponse  # noqa: Y015
+
+@_typing.final
+class DecryptRequest(_message.Message):
+    """Decrypt a ciphertext from Encrypt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EncryptionContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    ciphertext: _builtins.bytes
+    @_builtins.property
+    def encryption_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        ciphertext: _builtins.bytes = ...,
+        encryption_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "ciphertext", b"ciphertext", "encryption_context", b"encryption_context"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecryptRequest: _TypeAlias = DecryptRequest  # noqa: Y015
+
+@_typing.final
+class DecryptResponse(_message.Message):
+    """The plaintext."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAINTEXT_FIELD_NUMBER: _builtins.int
+    KEY_VERSION_FIELD_NUMBER: _builtins.int
+    plaintext: _builtins.bytes
+    key_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        plaintext: _builtins.bytes = ...,
+        key_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_version", b"key_version", "plaintext", b"plaintext"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecryptResponse: _TypeAlias = DecryptResponse  # noqa: Y015
+
+@_typing.final
+class RewrapItem(_message.Message):
+    """One stored wrapped data key or ciphertext to move to the newest version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EncryptionContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    BLOB_FIELD_NUMBER: _builtins.int
+    ENCRYPTION_CONTEXT_FIELD_NUMBER: _builtins.int
+    reference: _builtins.str
+    """The caller's own id for the item (echoed back), e.g. a row id."""
+    blob: _builtins.bytes
+    """A wrapped data key (GenerateDataKey*) or a ciphertext (Encrypt)."""
+    @_builtins.property
+    def encryption_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        reference: _builtins.str = ...,
+        blob: _builtins.bytes = ...,
+        encryption_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "encryption_context", b"encryption_context", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RewrapItem: _TypeAlias = RewrapItem  # noqa: Y015
+
+@_typing.final
+class RewrapRequest(_message.Message):
+    """A batch of items of one account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___RewrapItem]: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        items: _abc.Iterable[Global___RewrapItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RewrapRequest: _TypeAlias = RewrapRequest  # noqa: Y015
+
+@_typing.final
+class RewrapResult(_message.Message):
+    """The outcome for one item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    BLOB_FIELD_NUMBER: _builtins.int
+    KEY_VERSION_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    ERROR_REASON_FIELD_NUMBER: _builtins.int
+    reference: _builtins.str
+    blob: _builtins.bytes
+    """The item under `key_version` (the same bytes when it already was)."""
+    key_version: _builtins.int
+    changed: _builtins.bool
+    """True when `blob` differs from the input and should be stored."""
+    error_reason: _builtins.str
+    """Empty on success; otherwise the error reason (e.g. DECRYPT_FAILED,
+    KEY_VERSION_RETIRED) and `blob` is empty.
+    """
+    def __init__(
+        self,
+        *,
+        reference: _builtins.str = ...,
+        blob: _builtins.bytes = ...,
+        key_version: _builtins.int = ...,
+        changed: _builtins.bool = ...,
+        error_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob", b"blob", "changed", b"changed", "error_reason", b"error_reason", "key_version", b"key_version", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RewrapResult: _TypeAlias = RewrapResult  # noqa: Y015
+
+@_typing.final
+class RewrapResponse(_message.Message):
+    """One result per item, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    CURRENT_VERSION_FIELD_NUMBER: _builtins.int
+    current_version: _builtins.int
+    """The account's newest key version."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___RewrapResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___RewrapResult] | None = ...,
+        current_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_version", b"current_version", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RewrapResponse: _TypeAlias = RewrapResponse  # noqa: Y015
+
+@_typing.final
+class KeyVersion(_message.Message):
+    """One key version (never its material)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ROOT_KEY_ID_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    state: Global___KeyVersionState.ValueType
+    root_key_id: _builtins.str
+    """The root key that wraps it."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        state: Global___KeyVersionState.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        root_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "root_key_id", b"root_key_id", "state", b"state", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyVersion: _TypeAlias = KeyVersion  # noqa: Y015
+
+@_typing.final
+class GetAccountKeyStatusRequest(_message.Message):
+    """Which account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountKeyStatusRequest: _TypeAlias = GetAccountKeyStatusRequest  # noqa: Y015
+
+@_typing.final
+class AccountKeyStatus(_message.Message):
+    """An account's keys and policy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CURRENT_VERSION_FIELD_NUMBER: _builtins.int
+    MIN_DECRYPTION_VERSION_FIELD_NUMBER: _builtins.int
+    ROTATION_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    NEXT_ROTATION_TIME_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    DESTROY_TIME_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    state: Global___AccountKeyState.ValueType
+    current_version: _builtins.int
+    min_decryption_version: _builtins.int
+    rotation_period_seconds: _builtins.int
+    """0: the service's default period applies."""
+    @_builtins.property
+    def next_rotation_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyVersion]: ...
+    @_builtins.property
+    def destroy_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        state: Global___AccountKeyState.ValueType = ...,
+        current_version: _builtins.int = ...,
+        min_decryption_version: _builtins.int = ...,
+        rotation_period_seconds: _builtins.int = ...,
+        next_rotation_time: _timestamp_pb2.Timestamp | None = ...,
+        versions: _abc.Iterable[Global___KeyVersion] | None = ...,
+        destroy_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["destroy_time", b"destroy_time", "next_rotation_time", b"next_rotation_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "current_version", b"current_version", "destroy_time", b"destroy_time", "min_decryption_version", b"min_decryption_version", "next_rotation_time", b"next_rotation_time", "rotation_period_seconds", b"rotation_period_seconds", "state", b"state", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountKeyStatus: _TypeAlias = AccountKeyStatus  # noqa: Y015
+
+@_typing.final
+class GetAccountKeyStatusResponse(_message.Message):
+    """The status; an account that never used keys has none."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___AccountKeyStatus: ...
+    def __init__(
+        self,
+        *,
+        status: Global___AccountKeyStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAccountKeyStatusResponse: _TypeAlias = GetAccountKeyStatusResponse  # noqa: Y015
+
+@_typing.final
+class RotateAccountKeyRequest(_message.Message):
+    """Rotate one account's key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateAccountKeyRequest: _TypeAlias = RotateAccountKeyRequest  # noqa: Y015
+
+@_typing.final
+class RotateAccountKeyResponse(_message.Message):
+    """The status after rotation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___AccountKeyStatus: ...
+    def __init__(
+        self,
+        *,
+        status: Global___AccountKeyStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateAccountKeyResponse: _TypeAlias = RotateAccountKeyResponse  # noqa: Y015
+
+@_typing.final
+class SetAccountKeyPolicyRequest(_message.Message):
+    """Change an account's key policy; unset fields stay as they are."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ROTATION_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    MIN_DECRYPTION_VERSION_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    rotation_period_seconds: _builtins.int
+    """0 = the service default; otherwise at least 3600."""
+    min_decryption_version: _builtins.int
+    """1 .. current version."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        rotation_period_seconds: _builtins.int | None = ...,
+        min_decryption_version: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_decryption_version", b"_min_decryption_version", "_rotation_period_seconds", b"_rotation_period_seconds", "min_decryption_version", b"min_decryption_version", "rotation_period_seconds", b"rotation_period_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_decryption_version", b"_min_decryption_version", "_rotation_period_seconds", b"_rotation_period_seconds", "account_id", b"account_id", "min_decryption_version", b"min_decryption_version", "rotation_period_seconds", b"rotation_period_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__min_decryption_version: _TypeAlias = _typing.Literal["min_decryption_version"]  # noqa: Y015
+    _WhichOneofArgType__min_decryption_version: _TypeAlias = _typing.Literal["_min_decryption_version", b"_min_decryption_version"]  # noqa: Y015
+    _WhichOneofReturnType__rotation_period_seconds: _TypeAlias = _typing.Literal["rotation_period_seconds"]  # noqa: Y015
+    _WhichOneofArgType__rotation_period_seconds: _TypeAlias = _typing.Literal["_rotation_period_seconds", b"_rotation_period_seconds"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_decryption_version) -> _WhichOneofReturnType__min_decryption_version | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rotation_period_seconds) -> _WhichOneofReturnType__rotation_period_seconds | None: ...
+
+Global___SetAccountKeyPolicyRequest: _TypeAlias = SetAccountKeyPolicyRequest  # noqa: Y015
+
+@_typing.final
+class SetAccountKeyPolicyResponse(_message.Message):
+    """The status after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___AccountKeyStatus: ...
+    def __init__(
+        self,
+        *,
+        status: Global___AccountKeyStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountKeyPolicyResponse: _TypeAlias = SetAccountKeyPolicyResponse  # noqa: Y015
+
+@_typing.final
+class ScheduleAccountKeyDestructionRequest(_message.Message):
+    """Schedule destruction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PENDING_WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    pending_window_seconds: _builtins.int
+    """At least the service's minimum (7 days unless configured), at most 30 days."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        pending_window_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "pending_window_seconds", b"pending_window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleAccountKeyDestructionRequest: _TypeAlias = ScheduleAccountKeyDestructionRequest  # noqa: Y015
+
+@_typing.final
+class ScheduleAccountKeyDestructionResponse(_message.Message):
+    """When the keys will be destroyed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___AccountKeyStatus: ...
+    def __init__(
+        self,
+        *,
+        status: Global___AccountKeyStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduleAccountKeyDestructionResponse: _TypeAlias = ScheduleAccountKeyDestructionResponse  # noqa: Y015
+
+@_typing.final
+class CancelAccountKeyDestructionRequest(_message.Message):
+    """Cancel a scheduled destruction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelAccountKeyDestructionRequest: _TypeAlias = CancelAccountKeyDestructionRequest  # noqa: Y015
+
+@_typing.final
+class CancelAccountKeyDestructionResponse(_message.Message):
+    """The status after cancelling."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> Global___AccountKeyStatus: ...
+    def __init__(
+        self,
+        *,
+        status: Global___AccountKeyStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelAccountKeyDestructionResponse: _TypeAlias = CancelAccountKeyDestructionResponse  # noqa: Y015
+
+@_typing.final
+class GetRootKeyStatusRequest(_message.Message):
+    """No parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRootKeyStatusRequest: _TypeAlias = GetRootKeyStatusRequest  # noqa: Y015
+
+@_typing.final
+class RootKeyUsage(_message.Message):
+    """What one root key still wraps."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOT_KEY_ID_FIELD_NUMBER: _builtins.int
+    CURRENT_FIELD_NUMBER: _builtins.int
+    WRAPPED_KEYS_FIELD_NUMBER: _builtins.int
+    API_KEY_HASHES_FIELD_NUMBER: _builtins.int
+    root_key_id: _builtins.str
+    current: _builtins.bool
+    wrapped_keys: _builtins.int
+    """Account key versions wrapped under it."""
+    api_key_hashes: _builtins.int
+    """API keys hashed with the pepper derived from it."""
+    def __init__(
+        self,
+        *,
+        root_key_id: _builtins.str = ...,
+        current: _builtins.bool = ...,
+        wrapped_keys: _builtins.int = ...,
+        api_key_hashes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key_hashes", b"api_key_hashes", "current", b"current", "root_key_id", b"root_key_id", "wrapped_keys", b"wrapped_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RootKeyUsage: _TypeAlias = RootKeyUsage  # noqa: Y015
+
+@_typing.final
+class GetRootKeyStatusResponse(_message.Message):
+    """Usage per root key; old ones can be removed when they wrap nothing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENT_ROOT_KEY_ID_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    current_root_key_id: _builtins.str
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___RootKeyUsage]: ...
+    def __init__(
+        self,
+        *,
+        current_root_key_id: _builtins.str = ...,
+        usage: _abc.Iterable[Global___RootKeyUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_root_key_id", b"current_root_key_id", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRootKeyStatusResponse: _TypeAlias = GetRootKeyStatusResponse  # noqa: Y015
+
+@_typing.final
+class RunKeyMaintenanceRequest(_message.Message):
+    """No parameters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunKeyMaintenanceRequest: _TypeAlias = RunKeyMaintenanceRequest  # noqa: Y015
+
+@_typing.final
+class RunKeyMaintenanceResponse(_message.Message):
+    """What maintenance did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROTATED_ACCOUNTS_FIELD_NUMBER: _builtins.int
+    DESTROYED_ACCOUNTS_FIELD_NUMBER: _builtins.int
+    REWRAPPED_KEYS_FIELD_NUMBER: _builtins.int
+    REMAINING_TO_REWRAP_FIELD_NUMBER: _builtins.int
+    rotated_accounts: _builtins.int
+    destroyed_accounts: _builtins.int
+    rewrapped_keys: _builtins.int
+    remaining_to_rewrap: _builtins.int
+    """Account key versions still wrapped under an old root key."""
+    def __init__(
+        self,
+        *,
+        rotated_accounts: _builtins.int = ...,
+        destroyed_accounts: _builtins.int = ...,
+        rewrapped_keys: _builtins.int = ...,
+        remaining_to_rewrap: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destroyed_accounts", b"destroyed_accounts", "remaining_to_rewrap", b"remaining_to_rewrap", "rewrapped_keys", b"rewrapped_keys", "rotated_accounts", b"rotated_accounts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunKeyMaintenanceResponse: _TypeAlias = RunKeyMaintenanceResponse  # noqa: Y015

@@ -27,6 +27,10 @@ if _version_not_supported:
 
 class KeysServiceStub:
     """API keys and envelope encryption.
+
+    No RPC ever returns a root key, a key-encryption key or an API-key secret
+    after its creation: key-encryption keys are not exportable.
+    ---- customer API keys (/v1/api-keys; the caller's own keys) ------------
     """
 
     def __init__(self, channel):
@@ -35,6 +39,36 @@ class KeysServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateApiKey = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/CreateApiKey',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/ListApiKeys',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.GetApiKey = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/GetApiKey',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetApiKeyRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/RevokeApiKey',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RollApiKey = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/RollApiKey',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RollApiKeyRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RollApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListReceiptSigningKeys = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/ListReceiptSigningKeys',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListReceiptSigningKeysRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListReceiptSigningKeysResponse.FromString,
+                _registered_method=True)
         self.IssueApiKey = channel.unary_unary(
                 '/sendsafe.keys.v1.KeysService/IssueApiKey',
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.IssueApiKeyRequest.SerializeToString,
@@ -50,31 +84,144 @@ class KeysServiceStub:
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysResponse.FromString,
                 _registered_method=True)
+        self.ReportLeakedApiKeys = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/ReportLeakedApiKeys',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportLeakedApiKeysRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportLeakedApiKeysResponse.FromString,
+                _registered_method=True)
         self.GenerateDataKey = channel.unary_unary(
                 '/sendsafe.keys.v1.KeysService/GenerateDataKey',
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GenerateDataKeyRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GenerateDataKeyResponse.FromString,
+                _registered_method=True)
+        self.GenerateDataKeyWithoutPlaintext = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/GenerateDataKeyWithoutPlaintext',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GenerateDataKeyWithoutPlaintextRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GenerateDataKeyWithoutPlaintextResponse.FromString,
                 _registered_method=True)
         self.DecryptDataKey = channel.unary_unary(
                 '/sendsafe.keys.v1.KeysService/DecryptDataKey',
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.DecryptDataKeyRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.DecryptDataKeyResponse.FromString,
                 _registered_method=True)
+        self.Encrypt = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/Encrypt',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.EncryptRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.EncryptResponse.FromString,
+                _registered_method=True)
+        self.Decrypt = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/Decrypt',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.DecryptRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.DecryptResponse.FromString,
+                _registered_method=True)
+        self.Rewrap = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/Rewrap',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RewrapRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RewrapResponse.FromString,
+                _registered_method=True)
+        self.GetAccountKeyStatus = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/GetAccountKeyStatus',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetAccountKeyStatusRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetAccountKeyStatusResponse.FromString,
+                _registered_method=True)
+        self.RotateAccountKey = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/RotateAccountKey',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RotateAccountKeyRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RotateAccountKeyResponse.FromString,
+                _registered_method=True)
+        self.SetAccountKeyPolicy = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/SetAccountKeyPolicy',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.SetAccountKeyPolicyRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.SetAccountKeyPolicyResponse.FromString,
+                _registered_method=True)
+        self.ScheduleAccountKeyDestruction = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/ScheduleAccountKeyDestruction',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ScheduleAccountKeyDestructionRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ScheduleAccountKeyDestructionResponse.FromString,
+                _registered_method=True)
+        self.CancelAccountKeyDestruction = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/CancelAccountKeyDestruction',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CancelAccountKeyDestructionRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CancelAccountKeyDestructionResponse.FromString,
+                _registered_method=True)
+        self.GetRootKeyStatus = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/GetRootKeyStatus',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetRootKeyStatusRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetRootKeyStatusResponse.FromString,
+                _registered_method=True)
+        self.RunKeyMaintenance = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/RunKeyMaintenance',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RunKeyMaintenanceRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RunKeyMaintenanceResponse.FromString,
+                _registered_method=True)
 
 
 class KeysServiceServicer:
     """API keys and envelope encryption.
+
+    No RPC ever returns a root key, a key-encryption key or an API-key secret
+    after its creation: key-encryption keys are not exportable.
+    ---- customer API keys (/v1/api-keys; the caller's own keys) ------------
     """
 
+    def CreateApiKey(self, request, context):
+        """Create an API key for the calling user. The secret is in this answer
+        only. Scopes are permission names and never exceed the caller's; a key
+        created with an API key cannot outlive it or loosen its limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """The calling user's API keys, newest first (no secrets).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetApiKey(self, request, context):
+        """One of the calling user's API keys (no secret).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Revoke one of the calling user's API keys now. Gateways refuse it within
+        seconds even while they cache it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollApiKey(self, request, context):
+        """Replace a key: the new key (same name, scopes, allow-list and limits)
+        works at once; the old one keeps working for `overlap_seconds` (0 to
+        86400), then stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReceiptSigningKeys(self, request, context):
+        """The public keys that sign destruction receipts in the audit log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def IssueApiKey(self, request, context):
-        """Internal: issue a new API key for a user; the secret is returned once.
+        """---- API keys, internal ---------------------------------------------------
+
+        Internal: issue a new API key for a user; the secret is returned once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def VerifyApiKey(self, request, context):
-        """Internal: check an API key presented to the gateway.
+        """Internal: check an API key presented to the gateway, from an address.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,8 +237,26 @@ class KeysServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportLeakedApiKeys(self, request, context):
+        """Internal: a leak report (a scanner found these strings in public):
+        every string that is a real, live SendSafe key is revoked at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GenerateDataKey(self, request, context):
-        """Internal: a new data key under the account's current key-encryption key.
+        """---- data keys and encryption (services that store sensitive data) -------
+
+        Internal: a new data key under the account's current key-encryption key,
+        in the clear and wrapped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GenerateDataKeyWithoutPlaintext(self, request, context):
+        """Internal: a new data key, wrapped only (to store now, unwrap later).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,9 +269,119 @@ class KeysServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Encrypt(self, request, context):
+        """Internal: encrypt a small secret (at most 4 KiB) under the account's
+        current key-encryption key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Decrypt(self, request, context):
+        """Internal: decrypt what Encrypt returned; the encryption context must be
+        exactly the one given to Encrypt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rewrap(self, request, context):
+        """Internal: move stored wrapped data keys and ciphertexts to the account's
+        newest key version, without the caller ever seeing a plaintext. Batched
+        (at most 1000 items), with a result per item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAccountKeyStatus(self, request, context):
+        """---- key management (operators, account lifecycle) -----------------------
+
+        Internal: an account's key versions and policy (no key material).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateAccountKey(self, request, context):
+        """Internal: add a key version and make it the one new data uses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAccountKeyPolicy(self, request, context):
+        """Internal: the account's rotation period and minimum decryption version
+        (versions below it are retired: nothing they protect can be decrypted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScheduleAccountKeyDestruction(self, request, context):
+        """Internal: schedule destruction of all of an account's keys after a
+        pending window (during which every use fails and it can be cancelled).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelAccountKeyDestruction(self, request, context):
+        """Internal: cancel a scheduled destruction; the keys work again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRootKeyStatus(self, request, context):
+        """Internal: root keys in use and how much is still wrapped under each
+        (the progress of a root-key rotation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunKeyMaintenance(self, request, context):
+        """Internal: run the periodic maintenance now (due rotations, due
+        destructions, one batch of root-key rewrapping).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeysServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'GetApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetApiKey,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetApiKeyRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetApiKeyResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'RollApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollApiKey,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RollApiKeyRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RollApiKeyResponse.SerializeToString,
+            ),
+            'ListReceiptSigningKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReceiptSigningKeys,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListReceiptSigningKeysRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListReceiptSigningKeysResponse.SerializeToString,
+            ),
             'IssueApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.IssueApiKey,
                     request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.IssueApiKeyRequest.FromString,
@@ -122,15 +397,75 @@ def add_KeysServiceServicer_to_server(servicer, server):
                     request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysRequest.FromString,
                     response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysResponse.SerializeToString,
             ),
+            'ReportLeakedApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportLeakedApiKeys,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportLeakedApiKeysRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportLeakedApiKeysResponse.SerializeToString,
+            ),
             'GenerateDataKey': grpc.unary_unary_rpc_method_handler(
                     servicer.GenerateDataKey,
                     request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GenerateDataKeyRequest.FromString,
                     response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GenerateDataKeyResponse.SerializeToString,
             ),
+            'GenerateDataKeyWithoutPlaintext': grpc.unary_unary_rpc_method_handler(
+                    servicer.GenerateDataKeyWithoutPlaintext,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GenerateDataKeyWithoutPlaintextRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GenerateDataKeyWithoutPlaintextResponse.SerializeToString,
+            ),
             'DecryptDataKey': grpc.unary_unary_rpc_method_handler(
                     servicer.DecryptDataKey,
                     request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.DecryptDataKeyRequest.FromString,
                     response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.DecryptDataKeyResponse.SerializeToString,
+            ),
+            'Encrypt': grpc.unary_unary_rpc_method_handler(
+                    servicer.Encrypt,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.EncryptRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.EncryptResponse.SerializeToString,
+            ),
+            'Decrypt': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decrypt,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.DecryptRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.DecryptResponse.SerializeToString,
+            ),
+            'Rewrap': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rewrap,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RewrapRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RewrapResponse.SerializeToString,
+            ),
+            'GetAccountKeyStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccountKeyStatus,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetAccountKeyStatusRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetAccountKeyStatusResponse.SerializeToString,
+            ),
+            'RotateAccountKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateAccountKey,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RotateAccountKeyRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RotateAccountKeyResponse.SerializeToString,
+            ),
+            'SetAccountKeyPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountKeyPolicy,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.SetAccountKeyPolicyRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.SetAccountKeyPolicyResponse.SerializeToString,
+            ),
+            'ScheduleAccountKeyDestruction': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScheduleAccountKeyDestruction,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ScheduleAccountKeyDestructionRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ScheduleAccountKeyDestructionResponse.SerializeToString,
+            ),
+            'CancelAccountKeyDestruction': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelAccountKeyDestruction,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CancelAccountKeyDestructionRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CancelAccountKeyDestructionResponse.SerializeToString,
+            ),
+            'GetRootKeyStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRootKeyStatus,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetRootKeyStatusRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetRootKeyStatusResponse.SerializeToString,
+            ),
+            'RunKeyMaintenance': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunKeyMaintenance,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RunKeyMaintenanceRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RunKeyMaintenanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -142,7 +477,173 @@ def add_KeysServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class KeysService:
     """API keys and envelope encryption.
+
+    No RPC ever returns a root key, a key-encryption key or an API-key secret
+    after its creation: key-encryption keys are not exportable.
+    ---- customer API keys (/v1/api-keys; the caller's own keys) ------------
     """
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/CreateApiKey',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CreateApiKeyRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/ListApiKeys',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListApiKeysRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/GetApiKey',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetApiKeyRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/RevokeApiKey',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeApiKeyRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/RollApiKey',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RollApiKeyRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RollApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReceiptSigningKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/ListReceiptSigningKeys',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListReceiptSigningKeysRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListReceiptSigningKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def IssueApiKey(request,
@@ -226,6 +727,33 @@ class KeysService:
             _registered_method=True)
 
     @staticmethod
+    def ReportLeakedApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/ReportLeakedApiKeys',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportLeakedApiKeysRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportLeakedApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GenerateDataKey(request,
             target,
             options=(),
@@ -253,6 +781,33 @@ class KeysService:
             _registered_method=True)
 
     @staticmethod
+    def GenerateDataKeyWithoutPlaintext(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/GenerateDataKeyWithoutPlaintext',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GenerateDataKeyWithoutPlaintextRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GenerateDataKeyWithoutPlaintextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DecryptDataKey(request,
             target,
             options=(),
@@ -269,6 +824,276 @@ class KeysService:
             '/sendsafe.keys.v1.KeysService/DecryptDataKey',
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.DecryptDataKeyRequest.SerializeToString,
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.DecryptDataKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Encrypt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/Encrypt',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.EncryptRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.EncryptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decrypt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/Decrypt',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.DecryptRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.DecryptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rewrap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/Rewrap',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RewrapRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RewrapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccountKeyStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/GetAccountKeyStatus',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetAccountKeyStatusRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetAccountKeyStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateAccountKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/RotateAccountKey',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RotateAccountKeyRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RotateAccountKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountKeyPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/SetAccountKeyPolicy',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.SetAccountKeyPolicyRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.SetAccountKeyPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScheduleAccountKeyDestruction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/ScheduleAccountKeyDestruction',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ScheduleAccountKeyDestructionRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ScheduleAccountKeyDestructionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelAccountKeyDestruction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/CancelAccountKeyDestruction',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CancelAccountKeyDestructionRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CancelAccountKeyDestructionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRootKeyStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/GetRootKeyStatus',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetRootKeyStatusRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetRootKeyStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunKeyMaintenance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/RunKeyMaintenance',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RunKeyMaintenanceRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RunKeyMaintenanceResponse.FromString,
             options,
             channel_credentials,
             insecure,

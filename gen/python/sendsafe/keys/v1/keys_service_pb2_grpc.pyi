@@ -27,49 +27,262 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class KeysServiceStub:
-    """API keys and envelope encryption."""
+    """API keys and envelope encryption.
+
+    No RPC ever returns a root key, a key-encryption key or an API-key secret
+    after its creation: key-encryption keys are not exportable.
+    ---- customer API keys (/v1/api-keys; the caller's own keys) ------------
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> KeysServiceAsyncStub: ...
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.CreateApiKeyRequest, _keys_service_pb2.CreateApiKeyResponse]
+    """Create an API key for the calling user. The secret is in this answer
+    only. Scopes are permission names and never exceed the caller's; a key
+    created with an API key cannot outlive it or loosen its limits.
+    """
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.ListApiKeysRequest, _keys_service_pb2.ListApiKeysResponse]
+    """The calling user's API keys, newest first (no secrets)."""
+    GetApiKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.GetApiKeyRequest, _keys_service_pb2.GetApiKeyResponse]
+    """One of the calling user's API keys (no secret)."""
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.RevokeApiKeyRequest, _keys_service_pb2.RevokeApiKeyResponse]
+    """Revoke one of the calling user's API keys now. Gateways refuse it within
+    seconds even while they cache it.
+    """
+    RollApiKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.RollApiKeyRequest, _keys_service_pb2.RollApiKeyResponse]
+    """Replace a key: the new key (same name, scopes, allow-list and limits)
+    works at once; the old one keeps working for `overlap_seconds` (0 to
+    86400), then stops.
+    """
+    ListReceiptSigningKeys: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.ListReceiptSigningKeysRequest, _keys_service_pb2.ListReceiptSigningKeysResponse]
+    """The public keys that sign destruction receipts in the audit log."""
     IssueApiKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.IssueApiKeyRequest, _keys_service_pb2.IssueApiKeyResponse]
-    """Internal: issue a new API key for a user; the secret is returned once."""
+    """---- API keys, internal ---------------------------------------------------
+
+    Internal: issue a new API key for a user; the secret is returned once.
+    """
     VerifyApiKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.VerifyApiKeyRequest, _keys_service_pb2.VerifyApiKeyResponse]
-    """Internal: check an API key presented to the gateway."""
+    """Internal: check an API key presented to the gateway, from an address."""
     RevokeUserApiKeys: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.RevokeUserApiKeysRequest, _keys_service_pb2.RevokeUserApiKeysResponse]
     """Internal: revoke every API key of one user at once (sub-account
     regen-api-key, a user removed or disabled). Idempotent. Gateways drop
     cached verifications of the revoked keys at once (pub/sub) or within
     their bounded cache time.
     """
+    ReportLeakedApiKeys: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.ReportLeakedApiKeysRequest, _keys_service_pb2.ReportLeakedApiKeysResponse]
+    """Internal: a leak report (a scanner found these strings in public):
+    every string that is a real, live SendSafe key is revoked at once.
+    """
     GenerateDataKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.GenerateDataKeyRequest, _keys_service_pb2.GenerateDataKeyResponse]
-    """Internal: a new data key under the account's current key-encryption key."""
+    """---- data keys and encryption (services that store sensitive data) -------
+
+    Internal: a new data key under the account's current key-encryption key,
+    in the clear and wrapped.
+    """
+    GenerateDataKeyWithoutPlaintext: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.GenerateDataKeyWithoutPlaintextRequest, _keys_service_pb2.GenerateDataKeyWithoutPlaintextResponse]
+    """Internal: a new data key, wrapped only (to store now, unwrap later)."""
     DecryptDataKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.DecryptDataKeyRequest, _keys_service_pb2.DecryptDataKeyResponse]
     """Internal: unwrap a data key previously returned by GenerateDataKey."""
+    Encrypt: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.EncryptRequest, _keys_service_pb2.EncryptResponse]
+    """Internal: encrypt a small secret (at most 4 KiB) under the account's
+    current key-encryption key.
+    """
+    Decrypt: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.DecryptRequest, _keys_service_pb2.DecryptResponse]
+    """Internal: decrypt what Encrypt returned; the encryption context must be
+    exactly the one given to Encrypt.
+    """
+    Rewrap: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.RewrapRequest, _keys_service_pb2.RewrapResponse]
+    """Internal: move stored wrapped data keys and ciphertexts to the account's
+    newest key version, without the caller ever seeing a plaintext. Batched
+    (at most 1000 items), with a result per item.
+    """
+    GetAccountKeyStatus: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.GetAccountKeyStatusRequest, _keys_service_pb2.GetAccountKeyStatusResponse]
+    """---- key management (operators, account lifecycle) -----------------------
+
+    Internal: an account's key versions and policy (no key material).
+    """
+    RotateAccountKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.RotateAccountKeyRequest, _keys_service_pb2.RotateAccountKeyResponse]
+    """Internal: add a key version and make it the one new data uses."""
+    SetAccountKeyPolicy: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.SetAccountKeyPolicyRequest, _keys_service_pb2.SetAccountKeyPolicyResponse]
+    """Internal: the account's rotation period and minimum decryption version
+    (versions below it are retired: nothing they protect can be decrypted).
+    """
+    ScheduleAccountKeyDestruction: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.ScheduleAccountKeyDestructionRequest, _keys_service_pb2.ScheduleAccountKeyDestructionResponse]
+    """Internal: schedule destruction of all of an account's keys after a
+    pending window (during which every use fails and it can be cancelled).
+    """
+    CancelAccountKeyDestruction: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.CancelAccountKeyDestructionRequest, _keys_service_pb2.CancelAccountKeyDestructionResponse]
+    """Internal: cancel a scheduled destruction; the keys work again."""
+    GetRootKeyStatus: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.GetRootKeyStatusRequest, _keys_service_pb2.GetRootKeyStatusResponse]
+    """Internal: root keys in use and how much is still wrapped under each
+    (the progress of a root-key rotation).
+    """
+    RunKeyMaintenance: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.RunKeyMaintenanceRequest, _keys_service_pb2.RunKeyMaintenanceResponse]
+    """Internal: run the periodic maintenance now (due rotations, due
+    destructions, one batch of root-key rewrapping).
+    """
 
 @_typing.type_check_only
 class KeysServiceAsyncStub(KeysServiceStub):
-    """API keys and envelope encryption."""
+    """API keys and envelope encryption.
+
+    No RPC ever returns a root key, a key-encryption key or an API-key secret
+    after its creation: key-encryption keys are not exportable.
+    ---- customer API keys (/v1/api-keys; the caller's own keys) ------------
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.CreateApiKeyRequest, _keys_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """Create an API key for the calling user. The secret is in this answer
+    only. Scopes are permission names and never exceed the caller's; a key
+    created with an API key cannot outlive it or loosen its limits.
+    """
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.ListApiKeysRequest, _keys_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """The calling user's API keys, newest first (no secrets)."""
+    GetApiKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.GetApiKeyRequest, _keys_service_pb2.GetApiKeyResponse]  # type: ignore[assignment]
+    """One of the calling user's API keys (no secret)."""
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.RevokeApiKeyRequest, _keys_service_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    """Revoke one of the calling user's API keys now. Gateways refuse it within
+    seconds even while they cache it.
+    """
+    RollApiKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.RollApiKeyRequest, _keys_service_pb2.RollApiKeyResponse]  # type: ignore[assignment]
+    """Replace a key: the new key (same name, scopes, allow-list and limits)
+    works at once; the old one keeps working for `overlap_seconds` (0 to
+    86400), then stops.
+    """
+    ListReceiptSigningKeys: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.ListReceiptSigningKeysRequest, _keys_service_pb2.ListReceiptSigningKeysResponse]  # type: ignore[assignment]
+    """The public keys that sign destruction receipts in the audit log."""
     IssueApiKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.IssueApiKeyRequest, _keys_service_pb2.IssueApiKeyResponse]  # type: ignore[assignment]
-    """Internal: issue a new API key for a user; the secret is returned once."""
+    """---- API keys, internal ---------------------------------------------------
+
+    Internal: issue a new API key for a user; the secret is returned once.
+    """
     VerifyApiKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.VerifyApiKeyRequest, _keys_service_pb2.VerifyApiKeyResponse]  # type: ignore[assignment]
-    """Internal: check an API key presented to the gateway."""
+    """Internal: check an API key presented to the gateway, from an address."""
     RevokeUserApiKeys: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.RevokeUserApiKeysRequest, _keys_service_pb2.RevokeUserApiKeysResponse]  # type: ignore[assignment]
     """Internal: revoke every API key of one user at once (sub-account
     regen-api-key, a user removed or disabled). Idempotent. Gateways drop
     cached verifications of the revoked keys at once (pub/sub) or within
     their bounded cache time.
     """
+    ReportLeakedApiKeys: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.ReportLeakedApiKeysRequest, _keys_service_pb2.ReportLeakedApiKeysResponse]  # type: ignore[assignment]
+    """Internal: a leak report (a scanner found these strings in public):
+    every string that is a real, live SendSafe key is revoked at once.
+    """
     GenerateDataKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.GenerateDataKeyRequest, _keys_service_pb2.GenerateDataKeyResponse]  # type: ignore[assignment]
-    """Internal: a new data key under the account's current key-encryption key."""
+    """---- data keys and encryption (services that store sensitive data) -------
+
+    Internal: a new data key under the account's current key-encryption key,
+    in the clear and wrapped.
+    """
+    GenerateDataKeyWithoutPlaintext: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.GenerateDataKeyWithoutPlaintextRequest, _keys_service_pb2.GenerateDataKeyWithoutPlaintextResponse]  # type: ignore[assignment]
+    """Internal: a new data key, wrapped only (to store now, unwrap later)."""
     DecryptDataKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.DecryptDataKeyRequest, _keys_service_pb2.DecryptDataKeyResponse]  # type: ignore[assignment]
     """Internal: unwrap a data key previously returned by GenerateDataKey."""
+    Encrypt: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.EncryptRequest, _keys_service_pb2.EncryptResponse]  # type: ignore[assignment]
+    """Internal: encrypt a small secret (at most 4 KiB) under the account's
+    current key-encryption key.
+    """
+    Decrypt: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.DecryptRequest, _keys_service_pb2.DecryptResponse]  # type: ignore[assignment]
+    """Internal: decrypt what Encrypt returned; the encryption context must be
+    exactly the one given to Encrypt.
+    """
+    Rewrap: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.RewrapRequest, _keys_service_pb2.RewrapResponse]  # type: ignore[assignment]
+    """Internal: move stored wrapped data keys and ciphertexts to the account's
+    newest key version, without the caller ever seeing a plaintext. Batched
+    (at most 1000 items), with a result per item.
+    """
+    GetAccountKeyStatus: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.GetAccountKeyStatusRequest, _keys_service_pb2.GetAccountKeyStatusResponse]  # type: ignore[assignment]
+    """---- key management (operators, account lifecycle) -----------------------
+
+    Internal: an account's key versions and policy (no key material).
+    """
+    RotateAccountKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.RotateAccountKeyRequest, _keys_service_pb2.RotateAccountKeyResponse]  # type: ignore[assignment]
+    """Internal: add a key version and make it the one new data uses."""
+    SetAccountKeyPolicy: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.SetAccountKeyPolicyRequest, _keys_service_pb2.SetAccountKeyPolicyResponse]  # type: ignore[assignment]
+    """Internal: the account's rotation period and minimum decryption version
+    (versions below it are retired: nothing they protect can be decrypted).
+    """
+    ScheduleAccountKeyDestruction: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.ScheduleAccountKeyDestructionRequest, _keys_service_pb2.ScheduleAccountKeyDestructionResponse]  # type: ignore[assignment]
+    """Internal: schedule destruction of all of an account's keys after a
+    pending window (during which every use fails and it can be cancelled).
+    """
+    CancelAccountKeyDestruction: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.CancelAccountKeyDestructionRequest, _keys_service_pb2.CancelAccountKeyDestructionResponse]  # type: ignore[assignment]
+    """Internal: cancel a scheduled destruction; the keys work again."""
+    GetRootKeyStatus: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.GetRootKeyStatusRequest, _keys_service_pb2.GetRootKeyStatusResponse]  # type: ignore[assignment]
+    """Internal: root keys in use and how much is still wrapped under each
+    (the progress of a root-key rotation).
+    """
+    RunKeyMaintenance: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.RunKeyMaintenanceRequest, _keys_service_pb2.RunKeyMaintenanceResponse]  # type: ignore[assignment]
+    """Internal: run the periodic maintenance now (due rotations, due
+    destructions, one batch of root-key rewrapping).
+    """
 
 class KeysServiceServicer(metaclass=_abc_1.ABCMeta):
-    """API keys and envelope encryption."""
+    """API keys and envelope encryption.
+
+    No RPC ever returns a root key, a key-encryption key or an API-key secret
+    after its creation: key-encryption keys are not exportable.
+    ---- customer API keys (/v1/api-keys; the caller's own keys) ------------
+    """
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _keys_service_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_keys_service_pb2.CreateApiKeyResponse]]:
+        """Create an API key for the calling user. The secret is in this answer
+        only. Scopes are permission names and never exceed the caller's; a key
+        created with an API key cannot outlive it or loosen its limits.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _keys_service_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.ListApiKeysResponse, _abc.Awaitable[_keys_service_pb2.ListApiKeysResponse]]:
+        """The calling user's API keys, newest first (no secrets)."""
+
+    @_abc_1.abstractmethod
+    def GetApiKey(
+        self,
+        request: _keys_service_pb2.GetApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.GetApiKeyResponse, _abc.Awaitable[_keys_service_pb2.GetApiKeyResponse]]:
+        """One of the calling user's API keys (no secret)."""
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _keys_service_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.RevokeApiKeyResponse, _abc.Awaitable[_keys_service_pb2.RevokeApiKeyResponse]]:
+        """Revoke one of the calling user's API keys now. Gateways refuse it within
+        seconds even while they cache it.
+        """
+
+    @_abc_1.abstractmethod
+    def RollApiKey(
+        self,
+        request: _keys_service_pb2.RollApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.RollApiKeyResponse, _abc.Awaitable[_keys_service_pb2.RollApiKeyResponse]]:
+        """Replace a key: the new key (same name, scopes, allow-list and limits)
+        works at once; the old one keeps working for `overlap_seconds` (0 to
+        86400), then stops.
+        """
+
+    @_abc_1.abstractmethod
+    def ListReceiptSigningKeys(
+        self,
+        request: _keys_service_pb2.ListReceiptSigningKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.ListReceiptSigningKeysResponse, _abc.Awaitable[_keys_service_pb2.ListReceiptSigningKeysResponse]]:
+        """The public keys that sign destruction receipts in the audit log."""
 
     @_abc_1.abstractmethod
     def IssueApiKey(
@@ -77,7 +290,10 @@ class KeysServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _keys_service_pb2.IssueApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_keys_service_pb2.IssueApiKeyResponse, _abc.Awaitable[_keys_service_pb2.IssueApiKeyResponse]]:
-        """Internal: issue a new API key for a user; the secret is returned once."""
+        """---- API keys, internal ---------------------------------------------------
+
+        Internal: issue a new API key for a user; the secret is returned once.
+        """
 
     @_abc_1.abstractmethod
     def VerifyApiKey(
@@ -85,7 +301,7 @@ class KeysServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _keys_service_pb2.VerifyApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_keys_service_pb2.VerifyApiKeyResponse, _abc.Awaitable[_keys_service_pb2.VerifyApiKeyResponse]]:
-        """Internal: check an API key presented to the gateway."""
+        """Internal: check an API key presented to the gateway, from an address."""
 
     @_abc_1.abstractmethod
     def RevokeUserApiKeys(
@@ -100,12 +316,34 @@ class KeysServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def ReportLeakedApiKeys(
+        self,
+        request: _keys_service_pb2.ReportLeakedApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.ReportLeakedApiKeysResponse, _abc.Awaitable[_keys_service_pb2.ReportLeakedApiKeysResponse]]:
+        """Internal: a leak report (a scanner found these strings in public):
+        every string that is a real, live SendSafe key is revoked at once.
+        """
+
+    @_abc_1.abstractmethod
     def GenerateDataKey(
         self,
         request: _keys_service_pb2.GenerateDataKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_keys_service_pb2.GenerateDataKeyResponse, _abc.Awaitable[_keys_service_pb2.GenerateDataKeyResponse]]:
-        """Internal: a new data key under the account's current key-encryption key."""
+        """---- data keys and encryption (services that store sensitive data) -------
+
+        Internal: a new data key under the account's current key-encryption key,
+        in the clear and wrapped.
+        """
+
+    @_abc_1.abstractmethod
+    def GenerateDataKeyWithoutPlaintext(
+        self,
+        request: _keys_service_pb2.GenerateDataKeyWithoutPlaintextRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.GenerateDataKeyWithoutPlaintextResponse, _abc.Awaitable[_keys_service_pb2.GenerateDataKeyWithoutPlaintextResponse]]:
+        """Internal: a new data key, wrapped only (to store now, unwrap later)."""
 
     @_abc_1.abstractmethod
     def DecryptDataKey(
@@ -114,5 +352,103 @@ class KeysServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_keys_service_pb2.DecryptDataKeyResponse, _abc.Awaitable[_keys_service_pb2.DecryptDataKeyResponse]]:
         """Internal: unwrap a data key previously returned by GenerateDataKey."""
+
+    @_abc_1.abstractmethod
+    def Encrypt(
+        self,
+        request: _keys_service_pb2.EncryptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.EncryptResponse, _abc.Awaitable[_keys_service_pb2.EncryptResponse]]:
+        """Internal: encrypt a small secret (at most 4 KiB) under the account's
+        current key-encryption key.
+        """
+
+    @_abc_1.abstractmethod
+    def Decrypt(
+        self,
+        request: _keys_service_pb2.DecryptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.DecryptResponse, _abc.Awaitable[_keys_service_pb2.DecryptResponse]]:
+        """Internal: decrypt what Encrypt returned; the encryption context must be
+        exactly the one given to Encrypt.
+        """
+
+    @_abc_1.abstractmethod
+    def Rewrap(
+        self,
+        request: _keys_service_pb2.RewrapRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.RewrapResponse, _abc.Awaitable[_keys_service_pb2.RewrapResponse]]:
+        """Internal: move stored wrapped data keys and ciphertexts to the account's
+        newest key version, without the caller ever seeing a plaintext. Batched
+        (at most 1000 items), with a result per item.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAccountKeyStatus(
+        self,
+        request: _keys_service_pb2.GetAccountKeyStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.GetAccountKeyStatusResponse, _abc.Awaitable[_keys_service_pb2.GetAccountKeyStatusResponse]]:
+        """---- key management (operators, account lifecycle) -----------------------
+
+        Internal: an account's key versions and policy (no key material).
+        """
+
+    @_abc_1.abstractmethod
+    def RotateAccountKey(
+        self,
+        request: _keys_service_pb2.RotateAccountKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.RotateAccountKeyResponse, _abc.Awaitable[_keys_service_pb2.RotateAccountKeyResponse]]:
+        """Internal: add a key version and make it the one new data uses."""
+
+    @_abc_1.abstractmethod
+    def SetAccountKeyPolicy(
+        self,
+        request: _keys_service_pb2.SetAccountKeyPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.SetAccountKeyPolicyResponse, _abc.Awaitable[_keys_service_pb2.SetAccountKeyPolicyResponse]]:
+        """Internal: the account's rotation period and minimum decryption version
+        (versions below it are retired: nothing they protect can be decrypted).
+        """
+
+    @_abc_1.abstractmethod
+    def ScheduleAccountKeyDestruction(
+        self,
+        request: _keys_service_pb2.ScheduleAccountKeyDestructionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.ScheduleAccountKeyDestructionResponse, _abc.Awaitable[_keys_service_pb2.ScheduleAccountKeyDestructionResponse]]:
+        """Internal: schedule destruction of all of an account's keys after a
+        pending window (during which every use fails and it can be cancelled).
+        """
+
+    @_abc_1.abstractmethod
+    def CancelAccountKeyDestruction(
+        self,
+        request: _keys_service_pb2.CancelAccountKeyDestructionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.CancelAccountKeyDestructionResponse, _abc.Awaitable[_keys_service_pb2.CancelAccountKeyDestructionResponse]]:
+        """Internal: cancel a scheduled destruction; the keys work again."""
+
+    @_abc_1.abstractmethod
+    def GetRootKeyStatus(
+        self,
+        request: _keys_service_pb2.GetRootKeyStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.GetRootKeyStatusResponse, _abc.Awaitable[_keys_service_pb2.GetRootKeyStatusResponse]]:
+        """Internal: root keys in use and how much is still wrapped under each
+        (the progress of a root-key rotation).
+        """
+
+    @_abc_1.abstractmethod
+    def RunKeyMaintenance(
+        self,
+        request: _keys_service_pb2.RunKeyMaintenanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.RunKeyMaintenanceResponse, _abc.Awaitable[_keys_service_pb2.RunKeyMaintenanceResponse]]:
+        """Internal: run the periodic maintenance now (due rotations, due
+        destructions, one batch of root-key rewrapping).
+        """
 
 def add_KeysServiceServicer_to_server(servicer: KeysServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
