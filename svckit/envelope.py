@@ -22,8 +22,17 @@ Blob format (version 1), all lengths in bytes::
 * The nonce is random per message; one data key encrypts at most ``MAX_MESSAGES_PER_KEY`` (2^20) messages,
   far below the 2^32 random-nonce limit for GCM.
 
-Failures to decrypt raise `DecryptFailed` (reason ``DECRYPT_FAILED``); messages never carry key material,
-plaintext or associated data.
+Failures to decrypt raise `DecryptFailed`. Its reason says why when the keys service knows (``DECRYPT_FAILED``
+for altered data or associated data, ``KEY_ACCOUNT_MISMATCH``, ``KEY_VERSION_RETIRED``, ``KEYS_DESTROYED``,
+``KEYS_PENDING_DESTRUCTION``); messages never carry key material, plaintext or associated data.
+
+Keeping caches honest: `Envelope.follow(redis, prefix)` subscribes to the keys service's notices
+(svckit.keyevents) and drops an account's cached keys when its key ring is rotated, retired, scheduled for
+destruction or destroyed, and everything when the subscription (re)starts; `ttl_seconds` is the backstop.
+
+Moving data to the newest key version: `rewrap_many` swaps the wrapped data key inside stored blobs through the
+keys service's Rewrap RPC (one call per distinct data key, never a plaintext outside the keys service, the
+ciphertext untouched); `rewrap_all` drives it over a caller's table in batches, resumable from a cursor.
 """
 
 from __future__ import annotations
@@ -35,16 +44,19 @@ import os
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
+import redis.asyncio as aioredis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.rpc import error_details_pb2, status_pb2
 
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from svckit.errors import FailedPrecondition, Unavailable
+from svckit.keyevents import ACCOUNT_KEYS_CHANGED, KeyNotice, Subscriber
 
 BLOB_VERSION = 1
 NONCE_SIZE = 12
@@ -59,12 +71,19 @@ V = TypeVar("V")
 
 
 class DecryptFailed(FailedPrecondition):
-    """A blob could not be decrypted: tampered, wrong account or record, or its data key is unknown."""
+    """A blob could not be decrypted: tampered, wrong account or record, or its data key is unknown, retired
+    or destroyed (`reason` says which, when the keys service said)."""
 
     reason = "DECRYPT_FAILED"
 
-    def __init__(self, message: str = "the data could not be decrypted") -> None:
-        super().__init__(message)
+    def __init__(self, message: str = "the data could not be decrypted", *, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+
+
+class KeysRefused(FailedPrecondition):
+    """The keys service refuses new data keys for the account (its keys are destroyed or pending destruction)."""
+
+    reason = "KEYS_REFUSED"
 
 
 class KeysUnavailable(Unavailable):
@@ -84,6 +103,30 @@ class DataKeySource(Protocol):
     async def decrypt(self, account_id: int, wrapped_key: bytes) -> bytes:
         """Unwrap `wrapped_key` for `account_id`; raise `DecryptFailed` when it is not that account's."""
         ...
+
+    async def rewrap(self, account_id: int, wrapped_keys: Sequence[bytes]) -> list[bytes | str]:
+        """Each wrapped key under the account's newest key version (the same bytes when it already is), or
+        the error reason (str) for a key that cannot be rewrapped. At most `REWRAP_BATCH` keys per call."""
+        ...
+
+
+REWRAP_BATCH = 1000
+
+
+def _error_reason(err: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason a SendSafe service put in the status details ("" when none)."""
+    for key, value in err.trailing_metadata() or ():
+        if key != "grpc-status-details-bin":
+            continue
+        try:
+            status = status_pb2.Status.FromString(value if isinstance(value, bytes) else value.encode("latin-1"))
+        except Exception:
+            return ""
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return info.reason
+    return ""
 
 
 # Codes with which the keys service says "this wrapped key is not valid for this account".
@@ -105,6 +148,9 @@ class KeysStubSource:
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _TRANSIENT:
                 raise KeysUnavailable() from None
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                reason = _error_reason(exc) or KeysRefused.reason
+                raise KeysRefused("the account's keys cannot be used for new data", reason=reason) from None
             raise
         if len(resp.plaintext) != DATA_KEY_SIZE or not resp.wrapped_key:
             raise KeysUnavailable("the keys service returned a malformed data key")
@@ -117,13 +163,28 @@ class KeysStubSource:
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _REJECTED:
-                raise DecryptFailed() from None
+                raise DecryptFailed(reason=_error_reason(exc) or None) from None
             if exc.code() in _TRANSIENT:
                 raise KeysUnavailable() from None
             raise
         if len(resp.plaintext) != DATA_KEY_SIZE:
             raise DecryptFailed()
         return resp.plaintext
+
+    async def rewrap(self, account_id: int, wrapped_keys: Sequence[bytes]) -> list[bytes | str]:
+        request = keys_service_pb2.RewrapRequest(
+            account_id=account_id,
+            items=[keys_service_pb2.RewrapItem(reference=str(i), blob=w) for i, w in enumerate(wrapped_keys)],
+        )
+        try:
+            resp = await self._stub.Rewrap(request)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _TRANSIENT:
+                raise KeysUnavailable() from None
+            raise
+        if len(resp.results) != len(wrapped_keys):
+            raise KeysUnavailable("the keys service returned a malformed rewrap answer")
+        return [r.error_reason or r.blob for r in resp.results]
 
 
 def aad_for(account_id: int, record_type: str, record_id: str) -> bytes:
@@ -140,6 +201,72 @@ def aad_for(account_id: int, record_type: str, record_id: str) -> bytes:
     return b"".join(
         (_AAD_MAGIC, _ACCOUNT.pack(account_id), struct.pack(">H", len(rtype)), rtype, struct.pack(">H", len(rid)), rid)
     )
+
+
+@dataclass(frozen=True)
+class RewrapOutcome:
+    blob: bytes  # the blob to store (the input when unchanged or failed)
+    changed: bool
+    error_reason: str = ""
+
+
+@dataclass
+class RewrapProgress:
+    """Where a `rewrap_all` run is: resume a later run from `cursor`."""
+
+    cursor: Hashable | None = None
+    scanned: int = 0
+    changed: int = 0
+    failed: int = 0
+    failures: dict[str, int] | None = None
+
+
+Row = tuple[Any, int, bytes]  # (cursor of the row, account id, blob)
+
+
+async def rewrap_all(
+    envelope: Envelope,
+    fetch: Callable[[Any, int], Awaitable[Sequence[Row]]],
+    save: Callable[[list[tuple[Any, bytes]]], Awaitable[None]],
+    *,
+    start: Any = None,
+    batch: int = 500,
+    on_progress: Callable[[RewrapProgress], Awaitable[None]] | None = None,
+) -> RewrapProgress:
+    """Move every stored blob of a table to its account's newest key version, in batches.
+
+    `fetch(after_cursor, limit)` returns the next rows in cursor order (after `start`; None = from the start);
+    `save(updates)` stores the changed blobs ((cursor, new blob)) and must be idempotent. After each batch is
+    saved, `on_progress` gets the progress (persist `progress.cursor` there to resume after a crash: rows
+    before it are done). Rows that fail (e.g. a retired version) are counted and left as they are.
+    """
+    progress = RewrapProgress(cursor=start, failures={})
+    while True:
+        rows = await fetch(progress.cursor, batch)
+        if not rows:
+            return progress
+        by_account: dict[int, list[int]] = {}
+        for i, (_, account_id, _) in enumerate(rows):
+            by_account.setdefault(account_id, []).append(i)
+        updates: list[tuple[Any, bytes]] = []
+        for account_id, indexes in by_account.items():
+            outcomes = await envelope.rewrap_many(account_id, [rows[i][2] for i in indexes])
+            for i, outcome in zip(indexes, outcomes, strict=True):
+                if outcome.changed:
+                    updates.append((rows[i][0], outcome.blob))
+                elif outcome.error_reason:
+                    progress.failed += 1
+                    assert progress.failures is not None
+                    progress.failures[outcome.error_reason] = progress.failures.get(outcome.error_reason, 0) + 1
+        if updates:
+            await save(updates)
+        progress.scanned += len(rows)
+        progress.changed += len(updates)
+        progress.cursor = rows[-1][0]
+        if on_progress is not None:
+            await on_progress(progress)
+        if len(rows) < batch:
+            return progress
 
 
 @dataclass
@@ -214,6 +341,46 @@ class Envelope:
         except InvalidTag:
             raise DecryptFailed() from None
 
+    def follow(self, redis: aioredis.Redis, prefix: str) -> Subscriber:
+        """Clear cached keys when the keys service announces a change to an account's keys (rotation,
+        retirement, destruction). Start the returned subscriber; close it on shutdown."""
+
+        def on_notice(notice: KeyNotice) -> None:
+            self.clear(notice.account_id)
+
+        return Subscriber(redis, prefix, on_notice=on_notice, on_resync=self.clear, kinds=(ACCOUNT_KEYS_CHANGED,))
+
+    async def rewrap_many(self, account_id: int, blobs: Sequence[bytes]) -> list[RewrapOutcome]:
+        """Each blob with its wrapped data key moved to the account's newest key version (ciphertext unchanged).
+        Blobs that share a data key share one rewrap; nothing here ever sees a plaintext."""
+        parsed: list[tuple[bytes, bytes, bytes] | None] = []
+        for blob in blobs:
+            try:
+                parsed.append(_parse(blob))
+            except DecryptFailed:
+                parsed.append(None)
+        distinct = list(dict.fromkeys(p[0] for p in parsed if p is not None))
+        fresh: dict[bytes, bytes | str] = {}
+        for start in range(0, len(distinct), REWRAP_BATCH):
+            chunk = distinct[start : start + REWRAP_BATCH]
+            fresh.update(zip(chunk, await self._source.rewrap(account_id, chunk), strict=True))
+        out: list[RewrapOutcome] = []
+        for blob, parts in zip(blobs, parsed, strict=True):
+            if parts is None:
+                out.append(RewrapOutcome(blob, False, DecryptFailed.reason))
+                continue
+            wrapped, nonce, sealed = parts
+            result = fresh[wrapped]
+            if isinstance(result, str):
+                out.append(RewrapOutcome(blob, False, result))
+            elif result == wrapped:
+                out.append(RewrapOutcome(blob, False))
+            else:
+                if len(result) > 0xFFFF:
+                    raise KeysUnavailable("the keys service returned a malformed wrapped key")
+                out.append(RewrapOutcome(_pack(result, nonce, sealed), True))
+        return out
+
     def clear(self, account_id: int | None = None) -> None:
         """Forget cached keys (all, or one account's), e.g. after rotation or destruction."""
         self._epoch += 1
@@ -229,8 +396,7 @@ class Envelope:
 
     def _seal(self, key: _CurrentKey, account_id: int, aad: bytes, plaintext: bytes) -> bytes:
         nonce = os.urandom(NONCE_SIZE)
-        sealed = key.aead.encrypt(nonce, plaintext, _gcm_aad(account_id, aad))
-        return b"".join((_HEADER.pack(BLOB_VERSION, len(key.wrapped)), key.wrapped, nonce, sealed))
+        return _pack(key.wrapped, nonce, key.aead.encrypt(nonce, plaintext, _gcm_aad(account_id, aad)))
 
     def _fresh(self, created: float) -> bool:
         return self._clock() - created < self._ttl
@@ -291,6 +457,10 @@ class Envelope:
         if epoch == self._epoch:
             _put(self._unwrapped, digest, key, self._max)
         return key
+
+
+def _pack(wrapped: bytes, nonce: bytes, sealed: bytes) -> bytes:
+    return b"".join((_HEADER.pack(BLOB_VERSION, len(wrapped)), wrapped, nonce, sealed))
 
 
 def _parse(blob: bytes) -> tuple[bytes, bytes, bytes]:

@@ -12,7 +12,7 @@ import pytest
 
 from sendsafe.keys.v1 import keys_service_pb2
 from svckit import envelope
-from svckit.envelope import DecryptFailed, Envelope, KeysStubSource, KeysUnavailable, aad_for
+from svckit.envelope import DecryptFailed, Envelope, KeysRefused, KeysStubSource, KeysUnavailable, aad_for
 from svckit.errors import FailedPrecondition
 
 
@@ -26,6 +26,8 @@ class FakeSource:
     keys: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
     generated: int = 0
     decrypted: int = 0
+    retired: set[bytes] = field(default_factory=set)
+    rewrap_calls: list[list[bytes]] = field(default_factory=list)
 
     async def generate(self, account_id: int) -> tuple[bytes, bytes]:
         self.generated += 1
@@ -46,6 +48,22 @@ class FakeSource:
         if owner is None or (self.check_account and owner != account_id):
             raise DecryptFailed()
         return key
+
+    async def rewrap(self, account_id: int, wrapped_keys: list[bytes]) -> list[bytes | str]:
+        """"Rotation" gives every handle a new form once; handles marked retired cannot move."""
+        self.rewrap_calls.append(list(wrapped_keys))
+        out: list[bytes | str] = []
+        for handle in wrapped_keys:
+            owner, key = self.keys.get(handle, (None, b""))
+            if owner != account_id or handle in self.retired:
+                out.append("KEY_VERSION_RETIRED" if handle in self.retired else "DECRYPT_FAILED")
+            elif handle.startswith(b"v2:"):
+                out.append(handle)
+            else:
+                fresh = b"v2:" + handle
+                self.keys[fresh] = (owner, key)
+                out.append(fresh)
+        return out
 
 
 class Clock:
@@ -305,29 +323,98 @@ async def test_clear_during_generate_does_not_cache_the_result() -> None:
     assert 7 not in env._current
 
 
+# -- rewrap -----------------------------------------------------------------------------------------------
+
+
+async def test_rewrap_many_swaps_only_the_wrapped_key() -> None:
+    src = FakeSource()
+    env = Envelope(src)
+    aads = [aad_for(7, "message", f"m-{i}") for i in range(5)]
+    blobs = await env.encrypt_many(7, [(a, f"body {i}".encode()) for i, a in enumerate(aads)])
+    outcomes = await env.rewrap_many(7, [*blobs, b"junk"])
+    assert len(src.rewrap_calls) == 1 and len(src.rewrap_calls[0]) == 1  # one data key: one rewrap
+    assert [o.changed for o in outcomes] == [True] * 5 + [False]
+    assert outcomes[-1].error_reason == "DECRYPT_FAILED" and outcomes[-1].blob == b"junk"
+    for old, new in zip(blobs, outcomes, strict=False):
+        assert new.blob.endswith(old[-(12 + 6 + 16) :])  # same nonce and ciphertext
+    fresh = Envelope(src)
+    for i, (a, o) in enumerate(zip(aads, outcomes, strict=False)):
+        assert await fresh.decrypt(7, a, o.blob) == f"body {i}".encode()
+    again = await env.rewrap_many(7, [o.blob for o in outcomes[:5]])
+    assert [o.changed for o in again] == [False] * 5 and [o.blob for o in again] == [o.blob for o in outcomes[:5]]
+
+
+async def test_rewrap_all_is_batched_resumable_and_counts_failures() -> None:
+    src = FakeSource()
+    env = Envelope(src, ttl_seconds=0)  # a new data key per encryption: many distinct keys
+    table: dict[int, tuple[int, bytes]] = {}
+    for row in range(1, 26):
+        account = 7 if row % 2 else 8
+        table[row] = (account, await env.encrypt(account, aad_for(account, "m", str(row)), f"r{row}".encode()))
+    retired_row = 13
+    src.retired.add(envelope._parse(table[retired_row][1])[0])
+
+    async def fetch(after: int | None, limit: int) -> list[tuple[int, int, bytes]]:
+        rows = [(k, a, b) for k, (a, b) in sorted(table.items()) if after is None or k > after]
+        return rows[:limit]
+
+    async def save(updates: list[tuple[int, bytes]]) -> None:
+        for row, blob in updates:
+            table[row] = (table[row][0], blob)
+
+    seen: list[int] = []
+
+    async def progress(p: envelope.RewrapProgress) -> None:
+        seen.append(p.scanned)
+        if p.scanned == 10:
+            raise RuntimeError("crash after the second batch")
+
+    with pytest.raises(RuntimeError):
+        await envelope.rewrap_all(env, fetch, save, batch=5, on_progress=progress)
+    assert seen == [5, 10]
+    resumed = await envelope.rewrap_all(env, fetch, save, start=10, batch=5)
+    assert (resumed.cursor, resumed.scanned, resumed.changed, resumed.failed) == (25, 15, 14, 1)
+    assert resumed.failures == {"KEY_VERSION_RETIRED": 1}
+    for row, (account, blob) in table.items():
+        moved = envelope._parse(blob)[0].startswith(b"v2:")
+        assert moved == (row != retired_row)
+        assert await Envelope(src).decrypt(account, aad_for(account, "m", str(row)), blob) == f"r{row}".encode()
+
+
 # -- the gRPC adapter ----------------------------------------------------------------------------------
 
 
-def _rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="boom")
+def _rpc_error(code: grpc.StatusCode, reason: str = "") -> grpc.aio.AioRpcError:
+    trailing = grpc.aio.Metadata()
+    if reason:
+        from google.protobuf import any_pb2
+        from google.rpc import error_details_pb2, status_pb2
+
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="sendsafe.io"))
+        trailing.add("grpc-status-details-bin", status_pb2.Status(code=9, details=[detail]).SerializeToString())
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details="boom")
 
 
 class FakeStub:
-    def __init__(self, error: grpc.StatusCode | None = None, plaintext: bytes = b"k" * 32) -> None:
+    def __init__(
+        self, error: grpc.StatusCode | None = None, plaintext: bytes = b"k" * 32, reason: str = ""
+    ) -> None:
         self.error = error
+        self.reason = reason
         self.plaintext = plaintext
         self.requests: list[object] = []
 
     async def GenerateDataKey(self, request: keys_service_pb2.GenerateDataKeyRequest) -> object:
         self.requests.append(request)
         if self.error:
-            raise _rpc_error(self.error)
+            raise _rpc_error(self.error, self.reason)
         return keys_service_pb2.GenerateDataKeyResponse(plaintext=self.plaintext, wrapped_key=b"w", key_version=1)
 
     async def DecryptDataKey(self, request: keys_service_pb2.DecryptDataKeyRequest) -> object:
         self.requests.append(request)
         if self.error:
-            raise _rpc_error(self.error)
+            raise _rpc_error(self.error, self.reason)
         return keys_service_pb2.DecryptDataKeyResponse(plaintext=self.plaintext, key_version=1)
 
 
@@ -362,3 +449,19 @@ async def test_stub_source_generate_errors() -> None:
         await KeysStubSource(FakeStub(plaintext=b"short")).generate(5)  # type: ignore[arg-type]
     with pytest.raises(DecryptFailed):
         await KeysStubSource(FakeStub(plaintext=b"short")).decrypt(5, b"w")  # type: ignore[arg-type]
+
+
+async def test_stub_source_keeps_the_keys_service_reason() -> None:
+    for reason in ("KEY_VERSION_RETIRED", "KEYS_DESTROYED", "KEY_ACCOUNT_MISMATCH"):
+        source = KeysStubSource(FakeStub(error=grpc.StatusCode.FAILED_PRECONDITION, reason=reason))  # type: ignore[arg-type]
+        with pytest.raises(DecryptFailed) as info:
+            await source.decrypt(5, b"w")
+        assert info.value.reason == reason
+    with pytest.raises(KeysRefused) as refused:
+        await KeysStubSource(
+            FakeStub(error=grpc.StatusCode.FAILED_PRECONDITION, reason="KEYS_DESTROYED")  # type: ignore[arg-type]
+        ).generate(5)
+    assert refused.value.reason == "KEYS_DESTROYED"
+    with pytest.raises(DecryptFailed) as plain:
+        await KeysStubSource(FakeStub(error=grpc.StatusCode.INVALID_ARGUMENT)).decrypt(5, b"w")  # type: ignore[arg-type]
+    assert plain.value.reason == "DECRYPT_FAILED"
