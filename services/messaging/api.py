@@ -5,7 +5,12 @@ from __future__ import annotations
 import grpc
 
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
-from sendsafe.messaging.v1 import messaging_service_pb2_grpc, sms_pb2
+from sendsafe.messaging.v1 import (
+    messaging_service_pb2_grpc,
+    notification_service_pb2,
+    notification_service_pb2_grpc,
+    sms_pb2,
+)
 from services.messaging.domain import (
     Caller,
     Currency,
@@ -19,6 +24,7 @@ from services.messaging.domain import (
     format_price,
     page_window,
 )
+from services.messaging.notifications import Notifications
 from services.messaging.service import MessagingService
 from svckit import context as callctx
 from svckit.errors import PermissionDenied
@@ -127,3 +133,14 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     ) -> pb.GetBalanceResponse:
         balance = await self.service.get_balance(request.account_id)
         return pb.GetBalanceResponse(balance=format_balance(balance), currency=currency_proto(self.service.currency))
+
+
+class NotificationServicer(notification_service_pb2_grpc.NotificationServiceServicer):
+    def __init__(self, notifications: Notifications) -> None:
+        self.notifications = notifications
+
+    async def SendNotification(
+        self, request: notification_service_pb2.SendNotificationRequest, context: grpc.aio.ServicerContext
+    ) -> notification_service_pb2.SendNotificationResponse:
+        message_id = await self.notifications.send(request.account_id, int(request.channel), request.to, request.body)
+        return notification_service_pb2.SendNotificationResponse(message_id=message_id)

@@ -14,12 +14,18 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from sendsafe.messaging.v1 import messaging_service_pb2, messaging_service_pb2_grpc
-from services.messaging.api import MessagingServicer
+from sendsafe.messaging.v1 import (
+    messaging_service_pb2,
+    messaging_service_pb2_grpc,
+    notification_service_pb2,
+    notification_service_pb2_grpc,
+)
+from services.messaging.api import MessagingServicer, NotificationServicer
 from services.messaging.carriers import SimulatorCarrier
 from services.messaging.clients import discard, open_audit, open_envelope, tls_of
 from services.messaging.config import Settings
 from services.messaging.domain import currency_for, parse_price_table
+from services.messaging.notifications import Notifications
 from services.messaging.service import DeliveryService, MessagingService
 from services.messaging.store import PgMessageStore, PgSimulatorStore
 from services.messaging.stream import DispatchStream
@@ -33,6 +39,7 @@ from svckit.server import start_server
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name
+NOTIFICATION_SERVICE_NAME = notification_service_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name
 
 
 def _background(stack: contextlib.AsyncExitStack, coro: Coroutine[Any, Any, object], name: str) -> asyncio.Task[Any]:
@@ -77,9 +84,8 @@ async def build(settings: Settings) -> App:
         server = await start_server(
             listen=settings.grpc_listen,
             tls=tls_of(settings),
-            register=lambda s: messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(
-                MessagingServicer(service), s),
-            service_names=[SERVICE_NAME],
+            register=lambda s: _register(s, service),
+            service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME],
             on_denied=denial_recorder(record, settings.service_name),
             health_listen=settings.health_listen,
         )
@@ -92,6 +98,12 @@ async def build(settings: Settings) -> App:
         raise
     return App(server, stack, grace=settings.shutdown_grace_seconds,
                extras={"service": service, "store": store, "pool": pool, "stream": stream, "envelope": envelope})
+
+
+def _register(server: Any, service: MessagingService) -> None:
+    messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(service), server)
+    notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(
+        NotificationServicer(Notifications(service)), server)
 
 
 async def _final_cleanup(service: MessagingService) -> None:
