@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,14 +21,22 @@ _LOCK_ID = 0x53454E44  # "SEND"
 
 
 async def _keep_session(_: asyncpg.Connection) -> None:
-    """Pool release hook. Services never change session state (no SET, LISTEN or held advisory locks:
-    `migrate` unlocks explicitly), so the default RESET ALL / UNLISTEN round trip on every release is
-    skipped; asyncpg still rolls back any open transaction before this hook runs."""
+    """Pool release hook. Services never change session state after a connection's `init` (no SET, LISTEN
+    or held advisory locks: `migrate` unlocks explicitly), so the default RESET ALL / UNLISTEN round trip on
+    every release is skipped; asyncpg still rolls back any open transaction before this hook runs."""
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 10,
+    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+) -> asyncpg.Pool:
+    """`init` runs once on every new connection (e.g. `SET ROLE` to a restricted role: the session state
+    it sets survives releases, see `_keep_session`)."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, command_timeout=10, reset=_keep_session
+        dsn, min_size=min_size, max_size=max_size, command_timeout=10, reset=_keep_session, init=init
     )
     assert pool is not None
     return pool
