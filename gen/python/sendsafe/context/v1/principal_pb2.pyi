@@ -62,6 +62,8 @@ class Principal(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TEST_MODE_FIELD_NUMBER: _builtins.int
     STAFF_FIELD_NUMBER: _builtins.int
+    SEND_LIMITS_FIELD_NUMBER: _builtins.int
+    SMS_DEIDENTIFY_MESSAGE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.int
     user_id: _builtins.int
     api_username: _builtins.str
@@ -80,12 +82,22 @@ class Principal(_message.Message):
     """A SendSafe staff member (the staff directory), not a customer user:
     user_id is the staff id and account_id the platform account.
     """
+    sms_deidentify_message: _builtins.bool
+    """The user may not see message bodies and phone numbers (ClickSend
+    sub-account flag sms_deidentify_message): messaging masks them.
+    """
     @_builtins.property
     def permissions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Permission names (as declared by the protos' access options) granted."""
 
     @_builtins.property
     def mfa_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def send_limits(self) -> Global___SendLimits:
+        """The API key's own send limits (issued with the key, enforced by
+        messaging). Unset or zero: no limit of that kind.
+        """
+
     def __init__(
         self,
         *,
@@ -104,11 +116,43 @@ class Principal(_message.Message):
         request_id: _builtins.str = ...,
         test_mode: _builtins.bool = ...,
         staff: _builtins.bool = ...,
+        send_limits: Global___SendLimits | None = ...,
+        sms_deidentify_message: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["mfa_time", b"mfa_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mfa_time", b"mfa_time", "send_limits", b"send_limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "api_key_id", b"api_key_id", "api_username", b"api_username", "auth_method", b"auth_method", "client_address", b"client_address", "mfa_time", b"mfa_time", "permissions", b"permissions", "request_id", b"request_id", "session_id", b"session_id", "staff", b"staff", "test_mode", b"test_mode", "tls_cipher", b"tls_cipher", "tls_version", b"tls_version", "user_agent", b"user_agent", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "api_key_id", b"api_key_id", "api_username", b"api_username", "auth_method", b"auth_method", "client_address", b"client_address", "mfa_time", b"mfa_time", "permissions", b"permissions", "request_id", b"request_id", "send_limits", b"send_limits", "session_id", b"session_id", "sms_deidentify_message", b"sms_deidentify_message", "staff", b"staff", "test_mode", b"test_mode", "tls_cipher", b"tls_cipher", "tls_version", b"tls_version", "user_agent", b"user_agent", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Principal: _TypeAlias = Principal  # noqa: Y015
+
+@_typing.final
+class SendLimits(_message.Message):
+    """Limits an API key places on sending (none when zero or empty)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_PER_MINUTE_FIELD_NUMBER: _builtins.int
+    MESSAGES_PER_DAY_FIELD_NUMBER: _builtins.int
+    ALLOWED_COUNTRIES_FIELD_NUMBER: _builtins.int
+    messages_per_minute: _builtins.int
+    messages_per_day: _builtins.int
+    @_builtins.property
+    def allowed_countries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ISO 3166-1 alpha-2 destination countries; empty: every country."""
+
+    def __init__(
+        self,
+        *,
+        messages_per_minute: _builtins.int = ...,
+        messages_per_day: _builtins.int = ...,
+        allowed_countries: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_countries", b"allowed_countries", "messages_per_day", b"messages_per_day", "messages_per_minute", b"messages_per_minute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendLimits: _TypeAlias = SendLimits  # noqa: Y015
