@@ -19,6 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, SamplingResult
+from opentelemetry.trace import SpanKind
 
 from svckit import context as callctx
 
@@ -29,16 +30,27 @@ class _RecordWhenObserved(Sampler):
     """Trace and span ids are always made and propagated (responses and audit events carry them), but
     spans are recorded only once something receives them (an OTLP exporter or a test's processor):
     no cost for data nobody reads. Once observed, the usual parent-based choice applies, so
-    OTEL_TRACES_SAMPLER-style ratio sampling can be layered in front by the operator."""
+    OTEL_TRACES_SAMPLER-style ratio sampling can be layered in front by the operator.
+
+    A database or Redis call outside any traced operation (a background loop's poll: several a second
+    per process) is not recorded: each would be a one-span trace of its own, burying the requests in
+    the trace UI. Such a loop's real work is traced by starting a span for it; its calls hang off that.
+    gRPC client calls (names `/package.Service/Method`) always start a trace: the callee's work hangs
+    off them."""
 
     def __init__(self) -> None:
         self.observed = False
         self._on = ParentBased(ALWAYS_ON)
 
-    def should_sample(self, *args: Any, **kwargs: Any) -> SamplingResult:
-        if self.observed:
-            return self._on.should_sample(*args, **kwargs)
-        return ALWAYS_OFF.should_sample(*args, **kwargs)
+    def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
+                      *args: Any, **kwargs: Any) -> SamplingResult:
+        if not self.observed or (
+            kind is SpanKind.CLIENT
+            and not name.startswith("/")
+            and not trace.get_current_span(parent_context).get_span_context().is_valid
+        ):
+            return ALWAYS_OFF.should_sample(parent_context, trace_id, name, kind, *args, **kwargs)
+        return self._on.should_sample(parent_context, trace_id, name, kind, *args, **kwargs)
 
     def get_description(self) -> str:
         return "RecordWhenObserved"
