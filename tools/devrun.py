@@ -8,12 +8,14 @@ creates the demo account and API key on first run, prints a curl line, and stops
 Configuration (environment): GATEWAY_PORT (8443), AUDIT_PORT (50054), KEYS_PORT (50052),
 MESSAGING_PORT (50053), IDENTITY_PORT (50051), PG_DSN (postgresql://postgres@127.0.0.1:5432/postgres),
 REDIS_URL (redis://127.0.0.1:6379/0), SENDSAFE_TRACE_UI=1 (start Arize Phoenix and export traces to it).
+It also writes `.dev/backup.env`, the settings `python -m tools.backup` needs for these databases.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tools.suite import REPO, Suite, SuiteConfig, ensure_databases, ensure_root_key
+from tools.suite import REPO, SERVICES, Suite, SuiteConfig, ensure_databases, ensure_root_key
 
 DEV = REPO / ".dev"
 
@@ -105,8 +107,27 @@ def start_trace_ui(env: dict[str, str]) -> subprocess.Popen[bytes] | None:
     log = open(DEV / "phoenix.log", "ab")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen([str(phoenix), "serve"], env=ui_env, stdout=log, stderr=subprocess.STDOUT)
     env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:14317"
-    print("Trace UI: http://127.0.0.1:16006 (Arize Phoenix; traces arrive once it has started)")
+    # Start the suite once the receiver listens, so no span is dropped (Phoenix takes some seconds).
+    print("Starting the trace UI (Arize Phoenix)…", flush=True)
+    if _wait_for("127.0.0.1", 14317, 120) and _wait_for("127.0.0.1", 16006, 60):
+        print("Trace UI: http://127.0.0.1:16006 (Arize Phoenix; its OTLP receiver listens on *:14317)")
+    else:
+        print(f"The trace UI did not start in time; see {DEV / 'phoenix.log'} (traces arrive once it has)")
     return proc
+
+
+def write_backup_env(config: SuiteConfig) -> Path:
+    """`.dev/backup.env` (0600): what `python -m tools.backup` reads, for make run's databases, with a
+    development backup key in `.dev/backup.key`. Use: `. .dev/backup.env` (docs/runbook.md)."""
+    key = ensure_root_key(DEV / "backup.key")  # the same shape: 32 random bytes, hex, 0600
+    lines = [f"export BACKUP_KEY_FILE={shlex.quote(str(key))}"]
+    lines += [f"export {svc.upper()}_DATABASE_URL={shlex.quote(config.database_url(svc))}" for svc in SERVICES]
+    path = DEV / "backup.env"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a DSN may hold a password
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
 
 
 def main() -> int:
@@ -133,6 +154,7 @@ def main() -> int:
         },
     )
     ensure_databases(config)
+    write_backup_env(config)
     ui = start_trace_ui(os.environ) if os.environ.get("SENDSAFE_TRACE_UI") == "1" else None  # type: ignore[arg-type]
     suite = Suite(config)
     try:
@@ -164,6 +186,10 @@ def main() -> int:
         suite.stop()
         if ui is not None:
             ui.terminate()
+            try:
+                ui.wait(15)
+            except subprocess.TimeoutExpired:
+                ui.kill()
     return 0
 
 
