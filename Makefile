@@ -66,7 +66,7 @@ bench: install
 	$(BIN)/python -m bench
 
 trace-ui-install:
-	test -x .venv-phoenix/bin/phoenix || ($(PY) -m venv .venv-phoenix && .venv-phoenix/bin/pip install -q arize-phoenix)
+	test -x .venv-phoenix/bin/phoenix || ($(PY) -m venv .venv-phoenix && .venv-phoenix/bin/pip install -q arize-phoenix==20.26.1)
 
 clean:
 	rm -rf $(VENV) .venv-checkov .venv-phoenix .dev/run
