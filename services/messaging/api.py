@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from sendsafe.messaging.v1 import (
@@ -17,30 +18,57 @@ from services.messaging.domain import (
     HistoryItem,
     HistoryPage,
     HistoryQuery,
+    InboundView,
+    MessagingSettings,
     OutboundInput,
+    PageWindow,
+    ReceiptRecord,
     SendItem,
+    SendLimits,
     SendResult,
+    SettingsUpdate,
+    WebhookDelivery,
+    clicksend_receipt_view,
     format_balance,
     format_price,
     page_window,
+    parse_history_filter,
+    parse_history_sort,
 )
 from services.messaging.notifications import Notifications
 from services.messaging.service import MessagingService
 from svckit import context as callctx
 from svckit.errors import PermissionDenied
 
+IDEMPOTENCY_METADATA_KEY = "idempotency-key"
+
 
 def caller_from_context() -> Caller:
     p = callctx.principal()
     if p is None or p.account_id <= 0:
         raise PermissionDenied("this call needs an account principal")
-    return Caller(account_id=p.account_id, user_id=p.user_id, api_username=p.api_username, test_mode=p.test_mode)
+    limits = SendLimits()
+    if p.HasField("send_limits"):
+        s = p.send_limits
+        limits = SendLimits(per_minute=max(0, s.messages_per_minute), per_day=max(0, s.messages_per_day),
+                            countries=frozenset(c.strip().upper() for c in s.allowed_countries if c.strip()))
+    return Caller(account_id=p.account_id, user_id=p.user_id, api_username=p.api_username, test_mode=p.test_mode,
+                  api_key_id=p.api_key_id, limits=limits, deidentified=p.sms_deidentify_message, staff=p.staff)
 
 
-def to_input(m: sms_pb2.OutboundSms) -> OutboundInput:
+def idempotency_key(context: grpc.aio.ServicerContext) -> str:
+    """The client's Idempotency-Key header, which the gateway forwards as metadata."""
+    for key, value in context.invocation_metadata() or ():
+        if key == IDEMPOTENCY_METADATA_KEY:
+            return value if isinstance(value, str) else value.decode("ascii", "replace")
+    return ""
+
+
+def to_input(m: sms_pb2.OutboundSms | sms_pb2.PriceSmsInput) -> OutboundInput:
     return OutboundInput(
         body=m.body, to=m.to, country=m.country, sender=m.sender, schedule=m.schedule,
-        custom_string=m.custom_string, source=m.source, from_email=m.from_email, list_id=m.list_id,
+        custom_string=m.custom_string, source=m.source, list_id=m.list_id,
+        from_email=m.from_email if isinstance(m, sms_pb2.OutboundSms) else "",
         contact_id=str(m.contact_id) if m.contact_id else "",
     )
 
@@ -71,7 +99,25 @@ def send_response(result: SendResult, caller: Caller) -> pb.SendSmsResponse:
     )
 
 
-def history_proto(item: HistoryItem, caller: Caller) -> sms_pb2.HistorySms:
+def priced_proto(item: SendItem, date: int) -> sms_pb2.PricedSms:
+    return sms_pb2.PricedSms(
+        date=str(date), to=item.to, body=item.input.body, sender=item.sender,
+        schedule=str(item.schedule) if item.schedule else "", message_id=item.message_id,
+        message_parts=item.parts, message_price=format_price(item.price), custom_string=item.input.custom_string,
+        contact_id=item.input.contact_id, is_shared_system_number=not item.sender, country=item.country,
+        status=item.status.value,
+    )
+
+
+def price_response(result: SendResult) -> pb.PriceSmsResponse:
+    return pb.PriceSmsResponse(
+        total_price=float(result.total_price), total_count=len(result.items), queued_count=result.queued_count,
+        blocked_count=result.blocked_count, currency=currency_proto(result.currency),
+        messages=[priced_proto(i, result.date) for i in result.items],
+    )
+
+
+def history_proto(item: HistoryItem, caller: Caller | None) -> sms_pb2.HistorySms:
     m, st = item.message, item.status
     out = sms_pb2.HistorySms(
         direction="out", date=m.date, to=item.to, body=item.body, sender=m.sender,
@@ -79,7 +125,7 @@ def history_proto(item: HistoryItem, caller: Caller) -> sms_pb2.HistorySms:
         status_text=st.status_text, message_id=m.id, message_parts=m.parts, message_price=format_price(m.price),
         from_email=m.from_email, list_id=m.list_id, custom_string=m.custom_string, contact_id=m.contact_id,
         user_id=m.account_id, subaccount_id=m.user_id, country=m.country, carrier=m.carrier,
-        api_username=caller.api_username if m.user_id == caller.user_id else m.api_username,
+        api_username=caller.api_username if caller is not None and m.user_id == caller.user_id else m.api_username,
     )
     if st.error_code is not None:
         out.error_code = st.error_code
@@ -88,22 +134,81 @@ def history_proto(item: HistoryItem, caller: Caller) -> sms_pb2.HistorySms:
     return out
 
 
-def history_response(page: HistoryPage, caller: Caller) -> pb.ListSmsHistoryResponse:
-    w = page.window
-    last = w.last_page(page.total)
-    first_index, last_index = w.bounds(page.total, len(page.items))
-    resp = pb.ListSmsHistoryResponse(
-        total=page.total, per_page=w.limit, current_page=w.page, last_page=last,
-        data=[history_proto(i, caller) for i in page.items],
-    )
+def _paging(w: PageWindow, total: int, count: int) -> dict[str, object]:
+    """ClickSend's paging keys (from/to and the page URLs are null when there is nothing to show)."""
+    last = w.last_page(total)
+    first_index, last_index = w.bounds(total, count)
+    out: dict[str, object] = {"total": total, "per_page": w.limit, "current_page": w.page, "last_page": last}
     if w.page < last:
-        resp.next_page_url = f"/?page={w.page + 1}"
+        out["next_page_url"] = f"/?page={w.page + 1}"
     if w.page > 1:
-        resp.prev_page_url = f"/?page={w.page - 1}"
+        out["prev_page_url"] = f"/?page={w.page - 1}"
     if first_index is not None and last_index is not None:
-        resp.first_index = first_index
-        resp.last_index = last_index
-    return resp
+        out["first_index"] = first_index
+        out["last_index"] = last_index
+    return out
+
+
+def history_response(page: HistoryPage, caller: Caller) -> pb.ListSmsHistoryResponse:
+    return pb.ListSmsHistoryResponse(
+        data=[history_proto(i, caller) for i in page.items],
+        **_paging(page.window, page.total, len(page.items)),  # type: ignore[arg-type]
+    )
+
+
+def receipt_proto(r: ReceiptRecord) -> sms_pb2.SmsReceipt:
+    view = clicksend_receipt_view(r.status, r.error_code)
+    out = sms_pb2.SmsReceipt(
+        timestamp_send=r.timestamp_send, timestamp=r.timestamp, message_id=r.message_id,
+        status_code=view.status_code, status_text=view.status_text, custom_string=r.custom_string,
+        subaccount_id=r.user_id, message_type="sms",
+    )
+    if view.error_code is not None:
+        out.error_code = view.error_code
+    if view.error_text is not None:
+        out.error_text = view.error_text
+    return out
+
+
+def inbound_proto(v: InboundView) -> sms_pb2.InboundSms:
+    r = v.record
+    return sms_pb2.InboundSms(
+        timestamp=r.timestamp, sender=v.sender, body=v.body, original_body=v.original_body,
+        original_message_id=r.original_message_id, to=r.to, custom_string=r.custom_string, message_id=r.id,
+        keyword=v.keyword,
+    )
+
+
+def inbound_test_proto(v: InboundView) -> sms_pb2.InboundSmsTest:
+    r = v.record
+    return sms_pb2.InboundSmsTest(
+        timestamp_send=r.timestamp, sender=v.sender, body=v.body, original_body=v.original_body,
+        original_message_id=r.original_message_id, to=r.to, custom_string=r.custom_string, message_id=r.id,
+        keyword=v.keyword,
+    )
+
+
+def _time(unix: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=unix)
+
+
+def settings_proto(s: MessagingSettings) -> sms_pb2.MessagingSettings:
+    return sms_pb2.MessagingSettings(
+        receipt_webhook_url=s.receipt_webhook_url, inbound_webhook_url=s.inbound_webhook_url,
+        body_retention_days=s.body_retention_days, staff_content_access=s.staff_content_access,
+        webhook_secret_set=s.has_webhook_secret, update_time=_time(s.update_time) if s.update_time else None,
+    )
+
+
+def delivery_proto(d: WebhookDelivery) -> sms_pb2.WebhookDelivery:
+    return sms_pb2.WebhookDelivery(
+        id=d.id, event=d.event, ref=d.ref, host=d.host, attempt=d.attempt, outcome=d.outcome,
+        http_status=d.http_status, error=d.error, duration_ms=d.duration_ms, create_time=_time(d.time),
+    )
+
+
+def _date(value: int) -> int | None:
+    return value or None
 
 
 class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
@@ -112,21 +217,138 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
 
     async def SendSms(self, request: pb.SendSmsRequest, context: grpc.aio.ServicerContext) -> pb.SendSmsResponse:
         caller = caller_from_context()
-        result = await self.service.send_sms(caller, [to_input(m) for m in request.messages])
+        result = await self.service.send_sms(caller, [to_input(m) for m in request.messages], idempotency_key(context))
         return send_response(result, caller)
+
+    async def PriceSms(self, request: pb.PriceSmsRequest, context: grpc.aio.ServicerContext) -> pb.PriceSmsResponse:
+        result = await self.service.price_sms(caller_from_context(), [to_input(m) for m in request.messages])
+        return price_response(result)
 
     async def ListSmsHistory(
         self, request: pb.ListSmsHistoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListSmsHistoryResponse:
         caller = caller_from_context()
-        # `q` and `order_by` are accepted and not applied yet (newest first always).
         query = HistoryQuery(
-            window=page_window(request.page, request.limit),
-            date_from=request.date_from or None,
-            date_to=request.date_to or None,
+            window=page_window(request.page, request.limit), date_from=_date(request.date_from),
+            date_to=_date(request.date_to), filter=parse_history_filter(request.q),
+            sort=parse_history_sort(request.order_by),
         )
-        page = await self.service.list_history(caller, query)
-        return history_response(page, caller)
+        return history_response(await self.service.list_history(caller, query), caller)
+
+    async def ListSmsReceipts(
+        self, request: pb.ListSmsReceiptsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListSmsReceiptsResponse:
+        page = await self.service.list_receipts(caller_from_context(), page_window(request.page, request.limit))
+        return pb.ListSmsReceiptsResponse(
+            data=[receipt_proto(r) for r in page.items],
+            **_paging(page.window, page.total, len(page.items)),  # type: ignore[arg-type]
+        )
+
+    async def GetSmsReceipt(
+        self, request: pb.GetSmsReceiptRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSmsReceiptResponse:
+        r = await self.service.get_receipt(caller_from_context(), request.message_id)
+        return pb.GetSmsReceiptResponse(receipt=receipt_proto(r))
+
+    async def MarkSmsReceiptsRead(
+        self, request: pb.MarkSmsReceiptsReadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MarkSmsReceiptsReadResponse:
+        await self.service.mark_receipts_read(caller_from_context(), request.date_before)
+        return pb.MarkSmsReceiptsReadResponse()
+
+    async def CreateTestSmsReceipt(
+        self, request: pb.CreateTestSmsReceiptRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateTestSmsReceiptResponse:
+        r = await self.service.create_test_receipt(caller_from_context(), request.url)
+        return pb.CreateTestSmsReceiptResponse(receipt=receipt_proto(r))
+
+    async def ListInboundSms(
+        self, request: pb.ListInboundSmsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListInboundSmsResponse:
+        page = await self.service.list_inbound(caller_from_context(), page_window(request.page, request.limit))
+        return pb.ListInboundSmsResponse(
+            data=[inbound_proto(v) for v in page.items],
+            **_paging(page.window, page.total, len(page.items)),  # type: ignore[arg-type]
+        )
+
+    async def GetInboundSms(
+        self, request: pb.GetInboundSmsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetInboundSmsResponse:
+        v = await self.service.get_inbound(caller_from_context(), request.original_message_id)
+        return pb.GetInboundSmsResponse(inbound=inbound_proto(v))
+
+    async def MarkInboundSmsRead(
+        self, request: pb.MarkInboundSmsReadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MarkInboundSmsReadResponse:
+        await self.service.mark_inbound_read(caller_from_context(), request.date_before)
+        return pb.MarkInboundSmsReadResponse()
+
+    async def MarkInboundSmsReadById(
+        self, request: pb.MarkInboundSmsReadByIdRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MarkInboundSmsReadByIdResponse:
+        count = await self.service.mark_inbound_read_by_id(caller_from_context(), request.message_id)
+        return pb.MarkInboundSmsReadByIdResponse(count=count)
+
+    async def CreateTestInboundSms(
+        self, request: pb.CreateTestInboundSmsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateTestInboundSmsResponse:
+        v = await self.service.create_test_inbound(
+            caller_from_context(), request.url, request.original_message_id, request.body)
+        return pb.CreateTestInboundSmsResponse(inbound=inbound_test_proto(v))
+
+    async def CancelSms(self, request: pb.CancelSmsRequest, context: grpc.aio.ServicerContext) -> pb.CancelSmsResponse:
+        await self.service.cancel_sms(caller_from_context(), request.message_id)
+        return pb.CancelSmsResponse()
+
+    async def CancelAllSms(
+        self, request: pb.CancelAllSmsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelAllSmsResponse:
+        count = await self.service.cancel_all(caller_from_context(), request.custom_string)
+        return pb.CancelAllSmsResponse(count=count)
+
+    async def GetMessagingSettings(
+        self, request: pb.GetMessagingSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetMessagingSettingsResponse:
+        return pb.GetMessagingSettingsResponse(
+            settings=settings_proto(await self.service.get_settings(caller_from_context())))
+
+    async def UpdateMessagingSettings(
+        self, request: pb.UpdateMessagingSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateMessagingSettingsResponse:
+        update = SettingsUpdate(
+            receipt_webhook_url=request.receipt_webhook_url if request.HasField("receipt_webhook_url") else None,
+            inbound_webhook_url=request.inbound_webhook_url if request.HasField("inbound_webhook_url") else None,
+            body_retention_days=request.body_retention_days if request.HasField("body_retention_days") else None,
+            staff_content_access=request.staff_content_access if request.HasField("staff_content_access") else None,
+        )
+        saved, secret = await self.service.update_settings(caller_from_context(), update)
+        return pb.UpdateMessagingSettingsResponse(settings=settings_proto(saved), webhook_secret=secret)
+
+    async def RotateWebhookSecret(
+        self, request: pb.RotateWebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RotateWebhookSecretResponse:
+        return pb.RotateWebhookSecretResponse(
+            webhook_secret=await self.service.rotate_webhook_secret(caller_from_context()))
+
+    async def ListWebhookDeliveries(
+        self, request: pb.ListWebhookDeliveriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListWebhookDeliveriesResponse:
+        rows = await self.service.webhook_deliveries(caller_from_context(), request.limit, request.before_id)
+        limit = max(1, min(request.limit or 50, 100))
+        return pb.ListWebhookDeliveriesResponse(
+            deliveries=[delivery_proto(d) for d in rows],
+            next_before_id=rows[-1].id if len(rows) == limit else 0,
+        )
+
+    async def StaffListSmsHistory(
+        self, request: pb.StaffListSmsHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StaffListSmsHistoryResponse:
+        caller = caller_from_context()
+        page, visible = await self.service.staff_history(
+            caller, request.account_id, page_window(request.page, request.limit), _date(request.date_from),
+            _date(request.date_to))
+        return pb.StaffListSmsHistoryResponse(
+            total=page.total, content_visible=visible, messages=[history_proto(i, None) for i in page.items])
 
     async def GetBalance(
         self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext

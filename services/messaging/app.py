@@ -1,8 +1,10 @@
 """Composition root of the messaging service: the API server (default) or the dispatch worker.
 
-`python -m services.messaging`        -> API server + outbox relay
-`python -m services.messaging worker` -> dispatch worker (stream consumer, carrier, receipts) with a health
-                                         endpoint, same settings
+`python -m services.messaging`          -> API server + outbox relay + retention
+`python -m services.messaging worker`   -> dispatch worker (stream consumer, carrier, receipts; the HTTP
+                                           carrier's callback receiver; webhooks unless a notifier runs)
+`python -m services.messaging notifier` -> customer webhooks only (its own egress policy in a cluster)
+All roles share the settings and expose a health endpoint.
 """
 
 from __future__ import annotations
@@ -21,14 +23,24 @@ from sendsafe.messaging.v1 import (
     notification_service_pb2_grpc,
 )
 from services.messaging.api import MessagingServicer, NotificationServicer
-from services.messaging.carriers import SimulatorCarrier
+from services.messaging.carriers import Carrier, HttpCarrier, SimulatorCarrier
 from services.messaging.clients import discard, open_audit, open_envelope, tls_of
 from services.messaging.config import Settings
-from services.messaging.domain import currency_for, parse_price_table
+from services.messaging.domain import RateConfig, currency_for, parse_price_table
+from services.messaging.limits import RedisLimiter
 from services.messaging.notifications import Notifications
-from services.messaging.service import DeliveryService, MessagingService
+from services.messaging.receiver import CallbackReceiver
+from services.messaging.service import (
+    DeliveryService,
+    IndexKeys,
+    MessagingOptions,
+    MessagingService,
+    Replies,
+    WebhookService,
+)
 from services.messaging.store import PgMessageStore, PgSimulatorStore
 from services.messaging.stream import DispatchStream
+from services.messaging.webhooks import HttpsWebhookSender
 from services.messaging.worker import StreamWorker, default_consumer_name, pump_receipts, run_every
 from svckit.app import App, serve
 from svckit.audit import denial_recorder
@@ -64,22 +76,40 @@ async def _common(settings: Settings, stack: contextlib.AsyncExitStack) -> tuple
     envelope = await open_envelope(settings, stack)
     audit = await open_audit(settings, stack)
     record: Callable[[Any], Awaitable[None]] = audit.record if audit is not None else discard
-    return pool, stream, envelope, record
+    return pool, stream, envelope, record, redis
+
+
+def _webhooks(settings: Settings, store: PgMessageStore, envelope: Any) -> WebhookService:
+    sender = HttpsWebhookSender(allow_private=settings.webhook_allow_private, ca_file=settings.webhook_ca_file,
+                                timeout=settings.webhook_timeout_seconds)
+    replies = Replies(store, envelope, IndexKeys(store, envelope))
+    return WebhookService(store, envelope, replies, sender, max_attempts=settings.webhook_max_attempts,
+                          backoff_base_s=settings.webhook_backoff_ms / 1000,
+                          lease_s=settings.webhook_timeout_seconds * 3)
 
 
 async def build(settings: Settings) -> App:
-    """The API server: SendSms, ListSmsHistory, GetBalance, and the outbox relay."""
+    """The API server: the SMS API, settings, and the outbox relay, retention and cleanup loops."""
     stack = contextlib.AsyncExitStack()
     try:
-        pool, stream, envelope, record = await _common(settings, stack)
+        pool, stream, envelope, record, redis = await _common(settings, stack)
         store = PgMessageStore(pool)
+        rates = RateConfig(
+            account_rate=settings.account_rate, account_burst=settings.account_burst,
+            key_rate=settings.key_rate, key_burst=settings.key_burst, prefix_limit=settings.prefix_limit,
+            prefix_window=settings.prefix_window_seconds, prefix_digits=settings.prefix_digits,
+        )
         service = MessagingService(
             store, stream, envelope,
             prices=parse_price_table(settings.price_table, settings.price_per_part_amount),
             trial_credit=settings.trial_credit_amount,
             currency=currency_for(settings.currency),
-            outbox_grace_seconds=settings.outbox_grace_seconds,
-            relay_batch=settings.relay_batch,
+            limiter=RedisLimiter(redis, settings.limits_prefix),
+            options=MessagingOptions(
+                outbox_grace_seconds=settings.outbox_grace_seconds, redeliver_seconds=settings.lease_seconds,
+                relay_batch=settings.relay_batch, rates=rates, allow_private_webhooks=settings.webhook_allow_private,
+            ),
+            record=record,
         )
         server = await start_server(
             listen=settings.grpc_listen,
@@ -92,6 +122,10 @@ async def build(settings: Settings) -> App:
         stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
         _background(stack, run_every(settings.relay_interval_seconds, service.relay_outbox, "relay"), "outbox-relay")
         _background(stack, run_every(0.2, service.forget_published, "outbox-cleanup"), "outbox-cleanup")
+        _background(stack, run_every(settings.retention_interval_seconds, service.redact_expired, "retention"),
+                    "retention")
+        _background(stack, run_every(3600.0, service.forget_idempotency_keys, "idempotency-cleanup"),
+                    "idempotency-cleanup")
         stack.push_async_callback(_final_cleanup, service)
     except BaseException:
         await stack.aclose()
@@ -111,23 +145,37 @@ async def _final_cleanup(service: MessagingService) -> None:
         await service.forget_published()
 
 
+def _carrier(settings: Settings, pool: Any) -> Carrier:
+    if settings.carrier == "http":
+        return HttpCarrier(settings.carrier_url, settings.carrier_api_key, callback_url=settings.carrier_callback_url,
+                           ca_file=settings.carrier_ca_file, timeout=settings.carrier_timeout_seconds)
+    if settings.carrier != "simulator":
+        raise ValueError(f"MESSAGING_CARRIER must be simulator or http, got {settings.carrier!r}")
+    return SimulatorCarrier(
+        PgSimulatorStore(pool),
+        latency_s=settings.sim_latency_ms / 1000,
+        failure_rate=settings.sim_failure_rate,
+        receipt_delay_s=settings.sim_receipt_delay_ms / 1000,
+        seed=settings.sim_seed,
+    )
+
+
 async def build_worker(settings: Settings) -> App:
-    """The dispatch worker: consumes the stream, submits to the carrier, applies receipts."""
+    """The dispatch worker: consumes the stream, submits to the carrier, applies receipts (and, on one
+    machine, delivers webhooks)."""
     stack = contextlib.AsyncExitStack()
     try:
-        pool, stream, envelope, record = await _common(settings, stack)
-        carrier = SimulatorCarrier(
-            PgSimulatorStore(pool),
-            latency_s=settings.sim_latency_ms / 1000,
-            failure_rate=settings.sim_failure_rate,
-            receipt_delay_s=settings.sim_receipt_delay_ms / 1000,
-            seed=settings.sim_seed,
-        )
+        pool, stream, envelope, record, _redis = await _common(settings, stack)
+        carrier = _carrier(settings, pool)
+        if isinstance(carrier, HttpCarrier):
+            stack.push_async_callback(carrier.close)
+        store = PgMessageStore(pool)
         delivery = DeliveryService(
-            PgMessageStore(pool), stream, envelope, carrier,
+            store, stream, envelope, carrier,
             max_attempts=settings.max_attempts,
             retry_base_seconds=settings.retry_base_ms / 1000,
             retry_cap_seconds=settings.retry_cap_ms / 1000,
+            lease_seconds=settings.lease_seconds,
             record=record,
         )
         worker = StreamWorker(
@@ -143,7 +191,17 @@ async def build_worker(settings: Settings) -> App:
             health_listen=settings.health_listen,
         )
         stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
+        receiver = None
+        if settings.carrier_callback_listen:
+            receiver = CallbackReceiver(delivery, settings.carrier_callback_secret.encode(), carrier=carrier.name)
+            await receiver.start(settings.carrier_callback_listen, settings.carrier_callback_cert_file,
+                                 settings.carrier_callback_key_file)
+            stack.push_async_callback(receiver.stop)
         _background(stack, pump_receipts(carrier, delivery), "receipts")
+        webhooks = None
+        if settings.notifier_in_worker:
+            webhooks = _webhooks(settings, store, envelope)
+            _background(stack, run_every(0.5, webhooks.deliver_due, "webhooks"), "webhooks")
         task = _background(stack, worker.run(), "dispatch")
 
         async def drain() -> None:  # runs before the cancel above: let the batch in hand finish
@@ -156,7 +214,27 @@ async def build_worker(settings: Settings) -> App:
         await stack.aclose()
         raise
     return App(server, stack, grace=settings.shutdown_grace_seconds,
-               extras={"worker": worker, "delivery": delivery, "carrier": carrier, "pool": pool})
+               extras={"worker": worker, "delivery": delivery, "carrier": carrier, "pool": pool,
+                       "receiver": receiver, "webhooks": webhooks})
+
+
+async def build_notifier(settings: Settings) -> App:
+    """Customer webhooks only: in a cluster this runs apart from the worker, with egress to the internet
+    on 443 and nothing else of the worker's (no carrier credentials, no stream)."""
+    stack = contextlib.AsyncExitStack()
+    try:
+        pool, _stream, envelope, _record, _redis = await _common(settings, stack)
+        webhooks = _webhooks(settings, PgMessageStore(pool), envelope)
+        server = await start_server(
+            listen=settings.grpc_listen, tls=tls_of(settings), register=lambda s: None, service_names=[],
+            health_listen=settings.health_listen,
+        )
+        stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
+        _background(stack, run_every(0.5, webhooks.deliver_due, "webhooks"), "webhooks")
+    except BaseException:
+        await stack.aclose()
+        raise
+    return App(server, stack, grace=settings.shutdown_grace_seconds, extras={"webhooks": webhooks, "pool": pool})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -164,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = sys.argv[1:] if argv is None else argv
     role = args[0] if args else "api"
-    if role not in ("api", "worker"):
-        raise SystemExit(f"usage: python -m services.messaging [api|worker] (got {role!r})")
+    builders = {"api": build, "worker": build_worker, "notifier": build_notifier}
+    if role not in builders:
+        raise SystemExit(f"usage: python -m services.messaging [api|worker|notifier] (got {role!r})")
     settings = load(Settings)
-    uvloop.run(serve(build_worker if role == "worker" else build, settings))
+    uvloop.run(serve(builders[role], settings))

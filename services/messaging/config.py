@@ -32,12 +32,56 @@ class Settings(KitSettings):
     # Dispatch worker.
     worker_batch: int = setting("MESSAGING_WORKER_BATCH", default=500)
     worker_block_ms: int = setting("MESSAGING_WORKER_BLOCK_MS", default=1000)
-    reclaim_idle_ms: int = setting("MESSAGING_RECLAIM_IDLE_MS", default=30_000,
-                                   doc="stream entries idle this long are taken over from their (dead) consumer")
+    reclaim_idle_ms: int = setting(
+        "MESSAGING_RECLAIM_IDLE_MS", default=30_000,
+        doc="a dead worker's stream entries are taken over after this idle time; also the claim lease and how"
+            " long a published message may wait unclaimed before the outbox publishes it again")
     max_attempts: int = setting("MESSAGING_MAX_ATTEMPTS", default=5)
     retry_base_ms: int = setting("MESSAGING_RETRY_BASE_MS", default=1000)
     retry_cap_ms: int = setting("MESSAGING_RETRY_CAP_MS", default=60_000)
     consumer_name: str = setting("MESSAGING_CONSUMER_NAME", default="", doc="default <hostname>-<pid>")
+
+    # Rate limits (0 = off) and the velocity limit per destination prefix against SMS pumping.
+    account_rate: float = setting("MESSAGING_ACCOUNT_RATE", default=200.0, doc="messages/s per account (token bucket)")
+    account_burst: int = setting("MESSAGING_ACCOUNT_BURST", default=5000, doc="bucket size per account (>= 1000)")
+    key_rate: float = setting("MESSAGING_KEY_RATE", default=100.0, doc="messages/s per API key (token bucket)")
+    key_burst: int = setting("MESSAGING_KEY_BURST", default=2000, doc="bucket size per API key (>= 1000)")
+    prefix_limit: int = setting("MESSAGING_PREFIX_LIMIT", default=300,
+                                doc="messages per window to one destination prefix per account (THROTTLED above)")
+    prefix_window_seconds: int = setting("MESSAGING_PREFIX_WINDOW_SECONDS", default=60)
+    prefix_digits: int = setting("MESSAGING_PREFIX_DIGITS", default=4,
+                                 doc="national digits after the country code that form a destination prefix")
+
+    # Privacy and webhooks.
+    retention_interval_seconds: float = setting("MESSAGING_RETENTION_INTERVAL_SECONDS", default=300.0,
+                                                doc="how often bodies past their account's retention are redacted")
+    webhook_allow_private: bool = setting(
+        "MESSAGING_WEBHOOK_ALLOW_PRIVATE", default=False,
+        doc="TESTS ONLY: allow webhook URLs on loopback/private addresses and any port")
+    webhook_ca_file: str = setting("MESSAGING_WEBHOOK_CA_FILE", default="",
+                                   doc="extra CA bundle for webhook TLS (default: the system's)")
+    webhook_timeout_seconds: float = setting("MESSAGING_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+    webhook_max_attempts: int = setting("MESSAGING_WEBHOOK_MAX_ATTEMPTS", default=8)
+    webhook_backoff_ms: int = setting("MESSAGING_WEBHOOK_BACKOFF_MS", default=5000,
+                                      doc="first retry delay; doubles per attempt up to an hour")
+    notifier_in_worker: bool = setting(
+        "MESSAGING_NOTIFIER_IN_WORKER", default=True,
+        doc="the dispatch worker also delivers webhooks (one machine); false when a notifier runs separately")
+
+    # Carrier: the built-in simulator, or a generic HTTP/JSON carrier with signed receipt callbacks.
+    carrier: str = setting("MESSAGING_CARRIER", default="simulator", doc="simulator | http")
+    carrier_url: str = setting("MESSAGING_CARRIER_URL", default="", doc="HTTP carrier API base URL (https)")
+    carrier_api_key: str = setting("MESSAGING_CARRIER_API_KEY", default="", secret=True)
+    carrier_callback_secret: str = setting("MESSAGING_CARRIER_CALLBACK_SECRET", default="", secret=True,
+                                           doc="HMAC key the carrier signs receipt callbacks with")
+    carrier_ca_file: str = setting("MESSAGING_CARRIER_CA_FILE", default="")
+    carrier_timeout_seconds: float = setting("MESSAGING_CARRIER_TIMEOUT_SECONDS", default=10.0)
+    carrier_callback_listen: str = setting("MESSAGING_CARRIER_CALLBACK_LISTEN", default="",
+                                           doc="host:port of the HTTPS receipt receiver (http carrier)")
+    carrier_callback_url: str = setting("MESSAGING_CARRIER_CALLBACK_URL", default="",
+                                        doc="public URL of that receiver, sent to the carrier")
+    carrier_callback_cert_file: str = setting("MESSAGING_CARRIER_CALLBACK_CERT_FILE", default="")
+    carrier_callback_key_file: str = setting("MESSAGING_CARRIER_CALLBACK_KEY_FILE", default="")
 
     # Carrier simulator.
     sim_latency_ms: int = setting("MESSAGING_SIM_LATENCY_MS", default=0)
@@ -52,6 +96,14 @@ class Settings(KitSettings):
     @property
     def price_per_part_amount(self) -> Decimal:
         return Decimal(self.price_per_part)
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.reclaim_idle_ms / 1000
+
+    @property
+    def limits_prefix(self) -> str:
+        return f"{self.redis_prefix}sms:limit:"
 
     @property
     def dispatch_stream(self) -> str:

@@ -13,21 +13,29 @@ Only the standard library, `phonenumbers` and `svckit.errors` (itself transport-
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import hmac
+import ipaddress
+import json
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
+from urllib.parse import urlsplit
 
 import phonenumbers
 
-from svckit.errors import FailedPrecondition, InvalidArgument
+from svckit.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 
 __all__ = [
     "BODY_RECORD",
+    "CANCELLABLE",
     "CARRIER_ERROR_TEXT",
     "CURRENCIES",
     "DEFAULT_PAGE_LIMIT",
@@ -35,76 +43,151 @@ __all__ = [
     "GSM7_EXTENSION",
     "GSM7_MULTI_PART",
     "GSM7_SINGLE_PART",
+    "HISTORY_FILTER_FIELDS",
+    "HISTORY_SORT_FIELDS",
+    "IDEMPOTENCY_RECORD",
+    "IDEMPOTENCY_TTL_S",
+    "INDEX_KEY_RECORD",
+    "INDEX_KEY_SIZE",
+    "MASKED_BODY",
     "MAX_GSM7_UNITS",
     "MAX_MESSAGES_PER_REQUEST",
     "MAX_PAGE_LIMIT",
     "MAX_PARTS",
+    "MAX_RETENTION_DAYS",
     "MAX_UCS2_UNITS",
+    "MAX_WEBHOOK_URL",
     "MIN_PAGE_LIMIT",
+    "OPT_IN_KEYWORDS",
+    "OPT_OUT_KEYWORDS",
     "SCHEDULE_MAX_AHEAD_S",
     "SCHEDULE_PAST_TOLERANCE_S",
+    "SEARCH_WINDOW",
+    "SIGNATURE_TOLERANCE_S",
+    "STATUS_SORT_NAME",
     "TEMPORARY_FAILURE_ERROR",
     "TEST_RECIPIENTS",
     "TO_RECORD",
     "UCS2_MULTI_PART",
     "UCS2_SINGLE_PART",
     "UNKNOWN_FAILURE_ERROR",
+    "WEBHOOK_MAX_ATTEMPTS",
+    "WEBHOOK_SECRET_RECORD",
+    "Bucket",
     "Caller",
     "ClaimedMessage",
     "Currency",
     "EmptyMessage",
     "Encoding",
+    "HistoryFilter",
     "HistoryItem",
     "HistoryPage",
     "HistoryQuery",
+    "HistorySort",
     "HistoryStatus",
+    "IdempotencyKeyReused",
+    "InboundInput",
+    "InboundPage",
+    "InboundRecord",
+    "InboundView",
     "InvalidAccountId",
+    "InvalidIdempotencyKey",
     "InvalidMessageBody",
     "InvalidPaging",
+    "InvalidQuery",
     "InvalidRecipient",
     "InvalidSchedule",
     "InvalidSenderId",
+    "InvalidSettings",
     "InvalidStatusTransition",
+    "InvalidWebhookUrl",
+    "LimitRequest",
+    "LimitVerdict",
+    "MessageNotFound",
     "MessageStatus",
     "MessageStatusCode",
     "MessageTooLong",
+    "MessagingSettings",
     "MissingRequiredFields",
+    "NewInbound",
     "NewMessage",
+    "NotCancellable",
+    "OptAction",
+    "OriginalMessage",
     "OutboundInput",
     "PageWindow",
     "PriceTable",
+    "RateConfig",
+    "RateLimited",
     "Receipt",
+    "ReceiptPage",
+    "ReceiptRecord",
     "ReceiptStatus",
     "Recipient",
     "Rejected",
+    "SearchNotPermitted",
     "SendItem",
+    "SendLimitExceeded",
+    "SendLimits",
     "SendResult",
+    "SettingsUpdate",
     "SmsParts",
     "StoredMessage",
     "Submission",
     "SubmitResult",
+    "TestModeOnly",
     "TooManyRecipients",
     "ValidatedMessage",
+    "Velocity",
+    "WebhookAddressRefused",
+    "WebhookDelivery",
+    "WebhookEvent",
+    "WebhookJob",
+    "WebhookTarget",
     "allocate_credit",
     "can_transition",
     "check_batch_size",
+    "check_content_search",
+    "check_idempotency_key",
+    "check_message_id",
+    "check_retention_days",
     "check_transition",
+    "check_webhook_address",
     "clicksend_history_view",
     "clicksend_receipt_code",
     "clicksend_receipt_view",
     "count_parts",
     "currency_for",
+    "decode_send_result",
+    "destination_prefix",
+    "encode_send_result",
+    "first_word",
     "format_balance",
     "format_price",
+    "idempotency_key_hash",
+    "inbound_payload",
+    "index_token",
     "is_gsm7",
     "is_noop",
     "is_terminal",
     "is_test_recipient",
+    "limit_error",
+    "limit_request",
+    "mask_number",
+    "matches_content",
     "normalize_recipient",
+    "number_index",
+    "opt_action",
     "page_window",
+    "parse_history_filter",
+    "parse_history_sort",
     "parse_price_table",
     "parse_recipient",
+    "parse_webhook_url",
     "plan_results",
+    "receipt_payload",
+    "request_fingerprint",
+    "retry_after_seconds",
     "retry_delay",
     "sources_of",
     "split_parts",
@@ -112,6 +195,9 @@ __all__ = [
     "validate_outbound",
     "validate_schedule",
     "validate_sender",
+    "verify_signature",
+    "webhook_backoff",
+    "webhook_signature",
 ]
 
 
@@ -131,6 +217,12 @@ class MessageStatusCode(StrEnum):
     INVALID_MESSAGE_BODY = "INVALID_MESSAGE_BODY"  # ours: text that cannot be encoded (lone surrogates)
     INVALID_SCHEDULE = "INVALID_SCHEDULE"
     INSUFFICIENT_CREDIT = "INSUFFICIENT_CREDIT"  # decided by the service (needs the balance), not here
+    # ClickSend's own code, used here for the velocity limit per destination prefix (SMS pumping).
+    THROTTLED = "THROTTLED"
+    # Ours: the recipient replied STOP (or was added to the account's opt-out list); nothing sent or charged.
+    RECIPIENT_OPTED_OUT = "RECIPIENT_OPTED_OUT"
+    # Ours: the API key's send limits do not allow this destination country.
+    COUNTRY_NOT_ALLOWED = "COUNTRY_NOT_ALLOWED"
 
 
 class EmptyMessage(InvalidArgument):
@@ -864,12 +956,17 @@ TO_RECORD: Final = "sms.to"
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who sends or reads: the account, the user (ClickSend sub-account) and its test mode."""
+    """Who sends or reads: the account, the user (ClickSend sub-account), its test mode, the API key it used
+    (and that key's send limits), whether it may see message content, and whether it is SendSafe staff."""
 
     account_id: int
     user_id: int
     api_username: str
     test_mode: bool = False
+    api_key_id: str = ""
+    limits: SendLimits = field(default_factory=lambda: SendLimits())
+    deidentified: bool = False
+    staff: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -912,6 +1009,7 @@ class NewMessage:
     contact_id: str
     schedule: int | None  # unix seconds; None = now
     publish_at: int  # unix seconds after which the relay (re)publishes it
+    to_hash: bytes | None = None  # keyed hash of the recipient (number_index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -957,7 +1055,7 @@ class StoredMessage:
     user_id: int
     api_username: str
     status: MessageStatus
-    body_ct: bytes
+    body_ct: bytes | None  # None once redacted (retention)
     to_ct: bytes
     sender: str
     country: str
@@ -986,6 +1084,8 @@ class HistoryQuery:
     window: PageWindow
     date_from: int | None = None
     date_to: int | None = None
+    filter: HistoryFilter = field(default_factory=lambda: HistoryFilter())
+    sort: HistorySort = field(default_factory=lambda: HistorySort())
 
 
 @dataclass(frozen=True, slots=True)
@@ -1033,11 +1133,13 @@ class SubmitResult:
 
 @dataclass(frozen=True, slots=True)
 class Receipt:
-    """A delivery report from a carrier: a final state for one of our messages."""
+    """A delivery report from a carrier: a final state for one of our messages, named by our message id
+    or, when the carrier only knows its own, by the carrier's reference."""
 
     message_id: str
     status: MessageStatus
     error_code: int | None = None
+    carrier_ref: str = ""
 
 
 def plan_results(
@@ -1063,3 +1165,806 @@ def plan_results(
             code = r.error_code if r.error_code is not None and not r.temporary else UNKNOWN_FAILURE_ERROR
             failed.append((m.id, code))
     return sent, retry, failed
+
+
+# --------------------------------------------------------------------------------------------------------
+# History search and sort (ClickSend `q=field:value,...` and `order_by=field:asc|desc`).
+#
+# Bodies and phone numbers are ciphertext at rest, so the database can neither search nor sort them:
+# - `to` is matched exactly through a keyed hash of the normalised number (`to_hash`, keyed per account),
+#   across the whole history;
+# - `body` (substring, case-insensitive) and sorting by `to` or `body` work on a decrypted window: the
+#   newest `SEARCH_WINDOW` messages that pass every other filter are decrypted in memory, then filtered,
+#   sorted and paged. Nothing decrypted is ever written back, logged or cached.
+# De-identified users (sms_deidentify_message) cannot search or sort by `to` or `body`: a match would tell
+# them what they are not allowed to see.
+# --------------------------------------------------------------------------------------------------------
+
+
+class InvalidQuery(InvalidArgument):
+    reason = "INVALID_QUERY"
+
+
+class SearchNotPermitted(PermissionDenied):
+    reason = "SEARCH_NOT_PERMITTED"
+
+
+SEARCH_WINDOW: Final = 1000
+HISTORY_FILTER_FIELDS: Final = frozenset(
+    {"status", "to", "from", "custom_string", "message_id", "username", "country", "body"}
+)
+HISTORY_SORT_FIELDS: Final = frozenset({"date", "username", "from", "to", "status", "body"})
+_MAX_QUERY_LENGTH: Final = 1000
+
+# ClickSend history status name (case-insensitive) -> internal states shown under that name.
+_STATUS_BY_NAME: Final[Mapping[str, frozenset[MessageStatus]]] = MappingProxyType(
+    {
+        "queued": frozenset({_S.QUEUED, _S.SENDING}),
+        "scheduled": frozenset({_S.SCHEDULED}),
+        "sent": frozenset({_S.SENT, _S.DELIVERED}),
+        "delivered": frozenset({_S.DELIVERED}),  # ours: ClickSend shows these as Sent with code 201
+        "failed": frozenset({_S.FAILED}),
+        "cancelled": frozenset({_S.CANCELLED}),
+    }
+)
+# The order `status` sorts in: the ClickSend name of each state (alphabetical, as ClickSend sorts text).
+STATUS_SORT_NAME: Final[Mapping[MessageStatus, str]] = MappingProxyType(
+    {s: ("Failed" if s is _S.FAILED else _HISTORY[s][0]) for s in MessageStatus}
+)
+_MESSAGE_ID_SHAPE: Final = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryFilter:
+    statuses: frozenset[MessageStatus] | None = None
+    to: str | None = None  # E.164, matched through the keyed hash
+    sender: str | None = None
+    custom_string: str | None = None
+    message_id: str | None = None  # uppercase UUID
+    username: str | None = None
+    country: str | None = None
+    body_contains: str | None = None  # casefolded
+
+    @property
+    def touches_content(self) -> bool:
+        return self.to is not None or self.body_contains is not None
+
+
+@dataclass(frozen=True, slots=True)
+class HistorySort:
+    field: str = "date"
+    descending: bool = True
+
+    @property
+    def on_content(self) -> bool:
+        return self.field in ("to", "body")
+
+
+def parse_history_filter(q: str) -> HistoryFilter:
+    """`q` is `field:value[,field:value...]`, every condition must hold (AND). Values cannot hold commas
+    (as at ClickSend). Raises InvalidQuery naming the offending field, never echoing a value."""
+    q = q.strip()
+    if not q:
+        return HistoryFilter()
+    if len(q) > _MAX_QUERY_LENGTH:
+        raise InvalidQuery(f"q is longer than {_MAX_QUERY_LENGTH} characters.")
+    seen: dict[str, str] = {}
+    for part in q.split(","):
+        name, sep, value = part.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        if name == "_api_username":
+            name = "username"
+        if not sep or name not in HISTORY_FILTER_FIELDS:
+            raise InvalidQuery(
+                f"q must be field:value pairs with fields {', '.join(sorted(HISTORY_FILTER_FIELDS))}.",
+                field=name[:40],
+            )
+        if not value:
+            raise InvalidQuery(f"q has an empty value for {name}.", field=name)
+        if name in seen:
+            raise InvalidQuery(f"q names {name} twice.", field=name)
+        seen[name] = value
+    statuses = None
+    if "status" in seen:
+        statuses = _STATUS_BY_NAME.get(seen["status"].lower())
+        if statuses is None:
+            raise InvalidQuery(
+                "status must be one of Queued, Scheduled, Sent, Delivered, Failed, Cancelled.", field="status"
+            )
+    to = None
+    if "to" in seen:
+        try:
+            to = parse_recipient(seen["to"], None).e164
+        except InvalidRecipient:
+            raise InvalidQuery("to must be a phone number in E.164 format.", field="to") from None
+    mid = seen.get("message_id")
+    if mid is not None:
+        if not _MESSAGE_ID_SHAPE.fullmatch(mid):
+            raise InvalidQuery("message_id must be a message id.", field="message_id")
+        mid = mid.upper()
+    country = seen.get("country")
+    if country is not None:
+        country = country.upper()
+        if not _REGION_SHAPE.fullmatch(country):
+            raise InvalidQuery("country must be an ISO 3166-1 alpha-2 code.", field="country")
+    body = seen.get("body")
+    return HistoryFilter(
+        statuses=statuses, to=to, sender=seen.get("from"), custom_string=seen.get("custom_string"),
+        message_id=mid, username=seen.get("username"), country=country,
+        body_contains=body.casefold() if body is not None else None,
+    )
+
+
+def parse_history_sort(order_by: str) -> HistorySort:
+    """`field:asc|desc` (direction defaults to asc, as at ClickSend); empty means newest first."""
+    order_by = order_by.strip()
+    if not order_by:
+        return HistorySort()
+    name, _, direction = order_by.partition(":")
+    name, direction = name.strip().lower(), (direction.strip().lower() or "asc")
+    if name not in HISTORY_SORT_FIELDS or direction not in ("asc", "desc"):
+        raise InvalidQuery(
+            f"order_by must be field:asc or field:desc with fields {', '.join(sorted(HISTORY_SORT_FIELDS))}.",
+            field="order_by",
+        )
+    return HistorySort(field=name, descending=direction == "desc")
+
+
+def check_content_search(f: HistoryFilter, s: HistorySort, *, deidentified: bool) -> None:
+    """De-identified users may not search or sort by what they cannot see."""
+    if deidentified and (f.touches_content or s.on_content):
+        raise SearchNotPermitted("Searching or sorting by to or body is not available to de-identified users.")
+
+
+def matches_content(f: HistoryFilter, body: str, to: str) -> bool:
+    """The decrypted-window part of a filter (the rest ran in the database)."""
+    if f.body_contains is not None and f.body_contains not in body.casefold():
+        return False
+    return f.to is None or f.to == to
+
+
+# --------------------------------------------------------------------------------------------------------
+# Keyed hashes ("blind indexes") of phone numbers, de-identification and retention.
+# --------------------------------------------------------------------------------------------------------
+
+INDEX_KEY_RECORD: Final = "sms.index_key"
+INDEX_KEY_SIZE: Final = 32
+
+
+def number_index(key: bytes, e164: str) -> bytes:
+    """HMAC-SHA256 of a normalised number under the account's index key: lets the database match a number
+    exactly (history `to:`, opt-outs, inbound matching) without holding it. The key lives encrypted under
+    the account's key-encryption key, so destroying the account's keys also makes these unlinkable."""
+    if len(key) != INDEX_KEY_SIZE:
+        raise ValueError("index key must be 32 bytes")
+    return hmac.new(key, b"sendsafe.sms.number.v1\x00" + e164.encode("ascii"), hashlib.sha256).digest()
+
+
+def index_token(key: bytes, purpose: str, value: str) -> str:
+    """A short keyed token for Redis key names (a destination prefix, an idempotency key): never the value."""
+    return hmac.new(key, f"sendsafe.{purpose}.v1\x00{value}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+MASKED_BODY: Final = ""  # what de-identified users and redacted messages show as the body
+
+
+def mask_number(number: str) -> str:
+    """`+61412345678` -> `+61*******678`: the country calling code and the last three digits stay, so a
+    de-identified user can still tell messages apart roughly, never reach the person."""
+    raw = number.strip()
+    if not raw:
+        return ""
+    digits = raw.lstrip("+")
+    if not digits.isdigit() or len(digits) < 6:
+        return "*" * len(raw)
+    try:
+        cc = str(phonenumbers.parse("+" + digits, None).country_code)
+    except phonenumbers.NumberParseException:
+        cc = digits[:1]
+    keep_end = 3
+    middle = len(digits) - len(cc) - keep_end
+    if middle < 2:
+        return "+" + "*" * len(digits)
+    return "+" + cc + "*" * middle + digits[-keep_end:]
+
+
+MAX_RETENTION_DAYS: Final = 3650
+
+
+class InvalidSettings(InvalidArgument):
+    reason = "INVALID_SETTINGS"
+
+
+def check_retention_days(days: int) -> int:
+    """0 keeps bodies; otherwise bodies are redacted this many days after the message (metadata stays)."""
+    if not 0 <= days <= MAX_RETENTION_DAYS:
+        raise InvalidSettings(f"body_retention_days must be between 0 and {MAX_RETENTION_DAYS}.")
+    return days
+
+
+# --------------------------------------------------------------------------------------------------------
+# Opt-outs (STOP) and inbound keywords.
+# --------------------------------------------------------------------------------------------------------
+
+OPT_OUT_KEYWORDS: Final = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT"})
+OPT_IN_KEYWORDS: Final = frozenset({"START", "UNSTOP", "SUBSCRIBE"})
+_KEYWORD_STRIP: Final = " \t\r\n.!?,;:'\"()"
+
+
+class OptAction(StrEnum):
+    NONE = ""
+    OPT_OUT = "OPT_OUT"
+    OPT_IN = "OPT_IN"
+
+
+def opt_action(body: str) -> OptAction:
+    """A reply that is exactly one of the opt-out (opt-in) keywords, ignoring case, surrounding spaces and
+    punctuation ("Stop.", " unsubscribe "), changes the sender's opt-out state. A sentence that merely
+    contains the word ("please don't stop") does not."""
+    word = body.strip(_KEYWORD_STRIP).upper().replace("-", "").replace(" ", "")
+    if len(word) > 16:
+        return OptAction.NONE
+    if word in OPT_OUT_KEYWORDS:
+        return OptAction.OPT_OUT
+    if word in OPT_IN_KEYWORDS:
+        return OptAction.OPT_IN
+    return OptAction.NONE
+
+
+def first_word(body: str) -> str:
+    """ClickSend's deprecated `_keyword`: the first word of an inbound body."""
+    parts = body.split()
+    return parts[0] if parts else ""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Idempotency keys: a client retry of the same send gets the first answer, nothing is sent or charged twice.
+# --------------------------------------------------------------------------------------------------------
+
+IDEMPOTENCY_RECORD: Final = "sms.idempotency"
+IDEMPOTENCY_TTL_S: Final = 24 * 3600
+_IDEMPOTENCY_KEY_SHAPE: Final = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+class InvalidIdempotencyKey(InvalidArgument):
+    reason = "INVALID_IDEMPOTENCY_KEY"
+
+
+class IdempotencyKeyReused(FailedPrecondition):
+    reason = "IDEMPOTENCY_KEY_REUSED"
+
+
+def check_idempotency_key(key: str) -> str:
+    """1-255 visible ASCII characters (a UUID is the usual choice)."""
+    if not _IDEMPOTENCY_KEY_SHAPE.fullmatch(key):
+        raise InvalidIdempotencyKey("Idempotency-Key must be 1 to 255 visible ASCII characters.")
+    return key
+
+
+def idempotency_key_hash(key: str) -> bytes:
+    return hashlib.sha256(b"sendsafe.idempotency.v1\x00" + key.encode("ascii")).digest()
+
+
+def request_fingerprint(index_key: bytes, inputs: Sequence[OutboundInput]) -> bytes:
+    """A keyed digest of a send request: the same key with a different request is refused. Keyed, so the
+    stored digest cannot be used to guess bodies or numbers."""
+    canonical = json.dumps([dataclasses.astuple(m) for m in inputs], separators=(",", ":"), ensure_ascii=False)
+    return hmac.new(index_key, b"sendsafe.sms.request.v1\x00" + canonical.encode("utf-8", "surrogatepass"),
+                    hashlib.sha256).digest()
+
+
+def encode_send_result(result: SendResult) -> bytes:
+    """The answer to a send, to be encrypted and replayed for a retry with the same idempotency key."""
+    items = [
+        {
+            "input": dataclasses.asdict(i.input), "status": i.status.value, "message_id": i.message_id, "to": i.to,
+            "country": i.country, "sender": i.sender, "parts": i.parts, "price": str(i.price), "schedule": i.schedule,
+        }
+        for i in result.items
+    ]
+    doc = {"v": 1, "date": result.date, "currency": result.currency.currency_name_short, "items": items}
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+
+
+def decode_send_result(raw: bytes) -> SendResult:
+    doc = json.loads(raw.decode("utf-8", "surrogatepass"))
+    if doc.get("v") != 1:
+        raise ValueError("unknown stored send result version")
+    items = [
+        SendItem(
+            input=OutboundInput(**i["input"]), status=MessageStatusCode(i["status"]), message_id=i["message_id"],
+            to=i["to"], country=i["country"], sender=i["sender"], parts=int(i["parts"]), price=Decimal(i["price"]),
+            schedule=int(i["schedule"]),
+        )
+        for i in doc["items"]
+    ]
+    return SendResult(date=int(doc["date"]), items=items, currency=currency_for(doc["currency"]))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Send limits and rate limits.
+#
+# Whole-request limits (token buckets per account and per API key, the key's messages per minute/day)
+# refuse the whole request with 429 + Retry-After: nothing is stored or charged, the client retries later.
+# Per-destination rules are per message, as ClickSend reports per message: a country the key may not send
+# to is COUNTRY_NOT_ALLOWED, a destination prefix over its velocity limit (SMS pumping) is THROTTLED.
+# --------------------------------------------------------------------------------------------------------
+
+
+class RateLimited(ResourceExhausted):
+    """Whole request refused; `retry_after_seconds` goes to the client as Retry-After."""
+
+    reason = "TOO_MANY_REQUESTS"
+
+
+class SendLimitExceeded(ResourceExhausted):
+    reason = "SEND_LIMIT_EXCEEDED"
+
+
+@dataclass(frozen=True, slots=True)
+class SendLimits:
+    """An API key's own limits (0 / empty = none)."""
+
+    per_minute: int = 0
+    per_day: int = 0
+    countries: frozenset[str] = frozenset()
+
+    def allows_country(self, country: str) -> bool:
+        return not self.countries or country.upper() in self.countries
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A token bucket (`rate` per second, at most `capacity`) or, with `window` > 0, a fixed window of
+    `window` seconds allowing `capacity` in each."""
+
+    key: str
+    capacity: int
+    rate: float = 0.0
+    window: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Velocity:
+    """At most `limit` messages per `window` seconds to one destination prefix (keyed token in `key`)."""
+
+    key: str
+    limit: int
+    window: int
+
+
+@dataclass(frozen=True, slots=True)
+class LimitRequest:
+    """What one send asks of the limiter: `cost` tokens from every bucket (all or nothing), and per
+    message the velocity counter it counts against (None: exempt, e.g. a test recipient)."""
+
+    buckets: tuple[Bucket, ...]
+    velocity: tuple[Velocity | None, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitVerdict:
+    """`retry_after` > 0: the whole request is refused. Otherwise `throttled[i]` marks messages over their
+    destination prefix's velocity limit."""
+
+    retry_after: float = 0.0
+    throttled: tuple[bool, ...] = ()
+    exceeded: str = ""  # which limit refused the request: "account", "api_key", "key_minute", "key_day"
+
+
+def destination_prefix(e164: str, national_digits: int) -> str:
+    """Country calling code plus the first `national_digits` digits of the national number."""
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return e164[: 1 + national_digits]
+    national = str(number.national_number)
+    return f"+{number.country_code}{national[:national_digits]}"
+
+
+def retry_after_seconds(wait: float) -> int:
+    """Retry-After is whole seconds, at least 1."""
+    return max(1, math.ceil(wait))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Cancelling.
+# --------------------------------------------------------------------------------------------------------
+
+
+class MessageNotFound(NotFound):
+    reason = "MESSAGE_NOT_FOUND"
+
+
+class NotCancellable(FailedPrecondition):
+    reason = "MESSAGE_NOT_CANCELLABLE"
+
+
+CANCELLABLE: Final = frozenset(sources_of(MessageStatus.CANCELLED))
+
+
+def check_message_id(message_id: str) -> str:
+    """Path ids arrive as text; anything but a message id cannot exist (NOT_FOUND, not a 400)."""
+    if not _MESSAGE_ID_SHAPE.fullmatch(message_id.strip()):
+        raise MessageNotFound("No such message.")
+    return message_id.strip().upper()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Receipts and inbound messages, as read back.
+# --------------------------------------------------------------------------------------------------------
+
+
+class TestModeOnly(PermissionDenied):
+    reason = "TEST_MODE_ONLY"
+
+    __test__ = False  # not a pytest class
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptRecord:
+    """One delivery report: a message reached a final state (delivered or failed)."""
+
+    id: int
+    account_id: int
+    user_id: int
+    message_id: str
+    status: MessageStatus
+    error_code: int | None
+    custom_string: str
+    timestamp_send: int
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptPage:
+    window: PageWindow
+    total: int
+    items: list[ReceiptRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class InboundRecord:
+    """A reply as stored: the sender's number and the body only as ciphertext."""
+
+    id: str
+    account_id: int
+    original_message_id: str  # "" when the reply could not be tied to a message (test hook)
+    from_ct: bytes
+    to: str  # our number the reply was sent to
+    body_ct: bytes | None  # None once redacted
+    custom_string: str
+    timestamp: int
+    original_body_ct: bytes | None = None
+    original_account_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InboundView:
+    record: InboundRecord
+    sender: str  # the replying phone ("from")
+    body: str
+    original_body: str
+
+    @property
+    def keyword(self) -> str:
+        return first_word(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundPage:
+    window: PageWindow
+    total: int
+    items: list[InboundView]
+
+
+@dataclass(frozen=True, slots=True)
+class InboundInput:
+    """A reply as a carrier reports it (or a test hook makes it)."""
+
+    carrier: str
+    carrier_ref: str  # the carrier's id of the inbound message (dedupe key)
+    sender: str  # the replying phone
+    to: str  # our number
+    body: str
+    in_reply_to: str  # our message id or the carrier's ref of the outbound message
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalMessage:
+    """The outbound message a reply answers."""
+
+    id: str
+    account_id: int
+    user_id: int
+    custom_string: str
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewInbound:
+    id: str
+    account_id: int
+    original_message_id: str
+    from_ct: bytes
+    from_hash: bytes
+    to: str
+    body_ct: bytes
+    custom_string: str
+    carrier: str
+    carrier_ref: str
+    is_test: bool
+    action: OptAction
+
+
+# --------------------------------------------------------------------------------------------------------
+# Per-account messaging settings (privacy and webhooks) and customer webhooks.
+# --------------------------------------------------------------------------------------------------------
+
+WEBHOOK_SECRET_RECORD: Final = "sms.webhook_secret"  # noqa: S105 (a record type name)
+MAX_WEBHOOK_URL: Final = 2048
+
+
+class InvalidWebhookUrl(InvalidArgument):
+    reason = "INVALID_WEBHOOK_URL"
+
+
+class WebhookAddressRefused(InvalidArgument):
+    reason = "WEBHOOK_ADDRESS_REFUSED"
+
+
+@dataclass(frozen=True, slots=True)
+class MessagingSettings:
+    account_id: int
+    receipt_webhook_url: str = ""
+    inbound_webhook_url: str = ""
+    body_retention_days: int = 0
+    staff_content_access: bool = False
+    webhook_secret_ct: bytes | None = None
+    update_time: int = 0
+
+    @property
+    def has_webhook_secret(self) -> bool:
+        return self.webhook_secret_ct is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsUpdate:
+    """Fields to change (None: leave as is)."""
+
+    receipt_webhook_url: str | None = None
+    inbound_webhook_url: str | None = None
+    body_retention_days: int | None = None
+    staff_content_access: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    scheme: str
+    host: str  # lowercase; an IP literal without brackets
+    port: int
+    path: str  # path and query, at least "/"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = self.port == 443
+        return f"{self.scheme}://{host}{'' if default else f':{self.port}'}{self.path}"
+
+
+def parse_webhook_url(url: str, *, allow_private: bool = False) -> WebhookTarget:
+    """HTTPS only, no credentials in the URL, no fragment, a host name or a public IP literal; outside test
+    setups (`allow_private`) only port 443, the one the network policy opens. Addresses the name resolves
+    to are checked again at delivery time (`check_webhook_address`)."""
+    url = url.strip()
+    if len(url) > MAX_WEBHOOK_URL:
+        raise InvalidWebhookUrl(f"The webhook URL is longer than {MAX_WEBHOOK_URL} characters.")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise InvalidWebhookUrl("The webhook URL is not a valid URL.") from None
+    if parts.scheme.lower() != "https":
+        raise InvalidWebhookUrl("Webhook URLs must use https.")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise InvalidWebhookUrl("Webhook URLs must not contain credentials.")
+    if parts.fragment:
+        raise InvalidWebhookUrl("Webhook URLs must not contain a fragment.")
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host or any(c.isspace() for c in url):
+        raise InvalidWebhookUrl("The webhook URL has no valid host.")
+    port = port or 443
+    if not allow_private and port != 443:
+        raise InvalidWebhookUrl("Webhook URLs must use the standard HTTPS port 443.")
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+        internal = not _HOSTNAME.fullmatch(host) or host == "localhost" or host.endswith(_INTERNAL_SUFFIXES)
+        if internal and not (allow_private and host == "localhost"):
+            raise WebhookAddressRefused("The webhook host is not a public host name.") from None
+    if literal is not None:
+        check_webhook_address(str(literal), allow_private=allow_private)
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return WebhookTarget("https", host, port, path)
+
+
+_LABEL: Final = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME: Final = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+")  # at least one dot: no bare names
+_INTERNAL_SUFFIXES: Final = (".localhost", ".local", ".internal", ".svc", ".cluster.local", ".home.arpa")
+_EXTRA_BLOCKED: Final = (
+    ipaddress.ip_network("100.64.0.0/10"),  # carrier-grade NAT (not "private" to the ipaddress module)
+    ipaddress.ip_network("192.0.0.0/24"),
+    ipaddress.ip_network("198.18.0.0/15"),
+    ipaddress.ip_network("64:ff9b::/96"),  # NAT64 can reach IPv4 private space
+    ipaddress.ip_network("64:ff9b:1::/48"),
+)
+
+
+def check_webhook_address(address: str, *, allow_private: bool = False) -> None:
+    """Refuse anything that is not a global unicast address: private, loopback, link-local (cloud
+    metadata), CGNAT, multicast, reserved, unspecified, and IPv6 forms that embed one (IPv4-mapped,
+    6to4, NAT64). `allow_private` (test setups only) admits loopback and private ranges."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        raise WebhookAddressRefused("The webhook host resolved to an invalid address.") from None
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            candidates.append(ip.ipv4_mapped)
+        if ip.sixtofour is not None:
+            candidates.append(ip.sixtofour)
+        if ip.teredo is not None:
+            candidates.extend(ip.teredo)
+    for c in candidates:
+        if c.is_multicast or c.is_unspecified or c.is_reserved:
+            raise WebhookAddressRefused("The webhook host resolves to a non-public address.")
+        if allow_private and (c.is_loopback or c.is_private):
+            continue
+        if (not c.is_global or c.is_private or c.is_loopback or c.is_link_local
+                or any(c in net for net in _EXTRA_BLOCKED if net.version == c.version)):
+            raise WebhookAddressRefused("The webhook host resolves to a non-public address.")
+
+
+SIGNATURE_TOLERANCE_S: Final = 300
+
+
+def webhook_signature(secret: bytes, timestamp: int, body: bytes) -> str:
+    """`v1=<hex HMAC-SHA256(secret, "<timestamp>." + body)>` (the Stripe/Slack scheme): the timestamp is
+    signed with the body so a captured request cannot be replayed later."""
+    mac = hmac.new(secret, str(timestamp).encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+    return f"v1={mac}"
+
+
+def verify_signature(secret: bytes, timestamp: str, body: bytes, header: str, now: int,
+                     tolerance: int = SIGNATURE_TOLERANCE_S) -> bool:
+    """Constant-time check of any `v1=` value in `header` (several are allowed during secret rotation),
+    and the timestamp within `tolerance` seconds of now."""
+    if not timestamp.isdigit() or len(timestamp) > 12 or abs(now - int(timestamp)) > tolerance:
+        return False
+    expected = webhook_signature(secret, int(timestamp), body)
+    ok = False
+    for candidate in header.split(","):
+        ok |= hmac.compare_digest(candidate.strip().encode(), expected.encode())
+    return ok
+
+
+class WebhookEvent(StrEnum):
+    RECEIPT = "sms.receipt"
+    INBOUND = "sms.inbound"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookJob:
+    id: int
+    account_id: int
+    event: WebhookEvent
+    ref: str  # receipt id or inbound message id
+    attempts: int
+    url: str  # "" = the account's current URL for the event
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    id: int
+    event: str
+    ref: str
+    host: str
+    attempt: int
+    outcome: str  # DELIVERED | RETRYING | ABANDONED | REFUSED
+    http_status: int
+    error: str
+    duration_ms: int
+    time: int
+
+
+WEBHOOK_MAX_ATTEMPTS: Final = 8
+
+
+def webhook_backoff(attempt: int, base_seconds: float = 5.0, cap_seconds: float = 3600.0) -> float:
+    """Delay before the next webhook attempt after `attempt` failures: 5 s, 10 s, 20 s ... capped."""
+    return retry_delay(attempt, base_seconds, cap_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class RateConfig:
+    """Configured limits (0 disables one): messages per second and burst per account and per API key, and
+    at most `prefix_limit` messages per `prefix_window` seconds to one destination prefix per account."""
+
+    account_rate: float = 0.0
+    account_burst: int = 0
+    key_rate: float = 0.0
+    key_burst: int = 0
+    prefix_limit: int = 0
+    prefix_window: int = 60
+    prefix_digits: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("account", "key"):
+            rate, burst = getattr(self, f"{name}_rate"), getattr(self, f"{name}_burst")
+            if rate < 0 or burst < 0 or (rate > 0) != (burst > 0):
+                raise ValueError(f"{name} rate and burst must both be positive, or both 0 (off)")
+            if burst and burst < MAX_MESSAGES_PER_REQUEST:
+                raise ValueError(f"{name} burst must allow one full request ({MAX_MESSAGES_PER_REQUEST} messages)")
+        if self.prefix_limit < 0 or self.prefix_window <= 0 or not 1 <= self.prefix_digits <= 8:
+            raise ValueError("prefix velocity needs limit >= 0, window > 0 and 1-8 digits")
+
+
+def limit_request(config: RateConfig, caller: Caller, prefix_tokens: Sequence[str | None]) -> LimitRequest:
+    """The buckets one send draws from and, per message, its destination-prefix counter (None: exempt)."""
+    acct = caller.account_id
+    buckets: list[Bucket] = []
+    if config.account_rate > 0:
+        buckets.append(Bucket(f"account:{acct}", config.account_burst, config.account_rate))
+    if caller.api_key_id:
+        kid = caller.api_key_id
+        if config.key_rate > 0:
+            buckets.append(Bucket(f"api_key:{kid}", config.key_burst, config.key_rate))
+        if caller.limits.per_minute > 0:
+            buckets.append(Bucket(f"key_minute:{kid}", caller.limits.per_minute, window=60))
+        if caller.limits.per_day > 0:
+            buckets.append(Bucket(f"key_day:{kid}", caller.limits.per_day, window=86_400))
+    velocity = tuple(
+        None if token is None or config.prefix_limit <= 0
+        else Velocity(f"prefix:{acct}:{token}", config.prefix_limit, config.prefix_window)
+        for token in prefix_tokens
+    )
+    return LimitRequest(tuple(buckets), velocity)
+
+
+def limit_error(verdict: LimitVerdict, limits: SendLimits) -> ResourceExhausted:
+    """The whole-request refusal for a verdict with `retry_after` set."""
+    which = verdict.exceeded
+    if verdict.retry_after < 0:
+        what = {"key_minute": f"{limits.per_minute} messages per minute",
+                "key_day": f"{limits.per_day} messages per day"}.get(which, "its rate limit")
+        return SendLimitExceeded(f"This request has more messages than the API key allows ({what}).", limit=which)
+    wait = str(retry_after_seconds(verdict.retry_after))
+    if which in ("key_minute", "key_day"):
+        return SendLimitExceeded("The API key's send limit is used up; retry later.", limit=which,
+                                 retry_after_seconds=wait)
+    return RateLimited("Too many messages; retry later.", limit=which, retry_after_seconds=wait)
+
+
+def receipt_payload(r: ReceiptRecord) -> dict[str, object]:
+    """A receipt as /v3/sms/receipts shows it (and as its webhook carries it)."""
+    view = clicksend_receipt_view(r.status, r.error_code)
+    return {
+        "timestamp_send": r.timestamp_send, "timestamp": r.timestamp, "message_id": r.message_id,
+        "status_code": view.status_code, "status_text": view.status_text, "error_code": view.error_code,
+        "error_text": view.error_text, "custom_string": r.custom_string, "subaccount_id": r.user_id,
+        "message_type": "sms",
+    }
+
+
+def inbound_payload(v: InboundView) -> dict[str, object]:
+    """A reply as /v3/sms/inbound shows it (and as its webhook carries it)."""
+    r = v.record
+    return {
+        "timestamp": r.timestamp, "from": v.sender, "body": v.body, "original_body": v.original_body,
+        "original_message_id": r.original_message_id, "to": r.to, "custom_string": r.custom_string,
+        "message_id": r.id, "_keyword": v.keyword,
+    }

@@ -73,6 +73,9 @@ async def messaging_settings(
         audit_addr=f"127.0.0.1:{audit_app.port}", keys_addr=keys_addr,
         relay_interval_seconds=0.2, outbox_grace_seconds=1.0, reclaim_idle_ms=1000, worker_block_ms=200,
         sim_receipt_delay_ms=100, retry_base_ms=50, retry_cap_ms=200, shutdown_grace_seconds=1.0,
+        # Limits are off unless a test turns them on (tests/integration/messaging/test_limits.py).
+        account_rate=0.0, account_burst=0, key_rate=0.0, key_burst=0, prefix_limit=0,
+        webhook_allow_private=True, webhook_ca_file=str(certs.public_ca), webhook_backoff_ms=100,
     )
 
 
@@ -95,10 +98,16 @@ async def messaging(messaging_settings: Settings) -> AsyncIterator[Messaging]:
 
 
 def principal_md(
-    account_id: int, *perms: str, user_id: int = 7, api_username: str = "alice", test_mode: bool = False
-) -> tuple[tuple[str, bytes], ...]:
+    account_id: int, *perms: str, user_id: int = 7, api_username: str = "alice", test_mode: bool = False,
+    api_key_id: str = "key-1", deidentified: bool = False, staff: bool = False,
+    limits: principal_pb2.SendLimits | None = None, idempotency_key: str = "",
+) -> tuple[tuple[str, bytes | str], ...]:
     p = principal_pb2.Principal(
         account_id=account_id, user_id=user_id, api_username=api_username, test_mode=test_mode,
-        permissions=list(perms or ("sms.send", "sms.read")), request_id="req-1", api_key_id="key-1",
+        permissions=list(perms or ("sms.send", "sms.read", "sms.settings")), request_id="req-1",
+        api_key_id=api_key_id, sms_deidentify_message=deidentified, staff=staff, send_limits=limits,
     )
-    return ((PRINCIPAL_KEY, p.SerializeToString()),)
+    md: tuple[tuple[str, bytes | str], ...] = ((PRINCIPAL_KEY, p.SerializeToString()),)
+    if idempotency_key:
+        md += (("idempotency-key", idempotency_key),)
+    return md

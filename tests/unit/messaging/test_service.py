@@ -66,6 +66,7 @@ class FakeTx:
         self.store = store
         self.balances = dict(store.balances)
         self.rows: list[NewMessage] = []
+        self.idem: dict[tuple[int, bytes], tuple[bytes, bytes | None]] = {}
 
     async def lock_balance(self, account_id: int, initial: Decimal) -> Decimal:
         self.store.locks += 1
@@ -79,6 +80,21 @@ class FakeTx:
     async def insert_messages(self, messages: Sequence[NewMessage]) -> None:
         self.rows.extend(messages)
 
+    async def opted_out(self, pairs: Sequence[tuple[int, bytes]]) -> set[tuple[int, bytes]]:
+        return {p for p in pairs if p in self.store.opt_outs}
+
+    async def claim_idempotency(self, keys: Sequence[tuple[int, bytes, bytes]]) -> set[tuple[int, bytes]]:
+        won = set()
+        for acct, key_hash, fp in keys:
+            if (acct, key_hash) not in self.store.idempotency and (acct, key_hash) not in self.idem:
+                self.idem[(acct, key_hash)] = (fp, None)
+                won.add((acct, key_hash))
+        return won
+
+    async def save_idempotent_results(self, results: Sequence[tuple[int, bytes, bytes]]) -> None:
+        for acct, key_hash, blob in results:
+            self.idem[(acct, key_hash)] = (self.idem[(acct, key_hash)][0], blob)
+
 
 class FakeStore:
     """Writes land only when the transaction commits (the block exits without an exception)."""
@@ -89,6 +105,21 @@ class FakeStore:
         self.outbox: list[tuple[str, int]] = []
         self.transactions = 0
         self.locks = 0
+        self.index_keys: dict[int, bytes] = {}
+        self.opt_outs: set[tuple[int, bytes]] = set()
+        self.idempotency: dict[tuple[int, bytes], tuple[bytes, bytes | None]] = {}
+
+    async def index_key_ct(self, account_id: int) -> bytes | None:
+        return self.index_keys.get(account_id)
+
+    async def add_index_key_ct(self, account_id: int, blob: bytes) -> bytes:
+        return self.index_keys.setdefault(account_id, blob)
+
+    async def idempotent_result(self, account_id: int, key_hash: bytes) -> tuple[bytes, bytes | None] | None:
+        return self.idempotency.get((account_id, key_hash))
+
+    async def opted_out(self, pairs: Sequence[tuple[int, bytes]]) -> set[tuple[int, bytes]]:
+        return {p for p in pairs if p in self.opt_outs}
 
     @contextlib.asynccontextmanager
     async def send_tx(self, *, atomic: bool = True) -> AsyncIterator[FakeTx]:
@@ -96,25 +127,30 @@ class FakeStore:
         tx = FakeTx(self)
         yield tx
         self.balances = tx.balances
+        self.idempotency.update(tx.idem)
         for m in tx.rows:
             self.messages[m.id] = m
             self.outbox.append((m.id, m.publish_at))
 
-    async def delete_outbox(self, published: Sequence[tuple[str, int]]) -> None:
-        self.outbox = [o for o in self.outbox if o not in set(published)]
+    async def mark_published(self, published: Sequence[tuple[str, int]], redeliver_s: float) -> None:
+        done = set(published)
+        self.outbox = [(mid, NOW + int(redeliver_s)) if (mid, at) in done else (mid, at) for mid, at in self.outbox]
 
-    async def relay_due(self, limit: int, publish: Callable[[list[str]], Awaitable[None]]) -> int:
+    async def relay_due(
+        self, limit: int, publish: Callable[[list[str]], Awaitable[None]], redeliver_s: float
+    ) -> int:
         due = [o for o in self.outbox if o[1] <= NOW][:limit]
         if due:
             await publish([o[0] for o in due])
-            self.outbox = [o for o in self.outbox if o not in due]
+            self.outbox = [(mid, NOW + int(redeliver_s)) if (mid, at) in due else (mid, at) for mid, at in self.outbox]
         return len(due)
 
     async def balance(self, account_id: int) -> Decimal | None:
         return self.balances.get(account_id)
 
     async def history(
-        self, account_id: int, date_from: int | None, date_to: int | None, offset: int, limit: int
+        self, account_id: int, date_from: int | None, date_to: int | None, offset: int, limit: int,
+        f: object = None, sort: object = None, to_hash: bytes | None = None,
     ) -> tuple[int, list[StoredMessage]]:
         mine = [m for m in reversed(self.messages.values()) if m.account_id == account_id]
         return len(mine), [
@@ -256,15 +292,19 @@ async def test_publish_failure_leaves_the_outbox_to_the_relay(parts) -> None:  #
     assert await svc.forget_published() == 0 and len(store.outbox) == 1
     queue.fail = False
     assert await svc.relay_outbox() == 1
-    assert queue.published == [result.items[0].message_id] and not store.outbox
+    assert queue.published == [result.items[0].message_id]
+    # Published, not forgotten: the row waits (redeliver_seconds) in case the stream entry is lost.
+    assert [at for _, at in store.outbox] == [NOW + 30]
 
 
-async def test_published_rows_leave_the_outbox_later(parts) -> None:  # type: ignore[no-untyped-def]
+async def test_published_rows_wait_in_the_outbox_until_settled(parts) -> None:  # type: ignore[no-untyped-def]
     store, queue, env = parts
     svc = make_service(store, queue, env)
     await svc.send_sms(ALICE, [msg(), msg()])
-    assert len(store.outbox) == 2
-    assert await svc.forget_published() == 2 and not store.outbox
+    assert [at for _, at in store.outbox] == [NOW + 5, NOW + 5]
+    assert await svc.forget_published() == 2
+    # Moved on by redeliver_seconds, not deleted: a lost stream entry is published again.
+    assert [at for _, at in store.outbox] == [NOW + 30, NOW + 30]
 
 
 async def test_scheduled_messages_wait_in_the_outbox(parts) -> None:  # type: ignore[no-untyped-def]
@@ -299,7 +339,7 @@ class FakeDeliveryStore:
         self.results: tuple[list[tuple[str, str]], list[tuple[str, float]], list[tuple[str, int]]] | None = None
         self.receipts: list[Receipt] = []
 
-    async def claim(self, message_ids: Sequence[str]) -> list[ClaimedMessage]:
+    async def claim(self, message_ids: Sequence[str], lease_s: float = 30.0) -> list[ClaimedMessage]:
         return [c for c in self.claimed if c.id in message_ids]
 
     async def record_results(self, carrier, sent, retry, failed):  # type: ignore[no-untyped-def]

@@ -228,3 +228,881 @@ class GetBalanceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBalanceResponse: _TypeAlias = GetBalanceResponse  # noqa: Y015
+
+@_typing.final
+class PriceSmsRequest(_message.Message):
+    """ClickSend price request (same messages as a send)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    SHORTEN_URLS_FIELD_NUMBER: _builtins.int
+    SENDERS_FIELD_NUMBER: _builtins.int
+    shorten_urls: _builtins.bool
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_sms_pb2.PriceSmsInput]: ...
+    @_builtins.property
+    def senders(self) -> _containers.RepeatedCompositeFieldContainer[_sms_pb2.SenderChoice]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_sms_pb2.PriceSmsInput] | None = ...,
+        shorten_urls: _builtins.bool = ...,
+        senders: _abc.Iterable[_sms_pb2.SenderChoice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "senders", b"senders", "shorten_urls", b"shorten_urls"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriceSmsRequest: _TypeAlias = PriceSmsRequest  # noqa: Y015
+
+@_typing.final
+class PriceSmsResponse(_message.Message):
+    """ClickSend price response (`data`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_PRICE_FIELD_NUMBER: _builtins.int
+    TOTAL_COUNT_FIELD_NUMBER: _builtins.int
+    QUEUED_COUNT_FIELD_NUMBER: _builtins.int
+    BLOCKED_COUNT_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    total_price: _builtins.float
+    total_count: _builtins.int
+    queued_count: _builtins.int
+    blocked_count: _builtins.int
+    @_builtins.property
+    def currency(self) -> _sms_pb2.Currency: ...
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_sms_pb2.PricedSms]: ...
+    def __init__(
+        self,
+        *,
+        total_price: _builtins.float = ...,
+        total_count: _builtins.int = ...,
+        queued_count: _builtins.int = ...,
+        blocked_count: _builtins.int = ...,
+        currency: _sms_pb2.Currency | None = ...,
+        messages: _abc.Iterable[_sms_pb2.PricedSms] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked_count", b"blocked_count", "currency", b"currency", "messages", b"messages", "queued_count", b"queued_count", "total_count", b"total_count", "total_price", b"total_price"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriceSmsResponse: _TypeAlias = PriceSmsResponse  # noqa: Y015
+
+@_typing.final
+class ListSmsReceiptsRequest(_message.Message):
+    """A page of unread receipts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    page: _builtins.int
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        page: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSmsReceiptsRequest: _TypeAlias = ListSmsReceiptsRequest  # noqa: Y015
+
+@_typing.final
+class ListSmsReceiptsResponse(_message.Message):
+    """One page of receipts (ClickSend paged `data`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    PER_PAGE_FIELD_NUMBER: _builtins.int
+    CURRENT_PAGE_FIELD_NUMBER: _builtins.int
+    LAST_PAGE_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_URL_FIELD_NUMBER: _builtins.int
+    PREV_PAGE_URL_FIELD_NUMBER: _builtins.int
+    FIRST_INDEX_FIELD_NUMBER: _builtins.int
+    LAST_INDEX_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    per_page: _builtins.int
+    current_page: _builtins.int
+    last_page: _builtins.int
+    next_page_url: _builtins.str
+    prev_page_url: _builtins.str
+    first_index: _builtins.int
+    last_index: _builtins.int
+    @_builtins.property
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[_sms_pb2.SmsReceipt]: ...
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        per_page: _builtins.int = ...,
+        current_page: _builtins.int = ...,
+        last_page: _builtins.int = ...,
+        next_page_url: _builtins.str | None = ...,
+        prev_page_url: _builtins.str | None = ...,
+        first_index: _builtins.int | None = ...,
+        last_index: _builtins.int | None = ...,
+        data: _abc.Iterable[_sms_pb2.SmsReceipt] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_index", b"_first_index", "_last_index", b"_last_index", "_next_page_url", b"_next_page_url", "_prev_page_url", b"_prev_page_url", "first_index", b"first_index", "last_index", b"last_index", "next_page_url", b"next_page_url", "prev_page_url", b"prev_page_url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_index", b"_first_index", "_last_index", b"_last_index", "_next_page_url", b"_next_page_url", "_prev_page_url", b"_prev_page_url", "current_page", b"current_page", "data", b"data", "first_index", b"first_index", "last_index", b"last_index", "last_page", b"last_page", "next_page_url", b"next_page_url", "per_page", b"per_page", "prev_page_url", b"prev_page_url", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__first_index: _TypeAlias = _typing.Literal["first_index"]  # noqa: Y015
+    _WhichOneofArgType__first_index: _TypeAlias = _typing.Literal["_first_index", b"_first_index"]  # noqa: Y015
+    _WhichOneofReturnType__last_index: _TypeAlias = _typing.Literal["last_index"]  # noqa: Y015
+    _WhichOneofArgType__last_index: _TypeAlias = _typing.Literal["_last_index", b"_last_index"]  # noqa: Y015
+    _WhichOneofReturnType__next_page_url: _TypeAlias = _typing.Literal["next_page_url"]  # noqa: Y015
+    _WhichOneofArgType__next_page_url: _TypeAlias = _typing.Literal["_next_page_url", b"_next_page_url"]  # noqa: Y015
+    _WhichOneofReturnType__prev_page_url: _TypeAlias = _typing.Literal["prev_page_url"]  # noqa: Y015
+    _WhichOneofArgType__prev_page_url: _TypeAlias = _typing.Literal["_prev_page_url", b"_prev_page_url"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_index) -> _WhichOneofReturnType__first_index | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_index) -> _WhichOneofReturnType__last_index | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__next_page_url) -> _WhichOneofReturnType__next_page_url | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prev_page_url) -> _WhichOneofReturnType__prev_page_url | None: ...
+
+Global___ListSmsReceiptsResponse: _TypeAlias = ListSmsReceiptsResponse  # noqa: Y015
+
+@_typing.final
+class GetSmsReceiptRequest(_message.Message):
+    """The receipt of one message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSmsReceiptRequest: _TypeAlias = GetSmsReceiptRequest  # noqa: Y015
+
+@_typing.final
+class GetSmsReceiptResponse(_message.Message):
+    """`data` is the receipt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def receipt(self) -> _sms_pb2.SmsReceipt: ...
+    def __init__(
+        self,
+        *,
+        receipt: _sms_pb2.SmsReceipt | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSmsReceiptResponse: _TypeAlias = GetSmsReceiptResponse  # noqa: Y015
+
+@_typing.final
+class MarkSmsReceiptsReadRequest(_message.Message):
+    """Receipts before `date_before` (unix seconds; 0: all) become read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_BEFORE_FIELD_NUMBER: _builtins.int
+    date_before: _builtins.int
+    def __init__(
+        self,
+        *,
+        date_before: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date_before", b"date_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkSmsReceiptsReadRequest: _TypeAlias = MarkSmsReceiptsReadRequest  # noqa: Y015
+
+@_typing.final
+class MarkSmsReceiptsReadResponse(_message.Message):
+    """Nothing (`data` is null)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkSmsReceiptsReadResponse: _TypeAlias = MarkSmsReceiptsReadResponse  # noqa: Y015
+
+@_typing.final
+class CreateTestSmsReceiptRequest(_message.Message):
+    """`url`: "poll" keeps the receipt for polling, an HTTPS URL receives it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTestSmsReceiptRequest: _TypeAlias = CreateTestSmsReceiptRequest  # noqa: Y015
+
+@_typing.final
+class CreateTestSmsReceiptResponse(_message.Message):
+    """`data` is the receipt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def receipt(self) -> _sms_pb2.SmsReceipt: ...
+    def __init__(
+        self,
+        *,
+        receipt: _sms_pb2.SmsReceipt | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTestSmsReceiptResponse: _TypeAlias = CreateTestSmsReceiptResponse  # noqa: Y015
+
+@_typing.final
+class ListInboundSmsRequest(_message.Message):
+    """A page of unread replies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    page: _builtins.int
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        page: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInboundSmsRequest: _TypeAlias = ListInboundSmsRequest  # noqa: Y015
+
+@_typing.final
+class ListInboundSmsResponse(_message.Message):
+    """One page of replies (ClickSend paged `data`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    PER_PAGE_FIELD_NUMBER: _builtins.int
+    CURRENT_PAGE_FIELD_NUMBER: _builtins.int
+    LAST_PAGE_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_URL_FIELD_NUMBER: _builtins.int
+    PREV_PAGE_URL_FIELD_NUMBER: _builtins.int
+    FIRST_INDEX_FIELD_NUMBER: _builtins.int
+    LAST_INDEX_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    per_page: _builtins.int
+    current_page: _builtins.int
+    last_page: _builtins.int
+    next_page_url: _builtins.str
+    prev_page_url: _builtins.str
+    first_index: _builtins.int
+    last_index: _builtins.int
+    @_builtins.property
+    def data(self) -> _containers.RepeatedCompositeFieldContainer[_sms_pb2.InboundSms]: ...
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        per_page: _builtins.int = ...,
+        current_page: _builtins.int = ...,
+        last_page: _builtins.int = ...,
+        next_page_url: _builtins.str | None = ...,
+        prev_page_url: _builtins.str | None = ...,
+        first_index: _builtins.int | None = ...,
+        last_index: _builtins.int | None = ...,
+        data: _abc.Iterable[_sms_pb2.InboundSms] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_index", b"_first_index", "_last_index", b"_last_index", "_next_page_url", b"_next_page_url", "_prev_page_url", b"_prev_page_url", "first_index", b"first_index", "last_index", b"last_index", "next_page_url", b"next_page_url", "prev_page_url", b"prev_page_url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_index", b"_first_index", "_last_index", b"_last_index", "_next_page_url", b"_next_page_url", "_prev_page_url", b"_prev_page_url", "current_page", b"current_page", "data", b"data", "first_index", b"first_index", "last_index", b"last_index", "last_page", b"last_page", "next_page_url", b"next_page_url", "per_page", b"per_page", "prev_page_url", b"prev_page_url", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__first_index: _TypeAlias = _typing.Literal["first_index"]  # noqa: Y015
+    _WhichOneofArgType__first_index: _TypeAlias = _typing.Literal["_first_index", b"_first_index"]  # noqa: Y015
+    _WhichOneofReturnType__last_index: _TypeAlias = _typing.Literal["last_index"]  # noqa: Y015
+    _WhichOneofArgType__last_index: _TypeAlias = _typing.Literal["_last_index", b"_last_index"]  # noqa: Y015
+    _WhichOneofReturnType__next_page_url: _TypeAlias = _typing.Literal["next_page_url"]  # noqa: Y015
+    _WhichOneofArgType__next_page_url: _TypeAlias = _typing.Literal["_next_page_url", b"_next_page_url"]  # noqa: Y015
+    _WhichOneofReturnType__prev_page_url: _TypeAlias = _typing.Literal["prev_page_url"]  # noqa: Y015
+    _WhichOneofArgType__prev_page_url: _TypeAlias = _typing.Literal["_prev_page_url", b"_prev_page_url"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_index) -> _WhichOneofReturnType__first_index | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_index) -> _WhichOneofReturnType__last_index | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__next_page_url) -> _WhichOneofReturnType__next_page_url | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prev_page_url) -> _WhichOneofReturnType__prev_page_url | None: ...
+
+Global___ListInboundSmsResponse: _TypeAlias = ListInboundSmsResponse  # noqa: Y015
+
+@_typing.final
+class GetInboundSmsRequest(_message.Message):
+    """The first reply to the outbound message `original_message_id`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORIGINAL_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    original_message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        original_message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["original_message_id", b"original_message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInboundSmsRequest: _TypeAlias = GetInboundSmsRequest  # noqa: Y015
+
+@_typing.final
+class GetInboundSmsResponse(_message.Message):
+    """`data` is the reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INBOUND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inbound(self) -> _sms_pb2.InboundSms: ...
+    def __init__(
+        self,
+        *,
+        inbound: _sms_pb2.InboundSms | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inbound", b"inbound"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inbound", b"inbound"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInboundSmsResponse: _TypeAlias = GetInboundSmsResponse  # noqa: Y015
+
+@_typing.final
+class MarkInboundSmsReadRequest(_message.Message):
+    """Replies before `date_before` (unix seconds; 0: all) become read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_BEFORE_FIELD_NUMBER: _builtins.int
+    date_before: _builtins.int
+    def __init__(
+        self,
+        *,
+        date_before: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date_before", b"date_before"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkInboundSmsReadRequest: _TypeAlias = MarkInboundSmsReadRequest  # noqa: Y015
+
+@_typing.final
+class MarkInboundSmsReadResponse(_message.Message):
+    """Nothing (`data` is null)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkInboundSmsReadResponse: _TypeAlias = MarkInboundSmsReadResponse  # noqa: Y015
+
+@_typing.final
+class MarkInboundSmsReadByIdRequest(_message.Message):
+    """One reply (its own message id) becomes read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkInboundSmsReadByIdRequest: _TypeAlias = MarkInboundSmsReadByIdRequest  # noqa: Y015
+
+@_typing.final
+class MarkInboundSmsReadByIdResponse(_message.Message):
+    """`data` is the number of replies marked (0 or 1)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkInboundSmsReadByIdResponse: _TypeAlias = MarkInboundSmsReadByIdResponse  # noqa: Y015
+
+@_typing.final
+class CreateTestInboundSmsRequest(_message.Message):
+    """ClickSend fields plus two SendSafe extensions (test mode only)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    WEBHOOK_TYPE_FIELD_NUMBER: _builtins.int
+    ORIGINAL_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    webhook_type: _builtins.str
+    """"post", "get" or "json"; webhooks are always JSON POSTs here."""
+    original_message_id: _builtins.str
+    """Ours: reply to this outbound message of the account (its recipient is
+    the sender of the reply).
+    """
+    body: _builtins.str
+    """Ours: the reply's text (default "This is a test inbound message.")."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        webhook_type: _builtins.str = ...,
+        original_message_id: _builtins.str = ...,
+        body: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "original_message_id", b"original_message_id", "url", b"url", "webhook_type", b"webhook_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTestInboundSmsRequest: _TypeAlias = CreateTestInboundSmsRequest  # noqa: Y015
+
+@_typing.final
+class CreateTestInboundSmsResponse(_message.Message):
+    """`data` is the test reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INBOUND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def inbound(self) -> _sms_pb2.InboundSmsTest: ...
+    def __init__(
+        self,
+        *,
+        inbound: _sms_pb2.InboundSmsTest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["inbound", b"inbound"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inbound", b"inbound"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTestInboundSmsResponse: _TypeAlias = CreateTestInboundSmsResponse  # noqa: Y015
+
+@_typing.final
+class CancelSmsRequest(_message.Message):
+    """Cancel one message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSmsRequest: _TypeAlias = CancelSmsRequest  # noqa: Y015
+
+@_typing.final
+class CancelSmsResponse(_message.Message):
+    """Nothing (`data` is null)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSmsResponse: _TypeAlias = CancelSmsResponse  # noqa: Y015
+
+@_typing.final
+class CancelAllSmsRequest(_message.Message):
+    """Cancel scheduled messages (only those with this custom_string when set)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOM_STRING_FIELD_NUMBER: _builtins.int
+    custom_string: _builtins.str
+    def __init__(
+        self,
+        *,
+        custom_string: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_string", b"custom_string"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelAllSmsRequest: _TypeAlias = CancelAllSmsRequest  # noqa: Y015
+
+@_typing.final
+class CancelAllSmsResponse(_message.Message):
+    """How many messages were cancelled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelAllSmsResponse: _TypeAlias = CancelAllSmsResponse  # noqa: Y015
+
+@_typing.final
+class GetMessagingSettingsRequest(_message.Message):
+    """The caller's account settings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMessagingSettingsRequest: _TypeAlias = GetMessagingSettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetMessagingSettingsResponse(_message.Message):
+    """The settings (never the webhook secret)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> _sms_pb2.MessagingSettings: ...
+    def __init__(
+        self,
+        *,
+        settings: _sms_pb2.MessagingSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMessagingSettingsResponse: _TypeAlias = GetMessagingSettingsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateMessagingSettingsRequest(_message.Message):
+    """Fields left unset keep their value; an empty URL removes that webhook."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPT_WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    INBOUND_WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    BODY_RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    STAFF_CONTENT_ACCESS_FIELD_NUMBER: _builtins.int
+    receipt_webhook_url: _builtins.str
+    inbound_webhook_url: _builtins.str
+    body_retention_days: _builtins.int
+    staff_content_access: _builtins.bool
+    def __init__(
+        self,
+        *,
+        receipt_webhook_url: _builtins.str | None = ...,
+        inbound_webhook_url: _builtins.str | None = ...,
+        body_retention_days: _builtins.int | None = ...,
+        staff_content_access: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_body_retention_days", b"_body_retention_days", "_inbound_webhook_url", b"_inbound_webhook_url", "_receipt_webhook_url", b"_receipt_webhook_url", "_staff_content_access", b"_staff_content_access", "body_retention_days", b"body_retention_days", "inbound_webhook_url", b"inbound_webhook_url", "receipt_webhook_url", b"receipt_webhook_url", "staff_content_access", b"staff_content_access"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_body_retention_days", b"_body_retention_days", "_inbound_webhook_url", b"_inbound_webhook_url", "_receipt_webhook_url", b"_receipt_webhook_url", "_staff_content_access", b"_staff_content_access", "body_retention_days", b"body_retention_days", "inbound_webhook_url", b"inbound_webhook_url", "receipt_webhook_url", b"receipt_webhook_url", "staff_content_access", b"staff_content_access"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__body_retention_days: _TypeAlias = _typing.Literal["body_retention_days"]  # noqa: Y015
+    _WhichOneofArgType__body_retention_days: _TypeAlias = _typing.Literal["_body_retention_days", b"_body_retention_days"]  # noqa: Y015
+    _WhichOneofReturnType__inbound_webhook_url: _TypeAlias = _typing.Literal["inbound_webhook_url"]  # noqa: Y015
+    _WhichOneofArgType__inbound_webhook_url: _TypeAlias = _typing.Literal["_inbound_webhook_url", b"_inbound_webhook_url"]  # noqa: Y015
+    _WhichOneofReturnType__receipt_webhook_url: _TypeAlias = _typing.Literal["receipt_webhook_url"]  # noqa: Y015
+    _WhichOneofArgType__receipt_webhook_url: _TypeAlias = _typing.Literal["_receipt_webhook_url", b"_receipt_webhook_url"]  # noqa: Y015
+    _WhichOneofReturnType__staff_content_access: _TypeAlias = _typing.Literal["staff_content_access"]  # noqa: Y015
+    _WhichOneofArgType__staff_content_access: _TypeAlias = _typing.Literal["_staff_content_access", b"_staff_content_access"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__body_retention_days) -> _WhichOneofReturnType__body_retention_days | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__inbound_webhook_url) -> _WhichOneofReturnType__inbound_webhook_url | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__receipt_webhook_url) -> _WhichOneofReturnType__receipt_webhook_url | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__staff_content_access) -> _WhichOneofReturnType__staff_content_access | None: ...
+
+Global___UpdateMessagingSettingsRequest: _TypeAlias = UpdateMessagingSettingsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateMessagingSettingsResponse(_message.Message):
+    """The new settings; `webhook_secret` only when this call created it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    WEBHOOK_SECRET_FIELD_NUMBER: _builtins.int
+    webhook_secret: _builtins.str
+    @_builtins.property
+    def settings(self) -> _sms_pb2.MessagingSettings: ...
+    def __init__(
+        self,
+        *,
+        settings: _sms_pb2.MessagingSettings | None = ...,
+        webhook_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "webhook_secret", b"webhook_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateMessagingSettingsResponse: _TypeAlias = UpdateMessagingSettingsResponse  # noqa: Y015
+
+@_typing.final
+class RotateWebhookSecretRequest(_message.Message):
+    """Replace the webhook signing secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateWebhookSecretRequest: _TypeAlias = RotateWebhookSecretRequest  # noqa: Y015
+
+@_typing.final
+class RotateWebhookSecretResponse(_message.Message):
+    """The new secret, shown once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEBHOOK_SECRET_FIELD_NUMBER: _builtins.int
+    webhook_secret: _builtins.str
+    def __init__(
+        self,
+        *,
+        webhook_secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["webhook_secret", b"webhook_secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateWebhookSecretResponse: _TypeAlias = RotateWebhookSecretResponse  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesRequest(_message.Message):
+    """The newest deliveries first; `before_id` continues a listing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    BEFORE_ID_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    before_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        before_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before_id", b"before_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesRequest: _TypeAlias = ListWebhookDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ListWebhookDeliveriesResponse(_message.Message):
+    """One page of the log; `next_before_id` is 0 at the end."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    NEXT_BEFORE_ID_FIELD_NUMBER: _builtins.int
+    next_before_id: _builtins.int
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[_sms_pb2.WebhookDelivery]: ...
+    def __init__(
+        self,
+        *,
+        deliveries: _abc.Iterable[_sms_pb2.WebhookDelivery] | None = ...,
+        next_before_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deliveries", b"deliveries", "next_before_id", b"next_before_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWebhookDeliveriesResponse: _TypeAlias = ListWebhookDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class StaffListSmsHistoryRequest(_message.Message):
+    """An account's history as staff see it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    DATE_FROM_FIELD_NUMBER: _builtins.int
+    DATE_TO_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    page: _builtins.int
+    limit: _builtins.int
+    date_from: _builtins.int
+    date_to: _builtins.int
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        page: _builtins.int = ...,
+        limit: _builtins.int = ...,
+        date_from: _builtins.int = ...,
+        date_to: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "date_from", b"date_from", "date_to", b"date_to", "limit", b"limit", "page", b"page"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StaffListSmsHistoryRequest: _TypeAlias = StaffListSmsHistoryRequest  # noqa: Y015
+
+@_typing.final
+class StaffListSmsHistoryResponse(_message.Message):
+    """Bodies and numbers are masked unless `content_visible`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    CONTENT_VISIBLE_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    content_visible: _builtins.bool
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_sms_pb2.HistorySms]: ...
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        content_visible: _builtins.bool = ...,
+        messages: _abc.Iterable[_sms_pb2.HistorySms] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_visible", b"content_visible", "messages", b"messages", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StaffListSmsHistoryResponse: _TypeAlias = StaffListSmsHistoryResponse  # noqa: Y015

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class MessagingServiceStub:
-    """SMS sending and history.
+    """SMS sending, history, receipts, replies, cancelling, and the per-account
+    privacy and webhook settings.
     """
 
     def __init__(self, channel):
@@ -45,6 +46,91 @@ class MessagingServiceStub:
                 request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSmsHistoryRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSmsHistoryResponse.FromString,
                 _registered_method=True)
+        self.PriceSms = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/PriceSms',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.PriceSmsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.PriceSmsResponse.FromString,
+                _registered_method=True)
+        self.ListSmsReceipts = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/ListSmsReceipts',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSmsReceiptsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSmsReceiptsResponse.FromString,
+                _registered_method=True)
+        self.GetSmsReceipt = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/GetSmsReceipt',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetSmsReceiptRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetSmsReceiptResponse.FromString,
+                _registered_method=True)
+        self.MarkSmsReceiptsRead = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/MarkSmsReceiptsRead',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkSmsReceiptsReadRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkSmsReceiptsReadResponse.FromString,
+                _registered_method=True)
+        self.CreateTestSmsReceipt = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/CreateTestSmsReceipt',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateTestSmsReceiptRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateTestSmsReceiptResponse.FromString,
+                _registered_method=True)
+        self.ListInboundSms = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/ListInboundSms',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListInboundSmsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListInboundSmsResponse.FromString,
+                _registered_method=True)
+        self.GetInboundSms = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/GetInboundSms',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetInboundSmsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetInboundSmsResponse.FromString,
+                _registered_method=True)
+        self.MarkInboundSmsRead = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/MarkInboundSmsRead',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkInboundSmsReadRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkInboundSmsReadResponse.FromString,
+                _registered_method=True)
+        self.MarkInboundSmsReadById = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/MarkInboundSmsReadById',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkInboundSmsReadByIdRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkInboundSmsReadByIdResponse.FromString,
+                _registered_method=True)
+        self.CreateTestInboundSms = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/CreateTestInboundSms',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateTestInboundSmsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateTestInboundSmsResponse.FromString,
+                _registered_method=True)
+        self.CancelSms = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/CancelSms',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CancelSmsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CancelSmsResponse.FromString,
+                _registered_method=True)
+        self.CancelAllSms = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/CancelAllSms',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CancelAllSmsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CancelAllSmsResponse.FromString,
+                _registered_method=True)
+        self.GetMessagingSettings = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/GetMessagingSettings',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetMessagingSettingsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetMessagingSettingsResponse.FromString,
+                _registered_method=True)
+        self.UpdateMessagingSettings = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/UpdateMessagingSettings',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdateMessagingSettingsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdateMessagingSettingsResponse.FromString,
+                _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/RotateWebhookSecret',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.RotateWebhookSecretResponse.FromString,
+                _registered_method=True)
+        self.ListWebhookDeliveries = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/ListWebhookDeliveries',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListWebhookDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.StaffListSmsHistory = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/StaffListSmsHistory',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.StaffListSmsHistoryRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.StaffListSmsHistoryResponse.FromString,
+                _registered_method=True)
         self.GetBalance = channel.unary_unary(
                 '/sendsafe.messaging.v1.MessagingService/GetBalance',
                 request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetBalanceRequest.SerializeToString,
@@ -53,7 +139,8 @@ class MessagingServiceStub:
 
 
 class MessagingServiceServicer:
-    """SMS sending and history.
+    """SMS sending, history, receipts, replies, cancelling, and the per-account
+    privacy and webhook settings.
     """
 
     def SendSms(self, request, context):
@@ -65,6 +152,134 @@ class MessagingServiceServicer:
 
     def ListSmsHistory(self, request, context):
         """Sent messages, newest first (ClickSend `GET /v3/sms/history`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PriceSms(self, request, context):
+        """Price 1-1000 messages without sending or storing anything (ClickSend
+        `POST /v3/sms/price`): the same per-message validation as a send.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSmsReceipts(self, request, context):
+        """Unread delivery receipts, newest first (ClickSend `GET /v3/sms/receipts`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSmsReceipt(self, request, context):
+        """The receipt of one message, read or not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkSmsReceiptsRead(self, request, context):
+        """Mark receipts before a time as read (`data` is null, as at ClickSend).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTestSmsReceipt(self, request, context):
+        """Test hook, test-mode accounts only: a delivery receipt for a test message,
+        kept for polling (`url` "poll") or pushed to `url`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInboundSms(self, request, context):
+        """Unread replies, newest first (ClickSend `GET /v3/sms/inbound`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInboundSms(self, request, context):
+        """The first reply to one of the account's messages.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkInboundSmsRead(self, request, context):
+        """Mark replies before a time as read (`data` is null).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkInboundSmsReadById(self, request, context):
+        """Mark one reply as read; `data` is the number marked (an int).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTestInboundSms(self, request, context):
+        """Test hook, test-mode accounts only: a reply, kept for polling (`url`
+        "poll") or pushed to `url`. SendSafe extensions `original_message_id` and
+        `body` make it a reply to one of the account's messages (e.g. "STOP").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSms(self, request, context):
+        """Cancel a message that has not been dispatched yet; its price is refunded
+        (`data` is null).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelAllSms(self, request, context):
+        """Cancel every scheduled message (optionally only those with a
+        custom_string); `data` is {count}.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMessagingSettings(self, request, context):
+        """The account's privacy and webhook settings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateMessagingSettings(self, request, context):
+        """Change some settings. Setting a webhook URL for the first time creates
+        the signing secret, returned here once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateWebhookSecret(self, request, context):
+        """A new webhook signing secret (shown once); the old one stops signing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhookDeliveries(self, request, context):
+        """The webhook delivery log, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StaffListSmsHistory(self, request, context):
+        """Staff: an account's message history for a support case. Bodies and
+        numbers are masked unless the account granted staff content access;
+        every call is recorded in the customer's audit feed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,6 +305,91 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSmsHistoryRequest.FromString,
                     response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSmsHistoryResponse.SerializeToString,
             ),
+            'PriceSms': grpc.unary_unary_rpc_method_handler(
+                    servicer.PriceSms,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.PriceSmsRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.PriceSmsResponse.SerializeToString,
+            ),
+            'ListSmsReceipts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSmsReceipts,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSmsReceiptsRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSmsReceiptsResponse.SerializeToString,
+            ),
+            'GetSmsReceipt': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSmsReceipt,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetSmsReceiptRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetSmsReceiptResponse.SerializeToString,
+            ),
+            'MarkSmsReceiptsRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkSmsReceiptsRead,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkSmsReceiptsReadRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkSmsReceiptsReadResponse.SerializeToString,
+            ),
+            'CreateTestSmsReceipt': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTestSmsReceipt,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateTestSmsReceiptRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateTestSmsReceiptResponse.SerializeToString,
+            ),
+            'ListInboundSms': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInboundSms,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListInboundSmsRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListInboundSmsResponse.SerializeToString,
+            ),
+            'GetInboundSms': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInboundSms,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetInboundSmsRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetInboundSmsResponse.SerializeToString,
+            ),
+            'MarkInboundSmsRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkInboundSmsRead,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkInboundSmsReadRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkInboundSmsReadResponse.SerializeToString,
+            ),
+            'MarkInboundSmsReadById': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkInboundSmsReadById,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkInboundSmsReadByIdRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkInboundSmsReadByIdResponse.SerializeToString,
+            ),
+            'CreateTestInboundSms': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTestInboundSms,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateTestInboundSmsRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateTestInboundSmsResponse.SerializeToString,
+            ),
+            'CancelSms': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSms,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CancelSmsRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CancelSmsResponse.SerializeToString,
+            ),
+            'CancelAllSms': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelAllSms,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CancelAllSmsRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CancelAllSmsResponse.SerializeToString,
+            ),
+            'GetMessagingSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMessagingSettings,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetMessagingSettingsRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetMessagingSettingsResponse.SerializeToString,
+            ),
+            'UpdateMessagingSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMessagingSettings,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdateMessagingSettingsRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdateMessagingSettingsResponse.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.RotateWebhookSecretRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.RotateWebhookSecretResponse.SerializeToString,
+            ),
+            'ListWebhookDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhookDeliveries,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListWebhookDeliveriesRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'StaffListSmsHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.StaffListSmsHistory,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.StaffListSmsHistoryRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.StaffListSmsHistoryResponse.SerializeToString,
+            ),
             'GetBalance': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBalance,
                     request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetBalanceRequest.FromString,
@@ -104,7 +404,8 @@ def add_MessagingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MessagingService:
-    """SMS sending and history.
+    """SMS sending, history, receipts, replies, cancelling, and the per-account
+    privacy and webhook settings.
     """
 
     @staticmethod
@@ -151,6 +452,465 @@ class MessagingService:
             '/sendsafe.messaging.v1.MessagingService/ListSmsHistory',
             sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSmsHistoryRequest.SerializeToString,
             sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSmsHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PriceSms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/PriceSms',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.PriceSmsRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.PriceSmsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSmsReceipts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/ListSmsReceipts',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSmsReceiptsRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListSmsReceiptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSmsReceipt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/GetSmsReceipt',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetSmsReceiptRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetSmsReceiptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkSmsReceiptsRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/MarkSmsReceiptsRead',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkSmsReceiptsReadRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkSmsReceiptsReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTestSmsReceipt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/CreateTestSmsReceipt',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateTestSmsReceiptRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateTestSmsReceiptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInboundSms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/ListInboundSms',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListInboundSmsRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListInboundSmsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInboundSms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/GetInboundSms',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetInboundSmsRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetInboundSmsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkInboundSmsRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/MarkInboundSmsRead',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkInboundSmsReadRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkInboundSmsReadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkInboundSmsReadById(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/MarkInboundSmsReadById',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkInboundSmsReadByIdRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.MarkInboundSmsReadByIdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTestInboundSms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/CreateTestInboundSms',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateTestInboundSmsRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CreateTestInboundSmsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/CancelSms',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CancelSmsRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CancelSmsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelAllSms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/CancelAllSms',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CancelAllSmsRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.CancelAllSmsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMessagingSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/GetMessagingSettings',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetMessagingSettingsRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetMessagingSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMessagingSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/UpdateMessagingSettings',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdateMessagingSettingsRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.UpdateMessagingSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/RotateWebhookSecret',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.RotateWebhookSecretRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.RotateWebhookSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhookDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/ListWebhookDeliveries',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListWebhookDeliveriesRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StaffListSmsHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/StaffListSmsHistory',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.StaffListSmsHistoryRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.StaffListSmsHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class MessagingServiceStub:
-    """SMS sending and history."""
+    """SMS sending, history, receipts, replies, cancelling, and the per-account
+    privacy and webhook settings.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -37,23 +39,127 @@ class MessagingServiceStub:
     """Send 1-1000 messages (ClickSend `POST /v3/sms/send`)."""
     ListSmsHistory: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListSmsHistoryRequest, _messaging_service_pb2.ListSmsHistoryResponse]
     """Sent messages, newest first (ClickSend `GET /v3/sms/history`)."""
+    PriceSms: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.PriceSmsRequest, _messaging_service_pb2.PriceSmsResponse]
+    """Price 1-1000 messages without sending or storing anything (ClickSend
+    `POST /v3/sms/price`): the same per-message validation as a send.
+    """
+    ListSmsReceipts: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListSmsReceiptsRequest, _messaging_service_pb2.ListSmsReceiptsResponse]
+    """Unread delivery receipts, newest first (ClickSend `GET /v3/sms/receipts`)."""
+    GetSmsReceipt: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetSmsReceiptRequest, _messaging_service_pb2.GetSmsReceiptResponse]
+    """The receipt of one message, read or not."""
+    MarkSmsReceiptsRead: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.MarkSmsReceiptsReadRequest, _messaging_service_pb2.MarkSmsReceiptsReadResponse]
+    """Mark receipts before a time as read (`data` is null, as at ClickSend)."""
+    CreateTestSmsReceipt: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateTestSmsReceiptRequest, _messaging_service_pb2.CreateTestSmsReceiptResponse]
+    """Test hook, test-mode accounts only: a delivery receipt for a test message,
+    kept for polling (`url` "poll") or pushed to `url`.
+    """
+    ListInboundSms: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListInboundSmsRequest, _messaging_service_pb2.ListInboundSmsResponse]
+    """Unread replies, newest first (ClickSend `GET /v3/sms/inbound`)."""
+    GetInboundSms: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetInboundSmsRequest, _messaging_service_pb2.GetInboundSmsResponse]
+    """The first reply to one of the account's messages."""
+    MarkInboundSmsRead: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.MarkInboundSmsReadRequest, _messaging_service_pb2.MarkInboundSmsReadResponse]
+    """Mark replies before a time as read (`data` is null)."""
+    MarkInboundSmsReadById: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.MarkInboundSmsReadByIdRequest, _messaging_service_pb2.MarkInboundSmsReadByIdResponse]
+    """Mark one reply as read; `data` is the number marked (an int)."""
+    CreateTestInboundSms: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateTestInboundSmsRequest, _messaging_service_pb2.CreateTestInboundSmsResponse]
+    """Test hook, test-mode accounts only: a reply, kept for polling (`url`
+    "poll") or pushed to `url`. SendSafe extensions `original_message_id` and
+    `body` make it a reply to one of the account's messages (e.g. "STOP").
+    """
+    CancelSms: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.CancelSmsRequest, _messaging_service_pb2.CancelSmsResponse]
+    """Cancel a message that has not been dispatched yet; its price is refunded
+    (`data` is null).
+    """
+    CancelAllSms: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.CancelAllSmsRequest, _messaging_service_pb2.CancelAllSmsResponse]
+    """Cancel every scheduled message (optionally only those with a
+    custom_string); `data` is {count}.
+    """
+    GetMessagingSettings: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetMessagingSettingsRequest, _messaging_service_pb2.GetMessagingSettingsResponse]
+    """The account's privacy and webhook settings."""
+    UpdateMessagingSettings: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdateMessagingSettingsRequest, _messaging_service_pb2.UpdateMessagingSettingsResponse]
+    """Change some settings. Setting a webhook URL for the first time creates
+    the signing secret, returned here once.
+    """
+    RotateWebhookSecret: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.RotateWebhookSecretRequest, _messaging_service_pb2.RotateWebhookSecretResponse]
+    """A new webhook signing secret (shown once); the old one stops signing."""
+    ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ListWebhookDeliveriesRequest, _messaging_service_pb2.ListWebhookDeliveriesResponse]
+    """The webhook delivery log, newest first."""
+    StaffListSmsHistory: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.StaffListSmsHistoryRequest, _messaging_service_pb2.StaffListSmsHistoryResponse]
+    """Staff: an account's message history for a support case. Bodies and
+    numbers are masked unless the account granted staff content access;
+    every call is recorded in the customer's audit feed.
+    """
     GetBalance: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetBalanceRequest, _messaging_service_pb2.GetBalanceResponse]
     """Internal: an account's credit balance (owned here, debited by sends)."""
 
 @_typing.type_check_only
 class MessagingServiceAsyncStub(MessagingServiceStub):
-    """SMS sending and history."""
+    """SMS sending, history, receipts, replies, cancelling, and the per-account
+    privacy and webhook settings.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SendSms: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.SendSmsRequest, _messaging_service_pb2.SendSmsResponse]  # type: ignore[assignment]
     """Send 1-1000 messages (ClickSend `POST /v3/sms/send`)."""
     ListSmsHistory: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ListSmsHistoryRequest, _messaging_service_pb2.ListSmsHistoryResponse]  # type: ignore[assignment]
     """Sent messages, newest first (ClickSend `GET /v3/sms/history`)."""
+    PriceSms: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.PriceSmsRequest, _messaging_service_pb2.PriceSmsResponse]  # type: ignore[assignment]
+    """Price 1-1000 messages without sending or storing anything (ClickSend
+    `POST /v3/sms/price`): the same per-message validation as a send.
+    """
+    ListSmsReceipts: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ListSmsReceiptsRequest, _messaging_service_pb2.ListSmsReceiptsResponse]  # type: ignore[assignment]
+    """Unread delivery receipts, newest first (ClickSend `GET /v3/sms/receipts`)."""
+    GetSmsReceipt: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetSmsReceiptRequest, _messaging_service_pb2.GetSmsReceiptResponse]  # type: ignore[assignment]
+    """The receipt of one message, read or not."""
+    MarkSmsReceiptsRead: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.MarkSmsReceiptsReadRequest, _messaging_service_pb2.MarkSmsReceiptsReadResponse]  # type: ignore[assignment]
+    """Mark receipts before a time as read (`data` is null, as at ClickSend)."""
+    CreateTestSmsReceipt: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateTestSmsReceiptRequest, _messaging_service_pb2.CreateTestSmsReceiptResponse]  # type: ignore[assignment]
+    """Test hook, test-mode accounts only: a delivery receipt for a test message,
+    kept for polling (`url` "poll") or pushed to `url`.
+    """
+    ListInboundSms: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ListInboundSmsRequest, _messaging_service_pb2.ListInboundSmsResponse]  # type: ignore[assignment]
+    """Unread replies, newest first (ClickSend `GET /v3/sms/inbound`)."""
+    GetInboundSms: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetInboundSmsRequest, _messaging_service_pb2.GetInboundSmsResponse]  # type: ignore[assignment]
+    """The first reply to one of the account's messages."""
+    MarkInboundSmsRead: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.MarkInboundSmsReadRequest, _messaging_service_pb2.MarkInboundSmsReadResponse]  # type: ignore[assignment]
+    """Mark replies before a time as read (`data` is null)."""
+    MarkInboundSmsReadById: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.MarkInboundSmsReadByIdRequest, _messaging_service_pb2.MarkInboundSmsReadByIdResponse]  # type: ignore[assignment]
+    """Mark one reply as read; `data` is the number marked (an int)."""
+    CreateTestInboundSms: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.CreateTestInboundSmsRequest, _messaging_service_pb2.CreateTestInboundSmsResponse]  # type: ignore[assignment]
+    """Test hook, test-mode accounts only: a reply, kept for polling (`url`
+    "poll") or pushed to `url`. SendSafe extensions `original_message_id` and
+    `body` make it a reply to one of the account's messages (e.g. "STOP").
+    """
+    CancelSms: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.CancelSmsRequest, _messaging_service_pb2.CancelSmsResponse]  # type: ignore[assignment]
+    """Cancel a message that has not been dispatched yet; its price is refunded
+    (`data` is null).
+    """
+    CancelAllSms: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.CancelAllSmsRequest, _messaging_service_pb2.CancelAllSmsResponse]  # type: ignore[assignment]
+    """Cancel every scheduled message (optionally only those with a
+    custom_string); `data` is {count}.
+    """
+    GetMessagingSettings: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetMessagingSettingsRequest, _messaging_service_pb2.GetMessagingSettingsResponse]  # type: ignore[assignment]
+    """The account's privacy and webhook settings."""
+    UpdateMessagingSettings: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.UpdateMessagingSettingsRequest, _messaging_service_pb2.UpdateMessagingSettingsResponse]  # type: ignore[assignment]
+    """Change some settings. Setting a webhook URL for the first time creates
+    the signing secret, returned here once.
+    """
+    RotateWebhookSecret: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.RotateWebhookSecretRequest, _messaging_service_pb2.RotateWebhookSecretResponse]  # type: ignore[assignment]
+    """A new webhook signing secret (shown once); the old one stops signing."""
+    ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ListWebhookDeliveriesRequest, _messaging_service_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
+    """The webhook delivery log, newest first."""
+    StaffListSmsHistory: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.StaffListSmsHistoryRequest, _messaging_service_pb2.StaffListSmsHistoryResponse]  # type: ignore[assignment]
+    """Staff: an account's message history for a support case. Bodies and
+    numbers are masked unless the account granted staff content access;
+    every call is recorded in the customer's audit feed.
+    """
     GetBalance: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetBalanceRequest, _messaging_service_pb2.GetBalanceResponse]  # type: ignore[assignment]
     """Internal: an account's credit balance (owned here, debited by sends)."""
 
 class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
-    """SMS sending and history."""
+    """SMS sending, history, receipts, replies, cancelling, and the per-account
+    privacy and webhook settings.
+    """
 
     @_abc_1.abstractmethod
     def SendSms(
@@ -70,6 +176,158 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_service_pb2.ListSmsHistoryResponse, _abc.Awaitable[_messaging_service_pb2.ListSmsHistoryResponse]]:
         """Sent messages, newest first (ClickSend `GET /v3/sms/history`)."""
+
+    @_abc_1.abstractmethod
+    def PriceSms(
+        self,
+        request: _messaging_service_pb2.PriceSmsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.PriceSmsResponse, _abc.Awaitable[_messaging_service_pb2.PriceSmsResponse]]:
+        """Price 1-1000 messages without sending or storing anything (ClickSend
+        `POST /v3/sms/price`): the same per-message validation as a send.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSmsReceipts(
+        self,
+        request: _messaging_service_pb2.ListSmsReceiptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.ListSmsReceiptsResponse, _abc.Awaitable[_messaging_service_pb2.ListSmsReceiptsResponse]]:
+        """Unread delivery receipts, newest first (ClickSend `GET /v3/sms/receipts`)."""
+
+    @_abc_1.abstractmethod
+    def GetSmsReceipt(
+        self,
+        request: _messaging_service_pb2.GetSmsReceiptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.GetSmsReceiptResponse, _abc.Awaitable[_messaging_service_pb2.GetSmsReceiptResponse]]:
+        """The receipt of one message, read or not."""
+
+    @_abc_1.abstractmethod
+    def MarkSmsReceiptsRead(
+        self,
+        request: _messaging_service_pb2.MarkSmsReceiptsReadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.MarkSmsReceiptsReadResponse, _abc.Awaitable[_messaging_service_pb2.MarkSmsReceiptsReadResponse]]:
+        """Mark receipts before a time as read (`data` is null, as at ClickSend)."""
+
+    @_abc_1.abstractmethod
+    def CreateTestSmsReceipt(
+        self,
+        request: _messaging_service_pb2.CreateTestSmsReceiptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.CreateTestSmsReceiptResponse, _abc.Awaitable[_messaging_service_pb2.CreateTestSmsReceiptResponse]]:
+        """Test hook, test-mode accounts only: a delivery receipt for a test message,
+        kept for polling (`url` "poll") or pushed to `url`.
+        """
+
+    @_abc_1.abstractmethod
+    def ListInboundSms(
+        self,
+        request: _messaging_service_pb2.ListInboundSmsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.ListInboundSmsResponse, _abc.Awaitable[_messaging_service_pb2.ListInboundSmsResponse]]:
+        """Unread replies, newest first (ClickSend `GET /v3/sms/inbound`)."""
+
+    @_abc_1.abstractmethod
+    def GetInboundSms(
+        self,
+        request: _messaging_service_pb2.GetInboundSmsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.GetInboundSmsResponse, _abc.Awaitable[_messaging_service_pb2.GetInboundSmsResponse]]:
+        """The first reply to one of the account's messages."""
+
+    @_abc_1.abstractmethod
+    def MarkInboundSmsRead(
+        self,
+        request: _messaging_service_pb2.MarkInboundSmsReadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.MarkInboundSmsReadResponse, _abc.Awaitable[_messaging_service_pb2.MarkInboundSmsReadResponse]]:
+        """Mark replies before a time as read (`data` is null)."""
+
+    @_abc_1.abstractmethod
+    def MarkInboundSmsReadById(
+        self,
+        request: _messaging_service_pb2.MarkInboundSmsReadByIdRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.MarkInboundSmsReadByIdResponse, _abc.Awaitable[_messaging_service_pb2.MarkInboundSmsReadByIdResponse]]:
+        """Mark one reply as read; `data` is the number marked (an int)."""
+
+    @_abc_1.abstractmethod
+    def CreateTestInboundSms(
+        self,
+        request: _messaging_service_pb2.CreateTestInboundSmsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.CreateTestInboundSmsResponse, _abc.Awaitable[_messaging_service_pb2.CreateTestInboundSmsResponse]]:
+        """Test hook, test-mode accounts only: a reply, kept for polling (`url`
+        "poll") or pushed to `url`. SendSafe extensions `original_message_id` and
+        `body` make it a reply to one of the account's messages (e.g. "STOP").
+        """
+
+    @_abc_1.abstractmethod
+    def CancelSms(
+        self,
+        request: _messaging_service_pb2.CancelSmsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.CancelSmsResponse, _abc.Awaitable[_messaging_service_pb2.CancelSmsResponse]]:
+        """Cancel a message that has not been dispatched yet; its price is refunded
+        (`data` is null).
+        """
+
+    @_abc_1.abstractmethod
+    def CancelAllSms(
+        self,
+        request: _messaging_service_pb2.CancelAllSmsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.CancelAllSmsResponse, _abc.Awaitable[_messaging_service_pb2.CancelAllSmsResponse]]:
+        """Cancel every scheduled message (optionally only those with a
+        custom_string); `data` is {count}.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMessagingSettings(
+        self,
+        request: _messaging_service_pb2.GetMessagingSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.GetMessagingSettingsResponse, _abc.Awaitable[_messaging_service_pb2.GetMessagingSettingsResponse]]:
+        """The account's privacy and webhook settings."""
+
+    @_abc_1.abstractmethod
+    def UpdateMessagingSettings(
+        self,
+        request: _messaging_service_pb2.UpdateMessagingSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.UpdateMessagingSettingsResponse, _abc.Awaitable[_messaging_service_pb2.UpdateMessagingSettingsResponse]]:
+        """Change some settings. Setting a webhook URL for the first time creates
+        the signing secret, returned here once.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateWebhookSecret(
+        self,
+        request: _messaging_service_pb2.RotateWebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.RotateWebhookSecretResponse, _abc.Awaitable[_messaging_service_pb2.RotateWebhookSecretResponse]]:
+        """A new webhook signing secret (shown once); the old one stops signing."""
+
+    @_abc_1.abstractmethod
+    def ListWebhookDeliveries(
+        self,
+        request: _messaging_service_pb2.ListWebhookDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_messaging_service_pb2.ListWebhookDeliveriesResponse]]:
+        """The webhook delivery log, newest first."""
+
+    @_abc_1.abstractmethod
+    def StaffListSmsHistory(
+        self,
+        request: _messaging_service_pb2.StaffListSmsHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.StaffListSmsHistoryResponse, _abc.Awaitable[_messaging_service_pb2.StaffListSmsHistoryResponse]]:
+        """Staff: an account's message history for a support case. Bodies and
+        numbers are masked unless the account granted staff content access;
+        every call is recorded in the customer's audit feed.
+        """
 
     @_abc_1.abstractmethod
     def GetBalance(

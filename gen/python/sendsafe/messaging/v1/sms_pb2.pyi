@@ -5,6 +5,7 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -301,3 +302,364 @@ class HistorySms(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__error_text) -> _WhichOneofReturnType__error_text | None: ...
 
 Global___HistorySms: _TypeAlias = HistorySms  # noqa: Y015
+
+@_typing.final
+class PriceSmsInput(_message.Message):
+    """One message of a price request (ClickSend types: `contact_id` is a string
+    here, unlike in the send request).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    CUSTOM_STRING_FIELD_NUMBER: _builtins.int
+    LIST_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    COUNTRY_FIELD_NUMBER: _builtins.int
+    SHOW_SUMMARY_FIELD_NUMBER: _builtins.int
+    body: _builtins.str
+    to: _builtins.str
+    sender: _builtins.str
+    source: _builtins.str
+    schedule: _builtins.int
+    custom_string: _builtins.str
+    list_id: _builtins.str
+    contact_id: _builtins.str
+    country: _builtins.str
+    show_summary: _builtins.bool
+    def __init__(
+        self,
+        *,
+        body: _builtins.str = ...,
+        to: _builtins.str = ...,
+        sender: _builtins.str = ...,
+        source: _builtins.str = ...,
+        schedule: _builtins.int = ...,
+        custom_string: _builtins.str = ...,
+        list_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        country: _builtins.str = ...,
+        show_summary: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "contact_id", b"contact_id", "country", b"country", "custom_string", b"custom_string", "list_id", b"list_id", "schedule", b"schedule", "sender", b"sender", "show_summary", b"show_summary", "source", b"source", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriceSmsInput: _TypeAlias = PriceSmsInput  # noqa: Y015
+
+@_typing.final
+class PricedSms(_message.Message):
+    """One message of a price response. ClickSend sends `date` and `schedule` as
+    strings in this model.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    SCHEDULE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_PARTS_FIELD_NUMBER: _builtins.int
+    MESSAGE_PRICE_FIELD_NUMBER: _builtins.int
+    CUSTOM_STRING_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    IS_SHARED_SYSTEM_NUMBER_FIELD_NUMBER: _builtins.int
+    COUNTRY_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    to: _builtins.str
+    body: _builtins.str
+    sender: _builtins.str
+    schedule: _builtins.str
+    message_id: _builtins.str
+    message_parts: _builtins.int
+    message_price: _builtins.str
+    custom_string: _builtins.str
+    contact_id: _builtins.str
+    is_shared_system_number: _builtins.bool
+    country: _builtins.str
+    status: _builtins.str
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        to: _builtins.str = ...,
+        body: _builtins.str = ...,
+        sender: _builtins.str = ...,
+        schedule: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        message_parts: _builtins.int = ...,
+        message_price: _builtins.str = ...,
+        custom_string: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        is_shared_system_number: _builtins.bool = ...,
+        country: _builtins.str = ...,
+        status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "contact_id", b"contact_id", "country", b"country", "custom_string", b"custom_string", "date", b"date", "is_shared_system_number", b"is_shared_system_number", "message_id", b"message_id", "message_parts", b"message_parts", "message_price", b"message_price", "schedule", b"schedule", "sender", b"sender", "status", b"status", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PricedSms: _TypeAlias = PricedSms  # noqa: Y015
+
+@_typing.final
+class SmsReceipt(_message.Message):
+    """A delivery receipt (ClickSend codes are ints here, strings in history)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMESTAMP_SEND_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
+    STATUS_TEXT_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
+    ERROR_TEXT_FIELD_NUMBER: _builtins.int
+    CUSTOM_STRING_FIELD_NUMBER: _builtins.int
+    SUBACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_TYPE_FIELD_NUMBER: _builtins.int
+    DIGITS_FIELD_NUMBER: _builtins.int
+    timestamp_send: _builtins.int
+    timestamp: _builtins.int
+    message_id: _builtins.str
+    status_code: _builtins.int
+    status_text: _builtins.str
+    error_code: _builtins.int
+    error_text: _builtins.str
+    custom_string: _builtins.str
+    subaccount_id: _builtins.int
+    message_type: _builtins.str
+    digits: _builtins.int
+    """Voice only: always null for SMS."""
+    def __init__(
+        self,
+        *,
+        timestamp_send: _builtins.int = ...,
+        timestamp: _builtins.int = ...,
+        message_id: _builtins.str = ...,
+        status_code: _builtins.int = ...,
+        status_text: _builtins.str = ...,
+        error_code: _builtins.int | None = ...,
+        error_text: _builtins.str | None = ...,
+        custom_string: _builtins.str = ...,
+        subaccount_id: _builtins.int = ...,
+        message_type: _builtins.str = ...,
+        digits: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_digits", b"_digits", "_error_code", b"_error_code", "_error_text", b"_error_text", "digits", b"digits", "error_code", b"error_code", "error_text", b"error_text"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_digits", b"_digits", "_error_code", b"_error_code", "_error_text", b"_error_text", "custom_string", b"custom_string", "digits", b"digits", "error_code", b"error_code", "error_text", b"error_text", "message_id", b"message_id", "message_type", b"message_type", "status_code", b"status_code", "status_text", b"status_text", "subaccount_id", b"subaccount_id", "timestamp", b"timestamp", "timestamp_send", b"timestamp_send"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__digits: _TypeAlias = _typing.Literal["digits"]  # noqa: Y015
+    _WhichOneofArgType__digits: _TypeAlias = _typing.Literal["_digits", b"_digits"]  # noqa: Y015
+    _WhichOneofReturnType__error_code: _TypeAlias = _typing.Literal["error_code"]  # noqa: Y015
+    _WhichOneofArgType__error_code: _TypeAlias = _typing.Literal["_error_code", b"_error_code"]  # noqa: Y015
+    _WhichOneofReturnType__error_text: _TypeAlias = _typing.Literal["error_text"]  # noqa: Y015
+    _WhichOneofArgType__error_text: _TypeAlias = _typing.Literal["_error_text", b"_error_text"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__digits) -> _WhichOneofReturnType__digits | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__error_code) -> _WhichOneofReturnType__error_code | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__error_text) -> _WhichOneofReturnType__error_text | None: ...
+
+Global___SmsReceipt: _TypeAlias = SmsReceipt  # noqa: Y015
+
+@_typing.final
+class InboundSms(_message.Message):
+    """A reply to one of the account's messages."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    ORIGINAL_BODY_FIELD_NUMBER: _builtins.int
+    ORIGINAL_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    CUSTOM_STRING_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    KEYWORD_FIELD_NUMBER: _builtins.int
+    timestamp: _builtins.int
+    sender: _builtins.str
+    """The replying phone."""
+    body: _builtins.str
+    original_body: _builtins.str
+    original_message_id: _builtins.str
+    to: _builtins.str
+    """Our number the reply was sent to."""
+    custom_string: _builtins.str
+    message_id: _builtins.str
+    keyword: _builtins.str
+    """Deprecated at ClickSend: the first word of the body."""
+    def __init__(
+        self,
+        *,
+        timestamp: _builtins.int = ...,
+        sender: _builtins.str = ...,
+        body: _builtins.str = ...,
+        original_body: _builtins.str = ...,
+        original_message_id: _builtins.str = ...,
+        to: _builtins.str = ...,
+        custom_string: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        keyword: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "custom_string", b"custom_string", "keyword", b"keyword", "message_id", b"message_id", "original_body", b"original_body", "original_message_id", b"original_message_id", "sender", b"sender", "timestamp", b"timestamp", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InboundSms: _TypeAlias = InboundSms  # noqa: Y015
+
+@_typing.final
+class InboundSmsTest(_message.Message):
+    """The test inbound message the test hook creates (ClickSend `InboundSmsTest`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIMESTAMP_SEND_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    BODY_FIELD_NUMBER: _builtins.int
+    ORIGINAL_BODY_FIELD_NUMBER: _builtins.int
+    ORIGINAL_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    CUSTOM_STRING_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    KEYWORD_FIELD_NUMBER: _builtins.int
+    timestamp_send: _builtins.int
+    sender: _builtins.str
+    body: _builtins.str
+    original_body: _builtins.str
+    original_message_id: _builtins.str
+    to: _builtins.str
+    custom_string: _builtins.str
+    message_id: _builtins.str
+    keyword: _builtins.str
+    def __init__(
+        self,
+        *,
+        timestamp_send: _builtins.int = ...,
+        sender: _builtins.str = ...,
+        body: _builtins.str = ...,
+        original_body: _builtins.str = ...,
+        original_message_id: _builtins.str = ...,
+        to: _builtins.str = ...,
+        custom_string: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        keyword: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "custom_string", b"custom_string", "keyword", b"keyword", "message_id", b"message_id", "original_body", b"original_body", "original_message_id", b"original_message_id", "sender", b"sender", "timestamp_send", b"timestamp_send", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InboundSmsTest: _TypeAlias = InboundSmsTest  # noqa: Y015
+
+@_typing.final
+class MessagingSettings(_message.Message):
+    """Per-account messaging settings: privacy controls and customer webhooks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPT_WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    INBOUND_WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    BODY_RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    STAFF_CONTENT_ACCESS_FIELD_NUMBER: _builtins.int
+    WEBHOOK_SECRET_SET_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    receipt_webhook_url: _builtins.str
+    """HTTPS URL that receives delivery receipts (empty: none)."""
+    inbound_webhook_url: _builtins.str
+    """HTTPS URL that receives replies (empty: none)."""
+    body_retention_days: _builtins.int
+    """Redact message bodies this many days after sending (0: keep them)."""
+    staff_content_access: _builtins.bool
+    """Whether SendSafe staff may see message bodies and numbers (support
+    cases); off by default.
+    """
+    webhook_secret_set: _builtins.bool
+    """Whether a webhook signing secret exists (the secret is shown once)."""
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        receipt_webhook_url: _builtins.str = ...,
+        inbound_webhook_url: _builtins.str = ...,
+        body_retention_days: _builtins.int = ...,
+        staff_content_access: _builtins.bool = ...,
+        webhook_secret_set: _builtins.bool = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_retention_days", b"body_retention_days", "inbound_webhook_url", b"inbound_webhook_url", "receipt_webhook_url", b"receipt_webhook_url", "staff_content_access", b"staff_content_access", "update_time", b"update_time", "webhook_secret_set", b"webhook_secret_set"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessagingSettings: _TypeAlias = MessagingSettings  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """One attempt to deliver a webhook (no payload is kept)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    REF_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    event: _builtins.str
+    """sms.receipt or sms.inbound."""
+    ref: _builtins.str
+    """The receipt's message id or the inbound message id."""
+    host: _builtins.str
+    attempt: _builtins.int
+    outcome: _builtins.str
+    """DELIVERED, RETRYING, ABANDONED or REFUSED (address not allowed)."""
+    http_status: _builtins.int
+    error: _builtins.str
+    duration_ms: _builtins.int
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        event: _builtins.str = ...,
+        ref: _builtins.str = ...,
+        host: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        outcome: _builtins.str = ...,
+        http_status: _builtins.int = ...,
+        error: _builtins.str = ...,
+        duration_ms: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "create_time", b"create_time", "duration_ms", b"duration_ms", "error", b"error", "event", b"event", "host", b"host", "http_status", b"http_status", "id", b"id", "outcome", b"outcome", "ref", b"ref"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015
