@@ -562,6 +562,8 @@ class MessagingService:
                 first_claim[slot] = i
                 claims.append((slot[0], slot[1], job.idempotency[1]))
         active = [i for i in active if results[i] is None]
+        if not active:
+            return [r if r is not None else [] for r in results]
         paying = sorted({group[i].caller.account_id for i in active if any(r.price for r in group[i].rows)})
         accepted: list[NewMessage] = []
         async with self._store.send_tx(atomic=bool(paying or claims)) as tx:

@@ -1,0 +1,283 @@
+"""Pure rules added for messaging in depth: history search, masking, opt-out keywords, idempotency,
+limits, webhook URLs and addresses, signatures."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from services.messaging import domain as d
+from services.messaging.domain import (
+    Caller,
+    InvalidQuery,
+    MessageStatus,
+    MessageStatusCode,
+    OptAction,
+    OutboundInput,
+    SearchNotPermitted,
+    SendItem,
+    SendLimits,
+    SendResult,
+)
+
+KEY = bytes(range(32))
+
+# -- history search and sort ------------------------------------------------------------------------------
+
+
+def test_filter_parses_every_field() -> None:
+    f = d.parse_history_filter(
+        "status:sent, to:+61 412 345 678,from:Acme,custom_string:ref-1,"
+        "message_id:5f0c2a1e-0000-4000-8000-000000000001,username:bob,country:au,body:Hello"
+    )
+    assert f.statuses == frozenset({MessageStatus.SENT, MessageStatus.DELIVERED})
+    assert f.to == "+61412345678" and f.sender == "Acme" and f.custom_string == "ref-1"
+    assert f.message_id == "5F0C2A1E-0000-4000-8000-000000000001" and f.username == "bob"
+    assert f.country == "AU" and f.body_contains == "hello"
+    assert f.touches_content
+    assert d.parse_history_filter("_api_username:bob").username == "bob"
+    assert d.parse_history_filter("") == d.HistoryFilter()
+
+
+@pytest.mark.parametrize(
+    "q",
+    ["status", "nope:1", "status:Lost", "to:abc", "message_id:12", "country:AUS", "status:sent,status:failed",
+     "body:", "x" * 1001],
+)
+def test_bad_filters_are_refused_without_echoing_values(q: str) -> None:
+    with pytest.raises(InvalidQuery) as err:
+        d.parse_history_filter(q)
+    assert "abc" not in err.value.message and "Lost" not in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("order_by", "field", "desc"),
+    [("", "date", True), ("date:asc", "date", False), ("to:desc", "to", True), ("BODY", "body", False),
+     ("status:desc", "status", True), ("username:asc", "username", False), ("from:desc", "from", True)],
+)
+def test_sort(order_by: str, field: str, desc: bool) -> None:
+    s = d.parse_history_sort(order_by)
+    assert (s.field, s.descending) == (field, desc)
+
+
+@pytest.mark.parametrize("order_by", ["price:asc", "date:up", "date:asc:x"])
+def test_bad_sort(order_by: str) -> None:
+    with pytest.raises(InvalidQuery):
+        d.parse_history_sort(order_by)
+
+
+def test_deidentified_users_cannot_search_or_sort_by_content() -> None:
+    plain = d.parse_history_filter("status:sent")
+    d.check_content_search(plain, d.HistorySort(), deidentified=True)
+    for f, s in [(d.parse_history_filter("to:+61412345678"), d.HistorySort()),
+                 (d.parse_history_filter("body:x"), d.HistorySort()),
+                 (plain, d.parse_history_sort("to:asc")), (plain, d.parse_history_sort("body:desc"))]:
+        d.check_content_search(f, s, deidentified=False)
+        with pytest.raises(SearchNotPermitted):
+            d.check_content_search(f, s, deidentified=True)
+
+
+def test_content_match() -> None:
+    f = d.parse_history_filter("body:WORLD,to:+61412345678")
+    assert d.matches_content(f, "hello world", "+61412345678")
+    assert not d.matches_content(f, "hello there", "+61412345678")
+    assert not d.matches_content(f, "hello world", "+61412345679")
+
+
+# -- keyed hashes, masking, retention ---------------------------------------------------------------------
+
+
+def test_number_index_is_keyed_and_exact() -> None:
+    a = d.number_index(KEY, "+61412345678")
+    assert a == d.number_index(KEY, "+61412345678") and len(a) == 32
+    assert a != d.number_index(KEY, "+61412345679")
+    assert a != d.number_index(bytes(32), "+61412345678")
+    assert d.index_token(KEY, "prefix", "+614123") != d.index_token(KEY, "idem", "+614123")
+    with pytest.raises(ValueError):
+        d.number_index(b"short", "+61412345678")
+
+
+@pytest.mark.parametrize(
+    ("number", "masked"),
+    [("+61412345678", "+61******678"), ("+14155550123", "+1*******123"), ("+447700900123", "+44*******123"),
+     ("", ""), ("+1234", "*****")],
+)
+def test_mask_number(number: str, masked: str) -> None:
+    assert d.mask_number(number) == masked
+
+
+def test_retention_bounds() -> None:
+    assert d.check_retention_days(0) == 0 and d.check_retention_days(30) == 30
+    for bad in (-1, 3651):
+        with pytest.raises(d.InvalidSettings):
+            d.check_retention_days(bad)
+
+
+# -- opt-out keywords -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "action"),
+    [("STOP", OptAction.OPT_OUT), (" stop. ", OptAction.OPT_OUT), ("Unsubscribe!", OptAction.OPT_OUT),
+     ("STOP ALL", OptAction.OPT_OUT), ("opt-out", OptAction.OPT_OUT), ("start", OptAction.OPT_IN),
+     ("UNSTOP", OptAction.OPT_IN), ("please don't stop", OptAction.NONE), ("stopping by later", OptAction.NONE),
+     ("", OptAction.NONE), ("Yes", OptAction.NONE)],
+)
+def test_opt_action(body: str, action: OptAction) -> None:
+    assert d.opt_action(body) is action
+
+
+def test_keyword_is_the_first_word() -> None:
+    assert d.first_word("  Yes please ") == "Yes" and d.first_word("") == ""
+
+
+# -- idempotency ------------------------------------------------------------------------------------------
+
+
+def test_idempotency_keys() -> None:
+    assert d.check_idempotency_key("3f1e-key") == "3f1e-key"
+    for bad in ("", "with space", "x" * 256, "é"):
+        with pytest.raises(d.InvalidIdempotencyKey):
+            d.check_idempotency_key(bad)
+    assert d.idempotency_key_hash("a") != d.idempotency_key_hash("b")
+
+
+def test_fingerprint_is_keyed_and_covers_every_field() -> None:
+    one = [OutboundInput(body="hi", to="+61412345678")]
+    assert d.request_fingerprint(KEY, one) == d.request_fingerprint(KEY, list(one))
+    assert d.request_fingerprint(KEY, one) != d.request_fingerprint(bytes(32), one)
+    assert d.request_fingerprint(KEY, one) != d.request_fingerprint(KEY, [OutboundInput(body="hi", to="+61412345679")])
+    assert d.request_fingerprint(KEY, one) != d.request_fingerprint(
+        KEY, [OutboundInput(body="hi", to="+61412345678", custom_string="x")])
+
+
+def test_send_result_round_trips() -> None:
+    r = SendResult(
+        date=1_800_000_000,
+        items=[
+            SendItem(OutboundInput(body="héllo 😀", to="+61412345678", custom_string="c"), MessageStatusCode.SUCCESS,
+                     message_id="ABC", to="+61412345678", country="AU", parts=1, price=Decimal("0.0770")),
+            SendItem(OutboundInput(body="x", to="nope"), MessageStatusCode.INVALID_RECIPIENT, to="nope"),
+        ],
+        currency=d.CURRENCIES["AUD"],
+    )
+    assert d.decode_send_result(d.encode_send_result(r)) == r
+
+
+# -- limits -----------------------------------------------------------------------------------------------
+
+
+def test_limit_request_draws_from_the_configured_buckets() -> None:
+    cfg = d.RateConfig(account_rate=10, account_burst=1000, key_rate=5, key_burst=1000, prefix_limit=3)
+    caller = Caller(7, 1, "a", api_key_id="k1", limits=SendLimits(per_minute=60, per_day=1000))
+    req = d.limit_request(cfg, caller, ["t1", None, "t1"])
+    assert [b.key for b in req.buckets] == ["account:7", "api_key:k1", "key_minute:k1", "key_day:k1"]
+    assert req.buckets[2].window == 60 and req.buckets[3].window == 86_400
+    assert req.velocity[1] is None and req.velocity[0] == req.velocity[2]
+    assert req.velocity[0] is not None and req.velocity[0].key == "prefix:7:t1"
+    none = d.limit_request(d.RateConfig(), Caller(7, 1, "a"), ["t"])
+    assert none.buckets == () and none.velocity == (None,)
+
+
+@pytest.mark.parametrize(
+    "kw", [{"account_rate": 1}, {"account_rate": 1, "account_burst": 999}, {"key_rate": -1, "key_burst": 1000},
+           {"prefix_digits": 0}, {"prefix_window": 0}],
+)
+def test_rate_config_is_checked(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        d.RateConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_limit_errors_carry_retry_after() -> None:
+    err = d.limit_error(d.LimitVerdict(retry_after=2.2, exceeded="account"), SendLimits())
+    assert isinstance(err, d.RateLimited) and err.metadata["retry_after_seconds"] == "3"
+    key = d.limit_error(d.LimitVerdict(retry_after=30, exceeded="key_minute"), SendLimits(per_minute=10))
+    assert isinstance(key, d.SendLimitExceeded) and key.metadata["retry_after_seconds"] == "30"
+    never = d.limit_error(d.LimitVerdict(retry_after=-1, exceeded="key_day"), SendLimits(per_day=5))
+    assert "retry_after_seconds" not in never.metadata and "5 messages per day" in never.message
+
+
+def test_allowed_countries() -> None:
+    assert SendLimits().allows_country("AU")
+    limits = SendLimits(countries=frozenset({"AU"}))
+    assert limits.allows_country("au") and not limits.allows_country("US")
+
+
+def test_destination_prefix() -> None:
+    assert d.destination_prefix("+61412345678", 4) == "+614123"
+    assert d.destination_prefix("+14155550123", 3) == "+1415"
+
+
+# -- webhooks ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://example.com/h", "https://user:pw@example.com/h", "https://example.com/h#frag", "https://example.com:8443/h",
+     "ftp://example.com", "https://", "https://localhost/h", "https://printer.local/h", "https://db.svc/h",
+     "https://intranet/h", "https://10.1.2.3/h", "https://127.0.0.1/h", "https://169.254.169.254/latest",
+     "https://[::1]/h", "https://[fe80::1]/h", "https://100.64.0.1/h", "https://[::ffff:10.0.0.1]/h",
+     "https://0.0.0.0/h", "https://224.0.0.1/h", "https://[64:ff9b::a00:1]/h", "https://" + "a" * 2050 + ".com/"],
+)
+def test_webhook_urls_refused(url: str) -> None:
+    with pytest.raises((d.InvalidWebhookUrl, d.WebhookAddressRefused)):
+        d.parse_webhook_url(url)
+
+
+def test_webhook_urls_accepted() -> None:
+    t = d.parse_webhook_url("https://Hooks.Example.com/in?x=1")
+    assert (t.host, t.port, t.path, t.url) == ("hooks.example.com", 443, "/in?x=1", "https://hooks.example.com/in?x=1")
+    assert d.parse_webhook_url("https://93.184.216.34/h").host == "93.184.216.34"
+    local = d.parse_webhook_url("https://localhost:8443/h", allow_private=True)
+    assert local.url == "https://localhost:8443/h"
+    assert d.parse_webhook_url("https://127.0.0.1:9/h", allow_private=True).port == 9
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["10.0.0.1", "172.16.5.4", "192.168.1.1", "127.0.0.1", "169.254.169.254", "100.100.100.200", "::1", "fc00::1",
+     "fe80::1%eth0", "::ffff:192.168.0.1", "2002:c0a8:0101::1", "0.0.0.0",  # noqa: S104
+     "255.255.255.255", "198.18.0.1",
+     "64:ff9b::7f00:1", "not-an-ip"],
+)
+def test_non_public_addresses_refused(address: str) -> None:
+    with pytest.raises(d.WebhookAddressRefused):
+        d.check_webhook_address(address)
+
+
+def test_public_addresses_and_test_mode() -> None:
+    d.check_webhook_address("93.184.216.34")
+    d.check_webhook_address("2606:4700:4700::1111")
+    d.check_webhook_address("127.0.0.1", allow_private=True)
+    with pytest.raises(d.WebhookAddressRefused):
+        d.check_webhook_address("224.0.0.1", allow_private=True)
+
+
+def test_signatures() -> None:
+    secret, body = b"whsec_x", b'{"a":1}'
+    sig = d.webhook_signature(secret, 1_800_000_000, body)
+    assert sig.startswith("v1=") and len(sig) == 67
+    assert d.verify_signature(secret, "1800000000", body, sig, 1_800_000_100)
+    assert d.verify_signature(secret, "1800000000", body, f"v1=deadbeef, {sig}", 1_800_000_000)  # rotation
+    assert not d.verify_signature(secret, "1800000000", body + b" ", sig, 1_800_000_000)
+    assert not d.verify_signature(b"other", "1800000000", body, sig, 1_800_000_000)
+    assert not d.verify_signature(secret, "1800000000", body, sig, 1_800_000_301)  # stale
+    assert not d.verify_signature(secret, "1799999999", body, sig, 1_800_000_000)  # other timestamp
+    assert not d.verify_signature(secret, "x", body, sig, 1_800_000_000)
+
+
+def test_webhook_backoff() -> None:
+    assert [d.webhook_backoff(n) for n in (1, 2, 3)] == [5.0, 10.0, 20.0]
+    assert d.webhook_backoff(30) == 3600.0
+
+
+def test_receipt_and_inbound_payloads_use_sdk_types() -> None:
+    r = d.ReceiptRecord(1, 7, 3, "ABC", MessageStatus.FAILED, 12, "c", 100, 200)
+    p = d.receipt_payload(r)
+    assert p["status_code"] == 301 and p["error_code"] == 12 and isinstance(p["error_text"], str)
+    ok = d.receipt_payload(d.ReceiptRecord(1, 7, 3, "ABC", MessageStatus.DELIVERED, None, "", 100, 200))
+    assert ok["status_code"] == 201 and ok["error_code"] is None
+    rec = d.InboundRecord("IN", 7, "ORIG", b"", "+61400000000", b"", "cs", 300)
+    v = d.inbound_payload(d.InboundView(rec, "+61412345678", "Yes please", "Reply?"))
+    assert v["from"] == "+61412345678" and v["_keyword"] == "Yes" and v["original_message_id"] == "ORIG"
