@@ -430,7 +430,7 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
     async def SetCustomerUserStatus(
         self, request: staff_service_pb2.SetCustomerUserStatusRequest, context: grpc.aio.ServicerContext
     ) -> staff_service_pb2.SetCustomerUserStatusResponse:
-        user = await self.staff.set_customer_user_status(
+        user, mfa = await self.staff.set_customer_user_status(
             request.account_id, request.user_id, request.active, request.reason
         )
-        return staff_service_pb2.SetCustomerUserStatusResponse(user=customer_user_to_proto(user, False))
+        return staff_service_pb2.SetCustomerUserStatusResponse(user=customer_user_to_proto(user, mfa))

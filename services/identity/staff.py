@@ -55,7 +55,7 @@ class StaffStore(Protocol):
     async def get_user(self, user_id: int) -> tuple[Account, User] | None: ...
     async def set_user_active(
         self, user_id: int, active: bool, before_commit: Callable[[User], Awaitable[None]]
-    ) -> User | None: ...
+    ) -> tuple[User, bool] | None: ...
 
 
 class Auditor(Protocol):
@@ -150,7 +150,10 @@ class Staff:
         await self._transparency(me, account.id, "GetCustomerAccount", reason, {})
         return account, await self._store.account_users(account.id)
 
-    async def set_customer_user_status(self, account_id: int, user_id: int, active: bool, reason: str) -> User:
+    async def set_customer_user_status(
+        self, account_id: int, user_id: int, active: bool, reason: str
+    ) -> tuple[User, bool]:
+        """The user after the change and whether it has a confirmed second factor."""
         me = await self._me()
         await self._sessions.require_step_up()
         reason = check_reason(reason)
@@ -164,10 +167,10 @@ class Staff:
                 {"user_id": str(user.id), "active": str(active).lower()},
             )
 
-        user = await self._store.set_user_active(user_id, active, evidence)
-        if user is None:
+        changed = await self._store.set_user_active(user_id, active, evidence)
+        if changed is None:
             raise SubaccountNotFound("no such user in that account")
-        return user
+        return changed
 
     async def _transparency(
         self, me: StaffMember, account_id: int, operation: str, reason: str, extra: dict[str, str]

@@ -289,11 +289,13 @@ class PgIdentityStore:
 
     async def set_user_active(
         self, user_id: int, active: bool, before_commit: Callable[[User], Awaitable[None]]
-    ) -> User | None:
+    ) -> tuple[User, bool] | None:
+        """The user after the change and whether it has a confirmed second factor."""
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 f"UPDATE users u SET active = $2, update_time = now() WHERE u.id = $1 AND {_LIVE}"
-                f" RETURNING {', '.join(_USER_FIELDS)}",
+                f" RETURNING {', '.join(_USER_FIELDS)}, EXISTS (SELECT 1 FROM totp_factors f"
+                " WHERE f.subject_kind = 'user' AND f.subject_id = u.id AND f.confirmed) AS mfa",
                 user_id, active,
             )
             if row is None:
@@ -302,7 +304,7 @@ class PgIdentityStore:
                 await _revoke_all(conn, USER, user_id, "user_suspended")
             user = _user(row)
             await before_commit(user)
-        return user
+        return user, bool(row["mfa"])
 
     async def get_account(self, account_id: int) -> Account | None:
         row = await self._pool.fetchrow(
