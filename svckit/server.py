@@ -34,6 +34,7 @@ from svckit.tls import TlsFiles, peer_service, server_credentials
 
 _LOG = logging.getLogger(__name__)
 PRINCIPAL_ISSUERS = frozenset({"gateway"})
+MAX_CONNECTION_AGE_SECONDS = 3600.0  # grpc adds +-10 % jitter
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
@@ -161,9 +162,23 @@ async def start_server(
     service_names: Iterable[str],
     on_denied: OnDenied | None = None,
     health_listen: str = "",
+    max_connection_age_seconds: float = MAX_CONNECTION_AGE_SECONDS,
 ) -> RunningServer:
-    """Start an mTLS server on `listen` (use port 0 in tests) with the guard and health service."""
-    server = grpc.aio.server(interceptors=[Guard(on_denied)], options=[("grpc.so_reuseport", 0)])
+    """Start an mTLS server on `listen` (use port 0 in tests) with the guard and health service.
+
+    Connections are closed gracefully (GOAWAY; clients reconnect by themselves) after
+    `max_connection_age_seconds`, so every connection makes a fresh handshake within that time: a
+    rotated certificate or trust bundle, on either side, is in force everywhere without a restart.
+    """
+    age_ms = int(max_connection_age_seconds * 1000)
+    server = grpc.aio.server(
+        interceptors=[Guard(on_denied)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_connection_age_ms", age_ms),
+            ("grpc.max_connection_age_grace_ms", 30_000),  # calls in flight get this long to finish
+        ],
+    )
     register(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -131,6 +131,29 @@ async def test_server_keeps_its_certificate_while_a_rotation_is_half_written(tmp
         assert await presented_serial(server.port, pki.files("client")) == int(cert.serial_number)
 
 
+async def test_server_ends_old_connections_so_every_peer_handshakes_again(tmp_path: Path) -> None:
+    """A connection made before a rotation keeps its certificates; servers close connections after a
+    maximum age (an hour in production), so within that time every peer has handshaken again."""
+    pki = Pki(tmp_path)
+    ca = make_ca("rotation test")
+    pki.issue("server", ca, "audit")
+    pki.trust("server", ca)
+    pki.issue("client", ca, "gateway")
+    pki.trust("client", ca)
+    server = await start_server(listen="127.0.0.1:0", tls=pki.files("server"), register=lambda s: None,
+                                service_names=[], max_connection_age_seconds=0.5)
+    try:
+        async with secure_channel(f"127.0.0.1:{server.port}", pki.files("client"), server_name="audit") as ch:
+            assert await health_ok(ch)
+            assert ch.get_state() == grpc.ChannelConnectivity.READY
+            # Nothing is called: the server itself ends the connection (GOAWAY) once it is old enough.
+            await asyncio.wait_for(ch.wait_for_state_change(grpc.ChannelConnectivity.READY), 10)
+            assert ch.get_state() != grpc.ChannelConnectivity.READY
+            assert await health_ok(ch)  # and the client simply connects again
+    finally:
+        await server.stop(0)
+
+
 # -- clients ----------------------------------------------------------------------------------------------
 
 
