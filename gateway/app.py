@@ -56,6 +56,7 @@ from gateway.errors import (
     forbidden,
     from_rpc_error,
     internal,
+    key_forbidden,
     method_not_allowed,
     not_found,
     unauthenticated,
@@ -67,6 +68,8 @@ from sendsafe.identity.v1 import auth_service_pb2_grpc, identity_service_pb2_grp
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from svckit import context as callctx
 from svckit.audit import AuditClient
+from svckit.cache import make_redis
+from svckit.keyevents import API_KEYS_CHANGED, Subscriber
 from svckit.rpc import secure_channel
 from svckit.telemetry import setup_tracing
 
@@ -114,6 +117,8 @@ class Gateway:
     channels: dict[str, grpc.aio.Channel]
     ssl_context: Any
     https: tls.ReloadingCertificate | None = None  # follows the rotated public certificate
+    # Key notices from the keys service (revoked/rolled API keys leave the auth cache at once); None: no Redis.
+    notices: Subscriber | None = None
     port: int = 0
     health_port: int | None = None
     _runner: web.AppRunner | None = field(default=None, repr=False)
@@ -122,6 +127,11 @@ class Gateway:
     async def start(self) -> int:
         """Bind the HTTPS listener (port 0 = any free port) and return the bound port."""
         self.audit.start()
+        if self.notices is not None:
+            self.notices.start()
+            if not await self.notices.wait_ready(timeout=2.0):
+                _LOG.warning("key notices: not subscribed yet; cached API keys expire within %gs meanwhile",
+                             self.settings.auth_cache_seconds)
         self._runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.shutdown_grace_seconds
         )
@@ -145,6 +155,9 @@ class Gateway:
             await self._runner.cleanup()  # closes the listener, drains handlers (shutdown_timeout)
             self._runner = None
         await self.audit.close(timeout=self.settings.shutdown_grace_seconds + 5)
+        if self.notices is not None:
+            await self.notices.close()
+            await self.notices.redis.aclose()
         for channel in self.channels.values():
             await channel.close()
         if self._health is not None:
@@ -180,6 +193,12 @@ async def build(settings: Settings, *, span_processors: Iterable[SpanProcessor] 
         sessions=auth_service_pb2_grpc.AuthServiceStub(channels["identity"]),
     )
     audit = AuditClient(channels["audit"])
+    notices = None
+    if settings.redis_url:
+        notices = Subscriber(
+            make_redis(settings.redis_url), settings.redis_prefix, on_notice=authenticator.on_key_notice,
+            on_resync=authenticator.cache.clear, kinds=(API_KEYS_CHANGED,),
+        )
     pipeline = _Pipeline(settings, routes, channels, authenticator, audit)
     return Gateway(
         settings=settings,
@@ -190,6 +209,7 @@ async def build(settings: Settings, *, span_processors: Iterable[SpanProcessor] 
         channels=channels,
         ssl_context=ssl_context,
         https=https,
+        notices=notices,
     )
 
 
@@ -288,7 +308,8 @@ class _Pipeline:
             state.error = err
         except AuthFailure as failure:
             state.auth_failure = failure
-            state.error = unauthenticated(failure.reason)
+            refused = key_forbidden if failure.http_status == 403 else unauthenticated
+            state.error = refused(failure.reason)
         except TranscodeError as exc:
             status = "NOT_FOUND" if exc.status == 404 else "INVALID_ARGUMENT"
             state.error = GatewayError(exc.status, status, exc.reason, exc.message)
@@ -318,10 +339,12 @@ class _Pipeline:
 
         identity: Identity | None = None
         if not route.public:  # public routes (login) take no credentials and do their own throttling
-            identity = await self._auth.authenticate(request.headers.get("Authorization"), state.request_id)
+            identity = await self._auth.authenticate(
+                request.headers.get("Authorization"), state.request_id, state.conn.client_address
+            )
             state.identity = identity
             if route.permission not in identity.permissions:
-                raise forbidden(route.permission)
+                raise forbidden(route.permission, outside_scope=route.permission in identity.outside_scope)
 
         body: Any = None
         if route.body:

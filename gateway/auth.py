@@ -9,7 +9,10 @@ ClickSend's scheme is HTTP Basic with `api_username:api_key`. Verification:
    or has the wildcard scope "*" (what the keys service issues by default).
 
 Results (successes AND definitive failures) are cached for at most `cache_seconds` (hard max 5 s)
-under a SHA-256 of the scheme and credentials; the raw key is never stored. Concurrent requests with
+under a SHA-256 of the scheme, credentials and (for API keys) the client address, since a key's IP
+allow-list makes the answer depend on where the request comes from; the raw key is never stored. An
+entry never outlives the key's own expiry (the keys service says how long it stays valid), and the keys
+service's notices (svckit.keyevents over Redis) drop a revoked or rolled key's entries at once. Concurrent requests with
 the same credentials share one verification. Transport failures (keys/identity unavailable) are not
 cached and surface as 5xx, never as 401.
 
@@ -31,7 +34,7 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,6 +47,7 @@ from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import auth_service_pb2, identity_service_pb2
 from sendsafe.keys.v1 import keys_service_pb2
 from svckit import context as callctx
+from svckit.keyevents import API_KEYS_CHANGED, KeyNotice
 
 _LOG = logging.getLogger(__name__)
 
@@ -69,6 +73,12 @@ _AUTH_METHOD_NAMES: dict[int, str] = {
 }
 # Guard reasons that mean the gateway itself is misconfigured, not that the caller is wrong.
 _GATEWAY_MISCONFIGURED = frozenset({"CALLER_NOT_ALLOWED"})
+# Reasons the keys service gives only to someone who holds a real key: passed on (status, reason).
+_KEY_REASONS: dict[str, int] = {
+    "API_KEY_REVOKED": 401,
+    "API_KEY_EXPIRED": 401,
+    "API_KEY_ADDRESS_NOT_ALLOWED": 403,
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,12 @@ class Identity:
     session_id: str = ""
     mfa_time: timestamp_pb2.Timestamp | None = None
     staff: bool = False  # a SendSafe staff member (account_id is the platform account)
+    # Permissions the user holds but the API key's scopes leave out (for a 403 that says so).
+    outside_scope: frozenset[str] = frozenset()
+    # Seconds this answer may be reused at most (the key's remaining life); None: the cache's own limit.
+    cache_for: float | None = None
+    # The API key's send limits, carried to messaging in the principal (None: none).
+    send_limits: principal_pb2.SendLimits | None = None
 
     @property
     def auth_method_name(self) -> str:
@@ -100,22 +116,28 @@ class Rejection:
     account_id: int = 0
     user_id: int = 0
     api_key_id: str = ""
+    http_status: int = 401  # 403: a real key used where it may not be (its IP allow-list)
 
 
 class AuthFailure(Exception):
     """Credentials missing or rejected. `reason` is public; `detail` is for the log and audit only."""
 
-    def __init__(self, reason: str, detail: str, *, account_id: int = 0, user_id: int = 0, api_key_id: str = ""):
+    def __init__(
+        self, reason: str, detail: str, *, account_id: int = 0, user_id: int = 0, api_key_id: str = "",
+        http_status: int = 401,
+    ):
         super().__init__(f"{reason} ({detail})")
         self.reason = reason
         self.detail = detail
         self.account_id = account_id
         self.user_id = user_id
         self.api_key_id = api_key_id
+        self.http_status = http_status
 
     @classmethod
     def of(cls, r: Rejection) -> AuthFailure:
-        return cls(r.reason, r.detail, account_id=r.account_id, user_id=r.user_id, api_key_id=r.api_key_id)
+        return cls(r.reason, r.detail, account_id=r.account_id, user_id=r.user_id, api_key_id=r.api_key_id,
+                   http_status=r.http_status)
 
 
 class KeysStub(Protocol):
@@ -140,7 +162,10 @@ SchemeHandler = Callable[[str, str], Awaitable[Identity]]
 
 
 class TtlCache:
-    """A bounded LRU of (expiry, value) with single-flight loading."""
+    """A bounded LRU of (expiry, value) with single-flight loading.
+
+    `forget_api_keys` / `clear` drop entries at once; a load that was already running when they were
+    called is not cached (it may have read the state from before the change)."""
 
     def __init__(self, ttl: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
@@ -148,14 +173,31 @@ class TtlCache:
         self._clock = clock
         self._entries: OrderedDict[bytes, tuple[float, Identity | Rejection]] = OrderedDict()
         self._inflight: dict[bytes, asyncio.Future[Identity | Rejection]] = {}
+        self._generation = 0
         self.hits = 0
         self.misses = 0
+        self.invalidations = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def digests(self) -> list[bytes]:
         return list(self._entries)
+
+    def forget_api_keys(self, key_ids: Iterable[str]) -> int:
+        """Drop every entry (success or rejection) of these API keys; the number dropped."""
+        ids = set(key_ids)
+        self._generation += 1
+        gone = [k for k, (_, v) in self._entries.items() if v.api_key_id and v.api_key_id in ids]
+        for k in gone:
+            del self._entries[k]
+        self.invalidations += len(gone)
+        return len(gone)
+
+    def clear(self) -> None:
+        self._generation += 1
+        self.invalidations += len(self._entries)
+        self._entries.clear()
 
     async def get_or_load(
         self, key: bytes, load: Callable[[], Awaitable[Identity | Rejection]]
@@ -175,6 +217,7 @@ class TtlCache:
         self.misses += 1
         fut: asyncio.Future[Identity | Rejection] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
+        generation = self._generation
         try:
             value = await load()
         except BaseException as exc:
@@ -184,8 +227,12 @@ class TtlCache:
         finally:
             self._inflight.pop(key, None)
         fut.set_result(value)
-        if self.ttl > 0:
-            self._entries[key] = (self._clock() + self.ttl, value)
+        ttl = self.ttl
+        limit = value.cache_for if isinstance(value, Identity) else None
+        if limit is not None:
+            ttl = min(ttl, limit)
+        if ttl > 0 and generation == self._generation:
+            self._entries[key] = (self._clock() + ttl, value)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return value
@@ -216,17 +263,24 @@ class Authenticator:
         """Accept `Authorization: <scheme> <credentials>` (e.g. "bearer" for session tokens)."""
         self._schemes[scheme.lower()] = handler
 
-    async def authenticate(self, authorization: str | None, request_id: str = "") -> Identity:
+    def on_key_notice(self, notice: KeyNotice) -> None:
+        """A key notice from the keys service: stop trusting cached answers for those keys."""
+        if notice.kind == API_KEYS_CHANGED:
+            self.cache.forget_api_keys(notice.key_ids)
+
+    async def authenticate(self, authorization: str | None, request_id: str = "", client_address: str = "") -> Identity:
         """The caller's identity, or AuthFailure. Upstream outages raise GatewayError (5xx)."""
         if not authorization or not authorization.strip():
             raise AuthFailure("MISSING_CREDENTIALS", "NO_AUTHORIZATION_HEADER")
         scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() == "basic":
+            return await self._basic(credentials.strip(), request_id, client_address)
         handler = self._schemes.get(scheme.lower())
         if handler is None:
             raise AuthFailure("INVALID_CREDENTIALS", "UNSUPPORTED_SCHEME")
         return await handler(credentials.strip(), request_id)
 
-    async def _basic(self, credentials: str, request_id: str) -> Identity:
+    async def _basic(self, credentials: str, request_id: str, client_address: str = "") -> Identity:
         try:
             decoded = base64.b64decode(credentials, validate=True)
         except (binascii.Error, ValueError):
@@ -240,17 +294,22 @@ class Authenticator:
             username, api_key = username_b.decode("utf-8"), key_b.decode("utf-8")
         except UnicodeDecodeError:
             raise AuthFailure("INVALID_CREDENTIALS", "MALFORMED_BASIC") from None
-        cache_key = credential_digest("basic", username_b, key_b)
-        result = await self.cache.get_or_load(cache_key, lambda: self._verify_basic(username, api_key, request_id))
+        cache_key = credential_digest("basic", username_b, key_b, client_address.encode())
+        result = await self.cache.get_or_load(
+            cache_key, lambda: self._verify_basic(username, api_key, request_id, client_address)
+        )
         if isinstance(result, Rejection):
             raise AuthFailure.of(result)
         return result
 
-    async def _verify_basic(self, username: str, api_key: str, request_id: str) -> Identity | Rejection:
+    async def _verify_basic(
+        self, username: str, api_key: str, request_id: str, client_address: str
+    ) -> Identity | Rejection:
         metadata = ((callctx.REQUEST_ID_METADATA_KEY, request_id),) if request_id else ()
         try:
             key = await self._keys.VerifyApiKey(
-                keys_service_pb2.VerifyApiKeyRequest(api_key=api_key), timeout=self._timeout, metadata=metadata
+                keys_service_pb2.VerifyApiKeyRequest(api_key=api_key, client_address=client_address),
+                timeout=self._timeout, metadata=metadata,
             )
         except grpc.aio.AioRpcError as err:
             return self._rejection(err, "KEY_REJECTED")
@@ -268,7 +327,8 @@ class Authenticator:
             return Rejection("INVALID_CREDENTIALS", "ACCOUNT_MISMATCH", **who)
         if not user.active:
             return Rejection("INVALID_CREDENTIALS", "USER_INACTIVE", **who)
-        permissions = frozenset(user.permissions)
+        held = frozenset(user.permissions)
+        permissions = held
         scopes = frozenset(key.scopes)
         if scopes and ALL_SCOPES not in scopes:
             permissions &= scopes
@@ -280,6 +340,9 @@ class Authenticator:
             permissions=permissions,
             test_mode=user.test_mode,
             api_key_id=key.key_id,
+            outside_scope=held - permissions,
+            cache_for=key.valid_for_seconds if key.HasField("expire_time") else None,
+            send_limits=_send_limits(key.send_limits) if key.HasField("send_limits") else None,
         )
 
     async def _bearer(self, token: str, request_id: str) -> Identity:
@@ -330,7 +393,24 @@ class Authenticator:
         who: dict[str, Any] = {}
         if key is not None:
             who = {"account_id": key.account_id, "user_id": key.user_id, "api_key_id": key.key_id}
+        if reason in _KEY_REASONS and key is None and info is not None:
+            # The key is real (its secret matched) but revoked, expired or used from outside its allow-list:
+            # the caller may know why, and the evidence belongs to the key's account.
+            account = info.metadata.get("account_id", "")
+            return Rejection(reason, f"{detail}:{reason}", http_status=_KEY_REASONS[reason],
+                             api_key_id=info.metadata.get("key_id", ""),
+                             account_id=int(account) if account.isdigit() else 0)
         return Rejection("INVALID_CREDENTIALS", f"{detail}:{reason}" if reason else detail, **who)
+
+
+def _send_limits(limits: keys_service_pb2.SendLimits) -> principal_pb2.SendLimits | None:
+    if not (limits.messages_per_minute or limits.messages_per_day or limits.allowed_countries):
+        return None
+    return principal_pb2.SendLimits(
+        messages_per_minute=limits.messages_per_minute,
+        messages_per_day=limits.messages_per_day,
+        allowed_countries=list(limits.allowed_countries),
+    )
 
 
 def credential_digest(scheme: str, *parts: bytes) -> bytes:
@@ -412,4 +492,6 @@ def build_principal(identity: Identity, conn: Connection, request_id: str) -> pr
     )
     if identity.mfa_time is not None:
         p.mfa_time.CopyFrom(identity.mfa_time)
+    if identity.send_limits is not None:
+        p.send_limits.CopyFrom(identity.send_limits)
     return p

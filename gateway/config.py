@@ -1,7 +1,9 @@
 """Gateway settings, read from the environment by `svckit.config.load`.
 
 The gateway stores nothing, so it has its own settings class rather than a `KitSettings` subclass
-(no database, no Redis yet). Tests construct `Settings(...)` directly.
+(no database). Redis is optional: with `REDIS_URL` the gateway follows the keys service's notices and drops a
+revoked or rolled API key from its auth cache at once; without it, after at most `GATEWAY_AUTH_CACHE_SECONDS`.
+Tests construct `Settings(...)` directly.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class Settings:
         "GATEWAY_TRUSTED_PROXIES", default=(), doc="CIDRs whose X-Forwarded-For is believed; empty = none"
     )
     upstream_timeout_seconds: float = setting("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", default=10.0)
+    redis_url: str = setting("REDIS_URL", default="", secret=True, doc="key notices (revocations); empty = none")
+    redis_prefix: str = setting("REDIS_PREFIX", default="sendsafe:", doc="the keys service's prefix")
     health_listen: str = setting("HEALTH_LISTEN", default="", doc="plaintext gRPC health port; empty = off")
     log_level: str = setting("LOG_LEVEL", default="INFO")
     shutdown_grace_seconds: float = setting("SHUTDOWN_GRACE_SECONDS", default=5.0)

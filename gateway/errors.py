@@ -59,22 +59,42 @@ def bad_request(message: str, reason: str = "INVALID_ARGUMENT") -> GatewayError:
     return GatewayError(400, "INVALID_ARGUMENT", reason, message)
 
 
+# Said only to someone whose key's secret matched (the keys service gives these reasons after that).
+_KEY_MESSAGES: dict[str, str] = {
+    "API_KEY_REVOKED": "This API key has been revoked.",
+    "API_KEY_EXPIRED": "This API key has expired; create or roll a new one.",
+    "API_KEY_ADDRESS_NOT_ALLOWED": "This API key may not be used from your address (its IP allow-list).",
+}
+
+
 def unauthenticated(reason: str = "INVALID_CREDENTIALS") -> GatewayError:
     return GatewayError(
         401,
         "UNAUTHENTICATED",
         reason,
-        f"Invalid or missing credentials ({reason}). Use HTTP Basic with your API username and API key.",
+        _KEY_MESSAGES.get(reason)
+        or f"Invalid or missing credentials ({reason}). Use HTTP Basic with your API username and API key.",
         clicksend_code="UNAUTHORIZED",
         headers={"WWW-Authenticate": WWW_AUTHENTICATE},
     )
 
 
-def forbidden(permission: str) -> GatewayError:
+def forbidden(permission: str, *, outside_scope: bool = False) -> GatewayError:
+    if outside_scope:
+        return GatewayError(
+            403, "PERMISSION_DENIED", "API_KEY_SCOPE",
+            f"This API key's scopes leave out the '{permission}' permission.", clicksend_code="FORBIDDEN",
+        )
     return GatewayError(
         403, "PERMISSION_DENIED", "MISSING_PERMISSION", f"This call needs the '{permission}' permission.",
         clicksend_code="FORBIDDEN",
     )
+
+
+def key_forbidden(reason: str) -> GatewayError:
+    """A real API key used where it may not be (outside its IP allow-list)."""
+    return GatewayError(403, "PERMISSION_DENIED", reason, _KEY_MESSAGES.get(reason, "Forbidden."),
+                        clicksend_code="FORBIDDEN")
 
 
 def not_found() -> GatewayError:

@@ -27,8 +27,8 @@ def _basic(user: str, key: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()
 
 
-def _rpc_error(code: grpc.StatusCode, reason: str = "X") -> grpc.aio.AioRpcError:
-    trailing = grpc.aio.Metadata(*status_for(code, reason, "no").trailing_metadata)
+def _rpc_error(code: grpc.StatusCode, reason: str = "X", **meta: str) -> grpc.aio.AioRpcError:
+    trailing = grpc.aio.Metadata(*status_for(code, reason, "no", meta).trailing_metadata)
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, details="no")
 
 
@@ -38,16 +38,26 @@ class FakeKeys:
         self.scopes: list[str] = []
         self.error: grpc.aio.AioRpcError | None = None
         self.delay = 0.0
+        self.valid_for: float | None = None
+        self.limits: keys_service_pb2.SendLimits | None = None
+        self.requests: list[keys_service_pb2.VerifyApiKeyRequest] = []
 
     async def VerifyApiKey(self, request, *, timeout=None, metadata=()):
         self.calls += 1
+        self.requests.append(request)
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.error is not None:
             raise self.error
         if request.api_key != GOOD_KEY:
             raise _rpc_error(grpc.StatusCode.UNAUTHENTICATED, "INVALID_API_KEY")
-        return keys_service_pb2.VerifyApiKeyResponse(key_id="key_1", account_id=42, user_id=7, scopes=self.scopes)
+        resp = keys_service_pb2.VerifyApiKeyResponse(key_id="key_1", account_id=42, user_id=7, scopes=self.scopes)
+        if self.limits is not None:
+            resp.send_limits.CopyFrom(self.limits)
+        if self.valid_for is not None:
+            resp.expire_time.GetCurrentTime()
+            resp.valid_for_seconds = self.valid_for
+        return resp
 
 
 class FakeIdentity:
@@ -211,3 +221,95 @@ def test_client_address() -> None:
     assert client_address("10.0.0.5", ["6.6.6.6, 1.2.3.4, 10.0.0.7"], trusted) == "1.2.3.4"
     assert client_address("10.0.0.5", ["garbage, 10.0.0.7"], trusted) == "10.0.0.7"
     assert client_address("10.0.0.5", [], trusted) == "10.0.0.5"
+
+
+# -- API keys in depth (issue 4): reasons, allow-lists, expiry and revocation notices --------------------
+
+
+async def test_reasons_of_a_real_key_pass_through(parts) -> None:
+    keys, _, _, auth = parts
+    for n, (code, reason, status) in enumerate((
+        (grpc.StatusCode.UNAUTHENTICATED, "API_KEY_REVOKED", 401),
+        (grpc.StatusCode.UNAUTHENTICATED, "API_KEY_EXPIRED", 401),
+        (grpc.StatusCode.PERMISSION_DENIED, "API_KEY_ADDRESS_NOT_ALLOWED", 403),
+    )):
+        keys.error = _rpc_error(code, reason, key_id="key_1", account_id="42")
+        with pytest.raises(AuthFailure) as exc:
+            await auth.authenticate(_basic("alice", GOOD_KEY), client_address=f"198.51.100.{n}")
+        failure = exc.value
+        assert (failure.reason, failure.http_status, failure.api_key_id, failure.account_id) == (
+            reason, status, "key_1", 42)
+    # Anything else stays the one answer for everyone.
+    keys.error = _rpc_error(grpc.StatusCode.UNAUTHENTICATED, "INVALID_CREDENTIALS")
+    with pytest.raises(AuthFailure) as exc:
+        await auth.authenticate(_basic("alice", GOOD_KEY), client_address="198.51.100.9")
+    assert (exc.value.reason, exc.value.http_status) == ("INVALID_CREDENTIALS", 401)
+
+
+async def test_the_client_address_reaches_the_keys_service_and_keys_the_cache(parts) -> None:
+    keys, _, _, auth = parts
+    await auth.authenticate(_basic("alice", GOOD_KEY), client_address="203.0.113.1")
+    await auth.authenticate(_basic("alice", GOOD_KEY), client_address="203.0.113.1")
+    await auth.authenticate(_basic("alice", GOOD_KEY), client_address="203.0.113.2")
+    assert [r.client_address for r in keys.requests] == ["203.0.113.1", "203.0.113.2"]
+    assert all(b"203.0.113" not in d for d in auth.cache.digests())
+
+
+async def test_a_cached_answer_never_outlives_the_key(parts) -> None:
+    keys, _, clock, auth = parts
+    keys.valid_for = 1.5  # the key expires in 1.5 s, well inside the 3 s cache time
+    await auth.authenticate(_basic("alice", GOOD_KEY))
+    clock.now += 1.49
+    await auth.authenticate(_basic("alice", GOOD_KEY))
+    assert keys.calls == 1
+    clock.now += 0.01
+    keys.error = _rpc_error(grpc.StatusCode.UNAUTHENTICATED, "API_KEY_EXPIRED", key_id="key_1", account_id="42")
+    with pytest.raises(AuthFailure, match="API_KEY_EXPIRED"):
+        await auth.authenticate(_basic("alice", GOOD_KEY))
+
+
+async def test_a_revocation_notice_empties_the_cache_at_once(parts) -> None:
+    from svckit.keyevents import API_KEYS_CHANGED, KeyNotice
+
+    keys, _, _, auth = parts
+    await auth.authenticate(_basic("alice", GOOD_KEY))
+    keys.error = _rpc_error(grpc.StatusCode.UNAUTHENTICATED, "API_KEY_REVOKED", key_id="key_1", account_id="42")
+    await auth.authenticate(_basic("alice", GOOD_KEY))  # cached: the clock has not moved
+    auth.on_key_notice(KeyNotice(API_KEYS_CHANGED, 42, ("other",), "revoked"))
+    await auth.authenticate(_basic("alice", GOOD_KEY))  # another key's notice changes nothing
+    auth.on_key_notice(KeyNotice(API_KEYS_CHANGED, 42, ("key_1",), "revoked"))
+    with pytest.raises(AuthFailure, match="API_KEY_REVOKED"):
+        await auth.authenticate(_basic("alice", GOOD_KEY))
+
+
+async def test_a_verification_in_flight_during_a_notice_is_not_cached(parts) -> None:
+    from svckit.keyevents import API_KEYS_CHANGED, KeyNotice
+
+    keys, _, _, auth = parts
+    keys.delay = 0.05
+    pending = asyncio.create_task(auth.authenticate(_basic("alice", GOOD_KEY)))
+    await asyncio.sleep(0.01)
+    auth.on_key_notice(KeyNotice(API_KEYS_CHANGED, 42, ("key_1",), "revoked"))
+    assert (await pending).user_id == 7  # it started before the revocation: it may answer…
+    assert len(auth.cache) == 0  # …but is not remembered
+    keys.delay = 0
+    await auth.authenticate(_basic("alice", GOOD_KEY))
+    assert keys.calls == 2
+
+
+async def test_permissions_left_out_by_scope_are_known(parts) -> None:
+    keys, _, _, auth = parts
+    keys.scopes = ["sms.read"]
+    who = await auth.authenticate(_basic("alice", GOOD_KEY))
+    assert who.permissions == {"sms.read"} and who.outside_scope == {"sms.send", "account.read"}
+
+
+async def test_send_limits_travel_in_the_principal(parts) -> None:
+    keys, _, _, auth = parts
+    assert build_principal(await auth.authenticate(_basic("alice", GOOD_KEY)), Connection("a"), "r").HasField(
+        "send_limits") is False  # no limits: nothing to enforce
+    keys.limits = keys_service_pb2.SendLimits(messages_per_minute=5, messages_per_day=50, allowed_countries=["AU"])
+    who = await auth.authenticate(_basic("alice", GOOD_KEY), client_address="203.0.113.50")
+    p = build_principal(who, Connection("203.0.113.50"), "rid-12345678")
+    assert (p.send_limits.messages_per_minute, p.send_limits.messages_per_day, list(p.send_limits.allowed_countries)
+            ) == (5, 50, ["AU"])
