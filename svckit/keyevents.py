@@ -112,7 +112,7 @@ class Subscriber:
         kinds: Sequence[str] = tuple(KINDS),
         max_backoff: float = 2.0,
     ) -> None:
-        self._redis = redis
+        self.redis = redis
         self._channel = channel(prefix)
         self._on_notice = on_notice
         self._on_resync = on_resync
@@ -154,7 +154,7 @@ class Subscriber:
             await asyncio.sleep(delay)
 
     async def _follow(self) -> None:
-        pubsub = self._redis.pubsub()
+        pubsub = self.redis.pubsub()
         try:
             await pubsub.subscribe(self._channel)
             while True:

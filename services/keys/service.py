@@ -364,6 +364,9 @@ class Service:
         failure = verify_failure(record, parts, pepper, now, client_address)
         if failure or record is None:
             error = VERIFY_ERRORS.get(failure, InvalidCredentials)()
+            if record is not None and not isinstance(error, InvalidCredentials):
+                # The secret was proven: say which key (never the secret) so the gateway can file the event.
+                error.metadata.update(key_id=record.key_id, account_id=str(record.account_id))
             await self._verify_failed(parts.key_id, record.account_id if record else 0, failure, error.reason,
                                       client_address if record else "")
             raise error
