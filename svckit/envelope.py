@@ -38,6 +38,7 @@ ciphertext untouched); `rewrap_all` drives it over a caller's table in batches, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import os
@@ -55,6 +56,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.rpc import error_details_pb2, status_pb2
 
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
+from svckit.cache import make_redis
 from svckit.errors import FailedPrecondition, Unavailable
 from svckit.keyevents import ACCOUNT_KEYS_CHANGED, KeyNotice, Subscriber
 
@@ -457,6 +459,19 @@ class Envelope:
         if epoch == self._epoch:
             _put(self._unwrapped, digest, key, self._max)
         return key
+
+
+def follow_key_notices(
+    envelope: Envelope, redis_url: str, prefix: str, stack: contextlib.AsyncExitStack
+) -> Subscriber:
+    """Wire `envelope.follow` for a service's lifetime (its own Redis connection, closed with `stack`), so
+    rotation and destruction clear the service's cached data keys at once. Call from an app's build()."""
+    redis = make_redis(redis_url)
+    stack.push_async_callback(redis.aclose)
+    follower = envelope.follow(redis, prefix)
+    follower.start()
+    stack.push_async_callback(follower.close)
+    return follower
 
 
 def _pack(wrapped: bytes, nonce: bytes, sealed: bytes) -> bytes:

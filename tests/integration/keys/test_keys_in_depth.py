@@ -396,3 +396,19 @@ def test_key_material_is_never_exportable() -> None:
     for method in pb.DESCRIPTOR.services_by_name["KeysService"].methods:
         walk(method.output_type, set())
     assert found == allowed
+
+
+async def test_follow_key_notices_lives_with_the_service(stubs: dict[str, Stub], redis_url: str, redis_prefix: str
+                                                         ) -> None:
+    import contextlib
+
+    from svckit.envelope import follow_key_notices
+
+    env = Envelope(KeysStubSource(stubs["messaging"]), ttl_seconds=3600)
+    async with contextlib.AsyncExitStack() as stack:
+        follower = follow_key_notices(env, redis_url, redis_prefix, stack)
+        assert await follower.wait_ready()
+        await env.encrypt(96, aad_for(96, "m", "1"), b"x")
+        await stubs["ops"].RotateAccountKey(pb.RotateAccountKeyRequest(account_id=96))
+        await _until(lambda: 96 not in env._current)
+    assert follower._task is None  # closed with the stack
