@@ -9,7 +9,10 @@ the carrier's ref of the message answered>}]}`.
 The signature (constant-time, timestamp within 5 minutes) is checked before the body is parsed. The
 answer is 200 only after everything is committed, so the carrier retries anything not acknowledged: a
 receipt is never lost, and a repeated one changes nothing (state transitions are idempotent, replies
-are deduplicated by the carrier's id). Nothing from a callback body is ever logged.
+are deduplicated by the carrier's id). A receipt that names only a carrier reference we have not
+recorded yet (it overtook the submit answer: Jasmin's DLR race) is answered 503 so the carrier sends it
+again. A reply must reference a message we sent (our id or the carrier's reference); one that matches
+nothing is counted and dropped. Nothing from a callback body is ever logged.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class CallbackReceiver:
         self.app.router.add_post(PATH, self.handle)
         self.accepted = 0
         self.rejected = 0
+        self.deferred = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -81,11 +85,15 @@ class CallbackReceiver:
         except (ValueError, TypeError, AttributeError):
             return _answer(400, "malformed")
         try:
-            applied = await self._delivery.apply_receipts(receipts) if receipts else 0
+            applied, unresolved = await self._delivery.apply_carrier_receipts(receipts) if receipts else (0, 0)
             stored = await self._delivery.receive_inbound(inbound) if inbound else 0
         except Exception as exc:  # database or keys down: the carrier retries
             _LOG.warning("carrier callback not applied (%s); the carrier will retry", type(exc).__name__)
             return _answer(503, "try again")
+        if unresolved:
+            # A receipt for a reference we have not recorded yet: ask for it again (it is never dropped).
+            self.deferred += 1
+            return _answer(503, "unknown reference; retry")
         self.accepted += 1
         return web.json_response({"ok": True, "receipts": applied, "inbound": stored})
 

@@ -19,7 +19,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -184,6 +184,7 @@ class MessageStore(InboundStore, Protocol):
 
 
 class DeliveryStore(InboundStore, Protocol):
+    async def resolve_refs(self, refs: Sequence[str]) -> dict[str, str]: ...
     async def claim(self, message_ids: Sequence[str], lease_s: float = 30.0) -> list[ClaimedMessage]: ...
     async def record_results(
         self,
@@ -1045,6 +1046,17 @@ class DeliveryService:
     async def apply_receipts(self, receipts: list[Receipt]) -> int:
         """Apply carrier receipts through the ordered, idempotent status transition."""
         return len(await self._store.apply_receipts(receipts))
+
+    async def apply_carrier_receipts(self, receipts: list[Receipt]) -> tuple[int, int]:
+        """Receipts from a carrier callback: (applied, unresolved). A receipt that names only a carrier
+        reference we have not recorded yet (the receipt overtook the submit answer) is not applied; the
+        caller asks the carrier to send it again rather than losing it."""
+        refs = [r.carrier_ref for r in receipts if not r.message_id and r.carrier_ref]
+        known = await self._store.resolve_refs(refs) if refs else {}
+        ready = [r if r.message_id else replace(r, message_id=known.get(r.carrier_ref, "")) for r in receipts]
+        resolved = [r for r in ready if r.message_id]
+        changed = len(await self._store.apply_receipts(resolved)) if resolved else 0
+        return changed, len(ready) - len(resolved)
 
     async def receive_inbound(self, items: list[InboundInput]) -> int:
         """Store replies a carrier reports (matched to our messages; STOP/START change opt-outs)."""

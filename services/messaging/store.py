@@ -750,6 +750,14 @@ class PgMessageStore:
                 done = [_mid(r["id"]) for r in rows]
             return done
 
+    async def resolve_refs(self, refs: Sequence[str]) -> dict[str, str]:
+        """Our message ids for carrier references (those we know)."""
+        if not refs:
+            return {}
+        rows = await self._pool.fetch(
+            "SELECT id, carrier_ref FROM messages WHERE carrier_ref = ANY($1::text[])", sorted(set(refs)))
+        return {r["carrier_ref"]: _mid(r["id"]) for r in rows}
+
     async def apply_receipts(self, receipts: Sequence[Receipt]) -> list[str]:
         """Move messages to the receipts' final states where that is a forward move, with one receipt row
         (and webhook job) each; returns the ids changed. A receipt names our message id or, failing that,
