@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha25
 CHECKOV := .venv-checkov/bin/checkov
 export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 
-.PHONY: help install protos protos-check certs run test test-unit test-integration test-e2e test-deploy lint bench clean trace-ui-install
+.PHONY: help install sysdeps protos protos-check certs run test test-unit test-integration test-e2e test-deploy lint bench clean trace-ui-install
 
 help:
 	@echo "make run    start the whole suite (services, worker, gateway) with a demo account"
@@ -22,6 +22,10 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+# Debian packages the tests need: oathtool (an independent TOTP implementation to cross-check ours).
+sysdeps:
+	command -v oathtool >/dev/null || (apt-get update -qq && apt-get install -y -qq oathtool)
 
 $(CHECKOV):
 	$(PY) -m venv .venv-checkov
@@ -42,10 +46,10 @@ certs: install
 run: install
 	$(BIN)/python -m tools.devrun
 
-test: install $(CHECKOV) protos-check
+test: install sysdeps $(CHECKOV) protos-check
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
 
-test-unit: install
+test-unit: install sysdeps
 	$(BIN)/python -m pytest tests/unit -q
 
 test-integration: install
