@@ -3,75 +3,264 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
+from google.protobuf import timestamp_pb2
 
-from sendsafe.audit.v1 import audit_service_pb2, audit_service_pb2_grpc, event_pb2
-from services.audit.domain import EventFilter, IncomingEvent, page_size, parse_page_token
-from services.audit.service import Service
+from sendsafe.audit.v1 import alert_pb2, audit_service_pb2, audit_service_pb2_grpc, evidence_pb2
+from services.audit.domain import (
+    AccountRequired,
+    Alert,
+    ExportCursor,
+    ForwardingSpec,
+    ForwardingState,
+    Rule,
+    RuleSpec,
+    StoredCheckpoint,
+    Verification,
+    build_filter,
+    mask_target,
+    next_token,
+)
+from services.audit.formats import to_incoming, to_proto
+from services.audit.service import AlertService, ForwardingService, LogService
 from svckit import context as callctx
-from svckit.errors import PermissionDenied
+
+__all__ = ["AuditServicer", "to_incoming"]
 
 
-def to_incoming(ev: event_pb2.Event) -> IncomingEvent:
-    clean = event_pb2.Event()
-    clean.CopyFrom(ev)
-    clean.ClearField("sequence")
-    clean.ClearField("prev_hash")
-    clean.ClearField("hash")
-    when = ev.event_time.ToDatetime(tzinfo=UTC) if ev.HasField("event_time") else datetime.now(UTC)
-    return IncomingEvent(
-        event_id=ev.event_id,
-        event_time=when,
-        account_id=ev.actor.account_id,
-        actor_id=ev.actor.id,
-        action=ev.action,
-        outcome=int(ev.outcome),
-        trace_id=ev.trace_id,
-        body=clean.SerializeToString(deterministic=True),
+def _account() -> int:
+    principal = callctx.principal()
+    if principal is None or principal.account_id <= 0:
+        raise AccountRequired("this call needs an account principal")
+    return principal.account_id
+
+
+def _time(msg: Any, field: str) -> datetime | None:
+    return getattr(msg, field).ToDatetime(tzinfo=UTC) if msg.HasField(field) else None
+
+
+def _ts(when: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if when is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(when.astimezone(UTC))
+    return ts
+
+
+def _filter(request: Any, account_id: int | None) -> Any:
+    return build_filter(
+        account_id,
+        start_time=_time(request, "start_time"), end_time=_time(request, "end_time"), action=request.action,
+        actor_id=request.actor_id, actor_type=request.actor_type, outcome=int(request.outcome),
+        client_address=request.client_address, trace_id=request.trace_id, resource_type=request.resource_type,
+        resource_id=request.resource_id, request_id=request.request_id, page_size=request.page_size,
+        page_token=request.page_token,
     )
 
 
-def to_proto(sequence: int, body: bytes, prev_hash: bytes, h: bytes) -> event_pb2.Event:
-    ev = event_pb2.Event.FromString(body)
-    ev.sequence = sequence
-    ev.prev_hash = prev_hash.hex()
-    ev.hash = h.hex()
-    return ev
+def checkpoint_proto(cp: StoredCheckpoint) -> evidence_pb2.Checkpoint:
+    return evidence_pb2.Checkpoint(
+        origin=cp.note.split("\n", 1)[0], tree_size=cp.tree_size, root_hash=cp.root_hash,
+        checkpoint_time=_ts(cp.checkpoint_time), signed_note=cp.note, key_id=cp.key_id,
+    )
 
 
-def _time(ts: object, present: bool) -> datetime | None:
-    return ts.ToDatetime(tzinfo=UTC) if present else None  # type: ignore[attr-defined]
+def rule_spec(r: alert_pb2.AlertRule) -> RuleSpec:
+    return RuleSpec(
+        name=r.name, disabled=r.disabled, actions=tuple(r.actions), outcomes=tuple(int(o) for o in r.outcomes),
+        actor_ids=tuple(r.actor_ids), actor_types=tuple(r.actor_types), client_networks=tuple(r.client_networks),
+        exclude_client_networks=tuple(r.exclude_client_networks), threshold=r.threshold,
+        window_seconds=r.window_seconds, cooldown_seconds=r.cooldown_seconds, sum_detail=r.sum_detail,
+        webhook_url=r.webhook_url, sms_to=r.sms_to, email_to=r.email_to,
+    )
+
+
+def rule_proto(rule: Rule) -> alert_pb2.AlertRule:
+    s = rule.spec
+    return alert_pb2.AlertRule(
+        rule_id=rule.rule_id, name=s.name, disabled=s.disabled, actions=s.actions,
+        outcomes=s.outcomes,  # type: ignore[arg-type]
+        actor_ids=s.actor_ids, actor_types=s.actor_types, client_networks=s.client_networks,
+        exclude_client_networks=s.exclude_client_networks, threshold=s.threshold, window_seconds=s.window_seconds,
+        cooldown_seconds=s.cooldown_seconds, sum_detail=s.sum_detail, webhook_url=s.webhook_url, sms_to=s.sms_to,
+        email_to=s.email_to, is_default=rule.is_default, create_time=_ts(rule.create_time),
+        update_time=_ts(rule.update_time),
+    )
+
+
+def alert_proto(a: Alert) -> alert_pb2.Alert:
+    return alert_pb2.Alert(
+        alert_id=a.alert_id, rule_id=a.rule_id, rule_name=a.rule_name, fire_time=_ts(a.fire_time),
+        event_id=a.event_id, event_sequence=a.event_sequence, action=a.action, match_count=a.match_count,
+        window_seconds=a.window_seconds,
+        deliveries=[
+            alert_pb2.AlertDelivery(
+                channel=d.channel, target=mask_target(d.channel, d.target),
+                status=d.status,  # type: ignore[arg-type]
+                attempts=d.attempts, last_error=d.last_error, update_time=_ts(d.update_time),
+            )
+            for d in a.deliveries
+        ],
+    )
+
+
+def forwarding_proto(state: ForwardingState | None) -> alert_pb2.Forwarding:
+    if state is None:
+        return alert_pb2.Forwarding()
+    s = state.spec
+    return alert_pb2.Forwarding(
+        enabled=s.enabled, kind=s.kind, url=s.url, format=s.format,  # type: ignore[arg-type]
+        delivered_sequence=state.delivered_sequence, last_error=state.last_error,
+        consecutive_failures=state.consecutive_failures, last_delivery_time=_ts(state.last_delivery_time),
+    )
+
+
+def verification_proto(v: Verification) -> audit_service_pb2.VerifyLogResponse:
+    out = audit_service_pb2.VerifyLogResponse(ok=v.ok, tree_size=v.tree_size, checkpoints_checked=v.checkpoints_checked)
+    if v.finding is not None:
+        f = v.finding
+        out.problem.CopyFrom(evidence_pb2.IntegrityProblem(
+            kind=int(f.kind),  # type: ignore[arg-type]
+            sequence=f.sequence, event_id=f.event_id, detail=f.detail,
+        ))
+    return out
 
 
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, log: LogService, alerts: AlertService, forwarding: ForwardingService) -> None:
+        self.log = log
+        self.alerts = alerts
+        self.forwarding = forwarding
+
+    # -- the log -------------------------------------------------------------------------------------------
 
     async def AppendEvents(
         self, request: audit_service_pb2.AppendEventsRequest, context: grpc.aio.ServicerContext
     ) -> audit_service_pb2.AppendEventsResponse:
-        first, last = await self.service.append_events([to_incoming(e) for e in request.events])
+        first, last = await self.log.append_events([to_incoming(e) for e in request.events])
         return audit_service_pb2.AppendEventsResponse(first_sequence=first, last_sequence=last)
 
     async def ListEvents(
         self, request: audit_service_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
     ) -> audit_service_pb2.ListEventsResponse:
-        principal = callctx.principal()
-        if principal is None or not principal.account_id:
-            raise PermissionDenied("listing events needs an account principal")
-        limit = page_size(request.page_size)
-        rows = await self.service.list_events(
-            EventFilter(
-                account_id=principal.account_id,
-                start_time=_time(request.start_time, request.HasField("start_time")),
-                end_time=_time(request.end_time, request.HasField("end_time")),
-                action=request.action,
-                actor_id=request.actor_id,
-                after_sequence=parse_page_token(request.page_token),
-                limit=limit,
-            )
+        f = _filter(request, _account())
+        rows = await self.log.list_events(f)
+        return audit_service_pb2.ListEventsResponse(
+            events=[to_proto(s, b) for s, b in rows],
+            next_page_token=next_token(rows[-1][0] if rows else None, len(rows), f.limit),
         )
-        events = [to_proto(*r) for r in rows]
-        token = str(rows[-1][0]) if len(rows) == limit else ""
-        return audit_service_pb2.ListEventsResponse(events=events, next_page_token=token)
+
+    async def SearchEvents(
+        self, request: audit_service_pb2.SearchEventsRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.SearchEventsResponse:
+        f = _filter(request, request.account_id or None)
+        rows = await self.log.search_events(f, request.justification)
+        return audit_service_pb2.SearchEventsResponse(
+            events=[to_proto(s, b) for s, b in rows],
+            next_page_token=next_token(rows[-1][0] if rows else None, len(rows), f.limit),
+        )
+
+    async def GetEventProof(
+        self, request: audit_service_pb2.GetEventProofRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.GetEventProofResponse:
+        proof = await self.log.event_proof(_account(), request.event_id, request.tree_size)
+        return audit_service_pb2.GetEventProofResponse(
+            event=to_proto(proof.sequence, proof.leaf), leaf_index=proof.sequence - 1, leaf_data=proof.leaf,
+            leaf_hash=bytes.fromhex(to_proto(proof.sequence, proof.leaf).hash), inclusion_path=proof.path,
+            checkpoint=checkpoint_proto(proof.checkpoint),
+        )
+
+    async def GetCheckpoint(
+        self, request: audit_service_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.GetCheckpointResponse:
+        cp = await self.log.checkpoint(request.tree_size, fresh=request.fresh)
+        return audit_service_pb2.GetCheckpointResponse(checkpoint=checkpoint_proto(cp),
+                                                       verifier_key=self.log.verifier_key)
+
+    async def GetConsistencyProof(
+        self, request: audit_service_pb2.GetConsistencyProofRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.GetConsistencyProofResponse:
+        first, second, proof, cp = await self.log.consistency(request.first_tree_size, request.second_tree_size)
+        out = audit_service_pb2.GetConsistencyProofResponse(first_tree_size=first, second_tree_size=second,
+                                                            proof=proof)
+        if cp is not None:
+            out.second.CopyFrom(checkpoint_proto(cp))
+        return out
+
+    async def VerifyLog(
+        self, request: audit_service_pb2.VerifyLogRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.VerifyLogResponse:
+        return verification_proto(await self.log.verify_log())
+
+    async def ExportEvents(
+        self, request: audit_service_pb2.ExportEventsRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.ExportEventsResponse:
+        page = await self.log.export(_account(), ExportCursor.parse(request.cursor), int(request.format) or 1,
+                                     request.page_size, request.omit_proofs)
+        out = audit_service_pb2.ExportEventsResponse(
+            data=page.data, next_cursor=page.cursor.encode(), complete=page.complete, count=page.count,
+            verifier_key=self.log.verifier_key,
+        )
+        if page.checkpoint is not None:
+            out.checkpoint.CopyFrom(checkpoint_proto(page.checkpoint))
+        return out
+
+    # -- alerts --------------------------------------------------------------------------------------------
+
+    async def CreateAlertRule(
+        self, request: audit_service_pb2.CreateAlertRuleRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.CreateAlertRuleResponse:
+        rule = await self.alerts.create_rule(_account(), rule_spec(request.rule))
+        return audit_service_pb2.CreateAlertRuleResponse(rule=rule_proto(rule))
+
+    async def ListAlertRules(
+        self, request: audit_service_pb2.ListAlertRulesRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.ListAlertRulesResponse:
+        rules = await self.alerts.list_rules(_account())
+        return audit_service_pb2.ListAlertRulesResponse(rules=[rule_proto(r) for r in rules])
+
+    async def UpdateAlertRule(
+        self, request: audit_service_pb2.UpdateAlertRuleRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.UpdateAlertRuleResponse:
+        rule = await self.alerts.update_rule(_account(), request.rule_id, rule_spec(request.rule))
+        return audit_service_pb2.UpdateAlertRuleResponse(rule=rule_proto(rule))
+
+    async def DeleteAlertRule(
+        self, request: audit_service_pb2.DeleteAlertRuleRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.DeleteAlertRuleResponse:
+        await self.alerts.delete_rule(_account(), request.rule_id)
+        return audit_service_pb2.DeleteAlertRuleResponse()
+
+    async def ListAlerts(
+        self, request: audit_service_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.ListAlertsResponse:
+        alerts, token = await self.alerts.list_alerts(_account(), request.page_size, request.page_token)
+        return audit_service_pb2.ListAlertsResponse(alerts=[alert_proto(a) for a in alerts], next_page_token=token)
+
+    async def GetWebhookSecret(
+        self, request: audit_service_pb2.GetWebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.GetWebhookSecretResponse:
+        secret, version = await self.alerts.webhook_secret(_account(), rotate=False)
+        return audit_service_pb2.GetWebhookSecretResponse(secret=secret, version=version)
+
+    async def RotateWebhookSecret(
+        self, request: audit_service_pb2.RotateWebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.RotateWebhookSecretResponse:
+        secret, version = await self.alerts.webhook_secret(_account(), rotate=True)
+        return audit_service_pb2.RotateWebhookSecretResponse(secret=secret, version=version)
+
+    async def GetForwarding(
+        self, request: audit_service_pb2.GetForwardingRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.GetForwardingResponse:
+        state = await self.forwarding.get(_account())
+        return audit_service_pb2.GetForwardingResponse(forwarding=forwarding_proto(state))
+
+    async def SetForwarding(
+        self, request: audit_service_pb2.SetForwardingRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.SetForwardingResponse:
+        f = request.forwarding
+        state = await self.forwarding.set(
+            _account(), ForwardingSpec(f.enabled, int(f.kind), f.url, int(f.format), f.backfill))
+        return audit_service_pb2.SetForwardingResponse(forwarding=forwarding_proto(state))

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import contextlib
+import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from sendsafe.audit.v1 import audit_service_pb2, audit_service_pb2_grpc, event_pb2
-from services.audit.api import AuditServicer, to_incoming
+from services.audit import background, metrics
+from services.audit.api import AuditServicer
+from services.audit.clients import open_notifier
 from services.audit.config import Settings
-from services.audit.service import Service
-from services.audit.store import PgEventStore
+from services.audit.formats import to_incoming
+from services.audit.merkle import Signer, Verifier
+from services.audit.notify import HttpsWebhooks
+from services.audit.service import AlertService, ForwardingService, LogService
+from services.audit.store import PgAlertStore, PgEventStore, role_setter
 from svckit.app import App, serve
 from svckit.audit import denial_recorder
 from svckit.config import load
@@ -18,32 +31,164 @@ from svckit.server import start_server
 from svckit.tls import TlsFiles
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_LOG = logging.getLogger(__name__)
+
+
+def _key_bytes(text: str, what: str) -> bytes:
+    text = text.strip()
+    try:
+        raw = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(f"{what} must be 32 bytes, hex or base64")
+    return raw
+
+
+def signer_for(settings: Settings) -> Signer:
+    if settings.signing_key:
+        return Signer.from_seed(settings.log_origin, _key_bytes(settings.signing_key, "AUDIT_SIGNING_KEY"))
+    _LOG.warning("AUDIT_SIGNING_KEY is not set: checkpoints are signed with an ephemeral key that dies with"
+                 " this process (development only)")
+    return Signer(settings.log_origin, Ed25519PrivateKey.generate())
+
+
+def webhook_root(settings: Settings) -> bytes:
+    if settings.webhook_key:
+        return _key_bytes(settings.webhook_key, "AUDIT_WEBHOOK_KEY")
+    _LOG.warning("AUDIT_WEBHOOK_KEY is not set: webhook secrets change when this process restarts"
+                 " (development only)")
+    return os.urandom(32)
 
 
 async def build(settings: Settings) -> App:
     stack = contextlib.AsyncExitStack()
     try:
-        pool = await create_pool(settings.database_url)
+        # Migrations run as the database owner; the service itself then works as the writer role, which
+        # may only INSERT and SELECT the evidence.
+        owner = await create_pool(settings.database_url, min_size=1, max_size=1)
+        try:
+            await migrate(owner, MIGRATIONS)
+        finally:
+            await owner.close()
+        pool = await create_pool(settings.database_url, max_size=20,
+                                 init=role_setter(settings.db_role) if settings.db_role else None)
         stack.push_async_callback(pool.close)
-        await migrate(pool, MIGRATIONS)
-        service = Service(PgEventStore(pool), max_batch=settings.max_batch)
+        events = PgEventStore(pool)
+        if n := await events.integrate_backlog():
+            _LOG.info("added %d earlier events to the Merkle tree", n)
+        log = LogService(
+            events, signer_for(settings), trusted=[Verifier.parse(k) for k in settings.trusted_keys],
+            max_batch=settings.max_batch, checkpoint_min_interval=settings.checkpoint_min_interval_seconds,
+        )
 
-        async def record_own(ev: event_pb2.Event) -> None:
-            # The audit service records its own denials straight into its log.
-            await service.append_events([to_incoming(ev)])
+        async def record(evs: Sequence[event_pb2.Event]) -> None:
+            # The audit service records its own events straight into its log.
+            await log.append_events([to_incoming(e) for e in evs])
+
+        async def record_one(ev: event_pb2.Event) -> None:
+            await record([ev])
+
+        webhooks = HttpsWebhooks(allow_private=settings.webhook_allow_private, ca_file=settings.webhook_ca_file,
+                                 timeout=settings.webhook_timeout_seconds)
+        stack.push_async_callback(webhooks.close)
+        alert_store = PgAlertStore(pool)
+        root = webhook_root(settings)
+        alerts = AlertService(alert_store, events, record, secret_root=root, webhooks=webhooks,
+                              notifier=open_notifier(settings, stack), retry_base=settings.retry_base_seconds)
+        forwarding = ForwardingService(alert_store, events, record, secret_root=root, webhooks=webhooks,
+                                       retry_base=settings.retry_base_seconds)
+
+        engine_wake, delivery_wake, forward_wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        def appended() -> None:
+            engine_wake.set()
+            forward_wake.set()
+
+        log.on_append(appended)
+
+        async def evaluate() -> int:
+            fired = alerts.fired
+            n = await alerts.evaluate()
+            if alerts.fired != fired:
+                delivery_wake.set()
+            return n
+
+        idle = settings.poll_seconds
+        background.spawn(stack, background.drain("alert engine", evaluate, engine_wake, idle), "alert-engine")
+        background.spawn(stack, background.drain("alert delivery", alerts.deliver_due, delivery_wake, idle),
+                         "alert-delivery")
+        background.spawn(stack, background.drain("forwarding", forwarding.forward_due, forward_wake, idle),
+                         "forwarding")
+        background.spawn(stack, background.every("checkpoint", settings.checkpoint_interval_seconds,
+                                                 log.sign_checkpoint), "checkpoints")
+        if settings.verify_interval_seconds > 0:
+            background.spawn(stack, background.every("verification", settings.verify_interval_seconds,
+                                                     log.verify_log), "verification")
+        await log.sign_checkpoint()  # a fresh anchor under this process's key
+
+        metrics_port = None
+        if settings.metrics_listen:
+            runner, metrics_port = await metrics.start(
+                settings.metrics_listen, lambda: collect(log, alerts, forwarding, events, alert_store))
+            stack.push_async_callback(runner.cleanup)
 
         server = await start_server(
             listen=settings.grpc_listen,
             tls=TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file),
-            register=lambda s: audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(service), s),
+            register=lambda s: audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+                AuditServicer(log, alerts, forwarding), s),
             service_names=[audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name],
-            on_denied=denial_recorder(record_own, settings.service_name),
+            on_denied=denial_recorder(record_one, settings.service_name),
             health_listen=settings.health_listen,
         )
     except BaseException:
         await stack.aclose()
         raise
-    return App(server, stack, grace=settings.shutdown_grace_seconds, extras={"service": service})
+    return App(server, stack, grace=settings.shutdown_grace_seconds, extras={
+        "service": log, "alerts": alerts, "forwarding": forwarding, "pool": pool, "metrics_port": metrics_port,
+    })
+
+
+async def collect(log: LogService, alerts: AlertService, forwarding: ForwardingService, events: PgEventStore,
+                  alert_store: PgAlertStore) -> list[metrics.Sample]:
+    size, _, _ = await events.tree_head()
+    cp = await events.latest_checkpoint()
+    backlog = size - await alert_store.alert_cursor()
+    st = log.stats
+    S = metrics.Sample
+    out = [
+        S("sendsafe_audit_events_appended_total", "counter", "Events this process stored.", st.appended),
+        S("sendsafe_audit_append_batches_total", "counter", "Append batches this process stored.", st.batches),
+        S("sendsafe_audit_ingest_lag_seconds", "histogram",
+          "Seconds from an event's time at its emitter to its storage.", st.lag),
+        S("sendsafe_audit_tree_size", "gauge", "Events in the log (its Merkle tree size).", size),
+        S("sendsafe_audit_checkpoint_tree_size", "gauge", "Tree size of the latest signed checkpoint.",
+          cp.tree_size if cp else 0),
+        S("sendsafe_audit_checkpoint_timestamp_seconds", "gauge", "Unix time of the latest signed checkpoint.",
+          cp.checkpoint_time.timestamp() if cp else 0.0),
+        S("sendsafe_audit_integrity_failures_total", "counter",
+          "Full verifications that found the log altered.", st.integrity_failures),
+        S("sendsafe_audit_proof_violations_total", "counter",
+          "Proof requests refused because the stored log no longer matches what was signed.", st.proof_violations),
+        S("sendsafe_audit_last_verified_tree_size", "gauge", "Events checked by the last full verification.",
+          st.last_verified_size),
+        S("sendsafe_audit_last_verification_timestamp_seconds", "gauge", "Unix time of the last full verification.",
+          st.last_verify_time),
+        S("sendsafe_audit_alert_backlog_events", "gauge", "Events the alert engine has not evaluated yet.", backlog),
+        S("sendsafe_audit_alerts_fired_total", "counter", "Alerts this process fired.", alerts.fired),
+        S("sendsafe_audit_alert_deliveries_pending", "gauge", "Alert notifications not yet delivered or failed.",
+          await alert_store.pending_deliveries()),
+        S("sendsafe_audit_alert_delivery_failures_total", "counter", "Failed notification attempts.",
+          alerts.delivery_failures),
+        S("sendsafe_audit_forwarding_backlog_events", "gauge", "Events not yet forwarded to customers' SIEMs.",
+          await alert_store.forwarding_backlog()),
+        S("sendsafe_audit_forwarding_failures_total", "counter", "Failed forwarding attempts.", forwarding.failures),
+    ]
+    if st.integrity_ok is not None:
+        out.append(S("sendsafe_audit_integrity_ok", "gauge",
+                     "1 when the last full verification found the log intact, else 0.", int(st.integrity_ok)))
+    return out
 
 
 def main() -> None:

@@ -1,27 +1,101 @@
-"""All SQL of the audit service."""
+"""All SQL of the audit service.
+
+The service works as `sendsafe_audit_writer`, a role with INSERT and SELECT on the evidence tables
+(events, merkle_nodes, checkpoints, alerts) and nothing more (migration 0002); `role_setter` gives the
+pool's per-connection setup that switches to it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import dataclasses
+import ipaddress
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 
-from services.audit.domain import ChainedEvent, EventFilter, IncomingEvent, chain
-
-_COLUMNS = (
-    "sequence", "event_id", "event_time", "account_id", "actor_id", "action", "outcome", "trace_id",
-    "body", "prev_hash", "hash",
+from services.audit import merkle
+from services.audit.domain import (
+    Alert,
+    Delivery,
+    DeliveryJob,
+    EventFilter,
+    Fire,
+    ForwardingSpec,
+    ForwardingState,
+    Hit,
+    IncomingEvent,
+    Rule,
+    RuleSpec,
+    SealedEvent,
+    StoredCheckpoint,
+    sequence_events,
 )
+
+WRITER_ROLE = "sendsafe_audit_writer"
+_EVENT_COLUMNS = (
+    "sequence", "event_id", "event_time", "account_id", "actor_id", "action", "outcome", "trace_id",
+    "body", "prev_hash", "hash", "actor_type", "subject_account_id", "account_sequence", "client_inet",
+    "resource_type", "resource_id", "request_id",
+)
+_NO_HASH = b""
+
+
+def role_setter(role: str) -> Callable[[asyncpg.Connection], Awaitable[None]]:
+    """Pool `init`: every connection works as `role` (the restricted writer role)."""
+    if not role.replace("_", "").isalnum():
+        raise ValueError("a database role name is letters, digits and underscores")
+
+    async def set_role(conn: asyncpg.Connection) -> None:
+        await conn.execute(f'SET ROLE "{role}"')
+
+    return set_role
+
+
+def _inet(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        return None
+
+
+def _spec_json(spec: RuleSpec) -> str:
+    return json.dumps(dataclasses.asdict(spec), sort_keys=True)
+
+
+def _spec(raw: str) -> RuleSpec:
+    data = json.loads(raw)
+    fields = {f.name for f in dataclasses.fields(RuleSpec)}
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields}
+    return RuleSpec(**values)
+
+
+def _rule(r: asyncpg.Record) -> Rule:
+    return Rule(r["id"], r["account_id"], _spec(r["spec"]), r["is_default"], r["last_fire_time"],
+                r["create_time"], r["update_time"])
+
+
+def _checkpoint(r: asyncpg.Record) -> StoredCheckpoint:
+    return StoredCheckpoint(r["tree_size"], bytes(r["root_hash"]), r["checkpoint_time"], r["key_id"], r["note"])
+
+
+_RULE_COLUMNS = "id, account_id, spec, is_default, last_fire_time, create_time, update_time"
 
 
 class PgEventStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def append(self, events: Sequence[IncomingEvent]) -> list[ChainedEvent]:
-        """Chain and insert `events` in one transaction; ids already stored are skipped (retries)."""
+    # -- writing -------------------------------------------------------------------------------------------
+
+    async def append(self, events: Sequence[IncomingEvent]) -> list[SealedEvent]:
+        """Sequence, seal and insert `events` and extend the tree, in one transaction; ids already stored
+        are skipped (retries). Returns what was stored."""
         async with self._pool.acquire() as conn, conn.transaction():
-            head = await conn.fetchrow("SELECT sequence, hash FROM chain_head WHERE id = 1 FOR UPDATE")
+            head = await conn.fetchrow("SELECT size, frontier FROM tree_head WHERE id = 1 FOR UPDATE")
             assert head is not None
             ids = [e.event_id for e in events]
             seen = {r["event_id"] for r in await conn.fetch(
@@ -31,38 +105,469 @@ class PgEventStore:
                 if e.event_id not in seen:
                     seen.add(e.event_id)
                     fresh.append(e)
-            chained = chain(head["sequence"], bytes(head["hash"]), fresh)
-            if not chained:
+            if not fresh:
                 return []
+            accounts = sorted({e.feed_account for e in fresh})
+            counts = {r["account_id"]: r["count"] for r in await conn.fetch(
+                "SELECT account_id, count FROM account_heads WHERE account_id = ANY($1::bigint[])", accounts)}
+            sealed, new_counts = sequence_events(head["size"], counts, fresh)
+            tree = merkle.append(head["size"], [bytes(h) for h in head["frontier"]], [s.leaf_hash for s in sealed])
             await conn.copy_records_to_table(
                 "events",
-                columns=_COLUMNS,
+                columns=_EVENT_COLUMNS,
                 records=[
-                    (c.sequence, c.event.event_id, c.event.event_time, c.event.account_id, c.event.actor_id,
-                     c.event.action, c.event.outcome, c.event.trace_id, c.event.body, c.prev_hash, c.hash)
-                    for c in chained
+                    (s.sequence, e.event_id, e.event_time, e.feed_account, e.actor_id, e.action, e.outcome,
+                     e.trace_id, s.leaf, _NO_HASH, s.leaf_hash, e.actor_type, e.subject_account_id,
+                     s.account_sequence, _inet(e.client_address), e.resource_type, e.resource_id, e.request_id)
+                    for s in sealed
+                    for e in (s.event,)
                 ],
             )
-            last = chained[-1]
-            await conn.execute("UPDATE chain_head SET sequence = $1, hash = $2 WHERE id = 1", last.sequence, last.hash)
-            return chained
+            await conn.copy_records_to_table("merkle_nodes", columns=("level", "idx", "hash"), records=tree.nodes)
+            await conn.execute(
+                "UPDATE tree_head SET size = $1, frontier = $2, root = $3, update_time = now() WHERE id = 1",
+                tree.size, tree.frontier, tree.root,
+            )
+            await conn.execute(
+                "INSERT INTO account_heads (account_id, count) SELECT * FROM unnest($1::bigint[], $2::bigint[])"
+                " ON CONFLICT (account_id) DO UPDATE SET count = EXCLUDED.count",
+                accounts, [new_counts[a] for a in accounts],
+            )
+            return sealed
 
-    async def list_events(self, f: EventFilter) -> list[tuple[int, bytes, bytes, bytes]]:
-        """(sequence, body, prev_hash, hash) of matching events after the cursor, oldest first."""
+    async def integrate_backlog(self, batch: int = 10_000) -> int:
+        """Put into the tree the events stored before the log had one (migration 0002); returns how many."""
+        total = 0
+        while True:
+            async with self._pool.acquire() as conn, conn.transaction():
+                head = await conn.fetchrow("SELECT size, frontier FROM tree_head WHERE id = 1 FOR UPDATE")
+                assert head is not None
+                rows = await conn.fetch(
+                    "SELECT sequence, body FROM events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+                    head["size"], batch,
+                )
+                if not rows:
+                    return total
+                if rows[0]["sequence"] != head["size"] + 1:
+                    raise RuntimeError(f"event {head['size'] + 1} is missing: cannot build the tree")
+                leaves = [merkle.leaf_hash(bytes(r["body"])) for r in rows]
+                tree = merkle.append(head["size"], [bytes(h) for h in head["frontier"]], leaves)
+                await conn.copy_records_to_table("merkle_nodes", columns=("level", "idx", "hash"), records=tree.nodes)
+                await conn.execute(
+                    "UPDATE tree_head SET size = $1, frontier = $2, root = $3, update_time = now() WHERE id = 1",
+                    tree.size, tree.frontier, tree.root,
+                )
+                total += len(rows)
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    async def list_events(self, f: EventFilter) -> list[tuple[int, bytes]]:
+        """(sequence, stored bytes) of matching events after the cursor, oldest first."""
         rows = await self._pool.fetch(
-            "SELECT sequence, body, prev_hash, hash FROM events"
-            " WHERE account_id = $1 AND sequence > $2"
+            "SELECT sequence, body FROM events"
+            " WHERE ($1::bigint IS NULL OR account_id = $1) AND sequence > $2"
             " AND ($3::timestamptz IS NULL OR event_time >= $3)"
             " AND ($4::timestamptz IS NULL OR event_time < $4)"
-            " AND ($5 = '' OR action = $5) AND ($6 = '' OR actor_id = $6)"
-            " ORDER BY sequence LIMIT $7",
-            f.account_id, f.after_sequence, f.start_time, f.end_time, f.action, f.actor_id, f.limit,
+            " AND ($5 = '' OR CASE WHEN $6::bool THEN starts_with(action, $5) ELSE action = $5 END)"
+            " AND ($7 = '' OR actor_id = $7) AND ($8 = '' OR actor_type = $8)"
+            " AND ($9::smallint = 0 OR outcome = $9)"
+            " AND ($10 = '' OR client_inet <<= $10::inet)"
+            " AND ($11 = '' OR trace_id = $11) AND ($12 = '' OR resource_type = $12)"
+            " AND ($13 = '' OR resource_id = $13) AND ($14 = '' OR request_id = $14)"
+            " ORDER BY sequence LIMIT $15",
+            f.account_id, f.after_sequence, f.start_time, f.end_time, f.action, f.action_prefix, f.actor_id,
+            f.actor_type, f.outcome, f.client_network, f.trace_id, f.resource_type, f.resource_id, f.request_id,
+            f.limit,
         )
-        return [(r["sequence"], bytes(r["body"]), bytes(r["prev_hash"]), bytes(r["hash"])) for r in rows]
+        return [(r["sequence"], bytes(r["body"])) for r in rows]
 
     async def chain_rows(self, after_sequence: int, limit: int) -> list[tuple[int, bytes, bytes, bytes]]:
+        """(sequence, stored bytes, prev_hash, hash) of every event after `after_sequence`, in order."""
         rows = await self._pool.fetch(
             "SELECT sequence, body, prev_hash, hash FROM events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
             after_sequence, limit,
         )
         return [(r["sequence"], bytes(r["body"]), bytes(r["prev_hash"]), bytes(r["hash"])) for r in rows]
+
+    async def scan(self, after_sequence: int, limit: int) -> list[tuple[int, str, bytes]]:
+        """(sequence, event_id, stored bytes) in log order, for verification."""
+        rows = await self._pool.fetch(
+            "SELECT sequence, event_id, body FROM events WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+            after_sequence, limit,
+        )
+        return [(r["sequence"], r["event_id"], bytes(r["body"])) for r in rows]
+
+    async def leaf_hashes(self, first_index: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = await self._pool.fetch(
+            "SELECT idx, hash FROM merkle_nodes WHERE level = 0 AND idx >= $1 ORDER BY idx LIMIT $2",
+            first_index, limit,
+        )
+        return [(r["idx"], bytes(r["hash"])) for r in rows]
+
+    async def event_by_id(self, event_id: str) -> tuple[int, int, bytes] | None:
+        """(sequence, feed account, stored bytes)."""
+        r = await self._pool.fetchrow("SELECT sequence, account_id, body FROM events WHERE event_id = $1", event_id)
+        return None if r is None else (r["sequence"], r["account_id"], bytes(r["body"]))
+
+    async def bodies(self, sequences: Sequence[int]) -> dict[int, bytes]:
+        rows = await self._pool.fetch(
+            "SELECT sequence, body FROM events WHERE sequence = ANY($1::bigint[])", list(sequences))
+        return {r["sequence"]: bytes(r["body"]) for r in rows}
+
+    async def account_events(self, account_id: int, after_sequence: int, up_to: int | None, limit: int
+                             ) -> list[tuple[int, bytes]]:
+        rows = await self._pool.fetch(
+            "SELECT sequence, body FROM events WHERE account_id = $1 AND sequence > $2"
+            " AND ($3::bigint IS NULL OR sequence <= $3) ORDER BY sequence LIMIT $4",
+            account_id, after_sequence, up_to, limit,
+        )
+        return [(r["sequence"], bytes(r["body"])) for r in rows]
+
+    async def account_count_at(self, account_id: int, tree_size: int) -> int:
+        """How many events the account's feed held in the tree of `tree_size` (its last account_sequence)."""
+        n = await self._pool.fetchval(
+            "SELECT coalesce(max(account_sequence), 0) FROM events WHERE account_id = $1 AND sequence <= $2",
+            account_id, tree_size)
+        return int(n)
+
+    async def nodes(self, wanted: set[merkle.Node]) -> dict[merkle.Node, bytes]:
+        if not wanted:
+            return {}
+        levels, idxs = zip(*sorted(wanted), strict=True)
+        rows = await self._pool.fetch(
+            "SELECT m.level, m.idx, m.hash FROM merkle_nodes m"
+            " JOIN unnest($1::smallint[], $2::bigint[]) AS w(level, idx) ON m.level = w.level AND m.idx = w.idx",
+            list(levels), list(idxs),
+        )
+        return {(r["level"], r["idx"]): bytes(r["hash"]) for r in rows}
+
+    async def tree_head(self) -> tuple[int, bytes, list[bytes]]:
+        r = await self._pool.fetchrow("SELECT size, root, frontier FROM tree_head WHERE id = 1")
+        assert r is not None
+        return r["size"], bytes(r["root"]), [bytes(h) for h in r["frontier"]]
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+
+    async def latest_checkpoint(self) -> StoredCheckpoint | None:
+        r = await self._pool.fetchrow(
+            "SELECT tree_size, root_hash, checkpoint_time, key_id, note FROM checkpoints ORDER BY tree_size DESC"
+            " LIMIT 1")
+        return None if r is None else _checkpoint(r)
+
+    async def checkpoint_at(self, tree_size: int) -> StoredCheckpoint | None:
+        r = await self._pool.fetchrow(
+            "SELECT tree_size, root_hash, checkpoint_time, key_id, note FROM checkpoints WHERE tree_size = $1",
+            tree_size)
+        return None if r is None else _checkpoint(r)
+
+    async def save_checkpoint(self, cp: StoredCheckpoint) -> StoredCheckpoint:
+        """Store `cp` unless one of its size exists already; returns the stored one."""
+        r = await self._pool.fetchrow(
+            "INSERT INTO checkpoints (tree_size, root_hash, checkpoint_time, key_id, note)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tree_size) DO NOTHING"
+            " RETURNING tree_size, root_hash, checkpoint_time, key_id, note",
+            cp.tree_size, cp.root_hash, cp.checkpoint_time, cp.key_id, cp.note,
+        )
+        if r is None:
+            stored = await self.checkpoint_at(cp.tree_size)
+            assert stored is not None
+            return stored
+        return _checkpoint(r)
+
+    async def checkpoints(self) -> list[StoredCheckpoint]:
+        rows = await self._pool.fetch(
+            "SELECT tree_size, root_hash, checkpoint_time, key_id, note FROM checkpoints ORDER BY tree_size")
+        return [_checkpoint(r) for r in rows]
+
+    async def max_event_lag(self, since_sequence: int) -> tuple[int, float]:
+        """(newest sequence, seconds between event time and storage for the slowest event after since)."""
+        r = await self._pool.fetchrow(
+            "SELECT coalesce(max(sequence), $1) AS seq,"
+            " coalesce(extract(epoch FROM max(insert_time - event_time)), 0)::float8 AS lag"
+            " FROM events WHERE sequence > $1", since_sequence)
+        assert r is not None
+        return r["seq"], max(float(r["lag"]), 0.0)
+
+
+# -- alerts ---------------------------------------------------------------------------------------------
+
+
+class PgAlertTx:
+    """One evaluation step of the alert engine, in one transaction."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def claim_cursor(self) -> int | None:
+        """The engine's position, locked for this transaction; None while another process holds it."""
+        value: int | None = await self._conn.fetchval(
+            "SELECT sequence FROM processor_cursors WHERE name = 'alerts' FOR UPDATE SKIP LOCKED")
+        return value
+
+    async def events_after(self, sequence: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = await self._conn.fetch(
+            "SELECT sequence, body FROM events WHERE sequence > $1 ORDER BY sequence LIMIT $2", sequence, limit)
+        return [(r["sequence"], bytes(r["body"])) for r in rows]
+
+    async def advance_cursor(self, sequence: int) -> None:
+        await self._conn.execute("UPDATE processor_cursors SET sequence = $1 WHERE name = 'alerts'", sequence)
+
+    async def new_accounts(self, account_ids: Sequence[int]) -> list[int]:
+        """Register accounts the engine had not met; returns those."""
+        rows = await self._conn.fetch(
+            "INSERT INTO alert_accounts (account_id) SELECT unnest($1::bigint[])"
+            " ON CONFLICT DO NOTHING RETURNING account_id", list(account_ids))
+        return [r["account_id"] for r in rows]
+
+    async def insert_rules(self, account_id: int, specs: Sequence[RuleSpec], *, default: bool) -> None:
+        await self._conn.execute(
+            "INSERT INTO alert_rules (account_id, spec, is_default) SELECT $1, unnest($2::jsonb[]), $3",
+            account_id, [_spec_json(s) for s in specs], default,
+        )
+
+    async def rules_for(self, account_ids: Sequence[int]) -> list[Rule]:
+        rows = await self._conn.fetch(
+            f"SELECT {_RULE_COLUMNS} FROM alert_rules WHERE account_id = ANY($1::bigint[])"
+            " AND NOT (spec->>'disabled')::bool ORDER BY id FOR UPDATE", list(account_ids))
+        return [_rule(r) for r in rows]
+
+    async def hits_since(self, rule_ids: Sequence[int], since: datetime) -> dict[int, list[Hit]]:
+        rows = await self._conn.fetch(
+            "SELECT rule_id, event_time, amount, sequence FROM alert_hits"
+            " WHERE rule_id = ANY($1::bigint[]) AND event_time > $2", list(rule_ids), since)
+        out: dict[int, list[Hit]] = {}
+        for r in rows:
+            out.setdefault(r["rule_id"], []).append(Hit(r["rule_id"], r["event_time"], r["amount"], r["sequence"]))
+        return out
+
+    async def insert_hits(self, hits: Sequence[Hit]) -> None:
+        if hits:
+            await self._conn.copy_records_to_table(
+                "alert_hits", columns=("rule_id", "event_time", "amount", "sequence"),
+                records=[(h.rule_id, h.event_time, h.amount, h.sequence) for h in hits],
+            )
+
+    async def prune_hits(self, rule_ids: Sequence[int], windows: Sequence[int], now: datetime) -> None:
+        if rule_ids:
+            await self._conn.execute(
+                "DELETE FROM alert_hits h USING unnest($1::bigint[], $2::int[]) AS w(rule_id, seconds)"
+                " WHERE h.rule_id = w.rule_id AND h.event_time < $3::timestamptz - make_interval(secs => w.seconds)",
+                list(rule_ids), list(windows), now,
+            )
+
+    async def record_fires(self, fires: Sequence[Fire]) -> list[int]:
+        """Alert history rows and a pending delivery per target; returns the alert ids."""
+        if not fires:
+            return []
+        rows = await self._conn.fetch(
+            "INSERT INTO alerts (account_id, rule_id, rule_name, fire_time, event_id, event_sequence, action,"
+            " match_count, window_seconds)"
+            " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::timestamptz[], $5::text[],"
+            " $6::bigint[], $7::text[], $8::bigint[], $9::int[]) RETURNING id",
+            [f.rule.account_id for f in fires], [f.rule.rule_id for f in fires], [f.rule.spec.name for f in fires],
+            [f.event.event_time for f in fires], [f.event.event_id for f in fires], [f.event.sequence for f in fires],
+            [f.event.action for f in fires], [f.count for f in fires], [f.rule.spec.window_seconds for f in fires],
+        )
+        ids = [r["id"] for r in rows]
+        deliveries = [(aid, f.rule.account_id, ch, target)
+                      for aid, f in zip(ids, fires, strict=True) for ch, target in f.rule.spec.targets()]
+        if deliveries:
+            await self._conn.copy_records_to_table(
+                "alert_deliveries", columns=("alert_id", "account_id", "channel", "target"), records=deliveries)
+        return ids
+
+    async def set_last_fire(self, last_fire: dict[int, datetime]) -> None:
+        if last_fire:
+            await self._conn.execute(
+                "UPDATE alert_rules r SET last_fire_time = u.t FROM unnest($1::bigint[], $2::timestamptz[])"
+                " AS u(id, t) WHERE r.id = u.id", list(last_fire), list(last_fire.values()),
+            )
+
+
+class PgAlertStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @contextlib.asynccontextmanager
+    async def tx(self) -> AsyncIterator[PgAlertTx]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield PgAlertTx(conn)
+
+    # -- rules ---------------------------------------------------------------------------------------------
+
+    async def rules(self, account_id: int) -> list[Rule]:
+        rows = await self._pool.fetch(
+            f"SELECT {_RULE_COLUMNS} FROM alert_rules WHERE account_id = $1 ORDER BY id", account_id)
+        return [_rule(r) for r in rows]
+
+    async def create_rule(self, account_id: int, spec: RuleSpec, max_rules: int) -> Rule | None:
+        """Insert unless the account has `max_rules` already (None then)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('alert_rules'), $1::int)", account_id % 2**31)
+            n = await conn.fetchval("SELECT count(*) FROM alert_rules WHERE account_id = $1", account_id)
+            if n >= max_rules:
+                return None
+            r = await conn.fetchrow(
+                f"INSERT INTO alert_rules (account_id, spec) VALUES ($1, $2::jsonb) RETURNING {_RULE_COLUMNS}",
+                account_id, _spec_json(spec))
+            assert r is not None
+            return _rule(r)
+
+    async def update_rule(self, account_id: int, rule_id: int, spec: RuleSpec) -> Rule | None:
+        r = await self._pool.fetchrow(
+            f"UPDATE alert_rules SET spec = $3::jsonb, update_time = now() WHERE id = $1 AND account_id = $2"
+            f" RETURNING {_RULE_COLUMNS}", rule_id, account_id, _spec_json(spec))
+        return None if r is None else _rule(r)
+
+    async def delete_rule(self, account_id: int, rule_id: int) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(
+                "DELETE FROM alert_rules WHERE id = $1 AND account_id = $2 RETURNING id", rule_id, account_id)
+            if done is not None:
+                await conn.execute("DELETE FROM alert_hits WHERE rule_id = $1", rule_id)
+            return done is not None
+
+    async def ensure_account(self, account_id: int, defaults: Sequence[RuleSpec]) -> None:
+        """Register the account (with its default rules) if the alert engine has not met it yet."""
+        async with self.tx() as tx:
+            if await tx.new_accounts([account_id]):
+                await tx.insert_rules(account_id, defaults, default=True)
+
+    async def secret_version(self, account_id: int, *, rotate: bool = False) -> int:
+        if rotate:
+            v = await self._pool.fetchval(
+                "UPDATE alert_accounts SET secret_version = secret_version + 1 WHERE account_id = $1"
+                " RETURNING secret_version", account_id)
+        else:
+            v = await self._pool.fetchval(
+                "SELECT secret_version FROM alert_accounts WHERE account_id = $1", account_id)
+        return int(v) if v is not None else 1
+
+    # -- history -------------------------------------------------------------------------------------------
+
+    async def alerts(self, account_id: int, before_id: int, limit: int) -> list[Alert]:
+        rows = await self._pool.fetch(
+            "SELECT id, rule_id, rule_name, fire_time, event_id, event_sequence, action, match_count,"
+            " window_seconds FROM alerts WHERE account_id = $1 AND ($2 = 0 OR id < $2) ORDER BY id DESC LIMIT $3",
+            account_id, before_id, limit,
+        )
+        ids = [r["id"] for r in rows]
+        deliveries: dict[int, list[Delivery]] = {}
+        for d in await self._pool.fetch(
+            "SELECT alert_id, channel, target, status, attempts, last_error, update_time FROM alert_deliveries"
+            " WHERE alert_id = ANY($1::bigint[]) ORDER BY id", ids,
+        ):
+            deliveries.setdefault(d["alert_id"], []).append(
+                Delivery(d["channel"], d["target"], d["status"], d["attempts"], d["last_error"], d["update_time"]))
+        return [
+            Alert(r["id"], r["rule_id"], r["rule_name"], r["fire_time"], r["event_id"], r["event_sequence"],
+                  r["action"], r["match_count"], r["window_seconds"], deliveries.get(r["id"], []))
+            for r in rows
+        ]
+
+    # -- deliveries ----------------------------------------------------------------------------------------
+
+    async def claim_deliveries(self, limit: int, lease_seconds: float) -> list[DeliveryJob]:
+        """Pending deliveries that are due, leased to this process for `lease_seconds`."""
+        rows = await self._pool.fetch(
+            "WITH due AS (SELECT id FROM alert_deliveries WHERE status = 1 AND next_attempt_time <= now()"
+            "   ORDER BY next_attempt_time LIMIT $1 FOR UPDATE SKIP LOCKED),"
+            " leased AS (UPDATE alert_deliveries d SET next_attempt_time = now() + make_interval(secs => $2)"
+            "   FROM due WHERE d.id = due.id RETURNING d.id, d.alert_id, d.account_id, d.channel, d.target,"
+            "   d.attempts)"
+            " SELECT l.id, l.account_id, l.channel, l.target, l.attempts, a.id AS alert_id, a.rule_id, a.rule_name,"
+            " a.fire_time, a.event_id, a.event_sequence, a.action, a.match_count, a.window_seconds"
+            " FROM leased l JOIN alerts a ON a.id = l.alert_id ORDER BY l.id",
+            limit, lease_seconds,
+        )
+        return [
+            DeliveryJob(
+                r["id"], r["account_id"], r["channel"], r["target"], r["attempts"],
+                Alert(r["alert_id"], r["rule_id"], r["rule_name"], r["fire_time"], r["event_id"], r["event_sequence"],
+                      r["action"], r["match_count"], r["window_seconds"], []),
+            )
+            for r in rows
+        ]
+
+    async def finish_delivery(self, delivery_id: int, status: int, attempts: int, error: str,
+                              retry_in: float) -> None:
+        await self._pool.execute(
+            "UPDATE alert_deliveries SET status = $2, attempts = $3, last_error = $4,"
+            " next_attempt_time = now() + make_interval(secs => $5), update_time = now() WHERE id = $1",
+            delivery_id, status, attempts, error, retry_in,
+        )
+
+    async def pending_deliveries(self) -> int:
+        n: int = await self._pool.fetchval("SELECT count(*) FROM alert_deliveries WHERE status = 1")
+        return n
+
+    async def alert_cursor(self) -> int:
+        n: int = await self._pool.fetchval("SELECT sequence FROM processor_cursors WHERE name = 'alerts'")
+        return n
+
+    # -- forwarding ----------------------------------------------------------------------------------------
+
+    async def forwarding(self, account_id: int) -> ForwardingState | None:
+        r = await self._pool.fetchrow(
+            "SELECT account_id, enabled, kind, url, format, delivered_sequence, last_error, consecutive_failures,"
+            " last_delivery_time FROM forwardings WHERE account_id = $1", account_id)
+        return None if r is None else self._forwarding(r)
+
+    @staticmethod
+    def _forwarding(r: asyncpg.Record) -> ForwardingState:
+        return ForwardingState(
+            r["account_id"], ForwardingSpec(r["enabled"], r["kind"], r["url"], r["format"]),
+            r["delivered_sequence"], r["last_error"], r["consecutive_failures"], r["last_delivery_time"],
+        )
+
+    async def set_forwarding(self, account_id: int, spec: ForwardingSpec) -> ForwardingState:
+        """Upsert. A new destination starts after the log's current end (or at its start with `backfill`);
+        changing an existing one keeps its cursor, so nothing is skipped."""
+        r = await self._pool.fetchrow(
+            "INSERT INTO forwardings (account_id, enabled, kind, url, format, delivered_sequence)"
+            " VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN 0 ELSE (SELECT size FROM tree_head WHERE id = 1) END)"
+            " ON CONFLICT (account_id) DO UPDATE SET enabled = EXCLUDED.enabled, kind = EXCLUDED.kind,"
+            " url = EXCLUDED.url, format = EXCLUDED.format,"
+            " delivered_sequence = CASE WHEN $6 THEN 0 ELSE forwardings.delivered_sequence END,"
+            " consecutive_failures = 0, last_error = '', next_attempt_time = now(), update_time = now()"
+            " RETURNING account_id, enabled, kind, url, format, delivered_sequence, last_error,"
+            " consecutive_failures, last_delivery_time",
+            account_id, spec.enabled, spec.kind, spec.url, spec.format, spec.backfill,
+        )
+        assert r is not None
+        return self._forwarding(r)
+
+    async def claim_forwardings(self, limit: int, lease_seconds: float) -> list[ForwardingState]:
+        """Enabled destinations with undelivered events that are due, leased to this process."""
+        rows = await self._pool.fetch(
+            "WITH due AS (SELECT f.account_id FROM forwardings f WHERE f.enabled AND f.next_attempt_time <= now()"
+            "   AND EXISTS (SELECT 1 FROM events e WHERE e.account_id = f.account_id"
+            "               AND e.sequence > f.delivered_sequence)"
+            "   LIMIT $1 FOR UPDATE SKIP LOCKED)"
+            " UPDATE forwardings f SET next_attempt_time = now() + make_interval(secs => $2) FROM due"
+            " WHERE f.account_id = due.account_id RETURNING f.account_id, f.enabled, f.kind, f.url, f.format,"
+            " f.delivered_sequence, f.last_error, f.consecutive_failures, f.last_delivery_time",
+            limit, lease_seconds,
+        )
+        return [self._forwarding(r) for r in rows]
+
+    async def forwarded(self, account_id: int, from_sequence: int, to_sequence: int) -> bool:
+        """Advance the cursor if nobody moved it meanwhile."""
+        done = await self._pool.fetchval(
+            "UPDATE forwardings SET delivered_sequence = $3, consecutive_failures = 0, last_error = '',"
+            " last_delivery_time = now(), next_attempt_time = now() WHERE account_id = $1"
+            " AND delivered_sequence = $2 RETURNING 1", account_id, from_sequence, to_sequence)
+        return done is not None
+
+    async def forwarding_failed(self, account_id: int, error: str, retry_in: float) -> None:
+        await self._pool.execute(
+            "UPDATE forwardings SET consecutive_failures = consecutive_failures + 1, last_error = $2,"
+            " next_attempt_time = now() + make_interval(secs => $3) WHERE account_id = $1",
+            account_id, error, retry_in)
+
+    async def forwarding_backlog(self) -> int:
+        """Undelivered events over every enabled destination (for the SRE metric)."""
+        n: int = await self._pool.fetchval(
+            "SELECT coalesce(sum((SELECT count(*) FROM events e WHERE e.account_id = f.account_id"
+            " AND e.sequence > f.delivered_sequence)), 0)::bigint FROM forwardings f WHERE f.enabled")
+        return n

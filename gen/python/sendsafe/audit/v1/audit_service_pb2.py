@@ -24,11 +24,13 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from sendsafe.audit.v1 import alert_pb2 as sendsafe_dot_audit_dot_v1_dot_alert__pb2
 from sendsafe.audit.v1 import event_pb2 as sendsafe_dot_audit_dot_v1_dot_event__pb2
+from sendsafe.audit.v1 import evidence_pb2 as sendsafe_dot_audit_dot_v1_dot_evidence__pb2
 from sendsafe.options.v1 import options_pb2 as sendsafe_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%sendsafe/audit/v1/audit_service.proto\x12\x11sendsafe.audit.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dsendsafe/audit/v1/event.proto\x1a!sendsafe/options/v1/options.proto\"?\n\x13\x41ppendEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.sendsafe.audit.v1.Event\"E\n\x14\x41ppendEventsResponse\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x03\x12\x15\n\rlast_sequence\x18\x02 \x01(\x03\"\xba\x01\n\x11ListEventsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"W\n\x12ListEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.sendsafe.audit.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xae\x02\n\x0c\x41uditService\x12\x8e\x01\n\x0c\x41ppendEvents\x12&.sendsafe.audit.v1.AppendEventsRequest\x1a\'.sendsafe.audit.v1.AppendEventsResponse\"-\xaa\xbb\x18)\n\x07gateway\n\x08identity\n\x04keys\n\tmessaging\n\x03ops\x12\x8c\x01\n\nListEvents\x12$.sendsafe.audit.v1.ListEventsRequest\x1a%.sendsafe.audit.v1.ListEventsResponse\"1\xaa\xbb\x18\x15\n\x07gateway\x12\naudit.read\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/eventsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%sendsafe/audit/v1/audit_service.proto\x12\x11sendsafe.audit.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dsendsafe/audit/v1/alert.proto\x1a\x1dsendsafe/audit/v1/event.proto\x1a sendsafe/audit/v1/evidence.proto\x1a!sendsafe/options/v1/options.proto\"?\n\x13\x41ppendEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.sendsafe.audit.v1.Event\"E\n\x14\x41ppendEventsResponse\x12\x16\n\x0e\x66irst_sequence\x18\x01 \x01(\x03\x12\x15\n\rlast_sequence\x18\x02 \x01(\x03\"\xe5\x02\n\x11ListEventsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\x12+\n\x07outcome\x18\x07 \x01(\x0e\x32\x1a.sendsafe.audit.v1.Outcome\x12\x16\n\x0e\x63lient_address\x18\x08 \x01(\t\x12\x10\n\x08trace_id\x18\t \x01(\t\x12\x15\n\rresource_type\x18\n \x01(\t\x12\x13\n\x0bresource_id\x18\x0b \x01(\t\x12\x12\n\nactor_type\x18\x0c \x01(\t\x12\x12\n\nrequest_id\x18\r \x01(\t\"W\n\x12ListEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.sendsafe.audit.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x92\x03\n\x13SearchEventsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x05 \x01(\t\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12+\n\x07outcome\x18\x08 \x01(\x0e\x32\x1a.sendsafe.audit.v1.Outcome\x12\x16\n\x0e\x63lient_address\x18\t \x01(\t\x12\x10\n\x08trace_id\x18\n \x01(\t\x12\x15\n\rresource_type\x18\x0b \x01(\t\x12\x13\n\x0bresource_id\x18\x0c \x01(\t\x12\x12\n\nactor_type\x18\r \x01(\t\x12\x12\n\nrequest_id\x18\x0e \x01(\t\x12\x15\n\rjustification\x18\x0f \x01(\t\"Y\n\x14SearchEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.sendsafe.audit.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x14GetEventProofRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\ttree_size\x18\x02 \x01(\x03\"\xc5\x01\n\x15GetEventProofResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.sendsafe.audit.v1.Event\x12\x12\n\nleaf_index\x18\x02 \x01(\x03\x12\x11\n\tleaf_data\x18\x03 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x04 \x01(\x0c\x12\x16\n\x0einclusion_path\x18\x05 \x03(\x0c\x12\x31\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x1d.sendsafe.audit.v1.Checkpoint\"8\n\x14GetCheckpointRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x03\x12\r\n\x05\x66resh\x18\x02 \x01(\x08\"`\n\x15GetCheckpointResponse\x12\x31\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x1d.sendsafe.audit.v1.Checkpoint\x12\x14\n\x0cverifier_key\x18\x02 \x01(\t\"O\n\x1aGetConsistencyProofRequest\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x03\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x03\"\x8e\x01\n\x1bGetConsistencyProofResponse\x12\x17\n\x0f\x66irst_tree_size\x18\x01 \x01(\x03\x12\x18\n\x10second_tree_size\x18\x02 \x01(\x03\x12\r\n\x05proof\x18\x03 \x03(\x0c\x12-\n\x06second\x18\x04 \x01(\x0b\x32\x1d.sendsafe.audit.v1.Checkpoint\"\x12\n\x10VerifyLogRequest\"\x85\x01\n\x11VerifyLogResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12\x1b\n\x13\x63heckpoints_checked\x18\x03 \x01(\x05\x12\x34\n\x07problem\x18\x04 \x01(\x0b\x32#.sendsafe.audit.v1.IntegrityProblem\"~\n\x13\x45xportEventsRequest\x12/\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1f.sendsafe.audit.v1.ExportFormat\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x13\n\x0bomit_proofs\x18\x04 \x01(\x08\"\xa3\x01\n\x14\x45xportEventsResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\t\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12\r\n\x05\x63ount\x18\x04 \x01(\x05\x12\x31\n\ncheckpoint\x18\x05 \x01(\x0b\x32\x1d.sendsafe.audit.v1.Checkpoint\x12\x14\n\x0cverifier_key\x18\x06 \x01(\t\"D\n\x16\x43reateAlertRuleRequest\x12*\n\x04rule\x18\x01 \x01(\x0b\x32\x1c.sendsafe.audit.v1.AlertRule\"E\n\x17\x43reateAlertRuleResponse\x12*\n\x04rule\x18\x01 \x01(\x0b\x32\x1c.sendsafe.audit.v1.AlertRule\"\x17\n\x15ListAlertRulesRequest\"E\n\x16ListAlertRulesResponse\x12+\n\x05rules\x18\x01 \x03(\x0b\x32\x1c.sendsafe.audit.v1.AlertRule\"U\n\x16UpdateAlertRuleRequest\x12\x0f\n\x07rule_id\x18\x01 \x01(\x03\x12*\n\x04rule\x18\x02 \x01(\x0b\x32\x1c.sendsafe.audit.v1.AlertRule\"E\n\x17UpdateAlertRuleResponse\x12*\n\x04rule\x18\x01 \x01(\x0b\x32\x1c.sendsafe.audit.v1.AlertRule\")\n\x16\x44\x65leteAlertRuleRequest\x12\x0f\n\x07rule_id\x18\x01 \x01(\x03\"\x19\n\x17\x44\x65leteAlertRuleResponse\":\n\x11ListAlertsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"W\n\x12ListAlertsResponse\x12(\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x18.sendsafe.audit.v1.Alert\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x19\n\x17GetWebhookSecretRequest\";\n\x18GetWebhookSecretResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x1c\n\x1aRotateWebhookSecretRequest\">\n\x1bRotateWebhookSecretResponse\x12\x0e\n\x06secret\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x16\n\x14GetForwardingRequest\"J\n\x15GetForwardingResponse\x12\x31\n\nforwarding\x18\x01 \x01(\x0b\x32\x1d.sendsafe.audit.v1.Forwarding\"I\n\x14SetForwardingRequest\x12\x31\n\nforwarding\x18\x01 \x01(\x0b\x32\x1d.sendsafe.audit.v1.Forwarding\"J\n\x15SetForwardingResponse\x12\x31\n\nforwarding\x18\x01 \x01(\x0b\x32\x1d.sendsafe.audit.v1.Forwarding2\xda\x15\n\x0c\x41uditService\x12\x8e\x01\n\x0c\x41ppendEvents\x12&.sendsafe.audit.v1.AppendEventsRequest\x1a\'.sendsafe.audit.v1.AppendEventsResponse\"-\xaa\xbb\x18)\n\x07gateway\n\x08identity\n\x04keys\n\tmessaging\n\x03ops\x12\x8c\x01\n\nListEvents\x12$.sendsafe.audit.v1.ListEventsRequest\x1a%.sendsafe.audit.v1.ListEventsResponse\"1\xaa\xbb\x18\x15\n\x07gateway\x12\naudit.read\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/events\x12\x98\x01\n\x0cSearchEvents\x12&.sendsafe.audit.v1.SearchEventsRequest\x1a\'.sendsafe.audit.v1.SearchEventsResponse\"7\xaa\xbb\x18\x1b\n\x07gateway\x12\x0e\x61udit.read_all\x18\x01\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/search\x12\xa6\x01\n\rGetEventProof\x12\'.sendsafe.audit.v1.GetEventProofRequest\x1a(.sendsafe.audit.v1.GetEventProofResponse\"B\xaa\xbb\x18\x15\n\x07gateway\x12\naudit.read\x82\xd3\xe4\x93\x02#\x12!/v1/audit/events/{event_id}/proof\x12\x99\x01\n\rGetCheckpoint\x12\'.sendsafe.audit.v1.GetCheckpointRequest\x1a(.sendsafe.audit.v1.GetCheckpointResponse\"5\xaa\xbb\x18\x15\n\x07gateway\x12\naudit.read\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/audit/checkpoint\x12\xb2\x01\n\x13GetConsistencyProof\x12-.sendsafe.audit.v1.GetConsistencyProofRequest\x1a..sendsafe.audit.v1.GetConsistencyProofResponse\"<\xaa\xbb\x18\x15\n\x07gateway\x12\naudit.read\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/audit/consistency-proof\x12\x8e\x01\n\tVerifyLog\x12#.sendsafe.audit.v1.VerifyLogRequest\x1a$.sendsafe.audit.v1.VerifyLogResponse\"6\xaa\xbb\x18\x17\n\x07gateway\x12\x0c\x61udit.verify\x82\xd3\xe4\x93\x02\x15\"\x10/v1/audit/verify:\x01*\x12\x92\x01\n\x0c\x45xportEvents\x12&.sendsafe.audit.v1.ExportEventsRequest\x1a\'.sendsafe.audit.v1.ExportEventsResponse\"1\xaa\xbb\x18\x15\n\x07gateway\x12\naudit.read\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/export\x12\xa8\x01\n\x0f\x43reateAlertRule\x12).sendsafe.audit.v1.CreateAlertRuleRequest\x1a*.sendsafe.audit.v1.CreateAlertRuleResponse\">\xaa\xbb\x18\x17\n\x07gateway\x12\x0c\x61udit.manage\x82\xd3\xe4\x93\x02\x1d\"\x15/v1/audit/alert-rules:\x04rule\x12\x9f\x01\n\x0eListAlertRules\x12(.sendsafe.audit.v1.ListAlertRulesRequest\x1a).sendsafe.audit.v1.ListAlertRulesResponse\"8\xaa\xbb\x18\x17\n\x07gateway\x12\x0c\x61udit.manage\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/audit/alert-rules\x12\xb2\x01\n\x0fUpdateAlertRule\x12).sendsafe.audit.v1.UpdateAlertRuleRequest\x1a*.sendsafe.audit.v1.UpdateAlertRuleResponse\"H\xaa\xbb\x18\x17\n\x07gateway\x12\x0c\x61udit.manage\x82\xd3\xe4\x93\x02\'\x1a\x1f/v1/audit/alert-rules/{rule_id}:\x04rule\x12\xac\x01\n\x0f\x44\x65leteAlertRule\x12).sendsafe.audit.v1.DeleteAlertRuleRequest\x1a*.sendsafe.audit.v1.DeleteAlertRuleResponse\"B\xaa\xbb\x18\x17\n\x07gateway\x12\x0c\x61udit.manage\x82\xd3\xe4\x93\x02!*\x1f/v1/audit/alert-rules/{rule_id}\x12\x8c\x01\n\nListAlerts\x12$.sendsafe.audit.v1.ListAlertsRequest\x1a%.sendsafe.audit.v1.ListAlertsResponse\"1\xaa\xbb\x18\x15\n\x07gateway\x12\naudit.read\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit/alerts\x12\xa8\x01\n\x10GetWebhookSecret\x12*.sendsafe.audit.v1.GetWebhookSecretRequest\x1a+.sendsafe.audit.v1.GetWebhookSecretResponse\";\xaa\xbb\x18\x17\n\x07gateway\x12\x0c\x61udit.manage\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/audit/webhook-secret\x12\xbb\x01\n\x13RotateWebhookSecret\x12-.sendsafe.audit.v1.RotateWebhookSecretRequest\x1a..sendsafe.audit.v1.RotateWebhookSecretResponse\"E\xaa\xbb\x18\x17\n\x07gateway\x12\x0c\x61udit.manage\x82\xd3\xe4\x93\x02$\"\x1f/v1/audit/webhook-secret/rotate:\x01*\x12\x9b\x01\n\rGetForwarding\x12\'.sendsafe.audit.v1.GetForwardingRequest\x1a(.sendsafe.audit.v1.GetForwardingResponse\"7\xaa\xbb\x18\x17\n\x07gateway\x12\x0c\x61udit.manage\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/audit/forwarding\x12\xa7\x01\n\rSetForwarding\x12\'.sendsafe.audit.v1.SetForwardingRequest\x1a(.sendsafe.audit.v1.SetForwardingResponse\"C\xaa\xbb\x18\x17\n\x07gateway\x12\x0c\x61udit.manage\x82\xd3\xe4\x93\x02\"\x1a\x14/v1/audit/forwarding:\nforwardingb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,14 +41,104 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITSERVICE'].methods_by_name['AppendEvents']._serialized_options = b'\252\273\030)\n\007gateway\n\010identity\n\004keys\n\tmessaging\n\003ops'
   _globals['_AUDITSERVICE'].methods_by_name['ListEvents']._loaded_options = None
   _globals['_AUDITSERVICE'].methods_by_name['ListEvents']._serialized_options = b'\252\273\030\025\n\007gateway\022\naudit.read\202\323\344\223\002\022\022\020/v1/audit/events'
-  _globals['_APPENDEVENTSREQUEST']._serialized_start=189
-  _globals['_APPENDEVENTSREQUEST']._serialized_end=252
-  _globals['_APPENDEVENTSRESPONSE']._serialized_start=254
-  _globals['_APPENDEVENTSRESPONSE']._serialized_end=323
-  _globals['_LISTEVENTSREQUEST']._serialized_start=326
-  _globals['_LISTEVENTSREQUEST']._serialized_end=512
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=514
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=601
-  _globals['_AUDITSERVICE']._serialized_start=604
-  _globals['_AUDITSERVICE']._serialized_end=906
+  _globals['_AUDITSERVICE'].methods_by_name['SearchEvents']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['SearchEvents']._serialized_options = b'\252\273\030\033\n\007gateway\022\016audit.read_all\030\001\202\323\344\223\002\022\022\020/v1/audit/search'
+  _globals['_AUDITSERVICE'].methods_by_name['GetEventProof']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['GetEventProof']._serialized_options = b'\252\273\030\025\n\007gateway\022\naudit.read\202\323\344\223\002#\022!/v1/audit/events/{event_id}/proof'
+  _globals['_AUDITSERVICE'].methods_by_name['GetCheckpoint']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['GetCheckpoint']._serialized_options = b'\252\273\030\025\n\007gateway\022\naudit.read\202\323\344\223\002\026\022\024/v1/audit/checkpoint'
+  _globals['_AUDITSERVICE'].methods_by_name['GetConsistencyProof']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['GetConsistencyProof']._serialized_options = b'\252\273\030\025\n\007gateway\022\naudit.read\202\323\344\223\002\035\022\033/v1/audit/consistency-proof'
+  _globals['_AUDITSERVICE'].methods_by_name['VerifyLog']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['VerifyLog']._serialized_options = b'\252\273\030\027\n\007gateway\022\014audit.verify\202\323\344\223\002\025\"\020/v1/audit/verify:\001*'
+  _globals['_AUDITSERVICE'].methods_by_name['ExportEvents']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['ExportEvents']._serialized_options = b'\252\273\030\025\n\007gateway\022\naudit.read\202\323\344\223\002\022\022\020/v1/audit/export'
+  _globals['_AUDITSERVICE'].methods_by_name['CreateAlertRule']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['CreateAlertRule']._serialized_options = b'\252\273\030\027\n\007gateway\022\014audit.manage\202\323\344\223\002\035\"\025/v1/audit/alert-rules:\004rule'
+  _globals['_AUDITSERVICE'].methods_by_name['ListAlertRules']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['ListAlertRules']._serialized_options = b'\252\273\030\027\n\007gateway\022\014audit.manage\202\323\344\223\002\027\022\025/v1/audit/alert-rules'
+  _globals['_AUDITSERVICE'].methods_by_name['UpdateAlertRule']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['UpdateAlertRule']._serialized_options = b'\252\273\030\027\n\007gateway\022\014audit.manage\202\323\344\223\002\'\032\037/v1/audit/alert-rules/{rule_id}:\004rule'
+  _globals['_AUDITSERVICE'].methods_by_name['DeleteAlertRule']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['DeleteAlertRule']._serialized_options = b'\252\273\030\027\n\007gateway\022\014audit.manage\202\323\344\223\002!*\037/v1/audit/alert-rules/{rule_id}'
+  _globals['_AUDITSERVICE'].methods_by_name['ListAlerts']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['ListAlerts']._serialized_options = b'\252\273\030\025\n\007gateway\022\naudit.read\202\323\344\223\002\022\022\020/v1/audit/alerts'
+  _globals['_AUDITSERVICE'].methods_by_name['GetWebhookSecret']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['GetWebhookSecret']._serialized_options = b'\252\273\030\027\n\007gateway\022\014audit.manage\202\323\344\223\002\032\022\030/v1/audit/webhook-secret'
+  _globals['_AUDITSERVICE'].methods_by_name['RotateWebhookSecret']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['RotateWebhookSecret']._serialized_options = b'\252\273\030\027\n\007gateway\022\014audit.manage\202\323\344\223\002$\"\037/v1/audit/webhook-secret/rotate:\001*'
+  _globals['_AUDITSERVICE'].methods_by_name['GetForwarding']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['GetForwarding']._serialized_options = b'\252\273\030\027\n\007gateway\022\014audit.manage\202\323\344\223\002\026\022\024/v1/audit/forwarding'
+  _globals['_AUDITSERVICE'].methods_by_name['SetForwarding']._loaded_options = None
+  _globals['_AUDITSERVICE'].methods_by_name['SetForwarding']._serialized_options = b'\252\273\030\027\n\007gateway\022\014audit.manage\202\323\344\223\002\"\032\024/v1/audit/forwarding:\nforwarding'
+  _globals['_APPENDEVENTSREQUEST']._serialized_start=254
+  _globals['_APPENDEVENTSREQUEST']._serialized_end=317
+  _globals['_APPENDEVENTSRESPONSE']._serialized_start=319
+  _globals['_APPENDEVENTSRESPONSE']._serialized_end=388
+  _globals['_LISTEVENTSREQUEST']._serialized_start=391
+  _globals['_LISTEVENTSREQUEST']._serialized_end=748
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=750
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=837
+  _globals['_SEARCHEVENTSREQUEST']._serialized_start=840
+  _globals['_SEARCHEVENTSREQUEST']._serialized_end=1242
+  _globals['_SEARCHEVENTSRESPONSE']._serialized_start=1244
+  _globals['_SEARCHEVENTSRESPONSE']._serialized_end=1333
+  _globals['_GETEVENTPROOFREQUEST']._serialized_start=1335
+  _globals['_GETEVENTPROOFREQUEST']._serialized_end=1394
+  _globals['_GETEVENTPROOFRESPONSE']._serialized_start=1397
+  _globals['_GETEVENTPROOFRESPONSE']._serialized_end=1594
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1596
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1652
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=1654
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=1750
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1752
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1831
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_start=1834
+  _globals['_GETCONSISTENCYPROOFRESPONSE']._serialized_end=1976
+  _globals['_VERIFYLOGREQUEST']._serialized_start=1978
+  _globals['_VERIFYLOGREQUEST']._serialized_end=1996
+  _globals['_VERIFYLOGRESPONSE']._serialized_start=1999
+  _globals['_VERIFYLOGRESPONSE']._serialized_end=2132
+  _globals['_EXPORTEVENTSREQUEST']._serialized_start=2134
+  _globals['_EXPORTEVENTSREQUEST']._serialized_end=2260
+  _globals['_EXPORTEVENTSRESPONSE']._serialized_start=2263
+  _globals['_EXPORTEVENTSRESPONSE']._serialized_end=2426
+  _globals['_CREATEALERTRULEREQUEST']._serialized_start=2428
+  _globals['_CREATEALERTRULEREQUEST']._serialized_end=2496
+  _globals['_CREATEALERTRULERESPONSE']._serialized_start=2498
+  _globals['_CREATEALERTRULERESPONSE']._serialized_end=2567
+  _globals['_LISTALERTRULESREQUEST']._serialized_start=2569
+  _globals['_LISTALERTRULESREQUEST']._serialized_end=2592
+  _globals['_LISTALERTRULESRESPONSE']._serialized_start=2594
+  _globals['_LISTALERTRULESRESPONSE']._serialized_end=2663
+  _globals['_UPDATEALERTRULEREQUEST']._serialized_start=2665
+  _globals['_UPDATEALERTRULEREQUEST']._serialized_end=2750
+  _globals['_UPDATEALERTRULERESPONSE']._serialized_start=2752
+  _globals['_UPDATEALERTRULERESPONSE']._serialized_end=2821
+  _globals['_DELETEALERTRULEREQUEST']._serialized_start=2823
+  _globals['_DELETEALERTRULEREQUEST']._serialized_end=2864
+  _globals['_DELETEALERTRULERESPONSE']._serialized_start=2866
+  _globals['_DELETEALERTRULERESPONSE']._serialized_end=2891
+  _globals['_LISTALERTSREQUEST']._serialized_start=2893
+  _globals['_LISTALERTSREQUEST']._serialized_end=2951
+  _globals['_LISTALERTSRESPONSE']._serialized_start=2953
+  _globals['_LISTALERTSRESPONSE']._serialized_end=3040
+  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_start=3042
+  _globals['_GETWEBHOOKSECRETREQUEST']._serialized_end=3067
+  _globals['_GETWEBHOOKSECRETRESPONSE']._serialized_start=3069
+  _globals['_GETWEBHOOKSECRETRESPONSE']._serialized_end=3128
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_start=3130
+  _globals['_ROTATEWEBHOOKSECRETREQUEST']._serialized_end=3158
+  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_start=3160
+  _globals['_ROTATEWEBHOOKSECRETRESPONSE']._serialized_end=3222
+  _globals['_GETFORWARDINGREQUEST']._serialized_start=3224
+  _globals['_GETFORWARDINGREQUEST']._serialized_end=3246
+  _globals['_GETFORWARDINGRESPONSE']._serialized_start=3248
+  _globals['_GETFORWARDINGRESPONSE']._serialized_end=3322
+  _globals['_SETFORWARDINGREQUEST']._serialized_start=3324
+  _globals['_SETFORWARDINGREQUEST']._serialized_end=3397
+  _globals['_SETFORWARDINGRESPONSE']._serialized_start=3399
+  _globals['_SETFORWARDINGRESPONSE']._serialized_end=3473
+  _globals['_AUDITSERVICE']._serialized_start=3476
+  _globals['_AUDITSERVICE']._serialized_end=6254
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class AuditServiceStub:
-    """Recording and reading security events.
+    """Recording, reading, proving and watching security events.
     """
 
     def __init__(self, channel):
@@ -45,10 +45,85 @@ class AuditServiceStub:
                 request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.SearchEvents = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/SearchEvents',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SearchEventsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SearchEventsResponse.FromString,
+                _registered_method=True)
+        self.GetEventProof = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/GetEventProof',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetEventProofRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetEventProofResponse.FromString,
+                _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/GetCheckpoint',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetCheckpointResponse.FromString,
+                _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/GetConsistencyProof',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetConsistencyProofRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetConsistencyProofResponse.FromString,
+                _registered_method=True)
+        self.VerifyLog = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/VerifyLog',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.VerifyLogRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.VerifyLogResponse.FromString,
+                _registered_method=True)
+        self.ExportEvents = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/ExportEvents',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportEventsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportEventsResponse.FromString,
+                _registered_method=True)
+        self.CreateAlertRule = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/CreateAlertRule',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.CreateAlertRuleRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.CreateAlertRuleResponse.FromString,
+                _registered_method=True)
+        self.ListAlertRules = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/ListAlertRules',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAlertRulesRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAlertRulesResponse.FromString,
+                _registered_method=True)
+        self.UpdateAlertRule = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/UpdateAlertRule',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.UpdateAlertRuleRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.UpdateAlertRuleResponse.FromString,
+                _registered_method=True)
+        self.DeleteAlertRule = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/DeleteAlertRule',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.DeleteAlertRuleRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.DeleteAlertRuleResponse.FromString,
+                _registered_method=True)
+        self.ListAlerts = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/ListAlerts',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAlertsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAlertsResponse.FromString,
+                _registered_method=True)
+        self.GetWebhookSecret = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/GetWebhookSecret',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetWebhookSecretRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetWebhookSecretResponse.FromString,
+                _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/RotateWebhookSecret',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.RotateWebhookSecretResponse.FromString,
+                _registered_method=True)
+        self.GetForwarding = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/GetForwarding',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetForwardingRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetForwardingResponse.FromString,
+                _registered_method=True)
+        self.SetForwarding = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/SetForwarding',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SetForwardingRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SetForwardingResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
-    """Recording and reading security events.
+    """Recording, reading, proving and watching security events.
     """
 
     def AppendEvents(self, request, context):
@@ -59,7 +134,119 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEvents(self, request, context):
-        """The caller's account's events, oldest first, with cursor paging.
+        """The caller's account's events (its own actions and staff access to its
+        data), oldest first, with cursor paging.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchEvents(self, request, context):
+        """Staff: events of one account or of all accounts. Each search is itself
+        recorded, and each account whose events it returned sees that in its feed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEventProof(self, request, context):
+        """An event of the caller's account with its RFC 9162 inclusion proof
+        against a signed checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckpoint(self, request, context):
+        """The latest signed checkpoint (or the one at `tree_size`), and the key
+        that verifies it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsistencyProof(self, request, context):
+        """RFC 9162 consistency proof between two tree sizes: the log only grew.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyLog(self, request, context):
+        """Staff (SREs, security): check the whole stored log against its tree and
+        signed checkpoints; reports the first problem. (The service also runs
+        this periodically and exports the outcome as a metric.)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportEvents(self, request, context):
+        """One page of the account's events as JSON Lines (with inclusion proofs)
+        or CEF; continue with `next_cursor`, also later to fetch what is new.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAlertRule(self, request, context):
+        """A new alert rule for the caller's account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlertRules(self, request, context):
+        """The account's alert rules (the default rules included).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAlertRule(self, request, context):
+        """Replace an alert rule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAlertRule(self, request, context):
+        """Delete an alert rule (its alert history stays).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAlerts(self, request, context):
+        """Alerts that fired for the account, newest first, with delivery status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWebhookSecret(self, request, context):
+        """The secret that signs the account's webhooks (alerts and forwarding).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateWebhookSecret(self, request, context):
+        """Replace the webhook secret; the old one stops signing at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetForwarding(self, request, context):
+        """Forwarding of the account's events to its SIEM.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetForwarding(self, request, context):
+        """Configure (or disable) forwarding.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +265,81 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListEventsRequest.FromString,
                     response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListEventsResponse.SerializeToString,
             ),
+            'SearchEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchEvents,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SearchEventsRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SearchEventsResponse.SerializeToString,
+            ),
+            'GetEventProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEventProof,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetEventProofRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetEventProofResponse.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetCheckpointResponse.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetConsistencyProofRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetConsistencyProofResponse.SerializeToString,
+            ),
+            'VerifyLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyLog,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.VerifyLogRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.VerifyLogResponse.SerializeToString,
+            ),
+            'ExportEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportEvents,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportEventsRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportEventsResponse.SerializeToString,
+            ),
+            'CreateAlertRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAlertRule,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.CreateAlertRuleRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.CreateAlertRuleResponse.SerializeToString,
+            ),
+            'ListAlertRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlertRules,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAlertRulesRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAlertRulesResponse.SerializeToString,
+            ),
+            'UpdateAlertRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAlertRule,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.UpdateAlertRuleRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.UpdateAlertRuleResponse.SerializeToString,
+            ),
+            'DeleteAlertRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAlertRule,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.DeleteAlertRuleRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.DeleteAlertRuleResponse.SerializeToString,
+            ),
+            'ListAlerts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAlerts,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAlertsRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAlertsResponse.SerializeToString,
+            ),
+            'GetWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWebhookSecret,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetWebhookSecretRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetWebhookSecretResponse.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.RotateWebhookSecretRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.RotateWebhookSecretResponse.SerializeToString,
+            ),
+            'GetForwarding': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetForwarding,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetForwardingRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetForwardingResponse.SerializeToString,
+            ),
+            'SetForwarding': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetForwarding,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SetForwardingRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SetForwardingResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'sendsafe.audit.v1.AuditService', rpc_method_handlers)
@@ -87,7 +349,7 @@ def add_AuditServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuditService:
-    """Recording and reading security events.
+    """Recording, reading, proving and watching security events.
     """
 
     @staticmethod
@@ -134,6 +396,411 @@ class AuditService:
             '/sendsafe.audit.v1.AuditService/ListEvents',
             sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListEventsRequest.SerializeToString,
             sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/SearchEvents',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SearchEventsRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SearchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEventProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/GetEventProof',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetEventProofRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetEventProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/GetCheckpoint',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetCheckpointRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/GetConsistencyProof',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetConsistencyProofRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetConsistencyProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/VerifyLog',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.VerifyLogRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.VerifyLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/ExportEvents',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportEventsRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAlertRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/CreateAlertRule',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.CreateAlertRuleRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.CreateAlertRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlertRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/ListAlertRules',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAlertRulesRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAlertRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAlertRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/UpdateAlertRule',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.UpdateAlertRuleRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.UpdateAlertRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAlertRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/DeleteAlertRule',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.DeleteAlertRuleRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.DeleteAlertRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAlerts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/ListAlerts',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAlertsRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAlertsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/GetWebhookSecret',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetWebhookSecretRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetWebhookSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/RotateWebhookSecret',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.RotateWebhookSecretRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.RotateWebhookSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetForwarding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/GetForwarding',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetForwardingRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.GetForwardingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetForwarding(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/SetForwarding',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SetForwardingRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SetForwardingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -134,8 +134,10 @@ Global___Resource: _TypeAlias = Resource  # noqa: Y015
 
 @_typing.final
 class Event(_message.Message):
-    """One security event. The emitter fills everything up to `details`; the audit
-    service assigns `sequence`, `prev_hash` and `hash`.
+    """One security event. The emitter fills everything up to `details` and
+    `subject_account_id`; the audit service assigns `sequence` and
+    `account_sequence` (both become part of the stored bytes, the Merkle leaf) and
+    reports `hash`.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -175,6 +177,8 @@ class Event(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     PREV_HASH_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
+    SUBJECT_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_SEQUENCE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     action: _builtins.str
     outcome: Global___Outcome.ValueType
@@ -183,8 +187,22 @@ class Event(_message.Message):
     trace_id: _builtins.str
     service: _builtins.str
     sequence: _builtins.int
+    """Position in the whole log, from 1; the Merkle leaf index is sequence - 1."""
     prev_hash: _builtins.str
+    """Unused since the log became a Merkle tree (events stored before then
+    were hash-chained).
+    """
     hash: _builtins.str
+    """Hex RFC 9162 leaf hash: SHA-256(0x00 || the event's stored bytes)."""
+    subject_account_id: _builtins.int
+    """The account whose data the action concerned, when it is not the actor's
+    own (a staff member acting on a customer's account). The event then
+    belongs to that account's feed.
+    """
+    account_sequence: _builtins.int
+    """Position in its account's feed, from 1, without gaps: a missing number in
+    an export means a removed event.
+    """
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -215,10 +233,12 @@ class Event(_message.Message):
         sequence: _builtins.int = ...,
         prev_hash: _builtins.str = ...,
         hash: _builtins.str = ...,
+        subject_account_id: _builtins.int = ...,
+        account_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "event_time", b"event_time", "resource", b"resource", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "details", b"details", "error_reason", b"error_reason", "event_id", b"event_id", "event_time", b"event_time", "hash", b"hash", "outcome", b"outcome", "prev_hash", b"prev_hash", "request_id", b"request_id", "resource", b"resource", "sequence", b"sequence", "service", b"service", "source", b"source", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_sequence", b"account_sequence", "action", b"action", "actor", b"actor", "details", b"details", "error_reason", b"error_reason", "event_id", b"event_id", "event_time", b"event_time", "hash", b"hash", "outcome", b"outcome", "prev_hash", b"prev_hash", "request_id", b"request_id", "resource", b"resource", "sequence", b"sequence", "service", b"service", "source", b"source", "subject_account_id", b"subject_account_id", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

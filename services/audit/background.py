@@ -1,0 +1,54 @@
+"""The audit service's background work: the alert engine, notification delivery, SIEM forwarding,
+periodic checkpoints and verification. Each loop survives its step failing (logged, retried)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+_LOG = logging.getLogger(__name__)
+
+
+async def drain(name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Event, idle: float) -> None:
+    """Run `step` while it finds work; otherwise wait for `wake` (set after appends) or `idle` seconds."""
+    while True:
+        wake.clear()
+        try:
+            n = await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _LOG.exception("%s failed; retrying", name)
+            n = 0
+        if n:
+            await asyncio.sleep(0)
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), idle)
+
+
+async def every(name: str, seconds: float, step: Callable[[], Awaitable[Any]]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _LOG.exception("%s failed; retrying in %.0fs", name, seconds)
+
+
+def spawn(stack: contextlib.AsyncExitStack, coro: Coroutine[Any, Any, object], name: str) -> asyncio.Task[Any]:
+    """A task cancelled (and awaited) when `stack` closes."""
+    task = asyncio.create_task(coro, name=name)
+
+    async def cancel() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(cancel)
+    return task
