@@ -19,7 +19,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -833,7 +833,7 @@ class MessagingService:
             secret, blob = await self._new_secret(caller.account_id)
         saved = await self._store.update_settings(caller.account_id, clean, blob)
         await self._audit("messaging.settings.updated", caller.account_id, {
-            "fields": ",".join(sorted(k for k, v in vars(update).items() if v is not None)),
+            "fields": ",".join(sorted(f.name for f in fields(update) if getattr(update, f.name) is not None)),
             "secret_created": str(bool(secret)).lower(),
         })
         return saved, secret
