@@ -8,7 +8,7 @@ from sendsafe.audit.v1 import event_pb2
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from services.messaging.config import Settings
 from svckit.audit import AuditClient
-from svckit.envelope import Envelope, KeysStubSource
+from svckit.envelope import Envelope, KeysStubSource, follow_key_notices
 from svckit.rpc import secure_channel
 from svckit.tls import TlsFiles
 
@@ -21,8 +21,11 @@ async def open_envelope(settings: Settings, stack: contextlib.AsyncExitStack) ->
     """Envelope encryption with data keys from the keys service (mTLS, per-call deadlines)."""
     channel = secure_channel(settings.keys_addr, tls_of(settings), server_name="keys")
     stack.push_async_callback(channel.close)
-    return Envelope(KeysStubSource(keys_service_pb2_grpc.KeysServiceStub(channel)),
-                    ttl_seconds=settings.data_key_ttl_seconds)
+    envelope = Envelope(KeysStubSource(keys_service_pb2_grpc.KeysServiceStub(channel)),
+                        ttl_seconds=settings.data_key_ttl_seconds)
+    # Rotation and destruction of an account's keys clear its cached data keys at once (keys notices).
+    follow_key_notices(envelope, settings.redis_url, settings.redis_prefix, stack)
+    return envelope
 
 
 async def open_audit(settings: Settings, stack: contextlib.AsyncExitStack) -> AuditClient | None:
