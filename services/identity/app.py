@@ -30,7 +30,7 @@ from svckit.app import App, serve
 from svckit.audit import AuditClient, denial_recorder
 from svckit.config import load
 from svckit.db import create_pool, migrate
-from svckit.envelope import Envelope, KeysStubSource
+from svckit.envelope import Envelope, KeysStubSource, follow_key_notices
 from svckit.rpc import secure_channel
 from svckit.server import start_server
 from svckit.tls import TlsFiles
@@ -68,10 +68,13 @@ async def build(settings: Settings) -> App:
         store = PgIdentityStore(pool)
         hasher = Hasher(settings.argon2)
         stack.callback(hasher.close)
+        envelope = Envelope(KeysStubSource(keys_service_pb2_grpc.KeysServiceStub(keys_channel)))
+        # Rotation and destruction of an account's keys clear its cached data keys at once (keys notices).
+        follow_key_notices(envelope, settings.redis_url, settings.redis_prefix, stack)
         sessions = Sessions(
             store,
             audit,
-            Envelope(KeysStubSource(keys_service_pb2_grpc.KeysServiceStub(keys_channel))),
+            envelope,
             hasher,
             platform_account_id=await store.platform_account_id(),
             policy=settings.password_policy,
