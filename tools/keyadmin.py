@@ -1,0 +1,118 @@
+"""Operator commands for the keys service, as the `ops` service identity (its mTLS certificate).
+
+    python -m tools.keyadmin [--keys HOST:PORT] [--certs DIR] COMMAND ...
+
+    root-status                       root keys in use: KEK versions and API-key hashes under each
+    maintenance                       run rotations, destructions and one root-key rewrap batch now
+    rewrap-root [--max-rounds N]      run maintenance until nothing is wrapped under an old root key
+    account ACCOUNT_ID                an account's key versions, policy and lifecycle state
+    rotate ACCOUNT_ID                 add a key version and make it current
+    retire ACCOUNT_ID MIN_VERSION     versions below MIN_VERSION stop decrypting
+    destroy ACCOUNT_ID DAYS           schedule destruction after a pending window of DAYS (every use fails meanwhile)
+    cancel-destroy ACCOUNT_ID         cancel a scheduled destruction
+    revoke-user ACCOUNT_ID USER_ID    revoke every API key of a user
+    leaked --source WHERE             read strings (one per line) on stdin; revoke every live key among them
+
+Defaults: --keys from KEYS_ADDR, --certs from SENDSAFE_CERTS (a directory with ops.crt, ops.key and
+internal-ca.crt; in a pod: /etc/sendsafe/tls with tls.crt, tls.key, ca.crt). Nothing printed is secret:
+no command returns key material.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import json_format
+
+from sendsafe.keys.v1 import keys_service_pb2 as pb
+from sendsafe.keys.v1 import keys_service_pb2_grpc
+from svckit.rpc import secure_channel
+from svckit.tls import TlsFiles
+
+
+def _tls(certs: Path) -> TlsFiles:
+    if (certs / "tls.crt").exists():  # a mounted Kubernetes secret
+        return TlsFiles(certs / "tls.crt", certs / "tls.key", certs / "ca.crt")
+    return TlsFiles(certs / "ops.crt", certs / "ops.key", certs / "internal-ca.crt")
+
+
+def _show(msg: Any) -> None:
+    print(json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=2))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    async with secure_channel(args.keys, _tls(Path(args.certs)), server_name="keys", timeout=30.0) as ch:
+        stub = keys_service_pb2_grpc.KeysServiceStub(ch)
+        cmd = args.command
+        if cmd == "root-status":
+            _show(await stub.GetRootKeyStatus(pb.GetRootKeyStatusRequest()))
+        elif cmd == "maintenance":
+            _show(await stub.RunKeyMaintenance(pb.RunKeyMaintenanceRequest()))
+        elif cmd == "rewrap-root":
+            for _ in range(args.max_rounds):
+                report = await stub.RunKeyMaintenance(pb.RunKeyMaintenanceRequest())
+                print(f"rewrapped {report.rewrapped_keys}, remaining {report.remaining_to_rewrap}", flush=True)
+                if report.remaining_to_rewrap == 0:
+                    return 0
+                if report.rewrapped_keys == 0:
+                    print("no progress: is every old root key in KEYS_RETIRING_ROOT_KEYS_FILE?", file=sys.stderr)
+                    return 1
+            return 1
+        elif cmd == "account":
+            _show(await stub.GetAccountKeyStatus(pb.GetAccountKeyStatusRequest(account_id=args.account_id)))
+        elif cmd == "rotate":
+            _show(await stub.RotateAccountKey(pb.RotateAccountKeyRequest(account_id=args.account_id)))
+        elif cmd == "retire":
+            _show(await stub.SetAccountKeyPolicy(pb.SetAccountKeyPolicyRequest(
+                account_id=args.account_id, min_decryption_version=args.min_version)))
+        elif cmd == "destroy":
+            _show(await stub.ScheduleAccountKeyDestruction(pb.ScheduleAccountKeyDestructionRequest(
+                account_id=args.account_id, pending_window_seconds=int(args.days * 86400))))
+        elif cmd == "cancel-destroy":
+            _show(await stub.CancelAccountKeyDestruction(pb.CancelAccountKeyDestructionRequest(
+                account_id=args.account_id)))
+        elif cmd == "revoke-user":
+            _show(await stub.RevokeUserApiKeys(pb.RevokeUserApiKeysRequest(
+                account_id=args.account_id, user_id=args.user_id, reason="leaked")))
+        elif cmd == "leaked":
+            candidates = [line.strip() for line in sys.stdin if line.strip()]
+            for start in range(0, len(candidates), 1000):
+                _show(await stub.ReportLeakedApiKeys(pb.ReportLeakedApiKeysRequest(
+                    candidates=candidates[start : start + 1000], source=args.source)))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.keyadmin", description=__doc__.split("\n\n")[0])
+    p.add_argument("--keys", default=os.environ.get("KEYS_ADDR", "127.0.0.1:50052"))
+    p.add_argument("--certs", default=os.environ.get("SENDSAFE_CERTS", ".dev/certs"))
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("root-status")
+    sub.add_parser("maintenance")
+    sub.add_parser("rewrap-root").add_argument("--max-rounds", type=int, default=10_000)
+    for name in ("account", "rotate", "cancel-destroy"):
+        sub.add_parser(name).add_argument("account_id", type=int)
+    retire = sub.add_parser("retire")
+    retire.add_argument("account_id", type=int)
+    retire.add_argument("min_version", type=int)
+    destroy = sub.add_parser("destroy")
+    destroy.add_argument("account_id", type=int)
+    destroy.add_argument("days", type=float)
+    revoke = sub.add_parser("revoke-user")
+    revoke.add_argument("account_id", type=int)
+    revoke.add_argument("user_id", type=int)
+    sub.add_parser("leaked").add_argument("--source", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return asyncio.run(_run(parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
