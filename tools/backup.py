@@ -1,6 +1,7 @@
 """Encrypted backups of each service's database, and restore.
 
     python -m tools.backup backup  --dir BACKUPS [--keep N] [--services identity,messaging,audit,keys]
+    python -m tools.backup list    --dir BACKUPS
     python -m tools.backup verify  --from BACKUPS/<stamp>
     python -m tools.backup restore --from BACKUPS/<stamp> [--services ...]
 
@@ -274,9 +275,14 @@ def _restore_one(key: bytes, path: Path, svc: str, url: str) -> None:
 STAMP = re.compile(r"\d{8}T\d{6}Z")
 
 
+def complete_backups(root: Path) -> list[Path]:
+    """The backup folders under `root` that have a manifest (`<stamp>/manifest.json`), oldest first."""
+    return sorted(p for p in root.iterdir() if STAMP.fullmatch(p.name) and (p / "manifest.json").is_file())
+
+
 def prune(root: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` complete backups (`<stamp>/manifest.json`) under `root`."""
-    done = sorted(p for p in root.iterdir() if STAMP.fullmatch(p.name) and (p / "manifest.json").is_file())
+    """Delete all but the newest `keep` complete backups under `root`."""
+    done = complete_backups(root)
     removed = done[:-keep] if keep > 0 else []
     for folder in removed:
         for child in folder.iterdir():
@@ -295,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--from", dest="src", type=Path, required=True)
     v = sub.add_parser("verify", help="check the manifest's MAC and every file's digest")
     v.add_argument("--from", dest="src", type=Path, required=True)
+    ls = sub.add_parser("list", help="the complete backups under DIR, oldest first (unverified: use verify)")
+    ls.add_argument("--dir", type=Path, required=True)
     for p in (b, r):
         p.add_argument("--services", default=",".join(SERVICES))
     return parser
@@ -302,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd == "list":
+        for folder in complete_backups(args.dir):
+            files = json.loads((folder / "manifest.json").read_text()).get("manifest", {}).get("files", {})
+            size = sum(f.stat().st_size for f in folder.iterdir())
+            print(f"{folder}  {','.join(files)}  {size} bytes")
+        return 0
     try:
         key = load_key()
         if args.cmd == "verify":

@@ -357,6 +357,9 @@ def test_cli_backup_verify_restore_round_trip(
     assert f"deleted the older backup {older[0]}" in printed
     # --keep 2: the new backup and the newest older one stay; folders that are not backups are left alone.
     assert {p.name for p in out.iterdir()} == {folder.name, older[1].name, unfinished.name, other.name}
+    assert bk.main(["list", "--dir", str(out)]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == [str(older[1]), str(folder)]  # complete backups only, oldest first
     assert bk.main(["verify", "--from", str(folder)]) == 0
     assert bk.main(["restore", "--from", str(folder), "--services", "first,second"]) == 0
     assert f"restored first, second from {folder}" in capsys.readouterr().out
