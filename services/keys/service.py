@@ -876,7 +876,10 @@ class Service:
         each run picks whatever is still under an old key. Returns (rewrapped, still remaining)."""
         current = self._root.current_key_id
         done = 0
-        for stored in await self._store.keks_to_rewrap(current, self._rewrap_batch):
+        batch = await self._store.keks_to_rewrap(current, self._rewrap_batch)
+        if not batch:  # the steady state: one indexed query, no counting
+            return 0, 0
+        for stored in batch:
             assert stored.wrapped is not None
             aad = kek_aad(stored.account_id, stored.version)
             try:

@@ -277,9 +277,14 @@ class PgKeyStore:
     # -- root-key rewrap ----------------------------------------------------------------------------------
 
     async def keks_to_rewrap(self, current_root_key_id: str, limit: int) -> list[StoredKek]:
+        # Two index range scans (below and above the current id), both empty in the steady state; "<>" would
+        # walk the whole index on every maintenance run.
+        cols = "account_id, version, root_key_id, wrapped_kek, create_time"
         rows = await self._pool.fetch(
-            "SELECT account_id, version, root_key_id, wrapped_kek, create_time FROM account_kek_versions"
-            " WHERE wrapped_kek IS NOT NULL AND root_key_id <> $1 ORDER BY root_key_id, account_id, version LIMIT $2",
+            f"(SELECT {cols} FROM account_kek_versions WHERE wrapped_kek IS NOT NULL AND root_key_id < $1"
+            "  ORDER BY root_key_id, account_id, version LIMIT $2)"
+            f" UNION ALL (SELECT {cols} FROM account_kek_versions WHERE wrapped_kek IS NOT NULL AND root_key_id > $1"
+            "  ORDER BY root_key_id, account_id, version LIMIT $2) LIMIT $2",
             current_root_key_id, limit,
         )
         return [k for k in map(_kek, rows) if k is not None]
