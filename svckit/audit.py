@@ -2,7 +2,9 @@
 
 Events are buffered (bounded), sent in batches, and retried with backoff until the audit service
 stores them; the audit service ignores duplicates by event id, so retries never double-record. When
-the buffer is full, `record` waits (back-pressure) rather than dropping. `record_strict` waits until
+the buffer is full, `record` waits (back-pressure) rather than dropping. A batch the service refuses as
+invalid is split until the invalid event is alone: that one is dropped (logged; a strict caller gets
+AuditUnavailable), so it can never hold up the events behind it. `record_strict` waits until
 the event is stored and raises `AuditUnavailable` when it cannot be within its deadline: privileged
 actions use it and are refused when their evidence cannot be written (fail closed).
 """
@@ -43,8 +45,11 @@ def new_event(
     error_reason: str = "",
     details: Mapping[str, str] | None = None,
     account_id: int | None = None,
+    subject_account_id: int = 0,
 ) -> event_pb2.Event:
-    """An event with who/where/request/trace filled from the current call context."""
+    """An event with who/where/request/trace filled from the current call context. `subject_account_id`
+    names the account acted on when it is not the actor's (staff access): the event then shows in that
+    account's audit feed."""
     now = time.time_ns()
     ev = event_pb2.Event(
         event_id=uuid.uuid4().hex,
@@ -80,6 +85,7 @@ def new_event(
         ev.actor.id = service
     if account_id is not None:
         ev.actor.account_id = account_id
+    ev.subject_account_id = subject_account_id
     return ev
 
 
@@ -103,6 +109,7 @@ class AuditClient:
         self._retry_cap = retry_cap
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
+        self.refused = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -168,6 +175,9 @@ class AuditClient:
                 await self._stub.AppendEvents(request, timeout=self._rpc_timeout)
                 break
             except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    await self._isolate(batch)
+                    return
                 _LOG.warning("audit append failed (%s); retrying %d events", err.code().name, len(batch))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_cap)
@@ -175,6 +185,19 @@ class AuditClient:
         for _, fut in batch:
             if fut is not None and not fut.done():
                 fut.set_result(None)
+
+    async def _isolate(self, batch: list[tuple[event_pb2.Event, asyncio.Future[None] | None]]) -> None:
+        """The service refused the batch as invalid: send its halves, so only the bad event is refused."""
+        if len(batch) > 1:
+            half = len(batch) // 2
+            await self._send(batch[:half])
+            await self._send(batch[half:])
+            return
+        (ev, fut), = batch
+        _LOG.error("the audit service refused event %s (%s) as invalid; it is dropped", ev.event_id, ev.action)
+        self.refused += 1
+        if fut is not None and not fut.done():
+            fut.set_exception(AuditUnavailable("the audit log refused this action's event; it was not performed"))
 
 
 def denial_recorder(record: Callable[[event_pb2.Event], Awaitable[None]], service: str) -> OnDenied:

@@ -97,3 +97,31 @@ async def test_strict_event_returns_once_stored() -> None:
     await client.record_strict(ev, timeout=5)
     assert [ev.event_id] in stub.batches
     await client.close()
+
+
+class PickyStub(FlakyStub):
+    """Refuses (INVALID_ARGUMENT) any batch that holds an event whose action is empty."""
+
+    async def AppendEvents(self, request, timeout=None):  # type: ignore[no-untyped-def]
+        self.attempts += 1
+        if any(not e.action for e in request.events):
+            raise grpc.aio.AioRpcError(grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), grpc.aio.Metadata())
+        self.batches.append([e.event_id for e in request.events])
+        return audit_service_pb2.AppendEventsResponse()
+
+
+async def test_an_invalid_event_never_holds_up_the_others() -> None:
+    stub = PickyStub()
+    client = _client(stub, batch_size=64)
+    good = [new_event("t", f"g{i}") for i in range(40)]
+    bad = new_event("t", "")
+    for ev in [*good[:17], bad, *good[17:]]:
+        await client.record(ev)
+    client.start()
+    await client.flush()
+    assert sorted(i for b in stub.batches for i in b) == sorted(e.event_id for e in good)
+    assert client.refused == 1
+    # A strict caller whose event is refused is told so: its action must not go ahead.
+    with pytest.raises(AuditUnavailable):
+        await client.record_strict(new_event("t", ""), timeout=2)
+    await client.close()
