@@ -71,7 +71,7 @@ async def build(settings: Settings) -> App:
             await migrate(owner, MIGRATIONS)
         finally:
             await owner.close()
-        pool = await create_pool(settings.database_url, max_size=20,
+        pool = await create_pool(settings.database_url,
                                  init=role_setter(settings.db_role) if settings.db_role else None)
         stack.push_async_callback(pool.close)
         events = PgEventStore(pool)
