@@ -46,6 +46,7 @@ from gateway.auth import (
     anonymous_principal,
     build_principal,
     client_address,
+    second_factor_within,
 )
 from gateway.config import Settings
 from gateway.errors import (
@@ -59,11 +60,13 @@ from gateway.errors import (
     key_forbidden,
     method_not_allowed,
     not_found,
+    step_up_required,
     unauthenticated,
 )
 from gateway.routes import Route, discover_routes
 from gateway.transcode import Surface, TranscodeError, build_request, message_class, message_to_json, parse_json
 from sendsafe.audit.v1 import event_pb2
+from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import auth_service_pb2_grpc, identity_service_pb2_grpc
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from svckit import context as callctx
@@ -84,6 +87,10 @@ SECURITY_HEADERS: dict[str, str] = {
     "X-Frame-Options": "DENY",
 }
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9-]{8,64}")
+# A client's retry key for non-idempotent calls (SendSms), forwarded to the service as gRPC metadata.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_METADATA_KEY = "idempotency-key"
+MAX_IDEMPOTENCY_KEY = 256
 MAX_USER_AGENT = 512
 MAX_AUDITED_PATH = 256
 _JSON = "application/json"
@@ -345,6 +352,8 @@ class _Pipeline:
             state.identity = identity
             if route.permission not in identity.permissions:
                 raise forbidden(route.permission, outside_scope=route.permission in identity.outside_scope)
+            if route.privileged and identity.auth_method == principal_pb2.AUTH_METHOD_SESSION:
+                identity = await self._recent_second_factor(route, request, state)
 
         body: Any = None
         if route.body:
@@ -366,10 +375,13 @@ class _Pipeline:
             if identity is not None
             else anonymous_principal(state.conn, state.request_id)
         )
-        metadata = (
+        metadata: tuple[tuple[str, str | bytes], ...] = (
             (callctx.PRINCIPAL_METADATA_KEY, principal.SerializeToString()),
             (callctx.REQUEST_ID_METADATA_KEY, state.request_id),
         )
+        idempotency_key = request.headers.get(IDEMPOTENCY_HEADER, "")
+        if idempotency_key:  # the service validates it (the header is forwarded as is, never logged)
+            metadata += ((IDEMPOTENCY_METADATA_KEY, idempotency_key[:MAX_IDEMPOTENCY_KEY]),)
         try:
             reply = await self._calls[route.key](msg, metadata=metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
@@ -382,6 +394,25 @@ class _Pipeline:
         else:
             out = message_to_json(reply, route.surface)
         return web.Response(status=200, body=dumps(out), content_type=_JSON)
+
+    async def _recent_second_factor(self, route: Route, request: web.Request, state: _RequestState) -> Identity:
+        """RFC 9470 step-up for every privileged route called with a session (API keys are machine credentials:
+        scope them instead): a second factor verified within max_age, else 401 with the challenge. A cached
+        principal may predate a step-up, so a stale one is resolved afresh once before the challenge."""
+        max_age = self._settings.step_up_max_age_seconds
+        identity = state.identity
+        assert identity is not None
+        if second_factor_within(identity, max_age):
+            return identity
+        identity = await self._auth.reauthenticate(
+            request.headers.get("Authorization"), state.request_id, state.conn.client_address
+        )
+        state.identity = identity
+        if route.permission not in identity.permissions:
+            raise forbidden(route.permission)
+        if not second_factor_within(identity, max_age):
+            raise step_up_required(max_age)
+        return identity
 
     async def _read_body(self, request: web.Request) -> bytes:
         try:

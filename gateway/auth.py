@@ -101,6 +101,8 @@ class Identity:
     cache_for: float | None = None
     # The API key's send limits, carried to messaging in the principal (None: none).
     send_limits: principal_pb2.SendLimits | None = None
+    # The user may not see message bodies and numbers (ClickSend sms_deidentify_message): messaging masks them.
+    sms_deidentify_message: bool = False
 
     @property
     def auth_method_name(self) -> str:
@@ -194,6 +196,11 @@ class TtlCache:
         self.invalidations += len(gone)
         return len(gone)
 
+    def forget(self, key: bytes) -> None:
+        """Drop one entry (the next lookup loads afresh)."""
+        if self._entries.pop(key, None) is not None:
+            self.invalidations += 1
+
     def clear(self) -> None:
         self._generation += 1
         self.invalidations += len(self._entries)
@@ -280,6 +287,16 @@ class Authenticator:
             raise AuthFailure("INVALID_CREDENTIALS", "UNSUPPORTED_SCHEME")
         return await handler(credentials.strip(), request_id)
 
+    async def reauthenticate(
+        self, authorization: str | None, request_id: str = "", client_address: str = ""
+    ) -> Identity:
+        """`authenticate` past a cached session: a step-up moves the session's mfa_time, which a cached
+        principal would not show for up to `cache_seconds`."""
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        if scheme.lower() == "bearer":
+            self.cache.forget(credential_digest("bearer", credentials.strip().encode("utf-8", "replace")))
+        return await self.authenticate(authorization, request_id, client_address)
+
     async def _basic(self, credentials: str, request_id: str, client_address: str = "") -> Identity:
         try:
             decoded = base64.b64decode(credentials, validate=True)
@@ -343,6 +360,7 @@ class Authenticator:
             outside_scope=held - permissions,
             cache_for=key.valid_for_seconds if key.HasField("expire_time") else None,
             send_limits=_send_limits(key.send_limits) if key.HasField("send_limits") else None,
+            sms_deidentify_message=bool(user.sms_deidentify_message),
         )
 
     async def _bearer(self, token: str, request_id: str) -> Identity:
@@ -411,6 +429,14 @@ def _send_limits(limits: keys_service_pb2.SendLimits) -> principal_pb2.SendLimit
         messages_per_day=limits.messages_per_day,
         allowed_countries=list(limits.allowed_countries),
     )
+
+
+def second_factor_within(identity: Identity, max_age_seconds: int, now: float | None = None) -> bool:
+    """RFC 9470 max_age: the session's second factor was verified within the last `max_age_seconds`."""
+    if identity.mfa_time is None:
+        return False
+    verified = identity.mfa_time.seconds + identity.mfa_time.nanos / 1e9
+    return (time.time() if now is None else now) - verified <= max_age_seconds
 
 
 def credential_digest(scheme: str, *parts: bytes) -> bytes:
@@ -489,6 +515,7 @@ def build_principal(identity: Identity, conn: Connection, request_id: str) -> pr
         request_id=request_id,
         test_mode=identity.test_mode,
         staff=identity.staff,
+        sms_deidentify_message=identity.sms_deidentify_message,
     )
     if identity.mfa_time is not None:
         p.mfa_time.CopyFrom(identity.mfa_time)

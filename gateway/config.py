@@ -44,6 +44,10 @@ class Settings:
         "GATEWAY_TRUSTED_PROXIES", default=(), doc="CIDRs whose X-Forwarded-For is believed; empty = none"
     )
     upstream_timeout_seconds: float = setting("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", default=10.0)
+    step_up_max_age_seconds: int = setting(
+        "GATEWAY_STEP_UP_MAX_AGE_SECONDS", default=300,
+        doc="privileged routes on a session need a second factor this recent (RFC 9470); as identity's",
+    )
     redis_url: str = setting("REDIS_URL", default="", secret=True, doc="key notices (revocations); empty = none")
     redis_prefix: str = setting("REDIS_PREFIX", default="sendsafe:", doc="the keys service's prefix")
     health_listen: str = setting("HEALTH_LISTEN", default="", doc="plaintext gRPC health port; empty = off")
@@ -61,6 +65,8 @@ class Settings:
             problems.append("GATEWAY_MAX_BODY_BYTES: must be positive")
         if self.upstream_timeout_seconds <= 0:
             problems.append("GATEWAY_UPSTREAM_TIMEOUT_SECONDS: must be positive")
+        if self.step_up_max_age_seconds <= 0:
+            problems.append("GATEWAY_STEP_UP_MAX_AGE_SECONDS: must be positive")
         for cidr in self.trusted_proxies:
             try:
                 ipaddress.ip_network(cidr, strict=False)

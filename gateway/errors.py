@@ -164,6 +164,16 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> GatewayError:
     return GatewayError(http, code, code, _GENERIC_MESSAGES.get(code, message))
 
 
+def step_up_required(max_age: int) -> GatewayError:
+    """RFC 9470: a privileged call on a session whose last second factor is older than `max_age` seconds."""
+    return GatewayError(
+        401, "UNAUTHENTICATED", STEP_UP_REASON,
+        f"This action needs a second factor verified within the last {max_age} seconds:"
+        " POST /v1/auth/step-up, then retry.",
+        clicksend_code="UNAUTHORIZED", headers={"WWW-Authenticate": step_up_challenge(str(max_age))},
+    )
+
+
 def step_up_challenge(max_age: str) -> str:
     """RFC 9470 §3: the client re-authenticates (POST /v1/auth/step-up) and retries."""
     challenge = 'Bearer error="insufficient_user_authentication", error_description="A second factor is required"'
