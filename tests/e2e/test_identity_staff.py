@@ -1,7 +1,8 @@
 """Staff through HTTPS: an operator creates a staff member with the ops certificate, the member logs in with
 password + TOTP (never without), a privileged action on a customer's account without a recent second factor gets
 the RFC 9470 challenge, a step-up with a fresh TOTP step lets it through, and the access is in both the platform
-log and the customer's own audit feed (access transparency); a role change needs the same."""
+log and the customer's own audit feed (access transparency); a role change needs the same, and so does every
+privileged route on a session (the gateway asks for it from the protos' `privileged` option)."""
 
 from __future__ import annotations
 
@@ -103,6 +104,9 @@ def test_staff_privileged_action_needs_fresh_mfa_and_is_audited_for_platform_and
     token, session_id = session["session_token"], session["session"]["session_id"]
     assert session["session"]["amr"] == ["pwd", "otp"]
     staff = bearer(token)
+    # Minutes pass: the login's second factor becomes older than max_age (before the gateway sees the token,
+    # so its short auth cache holds the aged session, as it would after real minutes).
+    _age_second_factor(suite, session_id, 301)
 
     # Reading a customer's account needs a stated reason and is audited, but no step-up.
     why = "ticket SUP-1234: customer asked us to suspend a leaked login"
@@ -110,20 +114,26 @@ def test_staff_privileged_action_needs_fresh_mfa_and_is_audited_for_platform_and
     seen = http.call("GET", f"/v1/staff/accounts/{account_id}?reason=ticket%20SUP-1234", headers=staff)
     assert seen.status == 200 and target.subaccount_id in {u["user_id"] for u in seen.json()["users"]}
 
-    # Minutes later the login's second factor is too old for a privileged action: RFC 9470 challenge.
+    # The login's second factor is too old for a privileged action: RFC 9470 challenge.
     status_path = f"/v1/staff/accounts/{account_id}/users/{target.subaccount_id}/status"
-    _age_second_factor(suite, session_id, 301)
     refused = http.call("PUT", status_path, headers=staff, json_body={"active": False, "reason": why})
     assert refused.status == 401
     assert refused.headers["www-authenticate"] == STEP_UP_CHALLENGE
     assert reason(refused) == "INSUFFICIENT_USER_AUTHENTICATION"
     assert http.call("GET", "/v3/account", auth=(target.api_username, target.api_key)).status == 200  # unchanged
+    # The gateway asks the same for every privileged route on a session, e.g. reading a customer's messages.
+    history = f"/v1/staff/accounts/{account_id}/sms/history"
+    gated = http.call("GET", history, headers=staff)
+    assert gated.status == 401 and gated.headers["www-authenticate"] == STEP_UP_CHALLENGE
 
     # Step up: the login's step is spent (replay), the next step is fresh and inside the +-1 window.
     replay = http.call("POST", "/v1/auth/step-up", headers=staff, json_body={"totp_code": totp.at(step * 30)})
     assert replay.status == 401 and reason(replay) == "INVALID_CREDENTIALS"
     stepped = http.call("POST", "/v1/auth/step-up", headers=staff, json_body={"totp_code": totp.at((step + 1) * 30)})
     assert stepped.status == 200 and stepped.json()["max_age_seconds"] == 300
+    # At once, although the gateway had cached the session from before the step-up.
+    read = http.call("GET", history, headers=staff)
+    assert read.status == 200, read.body
     done = http.call("PUT", status_path, headers=staff, json_body={"active": False, "reason": why})
     assert done.status == 200, done.body
     assert done.json()["user"]["active"] is False and done.json()["user"]["user_id"] == target.subaccount_id
@@ -172,18 +182,17 @@ def test_staff_role_change_needs_a_recent_second_factor_and_ends_the_members_ses
     admin_session = _staff_login(http, admin, pyotp.TOTP(admin.totp_secret).at(step * 30))
     member_token = _staff_login(http, member, pyotp.TOTP(member.totp_secret).at(step * 30))["session_token"]
     staff = bearer(admin_session["session_token"])
+    _age_second_factor(suite, admin_session["session"]["session_id"], 301)  # before the gateway caches it
     path = f"/v1/staff/users/{member.staff_user.staff_id}/role"
     change = {"role": "STAFF_ROLE_SUPPORT_AGENT", "reason": "joined the escalation rota"}
 
-    # Nobody grants what they lack, whatever their second factor.
-    grab = http.call("PUT", path, headers=staff, json_body={**change, "role": "STAFF_ROLE_PLATFORM_ADMIN"})
-    assert grab.status == 403 and reason(grab) == "ROLE_NOT_GRANTABLE"
-
-    _age_second_factor(suite, admin_session["session"]["session_id"], 301)
     refused = http.call("PUT", path, headers=staff, json_body=change)
     assert refused.status == 401 and refused.headers["www-authenticate"] == STEP_UP_CHALLENGE
     recovery = admin.recovery_codes[0]
     assert http.call("POST", "/v1/auth/step-up", headers=staff, json_body={"recovery_code": recovery}).status == 200
+    # Nobody grants what they lack, however fresh their second factor.
+    grab = http.call("PUT", path, headers=staff, json_body={**change, "role": "STAFF_ROLE_PLATFORM_ADMIN"})
+    assert grab.status == 403 and reason(grab) == "ROLE_NOT_GRANTABLE"
     changed = http.call("PUT", path, headers=staff, json_body=change)
     assert changed.status == 200 and changed.json()["staff_user"]["role"] == "STAFF_ROLE_SUPPORT_AGENT"
     # The member's sessions carried the old role's permissions: they end.
