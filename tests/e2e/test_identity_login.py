@@ -135,7 +135,8 @@ def test_customer_privileged_call_on_a_session_needs_a_recent_second_factor(
     suite: Suite, customer: Customer, subaccounts: clicksend.SubaccountsApi
 ) -> None:
     """A password-only session gets the RFC 9470 challenge for a privileged call; enrolling TOTP and stepping up
-    with a fresh code lets the retry through. (An API key is a machine credential and is not stepped up.)"""
+    with a fresh code lets the retry through, and the other privileged self-service (recovery-code regeneration,
+    removing the factor) and a password change follow, each audited. (API keys are not stepped up.)"""
     http = Http(customer.url, str(customer.ca))
     manager = _subaccount(subaccounts, access_users=1)
     token = login(http, manager.api_username).json()["session_token"]
@@ -159,6 +160,28 @@ def test_customer_privileged_call_on_a_session_needs_a_recent_second_factor(
     made = http.call("POST", "/v3/subaccounts", headers=bearer(token), json_body=create)
     assert made.status == 200, made.body
     assert made.json()["data"]["api_username"] == create["api_username"]
+
+    # With the fresh second factor: new recovery codes (the old ones stop), then the factor removed; a new
+    # password ends the other sessions. Each is evidence in the account's feed.
+    regen = http.call("POST", "/v1/auth/mfa/recovery-codes", headers=bearer(token), json_body={})
+    assert regen.status == 200 and len(regen.json()["recovery_codes"]) == 10
+    other = login(http, manager.api_username, recovery_code=regen.json()["recovery_codes"][0])
+    assert other.status == 200
+    assert http.call("DELETE", "/v1/auth/mfa/totp", headers=bearer(token)).status == 200
+    new_password = "amber quiver basalt 58 tundra"
+    changed = http.call("PUT", "/v1/auth/password", headers=bearer(token),
+                        json_body={"current_password": PASSWORD, "new_password": new_password})
+    assert changed.status == 200 and changed.json()["revoked_sessions"] >= 1
+    wait_rejected(http, bearer(other.json()["session_token"]))
+    assert login(http, manager.api_username).status == 401
+    assert login(http, manager.api_username, new_password).status == 200  # no second factor any more
+
+    mine = str(manager.subaccount_id)
+    wanted = ("auth.recovery_codes.regenerate", "auth.mfa.remove", "auth.password.change")
+    events = wait_feed(http, lambda evs: all(a in {e["action"] for e in evs if e["actor"].get("id") == mine}
+                                             for a in wanted), auth=(customer.username, customer.api_key))
+    assert_no_secret_anywhere(suite.config.workdir, [json.dumps(events)],
+                              [PASSWORD, new_password, token, totp.secret, *regen.json()["recovery_codes"]])
 
 
 def test_refused_logins_are_indistinguishable(customer: Customer, subaccounts: clicksend.SubaccountsApi) -> None:
