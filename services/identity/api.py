@@ -46,6 +46,7 @@ def user_to_proto(account: Account, user: User) -> account_pb2.User:
         test_mode=account.test_mode,
         permissions=sorted(user.permissions),
         create_time=created,
+        sms_deidentify_message=user.flags.sms_deidentify_message,
     )
 
 

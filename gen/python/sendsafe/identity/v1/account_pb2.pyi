@@ -172,12 +172,17 @@ class User(_message.Message):
     TEST_MODE_FIELD_NUMBER: _builtins.int
     PERMISSIONS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    SMS_DEIDENTIFY_MESSAGE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.int
     account_id: _builtins.int
     api_username: _builtins.str
     active: _builtins.bool
     is_main: _builtins.bool
     test_mode: _builtins.bool
+    sms_deidentify_message: _builtins.bool
+    """The user may not see message bodies and phone numbers (ClickSend
+    sms_deidentify_message); the gateway puts it in the principal.
+    """
     @_builtins.property
     def permissions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Permission names this user holds (derived from the access flags)."""
@@ -195,10 +200,11 @@ class User(_message.Message):
         test_mode: _builtins.bool = ...,
         permissions: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        sms_deidentify_message: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "active", b"active", "api_username", b"api_username", "create_time", b"create_time", "is_main", b"is_main", "permissions", b"permissions", "test_mode", b"test_mode", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "active", b"active", "api_username", b"api_username", "create_time", b"create_time", "is_main", b"is_main", "permissions", b"permissions", "sms_deidentify_message", b"sms_deidentify_message", "test_mode", b"test_mode", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
