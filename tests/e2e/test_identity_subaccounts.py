@@ -110,6 +110,7 @@ def test_subaccount_errors_use_the_envelope(subaccounts: clicksend.SubaccountsAp
         ("access_reporting", "GET", "/v3/sms/history", None),
         ("access_reporting", "GET", "/v1/audit/events", None),
         ("access_sms", "POST", "/v3/sms/send", {"messages": [{"to": "+61411111111", "body": "hi"}]}),
+        ("access_settings", "GET", "/v1/api-keys", None),
     ],
 )
 def test_each_flag_gates_its_permission(
