@@ -101,7 +101,7 @@ def event_view(leaf: bytes) -> Any:
 def _b64(text: Any) -> bytes:
     if not isinstance(text, str):
         raise ValueError("not base64 text")
-    return base64.b64decode(text, validate=True)
+    return binascii.a2b_base64(text, strict_mode=True)
 
 
 def _parse(lines: Iterable[str], verifier: merkle.Verifier) -> tuple[list[_Segment], Problem | None]:

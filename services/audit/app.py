@@ -115,11 +115,12 @@ async def build(settings: Settings) -> App:
             return n
 
         idle = settings.poll_seconds
-        background.spawn(stack, background.drain("alert engine", evaluate, engine_wake, idle), "alert-engine")
+        background.spawn(stack, background.drain("alert engine", evaluate, engine_wake, idle, settle=0.02),
+                         "alert-engine")
         background.spawn(stack, background.drain("alert delivery", alerts.deliver_due, delivery_wake, idle),
                          "alert-delivery")
-        background.spawn(stack, background.drain("forwarding", forwarding.forward_due, forward_wake, idle),
-                         "forwarding")
+        background.spawn(stack, background.drain("forwarding", forwarding.forward_due, forward_wake, idle,
+                                                 settle=0.1), "forwarding")
         background.spawn(stack, background.every("checkpoint", settings.checkpoint_interval_seconds,
                                                  log.sign_checkpoint), "checkpoints")
         if settings.verify_interval_seconds > 0:

@@ -12,8 +12,11 @@ from typing import Any
 _LOG = logging.getLogger(__name__)
 
 
-async def drain(name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Event, idle: float) -> None:
-    """Run `step` while it finds work; otherwise wait for `wake` (set after appends) or `idle` seconds."""
+async def drain(
+    name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Event, idle: float, settle: float = 0.0
+) -> None:
+    """Run `step` while it finds work; otherwise wait for `wake` (set after appends) or `idle` seconds, then
+    `settle` seconds more so that a stream of small appends is taken in a few larger steps."""
     while True:
         wake.clear()
         try:
@@ -28,6 +31,8 @@ async def drain(name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Eve
             continue
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), idle)
+        if settle:
+            await asyncio.sleep(settle)
 
 
 async def every(name: str, seconds: float, step: Callable[[], Awaitable[Any]]) -> None:

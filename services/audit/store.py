@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -55,6 +56,7 @@ def role_setter(role: str) -> Callable[[asyncpg.Connection], Awaitable[None]]:
     return set_role
 
 
+@functools.lru_cache(maxsize=4096)
 def _inet(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(address)
