@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,8 @@ from tests.e2e.api_client import Http, Response
 from tests.e2e.conftest import Customer
 
 REVOCATION_DEADLINE_S = 5.0
+# Every secret this module creates, for the last test's scan of logs, spans and the audit log.
+SECRETS: list[str] = []
 
 
 @pytest.fixture
@@ -26,6 +29,7 @@ def _create(http: Http, customer: Customer, **body: Any) -> dict[str, Any]:
     payload = {"name": f"e2e {uuid.uuid4().hex[:6]}", "scopes": ["*"], **body}
     resp = http.call("POST", "/v1/api-keys", auth=(customer.username, customer.api_key), json_body=payload)
     assert resp.status == 200, resp.body
+    SECRETS.append(resp.json()["secret"])
     return dict(resp.json())
 
 
@@ -103,6 +107,7 @@ def test_create_list_scope_and_roll(http: Http, customer: Customer) -> None:
                        json_body={"overlap_seconds": 0})
     assert rolled.status == 200, rolled.body
     new = rolled.json()
+    SECRETS.append(new["secret"])
     assert new["api_key"]["rolled_from_key_id"] == meta["key_id"] and new["api_key"]["send_limits"] == meta[
         "send_limits"]
     assert _account(http, customer, new["secret"]).status == 200
@@ -140,3 +145,19 @@ def test_expiry_is_honoured_at_the_gateway(http: Http, customer: Customer) -> No
     late = (datetime.now(UTC) - expires).total_seconds()
     print(f"\nexpired key refused {late * 1000:.0f} ms after its expiry")
     assert refusal.status == 401 and "expired" in refusal.json()["response_msg"]
+
+
+def test_no_key_in_any_log_line_span_or_audit_event(http: Http, customer: Customer, suite: Any, otlp: Any) -> None:
+    """Runs after the others: none of the secrets they created (nor the demo key) appears in any process's
+    log, any exported span (names, attributes, events), or any event of the account's audit feed."""
+    assert SECRETS, "run with the tests above"
+    receiver, _ = otlp
+    receiver.wait_for(lambda spans: any(s.name.endswith("CreateApiKey") for s in spans))
+    logs = "\n".join(p.read_text(errors="replace") for p in Path(suite.config.workdir).glob("*.log"))
+    spans = "\n".join(f"{s.name} {s.attributes}" for s in receiver.spans)
+    events = http.call("GET", "/v1/audit/events?page_size=500", auth=(customer.username, customer.api_key)).body
+    assert b"keys.api_key.created" in events and "POST /v1/api-keys" in spans  # the scan sees real material
+    for secret in [*SECRETS, customer.api_key]:
+        tail = secret.split("_")[-1]  # the secret part alone (key id is public)
+        for where, text in (("logs", logs), ("spans", spans), ("audit", events.decode())):
+            assert secret not in text and tail not in text, f"a key secret appears in {where}"
