@@ -4,9 +4,10 @@ The whole suite runs in-process over mTLS (audit, keys, messaging API + worker, 
 databases: the demo account is bootstrapped (identity + keys, as `ops`), a few messages are sent and
 delivered, and every process stops (its audit events flushed). Then `tools.backup.backup`, drop and
 recreate the four databases, `tools.backup.restore`, and start the suite again on the restored databases
-with the same root key. The audit chain verifies, the history decrypts (through messaging and keys), the
-API key verifies, and the restored suite keeps working: a new message is delivered and the chain, now
-longer, still verifies.
+with the same root key (and audit signing key). The audit log verifies (the audit service's own check:
+every leaf from its stored bytes, the Merkle tree, every signed checkpoint) and holds every event of the
+backup; the history decrypts (through messaging and keys); the API key verifies; and the restored suite
+keeps working: a new message is delivered and the log, now longer, still verifies.
 
 A tampered backup (a flipped byte, an edited manifest, a wrong key, a missing file) is refused before
 anything is touched; and should decryption fail part-way through a database anyway, its restore
@@ -42,6 +43,7 @@ from tools.bootstrap import bootstrap
 
 SERVICES = bk.SERVICES
 TEST_NUMBER = "+61411111111"  # ClickSend's test number: delivered by the simulator
+AUDIT_SIGNING_KEY = os.urandom(32).hex()  # one checkpoint signing key across restarts, as in production
 DELIVERED = "201"  # ClickSend's history: status "Sent", status_code 201 once the receipt said delivered
 
 
@@ -88,7 +90,9 @@ async def running_suite(
 
     suite = Suite()
     try:
-        suite.apps["audit"] = await build_audit(AuditSettings(**tls("audit"), database_url=urls["audit"]))
+        suite.apps["audit"] = await build_audit(AuditSettings(
+            **tls("audit"), database_url=urls["audit"], signing_key=AUDIT_SIGNING_KEY,
+        ))
         audit = f"127.0.0.1:{suite.port('audit')}"
         suite.apps["keys"] = await build_keys(KeysSettings(
             **tls("keys"), database_url=urls["keys"], redis_url=redis_url, redis_prefix=redis_prefix,
@@ -163,15 +167,28 @@ async def history(certs: CertBundle, suite: Suite, c: Customer) -> list[tuple[st
     return sorted((h.message_id, h.status_code, h.body) for h in page.data)
 
 
-async def audit_state(suite: Suite, url: str) -> tuple[int | None, int]:
-    """(first sequence that does not verify or None, number of events)."""
-    broken = await suite.apps["audit"].extras["service"].verify_chain()
+async def audit_state(certs: CertBundle, url: str) -> tuple[int, int]:
+    """(leaves the audit service's own verification recomputed, events stored). The verification is the
+    use case behind VerifyLog (every leaf from the stored bytes, the tree, every signed checkpoint); it runs
+    in an audit service started alone, so nothing appends while it reads."""
+    from services.audit.app import build as build_audit
+    from services.audit.config import Settings as AuditSettings
+
+    files = certs.tls("audit")
+    app = await build_audit(AuditSettings(
+        tls_cert_file=files.cert, tls_key_file=files.key, tls_ca_file=files.ca, database_url=url,
+        signing_key=AUDIT_SIGNING_KEY,
+    ))
+    try:
+        result = await app.extras["service"].verify_log()
+    finally:
+        await app.stop()
+    assert result.ok, result.finding
     conn = await asyncpg.connect(url)
     try:
-        count = int(await conn.fetchval("SELECT count(*) FROM events"))
+        return result.tree_size, int(await conn.fetchval("SELECT count(*) FROM events"))
     finally:
         await conn.close()
-    return broken, count
 
 
 async def wipe(urls: dict[str, str]) -> None:
@@ -207,6 +224,8 @@ async def test_backup_wipe_restore_and_everything_still_verifies(
         await send_and_deliver(certs, suite, customer, bodies)
         before = await history(certs, suite, customer)
         await suite.stop()  # quiescent: every audit event stored
+    leaves, events_before = await audit_state(certs, urls["audit"])
+    assert leaves == events_before > 0
     assert sorted(b for _, _, b in before) == bodies and {s for _, s, _ in before} == {DELIVERED}
 
     folder = bk.backup(backup_key, urls, tmp_path / "backups")
@@ -223,10 +242,9 @@ async def test_backup_wipe_restore_and_everything_still_verifies(
 
     bk.restore(backup_key, folder, urls)
 
+    # Audit: the whole log verifies, and every event of the backup is back.
+    assert await audit_state(certs, urls["audit"]) == (events_before, events_before)
     async with running_suite(certs, urls, root_key_file, redis_url, redis_prefix) as suite:
-        # Audit: the chain verifies from the first event; nothing lost.
-        broken, restored_events = await audit_state(suite, urls["audit"])
-        assert broken is None and restored_events > 0
         # Keys and identity: the same API key still authenticates the same user.
         assert await who(certs, suite, creds["SENDSAFE_API_KEY"]) == customer
         async with channel_as(certs, "ops", suite.port("identity"), "identity") as ch:
@@ -237,11 +255,10 @@ async def test_backup_wipe_restore_and_everything_still_verifies(
         assert await history(certs, suite, customer) == before
         # And the restored suite keeps working on top of the restored state.
         await send_and_deliver(certs, suite, customer, ["after the restore"])
-        await suite.stop()
-    async with running_suite(certs, urls, root_key_file, redis_url, redis_prefix) as suite:
-        broken, events_now = await audit_state(suite, urls["audit"])
-        assert broken is None and events_now > restored_events
         assert len(await history(certs, suite, customer)) == len(bodies) + 1
+        await suite.stop()
+    leaves, events_now = await audit_state(certs, urls["audit"])
+    assert leaves == events_now > events_before  # the restored log grows and still verifies
 
 
 # -- refusing a bad backup --------------------------------------------------------------------------------
