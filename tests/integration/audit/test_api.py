@@ -142,13 +142,16 @@ async def test_invalid_event_is_rejected_whole(audit_app: App, certs: CertBundle
 async def private_audit_app(certs: CertBundle, new_database: NewDatabase) -> AsyncIterator[App]:
     """An audit service with a log of its own: tampering with it must not disturb other tests."""
     tls = certs.tls("audit")
-    app = await build(Settings(tls_cert_file=tls.cert, tls_key_file=tls.key, tls_ca_file=tls.ca,
-                               database_url=await new_database("audit_tamper")))
+    url = await new_database("audit_tamper")
+    app = await build(Settings(tls_cert_file=tls.cert, tls_key_file=tls.key, tls_ca_file=tls.ca, database_url=url))
+    app.extras["database_url"] = url
     yield app
     await app.stop()
 
 
-async def test_events_are_immutable_and_tampering_is_detected(private_audit_app: App, certs: CertBundle) -> None:
+async def test_events_are_immutable_for_the_service_and_for_the_owner(
+    private_audit_app: App, certs: CertBundle
+) -> None:
     audit_app = private_audit_app
     async with channel_as(certs, "identity", audit_app.port, "audit") as ch:
         stub = audit_service_pb2_grpc.AuditServiceStub(ch)
@@ -163,3 +166,20 @@ async def test_events_are_immutable_and_tampering_is_detected(private_audit_app:
             await conn.execute("UPDATE events SET action = 'z' WHERE sequence = $1", resp.first_sequence)
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await conn.execute("DELETE FROM events WHERE sequence = $1", resp.first_sequence)
+        for table in ("merkle_nodes", "checkpoints", "alerts"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(f"DELETE FROM {table}")
+    # The database owner (a superuser here) has the grants, and the triggers still refuse.
+    owner = await asyncpg.connect(str(audit_app.extras["database_url"]))
+    try:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await owner.execute("UPDATE events SET action = 'z' WHERE sequence = $1", resp.first_sequence)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await owner.execute("DELETE FROM events WHERE sequence = $1", resp.first_sequence)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await owner.execute("TRUNCATE events")
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await owner.execute("DELETE FROM merkle_nodes")
+    finally:
+        await owner.close()
+    assert (await service.verify_log()).ok  # type: ignore[attr-defined]
