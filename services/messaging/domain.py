@@ -1552,8 +1552,12 @@ class LimitVerdict:
     exceeded: str = ""  # which limit refused the request: "account", "api_key", "key_minute", "key_day"
 
 
-def destination_prefix(e164: str, national_digits: int) -> str:
-    """Country calling code plus the first `national_digits` digits of the national number."""
+def destination_prefix(e164: str, national_digits: int, region: str = "") -> str:
+    """Country calling code plus the first `national_digits` digits of the national number. With the
+    number's region (known after validation) the calling code is a table lookup, not a parse."""
+    cc = phonenumbers.country_code_for_region(region) if region else 0
+    if cc and e164.startswith(f"+{cc}"):
+        return e164[: 1 + len(str(cc)) + national_digits]
     try:
         number = phonenumbers.parse(e164, None)
     except phonenumbers.NumberParseException:

@@ -371,6 +371,10 @@ class _Replay:
     """Another request with the same idempotency key won: answer with its stored result."""
 
 
+async def _no_limits(group: list[_SendJob]) -> list[LimitVerdict]:
+    return [LimitVerdict(throttled=tuple(False for _ in j.rows)) for j in group]
+
+
 _REPLAY = _Replay()
 _JobResult = list[MessageStatusCode] | Exception | _Replay
 
@@ -476,12 +480,18 @@ class MessagingService:
         rates = self._opts.rates
         rows: list[NewMessage] = []
         tokens: list[str | None] = []
+        prefix_tokens: dict[str, str] = {}
         for k, ((i, v, price), mid) in enumerate(zip(valid, ids, strict=True)):
             m = inputs[i]
             scheduled = v.schedule is not None and v.schedule > now
             free = caller.test_mode or v.is_test
-            tokens.append(None if free or rates.prefix_limit <= 0 else
-                          index_token(key, "prefix", destination_prefix(v.to, rates.prefix_digits)))
+            if free or rates.prefix_limit <= 0:
+                tokens.append(None)
+            else:
+                prefix = destination_prefix(v.to, rates.prefix_digits, v.recipient.country)
+                if prefix not in prefix_tokens:
+                    prefix_tokens[prefix] = index_token(key, "prefix", prefix)
+                tokens.append(prefix_tokens[prefix])
             rows.append(NewMessage(
                 id=mid, account_id=acct, user_id=caller.user_id, api_username=caller.api_username,
                 status=MessageStatus.SCHEDULED if scheduled else MessageStatus.QUEUED,
@@ -542,8 +552,14 @@ class MessagingService:
         statement, each account is debited once and each idempotent answer is stored encrypted. Finally
         everything queued is published with one stream write."""
         results: list[_JobResult | None] = [None] * len(group)
-        verdicts = (await self._limiter.check([j.limits for j in group]) if self._limiter is not None
-                    else [LimitVerdict(throttled=tuple(False for _ in j.rows)) for j in group])
+        pairs = sorted({(r.account_id, r.to_hash) for j in group for r in j.rows if r.to_hash is not None})
+        # Two independent reads, at the same time: the limiter (Redis) and the opt-out list (a read outside
+        # the transaction, so the balance locks are held no longer than before).
+        verdicts, blocked = await asyncio.gather(
+            self._limiter.check([j.limits for j in group]) if self._limiter is not None
+            else _no_limits(group),
+            self._store.opted_out(pairs),
+        )
         active: list[int] = []
         for i, (job, verdict) in enumerate(zip(group, verdicts, strict=True)):
             if verdict.retry_after:
@@ -576,9 +592,6 @@ class MessagingService:
                 active = [i for i in active if results[i] is None]
             balances = {acct: await tx.lock_balance(acct, self._trial_credit) for acct in paying}
             spent = dict.fromkeys(paying, Decimal(0))
-            blocked = await tx.opted_out(sorted({
-                (r.account_id, r.to_hash) for i in active for r in group[i].rows if r.to_hash is not None
-            }))
             saved: list[tuple[int, bytes, bytes]] = []
             for i in active:
                 job = group[i]

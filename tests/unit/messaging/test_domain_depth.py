@@ -207,6 +207,10 @@ def test_allowed_countries() -> None:
 def test_destination_prefix() -> None:
     assert d.destination_prefix("+61412345678", 4) == "+614123"
     assert d.destination_prefix("+14155550123", 3) == "+1415"
+    # With the region known (the send path), no parse: the same answer.
+    assert d.destination_prefix("+61412345678", 4, "AU") == "+614123"
+    assert d.destination_prefix("+14155550123", 3, "US") == "+1415"
+    assert d.destination_prefix("+447700900123", 2, "GB") == "+4477"
 
 
 # -- webhooks ---------------------------------------------------------------------------------------------
