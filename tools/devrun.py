@@ -152,6 +152,12 @@ def main() -> int:
             "messaging": int(os.environ.get("MESSAGING_PORT", "50053")),
             "audit": int(os.environ.get("AUDIT_PORT", "50054")),
         },
+        # Audit checkpoints and webhook secrets survive restarts; alert SMS go through messaging's pinned port.
+        env={"audit": {
+            "AUDIT_SIGNING_KEY_FILE": str(ensure_root_key(DEV / "audit-signing.key")),
+            "AUDIT_WEBHOOK_KEY_FILE": str(ensure_root_key(DEV / "audit-webhook.key")),
+            "MESSAGING_ADDR": f"127.0.0.1:{os.environ.get('MESSAGING_PORT', '50053')}",
+        }},
     )
     ensure_databases(config)
     write_backup_env(config)
