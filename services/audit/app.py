@@ -71,7 +71,7 @@ async def build(settings: Settings) -> App:
             await migrate(owner, MIGRATIONS)
         finally:
             await owner.close()
-        pool = await create_pool(settings.database_url,
+        pool = await create_pool(settings.database_url, min_size=1, max_size=settings.db_pool_size,
                                  init=role_setter(settings.db_role) if settings.db_role else None)
         stack.push_async_callback(pool.close)
         events = PgEventStore(pool)
@@ -124,8 +124,10 @@ async def build(settings: Settings) -> App:
         background.spawn(stack, background.every("checkpoint", settings.checkpoint_interval_seconds,
                                                  log.sign_checkpoint), "checkpoints")
         if settings.verify_interval_seconds > 0:
+            # The first full check soon after start, so the integrity metric is there from the outset.
             background.spawn(stack, background.every("verification", settings.verify_interval_seconds,
-                                                     log.verify_log), "verification")
+                                                     log.verify_log, first=min(30.0, settings.verify_interval_seconds)),
+                             "verification")
         await log.sign_checkpoint()  # a fresh anchor under this process's key
 
         metrics_port = None

@@ -35,9 +35,12 @@ async def drain(
             await asyncio.sleep(settle)
 
 
-async def every(name: str, seconds: float, step: Callable[[], Awaitable[Any]]) -> None:
+async def every(name: str, seconds: float, step: Callable[[], Awaitable[Any]], first: float | None = None) -> None:
+    """Run `step` every `seconds` (the first time after `first` seconds, default `seconds`)."""
+    delay = seconds if first is None else first
     while True:
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(delay)
+        delay = seconds
         try:
             await step()
         except asyncio.CancelledError:

@@ -122,7 +122,7 @@ async def make_audit(certs: CertBundle, new_database: NewDatabase) -> AsyncItera
             tls_cert_file=tls.cert, tls_key_file=tls.key, tls_ca_file=tls.ca, database_url=url,
             signing_key=SIGNING_SEED, webhook_key=WEBHOOK_KEY, poll_seconds=0.2, retry_base_seconds=0.05,
             webhook_allow_private=True, webhook_ca_file=certs.public_ca, verify_interval_seconds=0,
-            checkpoint_min_interval_seconds=0,
+            checkpoint_min_interval_seconds=0, db_pool_size=4,
         )
         settings.update(overrides)
         audit = Audit(await build(Settings(**settings)), certs, url)

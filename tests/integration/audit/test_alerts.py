@@ -9,12 +9,12 @@ import hashlib
 import hmac
 import json
 
+import asyncpg
 import grpc
 import pytest
 
-from sendsafe.audit.v1 import alert_pb2
+from sendsafe.audit.v1 import alert_pb2, event_pb2
 from sendsafe.audit.v1 import audit_service_pb2 as pb
-from sendsafe.audit.v1 import event_pb2
 from tests.integration.audit.conftest import (
     AuditFactory,
     FakeNotifications,
@@ -105,7 +105,8 @@ async def test_threshold_rule_fires_exactly_once_per_window_under_concurrent_eve
     # Emitters stamp their own times, so the log's order is not quite time order: the count when it fired
     # is the matching events in the ten minutes up to the firing event's time, at least the threshold.
     assert fired[0].match_count >= 5 and fired[0].window_seconds == 600
-    rows = await audit.app.extras["pool"].fetch(
+    pool: asyncpg.Pool = audit.app.extras["pool"]  # type: ignore[assignment]
+    rows = await pool.fetch(
         "SELECT sequence FROM events WHERE account_id = $1 AND action = 'test.login' ORDER BY sequence", account)
     assert len(rows) == 60 and fired[0].event_sequence in {r["sequence"] for r in rows[4:]}
 
@@ -137,7 +138,7 @@ async def test_webhook_notification_is_signed_retried_and_recorded(
 
     (alert,) = await eventually(history, what="the delivery status")
     (delivery,) = alert.deliveries
-    assert (delivery.channel, delivery.attempts, delivery.target) == ("webhook", 2, f"https://localhost/…")
+    assert (delivery.channel, delivery.attempts, delivery.target) == ("webhook", 2, "https://localhost/…")
     assert alert.event_id == trigger.event_id
     # Rotating the secret changes the signature's key; the reveal and the rotation are in the feed.
     rotated = await stub.RotateWebhookSecret(pb.RotateWebhookSecretRequest(), metadata=md)
