@@ -67,7 +67,7 @@ def _background(stack: contextlib.AsyncExitStack, coro: Coroutine[Any, Any, obje
 
 
 async def _common(settings: Settings, stack: contextlib.AsyncExitStack) -> tuple[Any, ...]:
-    pool = await create_pool(settings.database_url, max_size=20)
+    pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
     stack.push_async_callback(pool.close)
     await migrate(pool, MIGRATIONS)
     redis = make_redis(settings.redis_url)

@@ -14,6 +14,8 @@ class Settings(KitSettings):
     keys_addr: str = setting("KEYS_ADDR", doc="host:port of the keys service (data keys for bodies at rest)")
     data_key_ttl_seconds: float = setting("MESSAGING_DATA_KEY_TTL_SECONDS", default=300.0)
 
+    db_pool_size: int = setting("MESSAGING_DB_POOL_SIZE", default=20, doc="PostgreSQL connections per process (max)")
+
     # Credit and prices.
     trial_credit: str = setting("MESSAGING_TRIAL_CREDIT", default="10.000000",
                                 doc="credit a new account starts with (decimal)")

@@ -76,6 +76,7 @@ async def messaging_settings(
         # Limits are off unless a test turns them on (tests/integration/messaging/test_limits.py).
         account_rate=0.0, account_burst=0, key_rate=0.0, key_burst=0, prefix_limit=0,
         webhook_allow_private=True, webhook_ca_file=str(certs.public_ca), webhook_backoff_ms=100,
+        db_pool_size=6,  # the machine's PostgreSQL is shared by every test run: stay small
     )
 
 
