@@ -35,7 +35,8 @@ from services.identity.domain import MfaCodeInvalid, PasswordRejected
 @dataclass(frozen=True)
 class Argon2Params:
     """argon2id cost. Defaults: RFC 9106's second recommended option scaled to a 2-core host -- 64 MiB,
-    3 passes, 1 lane -- about 10 logins/s per core (see `make bench`)."""
+    3 passes, 1 lane -- about 0.2 s of one core per verification on the development machine, so a few
+    logins/s per core (`python -m bench identity` measures it)."""
 
     time_cost: int = 3
     memory_kib: int = 64 * 1024
