@@ -7,6 +7,7 @@ its store's counters and its Hasher's verification count; the audit feed is read
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -163,12 +164,18 @@ async def test_same_totp_code_in_parallel_logins_lets_exactly_one_in(
     roomy_identity: App, audit_app: App, certs: CertBundle
 ) -> None:
     racers = 30
-    username, account_id, _ = await _customer(roomy_identity, certs)
+    username, account_id, user_id = await _customer(roomy_identity, certs)
     address = _address()
     async with channel_as(certs, "gateway", roomy_identity.port, "identity") as ch:
         auth = auth_service_pb2_grpc.AuthServiceStub(ch)
         first = await auth.Login(_password_login(username), metadata=_anonymous(address))
         totp, confirmed_step = await _enrol_totp(auth, await _as_session(auth, first.session_token, address))
+        # At rest the secret is sealed with the account's data key (through the keys service), never in clear.
+        store: PgIdentityStore = roomy_identity.extras["store"]
+        factor = await store.totp_factor("user", user_id)
+        assert factor is not None and factor.confirmed
+        for clear in (totp.secret.encode(), base64.b32decode(totp.secret)):
+            assert clear not in factor.secret_blob
         # The confirmation consumed its step; the next one is fresh and inside the +-1 window.
         code = totp.at((confirmed_step + 1) * 30)
         request = auth_pb.LoginRequest(username=username, password=PASSWORD, totp_code=code)
