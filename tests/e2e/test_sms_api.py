@@ -23,7 +23,7 @@ from svckit.rpc import secure_channel
 from svckit.testing import CertBundle
 from svckit.tls import TlsFiles
 from tests.e2e.api_client import Http, sdk_client
-from tests.e2e.conftest import Customer
+from tests.e2e.conftest import Customer, OtlpReceiver
 from tools.suite import Suite
 
 T = TypeVar("T")
@@ -321,3 +321,42 @@ def test_a_deidentified_subaccount_sees_no_content(customer: Customer) -> None:
         with pytest.raises(ForbiddenException) as search:
             api.view_sms_history(q=f"to:{REAL}", limit=15)
         assert envelope(search.value)["response_code"] == "FORBIDDEN"
+
+
+# -- nothing of the content in any log or span of the whole suite -------------------------------------------
+
+
+def test_no_body_or_number_in_any_suite_log_or_span(tester: Customer, suite: Suite,
+                                                   otlp: tuple[OtlpReceiver, int]) -> None:
+    """Send, search, deliver, receipt, reply and history with a unique body and number, then scan every
+    process's log file and every span exported to the OTLP receiver."""
+    receiver, _ = otlp
+    body, reply = f"confidential {uuid.uuid4().hex}", f"answer {uuid.uuid4().hex}"
+    number = unique_number()
+    with sdk_client(tester.url, tester.username, tester.api_key, str(tester.ca)) as client:
+        api = clicksend.SmsApi(client)
+        mid = api.send_sms(send_sms_request={"messages": [{"to": number, "body": body}]},
+                           _headers={"Idempotency-Key": uuid.uuid4().hex}).data.messages[0].message_id
+        api.calculate_sms_price(calculate_sms_price_request={"messages": [{"to": number, "body": body}]})
+        api.view_sms_history(q=f"to:{number},body:{body[:20]}", limit=15)
+        until(lambda: _receipt(api, mid), lambda r: r is not None, "the receipt")
+        r = Http(tester.url, str(tester.ca)).call("POST", "/v3/sms/inbound", auth=(tester.username, tester.api_key),
+                                                    json_body={"url": "poll", "original_message_id": mid,
+                                                               "body": reply})
+        assert r.status == 200
+        api.view_inbound_sms(limit=15)
+
+    def settled(spans: list[Any]) -> bool:
+        return any(s.service == "messaging" and "ListInboundSms" in s.name for s in spans)
+
+    spans = receiver.wait_for(settled)
+    assert settled(spans), "the calls' spans never arrived: the scan would prove nothing"
+    needles = (body, reply, number, number[3:])
+    for s in spans:
+        text = f"{s.name} {s.attributes!r}"
+        assert not any(n in text for n in needles), f"content in a {s.service} span: {s.name}"
+    logs = sorted(suite.config.workdir.glob("*.log"))
+    assert {p.stem for p in logs} >= {"messaging", "gateway", "messaging-worker0"}
+    for path in logs:
+        content = path.read_text(errors="replace")
+        assert not any(n in content for n in needles), f"content in {path.name}"
