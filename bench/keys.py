@@ -6,7 +6,8 @@
    DecryptDataKey (an unwrap: what each cache miss costs) and VerifyApiKey (a gateway auth-cache miss) calls/s.
 3. The send path through the whole suite (POST /v3/sms/send, 1 message per request), with messaging's data-key
    cache at its default and with MESSAGING_DATA_KEY_TTL_SECONDS=0 (a GenerateDataKey call per message),
-   with the keys service's CPU per request.
+   with the keys service's CPU per request; then reading those messages back (GET /v3/sms/history, 100 per
+   page: with the cache off, every message's data key is its own and is unwrapped by the keys service).
 
 BENCH_SECONDS (default 8) per figure; BENCH_CONCURRENCY (default 32).
 """
@@ -24,6 +25,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from bench.load import Result, run
 from tools.suite import Suite, SuiteConfig, ensure_databases, ensure_root_key
@@ -69,6 +72,7 @@ async def _in_process(seconds: float) -> str:
 async def _rpc_rate(label: str, call: Callable[[], Awaitable[Any]], concurrency: int, seconds: float) -> str:
     latencies: list[float] = []
     errors = 0
+    kinds: dict[str, int] = {}
     for _ in range(50):  # warm up the channel and the keys service's caches
         await call()
     stop = time.perf_counter() + seconds
@@ -79,8 +83,10 @@ async def _rpc_rate(label: str, call: Callable[[], Awaitable[Any]], concurrency:
             t = time.perf_counter()
             try:
                 await call()
-            except Exception:
+            except Exception as exc:
                 errors += 1
+                kind = str(exc.code().name) if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
+                kinds[kind] = kinds.get(kind, 0) + 1
                 continue
             latencies.append(time.perf_counter() - t)
 
@@ -88,7 +94,7 @@ async def _rpc_rate(label: str, call: Callable[[], Awaitable[Any]], concurrency:
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - t0
     r = Result(label, len(latencies), len(latencies), errors, elapsed, latencies)
-    return r.line("call")
+    return r.line("call") + (f"  {kinds}" if kinds else "")
 
 
 async def _keys_rpcs(suite: Suite, certs: Path, seconds: float, concurrency: int) -> list[str]:
@@ -170,7 +176,13 @@ def _send_path(work: Path, certs: Path, tag: str, messaging_env: dict[str, str],
                                  ca=str(certs / "public-ca.crt"), concurrency=conc, seconds=seconds, method="POST",
                                  body=lambda: one, headers=headers))
         keys_cpu_ms = 1000 * (_cpu_seconds(keys_pid) - before) / max(result.requests, 1)
-        lines = asyncio.run(_keys_rpcs(suite, certs, seconds, conc)) if rpcs else []
+        before = _cpu_seconds(keys_pid)
+        history = asyncio.run(run(f"GET /v3/sms/history, 100/page, {tag}",
+                                  f"{suite.gateway_url}/v3/sms/history?limit=100", ca=str(certs / "public-ca.crt"),
+                                  concurrency=4, seconds=seconds / 2, headers=headers, items_per_request=100))
+        history_cpu = 1000 * (_cpu_seconds(keys_pid) - before) / max(history.requests, 1)
+        lines = [history.line(), f"    keys service CPU-ms per page: {history_cpu:.2f}"]
+        lines += asyncio.run(_keys_rpcs(suite, certs, seconds, conc)) if rpcs else []
         return result, keys_cpu_ms, lines
     finally:
         suite.stop()
@@ -186,15 +198,17 @@ def main() -> int:
 
     certs = work / "certs"
     ensure_dev_certs(certs)
-    cached, cached_cpu, rpc_lines = _send_path(work, certs, "data-key cache on", {}, seconds, conc, rpcs=True)
-    for line in rpc_lines:
-        print(line)
-    uncached, uncached_cpu, _ = _send_path(
+    cached, cached_cpu, cached_lines = _send_path(work, certs, "data-key cache on", {}, seconds, conc, rpcs=True)
+    uncached, uncached_cpu, uncached_lines = _send_path(
         work, certs, "cache off (TTL 0)", {"MESSAGING_DATA_KEY_TTL_SECONDS": "0"}, seconds, conc
     )
+    for line in cached_lines[2:]:
+        print(line)
     for r, cpu in ((cached, cached_cpu), (uncached, uncached_cpu)):
         print(r.line())
         print(f"    keys service CPU-ms per request: {cpu:.2f}")
+    for line in cached_lines[:2] + uncached_lines[:2]:
+        print(line)
     print(f"send path without the data-key cache: {uncached.rps / max(cached.rps, 1e-9):.2f}x the cached rate, "
           f"p50 {uncached.pct(50) - cached.pct(50):+.1f} ms")
     return 0
