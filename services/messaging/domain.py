@@ -112,6 +112,7 @@ __all__ = [
     "NewInbound",
     "NewMessage",
     "NotCancellable",
+    "NumberIndexer",
     "OptAction",
     "OriginalMessage",
     "OutboundInput",
@@ -1331,13 +1332,30 @@ INDEX_KEY_RECORD: Final = "sms.index_key"
 INDEX_KEY_SIZE: Final = 32
 
 
+_NUMBER_INDEX_LABEL: Final = b"sendsafe.sms.number.v1\x00"
+
+
 def number_index(key: bytes, e164: str) -> bytes:
     """HMAC-SHA256 of a normalised number under the account's index key: lets the database match a number
     exactly (history `to:`, opt-outs, inbound matching) without holding it. The key lives encrypted under
     the account's key-encryption key, so destroying the account's keys also makes these unlinkable."""
-    if len(key) != INDEX_KEY_SIZE:
-        raise ValueError("index key must be 32 bytes")
-    return hmac.new(key, b"sendsafe.sms.number.v1\x00" + e164.encode("ascii"), hashlib.sha256).digest()
+    return NumberIndexer(key)(e164)
+
+
+class NumberIndexer:
+    """`number_index` with the key schedule done once: the send path hashes every recipient."""
+
+    __slots__ = ("_base",)
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != INDEX_KEY_SIZE:
+            raise ValueError("index key must be 32 bytes")
+        self._base = hmac.new(key, _NUMBER_INDEX_LABEL, hashlib.sha256)
+
+    def __call__(self, e164: str) -> bytes:
+        h = self._base.copy()
+        h.update(e164.encode("ascii"))
+        return h.digest()
 
 
 def index_token(key: bytes, purpose: str, value: str) -> str:
@@ -1555,15 +1573,22 @@ class LimitVerdict:
 def destination_prefix(e164: str, national_digits: int, region: str = "") -> str:
     """Country calling code plus the first `national_digits` digits of the national number. With the
     number's region (known after validation) the calling code is a table lookup, not a parse."""
-    cc = phonenumbers.country_code_for_region(region) if region else 0
-    if cc and e164.startswith(f"+{cc}"):
-        return e164[: 1 + len(str(cc)) + national_digits]
+    cc = _calling_code(region) if region else ""
+    if cc and e164.startswith(cc):
+        return e164[: len(cc) + national_digits]
     try:
         number = phonenumbers.parse(e164, None)
     except phonenumbers.NumberParseException:
         return e164[: 1 + national_digits]
     national = str(number.national_number)
     return f"+{number.country_code}{national[:national_digits]}"
+
+
+@functools.lru_cache(maxsize=512)
+def _calling_code(region: str) -> str:
+    """"+61" for "AU" ("" when unknown)."""
+    cc = phonenumbers.country_code_for_region(region)
+    return f"+{cc}" if cc else ""
 
 
 def retry_after_seconds(wait: float) -> int:

@@ -59,6 +59,7 @@ from services.messaging.domain import (
     NewInbound,
     NewMessage,
     NotCancellable,
+    NumberIndexer,
     OutboundInput,
     PageWindow,
     PriceTable,
@@ -226,6 +227,7 @@ class IndexKeys:
         self._max = max_entries
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._inflight: dict[int, asyncio.Task[bytes]] = {}
+        self._indexers: dict[int, tuple[bytes, NumberIndexer]] = {}
 
     async def get(self, account_id: int) -> bytes:
         key = self._cache.get(account_id)
@@ -242,6 +244,17 @@ class IndexKeys:
         while len(self._cache) > self._max:
             self._cache.popitem(last=False)
         return key
+
+    async def indexer(self, account_id: int) -> NumberIndexer:
+        """The account's number hasher, its key schedule done once per cached key."""
+        key = await self.get(account_id)
+        hasher = self._indexers.get(account_id)
+        if hasher is None or hasher[0] is not key:
+            hasher = (key, NumberIndexer(key))
+            self._indexers[account_id] = hasher
+            while len(self._indexers) > self._max:
+                self._indexers.pop(next(iter(self._indexers)))
+        return hasher[1]
 
     async def _load(self, account_id: int) -> bytes:
         aad = aad_for(account_id, INDEX_KEY_RECORD, str(account_id))
@@ -465,6 +478,7 @@ class MessagingService:
         if not valid:
             return SendResult(date=now, items=[it for it in items if it is not None], currency=self.currency)
         key = await self.keys.get(acct)
+        to_index = await self.keys.indexer(acct)
         ids = [new_message_id() for _ in valid]
         blobs = await self._cipher.encrypt_many(
             acct,
@@ -501,7 +515,7 @@ class MessagingService:
                 from_email=m.from_email, list_id=m.list_id, contact_id=m.contact_id,
                 schedule=v.schedule if scheduled else None,
                 publish_at=v.schedule if scheduled and v.schedule is not None else now + int(self._grace + 0.999),
-                to_hash=number_index(key, v.to),
+                to_hash=to_index(v.to),
             ))
 
         def build(statuses: list[MessageStatusCode]) -> SendResult:
@@ -643,8 +657,8 @@ class MessagingService:
         blocked: set[tuple[int, bytes]] = set()
         hashes: list[bytes] = []
         if valid:
-            key = await self.keys.get(caller.account_id)
-            hashes = [number_index(key, v.to) for _, v, _ in valid]
+            to_index = await self.keys.indexer(caller.account_id)
+            hashes = [to_index(v.to) for _, v, _ in valid]
             blocked = await self._store.opted_out(sorted({(caller.account_id, h) for h in hashes}))
         for (i, v, price), h in zip(valid, hashes, strict=True):
             m = inputs[i]
