@@ -82,7 +82,7 @@ class CallbackReceiver:
         try:
             doc = json.loads(raw)
             receipts, inbound = _parse(doc, self._carrier)
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, KeyError):
             return _answer(400, "malformed")
         try:
             applied, unresolved = await self._delivery.apply_carrier_receipts(receipts) if receipts else (0, 0)

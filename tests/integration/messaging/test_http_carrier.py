@@ -86,6 +86,7 @@ async def test_callbacks_with_a_bad_or_stale_signature_are_refused(messaging: Me
     forged = {"receipts": [{"id": mid, "status": "delivered"}]}
     assert await carrier.callback(callback, forged, secret=b"guessed") == 401
     assert await carrier.callback(callback, forged, timestamp=int(time.time()) - 600) == 401
+    assert await carrier.callback(callback, {"inbound": [{"from": REAL_NUMBER}]}) == 400  # signed but malformed
     assert (await statuses(messaging, 9202))[mid] == "SENT"
     receiver = worker.extras["receiver"]
     assert receiver.rejected == 2
