@@ -106,7 +106,7 @@ async def build(settings: Settings) -> App:
             currency=currency_for(settings.currency),
             limiter=RedisLimiter(redis, settings.limits_prefix),
             options=MessagingOptions(
-                outbox_grace_seconds=settings.outbox_grace_seconds, redeliver_seconds=settings.lease_seconds,
+                outbox_grace_seconds=settings.outbox_grace_seconds, redeliver_seconds=settings.redeliver_seconds,
                 relay_batch=settings.relay_batch, rates=rates, allow_private_webhooks=settings.webhook_allow_private,
             ),
             record=record,

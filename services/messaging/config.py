@@ -36,8 +36,11 @@ class Settings(KitSettings):
     worker_block_ms: int = setting("MESSAGING_WORKER_BLOCK_MS", default=1000)
     reclaim_idle_ms: int = setting(
         "MESSAGING_RECLAIM_IDLE_MS", default=30_000,
-        doc="a dead worker's stream entries are taken over after this idle time; also the claim lease and how"
-            " long a published message may wait unclaimed before the outbox publishes it again")
+        doc="a dead worker's stream entries are taken over after this idle time; also the claim lease")
+    redeliver_seconds: float = setting(
+        "MESSAGING_REDELIVER_SECONDS", default=300.0,
+        doc="a published message nobody claimed within this time is published again (the stream entry was"
+            " lost), then after 2x, 4x ... 32x that")
     max_attempts: int = setting("MESSAGING_MAX_ATTEMPTS", default=5)
     retry_base_ms: int = setting("MESSAGING_RETRY_BASE_MS", default=1000)
     retry_cap_ms: int = setting("MESSAGING_RETRY_CAP_MS", default=60_000)

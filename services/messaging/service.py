@@ -395,7 +395,7 @@ _JobResult = list[MessageStatusCode] | Exception | _Replay
 @dataclass(frozen=True)
 class MessagingOptions:
     outbox_grace_seconds: float = 5.0
-    redeliver_seconds: float = 30.0
+    redeliver_seconds: float = 300.0
     relay_batch: int = 500
     rates: RateConfig = field(default_factory=RateConfig)
     allow_private_webhooks: bool = False  # tests only: loopback/private webhook URLs and any port

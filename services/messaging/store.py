@@ -56,11 +56,9 @@ _CLAIM = (
     "  (status IN ('QUEUED', 'SCHEDULED') AND (schedule_time IS NULL OR schedule_time <= now()))"
     "  OR (status = 'SENDING' AND next_attempt_time IS NOT NULL AND next_attempt_time <= now())"
     "  OR (status = 'SENDING' AND next_attempt_time IS NULL AND status_time < now() - make_interval(secs => $2)))"
-    " RETURNING id, account_id, body_ct, to_ct, sender, attempts, is_test),"
-    # The outbox row now waits for the lease: if this worker dies, the message is published again.
-    " o AS (INSERT INTO outbox (message_id, available_time)"
-    "  SELECT id, now() + make_interval(secs => $2) FROM c"
-    "  ON CONFLICT (message_id) DO UPDATE SET available_time = EXCLUDED.available_time)"
+    " RETURNING id, account_id, body_ct, to_ct, sender, attempts, is_test)"
+    # The message's outbox row stays until it settles: should this worker die with the stream entry
+    # lost too, the relay publishes it again when the row's time comes (after the lease: see above).
     " SELECT * FROM c"
 )
 _FINAL = [MessageStatus.DELIVERED.value, MessageStatus.FAILED.value, MessageStatus.CANCELLED.value]
@@ -300,16 +298,16 @@ class PgMessageStore:
         retried) has another time and is left alone."""
         if published:
             await self._pool.execute(
-                "UPDATE outbox o SET available_time = now() + make_interval(secs => $3)"
+                "UPDATE outbox o SET available_time = now() + make_interval(secs => $3), publish_count = 1"
                 " FROM unnest($1::uuid[], $2::timestamptz[]) AS r(id, at)"
                 " WHERE o.message_id = r.id AND o.available_time = r.at",
                 _uuids([p[0] for p in published]), [_ts(p[1]) for p in published], float(redeliver_s),
             )
 
     async def relay_due(self, limit: int, publish: Callable[[list[str]], Awaitable[None]], redeliver_s: float) -> int:
-        """Publish the messages whose outbox time has come and move that time on by `redeliver_s`, in one
-        transaction (SKIP LOCKED, so several relays share the work; a failed publish rolls back). Rows of
-        messages that have settled meanwhile are deleted."""
+        """Publish the messages whose outbox time has come and move that time on by `redeliver_s`, doubled
+        for every earlier republication (capped at 32x), in one transaction (SKIP LOCKED, so several relays
+        share the work; a failed publish rolls back). Rows of messages that have settled are deleted."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT o.id, o.message_id, m.status FROM outbox o LEFT JOIN messages m ON m.id = o.message_id"
@@ -323,7 +321,9 @@ class PgMessageStore:
             if live:
                 await publish(list(dict.fromkeys(_mid(r["message_id"]) for r in live)))
                 await conn.execute(
-                    "UPDATE outbox SET available_time = now() + make_interval(secs => $2) WHERE id = ANY($1::bigint[])",
+                    "UPDATE outbox SET publish_count = publish_count + 1,"
+                    " available_time = now() + make_interval(secs => $2 * 2 ^ least(publish_count, 5))"
+                    " WHERE id = ANY($1::bigint[])",
                     [r["id"] for r in live], float(redeliver_s),
                 )
             if dead:
@@ -730,7 +730,8 @@ class PgMessageStore:
                     " WHERE m.id = r.id AND m.status = 'SENDING' RETURNING m.id, r.delay)"
                     " INSERT INTO outbox (message_id, available_time)"
                     " SELECT id, now() + make_interval(secs => delay) FROM u"
-                    " ON CONFLICT (message_id) DO UPDATE SET available_time = EXCLUDED.available_time",
+                    " ON CONFLICT (message_id) DO UPDATE SET available_time = EXCLUDED.available_time,"
+                    " publish_count = 0",
                     ids, delays,
                 )
             done: list[str] = []

@@ -71,7 +71,8 @@ async def messaging_settings(
         tls_cert_file=tls.cert, tls_key_file=tls.key, tls_ca_file=tls.ca,
         database_url=await new_database("messaging"), redis_url=redis_url, redis_prefix=redis_prefix,
         audit_addr=f"127.0.0.1:{audit_app.port}", keys_addr=keys_addr,
-        relay_interval_seconds=0.2, outbox_grace_seconds=1.0, reclaim_idle_ms=1000, worker_block_ms=200,
+        relay_interval_seconds=0.2, outbox_grace_seconds=1.0, reclaim_idle_ms=1000, redeliver_seconds=1.0,
+        worker_block_ms=200,
         sim_receipt_delay_ms=100, retry_base_ms=50, retry_cap_ms=200, shutdown_grace_seconds=1.0,
         # Limits are off unless a test turns them on (tests/integration/messaging/test_limits.py).
         account_rate=0.0, account_burst=0, key_rate=0.0, key_burst=0, prefix_limit=0,

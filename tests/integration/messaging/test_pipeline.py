@@ -241,3 +241,28 @@ async def test_dead_consumers_without_pending_entries_are_pruned(messaging: Mess
         assert names == {b"dead-with-pending"}  # its entry still needs reclaiming
     finally:
         await redis.aclose()
+
+
+async def test_unclaimed_messages_are_republished_ever_less_often(messaging: Messaging, certs: CertBundle) -> None:
+    """No worker: the relay publishes again each time the row comes due, doubling the wait (a long backlog
+    is not flooded into the stream again and again)."""
+    ch, stub = stub_for(messaging, certs)
+    async with ch:
+        sent = await stub.SendSms(pb.SendSmsRequest(messages=[sms(REAL_NUMBER, "backlog")]),  # type: ignore[attr-defined]
+                                  metadata=principal_md(706))
+    mid = sent.messages[0].message_id
+    waits = []
+    for expected_count in (1, 2, 3):
+        await messaging.pool.execute(
+            "UPDATE outbox SET available_time = now() - interval '1 second' WHERE message_id = $1::uuid", mid)
+
+        async def republished(n: int = expected_count) -> bool:
+            row = await messaging.pool.fetchrow(
+                "SELECT publish_count FROM outbox WHERE message_id = $1::uuid", mid)
+            return row is not None and row["publish_count"] >= n
+
+        await eventually(republished, what=f"republication {expected_count}")
+        waits.append(await messaging.pool.fetchval(
+            "SELECT extract(epoch FROM available_time - now()) FROM outbox WHERE message_id = $1::uuid", mid))
+    # redeliver_seconds is 1.0 in these tests: the second and third waits are about 2 and 4 seconds.
+    assert waits[1] > 1.5 and waits[2] > 3.5 and waits[2] > waits[1]

@@ -294,7 +294,7 @@ async def test_publish_failure_leaves_the_outbox_to_the_relay(parts) -> None:  #
     assert await svc.relay_outbox() == 1
     assert queue.published == [result.items[0].message_id]
     # Published, not forgotten: the row waits (redeliver_seconds) in case the stream entry is lost.
-    assert [at for _, at in store.outbox] == [NOW + 30]
+    assert [at for _, at in store.outbox] == [NOW + 300]
 
 
 async def test_published_rows_wait_in_the_outbox_until_settled(parts) -> None:  # type: ignore[no-untyped-def]
@@ -304,7 +304,7 @@ async def test_published_rows_wait_in_the_outbox_until_settled(parts) -> None:  
     assert [at for _, at in store.outbox] == [NOW + 5, NOW + 5]
     assert await svc.forget_published() == 2
     # Moved on by redeliver_seconds, not deleted: a lost stream entry is published again.
-    assert [at for _, at in store.outbox] == [NOW + 30, NOW + 30]
+    assert [at for _, at in store.outbox] == [NOW + 300, NOW + 300]
 
 
 async def test_scheduled_messages_wait_in_the_outbox(parts) -> None:  # type: ignore[no-untyped-def]
