@@ -15,39 +15,49 @@ key ids and keyed tokens of prefixes, never a phone number.
 from __future__ import annotations
 
 import asyncio
-import json
+import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from services.messaging.domain import LimitRequest, LimitVerdict
 
 _LOG = logging.getLogger(__name__)
 
-# ARGV[1] = JSON plan: [{"b": [[key index, capacity, rate/s, window s, name], ...],
-#                        "v": [[key index, limit, window s, count], ...], "x": exempt count}, ...]
+# ARGV, flat (no JSON to build or parse): for each request, in order,
+#   nb, then nb x (key index, capacity, rate/s, window s), nv, then nv x (key index, limit, window s, count),
+#   and the number of exempt messages.
 # Returns per request: {wait_ms (0 ok, -1 never), exceeded bucket number (1-based, 0 none), allowed per "v"...}
 _SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local plan = cjson.decode(ARGV[1])
+local a = ARGV
+local i = 1
 local out = {}
-for ri, req in ipairs(plan) do
+while i <= #a do
+  local b, v = {}, {}
+  local nb = tonumber(a[i]); i = i + 1
+  for k = 1, nb do
+    b[k] = {tonumber(a[i]), tonumber(a[i + 1]), tonumber(a[i + 2]), tonumber(a[i + 3])}; i = i + 4
+  end
+  local nv = tonumber(a[i]); i = i + 1
+  for k = 1, nv do
+    v[k] = {tonumber(a[i]), tonumber(a[i + 1]), tonumber(a[i + 2]), tonumber(a[i + 3])}; i = i + 4
+  end
+  local cost = tonumber(a[i]); i = i + 1
   local allowed = {}
-  local cost = req.x
-  for vi, v in ipairs(req.v) do
-    local wkey = KEYS[v[1]] .. ':' .. math.floor(now / v[3])
-    local used = tonumber(redis.call('GET', wkey) or '0')
-    local a = math.max(0, math.min(v[4], v[2] - used))
-    allowed[vi] = a
-    cost = cost + a
+  for vi = 1, nv do
+    local used = tonumber(redis.call('GET', KEYS[v[vi][1]] .. ':' .. math.floor(now / v[vi][3])) or '0')
+    allowed[vi] = math.max(0, math.min(v[vi][4], v[vi][2] - used))
+    cost = cost + allowed[vi]
   end
   local wait, which = 0, 0
   local fresh = {}
-  for bi, b in ipairs(req.b) do
-    local key, cap, rate, window = KEYS[b[1]], b[2], b[3], b[4]
+  for bi = 1, nb do
+    local key, cap, rate, window = KEYS[b[bi][1]], b[bi][2], b[bi][3], b[bi][4]
     local w = 0
     if window > 0 then
       local used = tonumber(redis.call('GET', key .. ':' .. math.floor(now / window)) or '0')
@@ -59,7 +69,7 @@ for ri, req in ipairs(plan) do
       local ts = tonumber(h[2]) or now
       tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
       fresh[bi] = tokens
-      if cost > cap or rate <= 0 and tokens < cost then w = -1
+      if cost > cap or (rate <= 0 and tokens < cost) then w = -1
       elseif tokens < cost then w = (cost - tokens) / rate end
     end
     if w ~= 0 and wait ~= -1 then
@@ -67,11 +77,11 @@ for ri, req in ipairs(plan) do
     end
   end
   if wait ~= 0 then
-    out[ri] = {wait == -1 and -1 or math.max(1, math.ceil(wait * 1000)), which}
+    out[#out + 1] = {wait == -1 and -1 or math.max(1, math.ceil(wait * 1000)), which}
   else
     if cost > 0 then
-      for bi, b in ipairs(req.b) do
-        local key, cap, rate, window = KEYS[b[1]], b[2], b[3], b[4]
+      for bi = 1, nb do
+        local key, cap, rate, window = KEYS[b[bi][1]], b[bi][2], b[bi][3], b[bi][4]
         if window > 0 then
           local wkey = key .. ':' .. math.floor(now / window)
           redis.call('INCRBY', wkey, cost)
@@ -81,17 +91,17 @@ for ri, req in ipairs(plan) do
           redis.call('EXPIRE', key, math.ceil(cap / math.max(rate, 0.001)) + 60)
         end
       end
-      for vi, v in ipairs(req.v) do
+      for vi = 1, nv do
         if allowed[vi] > 0 then
-          local wkey = KEYS[v[1]] .. ':' .. math.floor(now / v[3])
+          local wkey = KEYS[v[vi][1]] .. ':' .. math.floor(now / v[vi][3])
           redis.call('INCRBY', wkey, allowed[vi])
-          redis.call('EXPIRE', wkey, v[3] * 2)
+          redis.call('EXPIRE', wkey, v[vi][3] * 2)
         end
       end
     end
     local r = {0, 0}
-    for vi = 1, #req.v do r[#r + 1] = allowed[vi] end
-    out[ri] = r
+    for vi = 1, nv do r[#r + 1] = allowed[vi] end
+    out[#out + 1] = r
   end
 end
 return out
@@ -107,7 +117,15 @@ class RedisLimiter:
         self._redis = redis
         self._prefix = prefix
         self._timeout = timeout
-        self._script: Any = redis.register_script(_SCRIPT)
+        self._sha = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+    async def _eval(self, keys: list[str], args: list[int | float]) -> Any:
+        """EVALSHA, loading the script once when Redis does not know it (first call, or after a restart)."""
+        try:
+            return await self._redis.evalsha(self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._redis.script_load(_SCRIPT)
+            return await self._redis.evalsha(self._sha, len(keys), *keys, *args)
 
     async def check(self, requests: Sequence[LimitRequest]) -> list[LimitVerdict]:
         keys: list[str] = []
@@ -119,7 +137,7 @@ class RedisLimiter:
                 index[key] = len(keys)
             return index[key]
 
-        plan: list[dict[str, Any]] = []
+        args: list[int | float] = []
         velocity_keys: list[list[str]] = []
         for req in requests:
             counts: dict[str, tuple[int, int, int]] = {}
@@ -131,16 +149,18 @@ class RedisLimiter:
                 n = counts.get(v.key, (v.limit, v.window, 0))[2]
                 counts[v.key] = (v.limit, v.window, n + 1)
             velocity_keys.append(list(counts))
-            plan.append({
-                "b": [[ref(b.key), b.capacity, b.rate, b.window] for b in req.buckets] or [],
-                "v": [[ref(k), lim, win, n] for k, (lim, win, n) in counts.items()] or [],
-                "x": exempt,
-            })
+            args.append(len(req.buckets))
+            for b in req.buckets:
+                args.extend((ref(b.key), b.capacity, b.rate, b.window))
+            args.append(len(counts))
+            for k, (lim, win, n) in counts.items():
+                args.extend((ref(k), lim, win, n))
+            args.append(exempt)
         if not keys:
             return [_all_pass(r) for r in requests]
         try:
             async with asyncio.timeout(self._timeout):
-                raw: Any = await self._script(keys=keys, args=[json.dumps(plan)])
+                raw: Any = await self._eval(keys, args)
         except (TimeoutError, OSError, aioredis.RedisError) as exc:
             _LOG.warning("rate limiter unavailable (%s); letting %d requests through", type(exc).__name__,
                          len(requests))
