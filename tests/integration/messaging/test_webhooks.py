@@ -65,6 +65,11 @@ async def test_receipts_and_replies_reach_the_webhook_signed(messaging: Messagin
         assert clicksend.InboundSms.from_dict(reply).body == "Yes please"
         assert (reply["from"], reply["original_message_id"], reply["original_body"]) == (REAL_NUMBER, mid, "hi")
 
+        async def logged() -> bool:  # the log row is written once the receiver's answer is back
+            got = await stub.ListWebhookDeliveries(pb.ListWebhookDeliveriesRequest(), metadata=md)  # type: ignore[attr-defined]
+            return len(got.deliveries) == 2
+
+        await eventually(logged, what="both deliveries in the log")
         log = await stub.ListWebhookDeliveries(pb.ListWebhookDeliveriesRequest(), metadata=md)  # type: ignore[attr-defined]
         assert sorted(d.event for d in log.deliveries) == ["sms.inbound", "sms.receipt"]
         assert {(d.outcome, d.http_status, d.host) for d in log.deliveries} == {("DELIVERED", 200, "localhost")}
