@@ -101,3 +101,16 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 def session_redis_prefix() -> Iterator[str]:
     yield f"sst:{RUN_ID}:session:"
+
+
+def error_reason(err: object) -> str:
+    """The ErrorInfo reason carried by a failed gRPC call (`grpc.aio.AioRpcError`), or ""."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    for key, value in getattr(err, "trailing_metadata", lambda: ())() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return str(info.reason)
+    return ""

@@ -15,7 +15,6 @@ import asyncpg
 import grpc
 import pytest
 from aiohttp import web
-from google.rpc import error_details_pb2, status_pb2
 
 from sendsafe.audit.v1 import audit_service_pb2, audit_service_pb2_grpc, event_pb2
 from sendsafe.context.v1 import principal_pb2
@@ -26,6 +25,7 @@ from svckit.app import App
 from svckit.audit import new_event
 from svckit.server import start_server
 from svckit.testing import CertBundle, NewDatabase
+from svckit.testing import error_reason as reason_of  # noqa: F401 - re-exported for this package's tests
 from tests.conftest import channel_as
 
 PRINCIPAL_KEY = "x-sendsafe-principal-bin"
@@ -40,14 +40,6 @@ def principal(account_id: int, *perms: str, user_id: int = 7, staff: bool = Fals
     return ((PRINCIPAL_KEY, p.SerializeToString()),)
 
 
-def reason_of(err: grpc.aio.AioRpcError) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for d in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if d.Unpack(info):
-                    return info.reason
-    return ""
 
 
 def event(account_id: int, action: str = "test.action", *, outcome: int = event_pb2.OUTCOME_SUCCESS,

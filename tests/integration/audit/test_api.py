@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from sendsafe.audit.v1 import audit_service_pb2, audit_service_pb2_grpc, event_pb2
 from sendsafe.context.v1 import principal_pb2
@@ -17,19 +16,9 @@ from svckit.app import App
 from svckit.audit import new_event
 from svckit.rpc import secure_channel
 from svckit.testing import CertBundle, NewDatabase
+from svckit.testing import error_reason as _reason
 from svckit.tls import TlsFiles
 from tests.conftest import channel_as, foreign_tls
-
-
-def _reason(err: grpc.aio.AioRpcError) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            st = status_pb2.Status.FromString(value)
-            for d in st.details:
-                info = error_details_pb2.ErrorInfo()
-                if d.Unpack(info):
-                    return info.reason
-    return ""
 
 
 def _principal(account_id: int, *perms: str) -> tuple[tuple[str, bytes], ...]:

@@ -10,7 +10,6 @@ import clicksend.models
 import grpc
 import pytest
 from google.protobuf.message import DecodeError, Message
-from google.rpc import error_details_pb2, status_pb2
 
 from sendsafe.audit.v1 import event_pb2
 from sendsafe.context.v1 import principal_pb2
@@ -20,19 +19,9 @@ from sendsafe.options.v1 import options_pb2
 from services.identity.domain import PERMISSION_FLAGS
 from svckit.app import App
 from svckit.testing import CertBundle
+from svckit.testing import error_reason as _reason
 from tests.conftest import channel_as
 from tests.integration.identity.fakes import BALANCE, FakeMessaging
-
-
-def _reason(err: grpc.aio.AioRpcError) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            st = status_pb2.Status.FromString(value)
-            for d in st.details:
-                info = error_details_pb2.ErrorInfo()
-                if d.Unpack(info):
-                    return info.reason
-    return ""
 
 
 def _principal(account_id: int, user_id: int, *perms: str) -> tuple[tuple[str, bytes], ...]:

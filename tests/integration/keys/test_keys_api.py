@@ -12,7 +12,6 @@ import asyncpg
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -24,6 +23,7 @@ from services.keys.domain import looks_like_api_key, parse_api_key
 from svckit.app import App
 from svckit.envelope import DecryptFailed, Envelope, KeysStubSource, aad_for
 from svckit.testing import CertBundle
+from svckit.testing import error_reason as _reason
 from tests.conftest import channel_as
 from tests.integration.keys import conftest as keys_conftest
 
@@ -35,15 +35,6 @@ def stub_as(certs: CertBundle, caller: str, app: App) -> tuple[grpc.aio.Channel,
     return ch, keys_service_pb2_grpc.KeysServiceStub(ch)
 
 
-def _reason(err: grpc.aio.AioRpcError) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            st = status_pb2.Status.FromString(value)
-            for detail in st.details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return info.reason
-    return ""
 
 
 async def _issue(certs: CertBundle, app: App, account_id: int = 41, caller: str = "identity") -> pb.IssueApiKeyResponse:

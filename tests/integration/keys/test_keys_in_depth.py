@@ -13,7 +13,6 @@ from datetime import timedelta
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from google.rpc import error_details_pb2, status_pb2
 
 from sendsafe.audit.v1 import audit_service_pb2, audit_service_pb2_grpc, event_pb2
 from sendsafe.context.v1 import principal_pb2
@@ -25,6 +24,7 @@ from svckit.cache import make_redis
 from svckit.envelope import DecryptFailed, Envelope, KeysStubSource, aad_for, rewrap_all
 from svckit.keyevents import KeyNotice, Subscriber
 from svckit.testing import CertBundle
+from svckit.testing import error_reason as _reason
 from tests.conftest import channel_as
 from tests.integration.keys.conftest import Clock
 
@@ -32,14 +32,6 @@ PERMS = ("sms.send", "sms.read", "api_keys.read", "api_keys.write", "audit.read"
 Stub = keys_service_pb2_grpc.KeysServiceStub
 
 
-def _reason(err: grpc.aio.AioRpcError) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return info.reason
-    return ""
 
 
 def as_user(account: int, user: int = 1, perms: tuple[str, ...] = PERMS, key_id: str = "") -> tuple[tuple[str, bytes]]:

@@ -13,7 +13,6 @@ from typing import cast
 import asyncpg
 import grpc
 import pytest
-from google.rpc import error_details_pb2, status_pb2
 
 from sendsafe.audit.v1 import event_pb2
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
@@ -22,6 +21,7 @@ from services.messaging.domain import BODY_RECORD, TO_RECORD
 from svckit.app import App
 from svckit.envelope import DecryptFailed, aad_for
 from svckit.testing import CertBundle
+from svckit.testing import error_reason as reason_of
 from tests.conftest import channel_as
 from tests.integration.messaging.conftest import Messaging, principal_md
 
@@ -29,14 +29,6 @@ REAL_NUMBER = "+61412345678"  # a valid Australian mobile number (not a ClickSen
 TEST_NUMBER = "+61411111111"
 
 
-def reason_of(err: grpc.aio.AioRpcError) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for d in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if d.Unpack(info):
-                    return info.reason
-    return ""
 
 
 def stub_for(m: Messaging, certs: CertBundle, caller: str = "gateway") -> tuple[grpc.aio.Channel, object]:
