@@ -1,4 +1,9 @@
-"""Outbound gRPC channels: mTLS, request-id propagation, default deadlines, rotated certificates.
+"""Outbound gRPC channels: mTLS, request-id and trace propagation, default deadlines, rotated certificates.
+
+Every call made through a channel from `secure_channel` carries the request id of the call being served
+and the W3C trace context (see `svckit.telemetry`), and a unary call without a timeout gets the channel's
+default deadline. This is done where the call is made (`_Follow`), not by a grpc.aio client interceptor:
+an interceptor wraps every call in extra objects and a task, which cost more than the call itself here.
 
 A grpc channel keeps the client certificate and CA it was built with, so `secure_channel` returns a
 `ReloadingChannel`: at most every `reload_check_seconds` (on a call) it stats the certificate files;
@@ -17,6 +22,7 @@ from typing import Any
 import grpc
 
 from svckit import context as callctx
+from svckit import telemetry
 from svckit.tls import TlsFiles, TlsMaterial, TlsWatcher, material_channel_credentials
 
 DEFAULT_TIMEOUT = 5.0
@@ -24,29 +30,6 @@ RELOAD_CHECK_SECONDS = 5.0
 RETIRE_GRACE_SECONDS = 30.0
 
 _LOG = logging.getLogger(__name__)
-
-
-class _ContextInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Adds the request id of the call being served and a deadline when the caller set none."""
-
-    def __init__(self, timeout: float) -> None:
-        self._timeout = timeout
-
-    async def intercept_unary_unary(
-        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
-        rid = callctx.request_id()
-        if rid and callctx.REQUEST_ID_METADATA_KEY not in metadata:
-            metadata.add(callctx.REQUEST_ID_METADATA_KEY, rid)
-        details = grpc.aio.ClientCallDetails(
-            method=client_call_details.method,
-            timeout=client_call_details.timeout if client_call_details.timeout is not None else self._timeout,
-            metadata=metadata,
-            credentials=client_call_details.credentials,
-            wait_for_ready=client_call_details.wait_for_ready,
-        )
-        return await continuation(details, request)
 
 
 class ReloadingChannel(grpc.aio.Channel):
@@ -58,12 +41,14 @@ class ReloadingChannel(grpc.aio.Channel):
         tls: TlsFiles,
         *,
         name: str,
+        timeout: float = DEFAULT_TIMEOUT,
         reload_check_seconds: float = RELOAD_CHECK_SECONDS,
         retire_grace_seconds: float = RETIRE_GRACE_SECONDS,
     ) -> None:
         self._build = build
         self._watcher = TlsWatcher(tls)
         self._name = name
+        self.timeout = timeout  # the deadline of a unary call that sets none
         self._check_every = reload_check_seconds
         self._grace = retire_grace_seconds
         self._next_check = time.monotonic() + reload_check_seconds
@@ -147,7 +132,7 @@ class _Follow:
         self._args = (method, *args)
         self._bound: tuple[grpc.aio.Channel, Any] | None = None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None, **kwargs: Any) -> Any:
         channel = self._owner.current()
         bound = self._bound
         if bound is None or bound[0] is not channel:
@@ -156,7 +141,22 @@ class _Follow:
                 method, request_serializer=ser, response_deserializer=deser, _registered_method=registered
             )
             bound = self._bound = (channel, call)
-        return bound[1](*args, **kwargs)
+        if timeout is None and self._kind == "unary_unary":
+            timeout = self._owner.timeout
+        return bound[1](request, timeout=timeout, metadata=_outgoing(metadata), **kwargs)
+
+
+def _outgoing(metadata: Any) -> Any:
+    """The caller's metadata plus the request id being served and the trace context."""
+    extra = telemetry.outgoing_trace_metadata()
+    rid = callctx.request_id()
+    if not extra and not rid:
+        return metadata
+    out = list(metadata or ())
+    if rid and all(k != callctx.REQUEST_ID_METADATA_KEY for k, _ in out):
+        out.append((callctx.REQUEST_ID_METADATA_KEY, rid))
+    out.extend(extra)
+    return out
 
 
 def secure_channel(
@@ -169,8 +169,6 @@ def secure_channel(
 ) -> ReloadingChannel:
     """A channel to `address` that verifies the server certificate for DNS name `server_name` and
     follows rotations of `tls` (checked at most every `reload_check_seconds`, on a call)."""
-    interceptors = [_ContextInterceptor(timeout)]
-
     def build(material: TlsMaterial) -> grpc.aio.Channel:
         return grpc.aio.secure_channel(
             address,
@@ -180,7 +178,7 @@ def secure_channel(
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ],
-            interceptors=interceptors,
         )
 
-    return ReloadingChannel(build, tls, name=f"{server_name} ({address})", reload_check_seconds=reload_check_seconds)
+    return ReloadingChannel(build, tls, name=f"{server_name} ({address})", timeout=timeout,
+                            reload_check_seconds=reload_check_seconds)

@@ -28,6 +28,7 @@ from grpc_health.v1._async import HealthServicer
 
 from sendsafe.context.v1 import principal_pb2
 from svckit import context as callctx
+from svckit import telemetry
 from svckit.access import access_for
 from svckit.errors import ERROR_DOMAIN, DomainError
 from svckit.tls import TlsFiles, peer_service, server_credentials
@@ -85,7 +86,7 @@ class Guard(grpc.aio.ServerInterceptor):
         guard = self
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = await guard._admit(method, context)
+            trace_token, token = await guard._admit(method, context)
             try:
                 return await inner(request, context)
             except DomainError as err:
@@ -101,6 +102,7 @@ class Guard(grpc.aio.ServerInterceptor):
                 )
             finally:
                 callctx.current.reset(token)
+                telemetry.end_trace(trace_token)
 
         return grpc.unary_unary_rpc_method_handler(
             guarded,
@@ -108,10 +110,13 @@ class Guard(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> Any:
+    async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> tuple[object | None, Any]:
+        """Continue the caller's trace, check the caller and permission, set the call context; returns
+        the tokens that undo the last two (a refused call ends here, its trace token left to the task)."""
+        metadata = {k: v for k, v in (context.invocation_metadata() or ())}
+        trace_token = telemetry.continue_trace(metadata)
         access = access_for(method)
         caller = peer_service(dict(context.auth_context()))  # type: ignore[arg-type]
-        metadata = {k: v for k, v in (context.invocation_metadata() or ())}
         principal: principal_pb2.Principal | None = None
         raw = metadata.get(callctx.PRINCIPAL_METADATA_KEY)
         if raw and caller in PRINCIPAL_ISSUERS:
@@ -125,7 +130,7 @@ class Guard(grpc.aio.ServerInterceptor):
         elif access.permission and (principal is None or access.permission not in principal.permissions):
             await self._deny(context, method, caller, "MISSING_PERMISSION", principal,
                              f"this call needs the {access.permission!r} permission")
-        return callctx.current.set(callctx.CallContext(caller or "", principal, request_id))
+        return trace_token, callctx.current.set(callctx.CallContext(caller or "", principal, request_id))
 
     async def _deny(
         self, context: grpc.aio.ServicerContext, method: str, caller: str | None, reason: str,
