@@ -142,6 +142,41 @@ def _ucs2_units(part: str) -> int:
     return len(part.encode("utf-16-le")) // 2
 
 
+def _reference_parts(body: str) -> tuple[Encoding, int, int]:
+    """Part counting straight from its definition, one character at a time (the slow, obvious way)."""
+    gsm = all(ch in d.GSM7_BASIC or ch in d.GSM7_EXTENSION for ch in body)
+    if gsm:
+        costs, single, multi = [2 if ch in d.GSM7_EXTENSION else 1 for ch in body], 160, 153
+    else:
+        costs, single, multi = [2 if ord(ch) > 0xFFFF else 1 for ch in body], 70, 67
+    units = sum(costs)
+    if units == 0:
+        return (Encoding.GSM7 if gsm else Encoding.UCS2), 0, 0
+    parts, used = 1, 0
+    for c in costs:
+        if units > single and used + c > multi:
+            parts, used = parts + 1, 0
+        used += c
+    return (Encoding.GSM7 if gsm else Encoding.UCS2), units, parts
+
+
+def test_count_parts_matches_the_character_by_character_definition_on_random_bodies() -> None:
+    rng = random.Random(20261129)
+    alphabets = [
+        sorted(d.GSM7_BASIC),
+        sorted(d.GSM7_BASIC | d.GSM7_EXTENSION),
+        sorted(d.GSM7_EXTENSION),
+        [*sorted(d.GSM7_BASIC)[:20], "ж", "\u2019"],
+        ["a", "😀", "é", "€", "\u00a0"],
+    ]
+    for _ in range(3000):
+        alphabet = rng.choice(alphabets)
+        body = "".join(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 69, 70, 71, 153, 160, 161, 307, 600])))
+        got = d.count_parts(body)
+        assert (got.encoding, got.units, got.parts) == _reference_parts(body), repr(body)
+        assert "".join(d.split_parts(body)) == body and len(d.split_parts(body)) == got.parts
+
+
 def test_split_moves_an_escape_pair_to_the_next_part_instead_of_cutting_it() -> None:
     body = "a" * 152 + "€" + "b" * 10  # 164 septets; the euro would occupy septets 153 and 154
     parts = d.split_parts(body)
