@@ -138,7 +138,7 @@ class SendTx(Protocol):
     async def opted_out(self, pairs: Sequence[tuple[int, bytes]]) -> set[tuple[int, bytes]]: ...
     async def claim_idempotency(self, keys: Sequence[tuple[int, bytes, bytes]]) -> set[tuple[int, bytes]]: ...
     async def save_idempotent_results(self, results: Sequence[tuple[int, bytes, bytes]]) -> None: ...
-    async def insert_messages(self, messages: Sequence[NewMessage]) -> None: ...
+    async def insert_messages(self, messages: Sequence[NewMessage]) -> int | None: ...  # outbox batch id
 
 
 class KeyStore(Protocol):
@@ -154,7 +154,7 @@ class InboundStore(KeyStore, Protocol):
 
 class MessageStore(InboundStore, Protocol):
     def send_tx(self, *, atomic: bool = True) -> AbstractAsyncContextManager[SendTx]: ...
-    async def mark_published(self, published: Sequence[tuple[str, int]], redeliver_s: float) -> None: ...
+    async def mark_published(self, batches: Sequence[int], redeliver_s: float) -> None: ...
     async def relay_due(
         self, limit: int, publish: Callable[[list[str]], Awaitable[None]], redeliver_s: float
     ) -> int: ...
@@ -430,7 +430,7 @@ class MessagingService:
         self._clock = clock
         self._limiter = limiter
         self._record = record
-        self._published: list[tuple[str, int]] = []
+        self._published: list[int] = []  # outbox batches published since the last forget_published
         self._group: GroupCommit[_SendJob, _JobResult] = GroupCommit(self._commit_group)
         self.keys = IndexKeys(store, cipher)
         self.replies = Replies(store, cipher, self.keys)
@@ -634,7 +634,7 @@ class MessagingService:
                         acct, aad_for(acct, IDEMPOTENCY_RECORD, key_hash.hex()), encode_send_result(job.build(statuses))
                     )
                     saved.append((acct, key_hash, blob))
-            await tx.insert_messages(accepted)
+            batch = await tx.insert_messages(accepted)
             for acct in paying:
                 await tx.debit(acct, spent[acct])
             await tx.save_idempotent_results(saved)
@@ -646,7 +646,8 @@ class MessagingService:
                 _LOG.warning("dispatch publish failed (%s); %d messages left to the outbox relay",
                              type(exc).__name__, len(due))
             else:
-                self._published.extend((r.id, r.publish_at) for r in due)
+                if batch is not None:
+                    self._published.append(batch)
         return [r if r is not None else [] for r in results]
 
     async def price_sms(self, caller: Caller, inputs: Sequence[OutboundInput]) -> SendResult:
@@ -671,8 +672,8 @@ class MessagingService:
         return SendResult(date=now, items=[it for it in items if it is not None], currency=self.currency)
 
     async def forget_published(self) -> int:
-        """Move the outbox rows of messages published since the last call `redeliver_seconds` ahead
-        (batched, off the send path): they are published again only if nobody has claimed them by then."""
+        """Move the outbox batches published since the last call `redeliver_seconds` ahead (off the send
+        path): their messages are published again only if they have not settled by then."""
         done, self._published = self._published, []
         if done:
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -39,13 +39,24 @@ _MESSAGE_COLUMNS = (
     "schedule_time", "to_hash",
 )
 # Messages and their outbox rows in ONE statement (a data-modifying CTE): a single round trip, atomic
-# on its own, so a send that debits nothing needs no explicit transaction.
+# on its own, so a send that debits nothing needs no explicit transaction. Messages due now share one
+# `outbox_batches` row (its id is returned); scheduled ones get an `outbox` row each, due at their time.
+# Parameters go as arrays of cheap wire types (ids as text, times as unix seconds, prices as text) and
+# are converted by PostgreSQL: encoding uuid/timestamptz/numeric objects in Python cost more than the rest.
 _INSERT_MESSAGES = (
-    "WITH inserted AS (INSERT INTO messages (" + ", ".join(_MESSAGE_COLUMNS) + ")"
-    " SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bytea[],"
-    " $7::bytea[], $8::text[], $9::text[], $10::text[], $11::int[], $12::numeric[], $13::bool[], $14::text[],"
-    " $15::text[], $16::text[], $17::text[], $18::text[], $19::timestamptz[], $21::bytea[]) RETURNING id)"
-    " INSERT INTO outbox (message_id, available_time) SELECT * FROM unnest($1::uuid[], $20::timestamptz[])"
+    "WITH m AS (INSERT INTO messages (" + ", ".join(_MESSAGE_COLUMNS) + ")"
+    " SELECT id, account_id, user_id, api_username, status, body_ct, to_ct, sender, country, encoding, parts,"
+    " price::numeric, is_test, custom_string, source, from_email, list_id, contact_id, to_timestamp(schedule),"
+    " to_hash"
+    " FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::bytea[], $7::bytea[],"
+    " $8::text[], $9::text[], $10::text[], $11::int[], $12::text[], $13::bool[], $14::text[], $15::text[],"
+    " $16::text[], $17::text[], $18::text[], $19::bigint[], $20::bytea[])"
+    " AS r(id, account_id, user_id, api_username, status, body_ct, to_ct, sender, country, encoding, parts,"
+    " price, is_test, custom_string, source, from_email, list_id, contact_id, schedule, to_hash)),"
+    " o AS (INSERT INTO outbox (message_id, available_time)"
+    " SELECT id, to_timestamp(at) FROM unnest($1::uuid[], $21::bigint[]) AS s(id, at) WHERE at IS NOT NULL)"
+    " INSERT INTO outbox_batches (message_ids, available_time)"
+    " SELECT $22::uuid[], to_timestamp($23::bigint) WHERE cardinality($22::uuid[]) > 0 RETURNING id"
 )
 # Who may be claimed for sending: due queued/scheduled messages, a retry whose time has come, and a message
 # another worker claimed longer than the lease ago without settling it (that worker died).
@@ -83,16 +94,13 @@ _RECEIPTS_FOR_CHANGED = (
 )
 
 
-def _uuids(ids: Sequence[str]) -> list[uuid.UUID]:
-    return [uuid.UUID(i) for i in ids]
+def _uuids(ids: Sequence[str]) -> list[str]:
+    """Message ids for a uuid[] parameter: asyncpg parses the text itself (no uuid.UUID objects)."""
+    return list(ids)
 
 
 def _mid(value: uuid.UUID | None) -> str:
     return "" if value is None else str(value).upper()
-
-
-def _ts(unix: int | None) -> datetime | None:
-    return None if unix is None else datetime.fromtimestamp(unix, UTC)
 
 
 def _unix(value: datetime | None) -> int:
@@ -165,18 +173,24 @@ class PgSendTx:
                 [r[0] for r in results], [r[1] for r in results], [r[2] for r in results],
             )
 
-    async def insert_messages(self, messages: Sequence[NewMessage]) -> None:
+    async def insert_messages(self, messages: Sequence[NewMessage]) -> int | None:
         """Bulk-insert message rows and their outbox rows (arrays unnested server-side: one prepared
-        statement per table, no per-call table introspection as COPY needs)."""
+        statement, no per-call table introspection as COPY needs). Returns the id of the outbox batch
+        holding the messages due now (None when there are none), for `mark_published`."""
         if not messages:
-            return
+            return None
+        queued = MessageStatus.QUEUED
         cols = list(zip(*(
-            (uuid.UUID(m.id), m.account_id, m.user_id, m.api_username, m.status.value, m.body_ct, m.to_ct,
-             m.sender, m.country, m.encoding, m.parts, m.price, m.is_test, m.custom_string, m.source,
-             m.from_email, m.list_id, m.contact_id, _ts(m.schedule), _ts(m.publish_at), m.to_hash)
+            (m.id, m.account_id, m.user_id, m.api_username, m.status.value, m.body_ct, m.to_ct,
+             m.sender, m.country, m.encoding, m.parts, str(m.price), m.is_test, m.custom_string, m.source,
+             m.from_email, m.list_id, m.contact_id, m.schedule, m.to_hash,
+             None if m.status is queued else m.publish_at)
             for m in messages
         ), strict=True))
-        await self._conn.execute(_INSERT_MESSAGES, *cols)
+        due = [m for m in messages if m.status is queued]
+        batch: int | None = await self._conn.fetchval(
+            _INSERT_MESSAGES, *cols, [m.id for m in due], max((m.publish_at for m in due), default=0))
+        return batch
 
 
 _HISTORY_COLUMNS = (
@@ -292,22 +306,54 @@ class PgMessageStore:
             async with conn.transaction():
                 yield PgSendTx(conn)
 
-    async def mark_published(self, published: Sequence[tuple[str, int]], redeliver_s: float) -> None:
-        """Messages just published (id, the outbox time they were stored with): their outbox rows wait
-        `redeliver_s` more before the relay publishes them again. A row a worker touched meanwhile (claimed,
-        retried) has another time and is left alone."""
-        if published:
+    async def mark_published(self, batches: Sequence[int], redeliver_s: float) -> None:
+        """Outbox batches just published: they wait `redeliver_s` more before the relay publishes what is
+        left of them again. A batch the relay already republished meanwhile keeps the relay's time."""
+        if batches:
             await self._pool.execute(
-                "UPDATE outbox o SET available_time = now() + make_interval(secs => $3), publish_count = 1"
-                " FROM unnest($1::uuid[], $2::timestamptz[]) AS r(id, at)"
-                " WHERE o.message_id = r.id AND o.available_time = r.at",
-                _uuids([p[0] for p in published]), [_ts(p[1]) for p in published], float(redeliver_s),
+                "UPDATE outbox_batches SET available_time = now() + make_interval(secs => $2), publish_count = 1"
+                " WHERE id = ANY($1::bigint[]) AND publish_count = 0",
+                list(batches), float(redeliver_s),
             )
 
     async def relay_due(self, limit: int, publish: Callable[[list[str]], Awaitable[None]], redeliver_s: float) -> int:
         """Publish the messages whose outbox time has come and move that time on by `redeliver_s`, doubled
         for every earlier republication (capped at 32x), in one transaction (SKIP LOCKED, so several relays
-        share the work; a failed publish rolls back). Rows of messages that have settled are deleted."""
+        share the work; a failed publish rolls back). Rows of messages that have settled are deleted.
+        Returns how many outbox rows and batches it looked at (up to `limit` of each)."""
+        return await self._relay_messages(limit, publish, redeliver_s) + await self._relay_batches(
+            limit, publish, redeliver_s)
+
+    async def _relay_batches(
+        self, limit: int, publish: Callable[[list[str]], Awaitable[None]], redeliver_s: float
+    ) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT b.id, ARRAY(SELECT m.id FROM messages m WHERE m.id = ANY(b.message_ids)"
+                " AND m.status = ANY($2::text[])) AS live"
+                " FROM outbox_batches b WHERE b.available_time <= now() ORDER BY b.available_time LIMIT $1"
+                " FOR UPDATE OF b SKIP LOCKED",
+                limit, _NOT_SETTLED,
+            )
+            if not rows:
+                return 0
+            live = [r for r in rows if r["live"]]
+            if live:
+                await publish(list(dict.fromkeys(_mid(i) for r in live for i in r["live"])))
+                await conn.execute(
+                    "UPDATE outbox_batches SET publish_count = publish_count + 1,"
+                    " available_time = now() + make_interval(secs => $2 * 2 ^ least(publish_count, 5))"
+                    " WHERE id = ANY($1::bigint[])",
+                    [r["id"] for r in live], float(redeliver_s),
+                )
+            dead = [r["id"] for r in rows if not r["live"]]
+            if dead:
+                await conn.execute("DELETE FROM outbox_batches WHERE id = ANY($1::bigint[])", dead)
+            return len(rows)
+
+    async def _relay_messages(
+        self, limit: int, publish: Callable[[list[str]], Awaitable[None]], redeliver_s: float
+    ) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT o.id, o.message_id, m.status FROM outbox o LEFT JOIN messages m ON m.id = o.message_id"
@@ -329,9 +375,6 @@ class PgMessageStore:
             if dead:
                 await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", dead)
             return len(rows)
-
-    async def outbox_ids(self) -> list[str]:
-        return [_mid(r["message_id"]) for r in await self._pool.fetch("SELECT message_id FROM outbox ORDER BY id")]
 
     # -- account keys, idempotency ------------------------------------------------------------------------
 

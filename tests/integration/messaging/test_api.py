@@ -119,6 +119,11 @@ async def test_send_stores_only_ciphertext_and_the_worker_delivers(
     assert all(r["submit_count"] == 1 for r in sim)
     assert await count_rows(messaging, "outbox") == 0
 
+    async def outbox_cleared() -> bool:  # the relay drops the send's batch once it comes due, all settled
+        return await count_rows(messaging, "outbox_batches") == 0
+
+    await eventually(outbox_cleared, what="the settled outbox batch to be deleted")
+
     # The worker audited the batch: counts, never content.
     audit_service = audit_app.extras["service"]
 
@@ -158,6 +163,7 @@ async def test_whole_request_rejections_store_nothing(
     assert reason_of(info.value) == reason
     assert await count_rows(messaging, "messages") == 0
     assert await count_rows(messaging, "outbox") == 0
+    assert await count_rows(messaging, "outbox_batches") == 0
     assert await count_rows(messaging, "balances") == 0
 
 

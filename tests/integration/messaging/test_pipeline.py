@@ -43,7 +43,8 @@ async def test_relay_publishes_what_a_crash_left_in_the_outbox(messaging: Messag
         publish_at=int(time.time()) - 1,
     )
     async with messaging.store.send_tx() as tx:
-        await tx.insert_messages([row])
+        batch = await tx.insert_messages([row])
+    assert batch is not None
     redis = make_redis(messaging.settings.redis_url)
     try:
         async def published() -> bool:
@@ -53,16 +54,22 @@ async def test_relay_publishes_what_a_crash_left_in_the_outbox(messaging: Messag
         await eventually(published, what="the relay to publish the orphan")
     finally:
         await redis.aclose()
-    # The row stays (with a later time) until the message settles: if the entry were lost, it would be
+    # The batch stays (with a later time) until its message settles: if the entry were lost, it would be
     # published again.
     assert await messaging.pool.fetchval(
-        "SELECT count(*) FROM outbox WHERE message_id = $1::uuid AND available_time > now()", mid) == 1
+        "SELECT count(*) FROM outbox_batches WHERE id = $1 AND $2::uuid = ANY(message_ids)"
+        " AND available_time > now() AND publish_count = 1", batch, mid) == 1
     await messaging.start_worker()
 
     async def delivered() -> bool:
         return (await statuses(messaging)).get(mid) == "DELIVERED"
 
     await eventually(delivered, what="the orphan to be delivered")
+
+    async def cleared() -> bool:  # when the settled batch next comes due, the relay deletes it
+        return await messaging.pool.fetchval("SELECT count(*) FROM outbox_batches") == 0
+
+    await eventually(cleared, what="the settled batch to be deleted")
     assert await messaging.pool.fetchval("SELECT count(*) FROM outbox") == 0
 
 
@@ -254,15 +261,17 @@ async def test_unclaimed_messages_are_republished_ever_less_often(messaging: Mes
     waits = []
     for expected_count in (1, 2, 3):
         await messaging.pool.execute(
-            "UPDATE outbox SET available_time = now() - interval '1 second' WHERE message_id = $1::uuid", mid)
+            "UPDATE outbox_batches SET available_time = now() - interval '1 second'"
+            " WHERE $1::uuid = ANY(message_ids)", mid)
 
         async def republished(n: int = expected_count) -> bool:
             row = await messaging.pool.fetchrow(
-                "SELECT publish_count FROM outbox WHERE message_id = $1::uuid", mid)
+                "SELECT publish_count FROM outbox_batches WHERE $1::uuid = ANY(message_ids)", mid)
             return row is not None and row["publish_count"] >= n
 
         await eventually(republished, what=f"republication {expected_count}")
         waits.append(await messaging.pool.fetchval(
-            "SELECT extract(epoch FROM available_time - now()) FROM outbox WHERE message_id = $1::uuid", mid))
+            "SELECT extract(epoch FROM available_time - now()) FROM outbox_batches"
+            " WHERE $1::uuid = ANY(message_ids)", mid))
     # redeliver_seconds is 1.0 in these tests: the second and third waits are about 2 and 4 seconds.
     assert waits[1] > 1.5 and waits[2] > 3.5 and waits[2] > waits[1]

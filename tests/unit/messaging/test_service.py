@@ -77,8 +77,12 @@ class FakeTx:
             self.balances[account_id] -= amount
             assert self.balances[account_id] >= 0, "balance went negative"
 
-    async def insert_messages(self, messages: Sequence[NewMessage]) -> None:
+    async def insert_messages(self, messages: Sequence[NewMessage]) -> int | None:
         self.rows.extend(messages)
+        if not any(m.status is MessageStatus.QUEUED for m in messages):
+            return None
+        self.store.batches += 1
+        return self.store.batches
 
     async def opted_out(self, pairs: Sequence[tuple[int, bytes]]) -> set[tuple[int, bytes]]:
         return {p for p in pairs if p in self.store.opt_outs}
@@ -102,7 +106,9 @@ class FakeStore:
     def __init__(self) -> None:
         self.balances: dict[int, Decimal] = {}
         self.messages: dict[str, NewMessage] = {}
-        self.outbox: list[tuple[str, int]] = []
+        # Like the real outbox: one entry (ids, time, batch id) per send's due messages, one per scheduled message.
+        self.outbox: list[tuple[tuple[str, ...], int, int | None]] = []
+        self.batches = 0
         self.transactions = 0
         self.locks = 0
         self.index_keys: dict[int, bytes] = {}
@@ -128,21 +134,25 @@ class FakeStore:
         yield tx
         self.balances = tx.balances
         self.idempotency.update(tx.idem)
+        due = [m for m in tx.rows if m.status is MessageStatus.QUEUED]
         for m in tx.rows:
             self.messages[m.id] = m
-            self.outbox.append((m.id, m.publish_at))
+            if m.status is not MessageStatus.QUEUED:
+                self.outbox.append(((m.id,), m.publish_at, None))
+        if due:
+            self.outbox.append((tuple(m.id for m in due), max(m.publish_at for m in due), self.batches))
 
-    async def mark_published(self, published: Sequence[tuple[str, int]], redeliver_s: float) -> None:
-        done = set(published)
-        self.outbox = [(mid, NOW + int(redeliver_s)) if (mid, at) in done else (mid, at) for mid, at in self.outbox]
+    async def mark_published(self, batches: Sequence[int], redeliver_s: float) -> None:
+        done = set(batches)
+        self.outbox = [(ids, NOW + int(redeliver_s), b) if b in done else (ids, at, b) for ids, at, b in self.outbox]
 
     async def relay_due(
         self, limit: int, publish: Callable[[list[str]], Awaitable[None]], redeliver_s: float
     ) -> int:
         due = [o for o in self.outbox if o[1] <= NOW][:limit]
         if due:
-            await publish([o[0] for o in due])
-            self.outbox = [(mid, NOW + int(redeliver_s)) if (mid, at) in due else (mid, at) for mid, at in self.outbox]
+            await publish([i for o in due for i in o[0]])
+            self.outbox = [(o[0], NOW + int(redeliver_s), o[2]) if o in due else o for o in self.outbox]
         return len(due)
 
     async def balance(self, account_id: int) -> Decimal | None:
@@ -294,17 +304,17 @@ async def test_publish_failure_leaves_the_outbox_to_the_relay(parts) -> None:  #
     assert await svc.relay_outbox() == 1
     assert queue.published == [result.items[0].message_id]
     # Published, not forgotten: the row waits (redeliver_seconds) in case the stream entry is lost.
-    assert [at for _, at in store.outbox] == [NOW + 300]
+    assert [at for _, at, _ in store.outbox] == [NOW + 300]
 
 
 async def test_published_rows_wait_in_the_outbox_until_settled(parts) -> None:  # type: ignore[no-untyped-def]
     store, queue, env = parts
     svc = make_service(store, queue, env)
     await svc.send_sms(ALICE, [msg(), msg()])
-    assert [at for _, at in store.outbox] == [NOW + 5, NOW + 5]
-    assert await svc.forget_published() == 2
+    assert [(len(ids), at) for ids, at, _ in store.outbox] == [(2, NOW + 5)]  # one batch for the send
+    assert await svc.forget_published() == 1
     # Moved on by redeliver_seconds, not deleted: a lost stream entry is published again.
-    assert [at for _, at in store.outbox] == [NOW + 300, NOW + 300]
+    assert [(len(ids), at) for ids, at, _ in store.outbox] == [(2, NOW + 300)]
 
 
 async def test_scheduled_messages_wait_in_the_outbox(parts) -> None:  # type: ignore[no-untyped-def]
