@@ -7,8 +7,12 @@ account, then measures, interleaved with the baseline so machine noise hits both
   - POST /v3/sms/send with 100 messages per request,
 and prints accepted messages/s, p50/p99 and the ratio to the baseline; then a pool of BENCH_WORKERS
 (default 2) dispatch workers drains the accepted backlog and the delivered messages/s are printed. Set
-BENCH_SECONDS (default 8) and BENCH_CONCURRENCY (default 32). Rate limits stay on but far above the load
-(the Lua round trip is part of the figure), so nothing is refused.
+BENCH_SECONDS (default 8) and BENCH_CONCURRENCY (default 32). The messaging API runs as
+BENCH_MESSAGING_REPLICAS processes (default 2, as a Deployment runs replicas: one Python process uses
+one core of the two); the gateway spreads its calls over them round robin. Tracing is as configured in
+the environment: with no OTEL_EXPORTER_OTLP_ENDPOINT no span is recorded (trace ids still propagate).
+Rate limits stay on but far above the load (the Lua round trip is part of the figure), so nothing is
+refused.
 """
 
 from __future__ import annotations
@@ -84,6 +88,7 @@ def drain(suite: Suite, config: SuiteConfig, workers: int, timeout: float = 300.
 def main() -> int:
     seconds = float(os.environ.get("BENCH_SECONDS", "8"))
     conc = int(os.environ.get("BENCH_CONCURRENCY", "32"))
+    replicas = int(os.environ.get("BENCH_MESSAGING_REPLICAS", "2"))
     work = Path(tempfile.mkdtemp(prefix="sendsafe-bench-"))
     from tools.certs import ensure_dev_certs
 
@@ -95,11 +100,14 @@ def main() -> int:
         pg_admin_dsn=os.environ.get("PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"),
         redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), redis_prefix=f"ssbench:{run_id}:",
         root_key_file=ensure_root_key(work / "root.key"), log_level="WARNING", workers=0,
+        replicas={"messaging": replicas},
         env={role: {"MESSAGING_TRIAL_CREDIT": "100000000", **_NO_THROTTLE} for role in ("messaging", "worker")},
     )
     ensure_databases(config)
     cores = os.cpu_count()
     print(f"machine: {cores} cores; python {sys.version.split()[0]}; {seconds:.0f}s per figure, concurrency {conc}")
+    tracing = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "off (no OTLP endpoint; trace ids still propagate)"
+    print(f"suite: messaging API x{replicas} processes, 1 of each other service; tracing: {tracing}")
     bare_port_file = work / "bare.port"
     bare = subprocess.Popen(
         [sys.executable, "-m", "bench.bare_tls", str(certs / "gateway-https.crt"), str(certs / "gateway-https.key"),

@@ -168,13 +168,17 @@ def secure_channel(
     reload_check_seconds: float = RELOAD_CHECK_SECONDS,
 ) -> ReloadingChannel:
     """A channel to `address` that verifies the server certificate for DNS name `server_name` and
-    follows rotations of `tls` (checked at most every `reload_check_seconds`, on a call)."""
+    follows rotations of `tls` (checked at most every `reload_check_seconds`, on a call). `address` is a
+    gRPC target: `host:port`, or several backends (`ipv4:h:p1,h:p2`, `dns:///name:port`) used round robin."""
     def build(material: TlsMaterial) -> grpc.aio.Channel:
         return grpc.aio.secure_channel(
             address,
             material_channel_credentials(material),
             options=[
                 ("grpc.ssl_target_name_override", server_name),
+                # A target naming several backends (`ipv4:h:p1,h:p2`, or `dns:///` of a headless Service)
+                # gets every call spread over all of them, not the first connection's backend only.
+                ("grpc.lb_policy_name", "round_robin"),
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ],

@@ -2,7 +2,9 @@
 
 Order follows the call graph so every process knows its peers' addresses before it starts:
 audit -> keys -> messaging (+ worker) -> identity -> gateway. Each process binds the port it is given
-(0 = any free port) and reports it through PORT_FILE.
+(0 = any free port) and reports it through PORT_FILE. A service can run as several processes
+(`SuiteConfig.replicas`, like replicas of a Deployment): its peers then get a gRPC target naming every
+replica (`ipv4:127.0.0.1:P1,127.0.0.1:P2`) and spread their calls round robin (svckit.rpc).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class SuiteConfig:
     python: str = sys.executable
     log_level: str = "INFO"
     workers: int = 1
+    replicas: dict[str, int] = field(default_factory=dict)  # API processes per service (default 1)
 
     def database_url(self, service: str) -> str:
         parts = urlsplit(self.pg_admin_dsn)
@@ -66,6 +69,7 @@ class Suite:
         self.config = config
         self.procs: dict[str, Proc] = {}
         self.addrs: dict[str, str] = {}
+        self._ports: dict[str, dict[str, int]] = {}  # service -> replica label -> port
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> Suite:
@@ -73,7 +77,8 @@ class Suite:
         cfg.workdir.mkdir(parents=True, exist_ok=True)
         try:
             for name in ("audit", "keys", "messaging", "identity"):
-                self.start_process(name, timeout=timeout)
+                for replica in range(max(1, cfg.replicas.get(name, 1))):
+                    self.start_process(name, suffix=f"-{replica + 1}" if replica else "", timeout=timeout)
             for i in range(cfg.workers):
                 self.start_process("messaging", worker=True, suffix=str(i), timeout=timeout)
             self.start_process("gateway", timeout=timeout)
@@ -130,7 +135,8 @@ class Suite:
             env[f"{peer.upper()}_ADDR"] = addr
         if port_file is not None:
             env["PORT_FILE"] = str(port_file)
-        port = cfg.ports.get(name, 0)
+        # A fixed port belongs to the first replica; further replicas take any free port.
+        port = cfg.ports.get(name, 0) if port_file is None or port_file.stem == name else 0
         if name == "gateway":
             env.update(
                 GATEWAY_HTTPS_LISTEN=f"127.0.0.1:{port}",
@@ -147,7 +153,7 @@ class Suite:
 
     def start_process(self, name: str, *, worker: bool = False, suffix: str = "", timeout: float = 60.0) -> Proc:
         cfg = self.config
-        label = f"{name}-worker{suffix}" if worker else name
+        label = f"{name}-worker{suffix}" if worker else f"{name}{suffix}"
         log = cfg.workdir / f"{label}.log"
         port_file = None if worker else cfg.workdir / f"{label}.port"
         if port_file is not None:
@@ -165,14 +171,20 @@ class Suite:
         if port_file is not None:
             proc.port = self._wait_port(proc, port_file, timeout)
             if name != "gateway":
-                self.addrs[name] = f"127.0.0.1:{proc.port}"
+                ports = self._ports.setdefault(name, {})
+                ports[label] = proc.port
+                hosts = [f"127.0.0.1:{p}" for p in ports.values()]
+                self.addrs[name] = hosts[0] if len(hosts) == 1 else "ipv4:" + ",".join(hosts)
         return proc
 
     def restart(self, label: str, timeout: float = 60.0) -> Proc:
         """Start again a process that stopped (same role, a new port for servers)."""
         worker = "-worker" in label
-        name = label.split("-worker")[0]
-        suffix = label.split("-worker")[1] if worker else ""
+        if worker:
+            name, suffix = label.split("-worker")
+        else:
+            name, _, replica = label.partition("-")
+            suffix = f"-{replica}" if replica else ""
         return self.start_process(name, worker=worker, suffix=suffix, timeout=timeout)
 
     def _wait_port(self, proc: Proc, port_file: Path, timeout: float) -> int:
