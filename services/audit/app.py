@@ -115,8 +115,9 @@ async def build(settings: Settings) -> App:
             return n
 
         idle = settings.poll_seconds
-        background.spawn(stack, background.drain("alert engine", evaluate, engine_wake, idle, settle=0.02),
-                         "alert-engine")
+        # Alerts follow their events within a quarter of a second; a backlog is taken batch after batch.
+        background.spawn(stack, background.drain("alert engine", evaluate, engine_wake, idle, settle=0.25,
+                                                 full=alerts.batch), "alert-engine")
         background.spawn(stack, background.drain("alert delivery", alerts.deliver_due, delivery_wake, idle),
                          "alert-delivery")
         background.spawn(stack, background.drain("forwarding", forwarding.forward_due, forward_wake, idle,

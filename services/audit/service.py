@@ -557,6 +557,11 @@ class AlertService:
         self.delivered = 0
         self.delivery_failures = 0
 
+    @property
+    def batch(self) -> int:
+        """Events one `evaluate` takes at most."""
+        return self._batch
+
     # -- rules ---------------------------------------------------------------------------------------------
 
     async def list_rules(self, account_id: int) -> list[Rule]:
