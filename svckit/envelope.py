@@ -68,6 +68,7 @@ MAX_MESSAGES_PER_KEY = 1 << 20
 _AAD_MAGIC = b"sendsafe.aad.v1\x00"
 _HEADER = struct.Struct(">BH")
 _ACCOUNT = struct.Struct(">q")
+_LENGTH = struct.Struct(">H")
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -194,15 +195,21 @@ def aad_for(account_id: int, record_type: str, record_id: str) -> bytes:
 
     Fixed-width account id and length-prefixed strings, so no two distinct triples share an encoding.
     """
+    rid = record_id.encode()
+    if len(rid) > 0xFFFF:
+        raise ValueError("record_type and record_id must be shorter than 64 KiB")
+    return _aad_prefix(account_id, record_type) + _LENGTH.pack(len(rid)) + rid
+
+
+@functools.lru_cache(maxsize=4096)
+def _aad_prefix(account_id: int, record_type: str) -> bytes:
+    """The part of `aad_for` before the record id (the send path seals two records per message)."""
     if not record_type:
         raise ValueError("record_type must not be empty")
     rtype = record_type.encode()
-    rid = record_id.encode()
-    if len(rtype) > 0xFFFF or len(rid) > 0xFFFF:
+    if len(rtype) > 0xFFFF:
         raise ValueError("record_type and record_id must be shorter than 64 KiB")
-    return b"".join(
-        (_AAD_MAGIC, _ACCOUNT.pack(account_id), struct.pack(">H", len(rtype)), rtype, struct.pack(">H", len(rid)), rid)
-    )
+    return _AAD_MAGIC + _ACCOUNT.pack(account_id) + _LENGTH.pack(len(rtype)) + rtype
 
 
 @dataclass(frozen=True)
@@ -332,7 +339,11 @@ class Envelope:
         for start in range(0, len(items), MAX_MESSAGES_PER_KEY):
             chunk = items[start : start + MAX_MESSAGES_PER_KEY]
             key = await self._reserve(account_id, len(chunk))
-            out.extend(self._seal(key, account_id, aad, plaintext) for aad, plaintext in chunk)
+            nonces = os.urandom(NONCE_SIZE * len(chunk))  # one system call for the chunk's nonces
+            out.extend(
+                self._seal(key, account_id, aad, plaintext, nonces[i * NONCE_SIZE : (i + 1) * NONCE_SIZE])
+                for i, (aad, plaintext) in enumerate(chunk)
+            )
         return out
 
     async def decrypt(self, account_id: int, aad: bytes, blob: bytes) -> bytes:
@@ -396,8 +407,8 @@ class Envelope:
 
     # -- internals --------------------------------------------------------------------------------------
 
-    def _seal(self, key: _CurrentKey, account_id: int, aad: bytes, plaintext: bytes) -> bytes:
-        nonce = os.urandom(NONCE_SIZE)
+    def _seal(self, key: _CurrentKey, account_id: int, aad: bytes, plaintext: bytes, nonce: bytes = b"") -> bytes:
+        nonce = nonce or os.urandom(NONCE_SIZE)
         return _pack(key.wrapped, nonce, key.aead.encrypt(nonce, plaintext, _gcm_aad(account_id, aad)))
 
     def _fresh(self, created: float) -> bool:

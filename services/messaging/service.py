@@ -214,6 +214,16 @@ def new_message_id() -> str:
     return str(uuid.uuid4()).upper()
 
 
+def new_message_ids(n: int) -> list[str]:
+    """`n` random (version 4) message ids from one read of the system's random source."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = bytes((b & 0x0F) | 0x40 for b in raw[6::16])  # version 4
+    raw[8::16] = bytes((b & 0x3F) | 0x80 for b in raw[8::16])  # RFC 4122 variant
+    h = raw.hex().upper()
+    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+            for i in range(0, 32 * n, 32)]
+
+
 # -- shared by the API and the worker -----------------------------------------------------------------------
 
 
@@ -479,7 +489,7 @@ class MessagingService:
             return SendResult(date=now, items=[it for it in items if it is not None], currency=self.currency)
         key = await self.keys.get(acct)
         to_index = await self.keys.indexer(acct)
-        ids = [new_message_id() for _ in valid]
+        ids = new_message_ids(len(valid))
         blobs = await self._cipher.encrypt_many(
             acct,
             [

@@ -32,7 +32,7 @@ from services.messaging.domain import (
     TooManyRecipients,
     page_window,
 )
-from services.messaging.service import DeliveryService, MessagingService
+from services.messaging.service import DeliveryService, MessagingService, new_message_ids
 from svckit.envelope import DecryptFailed, Envelope, aad_for
 
 NOW = 1_800_000_000
@@ -463,3 +463,13 @@ async def test_concurrent_sends_share_transactions_and_never_overdraw(parts) -> 
     assert store.balances[10] == Decimal("1.00") - 12 * Decimal("0.0770")
     assert len(store.messages) == 12 and sorted(queue.published) == sorted(store.messages)
     assert store.transactions < 40
+
+
+def test_bulk_message_ids_are_uppercase_random_version_4_uuids() -> None:
+    import uuid
+
+    ids = new_message_ids(2000)
+    parsed = [uuid.UUID(i) for i in ids]
+    assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in parsed)
+    assert all(str(u).upper() == i for u, i in zip(parsed, ids, strict=True))
+    assert len(set(ids)) == 2000 and new_message_ids(0) == []
