@@ -27,14 +27,16 @@ from services.messaging.domain import LimitRequest, LimitVerdict
 
 _LOG = logging.getLogger(__name__)
 
-# ARGV, flat (no JSON to build or parse): for each request, in order,
+# ARGV[1]: one string of space-separated numbers (one argument to encode and send, not hundreds; Lua
+# splits it): for each request, in order,
 #   nb, then nb x (key index, capacity, rate/s, window s), nv, then nv x (key index, limit, window s, count),
 #   and the number of exempt messages.
 # Returns per request: {wait_ms (0 ok, -1 never), exceeded bucket number (1-based, 0 none), allowed per "v"...}
 _SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local a = ARGV
+local a = {}
+for x in string.gmatch(ARGV[1], '%S+') do a[#a + 1] = x end
 local i = 1
 local out = {}
 while i <= #a do
@@ -121,11 +123,12 @@ class RedisLimiter:
 
     async def _eval(self, keys: list[str], args: list[int | float]) -> Any:
         """EVALSHA, loading the script once when Redis does not know it (first call, or after a restart)."""
+        packed = " ".join(map(str, args))
         try:
-            return await self._redis.evalsha(self._sha, len(keys), *keys, *args)
+            return await self._redis.evalsha(self._sha, len(keys), *keys, packed)
         except NoScriptError:
             await self._redis.script_load(_SCRIPT)
-            return await self._redis.evalsha(self._sha, len(keys), *keys, *args)
+            return await self._redis.evalsha(self._sha, len(keys), *keys, packed)
 
     async def check(self, requests: Sequence[LimitRequest]) -> list[LimitVerdict]:
         keys: list[str] = []
