@@ -175,12 +175,12 @@ def _send_path(work: Path, certs: Path, tag: str, messaging_env: dict[str, str],
         result = asyncio.run(run(f"POST /v3/sms/send, 1 msg/req, {tag}", f"{suite.gateway_url}/v3/sms/send",
                                  ca=str(certs / "public-ca.crt"), concurrency=conc, seconds=seconds, method="POST",
                                  body=lambda: one, headers=headers))
-        keys_cpu_ms = 1000 * (_cpu_seconds(keys_pid) - before) / max(result.requests, 1)
+        keys_cpu_ms = 1000 * (_cpu_seconds(keys_pid) - before) / max(result.completed, 1)
         before = _cpu_seconds(keys_pid)
         history = asyncio.run(run(f"GET /v3/sms/history, 100/page, {tag}",
                                   f"{suite.gateway_url}/v3/sms/history?limit=100", ca=str(certs / "public-ca.crt"),
                                   concurrency=4, seconds=seconds / 2, headers=headers, items_per_request=100))
-        history_cpu = 1000 * (_cpu_seconds(keys_pid) - before) / max(history.requests, 1)
+        history_cpu = 1000 * (_cpu_seconds(keys_pid) - before) / max(history.completed, 1)
         lines = [history.line(), f"    keys service CPU-ms per page: {history_cpu:.2f}"]
         lines += asyncio.run(_keys_rpcs(suite, certs, seconds, conc)) if rpcs else []
         return result, keys_cpu_ms, lines

@@ -20,6 +20,7 @@ class Result:
     errors: int
     seconds: float
     latencies: list[float]
+    completed: int = 0  # every request that finished, warm-up included (for CPU per request)
 
     @property
     def rps(self) -> float:
@@ -52,12 +53,13 @@ async def run(
     latencies: list[float] = []
     errors = 0
     done = 0
+    completed = 0
     async with aiohttp.ClientSession(connector=conn, headers=headers) as session:
         stop_at = time.perf_counter() + warmup + seconds
         measure_from = time.perf_counter() + warmup
 
         async def worker() -> None:
-            nonlocal errors, done
+            nonlocal errors, done, completed
             while True:
                 t0 = time.perf_counter()
                 if t0 >= stop_at:
@@ -69,6 +71,7 @@ async def run(
                 except aiohttp.ClientError:
                     ok = False
                 t1 = time.perf_counter()
+                completed += 1
                 if t0 >= measure_from:
                     if ok:
                         latencies.append(t1 - t0)
@@ -77,4 +80,4 @@ async def run(
                         errors += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Result(label, done, done * items_per_request, errors, seconds, latencies)
+    return Result(label, done, done * items_per_request, errors, seconds, latencies, completed)
