@@ -186,6 +186,7 @@ __all__ = [
     "parse_recipient",
     "parse_webhook_url",
     "plan_results",
+    "prefix_token",
     "receipt_payload",
     "request_fingerprint",
     "retry_after_seconds",
@@ -1373,6 +1374,13 @@ class NumberIndexer:
 def index_token(key: bytes, purpose: str, value: str) -> str:
     """A short keyed token for Redis key names (a destination prefix, an idempotency key): never the value."""
     return hmac.new(key, f"sendsafe.{purpose}.v1\x00{value}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=65_536)
+def prefix_token(key: bytes, prefix: str) -> str:
+    """`index_token` of a destination prefix, memoised: an account sends to the same prefixes again and
+    again, and each token is an HMAC key schedule. (Only rate-limit key names come from it.)"""
+    return index_token(key, "prefix", prefix)
 
 
 MASKED_BODY: Final = ""  # what de-identified users and redacted messages show as the body

@@ -90,7 +90,6 @@ from services.messaging.domain import (
     encode_send_result,
     idempotency_key_hash,
     inbound_payload,
-    index_token,
     limit_error,
     limit_request,
     mask_number,
@@ -100,6 +99,7 @@ from services.messaging.domain import (
     parse_recipient,
     parse_webhook_url,
     plan_results,
+    prefix_token,
     receipt_payload,
     request_fingerprint,
     retry_delay,
@@ -514,7 +514,7 @@ class MessagingService:
             else:
                 prefix = destination_prefix(v.to, rates.prefix_digits, v.recipient.country)
                 if prefix not in prefix_tokens:
-                    prefix_tokens[prefix] = index_token(key, "prefix", prefix)
+                    prefix_tokens[prefix] = prefix_token(key, prefix)
                 tokens.append(prefix_tokens[prefix])
             rows.append(NewMessage(
                 id=mid, account_id=acct, user_id=caller.user_id, api_username=caller.api_username,
