@@ -170,22 +170,26 @@ class _EncodePlan:
     defaults: dict[str, Any]
     fresh_lists: tuple[str, ...]
     fresh_dicts: tuple[str, ...]
-    by_number: dict[int, tuple[str, Encoder]]
+    by_number: dict[int, tuple[str, Encoder | None]]  # None: the value is already its JSON form
 
 
 def message_to_json(msg: message.Message, surface: Surface) -> dict[str, Any]:
     """`msg` as a JSON object (a dict ready for json.dumps), following the module rules."""
-    plan = _encode_plan(msg.DESCRIPTOR, surface)
-    out = dict(plan.defaults)
+    return _encode_with(_encode_plan(msg.DESCRIPTOR, surface), msg)
+
+
+def _encode_with(plan: _EncodePlan, msg: message.Message) -> dict[str, Any]:
+    out = plan.defaults.copy()
     for key in plan.fresh_lists:
         out[key] = []
     for key in plan.fresh_dicts:
         out[key] = {}
+    by_number = plan.by_number
     for fd, value in msg.ListFields():
-        entry = plan.by_number.get(fd.number)
+        entry = by_number.get(fd.number)
         if entry is not None:  # extensions are not part of the external surface
             key, enc = entry
-            out[key] = enc(value)
+            out[key] = value if enc is None else enc(value)
     return out
 
 
@@ -200,7 +204,7 @@ def _encode_plan(desc: descriptor.Descriptor, surface: Surface) -> _EncodePlan:
     defaults: dict[str, Any] = {}
     fresh_lists: list[str] = []
     fresh_dicts: list[str] = []
-    by_number: dict[int, tuple[str, Encoder]] = {}
+    by_number: dict[int, tuple[str, Encoder | None]] = {}
     for field in desc.fields:
         key = wire_name(field)
         if _is_map(field):
@@ -215,7 +219,7 @@ def _encode_plan(desc: descriptor.Descriptor, surface: Surface) -> _EncodePlan:
         else:
             enc = _value_encoder(field, surface)
             defaults[key] = None if field.has_presence else enc(field.default_value)
-            by_number[field.number] = (key, enc)
+            by_number[field.number] = (key, None if enc is _identity else enc)
     return _EncodePlan(defaults, tuple(fresh_lists), tuple(fresh_dicts), by_number)
 
 
@@ -274,7 +278,25 @@ def _message_encoder(desc: descriptor.Descriptor, surface: Surface) -> Encoder:
         return lambda m: inner(m.value)
     if name in _STRUCTLIKE or name == "google.protobuf.Any":
         return lambda m: json_format.MessageToDict(m)
-    return lambda m: message_to_json(m, surface)
+    return _Nested(desc, surface)
+
+
+class _Nested:
+    """Encoder of a nested message: its plan looked up once, on first use (a message type may contain
+    itself, so the plan cannot be built eagerly)."""
+
+    __slots__ = ("_desc", "_plan", "_surface")
+
+    def __init__(self, desc: descriptor.Descriptor, surface: Surface) -> None:
+        self._desc = desc
+        self._surface = surface
+        self._plan: _EncodePlan | None = None
+
+    def __call__(self, m: message.Message) -> dict[str, Any]:
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = _encode_plan(self._desc, self._surface)
+        return _encode_with(plan, m)
 
 
 # --------------------------------------------------------------------------------------------------
