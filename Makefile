@@ -61,7 +61,7 @@ test-e2e: install
 test-deploy: install $(CHECKOV)
 	$(BIN)/python -m pytest tests/deploy -q
 
-lint: install
+lint: install protos  # protos: buf needs the google/api protos it copies under protos/.third_party
 	$(BIN)/ruff check .
 	$(BIN)/mypy svckit services gateway tools bench
 	cd protos && ../$(BIN)/buf lint
