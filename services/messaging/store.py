@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -44,16 +45,17 @@ _MESSAGE_COLUMNS = (
 # `outbox_batches` row (its id is returned); scheduled ones get an `outbox` row each, due at their time.
 # The rows travel as ONE JSON parameter (json_to_recordset): encoding 20 typed arrays of 100 values
 # parameter by parameter was the largest single cost of a 100-message send in this process; orjson
-# writes the whole batch in microseconds and PostgreSQL parses it in C. Binary values go as hex.
+# writes the whole batch in microseconds and PostgreSQL parses it in C. Binary values go as base64
+# (shorter than hex, so less JSON for PostgreSQL to parse: ~10% less CPU for the insert in all).
 _INSERT_MESSAGES = (
     "WITH r AS (SELECT * FROM json_to_recordset($1::json) AS r(id uuid, account_id bigint, user_id bigint,"
     " api_username text, status text, body_ct text, to_ct text, sender text, country text, encoding text,"
     " parts int, price numeric, is_test bool, custom_string text, source text, from_email text, list_id text,"
     " contact_id text, schedule bigint, to_hash text, at bigint)),"
     " m AS (INSERT INTO messages (" + ", ".join(_MESSAGE_COLUMNS) + ")"
-    " SELECT id, account_id, user_id, api_username, status, decode(body_ct, 'hex'), decode(to_ct, 'hex'), sender,"
+    " SELECT id, account_id, user_id, api_username, status, decode(body_ct, 'base64'), decode(to_ct, 'base64'), sender,"
     " country, encoding, parts, price, is_test, custom_string, source, from_email, list_id, contact_id,"
-    " to_timestamp(schedule), decode(to_hash, 'hex') FROM r),"
+    " to_timestamp(schedule), decode(to_hash, 'base64') FROM r),"
     " o AS (INSERT INTO outbox (message_id, available_time) SELECT id, to_timestamp(at) FROM r WHERE at IS NOT NULL)"
     " INSERT INTO outbox_batches (message_ids, available_time)"
     " SELECT $2::uuid[], to_timestamp($3::bigint) WHERE cardinality($2::uuid[]) > 0 RETURNING id"
@@ -97,6 +99,10 @@ _RECEIPTS_FOR_CHANGED = (
 def _uuids(ids: Sequence[str]) -> list[str]:
     """Message ids for a uuid[] parameter: asyncpg parses the text itself (no uuid.UUID objects)."""
     return list(ids)
+
+
+def _b64(value: bytes) -> str:
+    return binascii.b2a_base64(value, newline=False).decode()
 
 
 def _mid(value: uuid.UUID | None) -> str:
@@ -182,11 +188,11 @@ class PgSendTx:
         queued = MessageStatus.QUEUED
         rows = orjson.dumps([
             {"id": m.id, "account_id": m.account_id, "user_id": m.user_id, "api_username": m.api_username,
-             "status": m.status.value, "body_ct": m.body_ct.hex(), "to_ct": m.to_ct.hex(), "sender": m.sender,
+             "status": m.status.value, "body_ct": _b64(m.body_ct), "to_ct": _b64(m.to_ct), "sender": m.sender,
              "country": m.country, "encoding": m.encoding, "parts": m.parts, "price": str(m.price),
              "is_test": m.is_test, "custom_string": m.custom_string, "source": m.source,
              "from_email": m.from_email, "list_id": m.list_id, "contact_id": m.contact_id,
-             "schedule": m.schedule, "to_hash": None if m.to_hash is None else m.to_hash.hex(),
+             "schedule": m.schedule, "to_hash": None if m.to_hash is None else _b64(m.to_hash),
              "at": None if m.status is queued else m.publish_at}
             for m in messages
         ]).decode()
