@@ -139,6 +139,9 @@ class SendTx(Protocol):
     async def claim_idempotency(self, keys: Sequence[tuple[int, bytes, bytes]]) -> set[tuple[int, bytes]]: ...
     async def save_idempotent_results(self, results: Sequence[tuple[int, bytes, bytes]]) -> None: ...
     async def insert_messages(self, messages: Sequence[NewMessage]) -> int | None: ...  # outbox batch id
+    async def insert_funded(
+        self, messages: Sequence[NewMessage], account_id: int, amount: Decimal
+    ) -> tuple[bool, int | None]: ...  # (debited and inserted, outbox batch id); nothing written if not
 
 
 class KeyStore(Protocol):
@@ -394,6 +397,17 @@ class _Replay:
     """Another request with the same idempotency key won: answer with its stored result."""
 
 
+def _statuses_before_credit(
+    job: _SendJob, throttled: Sequence[bool], blocked: set[tuple[int, bytes]]
+) -> list[MessageStatusCode]:
+    return [
+        MessageStatusCode.THROTTLED if over
+        else MessageStatusCode.RECIPIENT_OPTED_OUT if (row.account_id, row.to_hash) in blocked
+        else MessageStatusCode.SUCCESS
+        for row, over in zip(job.rows, throttled, strict=True)
+    ]
+
+
 async def _no_limits(group: list[_SendJob]) -> list[LimitVerdict]:
     return [LimitVerdict(throttled=tuple(False for _ in j.rows)) for j in group]
 
@@ -574,7 +588,12 @@ class MessagingService:
         order, so concurrent groups cannot deadlock), opted-out recipients are refused, messages are paid
         for request by request in arrival order, every accepted row is inserted with its outbox row in one
         statement, each account is debited once and each idempotent answer is stored encrypted. Finally
-        everything queued is published with one stream write."""
+        everything queued is published with one stream write.
+
+        The common case takes a shorter way to the same result: one paying account, no idempotency key, and
+        enough credit for every message. Then a single statement debits the total (only if the balance
+        covers it) and inserts the rows (only if it did), with no transaction round trips; when the credit
+        does not cover it, nothing was written and the group goes the long way."""
         results: list[_JobResult | None] = [None] * len(group)
         pairs = sorted({(r.account_id, r.to_hash) for j in group for r in j.rows if r.to_hash is not None})
         # Two independent reads, at the same time: the limiter (Redis) and the opt-out list (a read outside
@@ -590,7 +609,6 @@ class MessagingService:
                 results[i] = limit_error(verdict, job.caller.limits)
             else:
                 active.append(i)
-        throttled = {i: verdicts[i].throttled for i in active}
         claims: list[tuple[int, bytes, bytes]] = []
         first_claim: dict[tuple[int, bytes], int] = {}
         for i in active:
@@ -605,8 +623,21 @@ class MessagingService:
         active = [i for i in active if results[i] is None]
         if not active:
             return [r if r is not None else [] for r in results]
+        # Each message's status before credit: throttled by a prefix counter, opted out, or payable.
+        base = {i: _statuses_before_credit(group[i], verdicts[i].throttled, blocked) for i in active}
         paying = sorted({group[i].caller.account_id for i in active if any(r.price for r in group[i].rows)})
-        accepted: list[NewMessage] = []
+        if len(paying) == 1 and not claims:
+            accepted = [r for i in active for r, st in zip(group[i].rows, base[i], strict=True)
+                        if st is MessageStatusCode.SUCCESS]
+            async with self._store.send_tx(atomic=False) as tx:
+                funded, batch = await tx.insert_funded(accepted, paying[0], sum((r.price for r in accepted),
+                                                                                 Decimal(0)))
+            if funded:
+                for i in active:
+                    results[i] = base[i]
+                await self._publish(accepted, batch)
+                return [r if r is not None else [] for r in results]
+        accepted = []
         async with self._store.send_tx(atomic=bool(paying or claims)) as tx:
             if claims:
                 won = await tx.claim_idempotency(claims)
@@ -620,15 +651,8 @@ class MessagingService:
             for i in active:
                 job = group[i]
                 acct = job.caller.account_id
-                statuses: list[MessageStatusCode] = []
-                for row, over in zip(job.rows, throttled[i], strict=True):
-                    if over:
-                        statuses.append(MessageStatusCode.THROTTLED)
-                    elif (acct, row.to_hash) in blocked:
-                        statuses.append(MessageStatusCode.RECIPIENT_OPTED_OUT)
-                    else:
-                        statuses.append(MessageStatusCode.SUCCESS)
-                payable = [k for k, s in enumerate(statuses) if s is MessageStatusCode.SUCCESS]
+                statuses = list(base[i])
+                payable = [k for k, st in enumerate(statuses) if st is MessageStatusCode.SUCCESS]
                 if acct in balances:
                     fits = allocate_credit(balances[acct] - spent[acct], [job.rows[k].price for k in payable])
                     for k, ok in zip(payable, fits, strict=True):
@@ -636,7 +660,8 @@ class MessagingService:
                             spent[acct] += job.rows[k].price
                         else:
                             statuses[k] = MessageStatusCode.INSUFFICIENT_CREDIT
-                accepted.extend(r for r, s in zip(job.rows, statuses, strict=True) if s is MessageStatusCode.SUCCESS)
+                accepted.extend(r for r, st in zip(job.rows, statuses, strict=True)
+                                if st is MessageStatusCode.SUCCESS)
                 results[i] = statuses
                 if job.idempotency is not None:
                     key_hash = job.idempotency[0]
@@ -648,17 +673,22 @@ class MessagingService:
             for acct in paying:
                 await tx.debit(acct, spent[acct])
             await tx.save_idempotent_results(saved)
-        due = [r for r in accepted if r.status is MessageStatus.QUEUED]
-        if due:
-            try:
-                await self._queue.publish([r.id for r in due])
-            except Exception as exc:  # the relay publishes from the outbox
-                _LOG.warning("dispatch publish failed (%s); %d messages left to the outbox relay",
-                             type(exc).__name__, len(due))
-            else:
-                if batch is not None:
-                    self._published.append(batch)
+        await self._publish(accepted, batch)
         return [r if r is not None else [] for r in results]
+
+    async def _publish(self, accepted: list[NewMessage], batch: int | None) -> None:
+        """Publish the queued messages of a commit with one stream write; on failure the outbox relay will."""
+        due = [r for r in accepted if r.status is MessageStatus.QUEUED]
+        if not due:
+            return
+        try:
+            await self._queue.publish([r.id for r in due])
+        except Exception as exc:  # the relay publishes from the outbox
+            _LOG.warning("dispatch publish failed (%s); %d messages left to the outbox relay",
+                         type(exc).__name__, len(due))
+        else:
+            if batch is not None:
+                self._published.append(batch)
 
     async def price_sms(self, caller: Caller, inputs: Sequence[OutboundInput]) -> SendResult:
         """What a send would cost and which messages it would refuse, storing and charging nothing."""

@@ -47,19 +47,37 @@ _MESSAGE_COLUMNS = (
 # parameter by parameter was the largest single cost of a 100-message send in this process; orjson
 # writes the whole batch in microseconds and PostgreSQL parses it in C. Binary values go as base64
 # (shorter than hex, so less JSON for PostgreSQL to parse: ~10% less CPU for the insert in all).
-_INSERT_MESSAGES = (
-    "WITH r AS (SELECT * FROM json_to_recordset($1::json) AS r(id uuid, account_id bigint, user_id bigint,"
-    " api_username text, status text, body_ct text, to_ct text, sender text, country text, encoding text,"
-    " parts int, price numeric, is_test bool, custom_string text, source text, from_email text, list_id text,"
-    " contact_id text, schedule bigint, to_hash text, at bigint)),"
-    " m AS (INSERT INTO messages (" + ", ".join(_MESSAGE_COLUMNS) + ")"
-    " SELECT id, account_id, user_id, api_username, status, decode(body_ct, 'base64'), decode(to_ct, 'base64'), sender,"
-    " country, encoding, parts, price, is_test, custom_string, source, from_email, list_id, contact_id,"
-    " to_timestamp(schedule), decode(to_hash, 'base64') FROM r),"
-    " o AS (INSERT INTO outbox (message_id, available_time) SELECT id, to_timestamp(at) FROM r WHERE at IS NOT NULL)"
-    " INSERT INTO outbox_batches (message_ids, available_time)"
-    " SELECT $2::uuid[], to_timestamp($3::bigint) WHERE cardinality($2::uuid[]) > 0 RETURNING id"
-)
+def _insert_sql(funded: bool) -> str:
+    """The bulk insert; `funded`: also debit $4 from account $5's balance, and insert only if the balance
+    covered it (a conditional UPDATE first, every insert guarded by its result)."""
+    guard = " AND EXISTS (SELECT 1 FROM d)" if funded else ""
+    debit = (
+        "d AS (UPDATE balances SET balance = balance - $4::numeric, update_time = now()"
+        " WHERE account_id = $5 AND balance >= $4::numeric RETURNING 1),"
+        if funded else ""
+    )
+    return (
+        "WITH " + debit + "r AS (SELECT * FROM json_to_recordset($1::json) AS r(id uuid, account_id bigint,"
+        " user_id bigint, api_username text, status text, body_ct text, to_ct text, sender text, country text,"
+        " encoding text, parts int, price numeric, is_test bool, custom_string text, source text, from_email text,"
+        " list_id text, contact_id text, schedule bigint, to_hash text, at bigint)),"
+        " m AS (INSERT INTO messages (" + ", ".join(_MESSAGE_COLUMNS) + ")"
+        " SELECT id, account_id, user_id, api_username, status, decode(body_ct, 'base64'),"
+        " decode(to_ct, 'base64'), sender, country, encoding, parts, price, is_test, custom_string, source,"
+        " from_email, list_id, contact_id, to_timestamp(schedule), decode(to_hash, 'base64') FROM r"
+        " WHERE true" + guard + "),"
+        " o AS (INSERT INTO outbox (message_id, available_time) SELECT id, to_timestamp(at) FROM r"
+        " WHERE at IS NOT NULL" + guard + "),"
+        " b AS (INSERT INTO outbox_batches (message_ids, available_time)"
+        " SELECT $2::uuid[], to_timestamp($3::bigint) WHERE cardinality($2::uuid[]) > 0" + guard + " RETURNING id)"
+        " SELECT " + ("EXISTS (SELECT 1 FROM d)" if funded else "true") + " AS done, (SELECT id FROM b) AS batch"
+    )
+
+
+_INSERT_MESSAGES = _insert_sql(funded=False)
+_INSERT_FUNDED = _insert_sql(funded=True)
+
+
 # Who may be claimed for sending: due queued/scheduled messages, a retry whose time has come, and a message
 # another worker claimed longer than the lease ago without settling it (that worker died).
 _CLAIM = (
@@ -179,12 +197,10 @@ class PgSendTx:
                 [r[0] for r in results], [r[1] for r in results], [r[2] for r in results],
             )
 
-    async def insert_messages(self, messages: Sequence[NewMessage]) -> int | None:
-        """Bulk-insert message rows and their outbox rows (one statement, the rows as one JSON document).
-        Returns the id of the outbox batch holding the messages due now (None when there are none), for
-        `mark_published`."""
-        if not messages:
-            return None
+    async def _insert(
+        self, messages: Sequence[NewMessage], funded: tuple[int, Decimal] | None
+    ) -> tuple[bool, int | None]:
+        """One statement, the rows as one JSON document; `funded`: (account, amount) to debit first."""
         queued = MessageStatus.QUEUED
         rows = orjson.dumps([
             {"id": m.id, "account_id": m.account_id, "user_id": m.user_id, "api_username": m.api_username,
@@ -197,9 +213,28 @@ class PgSendTx:
             for m in messages
         ]).decode()
         due = [m for m in messages if m.status is queued]
-        batch: int | None = await self._conn.fetchval(
-            _INSERT_MESSAGES, rows, [m.id for m in due], max((m.publish_at for m in due), default=0))
-        return batch
+        args = (rows, [m.id for m in due], max((m.publish_at for m in due), default=0))
+        if funded is None:
+            row = await self._conn.fetchrow(_INSERT_MESSAGES, *args)
+        else:
+            row = await self._conn.fetchrow(_INSERT_FUNDED, *args, str(funded[1]), funded[0])
+        assert row is not None
+        return bool(row["done"]), row["batch"]
+
+    async def insert_messages(self, messages: Sequence[NewMessage]) -> int | None:
+        """Bulk-insert message rows and their outbox rows. Returns the id of the outbox batch holding the
+        messages due now (None when there are none), for `mark_published`."""
+        if not messages:
+            return None
+        return (await self._insert(messages, None))[1]
+
+    async def insert_funded(
+        self, messages: Sequence[NewMessage], account_id: int, amount: Decimal
+    ) -> tuple[bool, int | None]:
+        """Debit `amount` from the account and insert the messages, in one statement, only if the balance
+        covers it (an account without a balance row yet is not covered). Returns (done, outbox batch id);
+        when not done, nothing was written."""
+        return await self._insert(messages, (account_id, amount))
 
 
 _HISTORY_COLUMNS = (

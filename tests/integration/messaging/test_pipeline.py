@@ -58,7 +58,7 @@ async def test_relay_publishes_what_a_crash_left_in_the_outbox(messaging: Messag
     # published again.
     assert await messaging.pool.fetchval(
         "SELECT count(*) FROM outbox_batches WHERE id = $1 AND $2::uuid = ANY(message_ids)"
-        " AND available_time > now() AND publish_count = 1", batch, mid) == 1
+        " AND available_time > now() AND publish_count >= 1", batch, mid) == 1  # >1: republished meanwhile
     await messaging.start_worker()
 
     async def delivered() -> bool:

@@ -84,6 +84,16 @@ class FakeTx:
         self.store.batches += 1
         return self.store.batches
 
+    async def insert_funded(
+        self, messages: Sequence[NewMessage], account_id: int, amount: Decimal
+    ) -> tuple[bool, int | None]:
+        """Like the real one: debit and insert only when an existing balance covers the amount."""
+        self.store.funded_attempts += 1
+        if account_id not in self.balances or self.balances[account_id] < amount:
+            return False, None
+        self.balances[account_id] -= amount
+        return True, await self.insert_messages(messages)
+
     async def opted_out(self, pairs: Sequence[tuple[int, bytes]]) -> set[tuple[int, bytes]]:
         return {p for p in pairs if p in self.store.opt_outs}
 
@@ -109,6 +119,7 @@ class FakeStore:
         # Like the real outbox: one entry (ids, time, batch id) per send's due messages, one per scheduled message.
         self.outbox: list[tuple[tuple[str, ...], int, int | None]] = []
         self.batches = 0
+        self.funded_attempts = 0
         self.transactions = 0
         self.locks = 0
         self.index_keys: dict[int, bytes] = {}
@@ -473,3 +484,30 @@ def test_bulk_message_ids_are_uppercase_random_version_4_uuids() -> None:
     assert all(u.version == 4 and u.variant == uuid.RFC_4122 for u in parsed)
     assert all(str(u).upper() == i for u, i in zip(parsed, ids, strict=True))
     assert len(set(ids)) == 2000 and new_message_ids(0) == []
+
+
+async def test_a_send_the_balance_covers_is_debited_and_stored_in_one_step(parts) -> None:  # type: ignore[no-untyped-def]
+    """Once the account has a balance, a send it fully covers takes the one-statement way: no lock."""
+    store, queue, env = parts
+    svc = make_service(store, queue, env, trial_credit=Decimal("1.00"))
+    await svc.send_sms(ALICE, [msg(body="first")])  # creates the balance (the long way)
+    locks, attempts = store.locks, store.funded_attempts
+    result = await svc.send_sms(ALICE, [msg(body="a"), msg(body="b")])
+    assert [i.status.value for i in result.items] == ["SUCCESS", "SUCCESS"]
+    assert store.locks == locks and store.funded_attempts == attempts + 1
+    assert store.balances[10] == Decimal("1.00") - 3 * Decimal("0.0770")
+    assert len(store.messages) == 3 and sorted(queue.published) == sorted(store.messages)
+
+
+async def test_a_send_the_balance_does_not_cover_falls_back_and_pays_message_by_message(parts) -> None:  # type: ignore[no-untyped-def]
+    """Not enough credit for the whole send: the one-statement way writes nothing, and the long way pays
+    for what fits, message by message, exactly as without it."""
+    store, queue, env = parts
+    svc = make_service(store, queue, env, trial_credit=Decimal("0.2000"))
+    await svc.send_sms(ALICE, [msg(body="first")])  # 0.1230 left
+    locks, attempts = store.locks, store.funded_attempts
+    result = await svc.send_sms(ALICE, [msg(body="a"), msg(body="b")])
+    assert [i.status.value for i in result.items] == ["SUCCESS", "INSUFFICIENT_CREDIT"]
+    assert store.funded_attempts == attempts + 1 and store.locks == locks + 1
+    assert store.balances[10] == Decimal("0.2000") - 2 * Decimal("0.0770")
+    assert len(store.messages) == 2
