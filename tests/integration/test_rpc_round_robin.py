@@ -15,7 +15,8 @@ from sendsafe.messaging.v1 import messaging_service_pb2_grpc
 from svckit.rpc import secure_channel
 from svckit.server import RunningServer, start_server
 from svckit.tls import TlsFiles
-from tools.certs import issue_leaf, make_ca, write_pem
+from tests.integration.workload_pki import workload_files
+from tools.certs import make_ca
 
 
 class _Replica(messaging_service_pb2_grpc.MessagingServiceServicer):
@@ -27,14 +28,6 @@ class _Replica(messaging_service_pb2_grpc.MessagingServiceServicer):
     ) -> pb.GetBalanceResponse:
         return pb.GetBalanceResponse(balance=self.name)
 
-
-def _files(root: Path, who: str, ca: tuple[object, object], name: str) -> TlsFiles:
-    cert, key = issue_leaf(ca[0], ca[1], name)  # type: ignore[arg-type]
-    files = TlsFiles(root / f"{who}.crt", root / f"{who}.key", root / "ca.crt")
-    write_pem(files.key, key)
-    write_pem(files.cert, cert)
-    write_pem(files.ca, ca[0])  # type: ignore[arg-type]
-    return files
 
 
 @contextlib.asynccontextmanager
@@ -53,8 +46,8 @@ async def _replica(files: TlsFiles, name: str) -> AsyncIterator[RunningServer]:
 
 async def test_calls_are_spread_over_every_replica_in_the_target(tmp_path: Path) -> None:
     ca = make_ca("round robin test")
-    server_files = _files(tmp_path, "server", ca, "messaging")
-    client_files = _files(tmp_path, "client", ca, "identity")
+    server_files = workload_files(tmp_path, "server", ca, "messaging")
+    client_files = workload_files(tmp_path, "client", ca, "identity")
     async with _replica(server_files, "a") as a, _replica(server_files, "b") as b:
         target = f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}"
         async with secure_channel(target, client_files, server_name="messaging") as channel:

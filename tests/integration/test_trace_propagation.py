@@ -27,7 +27,8 @@ from svckit import telemetry
 from svckit.rpc import secure_channel
 from svckit.server import RunningServer, start_server
 from svckit.tls import TlsFiles
-from tools.certs import issue_leaf, make_ca, write_pem
+from tests.integration.workload_pki import workload_files
+from tools.certs import make_ca
 
 
 class _Seen(messaging_service_pb2_grpc.MessagingServiceServicer):
@@ -40,14 +41,6 @@ class _Seen(messaging_service_pb2_grpc.MessagingServiceServicer):
         seen = f"{span.trace_id:032x}/{span.span_id:016x}/{callctx.request_id()}"
         return pb.GetBalanceResponse(balance=seen)
 
-
-def _files(root: Path, who: str, ca: tuple[object, object], name: str) -> TlsFiles:
-    cert, key = issue_leaf(ca[0], ca[1], name)  # type: ignore[arg-type]
-    files = TlsFiles(root / f"{who}.crt", root / f"{who}.key", root / "ca.crt")
-    write_pem(files.key, key)
-    write_pem(files.cert, cert)
-    write_pem(files.ca, ca[0])  # type: ignore[arg-type]
-    return files
 
 
 @contextlib.asynccontextmanager
@@ -77,8 +70,8 @@ def test_callee_continues_the_callers_trace_and_request_id_without_instrumentati
 
 async def _scenario(tmp_path: Path) -> None:
     ca = make_ca("propagation test")
-    server_files = _files(tmp_path, "server", ca, "messaging")
-    client_files = _files(tmp_path, "client", ca, "identity")
+    server_files = workload_files(tmp_path, "server", ca, "messaging")
+    client_files = workload_files(tmp_path, "client", ca, "identity")
     telemetry.setup_tracing("propagation-test")
     assert not telemetry.instrumented()
     tracer = trace.get_tracer(__name__)
