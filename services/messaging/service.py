@@ -15,7 +15,6 @@ import logging
 import os
 import secrets
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -213,8 +212,8 @@ Record = Callable[[event_pb2.Event], Awaitable[None]]
 
 
 def new_message_id() -> str:
-    """ClickSend message ids are uppercase UUID strings."""
-    return str(uuid.uuid4()).upper()
+    """ClickSend message ids are uppercase UUID strings (random, version 4)."""
+    return new_message_ids(1)[0]
 
 
 def new_message_ids(n: int) -> list[str]:
