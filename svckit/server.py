@@ -70,14 +70,19 @@ def status_for(code: grpc.StatusCode, reason: str, message: str, metadata: dict[
 class Guard(grpc.aio.ServerInterceptor):
     def __init__(self, on_denied: OnDenied | None = None) -> None:
         self._on_denied = on_denied
+        # A server's handlers are fixed once it starts, so each method's guarded handler is built once.
+        self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
+        known = self._guarded.get(method)
+        if known is not None:
+            return known
+        handler = await continuation(handler_call_details)
         if handler is None or method.startswith(_OPEN_PREFIXES):
             return handler
         if handler.unary_unary is None:
@@ -104,11 +109,12 @@ class Guard(grpc.aio.ServerInterceptor):
                 callctx.current.reset(token)
                 telemetry.end_trace(trace_token)
 
-        return grpc.unary_unary_rpc_method_handler(
+        self._guarded[method] = grpc.unary_unary_rpc_method_handler(
             guarded,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        return self._guarded[method]
 
     async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> tuple[object | None, Any]:
         """Continue the caller's trace, check the caller and permission, set the call context; returns

@@ -84,6 +84,23 @@ async def test_principal_without_permission_is_refused(audit_app: App, certs: Ce
         assert _reason(info.value) == "MISSING_PERMISSION"
 
 
+async def test_every_call_is_checked_not_only_the_first_of_its_method(audit_app: App, certs: CertBundle) -> None:
+    # The guard builds each method's checked handler once; the check itself must still run on every call.
+    request = audit_service_pb2.ListEventsRequest()
+    async with channel_as(certs, "gateway", audit_app.port, "audit") as gw, \
+            channel_as(certs, "keys", audit_app.port, "audit") as keys:
+        as_gateway = audit_service_pb2_grpc.AuditServiceStub(gw)
+        as_keys = audit_service_pb2_grpc.AuditServiceStub(keys)
+        await as_gateway.ListEvents(request, metadata=_principal(31, "audit.read"))
+        for stub, perms, reason in ((as_keys, "audit.read", "CALLER_NOT_ALLOWED"),
+                                    (as_gateway, "sms.send", "MISSING_PERMISSION")):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.ListEvents(request, metadata=_principal(31, perms))
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert _reason(info.value) == reason
+        await as_gateway.ListEvents(request, metadata=_principal(31, "audit.read"))
+
+
 async def test_principal_from_non_gateway_is_ignored(audit_app: App, certs: CertBundle) -> None:
     # ops may call AppendEvents; a principal it sends is not trusted, so permission checks see none.
     async with channel_as(certs, "ops", audit_app.port, "audit") as ch:
