@@ -5,7 +5,8 @@ Every RPC goes through `Guard`:
 2. an end-user principal is accepted only from the gateway, and the RPC's declared permission must be
    among the principal's permissions;
 3. the call context (caller, principal, request id) is set for the handler;
-4. DomainError becomes the mapped gRPC status with google.rpc.Status + ErrorInfo; anything else becomes
+4. DomainError becomes the mapped gRPC status with google.rpc.Status + ErrorInfo; a database or Redis
+   that cannot be reached becomes UNAVAILABLE (BACKEND_UNAVAILABLE: retry later); anything else becomes
    INTERNAL with a generic message (details go to the log with the trace id).
 Denials are reported to `on_denied` (the audit client) before the call is refused.
 """
@@ -15,12 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import grpc
+import redis.exceptions
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -37,6 +41,37 @@ _LOG = logging.getLogger(__name__)
 PRINCIPAL_ISSUERS = frozenset({"gateway"})
 MAX_CONNECTION_AGE_SECONDS = 3600.0  # grpc adds +-10 % jitter
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+# A store that is down, restarting or out of connections: the same call can succeed a moment later.
+_OUTAGES: tuple[type[BaseException], ...] = (
+    ConnectionError,  # refused, reset, aborted, broken pipe
+    socket.gaierror,  # its name does not resolve (yet)
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, and a connection lost mid-call
+    asyncpg.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    # asyncpg's report of a pooled connection the server terminated while it sat idle ("cannot switch to
+    # state 15; another operation (2) is in progress"), seen when PostgreSQL restarts under load.
+    asyncpg.InternalClientError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The error, or one it was raised while handling (a transaction that cannot roll back on a
+    connection the server closed raises InterfaceError over the original), is a store outage."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, _OUTAGES):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 @dataclass(frozen=True)
@@ -99,9 +134,16 @@ class Guard(grpc.aio.ServerInterceptor):
                 await context.abort_with_status(status_for(code, err.reason, err.message, err.metadata))
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
-            except Exception:
-                _LOG.exception("unhandled error in %s", method)
+            except Exception as exc:
                 rid = callctx.request_id()
+                if is_outage(exc):
+                    _LOG.warning("%s: a backing store is unavailable: %s: %s", method, type(exc).__name__, exc)
+                    await context.abort_with_status(status_for(
+                        grpc.StatusCode.UNAVAILABLE, "BACKEND_UNAVAILABLE",
+                        f"a database this service needs is unavailable right now; try again shortly"
+                        f" (request id {rid})",
+                    ))
+                _LOG.exception("unhandled error in %s", method)
                 await context.abort_with_status(
                     status_for(grpc.StatusCode.INTERNAL, "INTERNAL", f"internal error (request id {rid})")
                 )

@@ -25,7 +25,7 @@ import pytest
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from services.messaging.config import Settings
 from svckit.app import App
-from svckit.testing import CertBundle
+from svckit.testing import CertBundle, error_reason
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.fakes import free_port
 from tests.integration.messaging.test_api import eventually, sms, stub_for
@@ -199,19 +199,18 @@ async def test_postgres_restarted_under_load_loses_nothing_and_retries_charge_on
     apps.extend([api, worker])
     m = Messaging(settings, api, None)  # type: ignore[arg-type]
     accepted: set[str] = set()
-    refused = 0
+    refused: list[tuple[str, str]] = []  # (gRPC code, reason) of every refusal
 
     async def send(key: str, body: str) -> None:
         """A client that retries with the same Idempotency-Key until it gets an answer."""
-        nonlocal refused
         req = pb.SendSmsRequest(messages=[sms(f"+6141234{n:04d}", f"{body}-{n}") for n in range(5)])  # type: ignore[attr-defined]
         while True:
             try:
                 r = await stub.SendSms(req, metadata=principal_md(9502, idempotency_key=key), timeout=5)
                 accepted.update(x.message_id for x in r.messages if x.status == "SUCCESS")
                 return
-            except grpc.aio.AioRpcError:
-                refused += 1
+            except grpc.aio.AioRpcError as err:
+                refused.append((err.code().name, error_reason(err)))
                 await asyncio.sleep(0.2)
 
     ch, stub = stub_for(m, certs)
@@ -224,6 +223,9 @@ async def test_postgres_restarted_under_load_loses_nothing_and_retries_charge_on
             n += 3
         await outage
         await asyncio.gather(*(send(f"k{i}", f"before{i}") for i in range(4)))  # replays: nothing new
-        assert refused > 0, "no request met the outage: the test proved nothing"
+        assert refused, "no request met the outage: the test proved nothing"
+        # An outage is a retryable refusal, never an internal error.
+        assert {code for code, _ in refused} <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, refused
+        assert {reason for code, reason in refused if code == "UNAVAILABLE"} <= {"BACKEND_UNAVAILABLE"}, refused
         assert len(accepted) == 5 * n
         await _check_exactly_once(m, 9502, accepted)
