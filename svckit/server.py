@@ -141,7 +141,7 @@ class Guard(grpc.aio.ServerInterceptor):
                     await context.abort_with_status(status_for(
                         grpc.StatusCode.UNAVAILABLE, "BACKEND_UNAVAILABLE",
                         f"a database this service needs is unavailable right now; try again shortly"
-                        f" (request id {rid})",
+                        f" (request id {rid})", {"retry_after_seconds": "1"},
                     ))
                 _LOG.exception("unhandled error in %s", method)
                 await context.abort_with_status(

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -103,8 +104,7 @@ def session_redis_prefix() -> Iterator[str]:
     yield f"sst:{RUN_ID}:session:"
 
 
-def error_reason(err: object) -> str:
-    """The ErrorInfo reason carried by a failed gRPC call (`grpc.aio.AioRpcError`), or ""."""
+def _error_info(err: object) -> Any:
     from google.rpc import error_details_pb2, status_pb2
 
     for key, value in getattr(err, "trailing_metadata", lambda: ())() or ():
@@ -112,5 +112,17 @@ def error_reason(err: object) -> str:
             for detail in status_pb2.Status.FromString(value).details:
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info):
-                    return str(info.reason)
-    return ""
+                    return info
+    return None
+
+
+def error_reason(err: object) -> str:
+    """The ErrorInfo reason carried by a failed gRPC call (`grpc.aio.AioRpcError`), or ""."""
+    info = _error_info(err)
+    return str(info.reason) if info is not None else ""
+
+
+def error_metadata(err: object) -> dict[str, str]:
+    """The ErrorInfo metadata carried by a failed gRPC call, or {}."""
+    info = _error_info(err)
+    return dict(info.metadata) if info is not None else {}

@@ -25,7 +25,7 @@ import pytest
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from services.messaging.config import Settings
 from svckit.app import App
-from svckit.testing import CertBundle, error_reason
+from svckit.testing import CertBundle, error_metadata, error_reason
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.fakes import free_port
 from tests.integration.messaging.test_api import eventually, sms, stub_for
@@ -200,6 +200,7 @@ async def test_postgres_restarted_under_load_loses_nothing_and_retries_charge_on
     m = Messaging(settings, api, None)  # type: ignore[arg-type]
     accepted: set[str] = set()
     refused: list[tuple[str, str]] = []  # (gRPC code, reason) of every refusal
+    retry_after: set[str] = set()
 
     async def send(key: str, body: str) -> None:
         """A client that retries with the same Idempotency-Key until it gets an answer."""
@@ -211,6 +212,8 @@ async def test_postgres_restarted_under_load_loses_nothing_and_retries_charge_on
                 return
             except grpc.aio.AioRpcError as err:
                 refused.append((err.code().name, error_reason(err)))
+                if err.code() == grpc.StatusCode.UNAVAILABLE:
+                    retry_after.add(error_metadata(err).get("retry_after_seconds", ""))
                 await asyncio.sleep(0.2)
 
     ch, stub = stub_for(m, certs)
@@ -227,5 +230,6 @@ async def test_postgres_restarted_under_load_loses_nothing_and_retries_charge_on
         # An outage is a retryable refusal, never an internal error.
         assert {code for code, _ in refused} <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, refused
         assert {reason for code, reason in refused if code == "UNAVAILABLE"} <= {"BACKEND_UNAVAILABLE"}, refused
+        assert retry_after <= {"1"}, retry_after  # the gateway turns it into Retry-After
         assert len(accepted) == 5 * n
         await _check_exactly_once(m, 9502, accepted)
