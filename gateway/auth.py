@@ -396,6 +396,7 @@ class Authenticator:
             session_id=s.session_id,
             mfa_time=s.mfa_time if s.HasField("mfa_time") else None,
             staff=s.staff,
+            sms_deidentify_message=s.sms_deidentify_message,
         )
 
     def _rejection(

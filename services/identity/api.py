@@ -277,6 +277,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             permissions=sorted(subject.permissions),
             test_mode=subject.test_mode,
             expire_time=_ts(session.expire_time),
+            sms_deidentify_message=subject.sms_deidentify_message,
         )
         if session.mfa_time is not None:
             out.mfa_time.CopyFrom(_ts(session.mfa_time))

@@ -617,6 +617,7 @@ class Subject:
     permissions: frozenset[str]
     test_mode: bool = False
     role: str = ""  # staff only
+    sms_deidentify_message: bool = False  # users only: bodies and numbers masked for them
 
     @property
     def key(self) -> str:

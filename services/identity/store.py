@@ -646,6 +646,7 @@ def _user_subject(r: asyncpg.Record) -> Subject:
         enabled=user.enabled,
         permissions=derive_permissions(user.flags, is_main=user.is_main, enabled=user.enabled),
         test_mode=account.test_mode,
+        sms_deidentify_message=user.flags.sms_deidentify_message,
     )
 
 

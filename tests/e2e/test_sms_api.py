@@ -321,6 +321,18 @@ def test_a_deidentified_subaccount_sees_no_content(customer: Customer) -> None:
         with pytest.raises(ForbiddenException) as search:
             api.view_sms_history(q=f"to:{REAL}", limit=15)
         assert envelope(search.value)["response_code"] == "FORBIDDEN"
+    # The same person logged in with their password (a session, not an API key) is masked the same way.
+    http = Http(customer.url, str(customer.ca))
+    login = http.call("POST", "/v1/auth/login", json_body={"username": name, "password": "Violet-staple-orbit-7"})
+    assert login.status == 200, login.body
+    session = {"Authorization": f"Bearer {login.json()['session_token']}"}
+    history = http.call("GET", "/v3/sms/history?limit=15", headers=session)
+    assert history.status == 200, history.body
+    rows = history.json()["data"]["data"]
+    assert rows and {m["body"] for m in rows} == {""} and all("*" in m["to"] for m in rows)
+    assert REAL not in history.body.decode() and "private" not in history.body.decode()
+    refused = http.call("GET", f"/v3/sms/history?limit=15&q=to:{REAL.replace('+', '%2B')}", headers=session)
+    assert refused.status == 403, refused.body
 
 
 # -- nothing of the content in any log or span of the whole suite -------------------------------------------

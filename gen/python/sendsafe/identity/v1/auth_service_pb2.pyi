@@ -165,12 +165,15 @@ class ResolveSessionResponse(_message.Message):
     TEST_MODE_FIELD_NUMBER: _builtins.int
     MFA_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    SMS_DEIDENTIFY_MESSAGE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     account_id: _builtins.int
     user_id: _builtins.int
     username: _builtins.str
     staff: _builtins.bool
     test_mode: _builtins.bool
+    sms_deidentify_message: _builtins.bool
+    """The user may not see message bodies and numbers (ClickSend sms_deidentify_message)."""
     @_builtins.property
     def permissions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -189,10 +192,11 @@ class ResolveSessionResponse(_message.Message):
         test_mode: _builtins.bool = ...,
         mfa_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        sms_deidentify_message: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "mfa_time", b"mfa_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expire_time", b"expire_time", "mfa_time", b"mfa_time", "permissions", b"permissions", "session_id", b"session_id", "staff", b"staff", "test_mode", b"test_mode", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expire_time", b"expire_time", "mfa_time", b"mfa_time", "permissions", b"permissions", "session_id", b"session_id", "sms_deidentify_message", b"sms_deidentify_message", "staff", b"staff", "test_mode", b"test_mode", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
