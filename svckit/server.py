@@ -5,9 +5,9 @@ Every RPC goes through `Guard`:
 2. an end-user principal is accepted only from the gateway, and the RPC's declared permission must be
    among the principal's permissions;
 3. the call context (caller, principal, request id) is set for the handler;
-4. DomainError becomes the mapped gRPC status with google.rpc.Status + ErrorInfo; a database or Redis
-   that cannot be reached becomes UNAVAILABLE (BACKEND_UNAVAILABLE: retry later); anything else becomes
-   INTERNAL with a generic message (details go to the log with the trace id).
+4. DomainError becomes the mapped gRPC status with google.rpc.Status + ErrorInfo; a database, Redis or
+   other dependency that cannot be reached becomes UNAVAILABLE (BACKEND_UNAVAILABLE, retry); anything
+   else becomes INTERNAL with a generic message (details go to the log with the trace id).
 Denials are reported to `on_denied` (the audit client) before the call is refused.
 """
 
@@ -43,7 +43,7 @@ MAX_CONNECTION_AGE_SECONDS = 3600.0  # grpc adds +-10 % jitter
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
-# A store that is down, restarting or out of connections: the same call can succeed a moment later.
+# A store or peer that is down, restarting or out of connections: the same call can succeed a moment later.
 _OUTAGES: tuple[type[BaseException], ...] = (
     ConnectionError,  # refused, reset, aborted, broken pipe
     socket.gaierror,  # its name does not resolve (yet)
@@ -137,10 +137,10 @@ class Guard(grpc.aio.ServerInterceptor):
             except Exception as exc:
                 rid = callctx.request_id()
                 if is_outage(exc):
-                    _LOG.warning("%s: a backing store is unavailable: %s: %s", method, type(exc).__name__, exc)
+                    _LOG.warning("%s: a dependency is unavailable: %s: %s", method, type(exc).__name__, exc)
                     await context.abort_with_status(status_for(
                         grpc.StatusCode.UNAVAILABLE, "BACKEND_UNAVAILABLE",
-                        f"a database this service needs is unavailable right now; try again shortly"
+                        f"a system this service depends on is unavailable right now; try again shortly"
                         f" (request id {rid})", {"retry_after_seconds": "1"},
                     ))
                 _LOG.exception("unhandled error in %s", method)
