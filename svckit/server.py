@@ -39,7 +39,10 @@ from svckit.tls import TlsFiles, peer_service, server_credentials
 
 _LOG = logging.getLogger(__name__)
 PRINCIPAL_ISSUERS = frozenset({"gateway"})
-MAX_CONNECTION_AGE_SECONDS = 3600.0  # grpc adds +-10 % jitter
+# Every connection is made again within this time (grpc adds +-10 % jitter): both sides handshake with
+# their current certificates, and a caller's round_robin channel resolves a headless Service again, so
+# pods added by a scale-up get calls within minutes rather than when a connection happens to break.
+MAX_CONNECTION_AGE_SECONDS = 300.0
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 

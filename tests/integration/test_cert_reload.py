@@ -133,7 +133,7 @@ async def test_server_keeps_its_certificate_while_a_rotation_is_half_written(tmp
 
 async def test_server_ends_old_connections_so_every_peer_handshakes_again(tmp_path: Path) -> None:
     """A connection made before a rotation keeps its certificates; servers close connections after a
-    maximum age (an hour in production), so within that time every peer has handshaken again."""
+    maximum age (five minutes in production), so within that time every peer has handshaken again."""
     pki = Pki(tmp_path)
     ca = make_ca("rotation test")
     pki.issue("server", ca, "audit")
