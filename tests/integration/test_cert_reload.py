@@ -154,6 +154,47 @@ async def test_server_ends_old_connections_so_every_peer_handshakes_again(tmp_pa
         await server.stop(0)
 
 
+async def test_calls_keep_flowing_across_connections_the_server_ends(tmp_path: Path) -> None:
+    """Servers end every connection at the maximum age (five minutes in production): a steady stream of
+    concurrent calls crosses several of those ends without a single call failing."""
+    pki = Pki(tmp_path)
+    ca = make_ca("ageing test")
+    pki.issue("server", ca, "audit")
+    pki.trust("server", ca)
+    pki.issue("client", ca, "gateway")
+    pki.trust("client", ca)
+    server = await start_server(listen="127.0.0.1:0", tls=pki.files("server"), register=lambda s: None,
+                                service_names=[], max_connection_age_seconds=0.3)
+    try:
+        async with secure_channel(f"127.0.0.1:{server.port}", pki.files("client"), server_name="audit") as ch:
+            assert await health_ok(ch)
+            connections = 1
+
+            async def count_connections() -> None:
+                nonlocal connections
+                state = ch.get_state()
+                while True:
+                    await ch.wait_for_state_change(state)
+                    state = ch.get_state()
+                    if state == grpc.ChannelConnectivity.READY:
+                        connections += 1
+
+            watcher = asyncio.create_task(count_connections())
+            loop = asyncio.get_running_loop()
+            give_up = loop.time() + 30
+            calls = 0
+            try:
+                while connections < 4:
+                    assert loop.time() < give_up, f"only {connections} connections in 30 s"
+                    assert all(await asyncio.gather(*(health_ok(ch) for _ in range(8))))
+                    calls += 8
+            finally:
+                watcher.cancel()
+            assert calls > 8
+    finally:
+        await server.stop(0)
+
+
 # -- clients ----------------------------------------------------------------------------------------------
 
 
