@@ -580,11 +580,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(settings: Settings) -> int:
-    from svckit.app import write_port_file
+    from svckit.app import settle_heap, write_port_file
     from svckit.server import wait_for_shutdown_signal
     from svckit.telemetry import shutdown_tracing
 
     gateway = await build(settings)
+    settle_heap()
     write_port_file(await gateway.start())
     try:
         await wait_for_shutdown_signal()
