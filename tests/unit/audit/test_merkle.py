@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from services.audit import merkle
 from tests.unit.audit import rfc9162 as rfc
 
-DATA = [os.urandom(random.randint(0, 40)) for _ in range(80)]
+# Distinct entries (one of them empty): with equal neighbours a proof for one would rightly verify the other.
+DATA = [b""] + [i.to_bytes(2, "big") + os.urandom(random.randint(0, 38)) for i in range(1, 80)]
 LEAVES = [merkle.leaf_hash(d) for d in DATA]
 
 
