@@ -44,7 +44,7 @@ certs: install
 	$(BIN)/python -m tools.certs
 
 run: install
-	$(BIN)/python -m tools.devrun
+	$(BIN)/python -m tools.devrun $(if $(RESET),--reset,)
 
 test: install sysdeps $(CHECKOV) protos-check
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from svckit.config import KitSettings
+from svckit.config import ConfigError, KitSettings
 from svckit.server import RunningServer, wait_for_shutdown_signal
 from svckit.telemetry import setup_logging, setup_tracing, shutdown_tracing
 
@@ -68,7 +68,11 @@ def write_port_file(port: int) -> None:
 async def serve(build: Callable[[S], Awaitable[App]], settings: S) -> None:
     setup_logging(settings.service_name, settings.log_level)
     setup_tracing(settings.service_name)
-    app = await build(settings)
+    try:
+        app = await build(settings)
+    except ConfigError as exc:  # found only once connected (a root key that does not open the stored keys)
+        _LOG.error("%s cannot start: %s", settings.service_name, exc)
+        raise SystemExit(2) from None
     settle_heap()
     _LOG.info("%s serving on port %d", settings.service_name, app.port)
     write_port_file(app.port)

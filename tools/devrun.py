@@ -9,6 +9,8 @@ Configuration (environment): GATEWAY_PORT (8443), AUDIT_PORT (50054), KEYS_PORT 
 MESSAGING_PORT (50053), IDENTITY_PORT (50051), PG_DSN (postgresql://postgres@127.0.0.1:5432/postgres),
 REDIS_URL (redis://127.0.0.1:6379/0), SENDSAFE_TRACE_UI=1 (start Arize Phoenix and export traces to it).
 It also writes `.dev/backup.env`, the settings `python -m tools.backup` needs for these databases.
+`--reset` (`make run RESET=1`) first drops make run's databases and Redis keys: the demo data goes, and
+the suite starts over with this checkout's `.dev/` keys.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tools.suite import REPO, SERVICES, Suite, SuiteConfig, ensure_databases, ensure_root_key
+from tools.suite import REPO, SERVICES, StartError, Suite, SuiteConfig, ensure_databases, ensure_root_key
 
 DEV = REPO / ".dev"
 
@@ -130,7 +132,31 @@ def write_backup_env(config: SuiteConfig) -> Path:
     return path
 
 
-def main() -> int:
+def reset(config: SuiteConfig) -> None:
+    """Drop make run's databases and Redis keys (only those: its database names and Redis prefix)."""
+    import redis
+
+    from svckit.db import drop_database
+
+    async def drop() -> None:
+        for svc in SERVICES:
+            await drop_database(config.database_url(svc))
+
+    asyncio.run(drop())
+    client = redis.Redis.from_url(config.redis_url)
+    try:
+        for key in client.scan_iter(match=f"{config.redis_prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+    (DEV / "demo.env").unlink(missing_ok=True)
+    print(f"Dropped the databases {config.db_prefix}_* and the Redis keys {config.redis_prefix}*; starting over.")
+
+
+ROOT_KEY_MISMATCH = "do not open them"  # in the keys service's start-up refusal (services.keys.service)
+
+
+def main(argv: list[str] | None = None) -> int:
     pg_dsn = os.environ.get("PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     ensure_postgres(pg_dsn)
@@ -159,12 +185,27 @@ def main() -> int:
             "MESSAGING_ADDR": f"127.0.0.1:{os.environ.get('MESSAGING_PORT', '50053')}",
         }},
     )
+    if "--reset" in (sys.argv[1:] if argv is None else argv):
+        reset(config)
     ensure_databases(config)
     write_backup_env(config)
     ui = start_trace_ui(os.environ) if os.environ.get("SENDSAFE_TRACE_UI") == "1" else None  # type: ignore[arg-type]
     suite = Suite(config)
     try:
-        suite.start()
+        try:
+            suite.start()
+        except StartError as exc:
+            if ROOT_KEY_MISMATCH not in str(exc):
+                raise
+            print(
+                f"\nThe databases {config.db_prefix}_* were written under another development root key than\n"
+                f"  {DEV / 'keys-root.key'}\n"
+                "(another checkout's `make run` on this machine, or .dev/ was deleted): nothing stored in them\n"
+                "can be decrypted with this one. Put back the keys-root.key that wrote them, or start over,\n"
+                "dropping make run's databases and demo data:\n  make run RESET=1",
+                file=sys.stderr,
+            )
+            return 1
         from tools.bootstrap import bootstrap
 
         asyncio.run(

@@ -80,12 +80,17 @@ from services.keys.domain import (
     wrap_data_key,
 )
 from svckit.audit import new_event
+from svckit.config import ConfigError
 from svckit.errors import DomainError
 from svckit.keyevents import ACCOUNT_KEYS_CHANGED, API_KEYS_CHANGED, KeyNotice
 
 _LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 Context = Mapping[str, str]
+
+
+class RootKeyMismatch(ConfigError):
+    """The configured root keys do not open the stored keys (raised at start-up)."""
 
 
 class KeyStore(Protocol):
@@ -114,6 +119,7 @@ class KeyStore(Protocol):
         before_commit: Callable[[list[tuple[int, bytes]], datetime | None, str], Awaitable[None]],
     ) -> bool: ...
     async def keks_to_rewrap(self, current_root_key_id: str, limit: int) -> list[StoredKek]: ...
+    async def newest_kek(self) -> StoredKek | None: ...
     async def replace_wrapped(self, account_id: int, version: int, old_root_key_id: str, new: Any) -> bool: ...
     async def root_key_usage(self) -> tuple[dict[str, int], dict[str, int]]: ...
     async def add_signing_key(self, key_id: str, public_key: bytes, when: datetime) -> None: ...
@@ -236,8 +242,27 @@ class Service:
         return self._now()
 
     async def prepare(self) -> None:
-        """Derive the receipt signing key and publish its public half (once per root key)."""
+        """Check that the configured root keys open what is stored, then derive the receipt signing key and
+        publish its public half (once per root key)."""
+        await self._check_root_keys()
         await self._receipt_signer()
+
+    async def _check_root_keys(self) -> None:
+        """Refuse to start when the newest stored KEK does not unwrap under the configured root keys: every
+        account's data would then fail to decrypt, one request at a time, as internal errors. It happens
+        when the root key was replaced or lost, or the database was written by another deployment (or
+        another checkout's `make run`)."""
+        newest = await self._store.newest_kek()
+        if newest is None or newest.wrapped is None:
+            return
+        try:
+            await self._root.unwrap(newest.wrapped, kek_aad(newest.account_id, newest.version))
+        except (DecryptFailed, KeyVersionUnknown):
+            raise RootKeyMismatch([
+                f"the keys database holds KEKs wrapped under root key {newest.wrapped.key_id!r}, and the configured"
+                f" root keys ({', '.join(self._root.key_ids)}) do not open them (account {newest.account_id}"
+                f" version {newest.version}): configure the root key that wrote them"
+            ]) from None
 
     # -- customer API keys ----------------------------------------------------------------------------------
 

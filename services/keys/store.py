@@ -276,6 +276,14 @@ class PgKeyStore:
 
     # -- root-key rewrap ----------------------------------------------------------------------------------
 
+    async def newest_kek(self) -> StoredKek | None:
+        """The most recently written KEK that is not destroyed (any account), or None."""
+        row = await self._pool.fetchrow(
+            "SELECT account_id, version, root_key_id, wrapped_kek, create_time FROM account_kek_versions"
+            " WHERE wrapped_kek IS NOT NULL ORDER BY create_time DESC LIMIT 1"
+        )
+        return _kek(row)
+
     async def keks_to_rewrap(self, current_root_key_id: str, limit: int) -> list[StoredKek]:
         # Two index range scans (below and above the current id), both empty in the steady state; "<>" would
         # walk the whole index on every maintenance run.

@@ -15,6 +15,7 @@ from sendsafe.context.v1 import principal_pb2
 from sendsafe.keys.v1 import keys_service_pb2 as pb
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from svckit.app import App
+from svckit.config import ConfigError
 from svckit.testing import CertBundle
 from tests.conftest import channel_as
 from tests.integration.keys.conftest import empty
@@ -143,3 +144,18 @@ async def test_keyadmin_leaked_and_account_commands(
     assert status["state"] == "ACCOUNT_KEY_STATE_PENDING_DESTRUCTION"
     status = json.loads(await _admin(keys_app, certs, "cancel-destroy", "601", capsys=capsys))["status"]
     assert status["state"] == "ACCOUNT_KEY_STATE_ENABLED"
+
+
+async def test_start_up_stops_when_the_root_key_does_not_open_the_stored_keys(
+    start_keys: Callable[..., Awaitable[App]], certs: CertBundle, tmp_path: Path
+) -> None:
+    """Another root key under the same id (another checkout's `make run`, a lost key file): the service
+    refuses to start, naming the problem, instead of failing every decryption later as an internal error."""
+    app = await start_keys("local-1", _secret_file(tmp_path / "first", os.urandom(32).hex()))
+    try:
+        async with channel_as(certs, "messaging", app.port, "keys") as ch:
+            await keys_service_pb2_grpc.KeysServiceStub(ch).GenerateDataKey(pb.GenerateDataKeyRequest(account_id=701))
+    finally:
+        await app.stop()
+    with pytest.raises(ConfigError, match="do not open them"):
+        await start_keys("local-1", _secret_file(tmp_path / "other", os.urandom(32).hex()))

@@ -141,6 +141,10 @@ class FakeStore:
         r.state, r.destroy_time = "destroyed", now
         return True
 
+    async def newest_kek(self) -> StoredKek | None:
+        live = [k for k in self.keks.values() if k.wrapped is not None]
+        return max(live, key=lambda k: k.create_time, default=None)
+
     async def keks_to_rewrap(self, current_root_key_id: str, limit: int) -> list[StoredKek]:
         return [k for k in self.keks.values() if k.wrapped and k.wrapped.key_id != current_root_key_id][:limit]
 

@@ -15,6 +15,7 @@ from sendsafe.audit.v1 import event_pb2
 from services.keys import domain as d
 from services.keys.service import Service
 from svckit.audit import AuditUnavailable
+from svckit.config import ConfigError
 from svckit.errors import DomainError, PermissionDenied, Unauthenticated
 from svckit.keyevents import ACCOUNT_KEYS_CHANGED, API_KEYS_CHANGED, KeyNotice
 from tests.unit.keys.fakes import FakeAudit, FakeLastUsed, FakeNotices, FakeStore
@@ -424,6 +425,20 @@ async def test_kek_that_does_not_unwrap_is_an_internal_error(p: Parts) -> None:
     with pytest.raises(RuntimeError) as info:
         await p.again(d.LocalRootKey({"r1": bytes(32)}, "r1")).decrypt_data_key(9, wrapped)
     assert "account 9" in str(info.value)
+
+
+async def test_start_up_refuses_root_keys_that_do_not_open_the_stored_keks(p: Parts) -> None:
+    await p.again().prepare()  # nothing stored yet: nothing to check
+    await p.service.generate_data_key(9)
+    await p.again().prepare()  # the root key that wrote them
+    for wrong in (d.LocalRootKey({"r1": bytes(32)}, "r1"),  # same id, other material (another checkout)
+                  d.LocalRootKey({"r2": bytes(range(32))}, "r2")):  # the writing id not configured at all
+        with pytest.raises(ConfigError) as info:
+            await p.again(wrong).prepare()
+        assert "'r1'" in str(info.value) and "account 9" in str(info.value)
+        assert bytes(range(32)).hex() not in str(info.value)
+    # After a root-key rotation that kept the old id for unwrapping, start-up is fine.
+    await p.again(d.LocalRootKey({"r1": bytes(range(32)), "r2": bytes(range(1, 33))}, "r2")).prepare()
 
 
 async def test_kek_cache_expires() -> None:
