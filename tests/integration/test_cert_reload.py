@@ -131,32 +131,9 @@ async def test_server_keeps_its_certificate_while_a_rotation_is_half_written(tmp
         assert await presented_serial(server.port, pki.files("client")) == int(cert.serial_number)
 
 
-async def test_server_ends_old_connections_so_every_peer_handshakes_again(tmp_path: Path) -> None:
-    """A connection made before a rotation keeps its certificates; servers close connections after a
-    maximum age (five minutes in production), so within that time every peer has handshaken again."""
-    pki = Pki(tmp_path)
-    ca = make_ca("rotation test")
-    pki.issue("server", ca, "audit")
-    pki.trust("server", ca)
-    pki.issue("client", ca, "gateway")
-    pki.trust("client", ca)
-    server = await start_server(listen="127.0.0.1:0", tls=pki.files("server"), register=lambda s: None,
-                                service_names=[], max_connection_age_seconds=0.5)
-    try:
-        async with secure_channel(f"127.0.0.1:{server.port}", pki.files("client"), server_name="audit") as ch:
-            assert await health_ok(ch)
-            assert ch.get_state() == grpc.ChannelConnectivity.READY
-            # Nothing is called: the server itself ends the connection (GOAWAY) once it is old enough.
-            await asyncio.wait_for(ch.wait_for_state_change(grpc.ChannelConnectivity.READY), 10)
-            assert ch.get_state() != grpc.ChannelConnectivity.READY
-            assert await health_ok(ch)  # and the client simply connects again
-    finally:
-        await server.stop(0)
-
-
-async def test_calls_keep_flowing_across_connections_the_server_ends(tmp_path: Path) -> None:
-    """Servers end every connection at the maximum age (five minutes in production): a steady stream of
-    concurrent calls crosses several of those ends without a single call failing."""
+@contextlib.asynccontextmanager
+async def ageing_server_and_channel(tmp_path: Path, max_age: float) -> AsyncIterator[grpc.aio.Channel]:
+    """A svckit server that ends every connection after `max_age` seconds, and a channel to it."""
     pki = Pki(tmp_path)
     ca = make_ca("ageing test")
     pki.issue("server", ca, "audit")
@@ -164,35 +141,54 @@ async def test_calls_keep_flowing_across_connections_the_server_ends(tmp_path: P
     pki.issue("client", ca, "gateway")
     pki.trust("client", ca)
     server = await start_server(listen="127.0.0.1:0", tls=pki.files("server"), register=lambda s: None,
-                                service_names=[], max_connection_age_seconds=0.3)
+                                service_names=[], max_connection_age_seconds=max_age)
     try:
         async with secure_channel(f"127.0.0.1:{server.port}", pki.files("client"), server_name="audit") as ch:
-            assert await health_ok(ch)
-            connections = 1
-
-            async def count_connections() -> None:
-                nonlocal connections
-                state = ch.get_state()
-                while True:
-                    await ch.wait_for_state_change(state)
-                    state = ch.get_state()
-                    if state == grpc.ChannelConnectivity.READY:
-                        connections += 1
-
-            watcher = asyncio.create_task(count_connections())
-            loop = asyncio.get_running_loop()
-            give_up = loop.time() + 30
-            calls = 0
-            try:
-                while connections < 4:
-                    assert loop.time() < give_up, f"only {connections} connections in 30 s"
-                    assert all(await asyncio.gather(*(health_ok(ch) for _ in range(8))))
-                    calls += 8
-            finally:
-                watcher.cancel()
-            assert calls > 8
+            yield ch
     finally:
         await server.stop(0)
+
+
+async def test_server_ends_old_connections_so_every_peer_handshakes_again(tmp_path: Path) -> None:
+    """A connection made before a rotation keeps its certificates; servers close connections after a
+    maximum age (five minutes in production), so within that time every peer has handshaken again."""
+    async with ageing_server_and_channel(tmp_path, 0.5) as ch:
+        assert await health_ok(ch)
+        assert ch.get_state() == grpc.ChannelConnectivity.READY
+        # Nothing is called: the server itself ends the connection (GOAWAY) once it is old enough.
+        await asyncio.wait_for(ch.wait_for_state_change(grpc.ChannelConnectivity.READY), 10)
+        assert ch.get_state() != grpc.ChannelConnectivity.READY
+        assert await health_ok(ch)  # and the client simply connects again
+
+
+async def test_calls_keep_flowing_across_connections_the_server_ends(tmp_path: Path) -> None:
+    """Servers end every connection at the maximum age (five minutes in production): a steady stream of
+    concurrent calls crosses several of those ends without a single call failing."""
+    async with ageing_server_and_channel(tmp_path, 0.3) as ch:
+        assert await health_ok(ch)
+        connections = 1
+
+        async def count_connections() -> None:
+            nonlocal connections
+            state = ch.get_state()
+            while True:
+                await ch.wait_for_state_change(state)
+                state = ch.get_state()
+                if state == grpc.ChannelConnectivity.READY:
+                    connections += 1
+
+        watcher = asyncio.create_task(count_connections())
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 30
+        calls = 0
+        try:
+            while connections < 4:
+                assert loop.time() < give_up, f"only {connections} connections in 30 s"
+                assert all(await asyncio.gather(*(health_ok(ch) for _ in range(8))))
+                calls += 8
+        finally:
+            watcher.cancel()
+        assert calls > 8
 
 
 # -- clients ----------------------------------------------------------------------------------------------
