@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from tools.suite import Suite, SuiteConfig
+from tools.suite import Suite, SuiteConfig, drop_suite_data
 
 ACCOUNT = 424242
 
@@ -174,7 +174,7 @@ def main() -> int:
     clients = int(os.environ.get("BENCH_AUDIT_CLIENTS", "8"))
     total = int(os.environ.get("BENCH_AUDIT_EVENTS", "100000"))
     work = Path(tempfile.mkdtemp(prefix="sendsafe-bench-audit-"))
-    from svckit.db import drop_database, ensure_database
+    from svckit.db import ensure_database
     from tools.certs import ensure_dev_certs
 
     certs = work / "certs"
@@ -204,5 +204,5 @@ def main() -> int:
             print(line)
     finally:
         suite.stop()
-        asyncio.run(drop_database(config.database_url("audit")))
+        drop_suite_data(config)
     return 0

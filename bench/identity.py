@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from bench.load import run
-from tools.suite import Suite, SuiteConfig, ensure_databases, ensure_root_key
+from tools.suite import Suite, SuiteConfig, drop_suite_data, ensure_databases, ensure_root_key
 
 PASSWORD = "bench correct horse battery staple"  # noqa: S105 - a throw-away account on a throw-away suite
 
@@ -95,13 +95,7 @@ def main() -> int:
         print(f"through the gateway: {result.rps:.1f} logins/s = {result.rps / raw:.2f}x the in-process argon2id bound")
     finally:
         suite.stop()
-        from svckit.db import drop_database
-
-        async def drop() -> None:
-            for name in ("audit", "keys", "messaging", "identity"):
-                await drop_database(config.database_url(name))
-
-        asyncio.run(drop())
+        drop_suite_data(config)
     return 0
 
 

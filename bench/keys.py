@@ -29,7 +29,7 @@ from typing import Any
 import grpc
 
 from bench.load import Result, run
-from tools.suite import Suite, SuiteConfig, ensure_databases, ensure_root_key
+from tools.suite import Suite, SuiteConfig, drop_suite_data, ensure_databases, ensure_root_key
 
 BODY = b"Your SendSafe code is 482913. It expires in 10 minutes. Never share it. " * 2 + b"x" * 14  # 160 bytes
 
@@ -146,16 +146,6 @@ def _suite(work: Path, certs: Path, tag: str, messaging_env: dict[str, str]) -> 
     return Suite(config), config
 
 
-def _drop(config: SuiteConfig) -> None:
-    from svckit.db import drop_database
-
-    async def drop() -> None:
-        for name in ("audit", "keys", "messaging", "identity"):
-            await drop_database(config.database_url(name))
-
-    asyncio.run(drop())
-
-
 def _send_path(work: Path, certs: Path, tag: str, messaging_env: dict[str, str], seconds: float, conc: int,
                rpcs: bool = False) -> tuple[Result, float, list[str]]:
     suite, config = _suite(work, certs, tag, messaging_env)
@@ -186,7 +176,7 @@ def _send_path(work: Path, certs: Path, tag: str, messaging_env: dict[str, str],
         return result, keys_cpu_ms, lines
     finally:
         suite.stop()
-        _drop(config)
+        drop_suite_data(config)
 
 
 def main() -> int:

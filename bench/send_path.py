@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.load import Result, run
-from tools.suite import REPO, Suite, SuiteConfig, ensure_databases, ensure_root_key
+from tools.suite import REPO, Suite, SuiteConfig, drop_suite_data, ensure_databases, ensure_root_key
 
 # Limits on, but far above what the bench can offer: their cost is measured, nothing is refused.
 _NO_THROTTLE = {
@@ -221,13 +221,7 @@ def main() -> int:
         suite.stop()
         bare.terminate()
         bare.wait()
-        from svckit.db import drop_database
-
-        async def drop() -> None:
-            for name in ("audit", "keys", "messaging", "identity"):
-                await drop_database(config.database_url(name))
-
-        asyncio.run(drop())
+        drop_suite_data(config)
     return 0
 
 

@@ -27,7 +27,16 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tools.suite import REPO, SERVICES, StartError, Suite, SuiteConfig, ensure_databases, ensure_root_key
+from tools.suite import (
+    REPO,
+    SERVICES,
+    StartError,
+    Suite,
+    SuiteConfig,
+    drop_suite_data,
+    ensure_databases,
+    ensure_root_key,
+)
 
 DEV = REPO / ".dev"
 
@@ -134,21 +143,7 @@ def write_backup_env(config: SuiteConfig) -> Path:
 
 def reset(config: SuiteConfig) -> None:
     """Drop make run's databases and Redis keys (only those: its database names and Redis prefix)."""
-    import redis
-
-    from svckit.db import drop_database
-
-    async def drop() -> None:
-        for svc in SERVICES:
-            await drop_database(config.database_url(svc))
-
-    asyncio.run(drop())
-    client = redis.Redis.from_url(config.redis_url)
-    try:
-        for key in client.scan_iter(match=f"{config.redis_prefix}*", count=1000):
-            client.delete(key)
-    finally:
-        client.close()
+    drop_suite_data(config)
     (DEV / "demo.env").unlink(missing_ok=True)
     print(f"Dropped the databases {config.db_prefix}_* and the Redis keys {config.redis_prefix}*; starting over.")
 

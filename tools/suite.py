@@ -212,6 +212,28 @@ def ensure_databases(config: SuiteConfig) -> None:
     asyncio.run(run())
 
 
+def drop_suite_data(config: SuiteConfig) -> None:
+    """Drop the suite's four databases and delete its Redis keys (everything under `redis_prefix`)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from svckit.db import drop_database
+
+    async def run() -> None:
+        for name in SERVICES:
+            await drop_database(config.database_url(name))
+        client = aioredis.Redis.from_url(config.redis_url)
+        try:
+            keys = [k async for k in client.scan_iter(match=f"{config.redis_prefix}*", count=1000)]
+            for i in range(0, len(keys), 1000):
+                await client.delete(*keys[i:i + 1000])
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
 def ensure_root_key(path: Path) -> Path:
     """A development root key (32 random bytes, hex) written 0600 if missing."""
     if not path.exists():

@@ -14,7 +14,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from svckit.testing import RUN_ID, CertBundle
-from tools.suite import Suite, SuiteConfig, ensure_databases, ensure_root_key
+from tools.suite import Suite, SuiteConfig, drop_suite_data, ensure_databases, ensure_root_key
 
 
 @dataclass
@@ -107,13 +107,7 @@ def suite(
     s = Suite(config).start()
     yield s
     s.stop()
-    from svckit.db import drop_database
-
-    async def drop() -> None:
-        for name in ("audit", "keys", "messaging", "identity"):
-            await drop_database(config.database_url(name))
-
-    asyncio.run(drop())
+    drop_suite_data(config)
 
 
 @pytest.fixture(scope="session")
