@@ -15,6 +15,13 @@ class Access:
     allowed_callers: frozenset[str]
     permission: str
     privileged: bool
+    # How the RPC can move data out of the platform (options_pb2.DataOut; 0: it does not).
+    data_out: int = 0
+    public: bool = False
+
+    @property
+    def sets_destination(self) -> bool:
+        return self.data_out == options_pb2.DATA_OUT_DESTINATION
 
 
 @cache
@@ -29,4 +36,4 @@ def access_for(method_path: str) -> Access | None:
     if not opts.HasExtension(options_pb2.access):
         return None
     rule = opts.Extensions[options_pb2.access]
-    return Access(frozenset(rule.allowed_callers), rule.permission, rule.privileged)
+    return Access(frozenset(rule.allowed_callers), rule.permission, rule.privileged, rule.data_out, rule.public)

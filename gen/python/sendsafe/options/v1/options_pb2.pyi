@@ -13,6 +13,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
 import sys
@@ -25,6 +26,42 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _DataOut:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DataOutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataOut.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DATA_OUT_UNSPECIFIED: _DataOut.ValueType  # 0
+    """None: the answer goes only to the authenticated caller and nothing is
+    sent anywhere else. Sending one message (SendSms) is the product itself
+    and is governed by the send permission, key scopes and send limits.
+    """
+    DATA_OUT_DESTINATION: _DataOut.ValueType  # 1
+    """It sets a standing destination that data will be sent to later without
+    the caller: a URL (webhooks, SIEM forwarding), a phone number or an email
+    address (alert notifications). A de-identified user may not set one.
+    """
+    DATA_OUT_SECRET: _DataOut.ValueType  # 2
+    """Its answer carries a secret: an API key, a signing secret, recovery codes."""
+
+class DataOut(_DataOut, metaclass=_DataOutEnumTypeWrapper):
+    """Ways an RPC can move data out of the platform."""
+
+DATA_OUT_UNSPECIFIED: DataOut.ValueType  # 0
+"""None: the answer goes only to the authenticated caller and nothing is
+sent anywhere else. Sending one message (SendSms) is the product itself
+and is governed by the send permission, key scopes and send limits.
+"""
+DATA_OUT_DESTINATION: DataOut.ValueType  # 1
+"""It sets a standing destination that data will be sent to later without
+the caller: a URL (webhooks, SIEM forwarding), a phone number or an email
+address (alert notifications). A de-identified user may not set one.
+"""
+DATA_OUT_SECRET: DataOut.ValueType  # 2
+"""Its answer carries a secret: an API key, a signing secret, recovery codes."""
+Global___DataOut: _TypeAlias = DataOut  # noqa: Y015
+
 @_typing.final
 class Access(_message.Message):
     """Access rules for one RPC."""
@@ -35,16 +72,23 @@ class Access(_message.Message):
     PERMISSION_FIELD_NUMBER: _builtins.int
     PRIVILEGED_FIELD_NUMBER: _builtins.int
     PUBLIC_FIELD_NUMBER: _builtins.int
+    DATA_OUT_FIELD_NUMBER: _builtins.int
     permission: _builtins.str
     """Permission the end-user principal must hold. Empty for internal RPCs."""
     privileged: _builtins.bool
-    """A privileged action: it fails closed when its audit event cannot be
-    recorded, and (for staff) needs a recent second factor.
+    """A privileged action: on a session it needs a second factor verified
+    within the step-up age (checked by every service's guard, not only the
+    gateway), and its audit event is stored before the change commits: it
+    fails closed when the audit log cannot record it.
     """
     public: _builtins.bool
     """Reachable without credentials (interactive login). The gateway then
     forwards a principal that carries only where the request came from; such
     an RPC declares no permission and does its own throttling.
+    """
+    data_out: Global___DataOut.ValueType
+    """How the RPC can move data out of the platform. Every RPC that declares a
+    kind here must be privileged (checked by tests/unit/test_policy.py).
     """
     @_builtins.property
     def allowed_callers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -59,10 +103,11 @@ class Access(_message.Message):
         permission: _builtins.str = ...,
         privileged: _builtins.bool = ...,
         public: _builtins.bool = ...,
+        data_out: Global___DataOut.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_callers", b"allowed_callers", "permission", b"permission", "privileged", b"privileged", "public", b"public"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_callers", b"allowed_callers", "data_out", b"data_out", "permission", b"permission", "privileged", b"privileged", "public", b"public"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
