@@ -100,8 +100,16 @@ class MainUserProtected(PermissionDenied):
     reason = "MAIN_USER_PROTECTED"
 
 
-class FlagNotHeld(PermissionDenied):
-    reason = "FLAG_NOT_HELD"
+class DelegationExceedsActor(PermissionDenied):
+    reason = "DELEGATION_EXCEEDS_ACTOR"
+
+
+class RestrictionNotLiftable(PermissionDenied):
+    reason = "RESTRICTION_NOT_LIFTABLE"
+
+
+class OwnAccessUnchangeable(PermissionDenied):
+    reason = "OWN_ACCESS_UNCHANGEABLE"
 
 
 class InvalidCredentials(Unauthenticated):
@@ -579,20 +587,73 @@ class SubaccountChanges:
         return out
 
 
-def check_grant(actor: User, current: AccessFlags, wanted: AccessFlags) -> None:
-    """No privilege escalation through sub-account management: a non-main user may turn on only flags it
-    holds itself (turning flags off is always allowed). The main user holds every access flag."""
-    if actor.is_main:
-        return
-    for name in FLAG_NAMES:
-        if getattr(wanted, name) and not getattr(current, name) and not getattr(actor.flags, name):
-            raise FlagNotHeld(f"you cannot grant {name}: you do not hold it yourself", field=name)
+RESTRICTION_FLAGS: Final[tuple[str, ...]] = ("sms_deidentify_message", "hide_pricing")
+"""Flags that take something away from a user (masked bodies and numbers, no prices). Every other flag grants."""
+GRANT_FLAGS: Final[tuple[str, ...]] = tuple(n for n in FLAG_NAMES if n not in RESTRICTION_FLAGS)
 
 
-def check_manageable(actor: User, target: User) -> None:
-    """The main user is managed only by itself; nobody edits their own access flags through this path."""
-    if target.is_main and not actor.is_main:
+def _granted(flags: AccessFlags, is_main: bool) -> frozenset[str]:
+    return frozenset(GRANT_FLAGS if is_main else (n for n in GRANT_FLAGS if getattr(flags, n)))
+
+
+def _restricted(flags: AccessFlags) -> frozenset[str]:
+    return frozenset(n for n in RESTRICTION_FLAGS if getattr(flags, n))
+
+
+def delegate(actor: User, target: User | None, requested: Mapping[str, bool] | None = None) -> AccessFlags:
+    """The delegation rule, for every path that creates, changes, re-keys, resets or deletes a user: the
+    target's flags after the change, or a PermissionDenied saying why the actor may not do it.
+
+    `target` None creates a user with the `requested` flags; otherwise `requested` holds the flags a change
+    sets (None or empty: the flags stay, as for a delete, a new API key, a password or a contact change).
+
+    - The main user is changed only by itself, and its access never through this path.
+    - Restrictions are inherited: a user created by an actor under a restriction is under it too, whatever
+      was requested; an actor under a restriction never lifts it, from anyone.
+    - Nobody changes their own access flags or restrictions through this path.
+    - The target's resulting grants (the flags, and the permissions `derive_permissions` gives them, as if
+      enabled) must be a subset of the actor's own, and the target must stay under every restriction the
+      actor is under: an actor acts only on users who can do no more than itself.
+    """
+    wanted = dict(requested or {})
+    unknown = sorted(set(wanted) - set(FLAG_NAMES))
+    if unknown:
+        raise FlagInvalid(f"unknown flag {unknown[0]}", field=unknown[0])
+    is_main = target is not None and target.is_main
+    if target is not None and target.is_main and not actor.is_main:
         raise MainUserProtected("only the main user may change the main user")
+    if is_main and wanted:
+        raise MainUserProtected("the main user's access flags cannot be changed")
+    actor_restrictions = _restricted(actor.flags)
+    if target is None:
+        wanted.update({name: True for name in actor_restrictions})  # inherited, whatever the request says
+        base = AccessFlags()
+    else:
+        base = target.flags
+        for name in sorted(actor_restrictions):
+            if name in wanted and not wanted[name] and getattr(base, name):
+                raise RestrictionNotLiftable(
+                    f"you cannot turn {name} off: you are under it yourself; ask a user who is not", field=name
+                )
+    resulting = AccessFlags(**{name: wanted.get(name, getattr(base, name)) for name in FLAG_NAMES})
+    if target is not None and target.id == actor.id and resulting != target.flags:
+        raise OwnAccessUnchangeable("you cannot change your own access flags; ask the account's main user")
+    beyond = sorted(
+        (_granted(resulting, is_main) - _granted(actor.flags, actor.is_main))
+        | (derive_permissions(resulting, is_main=is_main, enabled=True) - actor.permissions)
+    )
+    if beyond:
+        who = "the new user" if target is None else f"user {target.api_username}"
+        raise DelegationExceedsActor(
+            f"{who} would hold {', '.join(beyond)}, which you do not hold: only a user who holds them may do this"
+        )
+    unrestricted = sorted(actor_restrictions - _restricted(resulting))
+    if target is not None and unrestricted:  # a new user inherited them above
+        raise DelegationExceedsActor(
+            f"user {target.api_username} is not under {', '.join(unrestricted)}, which you are under:"
+            " only a user who is not may do this"
+        )
+    return resulting
 
 
 # ---------------------------------------------------------------------------------------------------

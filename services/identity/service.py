@@ -2,8 +2,10 @@
 the ClickSend sub-account endpoints (create, list, get, update, delete, regenerate the API key).
 
 Sub-account management is defence in depth on top of the gateway's permission check: the target must be
-in the caller's account, only the main user manages the main user, and nobody grants a flag they do not
-hold. Every change is recorded before it commits (fail closed) and refusals are recorded as DENIED."""
+in the caller's account, and every create, change, re-key, password reset and delete passes the delegation
+rule (`domain.delegate`: the target ends up with no more than the actor holds, restrictions are inherited and
+never lifted by someone under them, the main user is changed only by itself). Every change is recorded
+before it commits (fail closed) and refusals are recorded as DENIED."""
 
 from __future__ import annotations
 
@@ -37,12 +39,11 @@ from services.identity.domain import (
     check_balance,
     check_email,
     check_flag,
-    check_grant,
-    check_manageable,
     check_name,
     check_notes,
     check_phone,
     check_username,
+    delegate,
     new_account,
     page_window,
 )
@@ -284,11 +285,8 @@ class Service:
     async def _strict(self, ev: event_pb2.Event) -> None:
         await self._audit.record_strict(ev, timeout=self._strict_timeout)
 
-    def _flags(self, raw: dict[str, int], base: AccessFlags) -> AccessFlags:
-        values = {name: getattr(base, name) for name in FLAG_NAMES}
-        for name, value in raw.items():
-            values[name] = check_flag(name, value)
-        return AccessFlags(**values)
+    def _flags(self, raw: dict[str, int]) -> dict[str, bool]:
+        return {name: check_flag(name, value) for name, value in raw.items()}
 
     async def _password_hash(self, password: str, username: str, email: str) -> str:
         assert self._hasher is not None
@@ -304,8 +302,7 @@ class Service:
             if missing:
                 raise MissingRequiredFields(f"missing required fields: {', '.join(missing)}", fields=",".join(missing))
             assert req.api_username and req.password and req.email
-            flags = self._flags(req.flags, AccessFlags())
-            check_grant(actor, AccessFlags(), flags)
+            flags = delegate(actor, None, self._flags(req.flags))
             account = await self._account_of(actor)
             email = check_email(req.email)
             new = NewSubaccount(
@@ -350,13 +347,8 @@ class Service:
             actor = await self._caller()
             await self._require_step_up()
             account, target = await self._target(actor, subaccount_id)
-            check_manageable(actor, target)
-            flags = None
-            if req.flags:
-                if target.is_main:
-                    raise PermissionDenied("the main user's access cannot be reduced", reason="MAIN_USER_PROTECTED")
-                flags = self._flags(req.flags, target.flags)
-                check_grant(actor, target.flags, flags)
+            resulting = delegate(actor, target, self._flags(req.flags))
+            flags = resulting if req.flags else None
             email = check_email(req.email) if req.email is not None else None
             changes = SubaccountChanges(
                 email=email,
@@ -389,7 +381,7 @@ class Service:
             actor = await self._caller()
             await self._require_step_up()
             _, target = await self._target(actor, subaccount_id)
-            check_manageable(actor, target)
+            delegate(actor, target)
             if target.is_main:
                 raise PermissionDenied("the main user cannot be deleted", reason="MAIN_USER_PROTECTED")
             assert self._keys is not None
@@ -405,7 +397,7 @@ class Service:
             actor = await self._caller()
             await self._require_step_up()
             account, target = await self._target(actor, subaccount_id)
-            check_manageable(actor, target)
+            delegate(actor, target)
             assert self._keys is not None
             key_id, api_key = await self._keys.issue(account.id, target.id, "regenerated", account.test_mode)
             revoked = await self._keys.revoke_user_keys(account.id, target.id, keep_key_id=key_id, reason="regenerated")
