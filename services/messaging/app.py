@@ -40,7 +40,6 @@ from services.messaging.service import (
 )
 from services.messaging.store import PgMessageStore, PgSimulatorStore
 from services.messaging.stream import DispatchStream
-from services.messaging.webhooks import HttpsWebhookSender
 from services.messaging.worker import StreamWorker, default_consumer_name, pump_receipts, run_every
 from svckit.app import App, serve
 from svckit.audit import denial_recorder
@@ -48,6 +47,7 @@ from svckit.cache import make_redis
 from svckit.config import load
 from svckit.db import create_pool, migrate
 from svckit.server import start_server
+from svckit.webhooks import WebhookClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name
@@ -80,8 +80,8 @@ async def _common(settings: Settings, stack: contextlib.AsyncExitStack) -> tuple
 
 
 def _webhooks(settings: Settings, store: PgMessageStore, envelope: Any) -> WebhookService:
-    sender = HttpsWebhookSender(allow_private=settings.webhook_allow_private, ca_file=settings.webhook_ca_file,
-                                timeout=settings.webhook_timeout_seconds)
+    sender = WebhookClient(allow_private=settings.webhook_allow_private, ca_file=settings.webhook_ca_file,
+                           timeout=settings.webhook_timeout_seconds)
     replies = Replies(store, envelope, IndexKeys(store, envelope))
     return WebhookService(store, envelope, replies, sender, max_attempts=settings.webhook_max_attempts,
                           backoff_base_s=settings.webhook_backoff_ms / 1000,

@@ -32,7 +32,7 @@ REFUSED_ADDRESSES = [
     "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "0.0.0.0", "255.255.255.255",  # noqa: S104
     "192.0.0.8", "192.0.2.1", "198.18.0.1", "198.51.100.7", "203.0.113.9", "224.0.0.1", "240.0.0.1",
     "::", "::1", "fe80::1", "fe80::1%eth0", "fc00::1", "fd12:3456::1", "fec0::1", "ff02::1", "2001:db8::1",
-    "100::1", "not-an-address",
+    "100::1", "100.100.100.200", "2002:c0a8:101::1", "64:ff9b::7f00:1", "not-an-address",
 ]
 
 
@@ -64,7 +64,7 @@ def test_the_test_escape_hatch_admits_loopback_and_private_receivers_only() -> N
     "https://[::127.0.0.1]/", "https://[::ffff:10.0.0.1]/", "https://100.64.0.1/", "https://169.254.169.254/",
     "https://localhost/", "https://db.svc/", "https://printer.local/", "https://metadata.google.internal/",
     "https://intranet/", "https://hooks.example.com/" + "a" * w.MAX_URL, "https://hooks.example.com/a b",
-    "https://hooks.example.com:99999/", "https://[::1/",
+    "https://hooks.example.com:99999/", "https://[::1/", "https://", "https://[::1]/h",
 ])
 def test_urls_refused_by_the_policy(url: str) -> None:
     with pytest.raises(w.InvalidWebhookUrl) as err:

@@ -1,19 +1,22 @@
 """Customer webhooks for receipts and replies: configured through the API (secret shown once), delivered by
-the worker to a local HTTPS receiver, signed (HMAC-SHA256 over timestamp and body), retried with backoff,
-logged; private and loopback destinations refused outside test setups."""
+the worker to a local HTTPS receiver, signed the Standard Webhooks way (checked with the spec's own
+`standardwebhooks` library), retried with backoff under one webhook-id, logged; private and loopback
+destinations refused outside test setups."""
 
 from __future__ import annotations
 
-import time
+import base64
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import clicksend
 import grpc
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
-from services.messaging.domain import WebhookAddressRefused, verify_signature
-from services.messaging.webhooks import HttpsWebhookSender
+from services.messaging.domain import WEBHOOK_SECRET_RECORD, SettingsUpdate
+from svckit.envelope import aad_for
 from svckit.testing import CertBundle
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.fakes import WebhookReceiver
@@ -35,7 +38,7 @@ async def test_receipts_and_replies_reach_the_webhook_signed(messaging: Messagin
     async with ch:
         upd = await stub.UpdateMessagingSettings(pb.UpdateMessagingSettingsRequest(  # type: ignore[attr-defined]
             receipt_webhook_url=receiver.url("/receipts"), inbound_webhook_url=receiver.url("/replies")), metadata=md)
-        secret = upd.webhook_secret.encode()
+        secret = upd.webhook_secret
         assert upd.webhook_secret.startswith("whsec_") and upd.settings.webhook_secret_set
         got = await stub.GetMessagingSettings(pb.GetMessagingSettingsRequest(), metadata=md)  # type: ignore[attr-defined]
         assert got.settings.receipt_webhook_url == receiver.url("/receipts")
@@ -54,9 +57,9 @@ async def test_receipts_and_replies_reach_the_webhook_signed(messaging: Messagin
 
         await eventually(both, what="both webhooks")
         for hit in receiver.hits:
-            ts, sig = hit.headers["X-SendSafe-Timestamp"], hit.headers["X-SendSafe-Signature"]
-            assert verify_signature(secret, ts, hit.body, sig, int(time.time()))
+            assert Webhook(secret).verify(hit.body, hit.headers) == hit.json()
             assert hit.headers["Content-Type"] == "application/json"
+            assert "X-SendSafe-Signature" not in hit.headers  # one scheme only
         receipt = next(h for h in receiver.hits if h.path == "/receipts")
         assert receipt.headers["X-SendSafe-Event"] == "sms.receipt"
         assert clicksend.SmsReceipt.from_dict(receipt.json()).status_code == 201
@@ -75,7 +78,7 @@ async def test_receipts_and_replies_reach_the_webhook_signed(messaging: Messagin
         assert {(d.outcome, d.http_status, d.host) for d in log.deliveries} == {("DELIVERED", 200, "localhost")}
 
         rotated = await stub.RotateWebhookSecret(pb.RotateWebhookSecretRequest(), metadata=md)  # type: ignore[attr-defined]
-        assert rotated.webhook_secret.startswith("whsec_") and rotated.webhook_secret.encode() != secret
+        assert rotated.webhook_secret.startswith("whsec_") and rotated.webhook_secret != secret
         await stub.CreateTestSmsReceipt(pb.CreateTestSmsReceiptRequest(url=receiver.url("/one-off")), metadata=md)  # type: ignore[attr-defined]
 
         async def one_off() -> bool:
@@ -83,10 +86,9 @@ async def test_receipts_and_replies_reach_the_webhook_signed(messaging: Messagin
 
         await eventually(one_off, what="the test receipt pushed to its URL")
         hit = next(h for h in receiver.hits if h.path == "/one-off")
-        assert verify_signature(rotated.webhook_secret.encode(), hit.headers["X-SendSafe-Timestamp"], hit.body,
-                                hit.headers["X-SendSafe-Signature"], int(time.time()))
-        assert not verify_signature(secret, hit.headers["X-SendSafe-Timestamp"], hit.body,
-                                    hit.headers["X-SendSafe-Signature"], int(time.time()))
+        assert Webhook(rotated.webhook_secret).verify(hit.body, hit.headers)
+        with pytest.raises(WebhookVerificationError):
+            Webhook(secret).verify(hit.body, hit.headers)
 
 
 async def test_failing_webhooks_are_retried_with_backoff_then_given_up(messaging: Messaging, certs: CertBundle,
@@ -110,6 +112,9 @@ async def test_failing_webhooks_are_retried_with_backoff_then_given_up(messaging
 
         await eventually(settled, what="both receipts delivered after the failures")
         assert sorted(await outcomes()) == ["DELIVERED", "DELIVERED", "RETRYING", "RETRYING"]
+        # Retries repeat their webhook-id (the receiver's idempotency key): four posts, two ids.
+        ids = Counter(h.headers["webhook-id"] for h in receiver.hits)
+        assert len(receiver.hits) == 4 and len(ids) == 2 and set(ids.values()) == {2}
         assert await messaging.pool.fetchval("SELECT count(*) FROM webhook_outbox") == 0
 
         receiver.statuses = [500] * 10
@@ -129,29 +134,48 @@ async def test_failing_webhooks_are_retried_with_backoff_then_given_up(messaging
 
 async def test_private_and_loopback_destinations_are_refused_in_production(messaging: Messaging,
                                                                           certs: CertBundle) -> None:
-    sender = HttpsWebhookSender(allow_private=False, ca_file=str(certs.public_ca), timeout=2.0)
-    with pytest.raises(WebhookAddressRefused):
-        await sender.resolve_checked("localhost", 443)  # resolves to loopback: refused after resolution
-    pinned = await HttpsWebhookSender(allow_private=True).resolve_checked("localhost", 443)
-    assert {r["host"] for r in pinned} <= {"127.0.0.1", "::1"}
-    attempt = await sender.post("https://127.0.0.1/hook", b"{}", {})
-    assert attempt.refused and attempt.status == 0
-    # Through the API: with loopback allowed only in tests, production settings refuse such URLs outright.
+    # With loopback allowed only in tests, production settings refuse such URLs when they are configured.
     from services.messaging.service import MessagingOptions
 
     prod = messaging.service
     prod._opts = MessagingOptions()  # production defaults (a test-only peek at the option)
     ch, stub = stub_for(messaging, certs)
     async with ch:
-        for url in ("https://localhost:8443/x", "https://10.0.0.8/x", "https://169.254.169.254/latest",
-                    "http://hooks.example.com/x"):
+        for url in ("https://localhost:8443/x", "https://localhost/x", "https://10.0.0.8/x",
+                    "https://169.254.169.254/latest", "https://[64:ff9b::a00:1]/x", "http://hooks.example.com/x"):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.UpdateMessagingSettings(pb.UpdateMessagingSettingsRequest(  # type: ignore[attr-defined]
                     inbound_webhook_url=url), metadata=principal_md(9303))
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert reason_of(err.value) in ("INVALID_WEBHOOK_URL", "WEBHOOK_ADDRESS_REFUSED")
+            assert reason_of(err.value) == "INVALID_WEBHOOK_URL"
         ok = await stub.UpdateMessagingSettings(pb.UpdateMessagingSettingsRequest(  # type: ignore[attr-defined]
-            inbound_webhook_url="https://hooks.example.com/sendsafe", body_retention_days=30),
+            inbound_webhook_url="https://93.184.216.34/sendsafe", body_retention_days=30),
             metadata=principal_md(9303))
-        assert ok.settings.inbound_webhook_url == "https://hooks.example.com/sendsafe"
+        assert ok.settings.inbound_webhook_url == "https://93.184.216.34/sendsafe"
         assert ok.settings.body_retention_days == 30
+
+
+async def test_a_secret_issued_before_standard_webhooks_signs_with_the_key_it_encodes(
+        messaging: Messaging, certs: CertBundle, receiver: WebhookReceiver) -> None:
+    # Secrets used to be "whsec_" + URL-safe base64 without padding; the stored ones are not re-issued:
+    # the key is the bytes they encode, which the libraries take in the standard alphabet.
+    await messaging.start_worker()
+    account = 9304
+    md = principal_md(account, test_mode=True)
+    ch, stub = stub_for(messaging, certs)
+    async with ch:
+        await stub.UpdateMessagingSettings(pb.UpdateMessagingSettingsRequest(  # type: ignore[attr-defined]
+            receipt_webhook_url=receiver.url("/r")), metadata=md)
+        raw = bytes(range(200, 232))
+        legacy = "whsec_" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        blob = await messaging.envelope.encrypt(
+            account, aad_for(account, WEBHOOK_SECRET_RECORD, str(account)), legacy.encode())
+        await messaging.store.update_settings(account, SettingsUpdate(), blob)
+        await stub.CreateTestSmsReceipt(pb.CreateTestSmsReceiptRequest(url=receiver.url("/r")), metadata=md)  # type: ignore[attr-defined]
+
+        async def hit() -> bool:
+            return bool(receiver.hits)
+
+        await eventually(hit, what="the receipt")
+        (got,) = receiver.hits
+        assert Webhook("whsec_" + base64.b64encode(raw).decode()).verify(got.body, got.headers)

@@ -213,52 +213,10 @@ def test_destination_prefix() -> None:
     assert d.destination_prefix("+447700900123", 2, "GB") == "+4477"
 
 
-# -- webhooks ---------------------------------------------------------------------------------------------
+# -- webhooks (the URL policy and customer signatures: tests/unit/test_webhooks.py) -------------------------
 
 
-@pytest.mark.parametrize(
-    "url",
-    ["http://example.com/h", "https://user:pw@example.com/h", "https://example.com/h#frag", "https://example.com:8443/h",
-     "ftp://example.com", "https://", "https://localhost/h", "https://printer.local/h", "https://db.svc/h",
-     "https://intranet/h", "https://10.1.2.3/h", "https://127.0.0.1/h", "https://169.254.169.254/latest",
-     "https://[::1]/h", "https://[fe80::1]/h", "https://100.64.0.1/h", "https://[::ffff:10.0.0.1]/h",
-     "https://0.0.0.0/h", "https://224.0.0.1/h", "https://[64:ff9b::a00:1]/h", "https://" + "a" * 2050 + ".com/"],
-)
-def test_webhook_urls_refused(url: str) -> None:
-    with pytest.raises((d.InvalidWebhookUrl, d.WebhookAddressRefused)):
-        d.parse_webhook_url(url)
-
-
-def test_webhook_urls_accepted() -> None:
-    t = d.parse_webhook_url("https://Hooks.Example.com/in?x=1")
-    assert (t.host, t.port, t.path, t.url) == ("hooks.example.com", 443, "/in?x=1", "https://hooks.example.com/in?x=1")
-    assert d.parse_webhook_url("https://93.184.216.34/h").host == "93.184.216.34"
-    local = d.parse_webhook_url("https://localhost:8443/h", allow_private=True)
-    assert local.url == "https://localhost:8443/h"
-    assert d.parse_webhook_url("https://127.0.0.1:9/h", allow_private=True).port == 9
-
-
-@pytest.mark.parametrize(
-    "address",
-    ["10.0.0.1", "172.16.5.4", "192.168.1.1", "127.0.0.1", "169.254.169.254", "100.100.100.200", "::1", "fc00::1",
-     "fe80::1%eth0", "::ffff:192.168.0.1", "2002:c0a8:0101::1", "0.0.0.0",  # noqa: S104
-     "255.255.255.255", "198.18.0.1",
-     "64:ff9b::7f00:1", "not-an-ip"],
-)
-def test_non_public_addresses_refused(address: str) -> None:
-    with pytest.raises(d.WebhookAddressRefused):
-        d.check_webhook_address(address)
-
-
-def test_public_addresses_and_test_mode() -> None:
-    d.check_webhook_address("93.184.216.34")
-    d.check_webhook_address("2606:4700:4700::1111")
-    d.check_webhook_address("127.0.0.1", allow_private=True)
-    with pytest.raises(d.WebhookAddressRefused):
-        d.check_webhook_address("224.0.0.1", allow_private=True)
-
-
-def test_signatures() -> None:
+def test_carrier_callback_signatures() -> None:
     secret, body = b"whsec_x", b'{"a":1}'
     sig = d.webhook_signature(secret, 1_800_000_000, body)
     assert sig.startswith("v1=") and len(sig) == 67
