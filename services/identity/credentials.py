@@ -159,27 +159,40 @@ def current_step(now: float | None = None) -> int:
     return int((time.time() if now is None else now) // TOTP_PERIOD)
 
 
+def typed_code(code: str) -> str | None:
+    """A code as a person typed it (TOTP or recovery code), spaces dropped; None unless it is ASCII.
+    Authenticators and recovery sheets show ASCII only; anything else (full-width digits pass str.isdigit,
+    then make hmac.compare_digest raise) is answered like a wrong code, never as an error."""
+    code = code.strip().replace(" ", "")
+    return code if code.isascii() else None
+
+
+def _totp_code(code: str) -> str | None:
+    typed = typed_code(code)
+    return typed if typed is not None and len(typed) == TOTP_DIGITS and typed.isdigit() else None
+
+
 def matching_step(secret: str, code: str, now: float | None = None) -> int | None:
     """The time step whose code `code` is (now ±1 step), or None. The caller must still make sure the
     step was not used before (replay): see the store's atomic `last_step` update."""
-    code = code.strip().replace(" ", "")
-    if len(code) != TOTP_DIGITS or not code.isdigit():
+    typed = _totp_code(code)
+    if typed is None:
         return None
     totp = pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_PERIOD)
     step = current_step(now)
     found = None
     for candidate in range(step - TOTP_WINDOW, step + TOTP_WINDOW + 1):
         # Compare all three in constant time; no early exit.
-        if hmac.compare_digest(totp.generate_otp(candidate), code):
+        if hmac.compare_digest(totp.generate_otp(candidate), typed):
             found = candidate
     return found
 
 
 def require_code_format(code: str) -> str:
-    code = code.strip().replace(" ", "")
-    if len(code) != TOTP_DIGITS or not code.isdigit():
-        raise MfaCodeInvalid(f"the code is {TOTP_DIGITS} digits")
-    return code
+    typed = _totp_code(code)
+    if typed is None:
+        raise MfaCodeInvalid(f"the code is {TOTP_DIGITS} digits (0-9)")
+    return typed
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,11 +211,13 @@ def new_recovery_codes(count: int = RECOVERY_CODE_COUNT) -> list[str]:
 
 
 def normalize_recovery_code(code: str) -> str:
-    return "".join(ch for ch in code.lower() if ch.isalnum())
+    """The code's letters and digits, lower case; "" (never a stored code) for anything but ASCII."""
+    typed = typed_code(code)
+    return "" if typed is None else "".join(ch for ch in typed.lower() if ch.isalnum())
 
 
 def recovery_code_hash(code: str) -> bytes:
-    return hashlib.sha256(b"sendsafe.recovery.v1\x00" + normalize_recovery_code(code).encode()).digest()
+    return hashlib.sha256(b"sendsafe.recovery.v1\x00" + normalize_recovery_code(code).encode("ascii")).digest()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -271,6 +271,8 @@ class Sessions:
     ) -> tuple[SecondFactorUse, str] | None:
         """What to consume if the code is right (the store makes the consumption atomic), else None."""
         if recovery_code:
+            if not credentials.normalize_recovery_code(recovery_code):
+                return None  # not ASCII, or nothing but punctuation: a wrong code
             return SecondFactorUse(recovery_hash=credentials.recovery_code_hash(recovery_code)), AMR_RECOVERY
         if factor is None:
             return None

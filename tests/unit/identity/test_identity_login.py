@@ -23,9 +23,9 @@ from services.identity.domain import (
     Attempt,
     InvalidCredentials,
     LoginThrottled,
+    MfaCodeInvalid,
     MfaRequired,
     SessionRecord,
-    StepUpRequired,
     Subject,
     ThrottlePolicy,
 )
@@ -381,36 +381,22 @@ def _as_session(session: SessionRecord, *, staff: bool = False) -> Callable[[], 
     return lambda: callctx.current.reset(token)
 
 
-async def test_step_up_needed_after_max_age_and_a_fresh_step_satisfies_it(world: World) -> None:
+async def test_a_step_up_moves_the_sessions_second_factor_time_and_refuses_a_replay(world: World) -> None:
+    """How recent it must be for a privileged call is the guard's check (tests/integration/test_guard_policy.py)."""
     w = world
     totp = _enrol(w, w.user)
     step = credentials.current_step()
     _, session = await w.sessions.login(USER, "alice", PASSWORD, totp_code=totp.at(step * 30))
     done = _as_session(session)
     try:
-        await w.sessions.require_step_up()  # the login's second factor is fresh
         w.advance(301)
-        with pytest.raises(StepUpRequired) as challenge:
-            await w.sessions.require_step_up()
-        assert challenge.value.reason == "INSUFFICIENT_USER_AUTHENTICATION"
-        assert challenge.value.metadata == {"max_age": "300"}
         with pytest.raises(InvalidCredentials):  # the login's step again: a replay
             await w.sessions.step_up(totp.at(step * 30), "")
         w.clock[0] = datetime.now(UTC)
-        await w.sessions.step_up(totp.at((step + 1) * 30), "")  # the next step, inside the +-1 window
-        await w.sessions.require_step_up()
+        when = await w.sessions.step_up(totp.at((step + 1) * 30), "")  # the next step, inside the +-1 window
+        assert session.mfa_time is not None and when > session.mfa_time
     finally:
         done()
-
-
-async def test_api_keys_are_not_stepped_up(world: World) -> None:
-    p = principal_pb2.Principal(account_id=100, user_id=10, auth_method=principal_pb2.AUTH_METHOD_API_KEY)
-    token = callctx.current.set(callctx.CallContext("gateway", p, "req-3"))
-    try:
-        world.advance(10_000)
-        await world.sessions.require_step_up()
-    finally:
-        callctx.current.reset(token)
 
 
 def test_totp_window_is_plus_minus_one_step() -> None:
@@ -432,3 +418,22 @@ def test_recovery_codes_are_ten_of_at_least_64_bits_and_stored_hashed() -> None:
         assert len(raw) * 5 >= 64  # base32: 5 bits a character
         assert credentials.recovery_code_hash(code) == credentials.recovery_code_hash(code.upper().replace("-", " "))
         assert code.encode() not in credentials.recovery_code_hash(code)
+
+
+def _wide(digits: str) -> str:
+    """Full-width digits (U+FF10..U+FF19) for ASCII ones."""
+    return "".join(chr(0xFF10 + int(d)) if d.isdigit() else d for d in digits)
+
+
+@pytest.mark.parametrize(
+    "typed", [_wide("012345"), _wide("123456"), "12345\u0666", "123 45" + _wide("6"), _wide("1") + "2345" + _wide("6")]
+)
+def test_codes_are_ascii_only(typed: str) -> None:
+    """Full-width and other non-ASCII digits pass str.isdigit (and then made hmac.compare_digest raise):
+    they are wrong codes, at every check."""
+    secret = credentials.new_totp_secret()
+    now = time.time()
+    assert credentials.matching_step(secret, typed, now) is None
+    with pytest.raises(MfaCodeInvalid):
+        credentials.require_code_format(typed)
+    assert credentials.normalize_recovery_code(typed) == ""
