@@ -317,7 +317,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def StartTotpEnrollment(
         self, request: auth_service_pb2.StartTotpEnrollmentRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.StartTotpEnrollmentResponse:
-        e = await self.sessions.start_totp()
+        e = await self.sessions.start_totp(request.password)
         return auth_service_pb2.StartTotpEnrollmentResponse(otpauth_uri=e.otpauth_uri, secret=e.secret, qr_png=e.qr_png)
 
     async def ConfirmTotpEnrollment(

@@ -419,8 +419,11 @@ class Sessions:
 
     # -- TOTP and recovery codes ------------------------------------------------------------------------
 
-    async def start_totp(self) -> Enrollment:
+    async def start_totp(self, password: str) -> Enrollment:
+        """Enrolment needs the password again: a stolen session alone must not bind an authenticator of the
+        thief's (that would lock the owner out of step-up and MFA login)."""
         _, subject = await self._me()
+        await self._check_password(subject, password)
         factor = await self._store.totp_factor(subject.kind, subject.id)
         if factor is not None and (factor.confirmed or subject.is_staff):
             raise MfaAlreadyEnrolled("a second factor is already enrolled; remove it first")
@@ -481,13 +484,18 @@ class Sessions:
 
     # -- password ---------------------------------------------------------------------------------------
 
-    async def change_password(self, current: str, new: str) -> int:
-        session, subject = await self._me()
+    async def _check_password(self, subject: Subject, password: str) -> None:
+        """The caller's password, entered again: counted like a login (a wrong one, and any while locked, is
+        a failure toward the lockout) and answered like one."""
         attempt = await self._count(subject)
-        ok = (not attempt.locked) and await self.hasher.verify(subject.password_hash, current)
+        ok = (not attempt.locked) and await self.hasher.verify(subject.password_hash, password)
         if not ok:
             await self._failed(subject, attempt, "bad_password")
             raise InvalidCredentials()
+
+    async def change_password(self, current: str, new: str) -> int:
+        session, subject = await self._me()
+        await self._check_password(subject, current)
         self.policy.check(new, identifiers=(subject.username, subject.email))
         new_hash = await self.hasher.hash(new)
         n = await self._store.set_password(subject.kind, subject.id, new_hash, revoke_except=session.id)

@@ -63,7 +63,7 @@ def test_login_totp_recovery_codes_and_session_revocation(
     assert me.status == 200 and me.json()["data"]["username"] == username
 
     # TOTP enrolment: otpauth URI, the secret for typing in, a QR image; a first code confirms it.
-    enrol = http.call("POST", "/v1/auth/mfa/totp", headers=bearer(token1), json_body={})
+    enrol = http.call("POST", "/v1/auth/mfa/totp", headers=bearer(token1), json_body={"password": PASSWORD})
     assert enrol.status == 200, enrol.body
     e = enrol.json()
     totp = pyotp.parse_uri(e["otpauth_uri"])
@@ -147,7 +147,7 @@ def test_customer_privileged_call_on_a_session_needs_a_recent_second_factor(
     assert refused.json()["http_code"] == 401  # the ClickSend envelope on /v3
     assert http.call("POST", "/v1/auth/step-up", headers=bearer(token), json_body={"totp_code": "123456"}).status == 401
 
-    enrol = http.call("POST", "/v1/auth/mfa/totp", headers=bearer(token), json_body={}).json()
+    enrol = http.call("POST", "/v1/auth/mfa/totp", headers=bearer(token), json_body={"password": PASSWORD}).json()
     totp = pyotp.parse_uri(enrol["otpauth_uri"])
     step = int(time.time()) // 30
     assert http.call("POST", "/v1/auth/mfa/totp/confirm", headers=bearer(token),

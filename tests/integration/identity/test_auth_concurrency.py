@@ -101,7 +101,7 @@ async def _as_session(auth: auth_service_pb2_grpc.AuthServiceStub, token: str, a
 
 async def _enrol_totp(auth: auth_service_pb2_grpc.AuthServiceStub, session: Metadata) -> tuple[pyotp.TOTP, int]:
     """Enrol and confirm TOTP; returns the authenticator and the step its confirmation consumed."""
-    enrolment = await auth.StartTotpEnrollment(auth_pb.StartTotpEnrollmentRequest(), metadata=session)
+    enrolment = await auth.StartTotpEnrollment(auth_pb.StartTotpEnrollmentRequest(password=PASSWORD), metadata=session)
     totp = pyotp.parse_uri(enrolment.otpauth_uri)
     step = int(time.time()) // 30
     confirmed = await auth.ConfirmTotpEnrollment(

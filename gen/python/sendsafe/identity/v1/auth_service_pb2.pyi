@@ -402,16 +402,20 @@ Global___StepUpResponse: _TypeAlias = StepUpResponse  # noqa: Y015
 
 @_typing.final
 class StartTotpEnrollmentRequest(_message.Message):
-    """Nothing."""
+    """The caller's current password, entered again."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    password: _builtins.str
     def __init__(
         self,
+        *,
+        password: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -160,7 +160,9 @@ class AuthServiceServicer:
 
     def StartTotpEnrollment(self, request, context):
         """Start TOTP enrolment: a new secret, its otpauth URI and a QR image. It is
-        not used for login until ConfirmTotpEnrollment sees a first code.
+        not used for login until ConfirmTotpEnrollment sees a first code. The
+        current password is required (a wrong one counts as a failed login), so a
+        stolen session alone cannot enrol an authenticator of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -59,7 +59,9 @@ class AuthServiceStub:
     """
     StartTotpEnrollment: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.StartTotpEnrollmentRequest, _auth_service_pb2.StartTotpEnrollmentResponse]
     """Start TOTP enrolment: a new secret, its otpauth URI and a QR image. It is
-    not used for login until ConfirmTotpEnrollment sees a first code.
+    not used for login until ConfirmTotpEnrollment sees a first code. The
+    current password is required (a wrong one counts as a failed login), so a
+    stolen session alone cannot enrol an authenticator of its own.
     """
     ConfirmTotpEnrollment: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ConfirmTotpEnrollmentRequest, _auth_service_pb2.ConfirmTotpEnrollmentResponse]
     """Confirm TOTP enrolment with a first code (consumed); returns recovery
@@ -107,7 +109,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """
     StartTotpEnrollment: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.StartTotpEnrollmentRequest, _auth_service_pb2.StartTotpEnrollmentResponse]  # type: ignore[assignment]
     """Start TOTP enrolment: a new secret, its otpauth URI and a QR image. It is
-    not used for login until ConfirmTotpEnrollment sees a first code.
+    not used for login until ConfirmTotpEnrollment sees a first code. The
+    current password is required (a wrong one counts as a failed login), so a
+    stolen session alone cannot enrol an authenticator of its own.
     """
     ConfirmTotpEnrollment: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ConfirmTotpEnrollmentRequest, _auth_service_pb2.ConfirmTotpEnrollmentResponse]  # type: ignore[assignment]
     """Confirm TOTP enrolment with a first code (consumed); returns recovery
@@ -200,7 +204,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.StartTotpEnrollmentResponse, _abc.Awaitable[_auth_service_pb2.StartTotpEnrollmentResponse]]:
         """Start TOTP enrolment: a new secret, its otpauth URI and a QR image. It is
-        not used for login until ConfirmTotpEnrollment sees a first code.
+        not used for login until ConfirmTotpEnrollment sees a first code. The
+        current password is required (a wrong one counts as a failed login), so a
+        stolen session alone cannot enrol an authenticator of its own.
         """
 
     @_abc_1.abstractmethod
