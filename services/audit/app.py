@@ -91,7 +91,6 @@ async def build(settings: Settings) -> App:
 
         webhooks = HttpsWebhooks(allow_private=settings.webhook_allow_private, ca_file=settings.webhook_ca_file,
                                  timeout=settings.webhook_timeout_seconds)
-        stack.push_async_callback(webhooks.close)
         alert_store = PgAlertStore(pool)
         root = webhook_root(settings)
         alerts = AlertService(alert_store, events, record, secret_root=root, webhooks=webhooks,

@@ -30,8 +30,9 @@ class Settings(KitSettings):
     metrics_listen: str = setting("AUDIT_METRICS_LISTEN", default="",
                                   doc="host:port of a plaintext Prometheus /metrics endpoint; empty: off")
     messaging_addr: str = setting("MESSAGING_ADDR", default="", doc="messaging, for alert SMS")
-    webhook_allow_private: bool = setting("AUDIT_WEBHOOK_ALLOW_PRIVATE", default=False,
-                                          doc="let webhooks reach loopback/private addresses (tests only)")
+    webhook_allow_private: bool = setting(
+        "AUDIT_WEBHOOK_ALLOW_PRIVATE", default=False,
+        doc="TESTS ONLY: allow webhook URLs on loopback/private addresses and any port")
     webhook_ca_file: Path | None = setting("AUDIT_WEBHOOK_CA_FILE", default=None,
                                            doc="extra CA bundle webhook servers may chain to")
     webhook_timeout_seconds: float = setting("AUDIT_WEBHOOK_TIMEOUT_SECONDS", default=5.0)

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -65,10 +65,10 @@ from services.audit.domain import (
     page_size_of,
     parse_page_token,
     retry_delay,
-    sign_webhook,
     webhook_secret,
 )
 from svckit.audit import new_event
+from svckit.webhooks import signed_headers
 
 _LOG = logging.getLogger(__name__)
 
@@ -138,6 +138,10 @@ class DeliveryError(Exception):
 
 
 class WebhookPoster(Protocol):
+    """The outbound-webhook policy (svckit.webhooks): `check` when a URL is configured (the URL in canonical
+    form, or INVALID_WEBHOOK_URL), `post` at every delivery attempt (the policy is applied again)."""
+
+    async def check(self, url: str) -> str: ...
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> None: ...
 
 
@@ -571,7 +575,7 @@ class AlertService:
 
     async def create_rule(self, account_id: int, spec: RuleSpec) -> Rule:
         _need_account(account_id)
-        spec = normalize_rule(spec)
+        spec = await self._checked(normalize_rule(spec))
         await self._store.ensure_account(account_id, default_rules())
         rule = await self._store.create_rule(account_id, spec, MAX_RULES_PER_ACCOUNT)
         if rule is None:
@@ -581,7 +585,7 @@ class AlertService:
 
     async def update_rule(self, account_id: int, rule_id: int, spec: RuleSpec) -> Rule:
         _need_account(account_id)
-        spec = normalize_rule(spec)
+        spec = await self._checked(normalize_rule(spec))
         rule = await self._store.update_rule(account_id, rule_id, spec)
         if rule is None:
             raise RuleNotFound("no such alert rule in this account")
@@ -593,6 +597,10 @@ class AlertService:
         if not await self._store.delete_rule(account_id, rule_id):
             raise RuleNotFound("no such alert rule in this account")
         await self._audit("audit.alert_rule.deleted", rule_id, None)
+
+    async def _checked(self, spec: RuleSpec) -> RuleSpec:
+        """A webhook URL must pass the outbound-webhook policy now, not only when an alert fires."""
+        return replace(spec, webhook_url=await self._webhooks.check(spec.webhook_url)) if spec.webhook_url else spec
 
     async def _audit(self, action: str, rule_id: int, spec: RuleSpec | None) -> None:
         details = {}
@@ -686,8 +694,8 @@ class AlertService:
             secret = webhook_secret(self._secret_root, job.account_id, version)
             await self._webhooks.post(job.target, body, {
                 "Content-Type": "application/json",
-                "X-SendSafe-Signature": sign_webhook(secret, int(self._clock().timestamp()), body),
-                "X-SendSafe-Delivery": str(job.delivery_id),
+                # The same webhook-id on every retry of this delivery: the receiver's idempotency key.
+                **signed_headers([secret], f"alert_{job.delivery_id}", int(self._clock().timestamp()), body),
             })
             return
         if self._notifier is None:
@@ -736,6 +744,8 @@ class ForwardingService:
     async def set(self, account_id: int, spec: ForwardingSpec) -> ForwardingState:
         _need_account(account_id)
         spec = normalize_forwarding(spec)
+        if spec.enabled:  # the outbound-webhook policy now, not only at the first delivery
+            spec = replace(spec, url=await self._webhooks.check(spec.url))
         await self._store.ensure_account(account_id, default_rules())
         state = await self._store.set_forwarding(account_id, spec)
         await self._record([new_event(
@@ -759,11 +769,13 @@ class ForwardingService:
         body, content_type = formats.forward_body(rows, dest.spec.format or FORMAT_JSONL)
         version = await self._store.secret_version(dest.account_id)
         secret = webhook_secret(self._secret_root, dest.account_id, version)
-        try:
+        first, last = rows[0][0], rows[-1][0]
+        try:  # the webhook-id names the batch's events, so retrying the same batch repeats it
             await self._webhooks.post(dest.spec.url, body, {
                 "Content-Type": content_type,
-                "X-SendSafe-Signature": sign_webhook(secret, int(self._clock().timestamp()), body),
-                "X-SendSafe-Events": f"{rows[0][0]}-{rows[-1][0]}",
+                **signed_headers([secret], f"fwd_{dest.account_id}_{first}_{last}", int(self._clock().timestamp()),
+                                 body),
+                "X-SendSafe-Events": f"{first}-{last}",
             })
         except DeliveryError as err:
             self.failures += 1

@@ -140,6 +140,7 @@ class Receiver:
 
     port: int
     received: list[Received] = field(default_factory=list)
+    attempt_ids: list[str] = field(default_factory=list)  # webhook-id of every POST, failed ones too
     fail_next: int = 0
     status_when_failing: int = 503
 
@@ -153,6 +154,7 @@ async def receiver(certs: CertBundle) -> AsyncIterator[Receiver]:
 
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
+        state.attempt_ids.append(request.headers.get("webhook-id", ""))
         if state.fail_next > 0:
             state.fail_next -= 1
             return web.Response(status=state.status_when_failing)
