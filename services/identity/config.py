@@ -40,6 +40,12 @@ class Settings(KitSettings):
     login_lock_seconds: int = setting("LOGIN_LOCK_SECONDS", default=900)
     login_address_max_failures: int = setting("LOGIN_ADDRESS_MAX_FAILURES", default=100, doc="per client address")
     login_address_window_seconds: int = setting("LOGIN_ADDRESS_WINDOW_SECONDS", default=900)
+    login_ipv6_network_max_failures: int = setting(
+        "LOGIN_IPV6_NETWORK_MAX_FAILURES", default=100, doc="per client IPv6 /64, in the address window"
+    )
+    login_ipv4_network_max_failures: int = setting(
+        "LOGIN_IPV4_NETWORK_MAX_FAILURES", default=300, doc="per client IPv4 /24 (looser: NAT), in the address window"
+    )
     default_country: str = setting("DEFAULT_COUNTRY", default="AU", doc="ISO 3166 code for new accounts")
     default_timezone: str = setting("DEFAULT_TIMEZONE", default="Australia/Melbourne")
     currency_name_short: str = setting("CURRENCY_NAME_SHORT", default="AUD")
@@ -76,6 +82,8 @@ class Settings(KitSettings):
             lock_seconds=self.login_lock_seconds,
             address_max_failures=self.login_address_max_failures,
             address_window_seconds=self.login_address_window_seconds,
+            ipv6_network_max_failures=self.login_ipv6_network_max_failures,
+            ipv4_network_max_failures=self.login_ipv4_network_max_failures,
         )
 
     @property

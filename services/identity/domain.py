@@ -9,6 +9,7 @@ table does not name is granted to nobody (fail closed), and a unit test fails un
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -748,13 +749,41 @@ class ThrottlePolicy:
     per window however many requests arrive at once. From the `max_failures`-th failure the user is
     locked for `lock_seconds`; attempts while locked still count and get the same answer as a wrong
     password. A client address with `address_max_failures` failures in its window gets 429 for the rest
-    of the window (that reveals nothing about any user)."""
+    of the window (that reveals nothing about any user), and so does its network: the IPv6 /64 (one
+    subscriber's, who can rotate addresses inside it at will) at `ipv6_network_max_failures`, the IPv4 /24
+    (often many people behind NAT, so looser) at `ipv4_network_max_failures`."""
 
     max_failures: int = 10
     window_seconds: int = 900
     lock_seconds: int = 900
     address_max_failures: int = 100
     address_window_seconds: int = 900
+    ipv6_network_max_failures: int = 100
+    ipv4_network_max_failures: int = 300
+
+
+IPV6_THROTTLE_PREFIX: Final = 64
+IPV4_THROTTLE_PREFIX: Final = 24
+
+
+def throttle_counters(address: str, policy: ThrottlePolicy) -> list[tuple[str, str, int]]:
+    """The (scope, key, max_failures) counters a login attempt from `address` counts against: the exact
+    address, and its IPv6 /64 or IPv4 /24 (an IPv4-mapped IPv6 address is its IPv4 address). An address
+    that is not an IP (a test's, a Unix socket's) is counted as given."""
+    if not address:
+        return []
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return [("address", address, policy.address_max_failures)]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        prefix, limit = IPV6_THROTTLE_PREFIX, policy.ipv6_network_max_failures
+    else:
+        prefix, limit = IPV4_THROTTLE_PREFIX, policy.ipv4_network_max_failures
+    network = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
+    return [("address", str(ip), policy.address_max_failures), ("network", str(network), limit)]
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from services.identity.domain import (
     Subject,
     ThrottlePolicy,
     step_up_ok,
+    throttle_counters,
 )
 from services.identity.store import SecondFactorUse, TotpFactor
 from svckit import context as callctx
@@ -66,7 +67,7 @@ class AuthStore(Protocol):  # the parts of PgIdentityStore these use cases need
     async def find_subject(self, kind: str, username: str, platform_account_id: int) -> Subject | None: ...
     async def get_subject(self, kind: str, subject_id: int, platform_account_id: int) -> Subject | None: ...
     async def count_failure(self, scope: str, key: str, *, max_failures: int, window: int, lock: int) -> Attempt: ...
-    async def forgive_address(self, address: str) -> None: ...
+    async def forgive(self, counters: list[tuple[str, str]]) -> None: ...
     async def totp_factor(self, kind: str, subject_id: int) -> TotpFactor | None: ...
     async def create_session(
         self, session: SessionRecord, token_hash: bytes, use: SecondFactorUse | None, subject_key: str
@@ -161,19 +162,17 @@ class Sessions:
         p = callctx.principal()
         address = p.client_address if p is not None else ""
         t = self._throttle
-        if address:
+        counters = throttle_counters(address, t)
+        for scope, key, limit in counters:
             at = await self._store.count_failure(
-                "address", address, max_failures=t.address_max_failures, window=t.address_window_seconds,
-                lock=t.address_window_seconds,
+                scope, key, max_failures=limit, window=t.address_window_seconds, lock=t.address_window_seconds
             )
             if at.locked:
                 await self._audit.record(
-                    self._login_event(
-                        None, kind, event_pb2.OUTCOME_DENIED, LoginThrottled.reason, {"failure": "address"}
-                    )
+                    self._login_event(None, kind, event_pb2.OUTCOME_DENIED, LoginThrottled.reason, {"failure": scope})
                 )
                 raise LoginThrottled(
-                    "too many failed logins from this address; try again later",
+                    f"too many failed logins from this {scope}; try again later",
                     retry_after_seconds=str(t.address_window_seconds),
                 )
         subject = await self._store.find_subject(kind, username, self.platform_account_id) if USERNAME_RE.fullmatch(
@@ -235,8 +234,7 @@ class Sessions:
             # Another request consumed this TOTP step or recovery code first (replay).
             await self._failed(subject, attempt, "second_factor_replayed")
             raise InvalidCredentials()
-        if address:
-            await self._store.forgive_address(address)
+        await self._store.forgive([(scope, key) for scope, key, _ in counters])
         if self.hasher.needs_rehash(subject.password_hash):
             await self._store.rehash_password(
                 subject.kind, subject.id, subject.password_hash, await self.hasher.hash(password)

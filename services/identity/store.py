@@ -555,11 +555,14 @@ class PgIdentityStore:
         assert row is not None
         return Attempt(failures=row["failures"], locked=row["failures"] > max_failures)
 
-    async def forgive_address(self, address: str) -> None:
-        """A successful login does not count against its client address."""
+    async def forgive(self, counters: list[tuple[str, str]]) -> None:
+        """A successful login does not count against its client address and network: (scope, key) pairs."""
+        if not counters:
+            return
         await self._pool.execute(
-            "UPDATE login_throttle SET failures = greatest(failures - 1, 0) WHERE scope = 'address' AND key = $1",
-            address,
+            "UPDATE login_throttle SET failures = greatest(failures - 1, 0)"
+            " WHERE (scope, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            [c[0] for c in counters], [c[1] for c in counters],
         )
 
     async def failures(self, scope: str, key: str) -> int:

@@ -45,8 +45,9 @@ def _md(p: principal_pb2.Principal) -> Metadata:
 
 
 def _address() -> str:
-    """A client address of the test's own (the per-address counter is not what these tests are about)."""
-    return f"2001:db8::{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
+    """A client address of the test's own, in a /64 of its own (the per-address and per-network counters are not
+    what these tests are about)."""
+    return f"2001:db8:{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}::1"
 
 
 def _anonymous(address: str) -> Metadata:

@@ -78,9 +78,9 @@ class FakeAuthStore:
         self.counters[(scope, key)] = n
         return Attempt(failures=n, locked=n > max_failures)
 
-    async def forgive_address(self, address: str) -> None:
-        key = ("address", address)
-        self.counters[key] = max(0, self.counters.get(key, 0) - 1)
+    async def forgive(self, counters: list[tuple[str, str]]) -> None:
+        for key in counters:
+            self.counters[key] = max(0, self.counters.get(key, 0) - 1)
 
     async def totp_factor(self, kind: str, subject_id: int) -> TotpFactor | None:
         f = self.factors.get((kind, subject_id))
