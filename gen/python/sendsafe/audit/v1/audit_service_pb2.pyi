@@ -780,7 +780,9 @@ Global___GetWebhookSecretRequest: _TypeAlias = GetWebhookSecretRequest  # noqa: 
 
 @_typing.final
 class GetWebhookSecretResponse(_message.Message):
-    """Receivers check `X-SendSafe-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`."""
+    """Alert webhooks and forwarding are signed the Standard Webhooks way with this secret (`whsec_` + base64
+    key): `webhook-signature: v1,<base64 HMAC-SHA256(key, "<webhook-id>.<webhook-timestamp>.<body>")>`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
