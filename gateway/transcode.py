@@ -12,8 +12,11 @@ Rules (both surfaces):
   `/v3` surface (ClickSend's convention for times); Duration/FieldMask use their proto3 JSON strings,
   wrapper types their wrapped value, Struct/Value/ListValue their natural JSON.
 - Requests are strict: the JSON type must match the field type (a string where an int is expected is
-  an error naming the field), integers are range-checked, `null` leaves a field unset, duplicate
-  object keys and NaN/Infinity literals are rejected as malformed JSON.
+  an error naming the field), `null` leaves a field unset, duplicate object keys and NaN/Infinity
+  literals are rejected as malformed JSON.
+- Integers (body, query and path alike) must fit the field's type and its declared
+  `(sendsafe.options.v1.range)`, else 400 PARAMETER_OUT_OF_RANGE naming the field and the bounds
+  (a path value out of range is a resource that cannot exist: 404).
 - Query and path values are parsed to the field's type; dotted names reach into nested messages;
   repeated fields take repeated query keys.
 
@@ -77,6 +80,9 @@ _INT_RANGES: dict[int, tuple[int, int]] = {
     FD.TYPE_FIXED64: (0, 2**64 - 1),
 }
 _FLOAT32_MAX = 3.4028234663852886e38
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59Z.
+_MIN_SECONDS = -62135596800
+_MAX_SECONDS = 253402300799
 
 _TIMESTAMP = "google.protobuf.Timestamp"
 _DURATION = "google.protobuf.Duration"
@@ -103,6 +109,26 @@ def wire_name(field: descriptor.FieldDescriptor) -> str:
 @cache
 def message_class(desc: descriptor.Descriptor) -> type[message.Message]:
     return message_factory.GetMessageClass(desc)
+
+
+@cache
+def int_bounds(field: descriptor.FieldDescriptor) -> tuple[int, int]:
+    """The values integer `field` accepts: its type's limits narrowed by its declared range option."""
+    lo, hi = _INT_RANGES[field.type]
+    opts = field.GetOptions()
+    if opts.HasExtension(options_pb2.range):
+        declared = opts.Extensions[options_pb2.range]
+        if declared.HasField("min"):
+            lo = max(lo, declared.min)
+        if declared.HasField("max"):
+            hi = min(hi, declared.max)
+    return lo, hi
+
+
+def _out_of_range(path: str, lo: int, hi: int, what: str = "Field") -> TranscodeError:
+    return TranscodeError(
+        f"{what} '{path}' must be between {lo} and {hi}.", reason="PARAMETER_OUT_OF_RANGE", field=path
+    )
 
 
 def _msg(field: descriptor.FieldDescriptor) -> descriptor.Descriptor:
@@ -427,13 +453,13 @@ def _map_decoder(field: descriptor.FieldDescriptor, surface: Surface) -> Decoder
 def _value_decoder(field: descriptor.FieldDescriptor, surface: Surface) -> Decoder:
     t = field.type
     if t in _INT_RANGES:
-        lo, hi = _INT_RANGES[t]
+        lo, hi = int_bounds(field)
 
         def dec_int(v: Any, path: str) -> int:
             if type(v) is not int:
                 raise _bad(path, field, v)
             if not lo <= v <= hi:
-                raise TranscodeError(f"Field '{path}' is out of range ({lo}..{hi}).", field=path)
+                raise _out_of_range(path, lo, hi)
             return v
 
         return dec_int
@@ -448,7 +474,7 @@ def _value_decoder(field: descriptor.FieldDescriptor, surface: Surface) -> Decod
             except OverflowError:
                 f = math.inf
             if not math.isfinite(f) or abs(f) > limit:
-                raise TranscodeError(f"Field '{path}' is out of range.", field=path)
+                raise TranscodeError(f"Field '{path}' is out of range.", reason="PARAMETER_OUT_OF_RANGE", field=path)
             return f
 
         return dec_float
@@ -536,8 +562,8 @@ def _b64(text: str, path: str) -> bytes:
 def _timestamp_from_seconds(seconds: int, path: str) -> Any:
     from google.protobuf import timestamp_pb2
 
-    if not -62135596800 <= seconds <= 253402300799:
-        raise TranscodeError(f"Field '{path}' is out of range.", field=path)
+    if not _MIN_SECONDS <= seconds <= _MAX_SECONDS:
+        raise _out_of_range(path, _MIN_SECONDS, _MAX_SECONDS)
     return timestamp_pb2.Timestamp(seconds=seconds)
 
 
@@ -553,17 +579,17 @@ def parse_text_value(field: descriptor.FieldDescriptor, text: str, path: str, su
     if t in _INT_RANGES:
         if not _INT_RE.fullmatch(text):
             raise bad
-        lo, hi = _INT_RANGES[t]
+        lo, hi = int_bounds(field)
         value = int(text)
         if not lo <= value <= hi:
-            raise TranscodeError(f"Parameter '{path}' is out of range ({lo}..{hi}).", field=path)
+            raise _out_of_range(path, lo, hi, "Parameter")
         return value
     if t in (FD.TYPE_DOUBLE, FD.TYPE_FLOAT):
         if not _FLOAT_RE.fullmatch(text):
             raise bad
         f = float(text)
         if not math.isfinite(f) or (t == FD.TYPE_FLOAT and abs(f) > _FLOAT32_MAX):
-            raise TranscodeError(f"Parameter '{path}' is out of range.", field=path)
+            raise TranscodeError(f"Parameter '{path}' is out of range.", reason="PARAMETER_OUT_OF_RANGE", field=path)
         return f
     if t == FD.TYPE_BOOL:
         low = text.lower()

@@ -26,6 +26,7 @@ from services.audit.domain import (
 from services.audit.formats import to_incoming, to_proto
 from services.audit.service import AlertService, ForwardingService, LogService
 from svckit import context as callctx
+from svckit.times import to_datetime
 
 __all__ = ["AuditServicer", "to_incoming"]
 
@@ -38,7 +39,7 @@ def _account() -> int:
 
 
 def _time(msg: Any, field: str) -> datetime | None:
-    return getattr(msg, field).ToDatetime(tzinfo=UTC) if msg.HasField(field) else None
+    return to_datetime(getattr(msg, field), field) if msg.HasField(field) else None
 
 
 def _ts(when: datetime | None) -> timestamp_pb2.Timestamp | None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import IntEnum
-from typing import ClassVar
+from typing import ClassVar, Final
 from urllib.parse import urlsplit
 
 from services.audit import merkle
@@ -244,11 +244,15 @@ def page_size_of(requested: int, maximum: int = MAX_PAGE_SIZE) -> int:
     return min(requested, maximum)
 
 
+MAX_SEQUENCE: Final = 2**63 - 1
+
+
 def parse_page_token(token: str) -> int:
     if not token:
         return 0
-    if not token.isdigit() or len(token) > 19:
-        raise PageTokenInvalid("page_token is not one this service issued")
+    # An issued token is an event sequence: ASCII digits of a value a bigint holds.
+    if not (token.isascii() and token.isdigit()) or len(token) > 19 or int(token) > MAX_SEQUENCE:
+        raise PageTokenInvalid("page_token is not one this service issued; start again without it")
     return int(token)
 
 
@@ -446,6 +450,12 @@ class Rule:
     update_time: datetime | None = None
 
 
+def check_https_url(url: str, what: str, error: type[InvalidArgument]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password or len(url) > 2048:
+        raise error(f"{what} must be an https URL without credentials")
+
+
 def normalize_rule(spec: RuleSpec) -> RuleSpec:
     """Validate a rule from a customer and return it in canonical form."""
     name = spec.name.strip()
@@ -477,6 +487,8 @@ def normalize_rule(spec: RuleSpec) -> RuleSpec:
         raise RuleInvalid(f"cooldown_seconds must be 0-{MAX_WINDOW_SECONDS}")
     if spec.sum_detail and (threshold <= 1 or not _DETAIL_NAME.fullmatch(spec.sum_detail)):
         raise RuleInvalid("sum_detail names an integer detail and needs a threshold above 1")
+    if spec.webhook_url:
+        check_https_url(spec.webhook_url, "webhook_url", RuleInvalid)
     if spec.sms_to and not _E164.fullmatch(spec.sms_to):
         raise RuleInvalid("sms_to must be an E.164 number such as +61411111111")
     if spec.email_to and not _EMAIL.fullmatch(spec.email_to):
@@ -684,11 +696,15 @@ def mask_target(channel: str, target: str) -> str:
 
 
 def webhook_secret(root: bytes, account_id: int, version: int) -> str:
-    """The account's webhook signing secret, derived (never stored): HMAC(root, account, version). Shown
-    as `whsec_` + 64 hex digits, which is valid base64: the Standard Webhooks key is its decoded 48 bytes
-    (svckit.webhooks.secret_key), as the spec's libraries read it."""
+    """The account's webhook signing secret, derived (never stored): HMAC(root, account, version)."""
     mac = hmac.new(root, f"sendsafe-audit-webhook:v1:{account_id}:{version}".encode(), hashlib.sha256)
     return "whsec_" + mac.hexdigest()
+
+
+def sign_webhook(secret: str, timestamp: int, body: bytes) -> str:
+    """The `X-SendSafe-Signature` header: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>."""
+    mac = hmac.new(secret.encode(), str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
 
 
 def alert_text(rule_name: str, count: int, window_seconds: int, action: str) -> str:
@@ -731,4 +747,5 @@ def normalize_forwarding(spec: ForwardingSpec) -> ForwardingSpec:
         raise ForwardingInvalid("kind must be FORWARDING_KIND_WEBHOOK")
     if spec.format not in (0, FORMAT_JSONL, FORMAT_CEF):
         raise ForwardingInvalid("format must be JSONL or CEF")
+    check_https_url(spec.url, "url", ForwardingInvalid)
     return replace(spec, kind=FORWARD_WEBHOOK, format=spec.format or FORMAT_JSONL)

@@ -28,6 +28,7 @@ from services.audit.domain import (
     cef_header,
     cef_severity,
 )
+from svckit.times import to_datetime
 
 JSONL_CONTENT_TYPE = "application/x-ndjson"
 CEF_CONTENT_TYPE = "text/plain"
@@ -41,7 +42,7 @@ def to_incoming(ev: event_pb2.Event) -> IncomingEvent:
     clean.CopyFrom(ev)
     for name in _SERVER_FIELDS:
         clean.ClearField(name)  # type: ignore[arg-type]
-    when = ev.event_time.ToDatetime(tzinfo=UTC) if ev.HasField("event_time") else datetime.now(UTC)
+    when = to_datetime(ev.event_time, "event_time") if ev.HasField("event_time") else datetime.now(UTC)
     return IncomingEvent(
         event_id=ev.event_id,
         event_time=when,

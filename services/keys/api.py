@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -20,6 +20,7 @@ from services.keys.domain import (
 )
 from services.keys.service import AccountStatus, Service
 from svckit import context as callctx
+from svckit.times import to_datetime
 
 _KEY_STATES = {
     "active": pb.API_KEY_STATE_ACTIVE,
@@ -51,7 +52,7 @@ def _dt(msg: object, field: str) -> datetime | None:
     if not msg.HasField(field):  # type: ignore[attr-defined]
         return None
     ts: timestamp_pb2.Timestamp = getattr(msg, field)
-    return ts.ToDatetime(tzinfo=UTC)
+    return to_datetime(ts, field)
 
 
 def caller() -> Caller:

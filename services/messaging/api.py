@@ -34,6 +34,7 @@ from services.messaging.domain import (
     page_window,
     parse_history_filter,
     parse_history_sort,
+    unix_time,
 )
 from services.messaging.notifications import Notifications
 from services.messaging.service import MessagingService
@@ -207,10 +208,6 @@ def delivery_proto(d: WebhookDelivery) -> sms_pb2.WebhookDelivery:
     )
 
 
-def _date(value: int) -> int | None:
-    return value or None
-
-
 class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     def __init__(self, service: MessagingService) -> None:
         self.service = service
@@ -229,8 +226,8 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     ) -> pb.ListSmsHistoryResponse:
         caller = caller_from_context()
         query = HistoryQuery(
-            window=page_window(request.page, request.limit), date_from=_date(request.date_from),
-            date_to=_date(request.date_to), filter=parse_history_filter(request.q),
+            window=page_window(request.page, request.limit), date_from=unix_time(request.date_from, "date_from"),
+            date_to=unix_time(request.date_to, "date_to"), filter=parse_history_filter(request.q),
             sort=parse_history_sort(request.order_by),
         )
         return history_response(await self.service.list_history(caller, query), caller)
@@ -345,8 +342,8 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     ) -> pb.StaffListSmsHistoryResponse:
         caller = caller_from_context()
         page, visible = await self.service.staff_history(
-            caller, request.account_id, page_window(request.page, request.limit), _date(request.date_from),
-            _date(request.date_to))
+            caller, request.account_id, page_window(request.page, request.limit),
+            unix_time(request.date_from, "date_from"), unix_time(request.date_to, "date_to"))
         return pb.StaffListSmsHistoryResponse(
             total=page.total, content_visible=visible, messages=[history_proto(i, None) for i in page.items])
 

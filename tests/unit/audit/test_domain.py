@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
+import hmac
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,9 +43,11 @@ def test_filters_are_checked() -> None:
     f = d.build_filter(5, **{**kw, "action": "keys.*", "client_address": "10.1.2.3/16", "page_size": 9999})
     assert (f.action, f.action_prefix, f.client_network, f.limit) == ("keys.", True, "10.1.0.0/16", 500)
     for bad in ({"action": "a*b*"}, {"client_address": "nope"}, {"outcome": 9}, {"page_token": "x"},
+                {"page_token": str(2**63)}, {"page_token": "9" * 19}, {"page_token": "\uff11\uff12"},
                 {"start_time": T0, "end_time": T0}):
         with pytest.raises(d.InvalidArgument):
             d.build_filter(5, **{**kw, **bad})
+    assert d.build_filter(5, **{**kw, "page_token": str(2**63 - 1)}).after_sequence == 2**63 - 1
 
 
 def test_leaf_problems_are_named() -> None:
@@ -79,6 +81,8 @@ def test_rules_are_validated_and_normalized() -> None:
     bad = [
         d.RuleSpec(name=""),
         d.RuleSpec(name="x", threshold=5),  # no window
+        d.RuleSpec(name="x", webhook_url="http://example.com/hook"),
+        d.RuleSpec(name="x", webhook_url="https://user:pw@example.com/"),
         d.RuleSpec(name="x", sms_to="0411111111"),
         d.RuleSpec(name="x", email_to="nope"),
         d.RuleSpec(name="x", actor_types=("robot",)),
@@ -153,12 +157,14 @@ def test_sum_detail_counts_messages_not_events() -> None:
     assert [(f.event.sequence, f.count) for f in fired] == [(3, 1200)]
 
 
-def test_webhook_secrets_are_derived_per_account_and_version() -> None:
-    # (URL checks and signatures are svckit.webhooks': tests/unit/test_webhooks.py)
+def test_webhook_secrets_and_signatures() -> None:
     root = b"r" * 32
     s1, s2 = d.webhook_secret(root, 7, 1), d.webhook_secret(root, 7, 2)
     assert s1 != s2 != d.webhook_secret(root, 8, 1) and s1.startswith("whsec_")
-    assert s1 == d.webhook_secret(root, 7, 1) and len(base64.b64decode(s1[6:], validate=True)) == 48
+    header = d.sign_webhook(s1, 1700000000, b'{"a":1}')
+    t, v1 = (kv.split("=", 1)[1] for kv in header.split(","))
+    assert t == "1700000000"
+    assert v1 == hmac.new(s1.encode(), b'1700000000.{"a":1}', hashlib.sha256).hexdigest()
 
 
 def test_targets_are_masked() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from typing import Any
 
 import clicksend
 import pytest
@@ -143,7 +145,9 @@ def test_send_request_from_body() -> None:
         ({"messages": [None]}, "messages[0]", "INVALID_FIELD_VALUE"),
         ({"messages": [{"body": "x", "sender": "me"}]}, "messages[0].sender", "UNKNOWN_FIELD"),  # wire name only
         ({"mesages": []}, "mesages", "UNKNOWN_FIELD"),
-        ({"messages": [{"body": "x", "schedule": 2**63}]}, "messages[0].schedule", "INVALID_FIELD_VALUE"),
+        ({"messages": [{"body": "x", "schedule": 2**63}]}, "messages[0].schedule", "PARAMETER_OUT_OF_RANGE"),
+        ({"messages": [{"body": "x", "schedule": -1}]}, "messages[0].schedule", "PARAMETER_OUT_OF_RANGE"),
+        ({"messages": [{"body": "x", "contact_id": -(2**63) - 1}]}, "messages[0].contact_id", "PARAMETER_OUT_OF_RANGE"),
     ],
 )
 def test_send_request_strict_errors(body: dict, field: str, reason: str) -> None:
@@ -180,7 +184,12 @@ def test_history_query_parsing() -> None:
     [
         ([("page", "two")], "INVALID_FIELD_VALUE"),
         ([("page", "1.5")], "INVALID_FIELD_VALUE"),
-        ([("page", "99999999999")], "INVALID_FIELD_VALUE"),
+        ([("page", "99999999999")], "PARAMETER_OUT_OF_RANGE"),
+        ([("page", "-1")], "PARAMETER_OUT_OF_RANGE"),
+        ([("limit", "101")], "PARAMETER_OUT_OF_RANGE"),
+        ([("date_from", "253402300800")], "PARAMETER_OUT_OF_RANGE"),
+        ([("date_to", "-5")], "PARAMETER_OUT_OF_RANGE"),
+        ([("date_to", str(2**63))], "PARAMETER_OUT_OF_RANGE"),
         ([("page", "1"), ("page", "2")], "INVALID_FIELD_VALUE"),
         ([("pagee", "1")], "UNKNOWN_FIELD"),
     ],
@@ -231,3 +240,66 @@ def test_bytes_are_base64_both_ways() -> None:
     with pytest.raises(TranscodeError, match="base64"):
         build_request(keys_service_pb2.DecryptDataKeyRequest.DESCRIPTOR, V1, body={"wrapped_key": "***"},
                       body_field="*")
+
+
+def test_declared_ranges_bound_query_values() -> None:
+    """page_size declares min 0: -3 is refused naming the parameter and its bounds; the ends are accepted."""
+    desc = audit_service_pb2.ListEventsRequest.DESCRIPTOR
+    with pytest.raises(TranscodeError) as exc:
+        build_request(desc, V1, query=[("page_size", "-3")])
+    assert (exc.value.status, exc.value.reason, exc.value.field) == (400, "PARAMETER_OUT_OF_RANGE", "page_size")
+    assert "'page_size' must be between 0 and 2147483647" in exc.value.message
+    assert build_request(desc, V1, query=[("page_size", "0")]).page_size == 0  # type: ignore[attr-defined]
+    history = messaging_service_pb2.ListSmsHistoryRequest.DESCRIPTOR
+    ok = build_request(history, V3, query=[("date_from", "253402300799"), ("limit", "100")])
+    assert ok.date_from == 253402300799  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("desc", "query", "field"),
+    [
+        (identity_service_pb2.ListSubaccountsRequest.DESCRIPTOR, [("page", "-1")], "page"),
+        (messaging_service_pb2.ListSmsReceiptsRequest.DESCRIPTOR, [("limit", "-15")], "limit"),
+        (audit_service_pb2.ListAlertsRequest.DESCRIPTOR, [("page_size", "-1")], "page_size"),
+        (audit_service_pb2.GetCheckpointRequest.DESCRIPTOR, [("tree_size", "-1")], "tree_size"),
+    ],
+)
+def test_declared_ranges_other_routes(desc: object, query: list[tuple[str, str]], field: str) -> None:
+    with pytest.raises(TranscodeError) as exc:
+        build_request(desc, V3, query=query)  # type: ignore[arg-type]
+    assert (exc.value.reason, exc.value.field) == ("PARAMETER_OUT_OF_RANGE", field)
+
+
+def test_declared_ranges_bound_body_values() -> None:
+    desc = messaging_service_pb2.MarkSmsReceiptsReadRequest.DESCRIPTOR
+    with pytest.raises(TranscodeError) as exc:
+        build_request(desc, V3, body={"date_before": 10**15}, body_field="*")
+    assert (exc.value.reason, exc.value.field) == ("PARAMETER_OUT_OF_RANGE", "date_before")
+
+
+def test_every_declared_range_is_an_integer_field_and_sane() -> None:
+    """A range on a non-integer field, or one wider than its type or empty, is a mistake in the protos."""
+    from gateway.routes import discover_routes
+    from gateway.transcode import _INT_RANGES, int_bounds
+    from sendsafe.options.v1 import options_pb2
+
+    def walk(messages: Any) -> Iterator[Any]:
+        for m in messages:
+            yield m
+            yield from walk(m.nested_types)
+
+    files = {r.input_desc.file for r in discover_routes()}
+    checked = 0
+    for f in files:
+        for msg in walk(f.message_types_by_name.values()):
+            for field in msg.fields:
+                if not field.GetOptions().HasExtension(options_pb2.range):
+                    continue
+                checked += 1
+                assert field.type in _INT_RANGES, field.full_name
+                declared = field.GetOptions().Extensions[options_pb2.range]
+                tlo, thi = _INT_RANGES[field.type]
+                assert tlo <= declared.min and (not declared.HasField("max") or declared.max <= thi), field.full_name
+                lo, hi = int_bounds(field)
+                assert lo <= hi, field.full_name
+    assert checked >= 20

@@ -25,25 +25,32 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from sendsafe.audit.v1 import event_pb2 as sendsafe_dot_audit_dot_v1_dot_event__pb2
 from sendsafe.audit.v1 import evidence_pb2 as sendsafe_dot_audit_dot_v1_dot_evidence__pb2
+from sendsafe.options.v1 import options_pb2 as sendsafe_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsendsafe/audit/v1/alert.proto\x12\x11sendsafe.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dsendsafe/audit/v1/event.proto\x1a sendsafe/audit/v1/evidence.proto\"\xe3\x03\n\tAlertRule\x12\x0f\n\x07rule_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x64isabled\x18\x03 \x01(\x08\x12\x0f\n\x07\x61\x63tions\x18\x04 \x03(\t\x12,\n\x08outcomes\x18\x05 \x03(\x0e\x32\x1a.sendsafe.audit.v1.Outcome\x12\x11\n\tactor_ids\x18\x06 \x03(\t\x12\x13\n\x0b\x61\x63tor_types\x18\x07 \x03(\t\x12\x17\n\x0f\x63lient_networks\x18\x08 \x03(\t\x12\x1f\n\x17\x65xclude_client_networks\x18\t \x03(\t\x12\x11\n\tthreshold\x18\n \x01(\x05\x12\x16\n\x0ewindow_seconds\x18\x0b \x01(\x05\x12\x18\n\x10\x63ooldown_seconds\x18\x0c \x01(\x05\x12\x12\n\nsum_detail\x18\r \x01(\t\x12\x13\n\x0bwebhook_url\x18\x0e \x01(\t\x12\x0e\n\x06sms_to\x18\x0f \x01(\t\x12\x10\n\x08\x65mail_to\x18\x10 \x01(\t\x12\x12\n\nis_default\x18\x11 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\rAlertDelivery\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.sendsafe.audit.v1.DeliveryStatus\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x02\n\x05\x41lert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\x03\x12\x0f\n\x07rule_id\x18\x02 \x01(\x03\x12\x11\n\trule_name\x18\x03 \x01(\t\x12-\n\tfire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\x16\n\x0e\x65vent_sequence\x18\x06 \x01(\x03\x12\x0e\n\x06\x61\x63tion\x18\x07 \x01(\t\x12\x13\n\x0bmatch_count\x18\x08 \x01(\x03\x12\x16\n\x0ewindow_seconds\x18\t \x01(\x05\x12\x34\n\ndeliveries\x18\n \x03(\x0b\x32 .sendsafe.audit.v1.AlertDelivery\"\xa4\x02\n\nForwarding\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.sendsafe.audit.v1.ForwardingKind\x12\x0b\n\x03url\x18\x03 \x01(\t\x12/\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1f.sendsafe.audit.v1.ExportFormat\x12\x10\n\x08\x62\x61\x63kfill\x18\x05 \x01(\x08\x12\x1a\n\x12\x64\x65livered_sequence\x18\x06 \x01(\x03\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x1c\n\x14\x63onsecutive_failures\x18\x08 \x01(\x05\x12\x36\n\x12last_delivery_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x89\x01\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45LIVERY_STATUS_PENDING\x10\x01\x12\x1d\n\x19\x44\x45LIVERY_STATUS_DELIVERED\x10\x02\x12\x1a\n\x16\x44\x45LIVERY_STATUS_FAILED\x10\x03*N\n\x0e\x46orwardingKind\x12\x1f\n\x1b\x46ORWARDING_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46ORWARDING_KIND_WEBHOOK\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsendsafe/audit/v1/alert.proto\x12\x11sendsafe.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1dsendsafe/audit/v1/event.proto\x1a sendsafe/audit/v1/evidence.proto\x1a!sendsafe/options/v1/options.proto\"\x87\x04\n\tAlertRule\x12\x0f\n\x07rule_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x64isabled\x18\x03 \x01(\x08\x12\x0f\n\x07\x61\x63tions\x18\x04 \x03(\t\x12,\n\x08outcomes\x18\x05 \x03(\x0e\x32\x1a.sendsafe.audit.v1.Outcome\x12\x11\n\tactor_ids\x18\x06 \x03(\t\x12\x13\n\x0b\x61\x63tor_types\x18\x07 \x03(\t\x12\x17\n\x0f\x63lient_networks\x18\x08 \x03(\t\x12\x1f\n\x17\x65xclude_client_networks\x18\t \x03(\t\x12\x1d\n\tthreshold\x18\n \x01(\x05\x42\n\xc2\xbb\x18\x06\x08\x00\x10\xc0\x84=\x12\"\n\x0ewindow_seconds\x18\x0b \x01(\x05\x42\n\xc2\xbb\x18\x06\x08\x00\x10\x80\xf5$\x12$\n\x10\x63ooldown_seconds\x18\x0c \x01(\x05\x42\n\xc2\xbb\x18\x06\x08\x00\x10\x80\xf5$\x12\x12\n\nsum_detail\x18\r \x01(\t\x12\x13\n\x0bwebhook_url\x18\x0e \x01(\t\x12\x0e\n\x06sms_to\x18\x0f \x01(\t\x12\x10\n\x08\x65mail_to\x18\x10 \x01(\t\x12\x12\n\nis_default\x18\x11 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xba\x01\n\rAlertDelivery\x12\x0f\n\x07\x63hannel\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.sendsafe.audit.v1.DeliveryStatus\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x12\n\nlast_error\x18\x05 \x01(\t\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x02\n\x05\x41lert\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\x03\x12\x0f\n\x07rule_id\x18\x02 \x01(\x03\x12\x11\n\trule_name\x18\x03 \x01(\t\x12-\n\tfire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65vent_id\x18\x05 \x01(\t\x12\x16\n\x0e\x65vent_sequence\x18\x06 \x01(\x03\x12\x0e\n\x06\x61\x63tion\x18\x07 \x01(\t\x12\x13\n\x0bmatch_count\x18\x08 \x01(\x03\x12\x16\n\x0ewindow_seconds\x18\t \x01(\x05\x12\x34\n\ndeliveries\x18\n \x03(\x0b\x32 .sendsafe.audit.v1.AlertDelivery\"\xa4\x02\n\nForwarding\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12/\n\x04kind\x18\x02 \x01(\x0e\x32!.sendsafe.audit.v1.ForwardingKind\x12\x0b\n\x03url\x18\x03 \x01(\t\x12/\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1f.sendsafe.audit.v1.ExportFormat\x12\x10\n\x08\x62\x61\x63kfill\x18\x05 \x01(\x08\x12\x1a\n\x12\x64\x65livered_sequence\x18\x06 \x01(\x03\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12\x1c\n\x14\x63onsecutive_failures\x18\x08 \x01(\x05\x12\x36\n\x12last_delivery_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x89\x01\n\x0e\x44\x65liveryStatus\x12\x1f\n\x1b\x44\x45LIVERY_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45LIVERY_STATUS_PENDING\x10\x01\x12\x1d\n\x19\x44\x45LIVERY_STATUS_DELIVERED\x10\x02\x12\x1a\n\x16\x44\x45LIVERY_STATUS_FAILED\x10\x03*N\n\x0e\x46orwardingKind\x12\x1f\n\x1b\x46ORWARDING_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46ORWARDING_KIND_WEBHOOK\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sendsafe.audit.v1.alert_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELIVERYSTATUS']._serialized_start=1389
-  _globals['_DELIVERYSTATUS']._serialized_end=1526
-  _globals['_FORWARDINGKIND']._serialized_start=1528
-  _globals['_FORWARDINGKIND']._serialized_end=1606
-  _globals['_ALERTRULE']._serialized_start=151
-  _globals['_ALERTRULE']._serialized_end=634
-  _globals['_ALERTDELIVERY']._serialized_start=637
-  _globals['_ALERTDELIVERY']._serialized_end=823
-  _globals['_ALERT']._serialized_start=826
-  _globals['_ALERT']._serialized_end=1091
-  _globals['_FORWARDING']._serialized_start=1094
-  _globals['_FORWARDING']._serialized_end=1386
+  _globals['_ALERTRULE'].fields_by_name['threshold']._loaded_options = None
+  _globals['_ALERTRULE'].fields_by_name['threshold']._serialized_options = b'\302\273\030\006\010\000\020\300\204='
+  _globals['_ALERTRULE'].fields_by_name['window_seconds']._loaded_options = None
+  _globals['_ALERTRULE'].fields_by_name['window_seconds']._serialized_options = b'\302\273\030\006\010\000\020\200\365$'
+  _globals['_ALERTRULE'].fields_by_name['cooldown_seconds']._loaded_options = None
+  _globals['_ALERTRULE'].fields_by_name['cooldown_seconds']._serialized_options = b'\302\273\030\006\010\000\020\200\365$'
+  _globals['_DELIVERYSTATUS']._serialized_start=1460
+  _globals['_DELIVERYSTATUS']._serialized_end=1597
+  _globals['_FORWARDINGKIND']._serialized_start=1599
+  _globals['_FORWARDINGKIND']._serialized_end=1677
+  _globals['_ALERTRULE']._serialized_start=186
+  _globals['_ALERTRULE']._serialized_end=705
+  _globals['_ALERTDELIVERY']._serialized_start=708
+  _globals['_ALERTDELIVERY']._serialized_end=894
+  _globals['_ALERT']._serialized_start=897
+  _globals['_ALERT']._serialized_end=1162
+  _globals['_FORWARDING']._serialized_start=1165
+  _globals['_FORWARDING']._serialized_end=1457
 # @@protoc_insertion_point(module_scope)

@@ -141,12 +141,52 @@ class Envelope(_message.Message):
 
 Global___Envelope: _TypeAlias = Envelope  # noqa: Y015
 
+@_typing.final
+class Range(_message.Message):
+    """The values an integer field accepts from outside, both ends inclusive. The
+    gateway refuses anything else with 400 INVALID_ARGUMENT, reason
+    PARAMETER_OUT_OF_RANGE (as it refuses any value the field's type cannot
+    hold), so a new field needs only this declaration. An unset end is the
+    type's own limit. 0 (the proto default, "not given") must stay accepted
+    when the service gives 0 a meaning such as "the default page size".
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    min: _builtins.int
+    max: _builtins.int
+    def __init__(
+        self,
+        *,
+        min: _builtins.int | None = ...,
+        max: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_min", b"_min", "max", b"max", "min", b"min"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_min", b"_min", "max", b"max", "min", b"min"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max: _TypeAlias = _typing.Literal["max"]  # noqa: Y015
+    _WhichOneofArgType__max: _TypeAlias = _typing.Literal["_max", b"_max"]  # noqa: Y015
+    _WhichOneofReturnType__min: _TypeAlias = _typing.Literal["min"]  # noqa: Y015
+    _WhichOneofArgType__min: _TypeAlias = _typing.Literal["_min", b"_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max) -> _WhichOneofReturnType__max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min) -> _WhichOneofReturnType__min | None: ...
+
+Global___Range: _TypeAlias = Range  # noqa: Y015
+
 ACCESS_FIELD_NUMBER: _builtins.int
 ENVELOPE_FIELD_NUMBER: _builtins.int
 WIRE_NAME_FIELD_NUMBER: _builtins.int
+RANGE_FIELD_NUMBER: _builtins.int
 access: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Access]
 envelope: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Envelope]
 wire_name: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.str]
 """JSON key on the external surface when it is not the field name
 (ClickSend uses keys such as `_currency` that protobuf names cannot).
 """
+range: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___Range]
+"""Accepted values of an integer field (see Range)."""
