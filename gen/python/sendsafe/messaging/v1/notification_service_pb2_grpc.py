@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class NotificationServiceStub:
-    """Notifications other SendSafe services send to a customer.
+    """Notifications other SendSafe services send to a customer, and the
+    destinations (numbers, addresses) the customer verified for them.
     """
 
     def __init__(self, channel):
@@ -40,17 +41,71 @@ class NotificationServiceStub:
                 request_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendNotificationRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendNotificationResponse.FromString,
                 _registered_method=True)
+        self.CheckDestination = channel.unary_unary(
+                '/sendsafe.messaging.v1.NotificationService/CheckDestination',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.CheckDestinationRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.CheckDestinationResponse.FromString,
+                _registered_method=True)
+        self.StartDestinationVerification = channel.unary_unary(
+                '/sendsafe.messaging.v1.NotificationService/StartDestinationVerification',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.StartDestinationVerificationRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.StartDestinationVerificationResponse.FromString,
+                _registered_method=True)
+        self.VerifyDestination = channel.unary_unary(
+                '/sendsafe.messaging.v1.NotificationService/VerifyDestination',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.VerifyDestinationRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.VerifyDestinationResponse.FromString,
+                _registered_method=True)
+        self.ListDestinations = channel.unary_unary(
+                '/sendsafe.messaging.v1.NotificationService/ListDestinations',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.ListDestinationsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.ListDestinationsResponse.FromString,
+                _registered_method=True)
 
 
 class NotificationServiceServicer:
-    """Notifications other SendSafe services send to a customer.
+    """Notifications other SendSafe services send to a customer, and the
+    destinations (numbers, addresses) the customer verified for them.
     """
 
     def SendNotification(self, request, context):
-        """Internal: an alert from the audit service to a number the account
-        configured on the alert rule. Sent as one SMS of that account (validated,
-        priced and debited like its own sends, from the shared sender); EMAIL is
-        refused with CHANNEL_NOT_AVAILABLE until messaging sends email.
+        """Internal: an alert from the audit service, sent as one SMS by the alert
+        rule's owner (the user and API key that last set the rule): validated
+        against that key's send limits and allowed countries, priced, debited and
+        recorded like the owner's own sends, from the shared sender, only to a
+        verified destination (else DESTINATION_NOT_VERIFIED). EMAIL is refused
+        with CHANNEL_NOT_AVAILABLE until messaging sends email.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckDestination(self, request, context):
+        """Internal: whether the account verified this destination (the audit
+        service asks before a rule may notify it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartDestinationVerification(self, request, context):
+        """Start verifying a destination: a code is sent to it (as an SMS by the
+        caller, charged, "SendSafe verification code: NNNNNN"), valid 10 minutes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VerifyDestination(self, request, context):
+        """Enter the code sent to the destination; once verified, alert rules may
+        notify it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDestinations(self, request, context):
+        """The account's destinations (numbers masked), newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -64,6 +119,26 @@ def add_NotificationServiceServicer_to_server(servicer, server):
                     request_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendNotificationRequest.FromString,
                     response_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendNotificationResponse.SerializeToString,
             ),
+            'CheckDestination': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckDestination,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.CheckDestinationRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.CheckDestinationResponse.SerializeToString,
+            ),
+            'StartDestinationVerification': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartDestinationVerification,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.StartDestinationVerificationRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.StartDestinationVerificationResponse.SerializeToString,
+            ),
+            'VerifyDestination': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyDestination,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.VerifyDestinationRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.VerifyDestinationResponse.SerializeToString,
+            ),
+            'ListDestinations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDestinations,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.ListDestinationsRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.ListDestinationsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'sendsafe.messaging.v1.NotificationService', rpc_method_handlers)
@@ -73,7 +148,8 @@ def add_NotificationServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class NotificationService:
-    """Notifications other SendSafe services send to a customer.
+    """Notifications other SendSafe services send to a customer, and the
+    destinations (numbers, addresses) the customer verified for them.
     """
 
     @staticmethod
@@ -93,6 +169,114 @@ class NotificationService:
             '/sendsafe.messaging.v1.NotificationService/SendNotification',
             sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendNotificationRequest.SerializeToString,
             sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendNotificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckDestination(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.NotificationService/CheckDestination',
+            sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.CheckDestinationRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.CheckDestinationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartDestinationVerification(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.NotificationService/StartDestinationVerification',
+            sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.StartDestinationVerificationRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.StartDestinationVerificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyDestination(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.NotificationService/VerifyDestination',
+            sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.VerifyDestinationRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.VerifyDestinationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDestinations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.NotificationService/ListDestinations',
+            sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.ListDestinationsRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.ListDestinationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
