@@ -16,6 +16,7 @@ from services.audit.domain import (
     ForwardingSpec,
     ForwardingState,
     Rule,
+    RuleOwner,
     RuleSpec,
     StoredCheckpoint,
     Verification,
@@ -65,6 +66,19 @@ def checkpoint_proto(cp: StoredCheckpoint) -> evidence_pb2.Checkpoint:
     return evidence_pb2.Checkpoint(
         origin=cp.note.split("\n", 1)[0], tree_size=cp.tree_size, root_hash=cp.root_hash,
         checkpoint_time=_ts(cp.checkpoint_time), signed_note=cp.note, key_id=cp.key_id,
+    )
+
+
+def _owner() -> RuleOwner:
+    """The calling principal as a rule's owner (its permissions are already narrowed to its key's scopes)."""
+    p = callctx.principal()
+    if p is None:
+        return RuleOwner(0)
+    limits = p.send_limits
+    return RuleOwner(
+        user_id=p.user_id, api_username=p.api_username, api_key_id=p.api_key_id,
+        per_minute=limits.messages_per_minute, per_day=limits.messages_per_day,
+        countries=tuple(limits.allowed_countries), may_send="sms.send" in p.permissions and not p.staff,
     )
 
 
@@ -213,7 +227,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     async def CreateAlertRule(
         self, request: audit_service_pb2.CreateAlertRuleRequest, context: grpc.aio.ServicerContext
     ) -> audit_service_pb2.CreateAlertRuleResponse:
-        rule = await self.alerts.create_rule(_account(), rule_spec(request.rule))
+        rule = await self.alerts.create_rule(_account(), rule_spec(request.rule), _owner())
         return audit_service_pb2.CreateAlertRuleResponse(rule=rule_proto(rule))
 
     async def ListAlertRules(
@@ -225,7 +239,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     async def UpdateAlertRule(
         self, request: audit_service_pb2.UpdateAlertRuleRequest, context: grpc.aio.ServicerContext
     ) -> audit_service_pb2.UpdateAlertRuleResponse:
-        rule = await self.alerts.update_rule(_account(), request.rule_id, rule_spec(request.rule))
+        rule = await self.alerts.update_rule(_account(), request.rule_id, rule_spec(request.rule), _owner())
         return audit_service_pb2.UpdateAlertRuleResponse(rule=rule_proto(rule))
 
     async def DeleteAlertRule(

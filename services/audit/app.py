@@ -94,7 +94,8 @@ async def build(settings: Settings) -> App:
         alert_store = PgAlertStore(pool)
         root = webhook_root(settings)
         alerts = AlertService(alert_store, events, record, secret_root=root, webhooks=webhooks,
-                              notifier=open_notifier(settings, stack), retry_base=settings.retry_base_seconds)
+                              notifier=open_notifier(settings, stack), retry_base=settings.retry_base_seconds,
+                              messages_per_hour=settings.alert_messages_per_hour)
         forwarding = ForwardingService(alert_store, events, record, secret_root=root, webhooks=webhooks,
                                        retry_base=settings.retry_base_seconds)
 

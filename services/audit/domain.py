@@ -11,13 +11,13 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import ClassVar, Final
 from urllib.parse import urlsplit
 
 from services.audit import merkle
-from svckit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound
+from svckit.errors import DomainError, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -423,6 +423,14 @@ class RuleSpec:
     webhook_url: str = ""
     sms_to: str = ""
     email_to: str = ""
+    # Who last set the rule (never from the request): SMS/email notifications are sends by this user,
+    # through this API key (empty: a session) and within its send limits.
+    owner_user_id: int = 0
+    owner_api_username: str = ""
+    owner_api_key_id: str = ""
+    owner_per_minute: int = 0
+    owner_per_day: int = 0
+    owner_countries: tuple[str, ...] = ()
 
     @property
     def is_threshold(self) -> bool:
@@ -531,6 +539,7 @@ class EventFacts:
     actor_type: str
     client_address: str
     details: Mapping[str, str] = field(default_factory=dict)
+    cause: str = ""  # Event.cause: set on what alert deliveries caused; never matches a rule
 
 
 def _in_any(address: str, networks: Sequence[str]) -> bool:
@@ -605,6 +614,8 @@ def evaluate(
         rid: sorted((h.event_time, h.sequence, h.amount) for h in hs) for rid, hs in window_hits.items()
     }
     for ev in events:
+        if ev.cause:  # caused by an alert delivery: an alert never feeds on its own notification
+            continue
         for rule in by_account.get(ev.account_id, ()):
             spec = rule.spec
             if not matches(spec, ev):
@@ -675,6 +686,7 @@ class DeliveryJob:
     target: str
     attempts: int
     alert: Alert
+    rule: RuleSpec | None = None  # the rule as it is now (None: deleted since it fired)
 
 MAX_DELIVERY_ATTEMPTS = 8
 
@@ -707,12 +719,54 @@ def sign_webhook(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={mac}"
 
 
-def alert_text(rule_name: str, count: int, window_seconds: int, action: str) -> str:
-    """The SMS/email text: no event details beyond the action."""
-    if window_seconds:
-        minutes = window_seconds // 60 or 1
-        return f"SendSafe alert: {rule_name}: {count} matching events in {minutes} min (last: {action})."
-    return f"SendSafe alert: {rule_name} ({action})."
+ALERT_SUBJECT = "SendSafe alert"
+_ACTION_TEXT = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def alert_text(rule_id: int, count: int, action: str, fire_time: datetime) -> str:
+    """The SMS/email text, a fixed template: the rule's id, never its name (customer-written text is not
+    sent to third parties under SendSafe's name), and the platform's action name, nothing else."""
+    act = _ACTION_TEXT.sub("", action)[:64] or "unknown"
+    when = fire_time.astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+    return f"SendSafe alert: rule {rule_id} matched {count} event(s) ({act}) at {when} UTC."
+
+
+@dataclass(frozen=True)
+class RuleOwner:
+    """The principal that creates or changes a rule (from the call's principal)."""
+
+    user_id: int
+    api_username: str = ""
+    api_key_id: str = ""
+    per_minute: int = 0
+    per_day: int = 0
+    countries: tuple[str, ...] = ()
+    may_send: bool = False  # holds sms.send (within its key's scopes)
+
+
+class SendPermissionRequired(PermissionDenied):
+    reason = "SMS_SEND_REQUIRED"
+
+
+class DestinationNotVerified(InvalidArgument):
+    reason = "DESTINATION_NOT_VERIFIED"
+
+
+def owned_spec(spec: RuleSpec, owner: RuleOwner) -> RuleSpec:
+    """`spec` as set by `owner`. A rule that notifies by SMS or email sends messages as its owner, so its
+    owner must hold sms.send."""
+    if (spec.sms_to or spec.email_to) and not owner.may_send:
+        raise SendPermissionRequired(
+            "an alert rule that notifies by SMS or email sends messages as you: it needs the sms.send permission"
+            " (an API key scoped to it)")
+    return replace(spec, owner_user_id=owner.user_id, owner_api_username=owner.api_username,
+                   owner_api_key_id=owner.api_key_id, owner_per_minute=owner.per_minute,
+                   owner_per_day=owner.per_day, owner_countries=tuple(owner.countries))
+
+
+def alert_cap_hit(sent_this_hour: int, cap: int) -> tuple[bool, bool]:
+    """(suppressed, first suppression of the window) for the `sent_this_hour`-th alert message."""
+    return sent_this_hour > cap, sent_this_hour == cap + 1
 
 
 # -- forwarding -----------------------------------------------------------------------------------------

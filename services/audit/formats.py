@@ -83,6 +83,7 @@ def facts(sequence: int, leaf: bytes) -> EventFacts:
         actor_type=ev.actor.type,
         client_address=ev.source.client_address,
         details=dict(ev.details),
+        cause=ev.cause,
     )
 
 

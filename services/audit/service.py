@@ -19,6 +19,7 @@ from typing import Protocol
 from sendsafe.audit.v1 import event_pb2
 from services.audit import formats, merkle
 from services.audit.domain import (
+    ALERT_SUBJECT,
     DELIVERED,
     FAILED,
     FORMAT_CEF,
@@ -32,6 +33,7 @@ from services.audit.domain import (
     Alert,
     CheckpointNotFound,
     DeliveryJob,
+    DestinationNotVerified,
     EventFilter,
     EventInvalid,
     EventNotFound,
@@ -47,12 +49,14 @@ from services.audit.domain import (
     Problem,
     Rule,
     RuleNotFound,
+    RuleOwner,
     RuleSpec,
     SealedEvent,
     StoredCheckpoint,
     TooManyRules,
     TreeSizeInvalid,
     Verification,
+    alert_cap_hit,
     alert_text,
     check_event,
     check_tree_size,
@@ -62,6 +66,7 @@ from services.audit.domain import (
     longest_window,
     normalize_forwarding,
     normalize_rule,
+    owned_spec,
     page_size_of,
     parse_page_token,
     retry_delay,
@@ -119,6 +124,7 @@ class AlertStore(Protocol):
     async def secret_version(self, account_id: int, *, rotate: bool = False) -> int: ...
     async def alerts(self, account_id: int, before_id: int, limit: int) -> list[Alert]: ...
     async def claim_deliveries(self, limit: int, lease_seconds: float) -> list[DeliveryJob]: ...
+    async def count_alert_message(self, account_id: int) -> int: ...
     async def finish_delivery(self, delivery_id: int, status: int, attempts: int, error: str,
                               retry_in: float) -> None: ...
     async def forwarding(self, account_id: int) -> ForwardingState | None: ...
@@ -146,10 +152,12 @@ class WebhookPoster(Protocol):
 
 
 class Notifier(Protocol):
-    """SMS/email through the messaging service."""
+    """SMS/email through the messaging service: sent as the rule's owner (its `owner_*` fields), and only
+    to destinations the account verified."""
 
     async def notify(self, account_id: int, channel: str, to: str, subject: str, body: str,
-                     notification_id: str) -> None: ...
+                     notification_id: str, owner: RuleSpec) -> None: ...
+    async def verified(self, account_id: int, channel: str, to: str) -> bool: ...
 
 
 Record = Callable[[Sequence[event_pb2.Event]], Awaitable[None]]
@@ -546,6 +554,7 @@ class AlertService:
         notifier: Notifier | None,
         batch: int = 1000,
         retry_base: float = 5.0,
+        messages_per_hour: int = 20,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
@@ -554,6 +563,7 @@ class AlertService:
         self._secret_root = secret_root
         self._webhooks = webhooks
         self._notifier = notifier
+        self._messages_per_hour = messages_per_hour
         self._batch = batch
         self._retry_base = retry_base
         self._clock = clock
@@ -573,9 +583,9 @@ class AlertService:
         await self._store.ensure_account(account_id, default_rules())
         return await self._store.rules(account_id)
 
-    async def create_rule(self, account_id: int, spec: RuleSpec) -> Rule:
+    async def create_rule(self, account_id: int, spec: RuleSpec, owner: RuleOwner | None = None) -> Rule:
         _need_account(account_id)
-        spec = await self._checked(normalize_rule(spec))
+        spec = await self._owned(account_id, await self._checked(normalize_rule(spec)), owner)
         await self._store.ensure_account(account_id, default_rules())
         rule = await self._store.create_rule(account_id, spec, MAX_RULES_PER_ACCOUNT)
         if rule is None:
@@ -583,9 +593,10 @@ class AlertService:
         await self._audit("audit.alert_rule.created", rule.rule_id, spec)
         return rule
 
-    async def update_rule(self, account_id: int, rule_id: int, spec: RuleSpec) -> Rule:
+    async def update_rule(self, account_id: int, rule_id: int, spec: RuleSpec, owner: RuleOwner | None = None
+                          ) -> Rule:
         _need_account(account_id)
-        spec = await self._checked(normalize_rule(spec))
+        spec = await self._owned(account_id, await self._checked(normalize_rule(spec)), owner)
         rule = await self._store.update_rule(account_id, rule_id, spec)
         if rule is None:
             raise RuleNotFound("no such alert rule in this account")
@@ -601,6 +612,19 @@ class AlertService:
     async def _checked(self, spec: RuleSpec) -> RuleSpec:
         """A webhook URL must pass the outbound-webhook policy now, not only when an alert fires."""
         return replace(spec, webhook_url=await self._webhooks.check(spec.webhook_url)) if spec.webhook_url else spec
+
+    async def _owned(self, account_id: int, spec: RuleSpec, owner: RuleOwner | None) -> RuleSpec:
+        """The rule as its owner sets it: SMS/email targets need the owner's sms.send and a destination the
+        account verified (messaging keeps the verified destinations)."""
+        spec = owned_spec(spec, owner or RuleOwner(0))
+        for channel, target in spec.targets():
+            if channel == "webhook":
+                continue
+            if self._notifier is None or not await self._notifier.verified(account_id, channel, target):
+                raise DestinationNotVerified(
+                    f"{channel}_to is not a verified destination of this account: verify it first"
+                    " (POST /v1/messaging/notification-destinations, then enter the code sent to it)")
+        return spec
 
     async def _audit(self, action: str, rule_id: int, spec: RuleSpec | None) -> None:
         details = {}
@@ -700,9 +724,20 @@ class AlertService:
             return
         if self._notifier is None:
             raise DeliveryError("MESSAGING_NOT_CONFIGURED", retryable=False)
-        text = alert_text(alert.rule_name, alert.match_count, alert.window_seconds, alert.action)
-        await self._notifier.notify(job.account_id, job.channel, job.target, f"SendSafe alert: {alert.rule_name}",
-                                    text, f"alert-delivery-{job.delivery_id}")
+        if job.rule is None:
+            raise DeliveryError("ALERT_RULE_DELETED", retryable=False)
+        if job.attempts == 0:  # a retry was counted when it first went
+            suppressed, first = alert_cap_hit(await self._store.count_alert_message(job.account_id),
+                                              self._messages_per_hour)
+            if first:
+                await self._record([new_event(
+                    SERVICE, "audit.alert.messages_capped", resource_type="alert_rule", resource_id=str(alert.rule_id),
+                    account_id=job.account_id, details={"cap_per_hour": str(self._messages_per_hour)})])
+            if suppressed:
+                raise DeliveryError("ALERT_MESSAGE_CAP_REACHED", retryable=False)
+        text = alert_text(alert.rule_id, alert.match_count, alert.action, alert.fire_time)
+        await self._notifier.notify(job.account_id, job.channel, job.target, ALERT_SUBJECT, text,
+                                    f"alert-delivery-{job.delivery_id}", job.rule)
 
 
 def _need_account(account_id: int) -> None:

@@ -478,8 +478,9 @@ class PgAlertStore:
             "   FROM due WHERE d.id = due.id RETURNING d.id, d.alert_id, d.account_id, d.channel, d.target,"
             "   d.attempts)"
             " SELECT l.id, l.account_id, l.channel, l.target, l.attempts, a.id AS alert_id, a.rule_id, a.rule_name,"
-            " a.fire_time, a.event_id, a.event_sequence, a.action, a.match_count, a.window_seconds"
-            " FROM leased l JOIN alerts a ON a.id = l.alert_id ORDER BY l.id",
+            " a.fire_time, a.event_id, a.event_sequence, a.action, a.match_count, a.window_seconds, r.spec"
+            " FROM leased l JOIN alerts a ON a.id = l.alert_id"
+            " LEFT JOIN alert_rules r ON r.id = a.rule_id AND r.account_id = a.account_id ORDER BY l.id",
             limit, lease_seconds,
         )
         return [
@@ -487,9 +488,20 @@ class PgAlertStore:
                 r["id"], r["account_id"], r["channel"], r["target"], r["attempts"],
                 Alert(r["alert_id"], r["rule_id"], r["rule_name"], r["fire_time"], r["event_id"], r["event_sequence"],
                       r["action"], r["match_count"], r["window_seconds"], []),
+                None if r["spec"] is None else _spec(r["spec"]),
             )
             for r in rows
         ]
+
+    async def count_alert_message(self, account_id: int) -> int:
+        """Count one more alert message for the account in the current clock hour; returns the count."""
+        n: int = await self._pool.fetchval(
+            "INSERT INTO alert_message_counts (account_id, hour, sent) VALUES ($1, date_trunc('hour', now()), 1)"
+            " ON CONFLICT (account_id, hour) DO UPDATE SET sent = alert_message_counts.sent + 1 RETURNING sent",
+            account_id)
+        await self._pool.execute(
+            "DELETE FROM alert_message_counts WHERE account_id = $1 AND hour < date_trunc('hour', now())", account_id)
+        return n
 
     async def finish_delivery(self, delivery_id: int, status: int, attempts: int, error: str,
                               retry_in: float) -> None:

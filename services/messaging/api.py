@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf import timestamp_pb2
 
+from sendsafe.context.v1 import principal_pb2
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from sendsafe.messaging.v1 import (
     messaging_service_pb2_grpc,
@@ -15,6 +16,7 @@ from sendsafe.messaging.v1 import (
 from services.messaging.domain import (
     Caller,
     Currency,
+    Destination,
     HistoryItem,
     HistoryPage,
     HistoryQuery,
@@ -44,15 +46,16 @@ from svckit.errors import PermissionDenied
 IDEMPOTENCY_METADATA_KEY = "idempotency-key"
 
 
+def _limits(s: principal_pb2.SendLimits) -> SendLimits:
+    return SendLimits(per_minute=max(0, s.messages_per_minute), per_day=max(0, s.messages_per_day),
+                      countries=frozenset(c.strip().upper() for c in s.allowed_countries if c.strip()))
+
+
 def caller_from_context() -> Caller:
     p = callctx.principal()
     if p is None or p.account_id <= 0:
         raise PermissionDenied("this call needs an account principal")
-    limits = SendLimits()
-    if p.HasField("send_limits"):
-        s = p.send_limits
-        limits = SendLimits(per_minute=max(0, s.messages_per_minute), per_day=max(0, s.messages_per_day),
-                            countries=frozenset(c.strip().upper() for c in s.allowed_countries if c.strip()))
+    limits = _limits(p.send_limits) if p.HasField("send_limits") else SendLimits()
     return Caller(account_id=p.account_id, user_id=p.user_id, api_username=p.api_username, test_mode=p.test_mode,
                   api_key_id=p.api_key_id, limits=limits, deidentified=p.sms_deidentify_message, staff=p.staff)
 
@@ -361,5 +364,50 @@ class NotificationServicer(notification_service_pb2_grpc.NotificationServiceServ
     async def SendNotification(
         self, request: notification_service_pb2.SendNotificationRequest, context: grpc.aio.ServicerContext
     ) -> notification_service_pb2.SendNotificationResponse:
-        message_id = await self.notifications.send(request.account_id, int(request.channel), request.to, request.body)
+        owner = None
+        if request.HasField("owner"):
+            o = request.owner
+            owner = Caller(request.account_id, o.user_id, o.api_username, api_key_id=o.api_key_id,
+                           limits=_limits(o.send_limits) if o.HasField("send_limits") else SendLimits())
+        message_id = await self.notifications.send(request.account_id, int(request.channel), request.to,
+                                                   request.body, owner)
         return notification_service_pb2.SendNotificationResponse(message_id=message_id)
+
+    async def CheckDestination(
+        self, request: notification_service_pb2.CheckDestinationRequest, context: grpc.aio.ServicerContext
+    ) -> notification_service_pb2.CheckDestinationResponse:
+        verified = await self.notifications.check(request.account_id, int(request.channel), request.to)
+        return notification_service_pb2.CheckDestinationResponse(verified=verified)
+
+    async def StartDestinationVerification(
+        self, request: notification_service_pb2.StartDestinationVerificationRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> notification_service_pb2.StartDestinationVerificationResponse:
+        dest, expires = await self.notifications.start_verification(
+            caller_from_context(), int(request.channel), request.to)
+        return notification_service_pb2.StartDestinationVerificationResponse(
+            destination=destination_proto(dest), expire_time=_timestamp(expires))
+
+    async def VerifyDestination(
+        self, request: notification_service_pb2.VerifyDestinationRequest, context: grpc.aio.ServicerContext
+    ) -> notification_service_pb2.VerifyDestinationResponse:
+        dest = await self.notifications.verify(caller_from_context(), request.destination_id, request.code)
+        return notification_service_pb2.VerifyDestinationResponse(destination=destination_proto(dest))
+
+    async def ListDestinations(
+        self, request: notification_service_pb2.ListDestinationsRequest, context: grpc.aio.ServicerContext
+    ) -> notification_service_pb2.ListDestinationsResponse:
+        found = await self.notifications.list(caller_from_context())
+        return notification_service_pb2.ListDestinationsResponse(destinations=[destination_proto(d) for d in found])
+
+
+def _timestamp(seconds: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=seconds)
+
+
+def destination_proto(d: Destination) -> notification_service_pb2.NotificationDestination:
+    return notification_service_pb2.NotificationDestination(
+        destination_id=d.destination_id, channel=d.channel,  # type: ignore[arg-type]
+        to=d.to_masked, verified=d.verified, create_time=_timestamp(d.create_time),
+        verify_time=None if d.verify_time is None else _timestamp(d.verify_time),
+    )

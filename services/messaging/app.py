@@ -38,7 +38,7 @@ from services.messaging.service import (
     Replies,
     WebhookService,
 )
-from services.messaging.store import PgMessageStore, PgSimulatorStore
+from services.messaging.store import PgDestinationStore, PgMessageStore, PgSimulatorStore
 from services.messaging.stream import DispatchStream
 from services.messaging.worker import StreamWorker, default_consumer_name, pump_receipts, run_every
 from svckit.app import App, serve
@@ -114,7 +114,7 @@ async def build(settings: Settings) -> App:
         server = await start_server(
             listen=settings.grpc_listen,
             tls=tls_of(settings),
-            register=lambda s: _register(s, service),
+            register=lambda s: _register(s, service, pool),
             service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME],
             on_denied=denial_recorder(record, settings.service_name),
             health_listen=settings.health_listen,
@@ -134,10 +134,10 @@ async def build(settings: Settings) -> App:
                extras={"service": service, "store": store, "pool": pool, "stream": stream, "envelope": envelope})
 
 
-def _register(server: Any, service: MessagingService) -> None:
+def _register(server: Any, service: MessagingService, pool: Any) -> None:
     messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(service), server)
     notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(
-        NotificationServicer(Notifications(service)), server)
+        NotificationServicer(Notifications(service, PgDestinationStore(pool))), server)
 
 
 async def _final_cleanup(service: MessagingService) -> None:

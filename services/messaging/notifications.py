@@ -1,19 +1,53 @@
-"""Platform notifications: the audit service's alert SMS, sent as one SMS of the account.
+"""Platform notifications: alert SMS are sends by the alert rule's owner, to verified destinations.
 
-A use case of its own (not a MessagingService method) so the send path stays untouched: it goes through
-`MessagingService.send_sms` with the account as the caller, so the message is validated, priced, debited,
-encrypted and delivered exactly like the account's own sends (from the shared sender, source
-"sendsafe-alerts"). Email is refused until messaging sends email.
+A use case of its own (not a MessagingService method) so the send path stays untouched: an alert goes
+through `MessagingService.send_sms` as the rule's owner (user, API key, that key's send limits and
+allowed countries), so it is validated, limited, priced, debited, encrypted, recorded as that user's send
+and delivered exactly like the owner's own sends (from the shared sender, source "sendsafe-alerts"). Its
+`cause` marks the delivery events it causes, which alert rules never match. Only a destination the
+account verified (a code sent to it, as a send by the customer, entered back) is notified. Email is
+refused until messaging sends email.
 """
 
 from __future__ import annotations
 
-from services.messaging.domain import Caller, InvalidAccountId, MessageStatusCode, OutboundInput
+import hmac
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from services.messaging.domain import (
+    ALERT_DELIVERY,
+    DESTINATION_CODE_ATTEMPTS,
+    DESTINATION_CODE_TTL_SECONDS,
+    DESTINATION_CODES_PER_HOUR,
+    DESTINATION_VERIFICATION,
+    Caller,
+    Destination,
+    DestinationAttemptsExceeded,
+    DestinationCodeExpired,
+    DestinationCodeInvalid,
+    DestinationCodesExceeded,
+    DestinationInvalid,
+    DestinationNotFound,
+    DestinationNotVerified,
+    InvalidAccountId,
+    MessageStatusCode,
+    OutboundInput,
+    SendLimits,
+    check_destination_code,
+    destination_code_hash,
+    mask_number,
+    new_destination_code,
+    parse_recipient,
+    verification_text,
+)
 from services.messaging.service import MessagingService
-from svckit.errors import FailedPrecondition
+from svckit.errors import FailedPrecondition, InvalidArgument
 
 SMS = 1  # sendsafe.messaging.v1.NotificationChannel.NOTIFICATION_CHANNEL_SMS
 SOURCE = "sendsafe-alerts"
+VERIFY_SOURCE = "sendsafe-verify"
 
 
 class ChannelNotAvailable(FailedPrecondition):
@@ -24,20 +58,114 @@ class NotificationRejected(FailedPrecondition):
     reason = "NOTIFICATION_REJECTED"
 
 
-class Notifications:
-    def __init__(self, messaging: MessagingService) -> None:
-        self._messaging = messaging
+class DestinationStore(Protocol):
+    async def start(self, account_id: int, channel: int, to_hash: bytes, to_masked: str, user_id: int,
+                    code_hash: Callable[[str], bytes], ttl_s: int, per_hour: int) -> Destination | None: ...
+    async def forget_code(self, destination_id: str) -> None: ...
+    async def attempt(self, account_id: int, destination_id: str, max_attempts: int
+                      ) -> tuple[Destination, bytes | None, bool, bool] | None: ...
+    async def verified(self, destination_id: str) -> Destination: ...
+    async def is_verified(self, account_id: int, channel: int, to_hash: bytes) -> bool: ...
+    async def destinations(self, account_id: int) -> list[Destination]: ...
 
-    async def send(self, account_id: int, channel: int, to: str, body: str) -> str:
-        """Send one notification; returns the message id."""
+
+def _e164(to: str) -> str:
+    try:
+        return parse_recipient(to, None).e164
+    except (InvalidArgument, ValueError):
+        raise DestinationInvalid("the destination must be a phone number in E.164 form, e.g. +61411111111") from None
+
+
+class Notifications:
+    def __init__(self, messaging: MessagingService, destinations: DestinationStore,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._messaging = messaging
+        self._destinations = destinations
+        self._clock = clock
+
+    async def _hash(self, account_id: int, e164: str) -> bytes:
+        return (await self._messaging.keys.indexer(account_id))(e164)
+
+    async def send(self, account_id: int, channel: int, to: str, body: str, owner: Caller | None = None) -> str:
+        """Send one notification as `owner` (the rule's owner; the account itself when the caller names
+        none); returns the message id. Only to a destination the account verified."""
         if account_id <= 0:
             raise InvalidAccountId("account_id must be a positive account id")
         if channel != SMS:
             raise ChannelNotAvailable("only SMS notifications can be sent")
-        result = await self._messaging.send_sms(
-            Caller(account_id, 0, SOURCE), [OutboundInput(body=body, to=to, source=SOURCE)]
-        )
+        try:
+            e164 = _e164(to)
+        except DestinationInvalid:
+            raise NotificationRejected("the notification was not accepted", status="BAD_RECIPIENT") from None
+        if not await self._destinations.is_verified(account_id, SMS, await self._hash(account_id, e164)):
+            raise DestinationNotVerified("the account has not verified this destination")
+        caller = owner or Caller(account_id, 0, SOURCE)
+        caller = Caller(account_id, caller.user_id, caller.api_username, api_key_id=caller.api_key_id,
+                        limits=caller.limits, cause=ALERT_DELIVERY)
+        result = await self._messaging.send_sms(caller, [OutboundInput(body=body, to=e164, source=SOURCE)])
         item = result.items[0]
         if item.status is not MessageStatusCode.SUCCESS:
             raise NotificationRejected("the notification was not accepted", status=item.status.value)
         return item.message_id
+
+    async def check(self, account_id: int, channel: int, to: str) -> bool:
+        if account_id <= 0:
+            raise InvalidAccountId("account_id must be a positive account id")
+        if channel != SMS:
+            return False
+        try:
+            e164 = _e164(to)
+        except DestinationInvalid:
+            return False
+        return await self._destinations.is_verified(account_id, SMS, await self._hash(account_id, e164))
+
+    # -- verification (external) -----------------------------------------------------------------------
+
+    async def start_verification(self, caller: Caller, channel: int, to: str) -> tuple[Destination, int]:
+        """Send a code to the destination as `caller` (a send of theirs: their limits, their price);
+        returns the destination and when the code expires (unix seconds)."""
+        if channel != SMS:
+            raise ChannelNotAvailable("only phone numbers (SMS) can be verified; SendSafe does not send email yet")
+        e164 = _e164(to)
+        account = caller.account_id
+        key = await self._messaging.keys.get(account)
+        code = new_destination_code()
+        dest = await self._destinations.start(
+            account, SMS, await self._hash(account, e164), mask_number(e164), caller.user_id,
+            lambda dest_id: destination_code_hash(key, dest_id, code), DESTINATION_CODE_TTL_SECONDS,
+            DESTINATION_CODES_PER_HOUR)
+        if dest is None:
+            raise DestinationCodesExceeded(
+                f"an account may send {DESTINATION_CODES_PER_HOUR} verification codes an hour; try again later")
+        sender = Caller(account, caller.user_id, caller.api_username, test_mode=caller.test_mode,
+                        api_key_id=caller.api_key_id, limits=caller.limits, cause=DESTINATION_VERIFICATION)
+        result = await self._messaging.send_sms(sender, [OutboundInput(
+            body=verification_text(code), to=e164, source=VERIFY_SOURCE)])
+        item = result.items[0]
+        if item.status is not MessageStatusCode.SUCCESS:
+            await self._destinations.forget_code(dest.destination_id)
+            raise NotificationRejected("the verification code could not be sent", status=item.status.value)
+        return dest, int(self._clock()) + DESTINATION_CODE_TTL_SECONDS
+
+    async def verify(self, caller: Caller, destination_id: str, code: str) -> Destination:
+        code = check_destination_code(code)
+        got = await self._destinations.attempt(caller.account_id, destination_id, DESTINATION_CODE_ATTEMPTS)
+        if got is None:
+            raise DestinationNotFound("no such destination in this account")
+        dest, code_hash, expired, allowed = got
+        if code_hash is None and dest.verified:
+            return dest
+        if not allowed:
+            raise DestinationAttemptsExceeded("too many wrong codes; start the verification again")
+        if code_hash is None or expired:
+            raise DestinationCodeExpired("the code expired; start the verification again")
+        key = await self._messaging.keys.get(caller.account_id)
+        if not hmac.compare_digest(code_hash, destination_code_hash(key, dest.destination_id, code)):
+            raise DestinationCodeInvalid("the code does not match the one sent")
+        return await self._destinations.verified(dest.destination_id)
+
+    async def list(self, caller: Caller) -> list[Destination]:
+        return await self._destinations.destinations(caller.account_id)
+
+
+__all__ = ["Notifications", "SendLimits"]

@@ -25,7 +25,9 @@ from typing import Any, Generic, Protocol, TypeVar
 from sendsafe.audit.v1 import event_pb2
 from services.messaging.carriers import Carrier
 from services.messaging.domain import (
+    ALERT_DELIVERY,
     BODY_RECORD,
+    DESTINATION_VERIFICATION,
     IDEMPOTENCY_RECORD,
     IDEMPOTENCY_TTL_S,
     INDEX_KEY_RECORD,
@@ -539,7 +541,7 @@ class MessagingService:
                 from_email=m.from_email, list_id=m.list_id, contact_id=m.contact_id,
                 schedule=v.schedule if scheduled else None,
                 publish_at=v.schedule if scheduled and v.schedule is not None else now + int(self._grace + 0.999),
-                to_hash=to_index(v.to),
+                to_hash=to_index(v.to), cause=caller.cause,
             ))
 
         def build(statuses: list[MessageStatusCode]) -> SendResult:
@@ -780,6 +782,8 @@ class MessagingService:
         to = (await self._cipher.decrypt(acct, aad_for(acct, TO_RECORD, m.id), m.to_ct)).decode()
         if masked:
             return HistoryItem(m, MASKED_BODY, mask_number(to), clicksend_history_view(m.status, m.error_code))
+        if m.cause == DESTINATION_VERIFICATION:  # the code is for the destination's holder only
+            return HistoryItem(m, MASKED_BODY, to, clicksend_history_view(m.status, m.error_code))
         body = "" if m.body_ct is None else (
             await self._cipher.decrypt(acct, aad_for(acct, BODY_RECORD, m.id), m.body_ct)).decode()
         return HistoryItem(m, body, to, clicksend_history_view(m.status, m.error_code))
@@ -1133,17 +1137,21 @@ class DeliveryService:
     async def _audit(self, claimed: list[ClaimedMessage], sent: set[str], retried: set[str], failed: set[str]) -> None:
         if self._record is None:
             return
-        per_account: dict[int, list[int]] = {}
+        # One event per account and cause: what alert notifications cause is marked, so no alert rule
+        # matches it (an alert cannot feed on its own SMS).
+        per_account: dict[tuple[int, str], list[int]] = {}
         for m in claimed:
-            c = per_account.setdefault(m.account_id, [0, 0, 0])
+            c = per_account.setdefault((m.account_id, m.cause if m.cause == ALERT_DELIVERY else ""), [0, 0, 0])
             c[0] += m.id in sent
             c[1] += m.id in retried
             c[2] += m.id in failed
-        for account_id, (n_sent, n_retried, n_failed) in per_account.items():
+        for (account_id, cause), (n_sent, n_retried, n_failed) in per_account.items():
             outcome = event_pb2.OUTCOME_SUCCESS if not n_failed else event_pb2.OUTCOME_FAILURE
-            await self._record(new_event(
+            ev = new_event(
                 SERVICE, "messaging.sms.sent", outcome=outcome, resource_type="sms_batch",
                 account_id=account_id, error_reason="DELIVERY_FAILED" if n_failed else "",
                 details={"sent": str(n_sent), "retried": str(n_retried), "failed": str(n_failed),
                          "carrier": self._carrier.name},
-            ))
+            )
+            ev.cause = cause
+            await self._record(ev)

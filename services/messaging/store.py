@@ -16,6 +16,7 @@ import orjson
 from services.messaging.domain import (
     STATUS_SORT_NAME,
     ClaimedMessage,
+    Destination,
     HistoryFilter,
     HistorySort,
     InboundRecord,
@@ -38,7 +39,7 @@ from services.messaging.domain import (
 _MESSAGE_COLUMNS = (
     "id", "account_id", "user_id", "api_username", "status", "body_ct", "to_ct", "sender", "country",
     "encoding", "parts", "price", "is_test", "custom_string", "source", "from_email", "list_id", "contact_id",
-    "schedule_time", "to_hash",
+    "schedule_time", "to_hash", "cause",
 )
 # Messages and their outbox rows in ONE statement (a data-modifying CTE): a single round trip, atomic
 # on its own, so a send that debits nothing needs no explicit transaction. Messages due now share one
@@ -60,11 +61,11 @@ def _insert_sql(funded: bool) -> str:
         "WITH " + debit + "r AS (SELECT * FROM json_to_recordset($1::json) AS r(id uuid, account_id bigint,"
         " user_id bigint, api_username text, status text, body_ct text, to_ct text, sender text, country text,"
         " encoding text, parts int, price numeric, is_test bool, custom_string text, source text, from_email text,"
-        " list_id text, contact_id text, schedule bigint, to_hash text, at bigint)),"
+        " list_id text, contact_id text, schedule bigint, to_hash text, at bigint, cause text)),"
         " m AS (INSERT INTO messages (" + ", ".join(_MESSAGE_COLUMNS) + ")"
         " SELECT id, account_id, user_id, api_username, status, decode(body_ct, 'base64'),"
         " decode(to_ct, 'base64'), sender, country, encoding, parts, price, is_test, custom_string, source,"
-        " from_email, list_id, contact_id, to_timestamp(schedule), decode(to_hash, 'base64') FROM r"
+        " from_email, list_id, contact_id, to_timestamp(schedule), decode(to_hash, 'base64'), cause FROM r"
         " WHERE true" + guard + "),"
         " o AS (INSERT INTO outbox (message_id, available_time) SELECT id, to_timestamp(at) FROM r"
         " WHERE at IS NOT NULL" + guard + "),"
@@ -87,7 +88,7 @@ _CLAIM = (
     "  (status IN ('QUEUED', 'SCHEDULED') AND (schedule_time IS NULL OR schedule_time <= now()))"
     "  OR (status = 'SENDING' AND next_attempt_time IS NOT NULL AND next_attempt_time <= now())"
     "  OR (status = 'SENDING' AND next_attempt_time IS NULL AND status_time < now() - make_interval(secs => $2)))"
-    " RETURNING id, account_id, body_ct, to_ct, sender, attempts, is_test)"
+    " RETURNING id, account_id, body_ct, to_ct, sender, attempts, is_test, cause)"
     # The message's outbox row stays until it settles: should this worker die with the stream entry
     # lost too, the relay publishes it again when the row's time comes (after the lease: see above).
     " SELECT * FROM c"
@@ -209,7 +210,7 @@ class PgSendTx:
              "is_test": m.is_test, "custom_string": m.custom_string, "source": m.source,
              "from_email": m.from_email, "list_id": m.list_id, "contact_id": m.contact_id,
              "schedule": m.schedule, "to_hash": None if m.to_hash is None else _b64(m.to_hash),
-             "at": None if m.status is queued else m.publish_at}
+             "at": None if m.status is queued else m.publish_at, "cause": m.cause}
             for m in messages
         ]).decode()
         due = [m for m in messages if m.status is queued]
@@ -241,7 +242,7 @@ _HISTORY_COLUMNS = (
     "id, account_id, user_id, api_username, status, body_ct, to_ct, sender, country, parts,"
     " price, custom_string, from_email, list_id, contact_id,"
     " extract(epoch FROM schedule_time)::bigint AS schedule,"
-    " extract(epoch FROM create_time)::bigint AS date, error_code, carrier"
+    " extract(epoch FROM create_time)::bigint AS date, error_code, carrier, cause"
 )
 _STATUS_NAME_SQL = "CASE status " + " ".join(
     f"WHEN '{s.value}' THEN '{name}'" for s, name in STATUS_SORT_NAME.items()
@@ -294,7 +295,7 @@ def _stored(r: asyncpg.Record) -> StoredMessage:
         sender=r["sender"], country=r["country"], parts=r["parts"], price=Decimal(r["price"]),
         custom_string=r["custom_string"], from_email=r["from_email"], list_id=r["list_id"],
         contact_id=r["contact_id"], schedule=r["schedule"], date=r["date"], error_code=r["error_code"],
-        carrier=r["carrier"],
+        carrier=r["carrier"], cause=r["cause"],
     )
 
 
@@ -779,6 +780,7 @@ class PgMessageStore:
             ClaimedMessage(
                 id=_mid(r["id"]), account_id=r["account_id"], body_ct=bytes(r["body_ct"] or b""),
                 to_ct=bytes(r["to_ct"]), sender=r["sender"], attempts=r["attempts"], is_test=r["is_test"],
+                cause=r["cause"],
             )
             for r in rows
         ]
@@ -930,3 +932,91 @@ class PgSimulatorStore:
                 "UPDATE carrier_sim_submissions SET receipt_time = now() WHERE message_id = ANY($1::uuid[])", ids
             )
             return len(ids)
+
+
+class PgDestinationStore:
+    """Verified notification destinations and the verification codes sent."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @staticmethod
+    def _destination(r: asyncpg.Record) -> Destination:
+        verified = r["verify_time"]
+        return Destination(
+            destination_id=str(r["id"]), account_id=r["account_id"], channel=r["channel"], to_masked=r["to_masked"],
+            verified=verified is not None, create_time=int(r["create_time"].timestamp()),
+            verify_time=None if verified is None else int(verified.timestamp()),
+        )
+
+    async def start(self, account_id: int, channel: int, to_hash: bytes, to_masked: str, user_id: int,
+                    code_hash: Callable[[str], bytes], ttl_s: int, per_hour: int) -> Destination | None:
+        """Record a new code for the destination (created if new; a verified one stays verified until the
+        new code is entered) unless the account sent `per_hour` codes in the last hour (None then)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('destination_codes'), $1::int)",
+                               account_id % 2**31)
+            sent = await conn.fetchval(
+                "SELECT count(*) FROM destination_codes WHERE account_id = $1"
+                " AND send_time > now() - interval '1 hour'", account_id)
+            if sent >= per_hour:
+                return None
+            await conn.execute("INSERT INTO destination_codes (account_id) VALUES ($1)", account_id)
+            new_id = uuid.uuid4()
+            r = await conn.fetchrow(
+                "INSERT INTO notification_destinations (id, account_id, channel, to_hash, to_masked, create_user_id)"
+                " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (account_id, channel, to_hash)"
+                " DO UPDATE SET to_masked = EXCLUDED.to_masked RETURNING id",
+                new_id, account_id, channel, to_hash, to_masked, user_id)
+            dest_id = r["id"]
+            r = await conn.fetchrow(
+                "UPDATE notification_destinations SET code_hash = $2, attempts = 0,"
+                " code_expire_time = now() + make_interval(secs => $3) WHERE id = $1"
+                " RETURNING id, account_id, channel, to_masked, verify_time, create_time",
+                dest_id, code_hash(str(dest_id)), float(ttl_s))
+            return self._destination(r)
+
+    async def forget_code(self, destination_id: str) -> None:
+        """The code could not be sent: it is not valid."""
+        await self._pool.execute(
+            "UPDATE notification_destinations SET code_hash = NULL, code_expire_time = NULL WHERE id = $1::uuid",
+            destination_id)
+
+    async def attempt(self, account_id: int, destination_id: str, max_attempts: int
+                      ) -> tuple[Destination, bytes | None, bool, bool] | None:
+        """Count one attempt at the destination's code: (destination, code hash, expired, attempts left
+        before this one); None if the account has no such destination."""
+        try:
+            dest_uuid = uuid.UUID(destination_id)
+        except ValueError:
+            return None
+        r = await self._pool.fetchrow(
+            "WITH old AS (SELECT id, attempts, code_hash, code_expire_time FROM notification_destinations"
+            "  WHERE id = $1 AND account_id = $2 FOR UPDATE)"
+            " UPDATE notification_destinations d SET attempts = d.attempts + 1 FROM old WHERE d.id = old.id"
+            " RETURNING d.id, d.account_id, d.channel, d.to_masked, d.verify_time, d.create_time, old.code_hash,"
+            " old.code_expire_time IS NULL OR old.code_expire_time <= now() AS expired,"
+            " old.attempts < $3 AS allowed",
+            dest_uuid, account_id, max_attempts)
+        if r is None:
+            return None
+        code = None if r["code_hash"] is None else bytes(r["code_hash"])
+        return self._destination(r), code, r["expired"], r["allowed"]
+
+    async def verified(self, destination_id: str) -> Destination:
+        r = await self._pool.fetchrow(
+            "UPDATE notification_destinations SET verify_time = now(), code_hash = NULL, code_expire_time = NULL"
+            " WHERE id = $1::uuid RETURNING id, account_id, channel, to_masked, verify_time, create_time",
+            destination_id)
+        return self._destination(r)
+
+    async def is_verified(self, account_id: int, channel: int, to_hash: bytes) -> bool:
+        return bool(await self._pool.fetchval(
+            "SELECT verify_time IS NOT NULL FROM notification_destinations"
+            " WHERE account_id = $1 AND channel = $2 AND to_hash = $3", account_id, channel, to_hash))
+
+    async def destinations(self, account_id: int) -> list[Destination]:
+        rows = await self._pool.fetch(
+            "SELECT id, account_id, channel, to_masked, verify_time, create_time FROM notification_destinations"
+            " WHERE account_id = $1 ORDER BY create_time DESC, id LIMIT 100", account_id)
+        return [self._destination(r) for r in rows]

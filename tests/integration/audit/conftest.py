@@ -34,9 +34,11 @@ WEBHOOK_KEY = "22" * 32
 
 
 def principal(account_id: int, *perms: str, user_id: int = 7, staff: bool = False,
-              address: str = "203.0.113.10") -> tuple[tuple[str, bytes], ...]:
+              address: str = "203.0.113.10", api_key_id: str = "",
+              limits: principal_pb2.SendLimits | None = None) -> tuple[tuple[str, bytes], ...]:
     p = principal_pb2.Principal(account_id=account_id, user_id=user_id, permissions=list(perms or ("audit.read",)),
-                                request_id="req-1", client_address=address, staff=staff)
+                                request_id="req-1", client_address=address, staff=staff, api_key_id=api_key_id,
+                                send_limits=limits)
     return ((PRINCIPAL_KEY, p.SerializeToString()),)
 
 
@@ -179,6 +181,12 @@ class FakeNotifications(notification_service_pb2_grpc.NotificationServiceService
     """Stands in for messaging's NotificationService (behind the real mTLS guard, with messaging's cert)."""
 
     requests: list[npb.SendNotificationRequest] = field(default_factory=list)
+    verified: set[str] = field(default_factory=set)  # destinations the account "verified"
+
+    async def CheckDestination(
+        self, request: npb.CheckDestinationRequest, context: Any
+    ) -> npb.CheckDestinationResponse:
+        return npb.CheckDestinationResponse(verified=request.to in self.verified)
 
     async def SendNotification(
         self, request: npb.SendNotificationRequest, context: Any

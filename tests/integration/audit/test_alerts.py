@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import asyncpg
 import grpc
@@ -14,6 +15,7 @@ from standardwebhooks import Webhook
 
 from sendsafe.audit.v1 import alert_pb2, event_pb2
 from sendsafe.audit.v1 import audit_service_pb2 as pb
+from sendsafe.context.v1 import principal_pb2
 from services.audit.domain import ForwardingSpec, RuleSpec
 from services.audit.service import AlertService
 from tests.integration.audit.conftest import (
@@ -154,22 +156,24 @@ async def _delivered(receiver: Receiver):  # type: ignore[no-untyped-def]
     return receiver.received[0] if receiver.received else None
 
 
-async def test_sms_goes_through_messaging_and_failures_are_in_the_history(
+async def test_sms_goes_through_messaging_as_the_rule_owner_with_the_fixed_text(
     make_audit: AuditFactory, fake_messaging: tuple[FakeNotifications, str]
 ) -> None:
     servicer, addr = fake_messaging
+    servicer.verified.add("+61411111111")
     audit = await make_audit(messaging_addr=addr)
     account = 6301
-    md = principal(account, *MANAGE)
-    rule = alert_pb2.AlertRule(name="staff looked", actor_types=["staff"], sms_to="+61411111111",
-                               email_to="ops@example.com", webhook_url="https://127.0.0.1:1/")
-    await audit.stub().CreateAlertRule(pb.CreateAlertRuleRequest(rule=rule), metadata=md)
+    limits = principal_pb2.SendLimits(messages_per_minute=5, allowed_countries=["AU"])
+    md = principal(account, *MANAGE, "sms.send", user_id=77, api_key_id="key-77", limits=limits)
+    rule = alert_pb2.AlertRule(name="Card locked call +61400000000", actor_types=["staff"], sms_to="+61411111111",
+                               webhook_url="https://127.0.0.1:1/")
+    created = (await audit.stub().CreateAlertRule(pb.CreateAlertRuleRequest(rule=rule), metadata=md)).rule
     staff = event(1, "support.account.viewed", subject_account_id=account)
     staff.actor.type = "staff"
     await audit.append(staff, caller="identity")
 
     async def settled() -> list[alert_pb2.AlertDelivery]:
-        alerts = [a for a in await _alerts(audit, account) if a.rule_name == "staff looked"]
+        alerts = [a for a in await _alerts(audit, account) if a.rule_id == created.rule_id]
         if not alerts or any(d.status == alert_pb2.DELIVERY_STATUS_PENDING for d in alerts[0].deliveries):
             return []
         return list(alerts[0].deliveries)
@@ -177,13 +181,77 @@ async def test_sms_goes_through_messaging_and_failures_are_in_the_history(
     by_channel = {d.channel: d for d in await eventually(settled, what="deliveries to settle")}
     assert by_channel["sms"].status == alert_pb2.DELIVERY_STATUS_DELIVERED
     assert by_channel["sms"].target == "+614*****111"  # never shown in full
-    assert by_channel["email"].status == alert_pb2.DELIVERY_STATUS_FAILED
-    assert by_channel["email"].last_error == "CHANNEL_NOT_AVAILABLE"
     # A webhook to a closed port is retried, then given up (here quickly: AUDIT_RETRY_BASE_SECONDS=0.05).
     assert by_channel["webhook"].status == alert_pb2.DELIVERY_STATUS_FAILED
     assert by_channel["webhook"].attempts == 8 and by_channel["webhook"].last_error == "CONNECTION_FAILED"
     (sms,) = servicer.requests
-    assert (sms.account_id, sms.to) == (account, "+61411111111") and "staff looked" in sms.body
+    assert (sms.account_id, sms.to) == (account, "+61411111111")
+    # Sent as the rule's owner: its user, its key, that key's limits and countries.
+    assert (sms.owner.user_id, sms.owner.api_key_id) == (77, "key-77")
+    assert sms.owner.send_limits.messages_per_minute == 5 and list(sms.owner.send_limits.allowed_countries) == ["AU"]
+    # A fixed template: the rule's name (customer-written text) is never sent.
+    assert re.fullmatch(rf"SendSafe alert: rule {created.rule_id} matched 1 event\(s\) \(support\.account\.viewed\)"
+                        r" at \d{4}-\d\d-\d\d \d\d:\d\d UTC\.", sms.body), sms.body
+    assert "Card" not in sms.body and "+6140" not in sms.body and sms.subject == "SendSafe alert"
+
+
+async def test_an_sms_rule_needs_sms_send_and_a_verified_destination(
+    make_audit: AuditFactory, fake_messaging: tuple[FakeNotifications, str]
+) -> None:
+    """Issue 12, attack 3: a key scoped to audit.* only made the platform SMS any number."""
+    servicer, addr = fake_messaging
+    servicer.verified.add("+61411111111")
+    audit = await make_audit(messaging_addr=addr)
+    stub = audit.stub()
+    account = 6311
+    attack = alert_pb2.AlertRule(name="Card locked call +61400000000", actions=["gateway.*"], sms_to="+61411111111")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.CreateAlertRule(pb.CreateAlertRuleRequest(rule=attack), metadata=principal(account, *MANAGE))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED and reason_of(info.value) == "SMS_SEND_REQUIRED"
+    sender = principal(account, *MANAGE, "sms.send")
+    for unverified in (alert_pb2.AlertRule(name="x", actions=["gateway.*"], sms_to="+61422222222"),
+                       alert_pb2.AlertRule(name="x", actions=["gateway.*"], email_to="ops@example.com")):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.CreateAlertRule(pb.CreateAlertRuleRequest(rule=unverified), metadata=sender)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason_of(info.value) == "DESTINATION_NOT_VERIFIED"
+    # A rule without a destination is fine for audit.manage alone; adding a number to it is not.
+    plain = (await stub.CreateAlertRule(pb.CreateAlertRuleRequest(rule=alert_pb2.AlertRule(
+        name="quiet", actions=["gateway.*"])), metadata=principal(account, *MANAGE))).rule
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.UpdateAlertRule(pb.UpdateAlertRuleRequest(rule_id=plain.rule_id, rule=attack),
+                                   metadata=principal(account, *MANAGE))
+    assert reason_of(info.value) == "SMS_SEND_REQUIRED"
+    assert (await stub.CreateAlertRule(pb.CreateAlertRuleRequest(rule=attack), metadata=sender)).rule.rule_id
+    names = [r.name for r in (await stub.ListAlertRules(pb.ListAlertRulesRequest(), metadata=sender)).rules
+             if r.sms_to or r.email_to]
+    assert names == ["Card locked call +61400000000"]  # only the one by an sms.send holder, verified
+
+
+async def test_alert_messages_stop_at_the_hourly_cap_with_one_event(
+    make_audit: AuditFactory, fake_messaging: tuple[FakeNotifications, str]
+) -> None:
+    servicer, addr = fake_messaging
+    servicer.verified.add("+61411111111")
+    audit = await make_audit(messaging_addr=addr, alert_messages_per_hour=2)
+    account = 6321
+    md = principal(account, *MANAGE, "sms.send")
+    rule = alert_pb2.AlertRule(name="every call", actions=["test.cap"], sms_to="+61411111111")
+    await audit.stub().CreateAlertRule(pb.CreateAlertRuleRequest(rule=rule), metadata=md)
+    await audit.append(*[event(account, "test.cap") for _ in range(5)])
+
+    async def settled() -> list[alert_pb2.AlertDelivery]:
+        alerts = [a for a in await _alerts(audit, account) if a.rule_name == "every call"]
+        ds = [d for a in alerts for d in a.deliveries]
+        return ds if len(ds) == 5 and all(d.status != alert_pb2.DELIVERY_STATUS_PENDING for d in ds) else []
+
+    deliveries = await eventually(settled, what="the five deliveries to settle")
+    assert len(servicer.requests) == 2
+    held = [d for d in deliveries if d.status == alert_pb2.DELIVERY_STATUS_FAILED]
+    assert len(held) == 3 and {d.last_error for d in held} == {"ALERT_MESSAGE_CAP_REACHED"}
+    feed = await audit.stub().ListEvents(pb.ListEventsRequest(action="audit.alert.*"), metadata=md)
+    capped = [e for e in feed.events if e.action == "audit.alert.messages_capped"]
+    assert len(capped) == 1 and capped[0].details["cap_per_hour"] == "2"  # once per window, not per message
 
 
 async def test_webhook_urls_outside_the_policy_are_refused_when_configured(make_audit: AuditFactory,

@@ -1,0 +1,27 @@
+"""Verified notification destinations: the code, its text and how it is stored (pure domain rules)."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.messaging import domain as d
+
+
+def test_codes_are_six_random_digits_in_a_fixed_text() -> None:
+    codes = {d.new_destination_code() for _ in range(200)}
+    assert all(len(c) == 6 and c.isascii() and c.isdigit() for c in codes) and len(codes) > 190
+    assert d.verification_text("012345") == "SendSafe verification code: 012345"
+
+
+@pytest.mark.parametrize("code", ["12345", "1234567", "12a456", "\uff11\uff12\uff13\uff14\uff15\uff16", "", "12 456"])
+def test_only_six_ascii_digits_are_a_code(code: str) -> None:
+    with pytest.raises(d.DestinationCodeInvalid):
+        d.check_destination_code(code)
+
+
+def test_the_stored_code_is_keyed_and_bound_to_its_destination() -> None:
+    key = b"k" * 32
+    h = d.destination_code_hash(key, "dest-1", "123456")
+    assert h != d.destination_code_hash(key, "dest-2", "123456")
+    assert h != d.destination_code_hash(b"j" * 32, "dest-1", "123456")
+    assert b"123456" not in h and d.check_destination_code(" 123456 ") == "123456"
