@@ -37,3 +37,23 @@ def access_for(method_path: str) -> Access | None:
         return None
     rule = opts.Extensions[options_pb2.access]
     return Access(frozenset(rule.allowed_callers), rule.permission, rule.privileged, rule.data_out, rule.public)
+
+
+# -- the rules every guard applies (svckit.server in each service, and the gateway before it calls one) -------
+
+STEP_UP_REQUIRED = "STEP_UP_REQUIRED"
+DEIDENTIFIED_USER = "DEIDENTIFIED_USER"
+DEIDENTIFIED_MESSAGE = (
+    "a de-identified user cannot send data to a destination outside the platform; ask an unrestricted user"
+)
+
+
+def second_factor_within(mfa_seconds: float | None, max_age_seconds: int, now: float) -> bool:
+    """RFC 9470 max_age: a second factor verified at `mfa_seconds` (epoch; None: never) is recent enough."""
+    return mfa_seconds is not None and now - mfa_seconds <= max_age_seconds
+
+
+def destination_refused(access: Access, deidentified: bool) -> bool:
+    """A de-identified user (sms_deidentify_message) may not set a standing destination (a webhook URL, a
+    forwarding URL, an alert number): data sent there later would leave the platform unmasked."""
+    return deidentified and access.sets_destination

@@ -109,3 +109,7 @@ class KitSettings:
     audit_addr: str = setting("AUDIT_ADDR", default="")
     log_level: str = setting("LOG_LEVEL", default="INFO")
     shutdown_grace_seconds: float = setting("SHUTDOWN_GRACE_SECONDS", default=5.0)
+    step_up_max_age_seconds: int = setting(
+        "STEP_UP_MAX_AGE_SECONDS", default=300,
+        doc="a privileged RPC on a session needs a second factor this recent (RFC 9470); the gateway's too",
+    )

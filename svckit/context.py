@@ -16,6 +16,8 @@ class CallContext:
     caller: str  # service name of the mTLS peer
     principal: principal_pb2.Principal | None
     request_id: str
+    # The RPC is declared `privileged`: its audit events are stored before it answers (svckit.audit).
+    privileged: bool = False
 
 
 current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("sendsafe_call", default=None)
@@ -28,6 +30,11 @@ def get() -> CallContext | None:
 def principal() -> principal_pb2.Principal | None:
     ctx = current.get()
     return ctx.principal if ctx else None
+
+
+def privileged() -> bool:
+    ctx = current.get()
+    return ctx.privileged if ctx else False
 
 
 def request_id() -> str:

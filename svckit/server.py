@@ -4,8 +4,12 @@ Every RPC goes through `Guard`:
 1. the caller's SPIFFE identity (from its client certificate) must be in the RPC's allowed callers;
 2. an end-user principal is accepted only from the gateway, and the RPC's declared permission must be
    among the principal's permissions;
-3. the call context (caller, principal, request id) is set for the handler;
-4. DomainError becomes the mapped gRPC status with google.rpc.Status + ErrorInfo; a database, Redis or
+3. an RPC declared `privileged`, called with a session, needs a second factor verified within the step-up
+   age (UNAUTHENTICATED, STEP_UP_REQUIRED; API keys are machine credentials and are scoped instead), and
+   one declaring `data_out: DATA_OUT_DESTINATION` is refused to a de-identified user (DEIDENTIFIED_USER);
+4. the call context (caller, principal, request id, privileged) is set for the handler: inside a
+   privileged call the audit client stores every event before returning (fail closed, svckit.audit);
+5. DomainError becomes the mapped gRPC status with google.rpc.Status + ErrorInfo; a database, Redis or
    other dependency that cannot be reached becomes UNAVAILABLE (BACKEND_UNAVAILABLE, retry); anything
    else becomes INTERNAL with a generic message (details go to the log with the trace id).
 Denials are reported to `on_denied` (the audit client) before the call is refused.
@@ -17,6 +21,7 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -33,7 +38,14 @@ from grpc_health.v1._async import HealthServicer
 from sendsafe.context.v1 import principal_pb2
 from svckit import context as callctx
 from svckit import telemetry
-from svckit.access import access_for
+from svckit.access import (
+    DEIDENTIFIED_MESSAGE,
+    DEIDENTIFIED_USER,
+    STEP_UP_REQUIRED,
+    access_for,
+    destination_refused,
+    second_factor_within,
+)
 from svckit.errors import ERROR_DOMAIN, DomainError
 from svckit.tls import TlsFiles, peer_service, server_credentials
 
@@ -43,6 +55,9 @@ PRINCIPAL_ISSUERS = frozenset({"gateway"})
 # their current certificates, and a caller's round_robin channel resolves a headless Service again, so
 # pods added by a scale-up get calls within minutes rather than when a connection happens to break.
 MAX_CONNECTION_AGE_SECONDS = 300.0
+# A privileged RPC on a session needs a second factor at most this old (RFC 9470 max_age); every service
+# and the gateway read it from STEP_UP_MAX_AGE_SECONDS.
+STEP_UP_MAX_AGE_SECONDS = 300
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
@@ -106,8 +121,11 @@ def status_for(code: grpc.StatusCode, reason: str, message: str, metadata: dict[
 
 
 class Guard(grpc.aio.ServerInterceptor):
-    def __init__(self, on_denied: OnDenied | None = None) -> None:
+    def __init__(self, on_denied: OnDenied | None = None, *, step_up_max_age_seconds: int = STEP_UP_MAX_AGE_SECONDS,
+                 clock: Callable[[], float] = time.time) -> None:
         self._on_denied = on_denied
+        self._step_up_max_age = step_up_max_age_seconds
+        self._clock = clock
         # A server's handlers are fixed once it starts, so each method's guarded handler is built once.
         self._guarded: dict[str, grpc.RpcMethodHandler] = {}
 
@@ -181,18 +199,36 @@ class Guard(grpc.aio.ServerInterceptor):
         elif access.permission and (principal is None or access.permission not in principal.permissions):
             await self._deny(context, method, caller, "MISSING_PERMISSION", principal,
                              f"this call needs the {access.permission!r} permission")
-        return trace_token, callctx.current.set(callctx.CallContext(caller or "", principal, request_id))
+        elif access.privileged and principal is not None and not self._stepped_up(principal):
+            max_age = self._step_up_max_age
+            await self._deny(context, method, caller, STEP_UP_REQUIRED, principal,
+                             f"this action needs a second factor verified within the last {max_age} seconds:"
+                             " POST /v1/auth/step-up, then retry",
+                             code=grpc.StatusCode.UNAUTHENTICATED, metadata={"max_age": str(max_age)})
+        elif principal is not None and destination_refused(access, principal.sms_deidentify_message):
+            await self._deny(context, method, caller, DEIDENTIFIED_USER, principal, DEIDENTIFIED_MESSAGE)
+        return trace_token, callctx.current.set(
+            callctx.CallContext(caller or "", principal, request_id, privileged=bool(access and access.privileged))
+        )
+
+    def _stepped_up(self, p: principal_pb2.Principal) -> bool:
+        """A session's second factor is recent enough; API keys are machine credentials (scoped instead)."""
+        if p.auth_method != principal_pb2.AUTH_METHOD_SESSION:
+            return True
+        mfa = p.mfa_time.seconds + p.mfa_time.nanos / 1e9 if p.HasField("mfa_time") else None
+        return second_factor_within(mfa, self._step_up_max_age, self._clock())
 
     async def _deny(
         self, context: grpc.aio.ServicerContext, method: str, caller: str | None, reason: str,
         principal: principal_pb2.Principal | None, message: str,
+        code: grpc.StatusCode = grpc.StatusCode.PERMISSION_DENIED, metadata: dict[str, str] | None = None,
     ) -> None:
         if self._on_denied is not None:
             try:
                 await self._on_denied(Denial(method, caller, reason, principal, context.peer()))
             except Exception:
                 _LOG.exception("could not record denial")
-        await context.abort_with_status(status_for(grpc.StatusCode.PERMISSION_DENIED, reason, message))
+        await context.abort_with_status(status_for(code, reason, message, metadata))
 
 
 @dataclass
@@ -219,6 +255,7 @@ async def start_server(
     on_denied: OnDenied | None = None,
     health_listen: str = "",
     max_connection_age_seconds: float = MAX_CONNECTION_AGE_SECONDS,
+    step_up_max_age_seconds: int = STEP_UP_MAX_AGE_SECONDS,
 ) -> RunningServer:
     """Start an mTLS server on `listen` (use port 0 in tests) with the guard and health service.
 
@@ -228,7 +265,7 @@ async def start_server(
     """
     age_ms = int(max_connection_age_seconds * 1000)
     server = grpc.aio.server(
-        interceptors=[Guard(on_denied)],
+        interceptors=[Guard(on_denied, step_up_max_age_seconds=step_up_max_age_seconds)],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_connection_age_ms", age_ms),

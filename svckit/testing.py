@@ -126,3 +126,13 @@ def error_metadata(err: object) -> dict[str, str]:
     """The ErrorInfo metadata carried by a failed gRPC call, or {}."""
     info = _error_info(err)
     return dict(info.metadata) if info is not None else {}
+
+
+def stepped_up_now() -> Any:
+    """A session principal's `mfa_time` right after a step-up: privileged RPCs called with a session need it
+    (every service's guard checks the step-up age)."""
+    from google.protobuf import timestamp_pb2
+
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    return now

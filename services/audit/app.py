@@ -145,6 +145,7 @@ async def build(settings: Settings) -> App:
             service_names=[audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name],
             on_denied=denial_recorder(record_one, settings.service_name),
             health_listen=settings.health_listen,
+            step_up_max_age_seconds=settings.step_up_max_age_seconds,
         )
     except BaseException:
         await stack.aclose()

@@ -112,6 +112,7 @@ async def build(settings: Settings) -> App:
             ],
             on_denied=denial_recorder(audit.record, settings.service_name),
             health_listen=settings.health_listen,
+            step_up_max_age_seconds=settings.step_up_max_age_seconds,
         )
         pruner = asyncio.create_task(_prune_forever(store), name="identity-prune")
         stack.push_async_callback(_cancel, pruner)

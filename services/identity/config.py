@@ -32,7 +32,6 @@ class Settings(KitSettings):
     session_lifetime_seconds: int = setting("SESSION_LIFETIME_SECONDS", default=12 * 3600)
     staff_session_lifetime_seconds: int = setting("STAFF_SESSION_LIFETIME_SECONDS", default=8 * 3600)
     session_idle_seconds: int = setting("SESSION_IDLE_SECONDS", default=3600)
-    step_up_max_age_seconds: int = setting("STEP_UP_MAX_AGE_SECONDS", default=300)
     totp_issuer: str = setting("TOTP_ISSUER", default="SendSafe")
     # Brute force.
     login_max_failures: int = setting("LOGIN_MAX_FAILURES", default=10, doc="per user, then locked")

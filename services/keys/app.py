@@ -128,6 +128,7 @@ async def build(settings: Settings, *, now: Callable[[], datetime] | None = None
             service_names=[keys_service_pb2.DESCRIPTOR.services_by_name["KeysService"].full_name],
             on_denied=denial_recorder(audit.record, settings.service_name),
             health_listen=settings.health_listen,
+            step_up_max_age_seconds=settings.step_up_max_age_seconds,
         )
     except BaseException:
         await stack.aclose()

@@ -118,6 +118,7 @@ async def build(settings: Settings) -> App:
             service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME],
             on_denied=denial_recorder(record, settings.service_name),
             health_listen=settings.health_listen,
+            step_up_max_age_seconds=settings.step_up_max_age_seconds,
         )
         stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
         _background(stack, run_every(settings.relay_interval_seconds, service.relay_outbox, "relay"), "outbox-relay")

@@ -17,7 +17,7 @@ from sendsafe.keys.v1 import keys_service_pb2_grpc
 from svckit.app import App
 from svckit.cache import make_redis
 from svckit.keyevents import API_KEYS_CHANGED, Subscriber
-from svckit.testing import CertBundle
+from svckit.testing import CertBundle, stepped_up_now
 from tests.conftest import channel_as
 
 
@@ -52,7 +52,7 @@ def _basic(key: str) -> str:
 
 async def _new_key(stub: keys_service_pb2_grpc.KeysServiceStub) -> pb.CreateApiKeyResponse:
     p = principal_pb2.Principal(account_id=77, user_id=5, permissions=["account.read", "api_keys.write"],
-                                auth_method=principal_pb2.AUTH_METHOD_SESSION)
+                                auth_method=principal_pb2.AUTH_METHOD_SESSION, mfa_time=stepped_up_now())
     return await stub.CreateApiKey(pb.CreateApiKeyRequest(name="c", scopes=["*"]),
                                    metadata=(("x-sendsafe-principal-bin", p.SerializeToString()),))
 

@@ -22,7 +22,7 @@ from sendsafe.keys.v1 import keys_service_pb2_grpc
 from services.keys.domain import looks_like_api_key, parse_api_key
 from svckit.app import App
 from svckit.envelope import DecryptFailed, Envelope, KeysStubSource, aad_for
-from svckit.testing import CertBundle
+from svckit.testing import CertBundle, stepped_up_now
 from svckit.testing import error_reason as _reason
 from tests.conftest import channel_as
 from tests.integration.keys import conftest as keys_conftest
@@ -338,7 +338,7 @@ async def test_no_secret_in_logs_or_spans(
     parts = parse_api_key(issued.api_key)
     assert parts is not None
     user = principal_pb2.Principal(account_id=account, user_id=7, permissions=["sms.send", "api_keys.write"],
-                                   auth_method=principal_pb2.AUTH_METHOD_SESSION)
+                                   auth_method=principal_pb2.AUTH_METHOD_SESSION, mfa_time=stepped_up_now())
     as_user = (("x-sendsafe-principal-bin", user.SerializeToString()),)
     small_secret = secrets.token_hex(16).encode()
     ch, stub = stub_as(certs, "gateway", keys_app)

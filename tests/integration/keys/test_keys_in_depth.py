@@ -23,7 +23,7 @@ from svckit.app import App
 from svckit.cache import make_redis
 from svckit.envelope import DecryptFailed, Envelope, KeysStubSource, aad_for, rewrap_all
 from svckit.keyevents import KeyNotice, Subscriber
-from svckit.testing import CertBundle
+from svckit.testing import CertBundle, stepped_up_now
 from svckit.testing import error_reason as _reason
 from tests.conftest import channel_as
 from tests.integration.keys.conftest import Clock
@@ -39,6 +39,8 @@ def as_user(account: int, user: int = 1, perms: tuple[str, ...] = PERMS, key_id:
     method = principal_pb2.AUTH_METHOD_API_KEY if key_id else principal_pb2.AUTH_METHOD_SESSION
     p = principal_pb2.Principal(account_id=account, user_id=user, permissions=list(perms), auth_method=method,
                                 api_key_id=key_id, client_address="203.0.113.5")
+    if not key_id:  # a session that has just stepped up (privileged calls need it: every service's guard checks)
+        p.mfa_time.CopyFrom(stepped_up_now())
     return (("x-sendsafe-principal-bin", p.SerializeToString()),)
 
 

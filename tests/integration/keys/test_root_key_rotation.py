@@ -16,7 +16,7 @@ from sendsafe.keys.v1 import keys_service_pb2 as pb
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from svckit.app import App
 from svckit.config import ConfigError
-from svckit.testing import CertBundle
+from svckit.testing import CertBundle, stepped_up_now
 from tests.conftest import channel_as
 from tests.integration.keys.conftest import empty
 from tools.keyadmin import _run, parser
@@ -74,7 +74,8 @@ async def test_root_key_rotation_by_the_runbook(
                 data[account] = gen
         async with channel_as(certs, "gateway", app.port, "keys") as ch:
             principal = principal_pb2.Principal(account_id=501, user_id=1, permissions=["sms.send", "api_keys.write"],
-                                                auth_method=principal_pb2.AUTH_METHOD_SESSION)
+                                                auth_method=principal_pb2.AUTH_METHOD_SESSION,
+                                                mfa_time=stepped_up_now())
             made = await keys_service_pb2_grpc.KeysServiceStub(ch).CreateApiKey(
                 pb.CreateApiKeyRequest(name="old", scopes=["*"]),
                 metadata=(("x-sendsafe-principal-bin", principal.SerializeToString()),))
@@ -128,7 +129,7 @@ async def test_keyadmin_leaked_and_account_commands(
 
     async with channel_as(certs, "gateway", keys_app.port, "keys") as ch:
         principal = principal_pb2.Principal(account_id=601, user_id=2, permissions=["api_keys.write"],
-                                            auth_method=principal_pb2.AUTH_METHOD_SESSION)
+                                            auth_method=principal_pb2.AUTH_METHOD_SESSION, mfa_time=stepped_up_now())
         made = await keys_service_pb2_grpc.KeysServiceStub(ch).CreateApiKey(
             pb.CreateApiKeyRequest(name="x", scopes=["*"]),
             metadata=(("x-sendsafe-principal-bin", principal.SerializeToString()),))
