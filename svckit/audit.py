@@ -6,7 +6,9 @@ the buffer is full, `record` waits (back-pressure) rather than dropping. A batch
 invalid is split until the invalid event is alone: that one is dropped (logged; a strict caller gets
 AuditUnavailable), so it can never hold up the events behind it. `record_strict` waits until
 the event is stored and raises `AuditUnavailable` when it cannot be within its deadline: privileged
-actions use it and are refused when their evidence cannot be written (fail closed).
+actions use it and are refused when their evidence cannot be written (fail closed). Inside an RPC the
+protos declare `privileged` (the guard marks the call context), `record` of a successful action is
+`record_strict`, so no use case can forget: call it before the change commits.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class AuditClient:
         rpc_timeout: float = 5.0,
         retry_cap: float = 2.0,
         stub: audit_service_pb2_grpc.AuditServiceStub | None = None,
+        strict_timeout: float = 5.0,
     ) -> None:
         self._stub = stub or audit_service_pb2_grpc.AuditServiceStub(channel)
         self._queue: asyncio.Queue[tuple[event_pb2.Event, asyncio.Future[None] | None]] = asyncio.Queue(max_buffer)
@@ -107,6 +110,7 @@ class AuditClient:
         self._linger = linger
         self._rpc_timeout = rpc_timeout
         self._retry_cap = retry_cap
+        self._strict_timeout = strict_timeout
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
         self.refused = 0
@@ -116,11 +120,17 @@ class AuditClient:
             self._task = asyncio.create_task(self._run(), name="audit-flusher")
 
     async def record(self, event: event_pb2.Event) -> None:
-        """Queue an event; waits only when the buffer is full."""
+        """Queue an event; waits only when the buffer is full. Inside a privileged call, a successful
+        action's event is stored before this returns (`record_strict`): the action fails closed. (A refused
+        or failed attempt changed nothing, so its event is only queued.)"""
+        if event.outcome == event_pb2.OUTCOME_SUCCESS and callctx.privileged():
+            await self.record_strict(event)
+            return
         await self._queue.put((event, None))
 
-    async def record_strict(self, event: event_pb2.Event, timeout: float = 5.0) -> None:
-        """Store the event or raise AuditUnavailable within `timeout` seconds."""
+    async def record_strict(self, event: event_pb2.Event, timeout: float | None = None) -> None:
+        """Store the event or raise AuditUnavailable within `timeout` seconds (the client's default)."""
+        timeout = self._strict_timeout if timeout is None else timeout
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(timeout):
@@ -168,9 +178,13 @@ class AuditClient:
                 self._queue.task_done()
 
     async def _send(self, batch: list[tuple[event_pb2.Event, asyncio.Future[None] | None]]) -> None:
-        request = audit_service_pb2.AppendEventsRequest(events=[ev for ev, _ in batch])
         delay = 0.05
         while True:
+            # A strict caller that gave up refused its action: its event must not be stored by a later retry.
+            batch = [(ev, fut) for ev, fut in batch if fut is None or not fut.cancelled()]
+            if not batch:
+                return
+            request = audit_service_pb2.AppendEventsRequest(events=[ev for ev, _ in batch])
             try:
                 await self._stub.AppendEvents(request, timeout=self._rpc_timeout)
                 break

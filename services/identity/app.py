@@ -51,7 +51,7 @@ async def build(settings: Settings) -> App:
 
         audit_channel = secure_channel(settings.audit_addr, tls, server_name="audit")
         stack.push_async_callback(audit_channel.close)
-        audit = AuditClient(audit_channel)
+        audit = AuditClient(audit_channel, strict_timeout=settings.audit_strict_timeout_seconds)
         audit.start()
         stack.push_async_callback(audit.close, settings.shutdown_grace_seconds)
 

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from sendsafe.audit.v1 import audit_service_pb2
+from sendsafe.audit.v1 import audit_service_pb2, event_pb2
 from svckit.audit import AuditClient, AuditUnavailable, new_event
 
 
@@ -124,4 +124,45 @@ async def test_an_invalid_event_never_holds_up_the_others() -> None:
     # A strict caller whose event is refused is told so: its action must not go ahead.
     with pytest.raises(AuditUnavailable):
         await client.record_strict(new_event("t", ""), timeout=2)
+    await client.close()
+
+
+def _in_call(privileged: bool) -> object:
+    from sendsafe.context.v1 import principal_pb2
+    from svckit import context as callctx
+
+    p = principal_pb2.Principal(account_id=1, user_id=2, auth_method=principal_pb2.AUTH_METHOD_API_KEY)
+    return callctx.current.set(callctx.CallContext("gateway", p, "req-1", privileged=privileged))
+
+
+async def test_record_inside_a_privileged_call_waits_for_storage_and_fails_closed() -> None:
+    """The guard marks a privileged RPC's context: `record` of its successful action is strict, so a use case
+    cannot forget to fail closed. Outside one (or for a refused attempt) it only queues."""
+    from svckit import context as callctx
+
+    stub = FlakyStub()
+    stub.down = True
+    client = _client(stub, strict_timeout=0.1)
+    client.start()
+    token = _in_call(privileged=True)
+    try:
+        done = new_event("t", "settings.updated")
+        with pytest.raises(AuditUnavailable):
+            await client.record(done)
+        await client.record(new_event("t", "settings.updated", outcome=event_pb2.OUTCOME_DENIED))  # queued
+        stub.down = False
+        stored = new_event("t", "settings.updated")
+        await client.record(stored)  # returns only once stored
+        assert any(stored.event_id in b for b in stub.batches)
+    finally:
+        callctx.current.reset(token)  # type: ignore[arg-type]
+    token = _in_call(privileged=False)
+    try:
+        stub.down = True
+        await asyncio.wait_for(client.record(new_event("t", "sms.read")), 1)  # queued, not waited for
+    finally:
+        callctx.current.reset(token)  # type: ignore[arg-type]
+    stub.down = False
+    await client.flush()
+    assert all(done.event_id not in b for b in stub.batches), "a refused action's event was stored by a retry"
     await client.close()
