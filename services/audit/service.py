@@ -117,18 +117,23 @@ class AlertTx(Protocol):
 class AlertStore(Protocol):
     def tx(self) -> AbstractAsyncContextManager[AlertTx]: ...
     async def rules(self, account_id: int) -> list[Rule]: ...
-    async def create_rule(self, account_id: int, spec: RuleSpec, max_rules: int) -> Rule | None: ...
-    async def update_rule(self, account_id: int, rule_id: int, spec: RuleSpec) -> Rule | None: ...
+    async def create_rule(self, account_id: int, spec: RuleSpec, max_rules: int,
+                          before_commit: Callable[[Rule], Awaitable[None]] | None = None) -> Rule | None: ...
+    async def update_rule(self, account_id: int, rule_id: int, spec: RuleSpec,
+                          before_commit: Callable[[Rule], Awaitable[None]] | None = None) -> Rule | None: ...
     async def delete_rule(self, account_id: int, rule_id: int) -> bool: ...
     async def ensure_account(self, account_id: int, defaults: Sequence[RuleSpec]) -> None: ...
-    async def secret_version(self, account_id: int, *, rotate: bool = False) -> int: ...
+    async def secret_version(self, account_id: int, *, rotate: bool = False,
+                             before_commit: Callable[[int], Awaitable[None]] | None = None) -> int: ...
     async def alerts(self, account_id: int, before_id: int, limit: int) -> list[Alert]: ...
     async def claim_deliveries(self, limit: int, lease_seconds: float) -> list[DeliveryJob]: ...
     async def count_alert_message(self, account_id: int) -> int: ...
     async def finish_delivery(self, delivery_id: int, status: int, attempts: int, error: str,
                               retry_in: float) -> None: ...
     async def forwarding(self, account_id: int) -> ForwardingState | None: ...
-    async def set_forwarding(self, account_id: int, spec: ForwardingSpec) -> ForwardingState: ...
+    async def set_forwarding(self, account_id: int, spec: ForwardingSpec,
+                             before_commit: Callable[[ForwardingState], Awaitable[None]] | None = None,
+                             ) -> ForwardingState: ...
     async def claim_forwardings(self, limit: int, lease_seconds: float) -> list[ForwardingState]: ...
     async def forwarded(self, account_id: int, from_sequence: int, to_sequence: int) -> bool: ...
     async def forwarding_failed(self, account_id: int, error: str, retry_in: float) -> None: ...
@@ -587,20 +592,24 @@ class AlertService:
         _need_account(account_id)
         spec = await self._owned(account_id, await self._checked(normalize_rule(spec)), owner)
         await self._store.ensure_account(account_id, default_rules())
-        rule = await self._store.create_rule(account_id, spec, MAX_RULES_PER_ACCOUNT)
+        # Privileged: each change's event is in the log before the change commits (fail closed).
+        rule = await self._store.create_rule(
+            account_id, spec, MAX_RULES_PER_ACCOUNT,
+            before_commit=lambda r: self._audit("audit.alert_rule.created", r.rule_id, spec),
+        )
         if rule is None:
             raise TooManyRules(f"an account has at most {MAX_RULES_PER_ACCOUNT} alert rules")
-        await self._audit("audit.alert_rule.created", rule.rule_id, spec)
         return rule
 
     async def update_rule(self, account_id: int, rule_id: int, spec: RuleSpec, owner: RuleOwner | None = None
                           ) -> Rule:
         _need_account(account_id)
         spec = await self._owned(account_id, await self._checked(normalize_rule(spec)), owner)
-        rule = await self._store.update_rule(account_id, rule_id, spec)
+        rule = await self._store.update_rule(
+            account_id, rule_id, spec, before_commit=lambda _: self._audit("audit.alert_rule.updated", rule_id, spec),
+        )
         if rule is None:
             raise RuleNotFound("no such alert rule in this account")
-        await self._audit("audit.alert_rule.updated", rule_id, spec)
         return rule
 
     async def delete_rule(self, account_id: int, rule_id: int) -> None:
@@ -608,10 +617,6 @@ class AlertService:
         if not await self._store.delete_rule(account_id, rule_id):
             raise RuleNotFound("no such alert rule in this account")
         await self._audit("audit.alert_rule.deleted", rule_id, None)
-
-    async def _checked(self, spec: RuleSpec) -> RuleSpec:
-        """A webhook URL must pass the outbound-webhook policy now, not only when an alert fires."""
-        return replace(spec, webhook_url=await self._webhooks.check(spec.webhook_url)) if spec.webhook_url else spec
 
     async def _owned(self, account_id: int, spec: RuleSpec, owner: RuleOwner | None) -> RuleSpec:
         """The rule as its owner sets it: SMS/email targets need the owner's sms.send and a destination the
@@ -625,6 +630,10 @@ class AlertService:
                     f"{channel}_to is not a verified destination of this account: verify it first"
                     " (POST /v1/messaging/notification-destinations, then enter the code sent to it)")
         return spec
+
+    async def _checked(self, spec: RuleSpec) -> RuleSpec:
+        """A webhook URL must pass the outbound-webhook policy now, not only when an alert fires."""
+        return replace(spec, webhook_url=await self._webhooks.check(spec.webhook_url)) if spec.webhook_url else spec
 
     async def _audit(self, action: str, rule_id: int, spec: RuleSpec | None) -> None:
         details = {}
@@ -644,9 +653,12 @@ class AlertService:
     async def webhook_secret(self, account_id: int, *, rotate: bool) -> tuple[str, int]:
         _need_account(account_id)
         await self._store.ensure_account(account_id, default_rules())
-        version = await self._store.secret_version(account_id, rotate=rotate)
         action = "audit.webhook_secret.rotated" if rotate else "audit.webhook_secret.revealed"
-        await self._record([new_event(SERVICE, action, resource_type="webhook_secret", resource_id=str(version))])
+
+        async def evidence(version: int) -> None:  # before the rotation commits, and before the secret is shown
+            await self._record([new_event(SERVICE, action, resource_type="webhook_secret", resource_id=str(version))])
+
+        version = await self._store.secret_version(account_id, rotate=rotate, before_commit=evidence)
         return webhook_secret(self._secret_root, account_id, version), version
 
     # -- the engine ----------------------------------------------------------------------------------------
@@ -782,13 +794,13 @@ class ForwardingService:
         if spec.enabled:  # the outbound-webhook policy now, not only at the first delivery
             spec = replace(spec, url=await self._webhooks.check(spec.url))
         await self._store.ensure_account(account_id, default_rules())
-        state = await self._store.set_forwarding(account_id, spec)
-        await self._record([new_event(
+        event = new_event(
             SERVICE, "audit.forwarding.updated", resource_type="forwarding", resource_id=str(account_id),
             details={"enabled": str(spec.enabled).lower(), "format": "cef" if spec.format == FORMAT_CEF else "jsonl",
                      "backfill": str(spec.backfill).lower()},
-        )])
-        return state
+        )
+        # Privileged: the event is in the log before the new destination commits (fail closed).
+        return await self._store.set_forwarding(account_id, spec, before_commit=lambda _: self._record([event]))
 
     async def forward_due(self, limit: int = 20, lease_seconds: float = 60.0) -> int:
         """One batch for each destination that has undelivered events; returns how many were delivered."""

@@ -402,8 +402,10 @@ class PgAlertStore:
             f"SELECT {_RULE_COLUMNS} FROM alert_rules WHERE account_id = $1 ORDER BY id", account_id)
         return [_rule(r) for r in rows]
 
-    async def create_rule(self, account_id: int, spec: RuleSpec, max_rules: int) -> Rule | None:
-        """Insert unless the account has `max_rules` already (None then)."""
+    async def create_rule(self, account_id: int, spec: RuleSpec, max_rules: int,
+                          before_commit: Callable[[Rule], Awaitable[None]] | None = None) -> Rule | None:
+        """Insert unless the account has `max_rules` already (None then). `before_commit` (the change's audit
+        event) runs inside the transaction: if it raises, nothing changes."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext('alert_rules'), $1::int)", account_id % 2**31)
             n = await conn.fetchval("SELECT count(*) FROM alert_rules WHERE account_id = $1", account_id)
@@ -413,13 +415,23 @@ class PgAlertStore:
                 f"INSERT INTO alert_rules (account_id, spec) VALUES ($1, $2::jsonb) RETURNING {_RULE_COLUMNS}",
                 account_id, _spec_json(spec))
             assert r is not None
-            return _rule(r)
+            rule = _rule(r)
+            if before_commit is not None:
+                await before_commit(rule)
+            return rule
 
-    async def update_rule(self, account_id: int, rule_id: int, spec: RuleSpec) -> Rule | None:
-        r = await self._pool.fetchrow(
-            f"UPDATE alert_rules SET spec = $3::jsonb, update_time = now() WHERE id = $1 AND account_id = $2"
-            f" RETURNING {_RULE_COLUMNS}", rule_id, account_id, _spec_json(spec))
-        return None if r is None else _rule(r)
+    async def update_rule(self, account_id: int, rule_id: int, spec: RuleSpec,
+                          before_commit: Callable[[Rule], Awaitable[None]] | None = None) -> Rule | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            r = await conn.fetchrow(
+                f"UPDATE alert_rules SET spec = $3::jsonb, update_time = now() WHERE id = $1 AND account_id = $2"
+                f" RETURNING {_RULE_COLUMNS}", rule_id, account_id, _spec_json(spec))
+            if r is None:
+                return None
+            rule = _rule(r)
+            if before_commit is not None:
+                await before_commit(rule)
+            return rule
 
     async def delete_rule(self, account_id: int, rule_id: int) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():
@@ -435,15 +447,21 @@ class PgAlertStore:
             if await tx.new_accounts([account_id]):
                 await tx.insert_rules(account_id, defaults, default=True)
 
-    async def secret_version(self, account_id: int, *, rotate: bool = False) -> int:
-        if rotate:
-            v = await self._pool.fetchval(
-                "UPDATE alert_accounts SET secret_version = secret_version + 1 WHERE account_id = $1"
-                " RETURNING secret_version", account_id)
-        else:
-            v = await self._pool.fetchval(
-                "SELECT secret_version FROM alert_accounts WHERE account_id = $1", account_id)
-        return int(v) if v is not None else 1
+    async def secret_version(self, account_id: int, *, rotate: bool = False,
+                             before_commit: Callable[[int], Awaitable[None]] | None = None) -> int:
+        """The current (or, with `rotate`, the next) version; `before_commit` gets it inside the transaction."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if rotate:
+                v = await conn.fetchval(
+                    "UPDATE alert_accounts SET secret_version = secret_version + 1 WHERE account_id = $1"
+                    " RETURNING secret_version", account_id)
+            else:
+                v = await conn.fetchval(
+                    "SELECT secret_version FROM alert_accounts WHERE account_id = $1", account_id)
+            version = int(v) if v is not None else 1
+            if before_commit is not None:
+                await before_commit(version)
+            return version
 
     # -- history -------------------------------------------------------------------------------------------
 
@@ -534,22 +552,29 @@ class PgAlertStore:
             r["delivered_sequence"], r["last_error"], r["consecutive_failures"], r["last_delivery_time"],
         )
 
-    async def set_forwarding(self, account_id: int, spec: ForwardingSpec) -> ForwardingState:
+    async def set_forwarding(self, account_id: int, spec: ForwardingSpec,
+                             before_commit: Callable[[ForwardingState], Awaitable[None]] | None = None,
+                             ) -> ForwardingState:
         """Upsert. A new destination starts after the log's current end (or at its start with `backfill`);
-        changing an existing one keeps its cursor, so nothing is skipped."""
-        r = await self._pool.fetchrow(
-            "INSERT INTO forwardings (account_id, enabled, kind, url, format, delivered_sequence)"
-            " VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN 0 ELSE (SELECT size FROM tree_head WHERE id = 1) END)"
-            " ON CONFLICT (account_id) DO UPDATE SET enabled = EXCLUDED.enabled, kind = EXCLUDED.kind,"
-            " url = EXCLUDED.url, format = EXCLUDED.format,"
-            " delivered_sequence = CASE WHEN $6 THEN 0 ELSE forwardings.delivered_sequence END,"
-            " consecutive_failures = 0, last_error = '', next_attempt_time = now(), update_time = now()"
-            " RETURNING account_id, enabled, kind, url, format, delivered_sequence, last_error,"
-            " consecutive_failures, last_delivery_time",
-            account_id, spec.enabled, spec.kind, spec.url, spec.format, spec.backfill,
-        )
-        assert r is not None
-        return self._forwarding(r)
+        changing an existing one keeps its cursor, so nothing is skipped. `before_commit` (the change's audit
+        event) runs inside the transaction: if it raises, nothing changes."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            r = await conn.fetchrow(
+                "INSERT INTO forwardings (account_id, enabled, kind, url, format, delivered_sequence)"
+                " VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN 0 ELSE (SELECT size FROM tree_head WHERE id = 1) END)"
+                " ON CONFLICT (account_id) DO UPDATE SET enabled = EXCLUDED.enabled, kind = EXCLUDED.kind,"
+                " url = EXCLUDED.url, format = EXCLUDED.format,"
+                " delivered_sequence = CASE WHEN $6 THEN 0 ELSE forwardings.delivered_sequence END,"
+                " consecutive_failures = 0, last_error = '', next_attempt_time = now(), update_time = now()"
+                " RETURNING account_id, enabled, kind, url, format, delivered_sequence, last_error,"
+                " consecutive_failures, last_delivery_time",
+                account_id, spec.enabled, spec.kind, spec.url, spec.format, spec.backfill,
+            )
+            assert r is not None
+            state = self._forwarding(r)
+            if before_commit is not None:
+                await before_commit(state)
+            return state
 
     async def claim_forwardings(self, limit: int, lease_seconds: float) -> list[ForwardingState]:
         """Enabled destinations with undelivered events that are due, leased to this process."""

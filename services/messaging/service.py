@@ -183,8 +183,9 @@ class MessageStore(InboundStore, Protocol):
     async def mark_inbound_read(self, account_id: int, before: int | None) -> int: ...
     async def mark_inbound_read_by_id(self, account_id: int, inbound_id: str) -> int: ...
     async def settings(self, account_id: int) -> MessagingSettings: ...
-    async def update_settings(self, account_id: int, update: SettingsUpdate,
-                              new_secret_ct: bytes | None = None) -> MessagingSettings: ...
+    async def update_settings(self, account_id: int, update: SettingsUpdate, new_secret_ct: bytes | None = None,
+                              before_commit: Callable[[MessagingSettings], Awaitable[None]] | None = None,
+                              ) -> MessagingSettings: ...
     async def redact_expired(self, limit: int) -> int: ...
     async def webhook_deliveries(self, account_id: int, limit: int, before_id: int) -> list[WebhookDelivery]: ...
 
@@ -903,17 +904,23 @@ class MessagingService:
         secret, blob = "", None
         if not current.has_webhook_secret and (clean.receipt_webhook_url or clean.inbound_webhook_url):
             secret, blob = await self._new_secret(caller.account_id)
-        saved = await self._store.update_settings(caller.account_id, clean, blob)
-        await self._audit("messaging.settings.updated", caller.account_id, {
+        details = {
             "fields": ",".join(sorted(f.name for f in fields(update) if getattr(update, f.name) is not None)),
             "secret_created": str(bool(secret)).lower(),
-        })
+        }
+        # Privileged: the event is stored before the change commits (the audit client waits in a privileged call).
+        saved = await self._store.update_settings(
+            caller.account_id, clean, blob,
+            before_commit=lambda _: self._audit("messaging.settings.updated", caller.account_id, details),
+        )
         return saved, secret
 
     async def rotate_webhook_secret(self, caller: Caller) -> str:
         secret, blob = await self._new_secret(caller.account_id)
-        await self._store.update_settings(caller.account_id, SettingsUpdate(), blob)
-        await self._audit("messaging.webhook_secret.rotated", caller.account_id, {})
+        await self._store.update_settings(
+            caller.account_id, SettingsUpdate(), blob,
+            before_commit=lambda _: self._audit("messaging.webhook_secret.rotated", caller.account_id, {}),
+        )
         return secret
 
     async def _new_secret(self, account_id: int) -> tuple[str, bytes]:

@@ -679,24 +679,30 @@ class PgMessageStore:
         row = await self._pool.fetchrow("SELECT * FROM account_settings WHERE account_id = $1", account_id)
         return _settings(account_id, row)
 
-    async def update_settings(self, account_id: int, update: SettingsUpdate,
-                              new_secret_ct: bytes | None = None) -> MessagingSettings:
-        """Apply the set fields; `new_secret_ct` replaces the webhook secret (None keeps it)."""
-        row = await self._pool.fetchrow(
-            "INSERT INTO account_settings AS s (account_id, receipt_webhook_url, inbound_webhook_url,"
-            " body_retention_days, staff_content_access, webhook_secret_ct)"
-            " VALUES ($1, coalesce($2, ''), coalesce($3, ''), coalesce($4, 0), coalesce($5, false), $6)"
-            " ON CONFLICT (account_id) DO UPDATE SET"
-            " receipt_webhook_url = coalesce($2, s.receipt_webhook_url),"
-            " inbound_webhook_url = coalesce($3, s.inbound_webhook_url),"
-            " body_retention_days = coalesce($4, s.body_retention_days),"
-            " staff_content_access = coalesce($5, s.staff_content_access),"
-            " webhook_secret_ct = coalesce($6, s.webhook_secret_ct), update_time = now()"
-            " RETURNING *",
-            account_id, update.receipt_webhook_url, update.inbound_webhook_url, update.body_retention_days,
-            update.staff_content_access, new_secret_ct,
-        )
-        return _settings(account_id, row)
+    async def update_settings(self, account_id: int, update: SettingsUpdate, new_secret_ct: bytes | None = None,
+                              before_commit: Callable[[MessagingSettings], Awaitable[None]] | None = None,
+                              ) -> MessagingSettings:
+        """Apply the set fields; `new_secret_ct` replaces the webhook secret (None keeps it). `before_commit`
+        (the change's audit event) runs inside the transaction: if it raises, nothing changes."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "INSERT INTO account_settings AS s (account_id, receipt_webhook_url, inbound_webhook_url,"
+                " body_retention_days, staff_content_access, webhook_secret_ct)"
+                " VALUES ($1, coalesce($2, ''), coalesce($3, ''), coalesce($4, 0), coalesce($5, false), $6)"
+                " ON CONFLICT (account_id) DO UPDATE SET"
+                " receipt_webhook_url = coalesce($2, s.receipt_webhook_url),"
+                " inbound_webhook_url = coalesce($3, s.inbound_webhook_url),"
+                " body_retention_days = coalesce($4, s.body_retention_days),"
+                " staff_content_access = coalesce($5, s.staff_content_access),"
+                " webhook_secret_ct = coalesce($6, s.webhook_secret_ct), update_time = now()"
+                " RETURNING *",
+                account_id, update.receipt_webhook_url, update.inbound_webhook_url, update.body_retention_days,
+                update.staff_content_access, new_secret_ct,
+            )
+            saved = _settings(account_id, row)
+            if before_commit is not None:
+                await before_commit(saved)
+            return saved
 
     async def redact_expired(self, limit: int) -> int:
         """Redact bodies (outbound and replies) older than their account's retention, keeping metadata.
