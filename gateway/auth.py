@@ -359,7 +359,7 @@ class Authenticator:
             api_key_id=key.key_id,
             outside_scope=held - permissions,
             cache_for=key.valid_for_seconds if key.HasField("expire_time") else None,
-            send_limits=_send_limits(key.send_limits) if key.HasField("send_limits") else None,
+            send_limits=_send_limits(key.send_limits, key.limits_key_id) if key.HasField("send_limits") else None,
             sms_deidentify_message=bool(user.sms_deidentify_message),
         )
 
@@ -422,13 +422,14 @@ class Authenticator:
         return Rejection("INVALID_CREDENTIALS", f"{detail}:{reason}" if reason else detail, **who)
 
 
-def _send_limits(limits: keys_service_pb2.SendLimits) -> principal_pb2.SendLimits | None:
+def _send_limits(limits: keys_service_pb2.SendLimits, bucket_key_id: str) -> principal_pb2.SendLimits | None:
     if not (limits.messages_per_minute or limits.messages_per_day or limits.allowed_countries):
         return None
     return principal_pb2.SendLimits(
         messages_per_minute=limits.messages_per_minute,
         messages_per_day=limits.messages_per_day,
         allowed_countries=list(limits.allowed_countries),
+        bucket_key_id=bucket_key_id,
     )
 
 

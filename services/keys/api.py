@@ -202,6 +202,7 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
             send_limits=limits_to_proto(v.send_limits),
             expire_time=_ts(v.expire_time),
             valid_for_seconds=v.valid_for_seconds,
+            limits_key_id=v.limits_bucket,
         )
 
     async def RevokeUserApiKeys(

@@ -453,9 +453,15 @@ class ApiKeyRecord:
     rolled_from: str = ""
     rolled_to: str = ""
     created_by: str = ""
+    limits_root: str = ""  # the first key of its send-limits lineage; "" = itself
 
     def __repr__(self) -> str:  # the keyed hash is not a secret, but it has no business in logs either
         return f"ApiKeyRecord(key_id={self.key_id!r}, account_id={self.account_id}, user_id={self.user_id})"
+
+    @property
+    def limits_bucket(self) -> str:
+        """The key whose send-limit counters this key draws from."""
+        return self.limits_root or self.key_id
 
     def revoked(self, now: datetime) -> bool:
         return self.revoke_time is not None and self.revoke_time <= now
@@ -479,6 +485,7 @@ class VerifiedKey:
     send_limits: SendLimits = NO_LIMITS
     expire_time: datetime | None = None
     valid_for_seconds: float = 0.0
+    limits_bucket: str = ""  # the key whose send-limit counters it shares (its lineage root)
 
 
 @dataclass(frozen=True)
@@ -580,10 +587,32 @@ def check_new_key(
         scopes=check_scopes(scopes, caller, parent, rules),
         expire_time=expires,
         allowed_cidrs=check_cidrs(allowed_cidrs),
-        send_limits=send_limits,
+        send_limits=inherited_limits(send_limits, parent),
     )
     check_within_calling_key(spec, parent)
     return spec
+
+
+def inherited_limits(asked: SendLimits, parent: ApiKeyRecord | None) -> SendLimits:
+    """A key minted with a limited API key takes each limit it leaves unset (0 / no countries) from that key,
+    so by default it is exactly as limited; a looser value it asks for is refused (check_within_calling_key)."""
+    if parent is None or parent.send_limits.unlimited:
+        return asked
+    p = parent.send_limits
+    return SendLimits(asked.per_minute or p.per_minute, asked.per_day or p.per_day, asked.countries or p.countries)
+
+
+def limits_root(parent: ApiKeyRecord | None, rolled: ApiKeyRecord | None = None) -> str:
+    """The lineage whose send-limit counters a new key shares ("" = a lineage of its own).
+
+    A rolled successor stays in its predecessor's lineage; a key minted with an API key that has a per-minute
+    or per-day limit joins that key's lineage (its own limits are no looser, so the shared counters bind both).
+    Otherwise, e.g. a key created in a session, or with an unlimited key, starts afresh."""
+    if rolled is not None:
+        return rolled.limits_bucket
+    if parent is not None and (parent.send_limits.per_minute or parent.send_limits.per_day):
+        return parent.limits_bucket
+    return ""
 
 
 def check_roll(old: ApiKeyRecord, overlap_seconds: int, now: datetime) -> datetime:

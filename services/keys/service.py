@@ -63,6 +63,7 @@ from services.keys.domain import (
     destruction_receipt,
     encrypt_small,
     kek_aad,
+    limits_root,
     new_api_key,
     new_key,
     page_size,
@@ -289,7 +290,7 @@ class Service:
             key_id=parts.key_id, account_id=caller.account_id, user_id=caller.user_id, name=spec.name,
             test_mode=caller.test_mode, scopes=spec.scopes, secret_hmac=secret_hmac(pepper, parts),
             pepper_id=pepper_id, create_time=now, expire_time=spec.expire_time, allowed_cidrs=spec.allowed_cidrs,
-            send_limits=spec.send_limits, created_by=caller.api_key_id,
+            send_limits=spec.send_limits, created_by=caller.api_key_id, limits_root=limits_root(parent),
         )
         event = self._key_event("keys.api_key.created", record, _key_details(record))
         await self._strict(event, lambda evidence: self._store.insert_api_key(record, evidence))
@@ -337,6 +338,7 @@ class Service:
             test_mode=old.test_mode, scopes=spec.scopes, secret_hmac=secret_hmac(pepper, parts), pepper_id=pepper_id,
             create_time=now, expire_time=spec.expire_time, allowed_cidrs=spec.allowed_cidrs,
             send_limits=spec.send_limits, rolled_from=old.key_id, created_by=caller.api_key_id,
+            limits_root=limits_root(parent, rolled=old),
         )
         details = _key_details(new) | {
             "rolled_from": old.key_id,
@@ -403,7 +405,7 @@ class Service:
                 record.key_id, record.pepper_id, secret_hmac(current, parts), current_id))
         return VerifiedKey(
             record.key_id, record.account_id, record.user_id, record.scopes, record.send_limits,
-            record.expire_time, valid_for(record, now),
+            record.expire_time, valid_for(record, now), record.limits_bucket,
         )
 
     async def revoke_user_api_keys(self, account_id: int, user_id: int, keep_key_id: str, reason: str) -> list[str]:
@@ -950,6 +952,8 @@ def _key_details(record: ApiKeyRecord) -> dict[str, str]:
         details["send_limits"] = f"{limits.per_minute}/min,{limits.per_day}/day,{'+'.join(limits.countries) or '*'}"
     if record.created_by:
         details["created_by_key_id"] = record.created_by
+    if record.limits_root:
+        details["limits_key_id"] = record.limits_root
     return details
 
 

@@ -22,7 +22,7 @@ from services.keys.domain import (
 _KEY_COLUMNS = (
     "key_id, account_id, user_id, name, test_mode, scopes, secret_hmac, pepper_id, create_time, expire_time,"
     " revoke_time, last_used_time, last_used_address, allowed_cidrs, send_per_minute, send_per_day,"
-    " send_countries, rolled_from, rolled_to, created_by"
+    " send_countries, rolled_from, rolled_to, created_by, limits_root_key_id"
 )
 _RING_COLUMNS = (
     "k.account_id, k.current_version, k.min_decryption_version, k.state, k.rotation_period_seconds,"
@@ -77,17 +77,18 @@ def _api_key(row: asyncpg.Record | None) -> ApiKeyRecord | None:
         rolled_from=row["rolled_from"] or "",
         rolled_to=row["rolled_to"] or "",
         created_by=row["created_by"] or "",
+        limits_root=row["limits_root_key_id"] or "",
     )
 
 
 async def _insert_key(conn: asyncpg.Connection, r: ApiKeyRecord) -> None:
     await conn.execute(
         f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES"
-        " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+        " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
         r.key_id, r.account_id, r.user_id, r.name, r.test_mode, list(r.scopes), r.secret_hmac, r.pepper_id,
         r.create_time, r.expire_time, r.revoke_time, r.last_used_time, r.last_used_address or None,
         list(r.allowed_cidrs), r.send_limits.per_minute, r.send_limits.per_day, list(r.send_limits.countries),
-        r.rolled_from or None, r.rolled_to or None, r.created_by or None,
+        r.rolled_from or None, r.rolled_to or None, r.created_by or None, r.limits_root or None,
     )
 
 

@@ -48,7 +48,8 @@ IDEMPOTENCY_METADATA_KEY = "idempotency-key"
 
 def _limits(s: principal_pb2.SendLimits) -> SendLimits:
     return SendLimits(per_minute=max(0, s.messages_per_minute), per_day=max(0, s.messages_per_day),
-                      countries=frozenset(c.strip().upper() for c in s.allowed_countries if c.strip()))
+                      countries=frozenset(c.strip().upper() for c in s.allowed_countries if c.strip()),
+                      bucket=s.bucket_key_id)
 
 
 def caller_from_context() -> Caller:

@@ -1555,11 +1555,13 @@ class SendLimitExceeded(ResourceExhausted):
 
 @dataclass(frozen=True, slots=True)
 class SendLimits:
-    """An API key's own limits (0 / empty = none)."""
+    """An API key's own limits (0 / empty = none). `bucket`: the key whose counters they draw from, shared by
+    the key's lineage (rolled successors, keys it minted) so rolling never resets them; "" = the key's own."""
 
     per_minute: int = 0
     per_day: int = 0
     countries: frozenset[str] = frozenset()
+    bucket: str = ""
 
     def allows_country(self, country: str) -> bool:
         return not self.countries or country.upper() in self.countries
@@ -1986,10 +1988,12 @@ def limit_request(config: RateConfig, caller: Caller, prefix_tokens: Sequence[st
         kid = caller.api_key_id
         if config.key_rate > 0:
             buckets.append(Bucket(f"api_key:{kid}", config.key_burst, config.key_rate))
+        # The key's own limits, counted per lineage: each key is held to its own cap on the shared count.
+        lineage = caller.limits.bucket or kid
         if caller.limits.per_minute > 0:
-            buckets.append(Bucket(f"key_minute:{kid}", caller.limits.per_minute, window=60))
+            buckets.append(Bucket(f"key_minute:{lineage}", caller.limits.per_minute, window=60))
         if caller.limits.per_day > 0:
-            buckets.append(Bucket(f"key_day:{kid}", caller.limits.per_day, window=86_400))
+            buckets.append(Bucket(f"key_day:{lineage}", caller.limits.per_day, window=86_400))
     velocity = tuple(
         None if token is None or config.prefix_limit <= 0
         else Velocity(f"prefix:{acct}:{token}", config.prefix_limit, config.prefix_window)

@@ -489,15 +489,17 @@ def test_a_key_made_with_a_key_is_never_stronger() -> None:
         {"allowed_cidrs": []},
         {"allowed_cidrs": ["11.0.0.0/8"]},
         {"allowed_cidrs": ["10.0.0.0/7"]},
-        {"send_limits": d.SendLimits(0, 50, ("AU",))},
         {"send_limits": d.SendLimits(11, 50, ("AU",))},
-        {"send_limits": d.SendLimits(5, 50, ())},
+        {"send_limits": d.SendLimits(5, 101, ("AU",))},
         {"send_limits": d.SendLimits(5, 50, ("AU", "NZ"))},
         {"scopes": ["*"]},
     ):
         base = {"allowed_cidrs": ["10.1.0.0/16"], "send_limits": d.SendLimits(5, 50, ("AU",))}
         with pytest.raises(d.ExceedsCallingKey):
             _new(via_key, parent, **(base | kw))
+    # A limit left unset (0 / no countries) is the parent's, never "no limit".
+    inherited = _new(via_key, parent, allowed_cidrs=["10.1.0.0/16"], send_limits=d.SendLimits(0, 50, ()))
+    assert inherited.send_limits == d.SendLimits(10, 50, ("AU",))
     # An unrestricted parent key does not restrict.
     free = _record(parts, scopes=("*",))
     assert _new(via_key, free, scopes=["*"]).scopes == ("*",)

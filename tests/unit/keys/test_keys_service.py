@@ -244,12 +244,36 @@ async def test_a_key_cannot_mint_a_stronger_key(p: Parts) -> None:
     child, _ = await _create(p, via_key, send_limits=d.check_send_limits(5, 0, []))
     assert child.created_by == parent.key_id and child.expire_time == parent.expire_time
     for kw in ({"scopes": ["sms.read"]}, {"scopes": ["*"]}, {"expire_time": NOW + timedelta(days=4)},
-               {"send_limits": d.NO_LIMITS}):
+               {"send_limits": d.check_send_limits(20, 0, [])}):
         with pytest.raises((d.ScopeNotHeld, d.ExceedsCallingKey)):
             await _create(p, via_key, **({"send_limits": d.check_send_limits(5, 0, [])} | kw))
     await p.service.revoke_api_key(ALICE, parent.key_id)
     with pytest.raises(d.ApiKeyInactive):
         await _create(p, via_key, send_limits=d.check_send_limits(5, 0, []))
+
+
+async def test_send_limits_belong_to_the_lineage(p: Parts) -> None:
+    """Rolling a limited key, or minting a key with it, never gives a fresh limits bucket (issue 12)."""
+    limited, _ = await _create(p, scopes=["sms.send", "api_keys.write"], send_limits=d.check_send_limits(10, 100, []))
+    assert limited.limits_root == "" and limited.limits_bucket == limited.key_id
+    via_key = d.Caller(5, 6, frozenset({"sms.send", "api_keys.write"}), api_key_id=limited.key_id)
+    child, child_key = await _create(p, via_key)  # asks for no limits: takes its creator's
+    assert child.send_limits == limited.send_limits and child.limits_root == limited.key_id
+    assert (await p.service.verify_api_key(child_key)).limits_bucket == limited.key_id
+    grandchild, _ = await _create(p, d.Caller(5, 6, via_key.permissions, api_key_id=child.key_id),
+                                  send_limits=d.check_send_limits(3, 0, []))
+    assert grandchild.limits_root == limited.key_id and grandchild.send_limits.per_minute == 3
+    rolled, _, _ = await p.service.roll_api_key(via_key, limited.key_id, 60, None)
+    assert rolled.limits_root == limited.key_id
+    again, again_key, _ = await p.service.roll_api_key(ALICE, rolled.key_id, 0, None)
+    assert again.limits_root == limited.key_id
+    assert (await p.service.verify_api_key(again_key)).limits_bucket == limited.key_id
+    ev = p.audit.strict[-1]
+    assert ev.action == "keys.api_key.rolled" and ev.details["limits_key_id"] == limited.key_id
+    # A session's key, and one minted with an unlimited key, start their own lineage.
+    free, _ = await _create(p, scopes=["sms.send", "api_keys.write"])
+    fresh, fresh_key = await _create(p, d.Caller(5, 6, via_key.permissions, api_key_id=free.key_id))
+    assert fresh.limits_root == "" and (await p.service.verify_api_key(fresh_key)).limits_bucket == fresh.key_id
 
 
 async def test_owners_see_only_their_own_keys(p: Parts) -> None:

@@ -178,6 +178,10 @@ def test_limit_request_draws_from_the_configured_buckets() -> None:
     assert req.velocity[0] is not None and req.velocity[0].key == "prefix:7:t1"
     none = d.limit_request(d.RateConfig(), Caller(7, 1, "a"), ["t"])
     assert none.buckets == () and none.velocity == (None,)
+    # A key in a lineage counts on the lineage's bucket, held to its own caps.
+    heir = Caller(7, 1, "a", api_key_id="k2", limits=SendLimits(per_minute=5, per_day=9, bucket="k1"))
+    assert [(b.key, b.capacity) for b in d.limit_request(cfg, heir, []).buckets[1:]] == [
+        ("api_key:k2", 1000), ("key_minute:k1", 5), ("key_day:k1", 9)]
 
 
 @pytest.mark.parametrize(

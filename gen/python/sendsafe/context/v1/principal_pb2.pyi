@@ -136,8 +136,15 @@ class SendLimits(_message.Message):
     MESSAGES_PER_MINUTE_FIELD_NUMBER: _builtins.int
     MESSAGES_PER_DAY_FIELD_NUMBER: _builtins.int
     ALLOWED_COUNTRIES_FIELD_NUMBER: _builtins.int
+    BUCKET_KEY_ID_FIELD_NUMBER: _builtins.int
     messages_per_minute: _builtins.int
     messages_per_day: _builtins.int
+    bucket_key_id: _builtins.str
+    """The key whose counters these limits draw from: the root of the key's
+    lineage (a rolled key's predecessors, the limited key that created it),
+    so rolling a key or minting a child never resets what was sent. Empty:
+    the key's own (api_key_id).
+    """
     @_builtins.property
     def allowed_countries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """ISO 3166-1 alpha-2 destination countries; empty: every country."""
@@ -148,10 +155,11 @@ class SendLimits(_message.Message):
         messages_per_minute: _builtins.int = ...,
         messages_per_day: _builtins.int = ...,
         allowed_countries: _abc.Iterable[_builtins.str] | None = ...,
+        bucket_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_countries", b"allowed_countries", "messages_per_day", b"messages_per_day", "messages_per_minute", b"messages_per_minute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_countries", b"allowed_countries", "bucket_key_id", b"bucket_key_id", "messages_per_day", b"messages_per_day", "messages_per_minute", b"messages_per_minute"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

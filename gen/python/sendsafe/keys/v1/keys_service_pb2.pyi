@@ -578,12 +578,18 @@ class VerifyApiKeyResponse(_message.Message):
     SEND_LIMITS_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     VALID_FOR_SECONDS_FIELD_NUMBER: _builtins.int
+    LIMITS_KEY_ID_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     account_id: _builtins.int
     user_id: _builtins.int
     valid_for_seconds: _builtins.float
     """Seconds (by the keys service's clock) until the key expires; a cached
     answer must not outlive it. 0 with no expire_time: no expiry.
+    """
+    limits_key_id: _builtins.str
+    """The key whose send-limit counters this key shares (its lineage root:
+    the key it was rolled from, or the limited API key that created it);
+    its own key_id when it starts a lineage.
     """
     @_builtins.property
     def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -601,10 +607,11 @@ class VerifyApiKeyResponse(_message.Message):
         send_limits: Global___SendLimits | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         valid_for_seconds: _builtins.float = ...,
+        limits_key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "send_limits", b"send_limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expire_time", b"expire_time", "key_id", b"key_id", "scopes", b"scopes", "send_limits", b"send_limits", "user_id", b"user_id", "valid_for_seconds", b"valid_for_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expire_time", b"expire_time", "key_id", b"key_id", "limits_key_id", b"limits_key_id", "scopes", b"scopes", "send_limits", b"send_limits", "user_id", b"user_id", "valid_for_seconds", b"valid_for_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
