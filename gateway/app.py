@@ -52,6 +52,7 @@ from gateway.config import Settings
 from gateway.errors import (
     GatewayError,
     body_too_large,
+    deidentified_user,
     dumps,
     error_body,
     forbidden,
@@ -70,6 +71,7 @@ from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import auth_service_pb2_grpc, identity_service_pb2_grpc
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from svckit import context as callctx
+from svckit.access import access_for, destination_refused
 from svckit.audit import AuditClient
 from svckit.cache import make_redis
 from svckit.keyevents import API_KEYS_CHANGED, Subscriber
@@ -354,6 +356,9 @@ class _Pipeline:
                 raise forbidden(route.permission, outside_scope=route.permission in identity.outside_scope)
             if route.privileged and identity.auth_method == principal_pb2.AUTH_METHOD_SESSION:
                 identity = await self._recent_second_factor(route, request, state)
+            access = access_for(route.rpc_path)  # declared, or there would be no route
+            if access is not None and destination_refused(access, identity.sms_deidentify_message):
+                raise deidentified_user()
 
         body: Any = None
         if route.body:

@@ -47,6 +47,7 @@ from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import auth_service_pb2, identity_service_pb2
 from sendsafe.keys.v1 import keys_service_pb2
 from svckit import context as callctx
+from svckit.access import second_factor_within as svckit_second_factor_within
 from svckit.keyevents import API_KEYS_CHANGED, KeyNotice
 
 _LOG = logging.getLogger(__name__)
@@ -435,10 +436,8 @@ def _send_limits(limits: keys_service_pb2.SendLimits, bucket_key_id: str) -> pri
 
 def second_factor_within(identity: Identity, max_age_seconds: int, now: float | None = None) -> bool:
     """RFC 9470 max_age: the session's second factor was verified within the last `max_age_seconds`."""
-    if identity.mfa_time is None:
-        return False
-    verified = identity.mfa_time.seconds + identity.mfa_time.nanos / 1e9
-    return (time.time() if now is None else now) - verified <= max_age_seconds
+    mfa = None if identity.mfa_time is None else identity.mfa_time.seconds + identity.mfa_time.nanos / 1e9
+    return svckit_second_factor_within(mfa, max_age_seconds, time.time() if now is None else now)
 
 
 def credential_digest(scheme: str, *parts: bytes) -> bytes:

@@ -45,8 +45,9 @@ class Settings:
     )
     upstream_timeout_seconds: float = setting("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", default=10.0)
     step_up_max_age_seconds: int = setting(
-        "GATEWAY_STEP_UP_MAX_AGE_SECONDS", default=300,
-        doc="privileged routes on a session need a second factor this recent (RFC 9470); as identity's",
+        "STEP_UP_MAX_AGE_SECONDS", default=300,
+        doc="privileged routes on a session need a second factor this recent (RFC 9470); every service's guard"
+        " reads the same setting",
     )
     redis_url: str = setting("REDIS_URL", default="", secret=True, doc="key notices (revocations); empty = none")
     redis_prefix: str = setting("REDIS_PREFIX", default="sendsafe:", doc="the keys service's prefix")
@@ -66,7 +67,7 @@ class Settings:
         if self.upstream_timeout_seconds <= 0:
             problems.append("GATEWAY_UPSTREAM_TIMEOUT_SECONDS: must be positive")
         if self.step_up_max_age_seconds <= 0:
-            problems.append("GATEWAY_STEP_UP_MAX_AGE_SECONDS: must be positive")
+            problems.append("STEP_UP_MAX_AGE_SECONDS: must be positive")
         for cidr in self.trusted_proxies:
             try:
                 ipaddress.ip_network(cidr, strict=False)

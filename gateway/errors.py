@@ -22,6 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from gateway import compat_clicksend
 from gateway.transcode import Surface
+from svckit.access import DEIDENTIFIED_MESSAGE, DEIDENTIFIED_USER, STEP_UP_REQUIRED
 from svckit.errors import ERROR_DOMAIN, http_status
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -156,15 +157,15 @@ def from_rpc_error(err: grpc.aio.AioRpcError) -> GatewayError:
         retry = info.metadata.get("retry_after_seconds")
         if retry and retry.isdigit():
             headers["Retry-After"] = retry
-        if reason == STEP_UP_REASON and http == 401:
-            headers["WWW-Authenticate"] = step_up_challenge(info.metadata.get("max_age", ""))
+        if reason == STEP_UP_REQUIRED and http == 401:  # a service's guard: the challenge the gateway gives
+            return step_up_required(info.metadata.get("max_age", ""))
         return GatewayError(http, code, reason, message, headers=headers)
     # No SendSafe status: a transport failure or a foreign server. Keep the details in the log only.
     message = INTERNAL_MESSAGE if http >= 500 else "The request could not be completed."
     return GatewayError(http, code, code, _GENERIC_MESSAGES.get(code, message))
 
 
-def step_up_required(max_age: int) -> GatewayError:
+def step_up_required(max_age: int | str) -> GatewayError:
     """RFC 9470: a privileged call on a session whose last second factor is older than `max_age` seconds."""
     return GatewayError(
         401, "UNAUTHENTICATED", STEP_UP_REASON,
@@ -172,6 +173,12 @@ def step_up_required(max_age: int) -> GatewayError:
         " POST /v1/auth/step-up, then retry.",
         clicksend_code="UNAUTHORIZED", headers={"WWW-Authenticate": step_up_challenge(str(max_age))},
     )
+
+
+def deidentified_user() -> GatewayError:
+    """A de-identified user called a route that sets a standing destination (svckit.access)."""
+    return GatewayError(403, "PERMISSION_DENIED", DEIDENTIFIED_USER, f"{DEIDENTIFIED_MESSAGE.capitalize()}.",
+                        clicksend_code="FORBIDDEN")
 
 
 def step_up_challenge(max_age: str) -> str:

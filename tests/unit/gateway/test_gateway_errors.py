@@ -71,3 +71,12 @@ def test_unauthenticated_envelope() -> None:
 )
 def test_response_code_table(status: int, code: str) -> None:
     assert compat_clicksend.response_code(status) == code
+
+
+def test_deidentified_user_refusal_names_the_rule() -> None:
+    from gateway.errors import deidentified_user
+
+    err = deidentified_user()
+    assert (err.http_status, err.status, err.reason) == (403, "PERMISSION_DENIED", "DEIDENTIFIED_USER")
+    assert err.message == ("A de-identified user cannot send data to a destination outside the platform;"
+                           " ask an unrestricted user.")

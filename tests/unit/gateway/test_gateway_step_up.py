@@ -83,3 +83,19 @@ async def test_reauthenticate_sees_a_step_up_the_cache_would_hide() -> None:
     fresh = await auth.reauthenticate(f"Bearer {TOKEN}")
     assert second_factor_within(fresh, 300) and sessions.calls == 2
     assert second_factor_within(await auth.authenticate(f"Bearer {TOKEN}"), 300) and sessions.calls == 2
+
+
+def test_a_services_step_up_refusal_is_the_same_challenge() -> None:
+    """Every service's guard checks the step-up age too; its refusal reaches the client as the gateway's own."""
+    import grpc
+
+    from gateway.errors import from_rpc_error
+    from svckit.server import status_for
+
+    trailing = grpc.aio.Metadata()
+    for key, value in status_for(grpc.StatusCode.UNAUTHENTICATED, "STEP_UP_REQUIRED", "needs a step-up",
+                                 {"max_age": "300"}).trailing_metadata:
+        trailing.add(key, value)
+    err = from_rpc_error(grpc.aio.AioRpcError(grpc.StatusCode.UNAUTHENTICATED, grpc.aio.Metadata(), trailing))
+    assert err == step_up_required(300)
+    assert err.headers == {"WWW-Authenticate": CHALLENGE}
