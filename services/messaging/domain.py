@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import hashlib
 import hmac
-import ipaddress
 import json
 import math
 import re
@@ -28,7 +27,6 @@ from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
-from urllib.parse import urlsplit
 
 import phonenumbers
 
@@ -58,7 +56,6 @@ __all__ = [
     "MAX_PARTS",
     "MAX_RETENTION_DAYS",
     "MAX_UCS2_UNITS",
-    "MAX_WEBHOOK_URL",
     "MIN_PAGE_LIMIT",
     "OPT_IN_KEYWORDS",
     "OPT_OUT_KEYWORDS",
@@ -102,7 +99,6 @@ __all__ = [
     "InvalidSenderId",
     "InvalidSettings",
     "InvalidStatusTransition",
-    "InvalidWebhookUrl",
     "LimitRequest",
     "LimitVerdict",
     "MessageNotFound",
@@ -142,11 +138,9 @@ __all__ = [
     "TooManyRecipients",
     "ValidatedMessage",
     "Velocity",
-    "WebhookAddressRefused",
     "WebhookDelivery",
     "WebhookEvent",
     "WebhookJob",
-    "WebhookTarget",
     "allocate_credit",
     "can_transition",
     "check_batch_size",
@@ -155,7 +149,6 @@ __all__ = [
     "check_message_id",
     "check_retention_days",
     "check_transition",
-    "check_webhook_address",
     "clicksend_history_view",
     "clicksend_receipt_code",
     "clicksend_receipt_view",
@@ -186,7 +179,6 @@ __all__ = [
     "parse_history_sort",
     "parse_price_table",
     "parse_recipient",
-    "parse_webhook_url",
     "plan_results",
     "prefix_token",
     "receipt_payload",
@@ -1767,15 +1759,6 @@ class NewInbound:
 # --------------------------------------------------------------------------------------------------------
 
 WEBHOOK_SECRET_RECORD: Final = "sms.webhook_secret"  # noqa: S105 (a record type name)
-MAX_WEBHOOK_URL: Final = 2048
-
-
-class InvalidWebhookUrl(InvalidArgument):
-    reason = "INVALID_WEBHOOK_URL"
-
-
-class WebhookAddressRefused(InvalidArgument):
-    reason = "WEBHOOK_ADDRESS_REFUSED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1803,103 +1786,14 @@ class SettingsUpdate:
     staff_content_access: bool | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class WebhookTarget:
-    scheme: str
-    host: str  # lowercase; an IP literal without brackets
-    port: int
-    path: str  # path and query, at least "/"
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = self.port == 443
-        return f"{self.scheme}://{host}{'' if default else f':{self.port}'}{self.path}"
-
-
-def parse_webhook_url(url: str, *, allow_private: bool = False) -> WebhookTarget:
-    """HTTPS only, no credentials in the URL, no fragment, a host name or a public IP literal; outside test
-    setups (`allow_private`) only port 443, the one the network policy opens. Addresses the name resolves
-    to are checked again at delivery time (`check_webhook_address`)."""
-    url = url.strip()
-    if len(url) > MAX_WEBHOOK_URL:
-        raise InvalidWebhookUrl(f"The webhook URL is longer than {MAX_WEBHOOK_URL} characters.")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise InvalidWebhookUrl("The webhook URL is not a valid URL.") from None
-    if parts.scheme.lower() != "https":
-        raise InvalidWebhookUrl("Webhook URLs must use https.")
-    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise InvalidWebhookUrl("Webhook URLs must not contain credentials.")
-    if parts.fragment:
-        raise InvalidWebhookUrl("Webhook URLs must not contain a fragment.")
-    host = (parts.hostname or "").rstrip(".").lower()
-    if not host or any(c.isspace() for c in url):
-        raise InvalidWebhookUrl("The webhook URL has no valid host.")
-    port = port or 443
-    if not allow_private and port != 443:
-        raise InvalidWebhookUrl("Webhook URLs must use the standard HTTPS port 443.")
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        literal = None
-        internal = not _HOSTNAME.fullmatch(host) or host == "localhost" or host.endswith(_INTERNAL_SUFFIXES)
-        if internal and not (allow_private and host == "localhost"):
-            raise WebhookAddressRefused("The webhook host is not a public host name.") from None
-    if literal is not None:
-        check_webhook_address(str(literal), allow_private=allow_private)
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    return WebhookTarget("https", host, port, path)
-
-
-_LABEL: Final = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_HOSTNAME: Final = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+")  # at least one dot: no bare names
-_INTERNAL_SUFFIXES: Final = (".localhost", ".local", ".internal", ".svc", ".cluster.local", ".home.arpa")
-_EXTRA_BLOCKED: Final = (
-    ipaddress.ip_network("100.64.0.0/10"),  # carrier-grade NAT (not "private" to the ipaddress module)
-    ipaddress.ip_network("192.0.0.0/24"),
-    ipaddress.ip_network("198.18.0.0/15"),
-    ipaddress.ip_network("64:ff9b::/96"),  # NAT64 can reach IPv4 private space
-    ipaddress.ip_network("64:ff9b:1::/48"),
-)
-
-
-def check_webhook_address(address: str, *, allow_private: bool = False) -> None:
-    """Refuse anything that is not a global unicast address: private, loopback, link-local (cloud
-    metadata), CGNAT, multicast, reserved, unspecified, and IPv6 forms that embed one (IPv4-mapped,
-    6to4, NAT64). `allow_private` (test setups only) admits loopback and private ranges."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        raise WebhookAddressRefused("The webhook host resolved to an invalid address.") from None
-    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            candidates.append(ip.ipv4_mapped)
-        if ip.sixtofour is not None:
-            candidates.append(ip.sixtofour)
-        if ip.teredo is not None:
-            candidates.extend(ip.teredo)
-    for c in candidates:
-        if c.is_multicast or c.is_unspecified or c.is_reserved:
-            raise WebhookAddressRefused("The webhook host resolves to a non-public address.")
-        if allow_private and (c.is_loopback or c.is_private):
-            continue
-        if (not c.is_global or c.is_private or c.is_loopback or c.is_link_local
-                or any(c in net for net in _EXTRA_BLOCKED if net.version == c.version)):
-            raise WebhookAddressRefused("The webhook host resolves to a non-public address.")
-
 
 SIGNATURE_TOLERANCE_S: Final = 300
 
 
 def webhook_signature(secret: bytes, timestamp: int, body: bytes) -> str:
-    """`v1=<hex HMAC-SHA256(secret, "<timestamp>." + body)>` (the Stripe/Slack scheme): the timestamp is
-    signed with the body so a captured request cannot be replayed later."""
+    """A carrier callback's `X-Carrier-Signature`: `v1=<hex HMAC-SHA256(secret, "<timestamp>." + body)>`
+    (the timestamp is signed with the body so a captured request cannot be replayed later). Customer
+    webhooks are signed the Standard Webhooks way instead (svckit.webhooks)."""
     mac = hmac.new(secret, str(timestamp).encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
     return f"v1={mac}"
 

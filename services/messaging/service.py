@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -98,7 +97,6 @@ from services.messaging.domain import (
     number_index,
     opt_action,
     parse_recipient,
-    parse_webhook_url,
     plan_results,
     prefix_token,
     receipt_payload,
@@ -107,11 +105,11 @@ from services.messaging.domain import (
     unix_time,
     validate_outbound,
     webhook_backoff,
-    webhook_signature,
 )
 from svckit.audit import new_event
 from svckit.envelope import DecryptFailed, aad_for
 from svckit.errors import PermissionDenied
+from svckit.webhooks import Attempt, check_destination, new_secret, signed_headers
 
 _LOG = logging.getLogger(__name__)
 SERVICE = "messaging"
@@ -829,8 +827,7 @@ class MessagingService:
         """Test mode only: a delivered receipt for a made-up message, kept for polling or pushed to `url`."""
         if not caller.test_mode:
             raise TestModeOnly("Test receipts are only available to test-mode accounts.")
-        target = "" if url.strip().lower() in ("", POLL) else parse_webhook_url(
-            url, allow_private=self._opts.allow_private_webhooks).url
+        target = "" if url.strip().lower() in ("", POLL) else await self._webhook_url(url)
         return await self._store.add_test_receipt(caller.account_id, caller.user_id, new_message_id(), target)
 
     # -- replies ------------------------------------------------------------------------------------------
@@ -861,8 +858,7 @@ class MessagingService:
         (its recipient is the sender; "STOP" opts them out), kept for polling or pushed to `url`."""
         if not caller.test_mode:
             raise TestModeOnly("Test replies are only available to test-mode accounts.")
-        target = "" if url.strip().lower() in ("", POLL) else parse_webhook_url(
-            url, allow_private=self._opts.allow_private_webhooks).url
+        target = "" if url.strip().lower() in ("", POLL) else await self._webhook_url(url)
         acct = caller.account_id
         sender, to, custom, original = TEST_INBOUND_FROM, TEST_INBOUND_TO, "", ""
         if original_message_id:
@@ -888,14 +884,11 @@ class MessagingService:
 
     async def update_settings(self, caller: Caller, update: SettingsUpdate) -> tuple[MessagingSettings, str]:
         """Change settings; the first webhook URL creates the signing secret, returned once."""
-        private = self._opts.allow_private_webhooks
         clean = SettingsUpdate(
             receipt_webhook_url=None if update.receipt_webhook_url is None else (
-                parse_webhook_url(update.receipt_webhook_url, allow_private=private).url
-                if update.receipt_webhook_url.strip() else ""),
+                await self._webhook_url(update.receipt_webhook_url) if update.receipt_webhook_url.strip() else ""),
             inbound_webhook_url=None if update.inbound_webhook_url is None else (
-                parse_webhook_url(update.inbound_webhook_url, allow_private=private).url
-                if update.inbound_webhook_url.strip() else ""),
+                await self._webhook_url(update.inbound_webhook_url) if update.inbound_webhook_url.strip() else ""),
             body_retention_days=None if update.body_retention_days is None else check_retention_days(
                 update.body_retention_days),
             staff_content_access=update.staff_content_access,
@@ -923,8 +916,12 @@ class MessagingService:
         )
         return secret
 
+    async def _webhook_url(self, url: str) -> str:
+        """The one outbound-webhook policy, at configuration time (the worker applies it again)."""
+        return await check_destination(url, allow_private=self._opts.allow_private_webhooks)
+
     async def _new_secret(self, account_id: int) -> tuple[str, bytes]:
-        secret = "whsec_" + secrets.token_urlsafe(32)
+        secret = new_secret()
         aad = aad_for(account_id, WEBHOOK_SECRET_RECORD, str(account_id))
         return secret, await self._cipher.encrypt(account_id, aad, secret.encode())
 
@@ -957,19 +954,10 @@ class MessagingService:
 # -- webhooks ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class WebhookAttempt:
-    """What happened to one POST: `status` 0 when no HTTP answer came back."""
-
-    host: str
-    status: int = 0
-    error: str = ""
-    duration_ms: int = 0
-    refused: bool = False  # the address was not allowed (SSRF protection): never retried
-
-
 class WebhookSender(Protocol):
-    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> WebhookAttempt: ...
+    """svckit.webhooks.WebhookClient: the outbound-webhook policy, applied again at every attempt."""
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Attempt: ...
 
 
 class WebhookStore(Protocol):
@@ -983,8 +971,9 @@ class WebhookStore(Protocol):
 
 class WebhookService:
     """Delivers receipts and replies to the customers' HTTPS webhooks: JSON, signed with the account's
-    secret (`X-SendSafe-Signature: v1=HMAC-SHA256(secret, "<timestamp>." + body)` with
-    `X-SendSafe-Timestamp`), retried with backoff up to WEBHOOK_MAX_ATTEMPTS, every attempt logged."""
+    secret the Standard Webhooks way (`webhook-id` = the delivery, the same on every retry;
+    `webhook-timestamp` of the attempt; `webhook-signature: v1,<base64 HMAC-SHA256>`), retried with
+    backoff up to WEBHOOK_MAX_ATTEMPTS, every attempt logged."""
 
     def __init__(self, store: WebhookStore, cipher: Cipher, replies: Replies, sender: WebhookSender, *,
                  max_attempts: int = WEBHOOK_MAX_ATTEMPTS, backoff_base_s: float = 5.0, backoff_cap_s: float = 3600.0,
@@ -1022,15 +1011,13 @@ class WebhookService:
                                              error="no webhook configured", duration_ms=0, retry_in_s=None)
             return
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-        ts = int(self._clock())
         headers = {"Content-Type": "application/json", "User-Agent": "SendSafe-Webhooks/1",
-                   "X-SendSafe-Event": job.event.value, "X-SendSafe-Delivery": str(job.id),
-                   "X-SendSafe-Timestamp": str(ts)}
+                   "X-SendSafe-Event": job.event.value}
         if settings.webhook_secret_ct is not None:
             acct = job.account_id
             secret = await self._cipher.decrypt(
                 acct, aad_for(acct, WEBHOOK_SECRET_RECORD, str(acct)), settings.webhook_secret_ct)
-            headers["X-SendSafe-Signature"] = webhook_signature(secret, ts, body)
+            headers.update(signed_headers([secret], f"msg_{job.id}", int(self._clock()), body))
         attempt = await self._sender.post(url, body, headers)
         if 200 <= attempt.status < 300:
             outcome, retry = "DELIVERED", None
