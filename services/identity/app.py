@@ -92,7 +92,6 @@ async def build(settings: Settings) -> App:
             keys=KeysClient(keys_channel, timeout=settings.keys_timeout_seconds),
             hasher=hasher,
             policy=settings.password_policy,
-            require_step_up=sessions.require_step_up,
         )
         staff = Staff(store, audit, sessions)
 

@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Final
@@ -138,13 +138,6 @@ class SessionInvalid(Unauthenticated):
 
 class SessionRequired(PermissionDenied):
     reason = "SESSION_REQUIRED"
-
-
-class StepUpRequired(Unauthenticated):
-    """RFC 9470: the gateway answers 401 with `WWW-Authenticate: Bearer error="insufficient_user_authentication",
-    max_age=<metadata max_age>`."""
-
-    reason = "INSUFFICIENT_USER_AUTHENTICATION"
 
 
 class PasswordRejected(InvalidArgument):
@@ -792,8 +785,3 @@ class Attempt:
 
     failures: int
     locked: bool
-
-
-def step_up_ok(mfa_time: datetime | None, now: datetime, max_age_seconds: int) -> bool:
-    """A privileged call on a session needs a second factor verified within `max_age_seconds`."""
-    return mfa_time is not None and now - mfa_time <= timedelta(seconds=max_age_seconds)

@@ -119,10 +119,6 @@ class SubaccountPage:
     users: list[User]
 
 
-async def _no_step_up() -> None:
-    return None
-
-
 class Service:
     def __init__(
         self,
@@ -138,13 +134,11 @@ class Service:
         keys: Keys | None = None,
         hasher: Hasher | None = None,
         policy: PasswordPolicy | None = None,
-        require_step_up: Callable[[], Awaitable[None]] = _no_step_up,
     ) -> None:
         self._store = store
         self._keys = keys
         self._hasher = hasher
         self._policy = policy or PasswordPolicy()
-        self._require_step_up = require_step_up
         self._balances = balances
         self._audit = audit
         self._currency = currency
@@ -297,7 +291,6 @@ class Service:
         """The new sub-account and its first API key (the only time the key is shown)."""
         async with self._evidence("subaccount.create"):
             actor = await self._caller()
-            await self._require_step_up()
             missing = [f for f in ("api_username", "password", "email") if not getattr(req, f)]
             if missing:
                 raise MissingRequiredFields(f"missing required fields: {', '.join(missing)}", fields=",".join(missing))
@@ -345,7 +338,6 @@ class Service:
     async def update_subaccount(self, subaccount_id: int, req: SubaccountInput) -> User:
         async with self._evidence("subaccount.update", str(subaccount_id)):
             actor = await self._caller()
-            await self._require_step_up()
             account, target = await self._target(actor, subaccount_id)
             resulting = delegate(actor, target, self._flags(req.flags))
             flags = resulting if req.flags else None
@@ -379,7 +371,6 @@ class Service:
         """The user is gone: its API keys are revoked first (keys service), then the user and its sessions."""
         async with self._evidence("subaccount.delete", str(subaccount_id)):
             actor = await self._caller()
-            await self._require_step_up()
             _, target = await self._target(actor, subaccount_id)
             delegate(actor, target)
             if target.is_main:
@@ -395,7 +386,6 @@ class Service:
         verifications on the keys service's notice, or within its bounded cache time)."""
         async with self._evidence("subaccount.regen_api_key", str(subaccount_id)):
             actor = await self._caller()
-            await self._require_step_up()
             account, target = await self._target(actor, subaccount_id)
             delegate(actor, target)
             assert self._keys is not None

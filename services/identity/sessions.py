@@ -1,6 +1,6 @@
 """Interactive authentication use cases, one method per RPC: login (customers and staff), resolving a
 session for the gateway, the caller's own sessions, TOTP enrolment, recovery codes, step-up and password
-change. Also `require_step_up`, which every privileged use case calls first.
+change. (How recent a privileged call's step-up must be is checked by the svckit guard of every service.)
 
 Brute force: every login first counts a failure against the client address and, once the user is known,
 against the user (atomically, in PostgreSQL), and only then checks anything; a full success clears the
@@ -38,10 +38,8 @@ from services.identity.domain import (
     SessionRecord,
     SessionRequired,
     StaffMfaMandatory,
-    StepUpRequired,
     Subject,
     ThrottlePolicy,
-    step_up_ok,
     throttle_counters,
 )
 from services.identity.store import SecondFactorUse, TotpFactor
@@ -317,25 +315,7 @@ class Sessions:
             raise SessionInvalid("the session's user is no longer active")
         return session, subject
 
-    # -- step-up (RFC 9470) -----------------------------------------------------------------------------
-
-    async def require_step_up(self) -> None:
-        """Privileged calls made with a session need a second factor verified within max_age seconds; the
-        session's mfa_time is read here (not from the gateway's cached principal), so a step-up counts at
-        once. API keys are non-interactive credentials and are not stepped up (scope them instead)."""
-        p = callctx.principal()
-        if p is None or p.auth_method != principal_pb2.AUTH_METHOD_SESSION:
-            return
-        session = await self._store.get_session(p.session_id)
-        if session is None:
-            raise SessionInvalid("the session is not valid")
-        max_age = self.settings.step_up_max_age_seconds
-        if not step_up_ok(session.mfa_time, self._now(), max_age):
-            raise StepUpRequired(
-                f"this action needs a second factor verified within the last {max_age} seconds:"
-                " POST /v1/auth/step-up, then retry",
-                max_age=str(max_age),
-            )
+    # -- step-up (RFC 9470; a privileged RPC's guard checks how recent it is) ----------------------------
 
     async def step_up(self, totp_code: str, recovery_code: str) -> datetime:
         session, subject = await self._me()
@@ -459,7 +439,6 @@ class Sessions:
         _, subject = await self._me()
         if subject.is_staff:
             raise StaffMfaMandatory("staff cannot be without a second factor")
-        await self.require_step_up()
         ev = self._subject_event("auth.mfa.remove", subject, {"method": "totp"})
         if not await self._store.remove_totp(
             subject.kind, subject.id, lambda: self._audit.record_strict(ev, timeout=self.settings.audit_strict_timeout)
@@ -468,7 +447,6 @@ class Sessions:
 
     async def regenerate_recovery_codes(self) -> list[str]:
         _, subject = await self._me()
-        await self.require_step_up()
         factor = await self._store.totp_factor(subject.kind, subject.id)
         if factor is None or not factor.confirmed:
             raise MfaNotEnrolled("enrol a second factor first")

@@ -117,7 +117,6 @@ class Staff:
 
     async def change_role(self, staff_id: int, role: str, reason: str) -> StaffMember:
         me = await self._me()
-        await self._sessions.require_step_up()
         role = check_role(role)
         reason = check_reason(reason)
         if staff_id == me.id:
@@ -155,7 +154,6 @@ class Staff:
     ) -> tuple[User, bool]:
         """The user after the change and whether it has a confirmed second factor."""
         me = await self._me()
-        await self._sessions.require_step_up()
         reason = check_reason(reason)
         found = await self._store.get_user(user_id) if user_id > 0 else None
         if found is None or found[1].account_id != account_id:

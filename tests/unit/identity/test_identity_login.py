@@ -26,7 +26,6 @@ from services.identity.domain import (
     MfaCodeInvalid,
     MfaRequired,
     SessionRecord,
-    StepUpRequired,
     Subject,
     ThrottlePolicy,
 )
@@ -382,36 +381,22 @@ def _as_session(session: SessionRecord, *, staff: bool = False) -> Callable[[], 
     return lambda: callctx.current.reset(token)
 
 
-async def test_step_up_needed_after_max_age_and_a_fresh_step_satisfies_it(world: World) -> None:
+async def test_a_step_up_moves_the_sessions_second_factor_time_and_refuses_a_replay(world: World) -> None:
+    """How recent it must be for a privileged call is the guard's check (tests/integration/test_guard_policy.py)."""
     w = world
     totp = _enrol(w, w.user)
     step = credentials.current_step()
     _, session = await w.sessions.login(USER, "alice", PASSWORD, totp_code=totp.at(step * 30))
     done = _as_session(session)
     try:
-        await w.sessions.require_step_up()  # the login's second factor is fresh
         w.advance(301)
-        with pytest.raises(StepUpRequired) as challenge:
-            await w.sessions.require_step_up()
-        assert challenge.value.reason == "INSUFFICIENT_USER_AUTHENTICATION"
-        assert challenge.value.metadata == {"max_age": "300"}
         with pytest.raises(InvalidCredentials):  # the login's step again: a replay
             await w.sessions.step_up(totp.at(step * 30), "")
         w.clock[0] = datetime.now(UTC)
-        await w.sessions.step_up(totp.at((step + 1) * 30), "")  # the next step, inside the +-1 window
-        await w.sessions.require_step_up()
+        when = await w.sessions.step_up(totp.at((step + 1) * 30), "")  # the next step, inside the +-1 window
+        assert session.mfa_time is not None and when > session.mfa_time
     finally:
         done()
-
-
-async def test_api_keys_are_not_stepped_up(world: World) -> None:
-    p = principal_pb2.Principal(account_id=100, user_id=10, auth_method=principal_pb2.AUTH_METHOD_API_KEY)
-    token = callctx.current.set(callctx.CallContext("gateway", p, "req-3"))
-    try:
-        world.advance(10_000)
-        await world.sessions.require_step_up()
-    finally:
-        callctx.current.reset(token)
 
 
 def test_totp_window_is_plus_minus_one_step() -> None:
