@@ -752,6 +752,16 @@ def owned_spec(spec: RuleSpec, owner: RuleOwner) -> RuleSpec:
                    owner_per_day=owner.per_day, owner_countries=tuple(owner.countries))
 
 
+def undeliverable(rule: RuleSpec | None, channel: str, target: str) -> str:
+    """Why a pending SMS/email alert may no longer go out ("" if it may): its rule was deleted, or no longer
+    names that destination (it goes out as the rule's current owner, who set other targets)."""
+    if rule is None:
+        return "ALERT_RULE_DELETED"
+    if {"sms": rule.sms_to, "email": rule.email_to}.get(channel) != target:
+        return "ALERT_TARGET_CHANGED"
+    return ""
+
+
 def alert_cap_hit(sent_this_hour: int, cap: int) -> tuple[bool, bool]:
     """(suppressed, first suppression of the window) for the `sent_this_hour`-th alert message."""
     return sent_this_hour > cap, sent_this_hour == cap + 1

@@ -70,6 +70,7 @@ from services.audit.domain import (
     page_size_of,
     parse_page_token,
     retry_delay,
+    undeliverable,
     webhook_secret,
 )
 from svckit.audit import new_event
@@ -736,8 +737,10 @@ class AlertService:
             return
         if self._notifier is None:
             raise DeliveryError("MESSAGING_NOT_CONFIGURED", retryable=False)
-        if job.rule is None:
-            raise DeliveryError("ALERT_RULE_DELETED", retryable=False)
+        refused = undeliverable(job.rule, job.channel, job.target)
+        if refused:
+            raise DeliveryError(refused, retryable=False)
+        assert job.rule is not None
         if job.attempts == 0:  # a retry was counted when it first went
             suppressed, first = alert_cap_hit(await self._store.count_alert_message(job.account_id),
                                               self._messages_per_hour)

@@ -62,3 +62,12 @@ def test_the_cause_is_read_from_the_stored_event() -> None:
 def test_the_hourly_cap_holds_back_and_reports_once() -> None:
     verdicts = [d.alert_cap_hit(n, 3) for n in range(1, 7)]
     assert verdicts == [(False, False)] * 3 + [(True, True), (True, False), (True, False)]
+
+
+def test_a_pending_alert_goes_only_to_a_destination_its_rule_still_names() -> None:
+    rule = d.RuleSpec(name="n", sms_to="+61411111111", owner_user_id=7)
+    assert d.undeliverable(rule, "sms", "+61411111111") == ""
+    assert d.undeliverable(None, "sms", "+61411111111") == "ALERT_RULE_DELETED"
+    # Changed by someone else since it fired: the old number is not sent to as the new owner.
+    assert d.undeliverable(d.RuleSpec(name="n", owner_user_id=8), "sms", "+61411111111") == "ALERT_TARGET_CHANGED"
+    assert d.undeliverable(rule, "email", "+61411111111") == "ALERT_TARGET_CHANGED"
