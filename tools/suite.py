@@ -56,6 +56,14 @@ class StartError(RuntimeError):
     pass
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _die_with_parent() -> None:
     """In the child: get SIGTERM when the launcher dies, however it dies (Linux prctl PR_SET_PDEATHSIG)."""
     import ctypes
@@ -75,6 +83,9 @@ class Suite:
     def start(self, timeout: float = 60.0) -> Suite:
         cfg = self.config
         cfg.workdir.mkdir(parents=True, exist_ok=True)
+        if not cfg.ports.get("messaging"):
+            # Audit (started first) sends alert SMS through messaging: messaging's port is known up front.
+            cfg.ports["messaging"] = _free_port()
         try:
             for name in ("audit", "keys", "messaging", "identity"):
                 for replica in range(max(1, cfg.replicas.get(name, 1))):
@@ -133,6 +144,8 @@ class Suite:
         )
         for peer, addr in self.addrs.items():
             env[f"{peer.upper()}_ADDR"] = addr
+        if name == "audit" and "messaging" not in self.addrs and cfg.ports.get("messaging"):
+            env["MESSAGING_ADDR"] = f"127.0.0.1:{cfg.ports['messaging']}"
         if port_file is not None:
             env["PORT_FILE"] = str(port_file)
         # A fixed port belongs to the first replica; further replicas take any free port.
