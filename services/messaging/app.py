@@ -114,7 +114,7 @@ async def build(settings: Settings) -> App:
         server = await start_server(
             listen=settings.grpc_listen,
             tls=tls_of(settings),
-            register=lambda s: _register(s, service, pool),
+            register=lambda s: _register(s, service, pool, record),
             service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME],
             on_denied=denial_recorder(record, settings.service_name),
             health_listen=settings.health_listen,
@@ -135,10 +135,10 @@ async def build(settings: Settings) -> App:
                extras={"service": service, "store": store, "pool": pool, "stream": stream, "envelope": envelope})
 
 
-def _register(server: Any, service: MessagingService, pool: Any) -> None:
+def _register(server: Any, service: MessagingService, pool: Any, record: Any) -> None:
     messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(service), server)
     notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(
-        NotificationServicer(Notifications(service, PgDestinationStore(pool))), server)
+        NotificationServicer(Notifications(service, PgDestinationStore(pool), record)), server)
 
 
 async def _final_cleanup(service: MessagingService) -> None:

@@ -42,7 +42,8 @@ from services.messaging.domain import (
     parse_recipient,
     verification_text,
 )
-from services.messaging.service import MessagingService
+from services.messaging.service import SERVICE, MessagingService, Record
+from svckit.audit import new_event
 from svckit.errors import FailedPrecondition, InvalidArgument
 
 SMS = 1  # sendsafe.messaging.v1.NotificationChannel.NOTIFICATION_CHANNEL_SMS
@@ -77,11 +78,19 @@ def _e164(to: str) -> str:
 
 
 class Notifications:
-    def __init__(self, messaging: MessagingService, destinations: DestinationStore,
+    def __init__(self, messaging: MessagingService, destinations: DestinationStore, record: Record | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self._messaging = messaging
         self._destinations = destinations
+        self._record = record
         self._clock = clock
+
+    async def _audit(self, action: str, caller: Caller, destination_id: str) -> None:
+        """Evidence of a change to where alerts may go (stored before the change: these RPCs are privileged,
+        so the audit client waits, and an audit outage refuses the change). Never the number itself."""
+        if self._record is not None:
+            await self._record(new_event(SERVICE, action, resource_type="notification_destination",
+                                         resource_id=destination_id, account_id=caller.account_id))
 
     async def _hash(self, account_id: int, e164: str) -> bytes:
         return (await self._messaging.keys.indexer(account_id))(e164)
@@ -137,6 +146,7 @@ class Notifications:
         if dest is None:
             raise DestinationCodesExceeded(
                 f"an account may send {DESTINATION_CODES_PER_HOUR} verification codes an hour; try again later")
+        await self._audit("messaging.notification_destination.code_sent", caller, dest.destination_id)
         sender = Caller(account, caller.user_id, caller.api_username, test_mode=caller.test_mode,
                         api_key_id=caller.api_key_id, limits=caller.limits, cause=DESTINATION_VERIFICATION)
         result = await self._messaging.send_sms(sender, [OutboundInput(
@@ -162,6 +172,7 @@ class Notifications:
         key = await self._messaging.keys.get(caller.account_id)
         if not hmac.compare_digest(code_hash, destination_code_hash(key, dest.destination_id, code)):
             raise DestinationCodeInvalid("the code does not match the one sent")
+        await self._audit("messaging.notification_destination.verified", caller, dest.destination_id)
         return await self._destinations.verified(dest.destination_id)
 
     async def list(self, caller: Caller) -> list[Destination]:

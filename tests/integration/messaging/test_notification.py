@@ -20,6 +20,7 @@ from sendsafe.messaging.v1 import messaging_service_pb2 as mpb
 from sendsafe.messaging.v1 import notification_service_pb2 as npb
 from sendsafe.messaging.v1 import notification_service_pb2_grpc
 from services.messaging.domain import BODY_RECORD
+from svckit.app import App
 from svckit.envelope import aad_for
 from svckit.testing import CertBundle, NewDatabase
 from tests.conftest import channel_as
@@ -61,8 +62,8 @@ async def verify(m: Messaging, stub: Any, account: int, number: str, **who: Any)
     return done.destination
 
 
-async def test_destinations_are_verified_by_a_code_sent_as_the_customer(messaging: Messaging, certs: CertBundle
-                                                                        ) -> None:
+async def test_destinations_are_verified_by_a_code_sent_as_the_customer(messaging: Messaging, certs: CertBundle,
+                                                                        audit_app: App) -> None:
     account = 4111
     async with channel_as(certs, "gateway", messaging.api.port, "messaging") as ch:
         stub = notification_service_pb2_grpc.NotificationServiceStub(ch)
@@ -132,6 +133,20 @@ async def test_destinations_are_verified_by_a_code_sent_as_the_customer(messagin
             await stub.StartDestinationVerification(
                 npb.StartDestinationVerificationRequest(channel=EMAIL, to="ops@example.com"), metadata=md)
         assert reason_of(info.value) == "CHANNEL_NOT_AVAILABLE"
+
+    # Evidence of every code sent and of the verification, never the number.
+    async with channel_as(certs, "gateway", audit_app.port, "audit") as ach:
+        audit_stub = audit_service_pb2_grpc.AuditServiceStub(ach)
+
+        async def evidence() -> list[Any]:
+            got = await audit_stub.ListEvents(audit_service_pb2.ListEventsRequest(
+                action="messaging.notification_destination.*"), metadata=principal_md(account, "audit.read"))
+            events = list(got.events)
+            return events if sum(e.action.endswith(".verified") for e in events) == 1 and len(events) == 6 else []
+
+        events = await until(evidence, what="the destination events")
+        assert {e.resource.id for e in events if e.action.endswith(".verified")} == {dest.destination_id}
+        assert not any(REAL_NUMBER[1:] in str(e) or TEST_NUMBER[1:] in str(e) for e in events)
 
 
 async def test_audit_sends_an_alert_sms_as_the_rule_owner(messaging: Messaging, certs: CertBundle) -> None:
