@@ -63,9 +63,11 @@ from gateway.errors import (
     not_found,
     step_up_required,
     unauthenticated,
+    unauthenticated_rate_limited,
 )
 from gateway.routes import Route, discover_routes
 from gateway.transcode import Surface, TranscodeError, build_request, message_class, message_to_json, parse_json
+from gateway.unauth import UnauthenticatedRequests
 from sendsafe.audit.v1 import event_pb2
 from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import auth_service_pb2_grpc, identity_service_pb2_grpc
@@ -111,6 +113,8 @@ class _RequestState:
     auth_failure: AuthFailure | None = None
     error: GatewayError | None = None
     upstream_code: str = ""
+    unauthenticated: bool = False  # failed authentication, or no route and no credentials checked (gateway.unauth)
+    rate_limited: bool = False
 
 
 _STATE = web.RequestKey("sendsafe_state", _RequestState)
@@ -128,6 +132,7 @@ class Gateway:
     https: tls.ReloadingCertificate | None = None  # follows the rotated public certificate
     # Key notices from the keys service (revoked/rolled API keys leave the auth cache at once); None: no Redis.
     notices: Subscriber | None = None
+    unauth: UnauthenticatedRequests | None = None  # limits and summarises unauthenticated failures
     port: int = 0
     health_port: int | None = None
     _runner: web.AppRunner | None = field(default=None, repr=False)
@@ -136,6 +141,8 @@ class Gateway:
     async def start(self) -> int:
         """Bind the HTTPS listener (port 0 = any free port) and return the bound port."""
         self.audit.start()
+        if self.unauth is not None:
+            self.unauth.start()
         if self.notices is not None:
             self.notices.start()
             if not await self.notices.wait_ready(timeout=2.0):
@@ -163,6 +170,8 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()  # closes the listener, drains handlers (shutdown_timeout)
             self._runner = None
+        if self.unauth is not None:
+            await self.unauth.close()  # summaries of open windows, before the audit client flushes
         await self.audit.close(timeout=self.settings.shutdown_grace_seconds + 5)
         if self.notices is not None:
             await self.notices.close()
@@ -202,13 +211,17 @@ async def build(settings: Settings, *, span_processors: Iterable[SpanProcessor] 
         sessions=auth_service_pb2_grpc.AuthServiceStub(channels["identity"]),
     )
     audit = AuditClient(channels["audit"])
+    unauth = UnauthenticatedRequests(
+        audit.record, limit=settings.unauth_limit, window=settings.unauth_window_seconds,
+        dedup=settings.unauth_dedup_seconds,
+    )
     notices = None
     if settings.redis_url:
         notices = Subscriber(
             make_redis(settings.redis_url), settings.redis_prefix, on_notice=authenticator.on_key_notice,
             on_resync=authenticator.cache.clear, kinds=(API_KEYS_CHANGED,),
         )
-    pipeline = _Pipeline(settings, routes, channels, authenticator, audit)
+    pipeline = _Pipeline(settings, routes, channels, authenticator, audit, unauth)
     return Gateway(
         settings=settings,
         app=pipeline.app,
@@ -219,6 +232,7 @@ async def build(settings: Settings, *, span_processors: Iterable[SpanProcessor] 
         ssl_context=ssl_context,
         https=https,
         notices=notices,
+        unauth=unauth,
     )
 
 
@@ -230,10 +244,12 @@ class _Pipeline:
         channels: dict[str, grpc.aio.Channel],
         authenticator: Authenticator,
         audit: AuditClient,
+        unauth: UnauthenticatedRequests,
     ) -> None:
         self._settings = settings
         self._auth = authenticator
         self._audit = audit
+        self._unauth = unauth
         self._trusted = settings.trusted_proxy_networks
         self._timeout = settings.upstream_timeout_seconds
         self._max_body = settings.max_body_bytes
@@ -318,12 +334,13 @@ class _Pipeline:
         except AuthFailure as failure:
             state.auth_failure = failure
             refused = key_forbidden if failure.http_status == 403 else unauthenticated
-            state.error = refused(failure.reason)
+            state.error = self._limited(state) or refused(failure.reason)
         except TranscodeError as exc:
             status = "NOT_FOUND" if exc.status == 404 else "INVALID_ARGUMENT"
             state.error = GatewayError(exc.status, status, exc.reason, exc.message)
         except web.HTTPException as exc:  # from the router (404/405) or aiohttp itself (413)
-            state.error = _from_http_exception(exc, self._max_body)
+            error = _from_http_exception(exc, self._max_body)
+            state.error = (self._limited(state) if state.route is None else None) or error
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -337,6 +354,15 @@ class _Pipeline:
             status=failed.http_status, body=dumps(error_body(failed, surface)), content_type=_JSON,
             headers=failed.headers,
         )
+
+    def _limited(self, state: _RequestState) -> GatewayError | None:
+        """Count an unauthenticated failure against the client's network: the 429 when it is over its limit."""
+        state.unauthenticated = True
+        wait = self._unauth.hit(state.conn.client_address)
+        if wait is None:
+            return None
+        state.rate_limited = True
+        return unauthenticated_rate_limited(wait)
 
     # -- one route ---------------------------------------------------------------------------------
 
@@ -451,7 +477,10 @@ class _Pipeline:
     async def _record(self, request: web.Request, state: _RequestState, status: int, trace_id: str) -> None:
         try:
             event = self._event(request, state, status, trace_id)
-            await self._audit.record(event)
+            if state.unauthenticated:  # limited and summarised before it reaches the permanent log
+                await self._unauth.record(event, always_summarise=state.rate_limited)
+            else:
+                await self._audit.record(event)
         except Exception:  # never fail the request because of the audit client's buffer
             _LOG.exception("could not queue the audit event")
 

@@ -49,6 +49,16 @@ class Settings:
         doc="privileged routes on a session need a second factor this recent (RFC 9470); every service's guard"
         " reads the same setting",
     )
+    unauth_limit: int = setting(
+        "GATEWAY_UNAUTH_LIMIT", default=60,
+        doc="requests failing authentication (or for unknown routes) per client IPv4 /24 or IPv6 /64 per window;"
+        " more answer 429; 0 = no limit",
+    )
+    unauth_window_seconds: float = setting("GATEWAY_UNAUTH_WINDOW_SECONDS", default=60.0)
+    unauth_dedup_seconds: float = setting(
+        "GATEWAY_UNAUTH_DEDUP_SECONDS", default=60.0,
+        doc="identical unauthenticated failures within this are one audit event with a count; 0 = one event each",
+    )
     redis_url: str = setting("REDIS_URL", default="", secret=True, doc="key notices (revocations); empty = none")
     redis_prefix: str = setting("REDIS_PREFIX", default="sendsafe:", doc="the keys service's prefix")
     health_listen: str = setting("HEALTH_LISTEN", default="", doc="plaintext gRPC health port; empty = off")
@@ -68,6 +78,12 @@ class Settings:
             problems.append("GATEWAY_UPSTREAM_TIMEOUT_SECONDS: must be positive")
         if self.step_up_max_age_seconds <= 0:
             problems.append("STEP_UP_MAX_AGE_SECONDS: must be positive")
+        if self.unauth_limit < 0:
+            problems.append("GATEWAY_UNAUTH_LIMIT: must be 0 (no limit) or more")
+        if self.unauth_window_seconds <= 0:
+            problems.append("GATEWAY_UNAUTH_WINDOW_SECONDS: must be positive")
+        if not 0 <= self.unauth_dedup_seconds <= 3600:
+            problems.append("GATEWAY_UNAUTH_DEDUP_SECONDS: must be between 0 and 3600")
         for cidr in self.trusted_proxies:
             try:
                 ipaddress.ip_network(cidr, strict=False)

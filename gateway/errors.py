@@ -116,6 +116,15 @@ def body_too_large(limit: int) -> GatewayError:
     )
 
 
+def unauthenticated_rate_limited(retry_after: int) -> GatewayError:
+    """Too many requests without valid credentials from the caller's network (gateway.unauth)."""
+    return GatewayError(
+        429, "RESOURCE_EXHAUSTED", "UNAUTHENTICATED_RATE_LIMITED",
+        f"Too many requests without valid credentials from your network; retry in {retry_after} seconds.",
+        clicksend_code="TOO_MANY_REQUESTS", headers={"Retry-After": str(retry_after)},
+    )
+
+
 def internal(request_id: str) -> GatewayError:
     return GatewayError(
         500, "INTERNAL", "INTERNAL", f"{INTERNAL_MESSAGE} Quote request id {request_id} when asking for help.",
