@@ -1,16 +1,23 @@
-"""Fixtures for every suite: svckit.testing gives certs, databases and Redis prefixes."""
+"""Fixtures for every suite: svckit.testing gives certs, databases and Redis prefixes; `suite`, `customer` and
+`otlp` start the whole suite once per run for tests/e2e and tests/security (HTTPS only, see tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from svckit.app import App
 from svckit.rpc import secure_channel
-from svckit.testing import CertBundle, NewDatabase
+from svckit.testing import RUN_ID, CertBundle, NewDatabase
 from svckit.tls import TlsFiles
+from tests.e2e.conftest import Customer, OtlpReceiver
+from tools.suite import Suite, SuiteConfig, drop_suite_data, ensure_databases, ensure_root_key
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +55,58 @@ def foreign_tls(tmp_dir: object, name: str) -> TlsFiles:
     write_pem(d / f"foreign-{name}.crt", cert)
     write_pem(d / f"foreign-{name}.key", key)
     return TlsFiles(d / f"foreign-{name}.crt", d / f"foreign-{name}.key", d / "foreign-ca.crt")
+
+
+@pytest.fixture(scope="session")
+def otlp() -> Iterator[tuple[OtlpReceiver, int]]:
+    receiver = OtlpReceiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield receiver, port
+    server.stop(0)
+
+
+@pytest.fixture(scope="session")
+def suite(
+    certs: CertBundle, pg_admin_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory,
+    otlp: tuple[OtlpReceiver, int],
+) -> Iterator[Suite]:
+    work = tmp_path_factory.mktemp("suite")
+    config = SuiteConfig(
+        workdir=work,
+        certs=certs.dir,
+        pg_admin_dsn=pg_admin_dsn,
+        db_prefix=f"sst_{RUN_ID}_e2e",
+        redis_url=redis_url,
+        redis_prefix=f"sst:{RUN_ID}:e2e:",
+        root_key_file=ensure_root_key(work / "root.key"),
+        env={
+            name: {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp[1]}",
+                "OTEL_EXPORTER_OTLP_INSECURE": "true",
+                "OTEL_BSP_SCHEDULE_DELAY": "100",
+                "MESSAGING_RECLAIM_IDLE_MS": "2000",
+            }
+            for name in ("audit", "keys", "messaging", "identity", "gateway", "worker")
+        },
+    )
+    ensure_databases(config)
+    s = Suite(config).start()
+    yield s
+    s.stop()
+    drop_suite_data(config)
+
+
+@pytest.fixture(scope="session")
+def customer(suite: Suite, certs: CertBundle, tmp_path_factory: pytest.TempPathFactory) -> Customer:
+    from tools.bootstrap import bootstrap
+
+    out = tmp_path_factory.mktemp("demo") / "demo.env"
+    creds = asyncio.run(
+        bootstrap(identity=suite.addrs["identity"], keys=suite.addrs["keys"], certs=certs.dir, out=out,
+                  gateway_url=suite.gateway_url)
+    )
+    return Customer(creds["SENDSAFE_URL"], creds["SENDSAFE_USERNAME"], creds["SENDSAFE_API_KEY"],
+                    Path(creds["SENDSAFE_CA_CERT"]))

@@ -1,20 +1,14 @@
-"""The whole suite as real processes, driven only through HTTPS like a customer would."""
+"""The whole suite as real processes, driven only through HTTPS like a customer would.
+
+The fixtures `suite`, `customer` and `otlp` live in tests/conftest.py: tests/security shares the one suite."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-
-from svckit.testing import RUN_ID, CertBundle
-from tools.suite import Suite, SuiteConfig, drop_suite_data, ensure_databases, ensure_root_key
 
 
 @dataclass
@@ -60,64 +54,9 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
             return list(self.spans)
 
 
-@pytest.fixture(scope="session")
-def otlp() -> Iterator[tuple[OtlpReceiver, int]]:
-    receiver = OtlpReceiver()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield receiver, port
-    server.stop(0)
-
-
 @dataclass(frozen=True)
 class Customer:
     url: str
     username: str
     api_key: str
     ca: Path
-
-
-@pytest.fixture(scope="session")
-def suite(
-    certs: CertBundle, pg_admin_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory,
-    otlp: tuple[OtlpReceiver, int],
-) -> Iterator[Suite]:
-    work = tmp_path_factory.mktemp("suite")
-    config = SuiteConfig(
-        workdir=work,
-        certs=certs.dir,
-        pg_admin_dsn=pg_admin_dsn,
-        db_prefix=f"sst_{RUN_ID}_e2e",
-        redis_url=redis_url,
-        redis_prefix=f"sst:{RUN_ID}:e2e:",
-        root_key_file=ensure_root_key(work / "root.key"),
-        env={
-            name: {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp[1]}",
-                "OTEL_EXPORTER_OTLP_INSECURE": "true",
-                "OTEL_BSP_SCHEDULE_DELAY": "100",
-                "MESSAGING_RECLAIM_IDLE_MS": "2000",
-            }
-            for name in ("audit", "keys", "messaging", "identity", "gateway", "worker")
-        },
-    )
-    ensure_databases(config)
-    s = Suite(config).start()
-    yield s
-    s.stop()
-    drop_suite_data(config)
-
-
-@pytest.fixture(scope="session")
-def customer(suite: Suite, certs: CertBundle, tmp_path_factory: pytest.TempPathFactory) -> Customer:
-    from tools.bootstrap import bootstrap
-
-    out = tmp_path_factory.mktemp("demo") / "demo.env"
-    creds = asyncio.run(
-        bootstrap(identity=suite.addrs["identity"], keys=suite.addrs["keys"], certs=certs.dir, out=out,
-                  gateway_url=suite.gateway_url)
-    )
-    return Customer(creds["SENDSAFE_URL"], creds["SENDSAFE_USERNAME"], creds["SENDSAFE_API_KEY"],
-                    Path(creds["SENDSAFE_CA_CERT"]))
