@@ -55,11 +55,17 @@ def test_a_child_key_shares_its_creators_count(customer: Customer) -> None:
     http = Http(customer.url, str(customer.ca))
     made = _limited_key(http, customer)
     _use_up(http, customer, made["secret"])
-    child = http.call("POST", "/v1/api-keys", auth=(customer.username, made["secret"]),
-                      json_body={"name": "child", "scopes": ["sms.send"]})
+    # The child asks for its creator's limits (the most it may have): it still shares the creator's count.
+    child = http.call("POST", "/v1/api-keys", auth=(customer.username, made["secret"]), json_body={
+        "name": "child", "scopes": ["sms.send"], "send_limits": {"messages_per_minute": N, "messages_per_day": N}})
     assert child.status == 200, child.body
-    assert child.json()["api_key"]["send_limits"]["messages_per_minute"] == N  # inherited, not "no limit"
     _refused(_send(http, customer, child.json()["secret"]))
+    # One that leaves its limits unset takes its creator's (not "no limit"), and shares the count too.
+    heir = http.call("POST", "/v1/api-keys", auth=(customer.username, made["secret"]),
+                     json_body={"name": "heir", "scopes": ["sms.send"]})
+    assert heir.status == 200, heir.body
+    assert heir.json()["api_key"]["send_limits"]["messages_per_minute"] == N
+    _refused(_send(http, customer, heir.json()["secret"]))
     # A key the owner makes in its own right starts its own count (the refusal above is the lineage's).
     fresh = _limited_key(http, customer)
     assert _send(http, customer, fresh["secret"]).status == 200
