@@ -30,6 +30,7 @@ from svckit.errors import (
     Unauthenticated,
     Unavailable,
 )
+from svckit.netaddr import client_network
 
 # ---------------------------------------------------------------------------------------------------
 # Errors (stable UPPER_SNAKE reasons; svckit maps the kinds to gRPC codes)
@@ -755,14 +756,10 @@ class ThrottlePolicy:
     ipv4_network_max_failures: int = 300
 
 
-IPV6_THROTTLE_PREFIX: Final = 64
-IPV4_THROTTLE_PREFIX: Final = 24
-
-
 def throttle_counters(address: str, policy: ThrottlePolicy) -> list[tuple[str, str, int]]:
     """The (scope, key, max_failures) counters a login attempt from `address` counts against: the exact
-    address, and its IPv6 /64 or IPv4 /24 (an IPv4-mapped IPv6 address is its IPv4 address). An address
-    that is not an IP (a test's, a Unix socket's) is counted as given."""
+    address, and its network (`svckit.netaddr`: the IPv6 /64 or IPv4 /24; an IPv4-mapped IPv6 address is its
+    IPv4 address). An address that is not an IP (a test's, a Unix socket's) is counted as given."""
     if not address:
         return []
     try:
@@ -771,12 +768,8 @@ def throttle_counters(address: str, policy: ThrottlePolicy) -> list[tuple[str, s
         return [("address", address, policy.address_max_failures)]
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if isinstance(ip, ipaddress.IPv6Address):
-        prefix, limit = IPV6_THROTTLE_PREFIX, policy.ipv6_network_max_failures
-    else:
-        prefix, limit = IPV4_THROTTLE_PREFIX, policy.ipv4_network_max_failures
-    network = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
-    return [("address", str(ip), policy.address_max_failures), ("network", str(network), limit)]
+    limit = policy.ipv6_network_max_failures if ip.version == 6 else policy.ipv4_network_max_failures
+    return [("address", str(ip), policy.address_max_failures), ("network", client_network(str(ip)), limit)]
 
 
 @dataclass(frozen=True)
