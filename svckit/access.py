@@ -18,6 +18,8 @@ class Access:
     # How the RPC can move data out of the platform (options_pb2.DataOut; 0: it does not).
     data_out: int = 0
     public: bool = False
+    # Only an interactive session may call it (one's own password, second factors, sessions).
+    session_only: bool = False
 
     @property
     def sets_destination(self) -> bool:
@@ -36,12 +38,15 @@ def access_for(method_path: str) -> Access | None:
     if not opts.HasExtension(options_pb2.access):
         return None
     rule = opts.Extensions[options_pb2.access]
-    return Access(frozenset(rule.allowed_callers), rule.permission, rule.privileged, rule.data_out, rule.public)
+    return Access(frozenset(rule.allowed_callers), rule.permission, rule.privileged, rule.data_out, rule.public,
+                  rule.session_only)
 
 
 # -- the rules every guard applies (svckit.server in each service, and the gateway before it calls one) -------
 
 STEP_UP_REQUIRED = "STEP_UP_REQUIRED"
+SESSION_REQUIRED = "SESSION_REQUIRED"
+SESSION_REQUIRED_MESSAGE = "this needs a session, not an API key: log in with POST /v1/auth/login"
 DEIDENTIFIED_USER = "DEIDENTIFIED_USER"
 DEIDENTIFIED_MESSAGE = (
     "a de-identified user cannot send data to a destination outside the platform; ask an unrestricted user"

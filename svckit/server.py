@@ -3,7 +3,8 @@
 Every RPC goes through `Guard`:
 1. the caller's SPIFFE identity (from its client certificate) must be in the RPC's allowed callers;
 2. an end-user principal is accepted only from the gateway, and the RPC's declared permission must be
-   among the principal's permissions;
+   among the principal's permissions; one declared `session_only` is refused to anything but an interactive
+   session (SESSION_REQUIRED: a leaked API key never changes a password, a second factor or sessions);
 3. an RPC declared `privileged`, called with a session, needs a second factor verified within the step-up
    age (UNAUTHENTICATED, STEP_UP_REQUIRED; API keys are machine credentials and are scoped instead), and
    one declaring `data_out: DATA_OUT_DESTINATION` is refused to a de-identified user (DEIDENTIFIED_USER);
@@ -41,6 +42,8 @@ from svckit import telemetry
 from svckit.access import (
     DEIDENTIFIED_MESSAGE,
     DEIDENTIFIED_USER,
+    SESSION_REQUIRED,
+    SESSION_REQUIRED_MESSAGE,
     STEP_UP_REQUIRED,
     access_for,
     destination_refused,
@@ -199,6 +202,8 @@ class Guard(grpc.aio.ServerInterceptor):
         elif access.permission and (principal is None or access.permission not in principal.permissions):
             await self._deny(context, method, caller, "MISSING_PERMISSION", principal,
                              f"this call needs the {access.permission!r} permission")
+        elif access.session_only and (principal is None or principal.auth_method != principal_pb2.AUTH_METHOD_SESSION):
+            await self._deny(context, method, caller, SESSION_REQUIRED, principal, SESSION_REQUIRED_MESSAGE)
         elif access.privileged and principal is not None and not self._stepped_up(principal):
             max_age = self._step_up_max_age
             await self._deny(context, method, caller, STEP_UP_REQUIRED, principal,

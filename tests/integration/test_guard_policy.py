@@ -6,7 +6,8 @@ every RPC that sets a standing destination is read from the descriptors, so a ne
 editing this file:
 - `privileged` on a session whose second factor is older than the step-up age: UNAUTHENTICATED,
   STEP_UP_REQUIRED (max_age in the ErrorInfo), recorded as a denial; a fresh second factor gets past it;
-- `data_out: DATA_OUT_DESTINATION` for a de-identified user: PERMISSION_DENIED, DEIDENTIFIED_USER.
+- `data_out: DATA_OUT_DESTINATION` for a de-identified user: PERMISSION_DENIED, DEIDENTIFIED_USER;
+- `session_only` with an API key: PERMISSION_DENIED, SESSION_REQUIRED.
 """
 
 from __future__ import annotations
@@ -193,3 +194,20 @@ async def test_a_deidentified_user_cannot_set_a_destination(
         assert err is not None, f"{path} let a de-identified user set a destination"
         assert (err.code(), error_reason(err)) == (grpc.StatusCode.PERMISSION_DENIED, "DEIDENTIFIED_USER"), err
         assert "ask an unrestricted user" in (err.details() or "")
+
+
+SESSION_ONLY = [(p, m, r) for p, m, r in EXTERNAL if r.session_only]
+
+
+@pytest.mark.parametrize("path", [p for p, _, _ in SESSION_ONLY])
+async def test_a_session_only_rpc_refuses_an_api_key_in_the_service_itself(
+    path: str, certs: CertBundle, ports: dict[str, int]
+) -> None:
+    """One's own password, second factors and sessions are never changed with an API key, whatever the gateway
+    let through: a leaked key must not lock the owner out."""
+    _, method, rule = next(x for x in SESSION_ONLY if x[0] == path)
+    account = 600_000_000 + secrets.randbelow(100_000_000)
+    err = await _call(certs, ports, method, path, _principal(account, rule, mfa_age=5, session=False))
+    assert err is not None, f"{path} answered an API key"
+    assert (err.code(), error_reason(err)) == (grpc.StatusCode.PERMISSION_DENIED, "SESSION_REQUIRED"), err
+    assert "POST /v1/auth/login" in (err.details() or "")

@@ -41,7 +41,6 @@ STAFF_PASSWORD = "copper falcon tundra 19 mosaic"
 # Every access flag that grants a customer permission (the flags PERMISSION_FLAGS names).
 FLAGS: tuple[str, ...] = tuple(sorted({f for f in PERMISSION_FLAGS.values() if f is not ALWAYS}))
 CUSTOMER_PERMISSIONS: frozenset[str] = frozenset(PERMISSION_FLAGS)
-SELF_PERMISSION = "self.manage"  # "one's own sessions, second factor and password" (PERMISSION_FLAGS)
 # A fresh step-up is renewed before it gets this old (identity's step-up age is 300 s).
 FRESH_FOR_SECONDS = 200
 # A "stale" second factor is this old: far beyond any step-up age the suite runs with.
@@ -73,10 +72,10 @@ def other_permission(permission: str) -> str:
 
 
 def acts_on_own_session(route: Route) -> bool:
-    """Calls that change the caller's own sessions, second factor or password (self.manage, not a read): logout,
+    """Calls that change the caller's own sessions, second factor or password (session_only, not a read): logout,
     revoking sessions, removing the factor... They get a fresh session so they cannot spoil the shared ones."""
     access = access_for(route.rpc_path)
-    return access is not None and access.permission == SELF_PERMISSION and route.http_method != "GET"
+    return access is not None and access.session_only and route.http_method != "GET"
 
 
 def matrix_account(suite: Suite, certs: CertBundle) -> Customer:

@@ -3,10 +3,11 @@ HTTPS gateway against the real suite.
 
 The rows come from the descriptors (`discover_routes`), so a new RPC is covered without editing this file. The
 expected outcome of a row comes only from the RPC's declaration (`svckit.access.access_for`: permission, privileged,
-public, data_out) and the permission tables (identity's PERMISSION_FLAGS and ROLE_PERMISSIONS, the key's scopes):
+public, session_only, data_out) and the permission tables (identity's PERMISSION_FLAGS and ROLE_PERMISSIONS, the
+key's scopes):
 
 - the credential lacks the permission: 403, MISSING_PERMISSION, or API_KEY_SCOPE when the key's owner holds it;
-- `self.manage` ("one's own sessions, second factor and password") with an API key: 403 SESSION_REQUIRED;
+- a `session_only` RPC (one's own sessions, second factors, password) with an API key: 403 SESSION_REQUIRED;
 - a de-identified user on an RPC that sets a standing destination (DATA_OUT_DESTINATION): 403 DEIDENTIFIED_USER;
 - a privileged RPC on a session whose second factor is not recent: 401 with the RFC 9470 step-up challenge;
 - otherwise the call passes authorization: any answer but 401/403 (the calls carry ids that do not exist and an
@@ -31,11 +32,11 @@ from google.protobuf import descriptor
 from gateway.errors import STEP_UP_REASON, forbidden
 from gateway.routes import Route, discover_routes
 from gateway.transcode import Surface
-from svckit.access import DEIDENTIFIED_USER, access_for
+from svckit.access import DEIDENTIFIED_USER, SESSION_REQUIRED, access_for
 from svckit.testing import CertBundle
 from tests.e2e.api_client import Http, Response
 from tests.e2e.conftest import Customer
-from tests.security.actors import ACTOR_KINDS, SELF_PERMISSION, Actor, Actors, matrix_account, reauthentication
+from tests.security.actors import ACTOR_KINDS, Actor, Actors, matrix_account, reauthentication
 from tools.suite import Suite
 
 ROUTES: list[Route] = discover_routes()
@@ -62,10 +63,8 @@ def expected(route: Route, actor: Actor) -> Expect:
     if access.permission not in actor.permissions:
         scoped_out = access.permission in actor.owner_permissions
         return Expect("refused", 403, "API_KEY_SCOPE" if scoped_out else "MISSING_PERMISSION")
-    if access.permission == SELF_PERMISSION and not actor.session:
-        # self.manage is "one's own sessions, second factor and password" (PERMISSION_FLAGS): an API key has no
-        # session, and must never change its user's password or second factor.
-        return Expect("refused", 403, "SESSION_REQUIRED")
+    if access.session_only and not actor.session:
+        return Expect("refused", 403, SESSION_REQUIRED)
     if actor.deidentified and access.sets_destination:
         return Expect("refused", 403, DEIDENTIFIED_USER)
     if access.privileged and actor.session and not actor.fresh_mfa:

@@ -69,3 +69,14 @@ def test_external_rpcs_declare_a_permission_unless_public() -> None:
         if _external(path):
             assert rule.public or rule.permission, f"{path} is reachable from outside without a permission"
             assert "gateway" in rule.allowed_callers, path
+
+
+def test_session_only_rpcs_are_the_self_service_ones() -> None:
+    """One's own password, second factors and sessions: never through an API key (a leaked key must not change
+    them). Every RPC of the self-service permission declares it, and no public RPC does."""
+    for path, rule in RPCS.items():
+        assert rule is not None
+        if rule.permission == "self.manage":
+            assert rule.session_only, f"{path} changes one's own credentials or sessions but is not session_only"
+        if rule.session_only:
+            assert not rule.public and rule.permission, path

@@ -73,6 +73,7 @@ class Access(_message.Message):
     PRIVILEGED_FIELD_NUMBER: _builtins.int
     PUBLIC_FIELD_NUMBER: _builtins.int
     DATA_OUT_FIELD_NUMBER: _builtins.int
+    SESSION_ONLY_FIELD_NUMBER: _builtins.int
     permission: _builtins.str
     """Permission the end-user principal must hold. Empty for internal RPCs."""
     privileged: _builtins.bool
@@ -90,6 +91,11 @@ class Access(_message.Message):
     """How the RPC can move data out of the platform. Every RPC that declares a
     kind here must be privileged (checked by tests/unit/test_policy.py).
     """
+    session_only: _builtins.bool
+    """Only an interactive session may call it, never an API key: one's own
+    password, second factors and sessions (a leaked key must not be able to
+    change them). Refused otherwise with SESSION_REQUIRED by every guard.
+    """
     @_builtins.property
     def allowed_callers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Service names (the last part of the caller's SPIFFE ID,
@@ -104,10 +110,11 @@ class Access(_message.Message):
         privileged: _builtins.bool = ...,
         public: _builtins.bool = ...,
         data_out: Global___DataOut.ValueType = ...,
+        session_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_callers", b"allowed_callers", "data_out", b"data_out", "permission", b"permission", "privileged", b"privileged", "public", b"public"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_callers", b"allowed_callers", "data_out", b"data_out", "permission", b"permission", "privileged", b"privileged", "public", b"public", "session_only", b"session_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
