@@ -119,6 +119,7 @@ async def _keys_rpcs(suite: Suite, certs: Path, seconds: float, concurrency: int
         stub = keys_service_pb2_grpc.KeysServiceStub(ch)
         principal = principal_pb2.Principal(account_id=1, user_id=1, permissions=["api_keys.write", "sms.send"],
                                              auth_method=principal_pb2.AUTH_METHOD_SESSION)
+        principal.mfa_time.GetCurrentTime()  # creating a key is privileged: a session steps up first
         made = await stub.CreateApiKey(pb.CreateApiKeyRequest(name="bench", scopes=["*"]), metadata=(
             ("x-sendsafe-principal-bin", principal.SerializeToString()),))
         verify = pb.VerifyApiKeyRequest(api_key=made.secret, client_address="127.0.0.1")
