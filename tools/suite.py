@@ -83,9 +83,11 @@ class Suite:
     def start(self, timeout: float = 60.0) -> Suite:
         cfg = self.config
         cfg.workdir.mkdir(parents=True, exist_ok=True)
-        if not cfg.ports.get("messaging"):
-            # Audit (started first) sends alert SMS through messaging: messaging's port is known up front.
-            cfg.ports["messaging"] = _free_port()
+        for callee in ("messaging", "identity"):
+            if not cfg.ports.get(callee):
+                # Audit (started first) sends alert SMS through messaging, and messaging (started before
+                # identity) re-checks their owners there: these ports are known up front.
+                cfg.ports[callee] = _free_port()
         try:
             for name in ("audit", "keys", "messaging", "identity"):
                 for replica in range(max(1, cfg.replicas.get(name, 1))):
@@ -144,8 +146,9 @@ class Suite:
         )
         for peer, addr in self.addrs.items():
             env[f"{peer.upper()}_ADDR"] = addr
-        if name == "audit" and "messaging" not in self.addrs and cfg.ports.get("messaging"):
-            env["MESSAGING_ADDR"] = f"127.0.0.1:{cfg.ports['messaging']}"
+        for caller, callee in (("audit", "messaging"), ("messaging", "identity")):
+            if name == caller and callee not in self.addrs and cfg.ports.get(callee):
+                env[f"{callee.upper()}_ADDR"] = f"127.0.0.1:{cfg.ports[callee]}"
         if port_file is not None:
             env["PORT_FILE"] = str(port_file)
         # A fixed port belongs to the first replica; further replicas take any free port.
