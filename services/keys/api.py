@@ -205,6 +205,13 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
             limits_key_id=v.limits_bucket,
         )
 
+    async def CheckApiKey(self, request: pb.CheckApiKeyRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.CheckApiKeyResponse:
+        record = await self.service.check_api_key(request.account_id, request.user_id, request.key_id)
+        if record is None:
+            return pb.CheckApiKeyResponse(active=False)
+        return pb.CheckApiKeyResponse(active=True, key_id=record.key_id, scopes=list(record.scopes))
+
     async def RevokeUserApiKeys(
         self, request: pb.RevokeUserApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> pb.RevokeUserApiKeysResponse:

@@ -634,6 +634,36 @@ def rolled_lifetime(old: ApiKeyRecord, rules: KeyRules) -> timedelta:
     return min(max(old.expire_time - old.create_time, timedelta(seconds=1)), rules.max_lifetime)
 
 
+MAX_LINEAGE_HOPS = 50  # rolls followed from one key to the key that stands for it
+
+
+def check_key_check_request(account_id: int, user_id: int, key_id: str) -> None:
+    """RequestInvalid unless a key of one user of one account is named."""
+    if account_id <= 0:
+        raise RequestInvalid("account_id must be positive")
+    if user_id <= 0:
+        raise RequestInvalid("user_id must be positive")
+    if not valid_key_id(key_id):
+        raise RequestInvalid("key_id is not a key id")
+
+
+def key_in_effect(
+    chain: Sequence[ApiKeyRecord], account_id: int, user_id: int, now: datetime
+) -> ApiKeyRecord | None:
+    """The key that still stands for the first of `chain` (a key, then the keys it was rolled to, in order):
+    the first active one, reached only through keys that expired after being rolled (a roll renews the same
+    credential). A revoked key ends it, rolled or not (revoking says the credential is dead), as does an
+    expired key that was never rolled, or a key of another user or account."""
+    for record in chain:
+        if record.account_id != account_id or record.user_id != user_id or record.revoked(now):
+            return None
+        if record.active(now):
+            return record
+        if not record.rolled_to:
+            return None
+    return None
+
+
 _REVOKE_REASON_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 

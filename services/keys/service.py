@@ -27,6 +27,7 @@ from services.keys.domain import (
     FORMAT_CIPHERTEXT,
     FORMAT_DATA_KEY,
     MAX_BATCH,
+    MAX_LINEAGE_HOPS,
     PEPPER_INFO,
     RECEIPT_SIGNING_INFO,
     VERIFY_ERRORS,
@@ -54,6 +55,7 @@ from services.keys.domain import (
     check_account_id,
     check_blob_account,
     check_issue_request,
+    check_key_check_request,
     check_new_key,
     check_pending_window,
     check_policy,
@@ -63,6 +65,7 @@ from services.keys.domain import (
     destruction_receipt,
     encrypt_small,
     kek_aad,
+    key_in_effect,
     limits_root,
     new_api_key,
     new_key,
@@ -127,6 +130,7 @@ class KeyStore(Protocol):
     async def signing_keys(self) -> list[tuple[str, bytes, datetime]]: ...
     async def insert_api_key(self, record: ApiKeyRecord, before_commit: Callable[[], Awaitable[None]]) -> None: ...
     async def api_key(self, key_id: str) -> ApiKeyRecord | None: ...
+    async def api_key_lineage(self, key_id: str, limit: int) -> list[ApiKeyRecord]: ...
     async def list_api_keys(
         self, account_id: int, user_id: int, *, show_inactive: bool, now: datetime,
         after: tuple[datetime, str] | None, limit: int,
@@ -407,6 +411,12 @@ class Service:
             record.key_id, record.account_id, record.user_id, record.scopes, record.send_limits,
             record.expire_time, valid_for(record, now), record.limits_bucket,
         )
+
+    async def check_api_key(self, account_id: int, user_id: int, key_id: str) -> ApiKeyRecord | None:
+        """The key that still stands for `key_id` of this user (itself, or the key it was rolled to), or None."""
+        check_key_check_request(account_id, user_id, key_id)
+        chain = await self._store.api_key_lineage(key_id, MAX_LINEAGE_HOPS)
+        return key_in_effect(chain, account_id, user_id, self._now())
 
     async def revoke_user_api_keys(self, account_id: int, user_id: int, keep_key_id: str, reason: str) -> list[str]:
         """Revoke every key of one user (but `keep_key_id`) now; the ids revoked by this call.

@@ -343,6 +343,17 @@ class PgKeyStore:
         row = await self._pool.fetchrow(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = $1", key_id)
         return _api_key(row)
 
+    async def api_key_lineage(self, key_id: str, limit: int) -> list[ApiKeyRecord]:
+        """`key_id` and the keys it was rolled to, in order (at most `limit`)."""
+        rows = await self._pool.fetch(
+            f"WITH RECURSIVE chain AS (SELECT {_KEY_COLUMNS}, 1 AS hop FROM api_keys WHERE key_id = $1"
+            f" UNION ALL SELECT {', '.join('k.' + c.strip() for c in _KEY_COLUMNS.split(','))}, chain.hop + 1"
+            " FROM api_keys k JOIN chain ON k.key_id = chain.rolled_to WHERE chain.hop < $2)"
+            f" SELECT {_KEY_COLUMNS} FROM chain ORDER BY hop",
+            key_id, limit,
+        )
+        return [r for r in map(_api_key, rows) if r is not None]
+
     async def list_api_keys(
         self, account_id: int, user_id: int, *, show_inactive: bool, now: datetime,
         after: tuple[datetime, str] | None, limit: int,

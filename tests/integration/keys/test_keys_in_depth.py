@@ -170,6 +170,49 @@ async def test_roll_overlap_is_honoured_to_the_second(stubs: dict[str, Stub], cl
         grpc.StatusCode.FAILED_PRECONDITION, "API_KEY_ALREADY_ROLLED")
 
 
+async def test_check_api_key_follows_rolls_but_not_revocations(stubs: dict[str, Stub], clock: Clock) -> None:
+    """Messaging re-checks the key an alert rule was set with (CheckApiKey): a rolled key stands through its
+    successor once its overlap is over; a revocation anywhere along the chain, an expiry without a roll, or
+    another user's or account's key does not stand."""
+    gw, msg = stubs["gateway"], stubs["messaging"]
+
+    async def check(key_id: str, account: int = 77, user: int = 1) -> tuple[bool, str, list[str]]:
+        got = await msg.CheckApiKey(pb.CheckApiKeyRequest(account_id=account, user_id=user, key_id=key_id))
+        return got.active, got.key_id, list(got.scopes)
+
+    old = (await gw.CreateApiKey(pb.CreateApiKeyRequest(name="ops", scopes=["sms.send", "audit.read"]),
+                                 metadata=as_user(77))).api_key
+    assert await check(old.key_id) == (True, old.key_id, ["audit.read", "sms.send"])
+    assert await check(old.key_id, user=2) == (False, "", [])  # another user's key stands for nobody
+    assert await check(old.key_id, account=78) == (False, "", [])
+    assert await _refused(gw.CheckApiKey(pb.CheckApiKeyRequest(account_id=77, user_id=1, key_id=old.key_id))) == (
+        grpc.StatusCode.PERMISSION_DENIED, "CALLER_NOT_ALLOWED")
+    assert await _refused(msg.CheckApiKey(pb.CheckApiKeyRequest(account_id=77, user_id=1, key_id="nope"))) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+
+    new = (await gw.RollApiKey(pb.RollApiKeyRequest(key_id=old.key_id, overlap_seconds=60),
+                               metadata=as_user(77))).api_key
+    assert (await check(old.key_id))[1] == old.key_id  # still itself during the overlap
+    clock.advance(seconds=61)
+    assert await check(old.key_id) == (True, new.key_id, ["audit.read", "sms.send"])  # then its successor
+    await gw.RevokeApiKey(pb.RevokeApiKeyRequest(key_id=new.key_id), metadata=as_user(77))
+    assert await check(old.key_id) == (False, "", [])
+
+    # Rolled, then the old key revoked during the overlap: revoking says that credential is dead.
+    old = (await gw.CreateApiKey(pb.CreateApiKeyRequest(name="b", scopes=["*"]), metadata=as_user(77))).api_key
+    new = (await gw.RollApiKey(pb.RollApiKeyRequest(key_id=old.key_id, overlap_seconds=60),
+                               metadata=as_user(77))).api_key
+    await gw.RevokeApiKey(pb.RevokeApiKeyRequest(key_id=old.key_id), metadata=as_user(77))
+    assert await check(old.key_id) == (False, "", [])
+    assert await check(new.key_id) == (True, new.key_id, ["*"])
+    # Expired without a roll.
+    short = (await gw.CreateApiKey(pb.CreateApiKeyRequest(name="c", scopes=["sms.send"],
+                                                          expire_time=_ts(clock, hours=1)),
+                                   metadata=as_user(77))).api_key
+    clock.advance(hours=1)
+    assert await check(short.key_id) == (False, "", [])
+
+
 async def test_leak_report_revokes(stubs: dict[str, Stub]) -> None:
     made = await stubs["gateway"].CreateApiKey(pb.CreateApiKeyRequest(name="x", scopes=["*"]), metadata=as_user(75))
     assert await _refused(stubs["identity"].ReportLeakedApiKeys(pb.ReportLeakedApiKeysRequest())) == (

@@ -181,6 +181,13 @@ class FakeStore:
         self.calls.append("api_key")
         return self.api_keys.get(key_id)
 
+    async def api_key_lineage(self, key_id: str, limit: int) -> list[ApiKeyRecord]:
+        chain: list[ApiKeyRecord] = []
+        while key_id in self.api_keys and len(chain) < limit:
+            chain.append(self.api_keys[key_id])
+            key_id = chain[-1].rolled_to
+        return chain
+
     async def list_api_keys(self, account_id: int, user_id: int, *, show_inactive: bool, now: datetime,
                             after: tuple[datetime, str] | None, limit: int) -> list[ApiKeyRecord]:
         rows = sorted((r for r in self.api_keys.values() if r.account_id == account_id and r.user_id == user_id

@@ -618,6 +618,66 @@ class VerifyApiKeyResponse(_message.Message):
 Global___VerifyApiKeyResponse: _TypeAlias = VerifyApiKeyResponse  # noqa: Y015
 
 @_typing.final
+class CheckApiKeyRequest(_message.Message):
+    """The key to check, and whose it must be."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    user_id: _builtins.int
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        user_id: _builtins.int = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "key_id", b"key_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckApiKeyRequest: _TypeAlias = CheckApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class CheckApiKeyResponse(_message.Message):
+    """Whether the key (or its rolled successor) is active, and that key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    active: _builtins.bool
+    key_id: _builtins.str
+    """The key in effect: key_id itself, or the successor it was rolled to
+    (empty when none is active).
+    """
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """That key's scopes ("*" = every permission of its user)."""
+
+    def __init__(
+        self,
+        *,
+        active: _builtins.bool = ...,
+        key_id: _builtins.str = ...,
+        scopes: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "key_id", b"key_id", "scopes", b"scopes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckApiKeyResponse: _TypeAlias = CheckApiKeyResponse  # noqa: Y015
+
+@_typing.final
 class RevokeUserApiKeysRequest(_message.Message):
     """Revoke the keys of one user of one account."""
 

@@ -79,6 +79,11 @@ class KeysServiceStub:
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.VerifyApiKeyRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.VerifyApiKeyResponse.FromString,
                 _registered_method=True)
+        self.CheckApiKey = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/CheckApiKey',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CheckApiKeyRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CheckApiKeyResponse.FromString,
+                _registered_method=True)
         self.RevokeUserApiKeys = channel.unary_unary(
                 '/sendsafe.keys.v1.KeysService/RevokeUserApiKeys',
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysRequest.SerializeToString,
@@ -222,6 +227,18 @@ class KeysServiceServicer:
 
     def VerifyApiKey(self, request, context):
         """Internal: check an API key presented to the gateway, from an address.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckApiKey(self, request, context):
+        """Internal: whether an API key still stands for its user, for messaging
+        to re-check the key an alert rule was set with before each alert SMS.
+        A key that was rolled and has since expired stands through its
+        successor (the same credential, renewed; followed along the chain); a
+        revoked key, an expired key never rolled, or a key of another user or
+        account does not. No secret material either way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -391,6 +408,11 @@ def add_KeysServiceServicer_to_server(servicer, server):
                     servicer.VerifyApiKey,
                     request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.VerifyApiKeyRequest.FromString,
                     response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.VerifyApiKeyResponse.SerializeToString,
+            ),
+            'CheckApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckApiKey,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CheckApiKeyRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CheckApiKeyResponse.SerializeToString,
             ),
             'RevokeUserApiKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeUserApiKeys,
@@ -689,6 +711,33 @@ class KeysService:
             '/sendsafe.keys.v1.KeysService/VerifyApiKey',
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.VerifyApiKeyRequest.SerializeToString,
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.VerifyApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/CheckApiKey',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CheckApiKeyRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CheckApiKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,14 @@ class KeysServiceStub:
     """
     VerifyApiKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.VerifyApiKeyRequest, _keys_service_pb2.VerifyApiKeyResponse]
     """Internal: check an API key presented to the gateway, from an address."""
+    CheckApiKey: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.CheckApiKeyRequest, _keys_service_pb2.CheckApiKeyResponse]
+    """Internal: whether an API key still stands for its user, for messaging
+    to re-check the key an alert rule was set with before each alert SMS.
+    A key that was rolled and has since expired stands through its
+    successor (the same credential, renewed; followed along the chain); a
+    revoked key, an expired key never rolled, or a key of another user or
+    account does not. No secret material either way.
+    """
     RevokeUserApiKeys: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.RevokeUserApiKeysRequest, _keys_service_pb2.RevokeUserApiKeysResponse]
     """Internal: revoke every API key of one user at once (sub-account
     regen-api-key, a user removed or disabled). Idempotent. Gateways drop
@@ -161,6 +169,14 @@ class KeysServiceAsyncStub(KeysServiceStub):
     """
     VerifyApiKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.VerifyApiKeyRequest, _keys_service_pb2.VerifyApiKeyResponse]  # type: ignore[assignment]
     """Internal: check an API key presented to the gateway, from an address."""
+    CheckApiKey: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.CheckApiKeyRequest, _keys_service_pb2.CheckApiKeyResponse]  # type: ignore[assignment]
+    """Internal: whether an API key still stands for its user, for messaging
+    to re-check the key an alert rule was set with before each alert SMS.
+    A key that was rolled and has since expired stands through its
+    successor (the same credential, renewed; followed along the chain); a
+    revoked key, an expired key never rolled, or a key of another user or
+    account does not. No secret material either way.
+    """
     RevokeUserApiKeys: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.RevokeUserApiKeysRequest, _keys_service_pb2.RevokeUserApiKeysResponse]  # type: ignore[assignment]
     """Internal: revoke every API key of one user at once (sub-account
     regen-api-key, a user removed or disabled). Idempotent. Gateways drop
@@ -302,6 +318,20 @@ class KeysServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_keys_service_pb2.VerifyApiKeyResponse, _abc.Awaitable[_keys_service_pb2.VerifyApiKeyResponse]]:
         """Internal: check an API key presented to the gateway, from an address."""
+
+    @_abc_1.abstractmethod
+    def CheckApiKey(
+        self,
+        request: _keys_service_pb2.CheckApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.CheckApiKeyResponse, _abc.Awaitable[_keys_service_pb2.CheckApiKeyResponse]]:
+        """Internal: whether an API key still stands for its user, for messaging
+        to re-check the key an alert rule was set with before each alert SMS.
+        A key that was rolled and has since expired stands through its
+        successor (the same credential, renewed; followed along the chain); a
+        revoked key, an expired key never rolled, or a key of another user or
+        account does not. No secret material either way.
+        """
 
     @_abc_1.abstractmethod
     def RevokeUserApiKeys(
