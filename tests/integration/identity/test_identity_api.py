@@ -198,7 +198,11 @@ async def test_get_user(identity_app: App, audit_app: App, certs: CertBundle) ->
             await stub.GetUser(pb.GetUserRequest(user_id=created.user.user_id + 10_000))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         assert _reason(info.value) == "USER_NOT_FOUND"
-    async with channel_as(certs, "messaging", identity_app.port, "identity") as ch:
+    async with channel_as(certs, "messaging", identity_app.port, "identity") as ch:  # re-checks alert owners
+        got = await identity_service_pb2_grpc.IdentityServiceStub(ch).GetUser(
+            pb.GetUserRequest(user_id=created.user.user_id))
+        assert got.user == created.user
+    async with channel_as(certs, "keys", identity_app.port, "identity") as ch:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await identity_service_pb2_grpc.IdentityServiceStub(ch).GetUser(
                 pb.GetUserRequest(user_id=created.user.user_id)
@@ -207,7 +211,7 @@ async def test_get_user(identity_app: App, audit_app: App, certs: CertBundle) ->
         assert _reason(info.value) == "CALLER_NOT_ALLOWED"
     await identity_app.extras["audit"].flush()  # type: ignore[attr-defined]
     denied = [e for e in await _audit_events(audit_app) if e.action == "rpc.denied" and e.service == "identity"]
-    assert any(e.actor.id == "messaging" and e.resource.id.endswith("/GetUser") for e in denied)
+    assert any(e.actor.id == "keys" and e.resource.id.endswith("/GetUser") for e in denied)
 
 
 async def test_cut_off_from_messaging_get_account_is_unavailable(

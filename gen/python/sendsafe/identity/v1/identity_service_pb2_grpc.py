@@ -96,7 +96,9 @@ class IdentityServiceServicer:
     def GetUser(self, request, context):
         """Internal: a user's authentication facts, for the gateway to complete an
         API-key login (username check, active flag, permissions), and for
-        operator tooling to find an existing user by name (the demo bootstrap).
+        operator tooling to find an existing user by name (the demo bootstrap),
+        and for messaging to re-check an alert rule's owner (still active,
+        still holding sms.send) before each alert SMS sent as that owner.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

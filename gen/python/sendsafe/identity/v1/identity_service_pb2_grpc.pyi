@@ -38,7 +38,9 @@ class IdentityServiceStub:
     GetUser: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.GetUserRequest, _identity_service_pb2.GetUserResponse]
     """Internal: a user's authentication facts, for the gateway to complete an
     API-key login (username check, active flag, permissions), and for
-    operator tooling to find an existing user by name (the demo bootstrap).
+    operator tooling to find an existing user by name (the demo bootstrap),
+    and for messaging to re-check an alert rule's owner (still active,
+    still holding sms.send) before each alert SMS sent as that owner.
     """
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.CreateAccountRequest, _identity_service_pb2.CreateAccountResponse]
     """Internal: create an account with its main user (operator tooling)."""
@@ -73,7 +75,9 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     GetUser: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.GetUserRequest, _identity_service_pb2.GetUserResponse]  # type: ignore[assignment]
     """Internal: a user's authentication facts, for the gateway to complete an
     API-key login (username check, active flag, permissions), and for
-    operator tooling to find an existing user by name (the demo bootstrap).
+    operator tooling to find an existing user by name (the demo bootstrap),
+    and for messaging to re-check an alert rule's owner (still active,
+    still holding sms.send) before each alert SMS sent as that owner.
     """
     CreateAccount: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.CreateAccountRequest, _identity_service_pb2.CreateAccountResponse]  # type: ignore[assignment]
     """Internal: create an account with its main user (operator tooling)."""
@@ -117,7 +121,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_service_pb2.GetUserResponse, _abc.Awaitable[_identity_service_pb2.GetUserResponse]]:
         """Internal: a user's authentication facts, for the gateway to complete an
         API-key login (username check, active flag, permissions), and for
-        operator tooling to find an existing user by name (the demo bootstrap).
+        operator tooling to find an existing user by name (the demo bootstrap),
+        and for messaging to re-check an alert rule's owner (still active,
+        still holding sms.send) before each alert SMS sent as that owner.
         """
 
     @_abc_1.abstractmethod
