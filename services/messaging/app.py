@@ -24,11 +24,11 @@ from sendsafe.messaging.v1 import (
 )
 from services.messaging.api import MessagingServicer, NotificationServicer
 from services.messaging.carriers import Carrier, HttpCarrier, SimulatorCarrier
-from services.messaging.clients import discard, open_audit, open_envelope, tls_of
+from services.messaging.clients import discard, open_audit, open_envelope, open_owners, tls_of
 from services.messaging.config import Settings
 from services.messaging.domain import RateConfig, currency_for, parse_price_table
 from services.messaging.limits import RedisLimiter
-from services.messaging.notifications import Notifications
+from services.messaging.notifications import Notifications, Owners
 from services.messaging.receiver import CallbackReceiver
 from services.messaging.service import (
     DeliveryService,
@@ -111,10 +111,11 @@ async def build(settings: Settings) -> App:
             ),
             record=record,
         )
+        owners = open_owners(settings, stack)
         server = await start_server(
             listen=settings.grpc_listen,
             tls=tls_of(settings),
-            register=lambda s: _register(s, service, pool, record),
+            register=lambda s: _register(s, service, pool, record, owners),
             service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME],
             on_denied=denial_recorder(record, settings.service_name),
             health_listen=settings.health_listen,
@@ -135,10 +136,10 @@ async def build(settings: Settings) -> App:
                extras={"service": service, "store": store, "pool": pool, "stream": stream, "envelope": envelope})
 
 
-def _register(server: Any, service: MessagingService, pool: Any, record: Any) -> None:
+def _register(server: Any, service: MessagingService, pool: Any, record: Any, owners: Owners | None) -> None:
     messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(service), server)
     notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(
-        NotificationServicer(Notifications(service, PgDestinationStore(pool), record)), server)
+        NotificationServicer(Notifications(service, PgDestinationStore(pool), record, owners=owners)), server)
 
 
 async def _final_cleanup(service: MessagingService) -> None:

@@ -13,6 +13,9 @@ class Settings(KitSettings):
     service_name: str = setting("SERVICE_NAME", default="messaging")
     keys_addr: str = setting("KEYS_ADDR", doc="host:port of the keys service (data keys for bodies at rest)")
     data_key_ttl_seconds: float = setting("MESSAGING_DATA_KEY_TTL_SECONDS", default=300.0)
+    identity_addr: str = setting(
+        "IDENTITY_ADDR", default="",
+        doc="host:port of identity: alert SMS re-check their owner there (unset: alert SMS are refused)")
 
     db_pool_size: int = setting("MESSAGING_DB_POOL_SIZE", default=20, doc="PostgreSQL connections per process (max)")
 

@@ -1971,6 +1971,46 @@ class DestinationInvalid(InvalidArgument):
     reason = "DESTINATION_INVALID"
 
 
+class AlertOwnerNotAllowed(FailedPrecondition):
+    reason = "ALERT_OWNER_NOT_ALLOWED"
+
+
+class IdentityNotConfigured(FailedPrecondition):
+    reason = "IDENTITY_NOT_CONFIGURED"
+
+
+SEND_PERMISSION: Final = "sms.send"
+ALL_SCOPES: Final = "*"  # a key scoped "*" (or to nothing) carries every permission of its user
+SESSION_SCOPES: Final = (ALL_SCOPES,)  # a rule set in a session: only the user's own permissions count
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerUser:
+    """An alert rule's owner as identity has it at delivery."""
+
+    account_id: int
+    active: bool
+    permissions: frozenset[str]
+
+
+def owner_refusal(account_id: int, user: OwnerUser | None, key_scopes: Sequence[str] | None) -> str:
+    """Why an alert rule's owner may no longer send as itself ("" when it may): `user` as identity has it now
+    (None: deleted or unknown), `key_scopes` the scopes of the key that still stands for the API key the rule
+    was set with (None: none does, e.g. it was revoked; SESSION_SCOPES for a rule set in a session). The
+    reasons go into the audit event of the refusal, never to the customer as the error's reason."""
+    if user is None or user.account_id != account_id:
+        return "user_not_found"
+    if not user.active:
+        return "user_inactive"
+    if SEND_PERMISSION not in user.permissions:
+        return "sms_send_missing"
+    if key_scopes is None:
+        return "api_key_inactive"
+    if key_scopes and ALL_SCOPES not in key_scopes and SEND_PERMISSION not in key_scopes:
+        return "api_key_scope"
+    return ""
+
+
 @dataclass(frozen=True, slots=True)
 class Destination:
     destination_id: str

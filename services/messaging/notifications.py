@@ -7,6 +7,11 @@ and delivered exactly like the owner's own sends (from the shared sender, source
 `cause` marks the delivery events it causes, which alert rules never match. Only a destination the
 account verified (a code sent to it, as a send by the customer, entered back) is notified. Email is
 refused until messaging sends email.
+
+The owner's rights are checked again at every delivery, not only when the rule was set: identity must still
+have the user active and holding sms.send, and keys the API key the rule was set with (or the key it was
+rolled to) still active and scoped to it. Otherwise the alert is refused as ALERT_OWNER_NOT_ALLOWED (audit
+records the delivery as failed, for good) with an audit event that says which check failed.
 """
 
 from __future__ import annotations
@@ -16,12 +21,15 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from sendsafe.audit.v1 import event_pb2
 from services.messaging.domain import (
     ALERT_DELIVERY,
     DESTINATION_CODE_ATTEMPTS,
     DESTINATION_CODE_TTL_SECONDS,
     DESTINATION_CODES_PER_HOUR,
     DESTINATION_VERIFICATION,
+    SESSION_SCOPES,
+    AlertOwnerNotAllowed,
     Caller,
     Destination,
     DestinationAttemptsExceeded,
@@ -31,14 +39,17 @@ from services.messaging.domain import (
     DestinationInvalid,
     DestinationNotFound,
     DestinationNotVerified,
+    IdentityNotConfigured,
     InvalidAccountId,
     MessageStatusCode,
     OutboundInput,
+    OwnerUser,
     SendLimits,
     check_destination_code,
     destination_code_hash,
     mask_number,
     new_destination_code,
+    owner_refusal,
     parse_recipient,
     verification_text,
 )
@@ -57,6 +68,13 @@ class ChannelNotAvailable(FailedPrecondition):
 
 class NotificationRejected(FailedPrecondition):
     reason = "NOTIFICATION_REJECTED"
+
+
+class Owners(Protocol):
+    """What identity and keys say now about an alert rule's owner."""
+
+    async def user(self, user_id: int) -> OwnerUser | None: ...
+    async def key_scopes(self, account_id: int, user_id: int, key_id: str) -> tuple[str, ...] | None: ...
 
 
 class DestinationStore(Protocol):
@@ -79,9 +97,10 @@ def _e164(to: str) -> str:
 
 class Notifications:
     def __init__(self, messaging: MessagingService, destinations: DestinationStore, record: Record | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, owners: Owners | None = None) -> None:
         self._messaging = messaging
         self._destinations = destinations
+        self._owners = owners
         self._record = record
         self._clock = clock
 
@@ -95,9 +114,34 @@ class Notifications:
     async def _hash(self, account_id: int, e164: str) -> bytes:
         return (await self._messaging.keys.indexer(account_id))(e164)
 
+    async def _check_owner(self, account_id: int, owner: Caller | None) -> Caller:
+        """`owner`, if it may still send as itself now (see the module's doc), else AlertOwnerNotAllowed."""
+        if owner is None or owner.user_id <= 0:
+            why = "no_owner"
+        elif self._owners is None:
+            raise IdentityNotConfigured("messaging cannot check alert owners: IDENTITY_ADDR is not set")
+        else:
+            user = await self._owners.user(owner.user_id)
+            scopes = (await self._owners.key_scopes(account_id, owner.user_id, owner.api_key_id)
+                      if owner.api_key_id else SESSION_SCOPES)
+            why = owner_refusal(account_id, user, scopes)
+        if not why:
+            assert owner is not None
+            return owner
+        if self._record is not None:
+            event = new_event(SERVICE, "messaging.notification.refused", outcome=event_pb2.OUTCOME_FAILURE,
+                              resource_type="user", resource_id=str(owner.user_id if owner else 0),
+                              error_reason=AlertOwnerNotAllowed.reason, account_id=account_id,
+                              details={"check": why, "api_key_id": owner.api_key_id if owner else ""})
+            event.cause = ALERT_DELIVERY  # evidence of an alert delivery: no alert rule matches it
+            await self._record(event)
+        raise AlertOwnerNotAllowed(
+            "the alert rule's owner may no longer send SMS (user disabled or removed, sms.send withdrawn, or the"
+            " API key the rule was set with revoked or expired): set the rule again as a user who may")
+
     async def send(self, account_id: int, channel: int, to: str, body: str, owner: Caller | None = None) -> str:
-        """Send one notification as `owner` (the rule's owner; the account itself when the caller names
-        none); returns the message id. Only to a destination the account verified."""
+        """Send one notification as `owner` (the rule's owner, who must still be allowed to send); returns the
+        message id. Only to a destination the account verified."""
         if account_id <= 0:
             raise InvalidAccountId("account_id must be a positive account id")
         if channel != SMS:
@@ -108,7 +152,7 @@ class Notifications:
             raise NotificationRejected("the notification was not accepted", status="BAD_RECIPIENT") from None
         if not await self._destinations.is_verified(account_id, SMS, await self._hash(account_id, e164)):
             raise DestinationNotVerified("the account has not verified this destination")
-        caller = owner or Caller(account_id, 0, SOURCE)
+        caller = await self._check_owner(account_id, owner)
         caller = Caller(account_id, caller.user_id, caller.api_username, api_key_id=caller.api_key_id,
                         limits=caller.limits, cause=ALERT_DELIVERY)
         result = await self._messaging.send_sms(caller, [OutboundInput(body=body, to=e164, source=SOURCE)])

@@ -1,5 +1,5 @@
 """Fixtures for the messaging integration tests: the real messaging API and worker over mTLS, real
-PostgreSQL and Redis, and the real audit and keys services."""
+PostgreSQL and Redis, and the real audit, keys and identity services."""
 
 from __future__ import annotations
 
@@ -39,6 +39,26 @@ async def keys_addr(certs: CertBundle, new_database: NewDatabase, audit_app: App
     await app.stop()
 
 
+@pytest.fixture(scope="session")
+async def identity_app(certs: CertBundle, new_database: NewDatabase, audit_app: App, keys_addr: str
+                       ) -> AsyncIterator[App]:
+    """The real identity service (alert SMS re-check their owner there), with the same keys service. Its own
+    calls to messaging (balances) are not used here: that address answers nothing."""
+    from services.identity.app import build as build_identity
+    from services.identity.config import Settings as IdentitySettings
+    from tests.integration.identity.fakes import closed_port
+
+    tls = certs.tls("identity")
+    app = await build_identity(IdentitySettings(
+        tls_cert_file=tls.cert, tls_key_file=tls.key, tls_ca_file=tls.ca,
+        database_url=await new_database("msg_identity"), audit_addr=f"127.0.0.1:{audit_app.port}",
+        messaging_addr=f"127.0.0.1:{closed_port()}", keys_addr=keys_addr,
+        argon2_time_cost=1, argon2_memory_kib=8192,  # passwords only need to exist here
+    ))
+    yield app
+    await app.stop()
+
+
 @dataclass
 class Messaging:
     settings: Settings
@@ -64,13 +84,14 @@ class Messaging:
 
 @pytest.fixture
 async def messaging_settings(
-    certs: CertBundle, new_database: NewDatabase, redis_url: str, redis_prefix: str, audit_app: App, keys_addr: str
+    certs: CertBundle, new_database: NewDatabase, redis_url: str, redis_prefix: str, audit_app: App, keys_addr: str,
+    identity_app: App,
 ) -> Settings:
     tls = certs.tls("messaging")
     return Settings(
         tls_cert_file=tls.cert, tls_key_file=tls.key, tls_ca_file=tls.ca,
         database_url=await new_database("messaging"), redis_url=redis_url, redis_prefix=redis_prefix,
-        audit_addr=f"127.0.0.1:{audit_app.port}", keys_addr=keys_addr,
+        audit_addr=f"127.0.0.1:{audit_app.port}", keys_addr=keys_addr, identity_addr=f"127.0.0.1:{identity_app.port}",
         relay_interval_seconds=0.2, outbox_grace_seconds=1.0, reclaim_idle_ms=1000, redeliver_seconds=1.0,
         worker_block_ms=200,
         sim_receipt_delay_ms=100, retry_base_ms=50, retry_cap_ms=200, shutdown_grace_seconds=1.0,

@@ -1,12 +1,14 @@
-"""Notifications are sends (issue 12): verified destinations, alert SMS sent as the rule's owner, and a
-real audit service and messaging together over mTLS (an alert never feeds on its own SMS). Real
-PostgreSQL, Redis, keys and audit."""
+"""Notifications are sends (issue 12): verified destinations, alert SMS sent as the rule's owner (re-checked at
+every delivery with identity and keys), and a real audit service and messaging together over mTLS (an alert
+never feeds on its own SMS). Real PostgreSQL, Redis, keys, identity and audit."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -14,20 +16,68 @@ from typing import Any
 import grpc
 import pytest
 
-from sendsafe.audit.v1 import alert_pb2, audit_service_pb2, audit_service_pb2_grpc
+from sendsafe.audit.v1 import alert_pb2, audit_service_pb2, audit_service_pb2_grpc, event_pb2
 from sendsafe.context.v1 import principal_pb2
+from sendsafe.identity.v1 import identity_service_pb2 as ipb
+from sendsafe.identity.v1 import identity_service_pb2_grpc, staff_service_pb2, staff_service_pb2_grpc
+from sendsafe.keys.v1 import keys_service_pb2 as kpb
+from sendsafe.keys.v1 import keys_service_pb2_grpc
 from sendsafe.messaging.v1 import messaging_service_pb2 as mpb
 from sendsafe.messaging.v1 import notification_service_pb2 as npb
 from sendsafe.messaging.v1 import notification_service_pb2_grpc
+from services.keys.domain import parse_api_key
 from services.messaging.domain import BODY_RECORD
 from svckit.app import App
 from svckit.envelope import aad_for
-from svckit.testing import CertBundle, NewDatabase
+from svckit.testing import CertBundle, NewDatabase, stepped_up_now
 from tests.conftest import channel_as
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.test_api import REAL_NUMBER, TEST_NUMBER, reason_of, sms, stub_for
 
 SMS, EMAIL = npb.NOTIFICATION_CHANNEL_SMS, npb.NOTIFICATION_CHANNEL_EMAIL
+PASSWORD = "quartz meadow ladder 42 ripple"
+Metadata = tuple[tuple[str, bytes], ...]
+
+
+def _md(**principal: Any) -> Metadata:
+    p = principal_pb2.Principal(request_id=uuid.uuid4().hex, client_address="203.0.113.9", **principal)
+    return (("x-sendsafe-principal-bin", p.SerializeToString()),)
+
+
+@dataclass
+class Owner:
+    """A real user of a real account (identity) with a real API key (keys): who an alert rule belongs to."""
+
+    account_id: int
+    user_id: int
+    api_username: str
+    key_id: str
+    admin: Metadata  # the account's main user, through an API key, as the gateway forwards it
+
+    def proto(self, **limits: Any) -> npb.NotificationOwner:
+        return npb.NotificationOwner(user_id=self.user_id, api_username=self.api_username, api_key_id=self.key_id,
+                                     send_limits=principal_pb2.SendLimits(**limits) if limits else None)
+
+
+async def new_owner(certs: CertBundle, identity: App, account_id: int = 0, admin: Metadata = ()) -> Owner:
+    """A sub-account holding access_sms, with its first API key, in a new account (or in `account_id`)."""
+    name = f"owner{uuid.uuid4().hex[:10]}"
+    async with channel_as(certs, "ops", identity.port, "identity") as ops, \
+            channel_as(certs, "gateway", identity.port, "identity") as gw:
+        if not account_id:
+            made = await identity_service_pb2_grpc.IdentityServiceStub(ops).CreateAccount(ipb.CreateAccountRequest(
+                account_name="Owners Pty Ltd", api_username=f"main{name}", email=f"main{name}@example.com",
+                country="AU"))
+            account_id = made.account_id
+            admin = _md(account_id=account_id, user_id=made.user.user_id, api_username=made.user.api_username,
+                        permissions=list(made.user.permissions), auth_method=principal_pb2.AUTH_METHOD_API_KEY,
+                        api_key_id="main-key")
+        sub = (await identity_service_pb2_grpc.IdentityServiceStub(gw).CreateSubaccount(ipb.CreateSubaccountRequest(
+            api_username=name, password=PASSWORD, email=f"{name}@example.com", first_name="Al", last_name="Erts",
+            access_sms=1), metadata=admin)).subaccount
+    parts = parse_api_key(sub.api_key)
+    assert parts is not None
+    return Owner(account_id, sub.subaccount_id, sub.api_username, parts.key_id, admin)
 
 
 async def until(check: Callable[[], Awaitable[Any]], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -149,20 +199,17 @@ async def test_destinations_are_verified_by_a_code_sent_as_the_customer(messagin
         assert not any(REAL_NUMBER[1:] in str(e) or TEST_NUMBER[1:] in str(e) for e in events)
 
 
-async def test_audit_sends_an_alert_sms_as_the_rule_owner(messaging: Messaging, certs: CertBundle) -> None:
-    account = 4101
+async def test_audit_sends_an_alert_sms_as_the_rule_owner(messaging: Messaging, certs: CertBundle,
+                                                            identity_app: App) -> None:
+    owner = await new_owner(certs, identity_app)
+    account = owner.account_id
     async with channel_as(certs, "gateway", messaging.api.port, "messaging") as gw, \
             channel_as(certs, "audit", messaging.api.port, "messaging") as ch:
         stub = notification_service_pb2_grpc.NotificationServiceStub(ch)
-        owner = npb.NotificationOwner(user_id=9, api_username="bob", api_key_id="key-9")
 
         def alert(to: str = REAL_NUMBER, channel: int = SMS, **limits: Any) -> npb.SendNotificationRequest:
-            o = npb.NotificationOwner()
-            o.CopyFrom(owner)
-            if limits:
-                o.send_limits.CopyFrom(principal_pb2.SendLimits(**limits))
             return npb.SendNotificationRequest(account_id=account, channel=channel, to=to, body="SendSafe alert: x",
-                                               notification_id="n1", owner=o)
+                                               notification_id="n1", owner=owner.proto(**limits))
 
         with pytest.raises(grpc.aio.AioRpcError) as info:  # not verified yet
             await stub.SendNotification(alert())
@@ -178,7 +225,7 @@ async def test_audit_sends_an_alert_sms_as_the_rule_owner(messaging: Messaging, 
         row = await messaging.pool.fetchrow(
             "SELECT account_id, user_id, api_username, price, cause FROM messages WHERE id = $1::uuid", sent.message_id)
         assert (row["account_id"], row["user_id"], row["api_username"], row["cause"]) == (
-            account, 9, "bob", "alert_delivery")
+            account, owner.user_id, owner.api_username, "alert_delivery")
         assert row["price"] > 0  # charged like the owner's own send
 
         # The owner's key limits hold: a key allowed only NZ numbers cannot be used to reach an AU one.
@@ -194,6 +241,83 @@ async def test_audit_sends_an_alert_sms_as_the_rule_owner(messaging: Messaging, 
         assert reason_of(info.value) == "NOTIFICATION_REJECTED"
 
 
+async def test_alert_sms_recheck_their_owner_at_delivery(
+    messaging: Messaging, certs: CertBundle, identity_app: App, keys_addr: str, audit_app: App
+) -> None:
+    """The owner's rights are checked when each alert goes out, not only when the rule was set: an owner whose
+    API key was revoked, whose access_sms was withdrawn, or whom staff disabled no longer gets alert SMS sent
+    (charged to the account) in its name; nor does a notification that names no owner. Each is refused as
+    ALERT_OWNER_NOT_ALLOWED (FAILED_PRECONDITION, which audit does not retry), nothing is sent, and an audit
+    event says which check failed. The same owners' alerts went out before the change."""
+    revoked = await new_owner(certs, identity_app)
+    account, admin = revoked.account_id, revoked.admin
+    stripped, disabled, healthy = [await new_owner(certs, identity_app, account, admin) for _ in range(3)]
+    keys_port = int(keys_addr.rsplit(":", 1)[1])
+    async with channel_as(certs, "gateway", messaging.api.port, "messaging") as gw, \
+            channel_as(certs, "audit", messaging.api.port, "messaging") as ch, \
+            channel_as(certs, "gateway", identity_app.port, "identity") as igw, \
+            channel_as(certs, "ops", identity_app.port, "identity") as iops, \
+            channel_as(certs, "gateway", keys_port, "keys") as kgw:
+        stub = notification_service_pb2_grpc.NotificationServiceStub(ch)
+        await verify(messaging, notification_service_pb2_grpc.NotificationServiceStub(gw), account, REAL_NUMBER)
+
+        def alert(owner: Owner | None) -> npb.SendNotificationRequest:
+            return npb.SendNotificationRequest(
+                account_id=account, channel=SMS, to=REAL_NUMBER, body="SendSafe alert: x",
+                notification_id=uuid.uuid4().hex, owner=owner.proto() if owner else None)
+
+        async def alert_rows() -> list[Any]:
+            return list(await messaging.pool.fetch(
+                "SELECT user_id FROM messages WHERE account_id = $1 AND cause = 'alert_delivery'", account))
+
+        for owner in (revoked, stripped, disabled, healthy):  # all allowed to begin with
+            await stub.SendNotification(alert(owner))
+        assert len(await alert_rows()) == 4
+
+        # The key the rule was set with is revoked (by its user); sms access is withdrawn (by the main user);
+        # the user is disabled (by staff).
+        await keys_service_pb2_grpc.KeysServiceStub(kgw).RevokeApiKey(
+            kpb.RevokeApiKeyRequest(key_id=revoked.key_id),
+            metadata=_md(account_id=account, user_id=revoked.user_id, permissions=["api_keys.write"],
+                         auth_method=principal_pb2.AUTH_METHOD_API_KEY, api_key_id=revoked.key_id))
+        await identity_service_pb2_grpc.IdentityServiceStub(igw).UpdateSubaccount(
+            ipb.UpdateSubaccountRequest(subaccount_id=stripped.user_id, access_sms=0), metadata=admin)
+        staff_name = f"staff{uuid.uuid4().hex[:8]}"
+        staff = (await staff_service_pb2_grpc.StaffServiceStub(iops).CreateStaffUser(
+            staff_service_pb2.CreateStaffUserRequest(
+                username=staff_name, email=f"{staff_name}@sendsafe.example", display_name="Agent",
+                role=staff_service_pb2.STAFF_ROLE_SUPPORT_AGENT, password=PASSWORD))).staff_user
+        as_staff = _md(user_id=staff.staff_id, api_username=staff_name, staff=True,
+                       permissions=["staff.accounts.write"], auth_method=principal_pb2.AUTH_METHOD_SESSION,
+                       session_id="s1", mfa_time=stepped_up_now())
+        await staff_service_pb2_grpc.StaffServiceStub(igw).SetCustomerUserStatus(
+            staff_service_pb2.SetCustomerUserStatusRequest(account_id=account, user_id=disabled.user_id, active=False,
+                                                           reason="ticket 7: integration test"), metadata=as_staff)
+
+        for owner in (revoked, stripped, disabled, None):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.SendNotification(alert(owner))
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION, owner
+            assert reason_of(info.value) == "ALERT_OWNER_NOT_ALLOWED", owner
+        await stub.SendNotification(alert(healthy))  # the others' refusals are theirs alone
+        assert [r["user_id"] for r in await alert_rows()].count(healthy.user_id) == 2
+        assert len(await alert_rows()) == 5  # nothing sent (or charged) for the refused ones
+
+    async with channel_as(certs, "gateway", audit_app.port, "audit") as ach:
+        audit_stub = audit_service_pb2_grpc.AuditServiceStub(ach)
+
+        async def refusals() -> list[event_pb2.Event]:
+            got = await audit_stub.ListEvents(audit_service_pb2.ListEventsRequest(
+                action="messaging.notification.refused"), metadata=principal_md(account, "audit.read"))
+            return list(got.events) if len(got.events) == 4 else []
+
+        events = await until(refusals, what="the refusals' audit events")
+    assert {(e.resource.id, e.details["check"]) for e in events} == {
+        (str(revoked.user_id), "api_key_inactive"), (str(stripped.user_id), "sms_send_missing"),
+        (str(disabled.user_id), "user_inactive"), ("0", "no_owner")}
+    assert all(e.cause == "alert_delivery" and e.error_reason == "ALERT_OWNER_NOT_ALLOWED" for e in events)
+
+
 async def test_only_audit_may_send_notifications(messaging: Messaging, certs: CertBundle) -> None:
     async with channel_as(certs, "gateway", messaging.api.port, "messaging") as ch:
         stub = notification_service_pb2_grpc.NotificationServiceStub(ch)
@@ -206,7 +330,7 @@ async def test_only_audit_may_send_notifications(messaging: Messaging, certs: Ce
 
 
 async def test_an_alert_on_sent_sms_does_not_feed_on_its_own_sms(
-    messaging: Messaging, certs: CertBundle, new_database: NewDatabase
+    messaging: Messaging, certs: CertBundle, new_database: NewDatabase, identity_app: App
 ) -> None:
     """Real audit (alert engine, deliveries) + real messaging API and worker, over mTLS both ways."""
     from services.audit.app import build
@@ -218,7 +342,8 @@ async def test_an_alert_on_sent_sms_does_not_feed_on_its_own_sms(
         messaging_addr=f"127.0.0.1:{messaging.api.port}", poll_seconds=0.1, retry_base_seconds=0.05,
         checkpoint_min_interval_seconds=0, verify_interval_seconds=0))
     worker = await messaging.start_worker(audit_addr=f"127.0.0.1:{audit.port}")
-    account = 4121
+    owner = await new_owner(certs, identity_app)
+    account = owner.account_id
     try:
         async with channel_as(certs, "gateway", messaging.api.port, "messaging") as gw, \
                 channel_as(certs, "gateway", audit.port, "audit") as ach:
@@ -238,7 +363,8 @@ async def test_an_alert_on_sent_sms_does_not_feed_on_its_own_sms(
 
             await until(sent_events, what="the verification SMS's delivery event")
             await until(caught_up, what="the alert engine")
-            md = principal_md(account, "audit.manage", "audit.read", "sms.send", user_id=31, api_key_id="key-31")
+            md = principal_md(account, "audit.manage", "audit.read", "sms.send", user_id=owner.user_id,
+                              api_username=owner.api_username, api_key_id=owner.key_id)
             rule = (await audit_stub.CreateAlertRule(audit_service_pb2.CreateAlertRuleRequest(rule=alert_pb2.AlertRule(
                 name="every send", actions=["messaging.sms.sent"], sms_to=REAL_NUMBER)), metadata=md)).rule
             balance = await messaging.pool.fetchval("SELECT balance FROM balances WHERE account_id = $1", account)
@@ -261,7 +387,7 @@ async def test_an_alert_on_sent_sms_does_not_feed_on_its_own_sms(
             assert [a.rule_id for a in alerts] == [rule.rule_id]  # one alert: for "hello", not for itself
             assert await messaging.pool.fetchval(
                 "SELECT count(*) FROM messages WHERE account_id = $1 AND cause = 'alert_delivery'", account) == 1
-            assert alert_row["user_id"] == 31 and alert_row["price"] > 0
+            assert alert_row["user_id"] == owner.user_id and alert_row["price"] > 0
             text = await body_of(messaging, account, alert_row["id"])
             when = datetime.now(UTC).strftime("%Y-%m-%d")
             assert text.startswith(f"SendSafe alert: rule {rule.rule_id} matched 1 event(s) (messaging.sms.sent) at "

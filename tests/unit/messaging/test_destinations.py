@@ -25,3 +25,23 @@ def test_the_stored_code_is_keyed_and_bound_to_its_destination() -> None:
     assert h != d.destination_code_hash(key, "dest-2", "123456")
     assert h != d.destination_code_hash(b"j" * 32, "dest-1", "123456")
     assert b"123456" not in h and d.check_destination_code(" 123456 ") == "123456"
+
+
+_SENDER = d.OwnerUser(account_id=5, active=True, permissions=frozenset({"sms.send", "sms.read"}))
+
+
+@pytest.mark.parametrize(("user", "scopes", "why"), [
+    (_SENDER, d.SESSION_SCOPES, ""),
+    (_SENDER, ("sms.send",), ""),
+    (_SENDER, (), ""),  # a key scoped to nothing carries every permission of its user
+    (None, d.SESSION_SCOPES, "user_not_found"),
+    (d.OwnerUser(6, True, frozenset({"sms.send"})), d.SESSION_SCOPES, "user_not_found"),  # another account's
+    (d.OwnerUser(5, False, frozenset({"sms.send"})), d.SESSION_SCOPES, "user_inactive"),
+    (d.OwnerUser(5, True, frozenset({"sms.read"})), d.SESSION_SCOPES, "sms_send_missing"),
+    (_SENDER, None, "api_key_inactive"),
+    (_SENDER, ("audit.manage", "audit.read"), "api_key_scope"),
+])
+def test_an_alert_owner_must_still_be_allowed_to_send(
+    user: d.OwnerUser | None, scopes: tuple[str, ...] | None, why: str
+) -> None:
+    assert d.owner_refusal(5, user, scopes) == why
