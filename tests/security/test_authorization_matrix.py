@@ -22,7 +22,6 @@ Every call lands in an account of its own in test mode (test hooks allowed, noth
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +32,8 @@ from gateway.errors import STEP_UP_REASON, forbidden
 from gateway.routes import Route, discover_routes
 from gateway.transcode import Surface
 from svckit.access import DEIDENTIFIED_USER, SESSION_REQUIRED, access_for
-from svckit.testing import CertBundle
 from tests.e2e.api_client import Http, Response
-from tests.e2e.conftest import Customer
-from tests.security.actors import ACTOR_KINDS, Actor, Actors, matrix_account, reauthentication
-from tools.suite import Suite
+from tests.security.actors import ACTOR_KINDS, Actor, Actors, reauthentication
 
 ROUTES: list[Route] = discover_routes()
 PASSES = "passes authorization"
@@ -77,21 +73,6 @@ def _row_id(route: Route, kind: str) -> str:
 
 
 ROWS = [(route, kind) for route in ROUTES for kind in ACTOR_KINDS]
-
-
-@pytest.fixture(scope="module")
-def account(suite: Suite, certs: CertBundle) -> Customer:
-    return matrix_account(suite, certs)
-
-
-@pytest.fixture(scope="module")
-def http(account: Customer) -> Http:
-    return Http(account.url, str(account.ca))
-
-
-@pytest.fixture(scope="module")
-def actors(suite: Suite, account: Customer, certs: CertBundle, http: Http) -> Iterator[Actors]:
-    yield Actors(suite, account, certs, http)
 
 
 @pytest.fixture(scope="module")

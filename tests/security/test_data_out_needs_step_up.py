@@ -9,36 +9,17 @@ user with a fresh step-up gets past the check (so the refusals are the step-up, 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from gateway.errors import STEP_UP_REASON
-from svckit.testing import CertBundle
 from tests.e2e.api_client import Http, Response
-from tests.e2e.conftest import Customer
-from tests.security.actors import Actor, Actors, matrix_account
-from tools.suite import Suite
+from tests.security.actors import Actor, Actors
 
 ATTACKER_URL = "https://siem.attacker.example/ingest"
 RULE_NAME = "exfiltrate everything"
 PERMISSION = "audit.manage"
-
-
-@pytest.fixture(scope="module")
-def account(suite: Suite, certs: CertBundle) -> Customer:
-    return matrix_account(suite, certs)
-
-
-@pytest.fixture(scope="module")
-def http(account: Customer) -> Http:
-    return Http(account.url, str(account.ca))
-
-
-@pytest.fixture(scope="module")
-def actors(suite: Suite, account: Customer, certs: CertBundle, http: Http) -> Iterator[Actors]:
-    yield Actors(suite, account, certs, http)
 
 
 def _attempts(http: Http, headers: dict[str, str]) -> dict[str, Response]:
