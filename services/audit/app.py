@@ -14,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sendsafe.audit.v1 import audit_service_pb2, audit_service_pb2_grpc, event_pb2
-from services.audit import background, metrics
+from services.audit import metrics
 from services.audit.api import AuditServicer
 from services.audit.clients import open_notifier
 from services.audit.config import Settings
@@ -23,6 +23,7 @@ from services.audit.merkle import Signer, Verifier
 from services.audit.notify import HttpsWebhooks
 from services.audit.service import AlertService, ForwardingService, LogService
 from services.audit.store import PgAlertStore, PgEventStore, role_setter
+from svckit import tasks
 from svckit.app import App, serve
 from svckit.audit import denial_recorder
 from svckit.config import load
@@ -116,17 +117,17 @@ async def build(settings: Settings) -> App:
 
         idle = settings.poll_seconds
         # Alerts follow their events within a quarter of a second; a backlog is taken batch after batch.
-        background.spawn(stack, background.drain("alert engine", evaluate, engine_wake, idle, settle=0.25,
+        tasks.spawn(stack, tasks.drain("alert engine", evaluate, engine_wake, idle, settle=0.25,
                                                  full=alerts.batch), "alert-engine")
-        background.spawn(stack, background.drain("alert delivery", alerts.deliver_due, delivery_wake, idle),
+        tasks.spawn(stack, tasks.drain("alert delivery", alerts.deliver_due, delivery_wake, idle),
                          "alert-delivery")
-        background.spawn(stack, background.drain("forwarding", forwarding.forward_due, forward_wake, idle,
+        tasks.spawn(stack, tasks.drain("forwarding", forwarding.forward_due, forward_wake, idle,
                                                  settle=0.1), "forwarding")
-        background.spawn(stack, background.every("checkpoint", settings.checkpoint_interval_seconds,
+        tasks.spawn(stack, tasks.every("checkpoint", settings.checkpoint_interval_seconds,
                                                  log.sign_checkpoint), "checkpoints")
         if settings.verify_interval_seconds > 0:
             # The first full check soon after start, so the integrity metric is there from the outset.
-            background.spawn(stack, background.every("verification", settings.verify_interval_seconds,
+            tasks.spawn(stack, tasks.every("verification", settings.verify_interval_seconds,
                                                      log.verify_log, first=min(30.0, settings.verify_interval_seconds)),
                              "verification")
         await log.sign_checkpoint()  # a fresh anchor under this process's key

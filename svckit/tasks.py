@@ -1,5 +1,6 @@
-"""The audit service's background work: the alert engine, notification delivery, SIEM forwarding,
-periodic checkpoints and verification. Each loop survives its step failing (logged, retried)."""
+"""Background work of every process, in one place: `spawn` a task that the process's exit stack cancels
+and awaits on shutdown, `every` N seconds, or `drain` a queue while it has work and wait for a wake-up
+otherwise. Each loop survives its step failing (logged, retried)."""
 
 from __future__ import annotations
 
