@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 from sendsafe.audit.v1 import event_pb2
 from services.messaging.carriers import Carrier
@@ -109,12 +109,11 @@ from services.messaging.domain import (
 from svckit.audit import new_event
 from svckit.envelope import DecryptFailed, aad_for
 from svckit.errors import PermissionDenied
+from svckit.groupcommit import GroupCommit
 from svckit.webhooks import Attempt, check_destination, new_secret, signed_headers
 
 _LOG = logging.getLogger(__name__)
 SERVICE = "messaging"
-T = TypeVar("T")
-R = TypeVar("R")
 TEST_INBOUND_BODY = "This is a test inbound message."
 TEST_INBOUND_FROM = "+61411111111"
 TEST_INBOUND_TO = "+61422222222"
@@ -339,48 +338,6 @@ class Replies:
 
 
 # -- API process ------------------------------------------------------------------------------------------
-
-
-class GroupCommit(Generic[T, R]):
-    """Runs one `commit(batch)` for all submissions that arrive while the previous one is running.
-
-    The first submission commits at once (no added latency when idle); under load, requests that
-    queued up meanwhile share the next commit, so a busy account's balance is locked once per batch
-    instead of once per request and the database and stream see one write per batch. A failed commit
-    fails every submission in it (nothing of that batch was stored).
-    """
-
-    def __init__(self, commit: Callable[[list[T]], Awaitable[list[R]]], *, max_batch: int = 200) -> None:
-        self._commit = commit
-        self._max_batch = max_batch
-        self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._draining = False
-
-    async def submit(self, item: T) -> R:
-        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, fut))
-        if not self._draining:
-            self._draining = True
-            # The drain outlives a cancelled caller: a commit in flight always completes or fails whole.
-            asyncio.get_running_loop().create_task(self._drain())
-        return await asyncio.shield(fut)
-
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
-                try:
-                    results = await self._commit([item for item, _ in batch])
-                except Exception as exc:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for (_, fut), result in zip(batch, results, strict=True):
-                    if not fut.done():
-                        fut.set_result(result)
-        finally:
-            self._draining = False
 
 
 @dataclass

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.messaging.service import GroupCommit
+from svckit.groupcommit import GroupCommit
 
 
 async def test_idle_submission_commits_alone_and_at_once() -> None:
