@@ -1,0 +1,48 @@
+"""Reading a SendSafe error back from a failed gRPC call: the google.rpc.Status in the
+`grpc-status-details-bin` trailer (decoded by `grpc_status`) and its `ErrorInfo` (reason, domain, metadata).
+
+A missing, malformed or inconsistent trailer (a transport failure, a proxy, a foreign server) reads as
+absent: callers then fall back to the status code alone. The one place that writes these details is
+svckit/server.py.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+def rich_status(err: object) -> status_pb2.Status | None:
+    """The google.rpc.Status a failed call (`grpc.RpcError` / `grpc.aio.AioRpcError`) carries, or None."""
+    if not hasattr(err, "trailing_metadata") or not hasattr(err, "code"):
+        return None
+    try:
+        return rpc_status.from_call(err)
+    except (ValueError, DecodeError, TypeError, AttributeError):
+        return None
+
+
+def error_info(err: object) -> error_details_pb2.ErrorInfo | None:
+    """The first ErrorInfo of a failed call's rich status, or None."""
+    status = rich_status(err)
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+def error_reason(err: object) -> str:
+    """The ErrorInfo reason of a failed call ("" when it carries none)."""
+    info = error_info(err)
+    return str(info.reason) if info is not None else ""
+
+
+def error_metadata(err: object) -> dict[str, str]:
+    """The ErrorInfo metadata of a failed call ({} when it carries none)."""
+    info = error_info(err)
+    return dict(info.metadata) if info is not None else {}
