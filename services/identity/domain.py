@@ -2,9 +2,10 @@
 those flags grant, what a valid new account or sub-account looks like, the staff directory's roles,
 sessions, login throttling and step-up. Pure: no I/O.
 
-Permissions are the names the protos declare in `(sendsafe.options.v1.access).permission`. Which flag
-grants which permission lives in one table, `PERMISSION_FLAGS`; a permission a proto declares but the
-table does not name is granted to nobody (fail closed), and a unit test fails until it is mapped.
+Permissions are the names the protos declare in `(sendsafe.options.v1.access).permission`. Which flag or
+staff role grants which permission lives in one table, `svckit.permissions.PERMISSIONS`; a permission a proto
+declares but the table does not name is granted to nobody (fail closed), and a unit test fails until it is
+mapped.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from svckit.errors import (
     Unavailable,
 )
 from svckit.netaddr import client_network
+from svckit.permissions import ALWAYS, PERMISSION_FLAGS, ROLE_PERMISSIONS, STAFF_ROLES
 
 # ---------------------------------------------------------------------------------------------------
 # Errors (stable UPPER_SNAKE reasons; svckit maps the kinds to gRPC codes)
@@ -229,47 +231,6 @@ class AccessFlags:
 FLAG_NAMES: Final[tuple[str, ...]] = tuple(f.name for f in fields(AccessFlags))
 ACCESS_FLAG_NAMES: Final[tuple[str, ...]] = tuple(n for n in FLAG_NAMES if n.startswith("access_"))
 
-ALWAYS: Final = None
-"""Marker in PERMISSION_FLAGS: every enabled user holds the permission."""
-
-# permission name -> the access flag that grants it to a non-main user (ALWAYS: every enabled user).
-# A new permission slots in as one line here, e.g. "subaccounts.manage": "access_users".
-PERMISSION_FLAGS: Final[Mapping[str, str | None]] = MappingProxyType(
-    {
-        "account.read": ALWAYS,
-        "self.manage": ALWAYS,  # one's own sessions, second factor and password
-        "sms.send": "access_sms",
-        "sms.read": "access_reporting",
-        "sms.settings": "access_settings",  # messaging privacy controls and webhooks
-        "audit.read": "access_reporting",
-        "subaccounts.read": "access_users",
-        "subaccounts.write": "access_users",
-        "api_keys.read": "access_settings",
-        "api_keys.write": "access_settings",
-        "audit.manage": "access_settings",  # alert rules, webhooks, forwarding
-    }
-)
-
-# The staff directory's roles and the permissions each grants. Staff permissions (`staff.*`,
-# `audit.read_all`, `audit.verify`) are never granted to customers (they are not in PERMISSION_FLAGS), and
-# customers' data permissions (sms.*, subaccounts.*, ...) are never granted to staff: staff reach customer
-# data only through explicit, audited RPCs. `audit.read` on a staff session reads the platform account's feed.
-STAFF_ROLES: Final[tuple[str, ...]] = ("support_readonly", "support_agent", "security_admin", "platform_admin")
-ROLE_PERMISSIONS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
-    {
-        "support_readonly": frozenset({"self.manage", "staff.accounts.read"}),
-        "support_agent": frozenset({"self.manage", "staff.accounts.read", "staff.accounts.write"}),
-        "security_admin": frozenset(
-            {"self.manage", "staff.accounts.read", "staff.roles.write", "audit.read", "audit.read_all", "audit.verify"}
-        ),
-        "platform_admin": frozenset(
-            {
-                "self.manage", "staff.accounts.read", "staff.accounts.write", "staff.roles.write", "audit.read",
-                "audit.read_all", "audit.verify",
-            }
-        ),
-    }
-)
 # Who may hand out which role: nobody grants a role above their own.
 GRANTABLE_ROLES: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {

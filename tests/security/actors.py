@@ -1,8 +1,8 @@
 """The kinds of caller the authorization matrix tries every external RPC with, made through the real suite.
 
-Each actor knows only what the permission tables say it holds (identity's PERMISSION_FLAGS for customers,
-ROLE_PERMISSIONS for staff, a key's scopes), never what today's code happens to answer: the matrix derives the
-expected outcome from that and the RPC's declaration. Actors are made once per module and reused; the few
+Each actor knows only what the permission tables say it holds (svckit.permissions: PERMISSION_FLAGS for
+customers, ROLE_PERMISSIONS for staff, a key's scopes), never what today's code happens to answer: the matrix
+derives the expected outcome from that and the RPC's declaration. Actors are made once per module and reused; the few
 calls that act on the caller's own session (see `acts_on_own_session`) get a fresh session of the same kind.
 """
 
@@ -27,8 +27,8 @@ from sendsafe.identity.v1 import (
     staff_service_pb2_grpc,
 )
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
-from services.identity.domain import ALWAYS, PERMISSION_FLAGS, ROLE_PERMISSIONS
 from svckit.access import access_for
+from svckit.permissions import ALWAYS, PERMISSION_FLAGS, ROLE_PERMISSIONS
 from svckit.rpc import secure_channel
 from svckit.testing import CertBundle
 from svckit.tls import TlsFiles

@@ -3,8 +3,8 @@ HTTPS gateway against the real suite.
 
 The rows come from the descriptors (`discover_routes`), so a new RPC is covered without editing this file. The
 expected outcome of a row comes only from the RPC's declaration (`svckit.access.access_for`: permission, privileged,
-public, session_only, data_out) and the permission tables (identity's PERMISSION_FLAGS and ROLE_PERMISSIONS, the
-key's scopes):
+public, session_only, data_out) and the permission tables (svckit.permissions' PERMISSION_FLAGS and
+ROLE_PERMISSIONS, the key's scopes):
 
 - the credential lacks the permission: 403, MISSING_PERMISSION, or API_KEY_SCOPE when the key's owner holds it;
 - a `session_only` RPC (one's own sessions, second factors, password) with an API key: 403 SESSION_REQUIRED;

@@ -16,8 +16,8 @@ from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import identity_service_pb2 as pb
 from sendsafe.identity.v1 import identity_service_pb2_grpc
 from sendsafe.options.v1 import options_pb2
-from services.identity.domain import PERMISSION_FLAGS
 from svckit.app import App
+from svckit.permissions import PERMISSION_FLAGS
 from svckit.testing import CertBundle
 from svckit.testing import error_reason as _reason
 from tests.conftest import channel_as

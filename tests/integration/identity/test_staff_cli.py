@@ -14,8 +14,8 @@ import pytest
 
 from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import auth_service_pb2, auth_service_pb2_grpc, staff_service_pb2, staff_service_pb2_grpc
-from services.identity.domain import ROLE_PERMISSIONS
 from svckit.app import App
+from svckit.permissions import ROLE_PERMISSIONS
 from svckit.testing import CertBundle
 from tests.conftest import channel_as
 from tools import staff
