@@ -46,7 +46,7 @@ def foreign_tls(tmp_dir: object, name: str) -> TlsFiles:
     """A certificate for `name` (valid SPIFFE ID) from a CA the services do not trust."""
     from pathlib import Path
 
-    from tools.certs import issue_leaf, make_ca, write_pem
+    from tools.pki import issue_leaf, make_ca, write_pem
 
     d = Path(str(tmp_dir))
     ca, ca_key = make_ca("foreign")

@@ -4,7 +4,7 @@ Servers (svckit.server.start_server) present a rotated certificate on the next h
 channels (svckit.rpc.secure_channel) present a rotated client certificate on the next call after their
 check, while calls already in flight finish on the old connection. The last test walks the runbook's
 CA rotation (trust both, reissue, drop the old CA) with one server and one client that never restart.
-Each test has its own PKI under tmp_path: files are replaced the way `tools.certs.write_pem` (and the
+Each test has its own PKI under tmp_path: files are replaced the way `tools.pki.write_pem` (and the
 kubelet) do it, by an atomic rename.
 """
 
@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from svckit.rpc import secure_channel
 from svckit.server import RunningServer, start_server
 from svckit.tls import TlsFiles, server_credentials
-from tools.certs import issue_leaf, make_ca, write_pem
+from tools.pki import issue_leaf, make_ca, write_pem
 
 CA = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
 

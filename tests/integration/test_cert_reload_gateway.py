@@ -22,7 +22,7 @@ from gateway.app import Gateway, build
 from gateway.config import Settings
 from svckit.app import App
 from svckit.testing import CertBundle
-from tools.certs import issue_leaf, make_ca, write_pem
+from tools.pki import issue_leaf, make_ca, write_pem
 
 
 @dataclass

@@ -16,7 +16,7 @@ from svckit.rpc import secure_channel
 from svckit.server import RunningServer, start_server
 from svckit.tls import TlsFiles
 from tests.integration.workload_pki import workload_files
-from tools.certs import make_ca
+from tools.pki import make_ca
 
 
 class _Replica(messaging_service_pb2_grpc.MessagingServiceServicer):

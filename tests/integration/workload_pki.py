@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from svckit.tls import TlsFiles
-from tools.certs import issue_leaf, write_pem
+from tools.pki import issue_leaf, write_pem
 
 
 def workload_files(root: Path, who: str, ca: tuple[object, object], name: str) -> TlsFiles:

@@ -1,4 +1,4 @@
-"""tools.certs: the dev PKI's profile, file hygiene, idempotency, and that real TLS accepts/rejects it."""
+"""tools.certs and tools.pki: the dev PKI's profile, file hygiene, idempotency, real TLS accepts/rejects it."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tools import certs
+from tools import pki as pkilib
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
@@ -32,7 +33,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _cert(paths: dict[str, Path], name: str) -> x509.Certificate:
-    return certs.load_cert(paths[f"{name}.crt"])
+    return pkilib.load_cert(paths[f"{name}.crt"])
 
 
 def _sans(cert: x509.Certificate) -> x509.SubjectAlternativeName:
@@ -76,11 +77,11 @@ def test_generates_every_expected_file(pki: dict[str, Path]) -> None:
 
 
 def test_spiffe_id() -> None:
-    assert certs.SPIFFE_TRUST_DOMAIN == "sendsafe.internal"
-    assert certs.spiffe_id("identity") == "spiffe://sendsafe.internal/identity"
+    assert pkilib.SPIFFE_TRUST_DOMAIN == "sendsafe.internal"
+    assert pkilib.spiffe_id("identity") == "spiffe://sendsafe.internal/identity"
     for bad in ("", "Identity", "a/b", "x y", "-x", "../etc"):
         with pytest.raises(ValueError):
-            certs.spiffe_id(bad)
+            pkilib.spiffe_id(bad)
 
 
 @pytest.mark.parametrize("stem", ["internal-ca", "public-ca"])
@@ -134,7 +135,7 @@ def test_service_cert_profile(pki: dict[str, Path], name: str) -> None:
     assert not _signed_by(cert, _cert(pki, "public-ca"))
 
     # The key on disk is the cert's key.
-    assert certs.load_key(pki[f"{name}.key"]).public_key() == cert.public_key()
+    assert pkilib.load_key(pki[f"{name}.key"]).public_key() == cert.public_key()
 
 
 @pytest.mark.parametrize("name", certs.SERVICE_NAMES)
@@ -144,7 +145,7 @@ def test_service_cert_passes_strict_rfc5280_verifier(pki: dict[str, Path], name:
     builder = verification.PolicyBuilder().store(verification.Store([ca]))
     builder.build_server_verifier(x509.DNSName(name)).verify(cert, [])
     verified = builder.build_client_verifier().verify(cert, [])
-    assert x509.UniformResourceIdentifier(certs.spiffe_id(name)) in (verified.subjects or [])
+    assert x509.UniformResourceIdentifier(pkilib.spiffe_id(name)) in (verified.subjects or [])
     # ... and must not verify against the public CA.
     public = verification.PolicyBuilder().store(verification.Store([_cert(pki, "public-ca")]))
     with pytest.raises(verification.VerificationError):
@@ -179,8 +180,8 @@ def test_gateway_https_profile_and_chain(pki: dict[str, Path]) -> None:
 
 
 def test_issue_leaf_options() -> None:
-    ca_cert, ca_key = certs.make_ca("test CA")
-    cert, key = certs.issue_leaf(
+    ca_cert, ca_key = pkilib.make_ca("test CA")
+    cert, key = pkilib.issue_leaf(
         ca_cert, ca_key, "worker", spiffe=False, server=False, client=True, dns=(), ips=("::1",), days=7
     )
     assert key.public_key() == cert.public_key()
@@ -188,15 +189,15 @@ def test_issue_leaf_options() -> None:
     assert list(_sans(cert)) == [x509.IPAddress(ipaddress.ip_address("::1"))]
     assert cert.not_valid_after_utc - cert.not_valid_before_utc <= datetime.timedelta(days=7, minutes=10)
     with pytest.raises(ValueError):
-        certs.issue_leaf(ca_cert, ca_key, "worker", server=False, client=False)
-    _, other_key = certs.make_ca("other CA")
+        pkilib.issue_leaf(ca_cert, ca_key, "worker", server=False, client=False)
+    _, other_key = pkilib.make_ca("other CA")
     with pytest.raises(ValueError, match="does not belong"):
-        certs.issue_leaf(ca_cert, other_key, "worker")
+        pkilib.issue_leaf(ca_cert, other_key, "worker")
 
 
 def test_leaf_never_outlives_its_ca() -> None:
-    ca_cert, ca_key = certs.make_ca("short CA", days=40)
-    cert, _ = certs.issue_leaf(ca_cert, ca_key, "identity")
+    ca_cert, ca_key = pkilib.make_ca("short CA", days=40)
+    cert, _ = pkilib.issue_leaf(ca_cert, ca_key, "identity")
     assert cert.not_valid_after_utc == ca_cert.not_valid_after_utc
 
 
@@ -226,13 +227,13 @@ def test_file_and_directory_modes(tmp_path: Path) -> None:
 
 
 def test_write_pem_replaces_a_wide_open_key_file_with_a_0600_one(tmp_path: Path) -> None:
-    _, key = certs.make_ca("x")
+    _, key = pkilib.make_ca("x")
     target = tmp_path / "k.key"
     target.write_text("old")
     target.chmod(0o666)
-    certs.write_pem(target, key)
+    pkilib.write_pem(target, key)
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    assert certs.load_key(target).public_key() == key.public_key()
+    assert pkilib.load_key(target).public_key() == key.public_key()
 
 
 def test_second_run_is_a_noop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -289,16 +290,16 @@ def test_missing_leaf_is_reissued_from_the_existing_ca(tmp_path: Path) -> None:
     ca = _cert(paths, "internal-ca")
     for name in ("messaging", "audit"):
         assert _signed_by(_cert(paths, name), ca)
-        assert certs.load_key(paths[f"{name}.key"]).public_key() == _cert(paths, name).public_key()
+        assert pkilib.load_key(paths[f"{name}.key"]).public_key() == _cert(paths, name).public_key()
 
 
 def test_leaf_close_to_expiry_is_reissued(tmp_path: Path) -> None:
     out = tmp_path / "certs"
     paths = certs.ensure_dev_certs(out)
-    ca_cert, ca_key = _cert(paths, "internal-ca"), certs.load_key(paths["internal-ca.key"])
-    short, short_key = certs.issue_leaf(ca_cert, ca_key, "keys", days=10)
-    certs.write_pem(paths["keys.key"], short_key)
-    certs.write_pem(paths["keys.crt"], short)
+    ca_cert, ca_key = _cert(paths, "internal-ca"), pkilib.load_key(paths["internal-ca.key"])
+    short, short_key = pkilib.issue_leaf(ca_cert, ca_key, "keys", days=10)
+    pkilib.write_pem(paths["keys.key"], short_key)
+    pkilib.write_pem(paths["keys.crt"], short)
 
     report = certs.generate_dev_certs(out)
     assert {p.name for p in report.written} == {"keys.crt", "keys.key"}
@@ -429,11 +430,11 @@ def test_mtls_handshake_between_services(pki: dict[str, Path], version: ssl.TLSV
 def test_client_cert_from_foreign_ca_is_rejected(
     pki: dict[str, Path], tmp_path: Path, version: ssl.TLSVersion
 ) -> None:
-    foreign_ca, foreign_key = certs.make_ca("Mallory CA")
+    foreign_ca, foreign_key = pkilib.make_ca("Mallory CA")
     # Same CN and SPIFFE ID as a real service: only the issuer differs.
-    cert, key = certs.issue_leaf(foreign_ca, foreign_key, "gateway")
-    crt_path = certs.write_pem(tmp_path / "evil.crt", cert)
-    key_path = certs.write_pem(tmp_path / "evil.key", key)
+    cert, key = pkilib.issue_leaf(foreign_ca, foreign_key, "gateway")
+    crt_path = pkilib.write_pem(tmp_path / "evil.crt", cert)
+    key_path = pkilib.write_pem(tmp_path / "evil.key", key)
 
     trust = pki["internal-ca.crt"]
     server_ctx = _server_ctx(pki, "identity", trust)
