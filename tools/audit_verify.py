@@ -36,7 +36,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from sendsafe.audit.v1 import event_pb2
-from services.audit import merkle
+from services.audit.domain import merkle
 
 ALTERED, REMOVED, INSERTED, REORDERED = "ALTERED", "REMOVED", "INSERTED", "REORDERED"
 BAD_SIGNATURE, MALFORMED, CHECKPOINT_MISMATCH = "BAD_SIGNATURE", "MALFORMED", "CHECKPOINT_MISMATCH"

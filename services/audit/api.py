@@ -9,21 +9,15 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from sendsafe.audit.v1 import alert_pb2, audit_service_pb2, audit_service_pb2_grpc, evidence_pb2
-from services.audit.domain import (
-    AccountRequired,
-    Alert,
-    ExportCursor,
-    ForwardingSpec,
-    ForwardingState,
-    Rule,
-    RuleOwner,
-    RuleSpec,
-    StoredCheckpoint,
-    Verification,
-    build_filter,
-    mask_target,
-    next_token,
-)
+from services.audit.domain.alerts import Alert, mask_target
+from services.audit.domain.checkpoints import StoredCheckpoint
+from services.audit.domain.errors import AccountRequired
+from services.audit.domain.filters import build_filter
+from services.audit.domain.forwarding import ForwardingSpec, ForwardingState
+from services.audit.domain.integrity import Verification
+from services.audit.domain.paging import next_token
+from services.audit.domain.rules import Rule, RuleOwner, RuleSpec
+from services.audit.domain.siem import ExportCursor
 from services.audit.formats import to_incoming, to_proto
 from services.audit.service import AlertService, ForwardingService, LogService
 from svckit import context as callctx

@@ -18,8 +18,8 @@ from services.audit import metrics
 from services.audit.api import AuditServicer
 from services.audit.clients import open_notifier
 from services.audit.config import Settings
+from services.audit.domain.merkle import Signer, Verifier
 from services.audit.formats import to_incoming
-from services.audit.merkle import Signer, Verifier
 from services.audit.notify import HttpsWebhooks
 from services.audit.service import AlertService, ForwardingService, LogService
 from services.audit.store import PgAlertStore, PgEventStore, role_setter

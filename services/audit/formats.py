@@ -2,7 +2,7 @@
 (JSON Lines with proofs, CEF) and alert/forwarding payloads.
 
 The stored bytes of an event (its Merkle leaf) are the emitter's `Event` serialized deterministically
-without the fields the log assigns, followed by `sequence` and `account_sequence` (domain.seal). The JSON
+without the fields the log assigns, followed by `sequence` and `account_sequence` (domain/events.seal). The JSON
 view of an event is its proto3 JSON mapping (`json_format.MessageToDict`, proto field names), so anyone
 with event.proto can recompute it from `leaf_data` and compare — which is what tools/audit_verify.py does.
 """
@@ -18,16 +18,12 @@ from typing import Any
 from google.protobuf import json_format
 
 from sendsafe.audit.v1 import event_pb2
-from services.audit import merkle
-from services.audit.domain import (
-    Alert,
-    EventFacts,
-    IncomingEvent,
-    StoredCheckpoint,
-    cef_ext,
-    cef_header,
-    cef_severity,
-)
+from services.audit.domain import merkle
+from services.audit.domain.alerts import Alert
+from services.audit.domain.checkpoints import StoredCheckpoint
+from services.audit.domain.evaluation import EventFacts
+from services.audit.domain.events import IncomingEvent
+from services.audit.domain.siem import cef_ext, cef_header, cef_severity
 from svckit.times import to_datetime
 
 JSONL_CONTENT_TYPE = "application/x-ndjson"

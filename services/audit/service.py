@@ -17,62 +17,50 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from sendsafe.audit.v1 import event_pb2
-from services.audit import formats, merkle
-from services.audit.domain import (
+from services.audit import formats
+from services.audit.domain import merkle
+from services.audit.domain.alerts import (
     ALERT_SUBJECT,
     DELIVERED,
     FAILED,
-    FORMAT_CEF,
-    FORMAT_JSONL,
-    LAG_BUCKETS,
     MAX_DELIVERY_ATTEMPTS,
-    MAX_RULES_PER_ACCOUNT,
     PENDING,
-    SERVICE,
-    AccountRequired,
     Alert,
-    CheckpointNotFound,
     DeliveryJob,
-    DestinationNotVerified,
-    EventFilter,
-    EventInvalid,
-    EventNotFound,
-    ExportCursor,
-    Finding,
-    Fire,
-    ForwardingSpec,
-    ForwardingState,
-    Histogram,
-    Hit,
-    IncomingEvent,
-    IntegrityViolation,
-    Problem,
-    Rule,
-    RuleNotFound,
-    RuleOwner,
-    RuleSpec,
-    SealedEvent,
-    StoredCheckpoint,
-    TooManyRules,
-    TreeSizeInvalid,
-    Verification,
     alert_cap_hit,
     alert_text,
-    check_event,
-    check_tree_size,
-    classify_leaf,
+    undeliverable,
+)
+from services.audit.domain.checkpoints import StoredCheckpoint, check_tree_size
+from services.audit.domain.delivery import retry_delay, webhook_secret
+from services.audit.domain.errors import (
+    AccountRequired,
+    CheckpointNotFound,
+    DestinationNotVerified,
+    EventInvalid,
+    EventNotFound,
+    IntegrityViolation,
+    RuleNotFound,
+    TooManyRules,
+    TreeSizeInvalid,
+)
+from services.audit.domain.evaluation import Fire, Hit, evaluate, longest_window
+from services.audit.domain.events import SERVICE, IncomingEvent, SealedEvent, check_event
+from services.audit.domain.filters import EventFilter
+from services.audit.domain.forwarding import ForwardingSpec, ForwardingState, normalize_forwarding
+from services.audit.domain.integrity import Finding, Problem, Verification, classify_leaf
+from services.audit.domain.paging import page_size_of, parse_page_token
+from services.audit.domain.rules import (
+    MAX_RULES_PER_ACCOUNT,
+    Rule,
+    RuleOwner,
+    RuleSpec,
     default_rules,
-    evaluate,
-    longest_window,
-    normalize_forwarding,
     normalize_rule,
     owned_spec,
-    page_size_of,
-    parse_page_token,
-    retry_delay,
-    undeliverable,
-    webhook_secret,
 )
+from services.audit.domain.siem import FORMAT_CEF, FORMAT_JSONL, ExportCursor
+from services.audit.domain.stats import LAG_BUCKETS, Histogram
 from svckit.audit import new_event
 from svckit.webhooks import signed_headers
 

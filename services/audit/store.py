@@ -18,23 +18,14 @@ from typing import Any
 
 import asyncpg
 
-from services.audit import merkle
-from services.audit.domain import (
-    Alert,
-    Delivery,
-    DeliveryJob,
-    EventFilter,
-    Fire,
-    ForwardingSpec,
-    ForwardingState,
-    Hit,
-    IncomingEvent,
-    Rule,
-    RuleSpec,
-    SealedEvent,
-    StoredCheckpoint,
-    sequence_events,
-)
+from services.audit.domain import merkle
+from services.audit.domain.alerts import Alert, Delivery, DeliveryJob
+from services.audit.domain.checkpoints import StoredCheckpoint
+from services.audit.domain.evaluation import Fire, Hit
+from services.audit.domain.events import IncomingEvent, SealedEvent, sequence_events
+from services.audit.domain.filters import EventFilter
+from services.audit.domain.forwarding import ForwardingSpec, ForwardingState
+from services.audit.domain.rules import Rule, RuleSpec
 
 WRITER_ROLE = "sendsafe_audit_writer"
 _EVENT_COLUMNS = (

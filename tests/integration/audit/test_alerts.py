@@ -17,7 +17,8 @@ from standardwebhooks import Webhook
 from sendsafe.audit.v1 import alert_pb2, event_pb2
 from sendsafe.audit.v1 import audit_service_pb2 as pb
 from sendsafe.context.v1 import principal_pb2
-from services.audit.domain import ForwardingSpec, RuleSpec
+from services.audit.domain.forwarding import ForwardingSpec
+from services.audit.domain.rules import RuleSpec
 from services.audit.service import AlertService
 from tests.integration.audit.conftest import (
     AuditFactory,

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from services.audit import merkle
+from services.audit.domain import merkle
 from tests.unit.audit import rfc9162 as rfc
 
 # Distinct entries (one of them empty): with equal neighbours a proof for one would rightly verify the other.

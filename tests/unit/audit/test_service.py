@@ -10,15 +10,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sendsafe.audit.v1 import event_pb2
-from services.audit import merkle
-from services.audit.domain import (
-    IncomingEvent,
-    IntegrityViolation,
-    Problem,
-    SealedEvent,
-    StoredCheckpoint,
-    sequence_events,
-)
+from services.audit.domain import merkle
+from services.audit.domain.checkpoints import StoredCheckpoint
+from services.audit.domain.errors import IntegrityViolation
+from services.audit.domain.events import IncomingEvent, SealedEvent, sequence_events
+from services.audit.domain.integrity import Problem
 from services.audit.service import LogService
 
 
