@@ -13,31 +13,22 @@ from sendsafe.messaging.v1 import (
     notification_service_pb2_grpc,
     sms_pb2,
 )
-from services.messaging.domain import (
-    Caller,
-    Currency,
-    Destination,
+from services.messaging.domain.destinations import Destination
+from services.messaging.domain.history import (
     HistoryItem,
     HistoryPage,
     HistoryQuery,
-    InboundView,
-    MessagingSettings,
-    OutboundInput,
-    PageWindow,
-    ReceiptRecord,
-    SendItem,
-    SendLimits,
-    SendResult,
-    SettingsUpdate,
-    WebhookDelivery,
-    clicksend_receipt_view,
-    format_balance,
-    format_price,
-    page_window,
     parse_history_filter,
     parse_history_sort,
-    unix_time,
 )
+from services.messaging.domain.limits import SendLimits
+from services.messaging.domain.paging import PageWindow, page_window, unix_time
+from services.messaging.domain.pricing import Currency, format_balance, format_price
+from services.messaging.domain.receipts import InboundView, ReceiptRecord
+from services.messaging.domain.records import Caller, OutboundInput, SendItem, SendResult
+from services.messaging.domain.settings import MessagingSettings, SettingsUpdate
+from services.messaging.domain.statuses import clicksend_receipt_view
+from services.messaging.domain.webhooks import WebhookDelivery
 from services.messaging.notifications import Notifications
 from services.messaging.service import MessagingService
 from svckit import context as callctx

@@ -26,7 +26,8 @@ from services.messaging.api import MessagingServicer, NotificationServicer
 from services.messaging.carriers import Carrier, HttpCarrier, SimulatorCarrier
 from services.messaging.clients import discard, open_audit, open_envelope, open_owners, tls_of
 from services.messaging.config import Settings
-from services.messaging.domain import RateConfig, currency_for, parse_price_table
+from services.messaging.domain.limits import RateConfig
+from services.messaging.domain.pricing import currency_for, parse_price_table
 from services.messaging.limits import RedisLimiter
 from services.messaging.notifications import Notifications, Owners
 from services.messaging.receiver import CallbackReceiver

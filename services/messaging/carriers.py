@@ -17,7 +17,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from services.messaging.domain import TEMPORARY_FAILURE_ERROR, MessageStatus, Receipt, Submission, SubmitResult
+from services.messaging.domain.delivery import Receipt, Submission, SubmitResult
+from services.messaging.domain.statuses import TEMPORARY_FAILURE_ERROR, MessageStatus
 from services.messaging.store import PgSimulatorStore
 
 ReceiptHandler = Callable[[list[Receipt]], Awaitable[object]]

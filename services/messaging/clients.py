@@ -12,7 +12,7 @@ from sendsafe.audit.v1 import event_pb2
 from sendsafe.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from services.messaging.config import Settings
-from services.messaging.domain import OwnerUser
+from services.messaging.domain.destinations import OwnerUser
 from svckit.audit import AuditClient
 from svckit.envelope import Envelope, KeysStubSource, follow_key_notices
 from svckit.errors import Unavailable

@@ -23,7 +23,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from services.messaging.domain import LimitRequest, LimitVerdict
+from services.messaging.domain.limits import LimitRequest, LimitVerdict
 
 _LOG = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sendsafe.audit.v1 import event_pb2
-from services.messaging.domain import (
+from services.messaging.domain.destinations import (
     ALERT_DELIVERY,
     DESTINATION_CODE_ATTEMPTS,
     DESTINATION_CODE_TTL_SECONDS,
@@ -30,7 +30,6 @@ from services.messaging.domain import (
     DESTINATION_VERIFICATION,
     SESSION_SCOPES,
     AlertOwnerNotAllowed,
-    Caller,
     Destination,
     DestinationAttemptsExceeded,
     DestinationCodeExpired,
@@ -40,19 +39,18 @@ from services.messaging.domain import (
     DestinationNotFound,
     DestinationNotVerified,
     IdentityNotConfigured,
-    InvalidAccountId,
-    MessageStatusCode,
-    OutboundInput,
     OwnerUser,
-    SendLimits,
     check_destination_code,
     destination_code_hash,
-    mask_number,
     new_destination_code,
     owner_refusal,
-    parse_recipient,
     verification_text,
 )
+from services.messaging.domain.errors import InvalidAccountId, MessageStatusCode
+from services.messaging.domain.limits import SendLimits
+from services.messaging.domain.privacy import mask_number
+from services.messaging.domain.recipients import parse_recipient
+from services.messaging.domain.records import Caller, OutboundInput
 from services.messaging.service import SERVICE, MessagingService, Record
 from svckit.audit import new_event
 from svckit.errors import FailedPrecondition, InvalidArgument

@@ -25,7 +25,9 @@ from typing import Any
 
 from aiohttp import web
 
-from services.messaging.domain import InboundInput, MessageStatus, Receipt, verify_signature
+from services.messaging.domain.delivery import Receipt, verify_signature
+from services.messaging.domain.receipts import InboundInput
+from services.messaging.domain.statuses import MessageStatus
 from services.messaging.service import DeliveryService
 
 _LOG = logging.getLogger(__name__)

@@ -23,87 +23,87 @@ from typing import Any, Protocol
 
 from sendsafe.audit.v1 import event_pb2
 from services.messaging.carriers import Carrier
-from services.messaging.domain import (
-    ALERT_DELIVERY,
-    BODY_RECORD,
-    DESTINATION_VERIFICATION,
-    IDEMPOTENCY_RECORD,
-    IDEMPOTENCY_TTL_S,
-    INDEX_KEY_RECORD,
-    INDEX_KEY_SIZE,
-    MASKED_BODY,
+from services.messaging.domain.delivery import ClaimedMessage, Receipt, Submission, plan_results, retry_delay
+from services.messaging.domain.destinations import ALERT_DELIVERY, DESTINATION_VERIFICATION
+from services.messaging.domain.errors import (
+    InvalidAccountId,
+    InvalidRecipient,
+    MessageNotFound,
+    MessageStatusCode,
+    NotCancellable,
+)
+from services.messaging.domain.history import (
     SEARCH_WINDOW,
-    TO_RECORD,
-    WEBHOOK_MAX_ATTEMPTS,
-    WEBHOOK_SECRET_RECORD,
-    Caller,
-    ClaimedMessage,
-    Currency,
     HistoryItem,
     HistoryPage,
     HistoryQuery,
     HistorySort,
+    check_content_search,
+    matches_content,
+)
+from services.messaging.domain.idempotency import (
+    IDEMPOTENCY_RECORD,
+    IDEMPOTENCY_TTL_S,
     IdempotencyKeyReused,
+    check_idempotency_key,
+    decode_send_result,
+    encode_send_result,
+    idempotency_key_hash,
+    request_fingerprint,
+)
+from services.messaging.domain.limits import (
+    LimitRequest,
+    LimitVerdict,
+    RateConfig,
+    destination_prefix,
+    limit_error,
+    limit_request,
+)
+from services.messaging.domain.optouts import opt_action
+from services.messaging.domain.outbound import Rejected, ValidatedMessage, check_batch_size, validate_outbound
+from services.messaging.domain.paging import PageWindow, unix_time
+from services.messaging.domain.pricing import Currency, PriceTable, allocate_credit
+from services.messaging.domain.privacy import (
+    INDEX_KEY_RECORD,
+    INDEX_KEY_SIZE,
+    MASKED_BODY,
+    NumberIndexer,
+    check_retention_days,
+    mask_number,
+    number_index,
+    prefix_token,
+)
+from services.messaging.domain.receipts import (
     InboundInput,
     InboundPage,
     InboundRecord,
     InboundView,
-    InvalidAccountId,
-    InvalidRecipient,
-    LimitRequest,
-    LimitVerdict,
-    MessageNotFound,
-    MessageStatus,
-    MessageStatusCode,
-    MessagingSettings,
     NewInbound,
-    NewMessage,
-    NotCancellable,
-    NumberIndexer,
-    OutboundInput,
-    PageWindow,
-    PriceTable,
-    RateConfig,
-    Receipt,
     ReceiptPage,
     ReceiptRecord,
-    Rejected,
+    TestModeOnly,
+)
+from services.messaging.domain.recipients import parse_recipient
+from services.messaging.domain.records import (
+    BODY_RECORD,
+    TO_RECORD,
+    Caller,
+    NewMessage,
+    OutboundInput,
     SendItem,
     SendResult,
-    SettingsUpdate,
     StoredMessage,
-    Submission,
-    TestModeOnly,
-    ValidatedMessage,
+    check_message_id,
+)
+from services.messaging.domain.settings import WEBHOOK_SECRET_RECORD, MessagingSettings, SettingsUpdate
+from services.messaging.domain.statuses import MessageStatus, clicksend_history_view
+from services.messaging.domain.webhooks import (
+    WEBHOOK_MAX_ATTEMPTS,
     WebhookDelivery,
     WebhookEvent,
     WebhookJob,
-    allocate_credit,
-    check_batch_size,
-    check_content_search,
-    check_idempotency_key,
-    check_message_id,
-    check_retention_days,
-    clicksend_history_view,
-    decode_send_result,
-    destination_prefix,
-    encode_send_result,
-    idempotency_key_hash,
     inbound_payload,
-    limit_error,
-    limit_request,
-    mask_number,
-    matches_content,
-    number_index,
-    opt_action,
-    parse_recipient,
-    plan_results,
-    prefix_token,
     receipt_payload,
-    request_fingerprint,
-    retry_delay,
-    unix_time,
-    validate_outbound,
     webhook_backoff,
 )
 from svckit.audit import new_event

@@ -13,28 +13,15 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services.messaging.domain import (
-    STATUS_SORT_NAME,
-    ClaimedMessage,
-    Destination,
-    HistoryFilter,
-    HistorySort,
-    InboundRecord,
-    MessageStatus,
-    MessagingSettings,
-    NewInbound,
-    NewMessage,
-    OptAction,
-    OriginalMessage,
-    Receipt,
-    ReceiptRecord,
-    SettingsUpdate,
-    StoredMessage,
-    WebhookDelivery,
-    WebhookEvent,
-    WebhookJob,
-    sources_of,
-)
+from services.messaging.domain.delivery import ClaimedMessage, Receipt
+from services.messaging.domain.destinations import Destination
+from services.messaging.domain.history import STATUS_SORT_NAME, HistoryFilter, HistorySort
+from services.messaging.domain.optouts import OptAction
+from services.messaging.domain.receipts import InboundRecord, NewInbound, OriginalMessage, ReceiptRecord
+from services.messaging.domain.records import NewMessage, StoredMessage
+from services.messaging.domain.settings import MessagingSettings, SettingsUpdate
+from services.messaging.domain.statuses import MessageStatus, sources_of
+from services.messaging.domain.webhooks import WebhookDelivery, WebhookEvent, WebhookJob
 
 _MESSAGE_COLUMNS = (
     "id", "account_id", "user_id", "api_username", "status", "body_ct", "to_ct", "sender", "country",

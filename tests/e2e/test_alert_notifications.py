@@ -18,7 +18,7 @@ import asyncpg
 
 from sendsafe.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
-from services.messaging.domain import BODY_RECORD
+from services.messaging.domain.records import BODY_RECORD
 from svckit.envelope import Envelope, KeysStubSource, aad_for
 from svckit.rpc import secure_channel
 from svckit.testing import CertBundle

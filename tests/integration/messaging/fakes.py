@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from services.messaging.domain import webhook_signature
+from services.messaging.domain.delivery import webhook_signature
 from svckit.testing import CertBundle
 
 

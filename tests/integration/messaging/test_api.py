@@ -17,7 +17,7 @@ import pytest
 from sendsafe.audit.v1 import event_pb2
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from sendsafe.messaging.v1 import messaging_service_pb2_grpc, sms_pb2
-from services.messaging.domain import BODY_RECORD, TO_RECORD
+from services.messaging.domain.records import BODY_RECORD, TO_RECORD
 from svckit.app import App
 from svckit.envelope import DecryptFailed, aad_for
 from svckit.testing import CertBundle

@@ -8,7 +8,8 @@ import time
 import uuid
 from decimal import Decimal
 
-from services.messaging.domain import MessageStatus, NewMessage
+from services.messaging.domain.records import NewMessage
+from services.messaging.domain.statuses import MessageStatus
 from tests.integration.messaging.conftest import Messaging
 
 

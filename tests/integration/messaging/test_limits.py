@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 from sendsafe.context.v1 import principal_pb2
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from services.messaging.config import Settings
-from services.messaging.domain import Bucket, LimitRequest, Velocity
+from services.messaging.domain.limits import Bucket, LimitRequest, Velocity
 from services.messaging.limits import RedisLimiter
 from svckit.cache import make_redis
 from svckit.testing import CertBundle

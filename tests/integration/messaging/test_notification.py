@@ -26,7 +26,7 @@ from sendsafe.messaging.v1 import messaging_service_pb2 as mpb
 from sendsafe.messaging.v1 import notification_service_pb2 as npb
 from sendsafe.messaging.v1 import notification_service_pb2_grpc
 from services.keys.domain import parse_api_key
-from services.messaging.domain import BODY_RECORD
+from services.messaging.domain.records import BODY_RECORD
 from svckit.app import App
 from svckit.envelope import aad_for
 from svckit.testing import CertBundle, NewDatabase, stepped_up_now

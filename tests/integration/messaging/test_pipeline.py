@@ -14,7 +14,8 @@ from typing import Any
 
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from services.messaging.config import Settings
-from services.messaging.domain import BODY_RECORD, TO_RECORD, MessageStatus, NewMessage
+from services.messaging.domain.records import BODY_RECORD, TO_RECORD, NewMessage
+from services.messaging.domain.statuses import MessageStatus
 from svckit.cache import make_redis
 from svckit.envelope import aad_for
 from svckit.testing import CertBundle

@@ -15,7 +15,7 @@ import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
-from services.messaging.domain import WEBHOOK_SECRET_RECORD, SettingsUpdate
+from services.messaging.domain.settings import WEBHOOK_SECRET_RECORD, SettingsUpdate
 from svckit.envelope import aad_for
 from svckit.testing import CertBundle
 from tests.integration.messaging.conftest import Messaging, principal_md

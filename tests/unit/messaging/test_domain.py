@@ -12,18 +12,49 @@ from pathlib import Path
 
 import pytest
 
-from services.messaging import domain as d
-from services.messaging.domain import (
+from services.messaging.domain.encoding import (
+    GSM7_BASIC,
+    GSM7_EXTENSION,
     Encoding,
+    SmsParts,
+    count_parts,
+    is_gsm7,
+    split_parts,
+    validate_body,
+)
+from services.messaging.domain.errors import (
+    EmptyMessage,
+    InvalidMessageBody,
+    InvalidRecipient,
+    InvalidSchedule,
+    InvalidSenderId,
+    InvalidStatusTransition,
+    MessageStatusCode,
+    MessageTooLong,
+)
+from services.messaging.domain.outbound import Rejected, ValidatedMessage, validate_outbound
+from services.messaging.domain.pricing import PriceTable, format_balance, format_price
+from services.messaging.domain.recipients import (
+    TEST_RECIPIENTS,
+    Recipient,
+    is_test_recipient,
+    normalize_recipient,
+    parse_recipient,
+    validate_schedule,
+    validate_sender,
+)
+from services.messaging.domain.statuses import (
+    CARRIER_ERROR_TEXT,
     HistoryStatus,
     MessageStatus,
-    MessageStatusCode,
-    PriceTable,
     ReceiptStatus,
-    Recipient,
-    Rejected,
-    SmsParts,
-    ValidatedMessage,
+    can_transition,
+    check_transition,
+    clicksend_history_view,
+    clicksend_receipt_code,
+    clicksend_receipt_view,
+    is_noop,
+    is_terminal,
 )
 from svckit.errors import DomainError
 
@@ -54,23 +85,23 @@ BRIEF_GSM_CHARS = "@£$¥èéùìòÇØøÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ ÄÖ�
 
 
 def test_gsm7_tables_have_the_standard_sizes() -> None:
-    assert len(d.GSM7_BASIC) == 127  # 128 code points minus the escape
-    assert frozenset("\f^{}\\[~]|€") == d.GSM7_EXTENSION
-    assert not d.GSM7_BASIC & d.GSM7_EXTENSION
-    assert set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") <= d.GSM7_BASIC
+    assert len(GSM7_BASIC) == 127  # 128 code points minus the escape
+    assert frozenset("\f^{}\\[~]|€") == GSM7_EXTENSION
+    assert not GSM7_BASIC & GSM7_EXTENSION
+    assert set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") <= GSM7_BASIC
 
 
 @pytest.mark.parametrize("ch", list(BRIEF_GSM_CHARS))
 def test_basic_charset_char_is_one_septet(ch: str) -> None:
-    assert ch in d.GSM7_BASIC
-    assert d.count_parts(ch * 160) == SmsParts(Encoding.GSM7, 160, 1)
+    assert ch in GSM7_BASIC
+    assert count_parts(ch * 160) == SmsParts(Encoding.GSM7, 160, 1)
 
 
 @pytest.mark.parametrize("ch", list("^{}\\[~]|€\f"))
 def test_extension_char_is_two_septets(ch: str) -> None:
-    assert d.count_parts(ch) == SmsParts(Encoding.GSM7, 2, 1)
-    assert d.count_parts(ch * 80) == SmsParts(Encoding.GSM7, 160, 1)
-    assert d.count_parts(ch * 81) == SmsParts(Encoding.GSM7, 162, 2)
+    assert count_parts(ch) == SmsParts(Encoding.GSM7, 2, 1)
+    assert count_parts(ch * 80) == SmsParts(Encoding.GSM7, 160, 1)
+    assert count_parts(ch * 81) == SmsParts(Encoding.GSM7, 162, 2)
 
 
 @pytest.mark.parametrize(
@@ -90,8 +121,8 @@ def test_extension_char_is_two_septets(ch: str) -> None:
     ],
 )
 def test_non_gsm_char_forces_ucs2(ch: str) -> None:
-    assert not d.is_gsm7("hello " + ch)
-    assert d.count_parts("hello " + ch).encoding is Encoding.UCS2
+    assert not is_gsm7("hello " + ch)
+    assert count_parts("hello " + ch).encoding is Encoding.UCS2
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -131,11 +162,11 @@ def test_non_gsm_char_forces_ucs2(ch: str) -> None:
     ],
 )
 def test_count_parts(body: str, encoding: Encoding, units: int, parts: int) -> None:
-    assert d.count_parts(body) == SmsParts(encoding, units, parts)
+    assert count_parts(body) == SmsParts(encoding, units, parts)
 
 
 def _gsm_units(part: str) -> int:
-    return sum(2 if ch in d.GSM7_EXTENSION else 1 for ch in part)
+    return sum(2 if ch in GSM7_EXTENSION else 1 for ch in part)
 
 
 def _ucs2_units(part: str) -> int:
@@ -144,9 +175,9 @@ def _ucs2_units(part: str) -> int:
 
 def _reference_parts(body: str) -> tuple[Encoding, int, int]:
     """Part counting straight from its definition, one character at a time (the slow, obvious way)."""
-    gsm = all(ch in d.GSM7_BASIC or ch in d.GSM7_EXTENSION for ch in body)
+    gsm = all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in body)
     if gsm:
-        costs, single, multi = [2 if ch in d.GSM7_EXTENSION else 1 for ch in body], 160, 153
+        costs, single, multi = [2 if ch in GSM7_EXTENSION else 1 for ch in body], 160, 153
     else:
         costs, single, multi = [2 if ord(ch) > 0xFFFF else 1 for ch in body], 70, 67
     units = sum(costs)
@@ -163,43 +194,43 @@ def _reference_parts(body: str) -> tuple[Encoding, int, int]:
 def test_count_parts_matches_the_character_by_character_definition_on_random_bodies() -> None:
     rng = random.Random(20261129)
     alphabets = [
-        sorted(d.GSM7_BASIC),
-        sorted(d.GSM7_BASIC | d.GSM7_EXTENSION),
-        sorted(d.GSM7_EXTENSION),
-        [*sorted(d.GSM7_BASIC)[:20], "ж", "\u2019"],
+        sorted(GSM7_BASIC),
+        sorted(GSM7_BASIC | GSM7_EXTENSION),
+        sorted(GSM7_EXTENSION),
+        [*sorted(GSM7_BASIC)[:20], "ж", "\u2019"],
         ["a", "😀", "é", "€", "\u00a0"],
     ]
     for _ in range(3000):
         alphabet = rng.choice(alphabets)
         body = "".join(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 69, 70, 71, 153, 160, 161, 307, 600])))
-        got = d.count_parts(body)
+        got = count_parts(body)
         assert (got.encoding, got.units, got.parts) == _reference_parts(body), repr(body)
-        assert "".join(d.split_parts(body)) == body and len(d.split_parts(body)) == got.parts
+        assert "".join(split_parts(body)) == body and len(split_parts(body)) == got.parts
 
 
 def test_split_moves_an_escape_pair_to_the_next_part_instead_of_cutting_it() -> None:
     body = "a" * 152 + "€" + "b" * 10  # 164 septets; the euro would occupy septets 153 and 154
-    parts = d.split_parts(body)
+    parts = split_parts(body)
     assert parts == ["a" * 152, "€" + "b" * 10]
     assert [_gsm_units(p) for p in parts] == [152, 12]
-    assert d.count_parts(body).parts == 2
+    assert count_parts(body).parts == 2
 
 
 def test_split_fills_a_part_exactly_when_the_pair_fits() -> None:
     body = "a" * 151 + "€" + "b" * 10  # euro is septets 152-153: still part one
-    assert d.split_parts(body) == ["a" * 151 + "€", "b" * 10]
+    assert split_parts(body) == ["a" * 151 + "€", "b" * 10]
 
 
 def test_unsplittable_pair_on_a_boundary_costs_an_extra_part_and_we_count_it() -> None:
     # 306 septets would be 2 parts by ceil(306/153), but the euro cannot straddle parts 1 and 2.
     body = "a" * 152 + "€" + "b" * 152
-    assert d.count_parts(body) == SmsParts(Encoding.GSM7, 306, 3)
-    assert d.split_parts(body) == ["a" * 152, "€" + "b" * 151, "b"]
+    assert count_parts(body) == SmsParts(Encoding.GSM7, 306, 3)
+    assert split_parts(body) == ["a" * 152, "€" + "b" * 151, "b"]
 
 
 def test_split_never_cuts_a_surrogate_pair() -> None:
     body = "ж" * 66 + "😀" + "ж" * 10  # the emoji would occupy code units 67 and 68
-    parts = d.split_parts(body)
+    parts = split_parts(body)
     assert parts == ["ж" * 66, "😀" + "ж" * 10]
     for part in parts:
         part.encode("utf-16-le")  # strict: raises on a lone surrogate
@@ -207,18 +238,18 @@ def test_split_never_cuts_a_surrogate_pair() -> None:
 
 
 def test_all_emoji_body_fits_33_per_part() -> None:
-    assert d.count_parts("😀" * 264) == SmsParts(Encoding.UCS2, 528, 8)
-    assert d.count_parts("😀" * 265) == SmsParts(Encoding.UCS2, 530, 9)
-    assert all(p == "😀" * 33 for p in d.split_parts("😀" * 264))
+    assert count_parts("😀" * 264) == SmsParts(Encoding.UCS2, 528, 8)
+    assert count_parts("😀" * 265) == SmsParts(Encoding.UCS2, 530, 9)
+    assert all(p == "😀" * 33 for p in split_parts("😀" * 264))
 
 
 def test_single_part_is_not_split_at_153() -> None:
     body = "a" * 155 + "{}"  # 159 septets: one part even though a 153 boundary would cut the brace
-    assert d.split_parts(body) == [body]
+    assert split_parts(body) == [body]
 
 
 def test_split_empty_body() -> None:
-    assert d.split_parts("") == []
+    assert split_parts("") == []
 
 
 _ALPHABETS = ["a", "b", " ", "€", "{", "^", "\n", "ж", "😀", "é", "Ω"]
@@ -228,16 +259,16 @@ _ALPHABETS = ["a", "b", " ", "€", "{", "^", "\n", "ж", "😀", "é", "Ω"]
 def test_split_properties_on_random_bodies(seed: int) -> None:
     rng = random.Random(seed)
     gsm_only = seed % 2 == 0
-    alphabet = [c for c in _ALPHABETS if c in d.GSM7_BASIC | d.GSM7_EXTENSION] if gsm_only else _ALPHABETS
+    alphabet = [c for c in _ALPHABETS if c in GSM7_BASIC | GSM7_EXTENSION] if gsm_only else _ALPHABETS
     body = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 700)))
-    info = d.count_parts(body)
-    parts = d.split_parts(body)
+    info = count_parts(body)
+    parts = split_parts(body)
 
     assert "".join(parts) == body
     assert len(parts) == info.parts
     assert all(parts)
     if info.encoding is Encoding.GSM7:
-        assert d.is_gsm7(body)
+        assert is_gsm7(body)
         assert info.units == _gsm_units(body)
         single, multi, units = 160, 153, _gsm_units
     else:
@@ -260,8 +291,8 @@ def test_split_properties_on_random_bodies(seed: int) -> None:
 
 @pytest.mark.parametrize("body", ["", " ", "\n", " \r\n\t ", "\u00a0", "\u3000"])
 def test_empty_body_rejected(body: str) -> None:
-    with pytest.raises(d.EmptyMessage) as info:
-        d.validate_body(body)
+    with pytest.raises(EmptyMessage) as info:
+        validate_body(body)
     assert info.value.reason == "EMPTY_MESSAGE"
     assert info.value.code == "INVALID_ARGUMENT"
 
@@ -276,7 +307,7 @@ def test_empty_body_rejected(body: str) -> None:
     ],
 )
 def test_longest_bodies_accepted(body: str, expected: SmsParts) -> None:
-    assert d.validate_body(body) == expected
+    assert validate_body(body) == expected
 
 
 @pytest.mark.parametrize(
@@ -284,8 +315,8 @@ def test_longest_bodies_accepted(body: str, expected: SmsParts) -> None:
     ["a" * 1225, "€" * 609, "€" * 612, "ж" * 537, "😀" * 265, "a" * 152 + "€" + "a" * 1070, "x" * 100_000],
 )
 def test_body_over_eight_parts_rejected(body: str) -> None:
-    with pytest.raises(d.MessageTooLong) as info:
-        d.validate_body(body)
+    with pytest.raises(MessageTooLong) as info:
+        validate_body(body)
     assert info.value.reason == "MESSAGE_TOO_LONG"
     assert info.value.metadata["max_parts"] == "8"
     assert all(isinstance(v, str) for v in info.value.metadata.values())
@@ -293,8 +324,8 @@ def test_body_over_eight_parts_rejected(body: str) -> None:
 
 @pytest.mark.parametrize("body", ["hi \ud83d", "\udc00", "a\ud800b"])
 def test_lone_surrogate_rejected(body: str) -> None:
-    with pytest.raises(d.InvalidMessageBody) as info:
-        d.validate_body(body)
+    with pytest.raises(InvalidMessageBody) as info:
+        validate_body(body)
     assert info.value.reason == "INVALID_MESSAGE_BODY"
 
 
@@ -315,20 +346,20 @@ TEST_NUMBERS = {
 
 
 def test_test_recipient_set_is_exactly_clicksends() -> None:
-    assert frozenset(TEST_NUMBERS) == d.TEST_RECIPIENTS
+    assert frozenset(TEST_NUMBERS) == TEST_RECIPIENTS
 
 
 @pytest.mark.parametrize(("number", "region"), sorted(TEST_NUMBERS.items()))
 def test_test_recipients_accepted(number: str, region: str) -> None:
     for given, country in [(number, None), (f"  {number} ", None), (number, "FR")]:
-        recipient = d.parse_recipient(given, country)
+        recipient = parse_recipient(given, country)
         assert recipient == Recipient(number, region)
         assert recipient.is_test
-    assert d.is_test_recipient(number)
+    assert is_test_recipient(number)
 
 
 def test_test_recipient_in_national_format_is_still_a_test_recipient() -> None:
-    recipient = d.parse_recipient("0411 111 111", "AU")
+    recipient = parse_recipient("0411 111 111", "AU")
     assert recipient == Recipient("+61411111111", "AU")
     assert recipient.is_test
 
@@ -352,9 +383,9 @@ def test_test_recipient_in_national_format_is_still_a_test_recipient() -> None:
     ],
 )
 def test_valid_recipients_normalised(to: str, country: str | None, e164: str, region: str) -> None:
-    assert d.parse_recipient(to, country) == Recipient(e164, region)
-    assert d.normalize_recipient(to, country) == e164
-    assert not d.is_test_recipient(e164)
+    assert parse_recipient(to, country) == Recipient(e164, region)
+    assert normalize_recipient(to, country) == e164
+    assert not is_test_recipient(e164)
 
 
 @pytest.mark.parametrize(
@@ -385,13 +416,13 @@ def test_valid_recipients_normalised(to: str, country: str | None, e164: str, re
     ],
 )
 def test_invalid_recipients_rejected(to: str, country: str | None) -> None:
-    with pytest.raises(d.InvalidRecipient) as info:
-        d.parse_recipient(to, country)
+    with pytest.raises(InvalidRecipient) as info:
+        parse_recipient(to, country)
     assert info.value.reason == "INVALID_RECIPIENT"
     assert info.value.code == "INVALID_ARGUMENT"
     assert isinstance(info.value, DomainError)
-    with pytest.raises(d.InvalidRecipient):
-        d.normalize_recipient(to, country)
+    with pytest.raises(InvalidRecipient):
+        normalize_recipient(to, country)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -420,7 +451,7 @@ def test_invalid_recipients_rejected(to: str, country: str | None) -> None:
     ],
 )
 def test_valid_senders(sender: str, expected: str) -> None:
-    assert d.validate_sender(sender) == expected
+    assert validate_sender(sender) == expected
 
 
 @pytest.mark.parametrize(
@@ -447,8 +478,8 @@ def test_valid_senders(sender: str, expected: str) -> None:
     ],
 )
 def test_invalid_senders(sender: str) -> None:
-    with pytest.raises(d.InvalidSenderId) as info:
-        d.validate_sender(sender)
+    with pytest.raises(InvalidSenderId) as info:
+        validate_sender(sender)
     assert info.value.reason == "INVALID_SENDER_ID"
 
 
@@ -468,13 +499,13 @@ def test_invalid_senders(sender: str) -> None:
     ],
 )
 def test_valid_schedules(schedule: int, expected: int | None) -> None:
-    assert d.validate_schedule(schedule, NOW) == expected
+    assert validate_schedule(schedule, NOW) == expected
 
 
 @pytest.mark.parametrize("schedule", [NOW - 61, NOW - DAY, 1, -1, NOW + 365 * DAY + 1, 2**63, True])
 def test_invalid_schedules(schedule: int) -> None:
-    with pytest.raises(d.InvalidSchedule) as info:
-        d.validate_schedule(schedule, NOW)
+    with pytest.raises(InvalidSchedule) as info:
+        validate_schedule(schedule, NOW)
     assert info.value.reason == "INVALID_SCHEDULE"
 
 
@@ -556,16 +587,16 @@ def test_bad_price_tables_rejected(prices: dict[str, Decimal], default: Decimal)
     ],
 )
 def test_price_and_balance_formats(value: Decimal, price: str, balance: str) -> None:
-    assert d.format_price(value) == price
-    assert d.format_balance(value) == balance
+    assert format_price(value) == price
+    assert format_balance(value) == balance
 
 
 @pytest.mark.parametrize("value", [Decimal("NaN"), Decimal("Infinity"), Decimal("-Infinity"), 0.077, 1])
 def test_format_rejects_non_finite_and_non_decimal(value: Decimal) -> None:
     with pytest.raises(ValueError):
-        d.format_price(value)
+        format_price(value)
     with pytest.raises(ValueError):
-        d.format_balance(value)
+        format_balance(value)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -589,22 +620,22 @@ ALLOWED = {
 
 @pytest.mark.parametrize(("old", "new"), list(itertools.product(S, S)))
 def test_transition_matrix(old: MessageStatus, new: MessageStatus) -> None:
-    assert d.can_transition(old, new) == ((old, new) in ALLOWED)
-    assert d.is_noop(old, new) == (old == new)
+    assert can_transition(old, new) == ((old, new) in ALLOWED)
+    assert is_noop(old, new) == (old == new)
     if old == new:
-        assert d.check_transition(old, new) is False
+        assert check_transition(old, new) is False
     elif (old, new) in ALLOWED:
-        assert d.check_transition(old, new) is True
+        assert check_transition(old, new) is True
     else:
-        with pytest.raises(d.InvalidStatusTransition) as info:
-            d.check_transition(old, new)
+        with pytest.raises(InvalidStatusTransition) as info:
+            check_transition(old, new)
         assert info.value.code == "FAILED_PRECONDITION"
         assert info.value.reason == "INVALID_STATUS_TRANSITION"
         assert info.value.metadata == {"from_status": old.value, "to_status": new.value}
 
 
 def test_terminal_states() -> None:
-    assert {s for s in S if d.is_terminal(s)} == {S.DELIVERED, S.FAILED, S.CANCELLED}
+    assert {s for s in S if is_terminal(s)} == {S.DELIVERED, S.FAILED, S.CANCELLED}
 
 
 @pytest.mark.parametrize(
@@ -620,7 +651,7 @@ def test_terminal_states() -> None:
     ],
 )
 def test_backward_or_skipping_moves_refused(bad: tuple[MessageStatus, MessageStatus]) -> None:
-    assert not d.can_transition(*bad)
+    assert not can_transition(*bad)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -675,14 +706,14 @@ DELIVERED_TEXT = "Success: Message received on handset."
     ],
 )
 def test_history_view(status: MessageStatus, error_code: int | None, expected: HistoryStatus) -> None:
-    assert d.clicksend_history_view(status, error_code) == expected
+    assert clicksend_history_view(status, error_code) == expected
 
 
 @pytest.mark.parametrize("status", list(S))
 @pytest.mark.parametrize("error_code", [None, 7, 16, 19])
 def test_history_and_receipt_views_agree_with_sdk_types(status: MessageStatus, error_code: int | None) -> None:
-    history = d.clicksend_history_view(status, error_code)
-    receipt = d.clicksend_receipt_view(status, error_code)
+    history = clicksend_history_view(status, error_code)
+    receipt = clicksend_receipt_view(status, error_code)
     assert isinstance(history.status_code, str)
     assert isinstance(receipt.status_code, int)
     assert history.error_code is None or isinstance(history.error_code, str)
@@ -693,7 +724,7 @@ def test_history_and_receipt_views_agree_with_sdk_types(status: MessageStatus, e
         None if history.error_code is None else int(history.error_code),
         history.error_text,
     )
-    assert d.clicksend_receipt_code(status, error_code) == receipt.status_code
+    assert clicksend_receipt_code(status, error_code) == receipt.status_code
     assert history.status in {"Queued", "Scheduled", "Sent", "Failed", "Cancelled"}
 
 
@@ -710,16 +741,16 @@ def test_history_and_receipt_views_agree_with_sdk_types(status: MessageStatus, e
     ],
 )
 def test_receipt_code(status: MessageStatus, error_code: int | None, code: int) -> None:
-    assert d.clicksend_receipt_code(status, error_code) == code
+    assert clicksend_receipt_code(status, error_code) == code
 
 
 def test_receipt_code_without_error_code() -> None:
-    assert d.clicksend_receipt_code(S.FAILED) == 301
-    assert d.clicksend_receipt_code(S.DELIVERED) == 201
+    assert clicksend_receipt_code(S.FAILED) == 301
+    assert clicksend_receipt_code(S.DELIVERED) == 201
 
 
 def test_carrier_error_table_covers_7_to_20() -> None:
-    assert set(d.CARRIER_ERROR_TEXT) == set(range(7, 21))
+    assert set(CARRIER_ERROR_TEXT) == set(range(7, 21))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -728,7 +759,7 @@ def test_carrier_error_table_covers_7_to_20() -> None:
 
 
 def test_validate_outbound_success() -> None:
-    result = d.validate_outbound("Hello {name}", "0412 345 678", "AU", " Acme ", NOW + 3600, NOW)
+    result = validate_outbound("Hello {name}", "0412 345 678", "AU", " Acme ", NOW + 3600, NOW)
     assert result == ValidatedMessage(
         body="Hello {name}",
         recipient=Recipient("+61412345678", "AU"),
@@ -742,7 +773,7 @@ def test_validate_outbound_success() -> None:
 
 
 def test_validate_outbound_defaults_and_test_recipient() -> None:
-    result = d.validate_outbound("hi", "+61411111111", None, None, None, NOW)
+    result = validate_outbound("hi", "+61411111111", None, None, None, NOW)
     assert isinstance(result, ValidatedMessage)
     assert result.sender == ""
     assert result.schedule is None
@@ -768,7 +799,7 @@ def test_validate_outbound_defaults_and_test_recipient() -> None:
 def test_validate_outbound_rejections(
     body: str, to: str, country: str | None, sender: str, schedule: int, status: MessageStatusCode
 ) -> None:
-    result = d.validate_outbound(body, to, country, sender, schedule, NOW)
+    result = validate_outbound(body, to, country, sender, schedule, NOW)
     assert isinstance(result, Rejected)
     assert result.status_code is status
     assert result.status_code == status.value  # a plain wire string too
@@ -781,7 +812,7 @@ def test_validate_outbound_never_raises_on_garbage() -> None:
     countries: list[str | None] = [None, "", "AU", "zz", "AUS", "\u00c5U"]
     schedules: list[int | None] = [None, 0, -1, NOW, NOW * 10, 2**70]
     for _ in range(500):
-        result = d.validate_outbound(
+        result = validate_outbound(
             rng.choice(pool), rng.choice(pool), rng.choice(countries), rng.choice(pool), rng.choice(schedules), NOW
         )
         assert isinstance(result, ValidatedMessage | Rejected)
@@ -791,12 +822,12 @@ def test_status_code_values_are_wire_strings() -> None:
     for code in MessageStatusCode:
         assert code.value == code.name
     for err in (
-        d.EmptyMessage,
-        d.MessageTooLong,
-        d.InvalidMessageBody,
-        d.InvalidRecipient,
-        d.InvalidSenderId,
-        d.InvalidSchedule,
+        EmptyMessage,
+        MessageTooLong,
+        InvalidMessageBody,
+        InvalidRecipient,
+        InvalidSenderId,
+        InvalidSchedule,
     ):
         assert MessageStatusCode(err.reason).value == err.reason
         assert err.code == "INVALID_ARGUMENT"

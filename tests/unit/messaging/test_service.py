@@ -12,26 +12,14 @@ from decimal import Decimal
 import pytest
 
 from sendsafe.audit.v1 import event_pb2
-from services.messaging.domain import (
-    BODY_RECORD,
-    CURRENCIES,
-    TO_RECORD,
-    Caller,
-    ClaimedMessage,
-    HistoryQuery,
-    InvalidAccountId,
-    MessageStatus,
-    MissingRequiredFields,
-    NewMessage,
-    OutboundInput,
-    PriceTable,
-    Receipt,
-    StoredMessage,
-    Submission,
-    SubmitResult,
-    TooManyRecipients,
-    page_window,
-)
+from services.messaging.domain.delivery import ClaimedMessage, Receipt, Submission, SubmitResult
+from services.messaging.domain.errors import InvalidAccountId
+from services.messaging.domain.history import HistoryQuery
+from services.messaging.domain.outbound import MissingRequiredFields, TooManyRecipients
+from services.messaging.domain.paging import page_window
+from services.messaging.domain.pricing import CURRENCIES, PriceTable
+from services.messaging.domain.records import BODY_RECORD, TO_RECORD, Caller, NewMessage, OutboundInput, StoredMessage
+from services.messaging.domain.statuses import MessageStatus
 from services.messaging.service import DeliveryService, MessagingService, new_message_ids
 from svckit.envelope import DecryptFailed, Envelope, aad_for
 

@@ -10,24 +10,20 @@ from decimal import Decimal
 
 import pytest
 
-from services.messaging.domain import (
-    Caller,
-    HistoryQuery,
-    IdempotencyKeyReused,
-    InvalidIdempotencyKey,
+from services.messaging.domain.errors import MessageStatusCode
+from services.messaging.domain.history import HistoryQuery, SearchNotPermitted, parse_history_filter, parse_history_sort
+from services.messaging.domain.idempotency import IdempotencyKeyReused, InvalidIdempotencyKey
+from services.messaging.domain.limits import (
     LimitRequest,
     LimitVerdict,
-    MessageStatusCode,
     RateConfig,
     RateLimited,
-    SearchNotPermitted,
     SendLimitExceeded,
     SendLimits,
-    number_index,
-    page_window,
-    parse_history_filter,
-    parse_history_sort,
 )
+from services.messaging.domain.paging import page_window
+from services.messaging.domain.privacy import number_index
+from services.messaging.domain.records import Caller
 from svckit.envelope import Envelope
 from tests.unit.messaging.test_service import (
     ALICE,
@@ -228,7 +224,7 @@ async def test_deidentified_users_see_masks_and_cannot_search_content(parts) -> 
 
 
 async def test_test_hooks_need_test_mode(parts) -> None:  # type: ignore[no-untyped-def]
-    from services.messaging.domain import TestModeOnly
+    from services.messaging.domain.receipts import TestModeOnly
 
     store, queue, env = parts
     svc = make_service(store, queue, env)
