@@ -10,14 +10,10 @@ from google.protobuf import timestamp_pb2
 from sendsafe.context.v1 import principal_pb2
 from sendsafe.keys.v1 import keys_service_pb2 as pb
 from sendsafe.keys.v1 import keys_service_pb2_grpc
-from services.keys.domain import (
-    ApiKeyRecord,
-    Caller,
-    PrincipalRequired,
-    SendLimits,
-    check_send_limits,
-    key_prefix,
-)
+from services.keys.domain.api_key_format import key_prefix
+from services.keys.domain.api_keys import ApiKeyRecord, Caller
+from services.keys.domain.errors import PrincipalRequired
+from services.keys.domain.restrictions import SendLimits, check_send_limits
 from services.keys.service import AccountStatus, Service
 from svckit import context as callctx
 from svckit.times import to_datetime

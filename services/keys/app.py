@@ -15,7 +15,8 @@ from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from sendsafe.options.v1 import options_pb2
 from services.keys.api import KeysServicer
 from services.keys.config import Settings, load_settings
-from services.keys.domain import KeyRules, LocalRootKey
+from services.keys.domain.api_keys import KeyRules
+from services.keys.domain.root_key import LocalRootKey
 from services.keys.service import Service, utcnow
 from services.keys.store import PgKeyStore, RedisLastUsed
 from svckit.app import App, serve

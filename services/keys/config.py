@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.keys.domain import RootKeyInvalid, parse_root_key
+from services.keys.domain.errors import RootKeyInvalid
+from services.keys.domain.root_key import parse_root_key
 from svckit.config import ConfigError, KitSettings, load, setting
 
 _AUDIT_REQUIRED = "AUDIT_ADDR: required by the keys service (issuing keys is audited, fail closed)"

@@ -22,67 +22,64 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from sendsafe.audit.v1 import event_pb2
-from services.keys.domain import (
+from services.keys.domain.api_key_format import PEPPER_INFO, new_api_key, parse_api_key, secret_hmac, valid_key_id
+from services.keys.domain.api_keys import (
     DEFAULT_SCOPES,
-    FORMAT_CIPHERTEXT,
-    FORMAT_DATA_KEY,
-    MAX_BATCH,
     MAX_LINEAGE_HOPS,
-    PEPPER_INFO,
-    RECEIPT_SIGNING_INFO,
     VERIFY_ERRORS,
-    AccountKeysNotFound,
-    AccountRing,
-    ApiKeyInactive,
-    ApiKeyNotFound,
     ApiKeyRecord,
-    BatchTooLarge,
     Caller,
-    DecryptFailed,
-    InvalidCredentials,
-    Kek,
     KeyRules,
-    KeysDestroyed,
-    KeyVersionUnknown,
-    NotPendingDestruction,
-    ReceiptSigner,
-    RingState,
-    RootKeyProvider,
-    SendLimits,
-    StoredKek,
-    TtlLru,
     VerifiedKey,
-    check_account_id,
-    check_blob_account,
     check_issue_request,
     check_key_check_request,
     check_new_key,
-    check_pending_window,
-    check_policy,
     check_revoke_user_request,
     check_roll,
-    decrypt_small,
-    destruction_receipt,
-    encrypt_small,
-    kek_aad,
     key_in_effect,
     limits_root,
-    new_api_key,
-    new_key,
-    page_size,
-    page_token,
-    parse_api_key,
-    parse_blob,
-    parse_page_token,
-    receipt_signer,
     rolled_lifetime,
-    secret_hmac,
-    unwrap_data_key,
     valid_for,
-    valid_key_id,
     verify_failure,
+)
+from services.keys.domain.crypto import new_key
+from services.keys.domain.envelope import (
+    FORMAT_CIPHERTEXT,
+    FORMAT_DATA_KEY,
+    MAX_BATCH,
+    Kek,
+    check_blob_account,
+    decrypt_small,
+    encrypt_small,
+    kek_aad,
+    parse_blob,
+    unwrap_data_key,
     wrap_data_key,
 )
+from services.keys.domain.errors import (
+    AccountKeysNotFound,
+    ApiKeyInactive,
+    ApiKeyNotFound,
+    BatchTooLarge,
+    DecryptFailed,
+    InvalidCredentials,
+    KeysDestroyed,
+    KeyVersionUnknown,
+    NotPendingDestruction,
+)
+from services.keys.domain.key_rings import (
+    AccountRing,
+    RingState,
+    StoredKek,
+    check_account_id,
+    check_pending_window,
+    check_policy,
+)
+from services.keys.domain.paging import page_size, page_token, parse_page_token
+from services.keys.domain.receipts import RECEIPT_SIGNING_INFO, ReceiptSigner, destruction_receipt, receipt_signer
+from services.keys.domain.restrictions import SendLimits
+from services.keys.domain.root_key import RootKeyProvider
+from services.keys.domain.ttl_lru import TtlLru
 from svckit.audit import new_event
 from svckit.config import ConfigError
 from svckit.errors import DomainError

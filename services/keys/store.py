@@ -9,15 +9,11 @@ from datetime import UTC, datetime
 import asyncpg
 import redis.asyncio as aioredis
 
-from services.keys.domain import (
-    AccountRing,
-    ApiKeyAlreadyRolled,
-    ApiKeyRecord,
-    RingState,
-    RootWrapped,
-    SendLimits,
-    StoredKek,
-)
+from services.keys.domain.api_keys import ApiKeyRecord
+from services.keys.domain.errors import ApiKeyAlreadyRolled
+from services.keys.domain.key_rings import AccountRing, RingState, StoredKek
+from services.keys.domain.restrictions import SendLimits
+from services.keys.domain.root_key import RootWrapped
 
 _KEY_COLUMNS = (
     "key_id, account_id, user_id, name, test_mode, scopes, secret_hmac, pepper_id, create_time, expire_time,"

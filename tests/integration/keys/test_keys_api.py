@@ -19,7 +19,7 @@ from sendsafe.audit.v1 import audit_service_pb2, audit_service_pb2_grpc, event_p
 from sendsafe.context.v1 import principal_pb2
 from sendsafe.keys.v1 import keys_service_pb2 as pb
 from sendsafe.keys.v1 import keys_service_pb2_grpc
-from services.keys.domain import looks_like_api_key, parse_api_key
+from services.keys.domain.api_key_format import looks_like_api_key, parse_api_key
 from svckit.app import App
 from svckit.envelope import DecryptFailed, Envelope, KeysStubSource, aad_for
 from svckit.testing import CertBundle, stepped_up_now
@@ -91,7 +91,7 @@ async def test_bad_keys_are_refused_alike(keys_app: App, certs: CertBundle) -> N
     await pool.execute("UPDATE api_keys SET revoke_time = now() - interval '1 day' WHERE key_id = $1", revoked.key_id)
     parts = parse_api_key(good.api_key)
     assert parts is not None
-    from services.keys.domain import ApiKeyParts
+    from services.keys.domain.api_key_format import ApiKeyParts
 
     wrong_secret = ApiKeyParts(False, parts.key_id, "A" * 22).format()  # valid checksum, wrong secret
     garbled = good.api_key[:-1] + ("x" if good.api_key[-1] != "x" else "y")
@@ -116,7 +116,7 @@ async def test_verify_failures_are_audited_without_secrets(keys_app: App, audit_
     good = await _issue(certs, keys_app, account_id=account)
     parts = parse_api_key(good.api_key)
     assert parts is not None
-    from services.keys.domain import ApiKeyParts
+    from services.keys.domain.api_key_format import ApiKeyParts
 
     wrong = ApiKeyParts(False, parts.key_id, "B" * 22).format()
     ch, stub = stub_as(certs, "gateway", keys_app)

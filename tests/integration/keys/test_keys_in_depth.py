@@ -18,7 +18,7 @@ from sendsafe.audit.v1 import audit_service_pb2, audit_service_pb2_grpc, event_p
 from sendsafe.context.v1 import principal_pb2
 from sendsafe.keys.v1 import keys_service_pb2 as pb
 from sendsafe.keys.v1 import keys_service_pb2_grpc
-from services.keys.domain import verify_receipt
+from services.keys.domain.receipts import verify_receipt
 from svckit.app import App
 from svckit.cache import make_redis
 from svckit.envelope import DecryptFailed, Envelope, KeysStubSource, aad_for, rewrap_all

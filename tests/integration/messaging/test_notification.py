@@ -25,7 +25,7 @@ from sendsafe.keys.v1 import keys_service_pb2_grpc
 from sendsafe.messaging.v1 import messaging_service_pb2 as mpb
 from sendsafe.messaging.v1 import notification_service_pb2 as npb
 from sendsafe.messaging.v1 import notification_service_pb2_grpc
-from services.keys.domain import parse_api_key
+from services.keys.domain.api_key_format import parse_api_key
 from services.messaging.domain.records import BODY_RECORD
 from svckit.app import App
 from svckit.envelope import aad_for

@@ -8,14 +8,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from sendsafe.audit.v1 import event_pb2
-from services.keys.domain import (
-    AccountRing,
-    ApiKeyAlreadyRolled,
-    ApiKeyRecord,
-    RingState,
-    RootWrapped,
-    StoredKek,
-)
+from services.keys.domain.api_keys import ApiKeyRecord
+from services.keys.domain.errors import ApiKeyAlreadyRolled
+from services.keys.domain.key_rings import AccountRing, RingState, StoredKek
+from services.keys.domain.root_key import RootWrapped
 from svckit.audit import AuditUnavailable
 from svckit.keyevents import KeyNotice
 

@@ -13,18 +13,82 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from services.keys import domain as d
-from services.keys.domain import (
+from services.keys.domain.api_key_format import (
+    API_KEY_LEN,
+    BASE62,
+    PEPPER_INFO,
+    SECRET_LEN,
     ApiKeyParts,
-    ApiKeyRecord,
-    DecryptFailed,
-    KeyVersionUnknown,
-    LocalRootKey,
-    RootKeyInvalid,
-    RootWrapped,
+    base62_fixed,
+    hmac_matches,
     looks_like_api_key,
+    new_api_key,
     parse_api_key,
+    random_base62,
+    secret_hmac,
 )
+from services.keys.domain.api_keys import (
+    VERIFY_ERRORS,
+    ApiKeyRecord,
+    Caller,
+    KeyRules,
+    KeySpec,
+    check_issue_request,
+    check_new_key,
+    check_roll,
+    rolled_lifetime,
+    valid_for,
+    verify_failure,
+)
+from services.keys.domain.crypto import new_key
+from services.keys.domain.envelope import (
+    MAX_PLAINTEXT,
+    WRAPPED_DATA_KEY_LEN,
+    WRAPPED_DATA_KEY_V1_LEN,
+    Kek,
+    canonical_context,
+    data_key_aad_v1,
+    decrypt_small,
+    encrypt_small,
+    kek_aad,
+    parse_blob,
+    unwrap_data_key,
+    wrap_data_key,
+)
+from services.keys.domain.errors import (
+    ApiKeyAlreadyRolled,
+    ApiKeyInactive,
+    CidrInvalid,
+    ContextInvalid,
+    DecryptFailed,
+    ExceedsCallingKey,
+    ExpiryInvalid,
+    InvalidCredentials,
+    KeyAccountMismatch,
+    KeyPolicyInvalid,
+    KeysDestroyed,
+    KeysPendingDestruction,
+    KeyVersionRetired,
+    KeyVersionUnknown,
+    PlaintextTooLarge,
+    RequestInvalid,
+    RootKeyInvalid,
+    ScopeInvalid,
+    ScopeNotHeld,
+    SendLimitsInvalid,
+)
+from services.keys.domain.key_rings import AccountRing, RingState, check_pending_window, check_policy
+from services.keys.domain.paging import page_size, page_token, parse_page_token
+from services.keys.domain.receipts import RECEIPT_TYPE, destruction_receipt, receipt_signer, verify_receipt
+from services.keys.domain.restrictions import (
+    MAX_SEND_PER_MINUTE,
+    NO_LIMITS,
+    SendLimits,
+    address_allowed,
+    check_send_limits,
+)
+from services.keys.domain.root_key import LocalRootKey, RootWrapped, parse_root_key
+from services.keys.domain.ttl_lru import TtlLru
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 PEPPER = bytes(range(32))
@@ -34,10 +98,10 @@ PEPPER = bytes(range(32))
 
 def test_new_key_format() -> None:
     for test_mode, prefix in ((False, "ss_live_"), (True, "ss_test_")):
-        parts = d.new_api_key(test_mode)
+        parts = new_api_key(test_mode)
         key = parts.format()
         assert key.startswith(prefix)
-        assert len(key) == d.API_KEY_LEN == 8 + 12 + 1 + 22 + 6
+        assert len(key) == API_KEY_LEN == 8 + 12 + 1 + 22 + 6
         rest = key[len(prefix) :]
         assert rest[:12] == parts.key_id and rest[12] == "_"
         assert set(rest[:12] + rest[13:]) <= set(string.ascii_letters + string.digits)
@@ -48,11 +112,11 @@ def test_new_key_format() -> None:
 def test_secret_has_at_least_128_bits_and_is_random() -> None:
     import math
 
-    assert d.SECRET_LEN * math.log2(62) >= 128
-    keys = {d.new_api_key(False).format() for _ in range(2000)}
+    assert SECRET_LEN * math.log2(62) >= 128
+    keys = {new_api_key(False).format() for _ in range(2000)}
     assert len(keys) == 2000
     # Every base62 character shows up across the secrets (no truncated alphabet).
-    assert set("".join(parse_api_key(k).secret for k in keys)) == set(d.BASE62)  # type: ignore[union-attr]
+    assert set("".join(parse_api_key(k).secret for k in keys)) == set(BASE62)  # type: ignore[union-attr]
 
 
 def test_checksum_is_base62_crc32_of_the_rest() -> None:
@@ -61,16 +125,16 @@ def test_checksum_is_base62_crc32_of_the_rest() -> None:
     body, check = key[:-6], key[-6:]
     value = 0
     for c in check:
-        value = value * 62 + d.BASE62.index(c)
+        value = value * 62 + BASE62.index(c)
     assert value == zlib.crc32(body.encode())
-    assert d.base62_fixed(0, 6) == "000000"
-    assert d.base62_fixed(62**6 - 1, 6) == "zzzzzz"
+    assert base62_fixed(0, 6) == "000000"
+    assert base62_fixed(62**6 - 1, 6) == "zzzzzz"
     with pytest.raises(ValueError):
-        d.base62_fixed(62**6, 6)
+        base62_fixed(62**6, 6)
 
 
 def test_every_single_character_change_is_detected_offline() -> None:
-    key = d.new_api_key(False).format()
+    key = new_api_key(False).format()
     for i in range(len(key)):
         for c in ("0", "Z", "z", "_", "x"):
             if key[i] == c:
@@ -100,17 +164,17 @@ def test_garbage_is_not_a_key(text: str) -> None:
 
 
 def test_mode_is_bound_by_checksum_and_hmac() -> None:
-    live = d.new_api_key(False)
+    live = new_api_key(False)
     as_test = ApiKeyParts(True, live.key_id, live.secret)
     # Switching the prefix breaks the checksum…
     assert parse_api_key("ss_test_" + live.format()[8:]) is None
     # …and an attacker who recomputes it still fails the HMAC, which covers the prefix.
     assert parse_api_key(as_test.format()) == as_test
-    assert not d.hmac_matches(PEPPER, as_test, d.secret_hmac(PEPPER, live))
+    assert not hmac_matches(PEPPER, as_test, secret_hmac(PEPPER, live))
 
 
 def test_repr_hides_the_secret() -> None:
-    parts = d.new_api_key(False)
+    parts = new_api_key(False)
     assert parts.secret not in repr(parts) and parts.secret not in str(parts)
 
 
@@ -125,7 +189,7 @@ def _record(parts: ApiKeyParts, **kw: object) -> ApiKeyRecord:
         "name": "ci",
         "test_mode": parts.test_mode,
         "scopes": ("*",),
-        "secret_hmac": d.secret_hmac(PEPPER, parts),
+        "secret_hmac": secret_hmac(PEPPER, parts),
         "pepper_id": "local-1",
         "create_time": NOW - timedelta(days=1),
     }
@@ -134,39 +198,39 @@ def _record(parts: ApiKeyParts, **kw: object) -> ApiKeyRecord:
 
 
 def test_hmac_is_keyed_and_constant_size() -> None:
-    parts = d.new_api_key(False)
-    h = d.secret_hmac(PEPPER, parts)
+    parts = new_api_key(False)
+    h = secret_hmac(PEPPER, parts)
     assert len(h) == 32
-    assert d.hmac_matches(PEPPER, parts, h)
-    assert not d.hmac_matches(bytes(32), parts, h)
-    assert not d.hmac_matches(PEPPER, ApiKeyParts(False, parts.key_id, "x" * 22), h)
+    assert hmac_matches(PEPPER, parts, h)
+    assert not hmac_matches(bytes(32), parts, h)
+    assert not hmac_matches(PEPPER, ApiKeyParts(False, parts.key_id, "x" * 22), h)
     assert parts.secret.encode() not in h
 
 
 def test_verify_outcomes() -> None:
-    parts = d.new_api_key(False)
-    assert d.verify_failure(_record(parts), parts, PEPPER, NOW) == ""
-    assert d.verify_failure(None, parts, PEPPER, NOW) == "unknown_key"
-    wrong = ApiKeyParts(False, parts.key_id, d.random_base62(22))
-    assert d.verify_failure(_record(parts), wrong, PEPPER, NOW) == "secret_mismatch"
-    assert d.verify_failure(_record(parts), parts, bytes(32), NOW) == "secret_mismatch"
-    assert d.verify_failure(_record(parts, revoke_time=NOW), parts, PEPPER, NOW) == "revoked"
-    assert d.verify_failure(_record(parts, revoke_time=NOW + timedelta(seconds=1)), parts, PEPPER, NOW) == ""
-    assert d.verify_failure(_record(parts, expire_time=NOW - timedelta(seconds=1)), parts, PEPPER, NOW) == "expired"
-    assert d.verify_failure(_record(parts, expire_time=NOW + timedelta(hours=1)), parts, PEPPER, NOW) == ""
+    parts = new_api_key(False)
+    assert verify_failure(_record(parts), parts, PEPPER, NOW) == ""
+    assert verify_failure(None, parts, PEPPER, NOW) == "unknown_key"
+    wrong = ApiKeyParts(False, parts.key_id, random_base62(22))
+    assert verify_failure(_record(parts), wrong, PEPPER, NOW) == "secret_mismatch"
+    assert verify_failure(_record(parts), parts, bytes(32), NOW) == "secret_mismatch"
+    assert verify_failure(_record(parts, revoke_time=NOW), parts, PEPPER, NOW) == "revoked"
+    assert verify_failure(_record(parts, revoke_time=NOW + timedelta(seconds=1)), parts, PEPPER, NOW) == ""
+    assert verify_failure(_record(parts, expire_time=NOW - timedelta(seconds=1)), parts, PEPPER, NOW) == "expired"
+    assert verify_failure(_record(parts, expire_time=NOW + timedelta(hours=1)), parts, PEPPER, NOW) == ""
 
 
 def test_invalid_credentials_message_is_the_same_for_every_failure() -> None:
-    err = d.InvalidCredentials()
+    err = InvalidCredentials()
     assert err.reason == "INVALID_CREDENTIALS" and err.code == "UNAUTHENTICATED"
-    assert str(err) == str(d.InvalidCredentials())
+    assert str(err) == str(InvalidCredentials())
 
 
 def test_issue_request_checks() -> None:
-    assert d.check_issue_request(1, 2, "  ci key ") == "ci key"
+    assert check_issue_request(1, 2, "  ci key ") == "ci key"
     for args in ((0, 1, "x"), (1, 0, "x"), (1, 1, "x" * 101), (1, 1, "bad\nname"), (-1, 1, "")):
-        with pytest.raises(d.RequestInvalid):
-            d.check_issue_request(*args)  # type: ignore[arg-type]
+        with pytest.raises(RequestInvalid):
+            check_issue_request(*args)  # type: ignore[arg-type]
 
 
 # -- root key --------------------------------------------------------------------------------------------
@@ -175,35 +239,35 @@ ROOT = bytes(range(100, 132))
 
 
 def test_parse_root_key_forms() -> None:
-    assert d.parse_root_key(ROOT.hex()) == ROOT
-    assert d.parse_root_key(ROOT.hex().upper() + "\n") == ROOT
-    assert d.parse_root_key(base64.b64encode(ROOT).decode()) == ROOT
-    assert d.parse_root_key(base64.urlsafe_b64encode(ROOT).decode().rstrip("=")) == ROOT
+    assert parse_root_key(ROOT.hex()) == ROOT
+    assert parse_root_key(ROOT.hex().upper() + "\n") == ROOT
+    assert parse_root_key(base64.b64encode(ROOT).decode()) == ROOT
+    assert parse_root_key(base64.urlsafe_b64encode(ROOT).decode().rstrip("=")) == ROOT
     for bad in ("", "00" * 31, "00" * 33, base64.b64encode(b"x" * 31).decode(), "not a key at all!!"):
         with pytest.raises(RootKeyInvalid) as info:
-            d.parse_root_key(bad)
+            parse_root_key(bad)
         assert bad not in info.value.message or not bad
 
 
 async def test_root_wrap_round_trip_and_binding() -> None:
     root = LocalRootKey({"r1": ROOT}, "r1")
-    kek = d.new_key()
-    wrapped = await root.wrap(kek, d.kek_aad(5, 1))
+    kek = new_key()
+    wrapped = await root.wrap(kek, kek_aad(5, 1))
     assert wrapped.key_id == "r1" and kek not in wrapped.blob
-    assert await root.unwrap(wrapped, d.kek_aad(5, 1)) == kek
-    for aad in (d.kek_aad(6, 1), d.kek_aad(5, 2)):
+    assert await root.unwrap(wrapped, kek_aad(5, 1)) == kek
+    for aad in (kek_aad(6, 1), kek_aad(5, 2)):
         with pytest.raises(DecryptFailed):
             await root.unwrap(wrapped, aad)
     tampered = RootWrapped("r1", wrapped.blob[:-1] + bytes([wrapped.blob[-1] ^ 1]))
     with pytest.raises(DecryptFailed):
-        await root.unwrap(tampered, d.kek_aad(5, 1))
+        await root.unwrap(tampered, kek_aad(5, 1))
     with pytest.raises(DecryptFailed):
-        await root.unwrap(RootWrapped("r1", b"short"), d.kek_aad(5, 1))
+        await root.unwrap(RootWrapped("r1", b"short"), kek_aad(5, 1))
     with pytest.raises(KeyVersionUnknown):
-        await root.unwrap(RootWrapped("r0", wrapped.blob), d.kek_aad(5, 1))
+        await root.unwrap(RootWrapped("r0", wrapped.blob), kek_aad(5, 1))
     other = LocalRootKey({"r1": bytes(32)}, "r1")
     with pytest.raises(DecryptFailed):
-        await other.unwrap(wrapped, d.kek_aad(5, 1))
+        await other.unwrap(wrapped, kek_aad(5, 1))
 
 
 async def test_root_rotation_keeps_old_ids_readable() -> None:
@@ -213,17 +277,17 @@ async def test_root_rotation_keeps_old_ids_readable() -> None:
     assert await rotated.unwrap(wrapped, b"aad") == b"k" * 32
     assert (await rotated.wrap(b"k" * 32, b"aad")).key_id == "r2"
     # The pepper of an old root key id stays derivable (stored API-key hashes name it).
-    assert await rotated.derive_secret(d.PEPPER_INFO, "r1") == await old.derive_secret(d.PEPPER_INFO)
+    assert await rotated.derive_secret(PEPPER_INFO, "r1") == await old.derive_secret(PEPPER_INFO)
 
 
 async def test_derived_secrets_are_separated() -> None:
     root = LocalRootKey({"r1": ROOT}, "r1")
-    kid, pepper = await root.derive_secret(d.PEPPER_INFO)
+    kid, pepper = await root.derive_secret(PEPPER_INFO)
     assert kid == "r1" and len(pepper) == 32
     assert pepper != ROOT
     assert (await root.derive_secret(b"something else"))[1] != pepper
     with pytest.raises(KeyVersionUnknown):
-        await root.derive_secret(d.PEPPER_INFO, "nope")
+        await root.derive_secret(PEPPER_INFO, "nope")
     assert ROOT.hex() not in repr(root)
 
 
@@ -239,131 +303,131 @@ def test_local_root_key_rejects_bad_config() -> None:
 CTX = {"purpose": "totp", "user_id": "6"}
 
 
-def _kek(account_id: int = 5, version: int = 3) -> d.Kek:
-    return d.Kek.of(account_id, version, d.new_key())
+def _kek(account_id: int = 5, version: int = 3) -> Kek:
+    return Kek.of(account_id, version, new_key())
 
 
 def test_data_key_wrap_round_trip_and_layout() -> None:
     kek = _kek()
-    dk = d.new_key()
-    wrapped = d.wrap_data_key(kek, dk, CTX)
-    assert len(wrapped) == d.WRAPPED_DATA_KEY_LEN == 73
+    dk = new_key()
+    wrapped = wrap_data_key(kek, dk, CTX)
+    assert len(wrapped) == WRAPPED_DATA_KEY_LEN == 73
     assert wrapped[0] == 2 and int.from_bytes(wrapped[1:5], "big") == 3 and int.from_bytes(wrapped[5:13], "big") == 5
-    header = d.parse_blob(wrapped)
+    header = parse_blob(wrapped)
     assert (header.fmt, header.version, header.account_id, header.is_data_key) == (2, 3, 5, True)
-    assert d.unwrap_data_key(kek, wrapped, CTX) == dk
+    assert unwrap_data_key(kek, wrapped, CTX) == dk
     assert dk not in wrapped
-    assert d.unwrap_data_key(kek, d.wrap_data_key(kek, dk)) == dk  # no context at all
+    assert unwrap_data_key(kek, wrap_data_key(kek, dk)) == dk  # no context at all
 
 
 def test_legacy_format_1_still_unwraps() -> None:
     kek = _kek(5, 1)
-    dk = d.new_key()
+    dk = new_key()
     nonce = bytes(12)
-    legacy = bytes((1,)) + (1).to_bytes(4, "big") + nonce + kek.wrap.encrypt(nonce, dk, d.data_key_aad_v1(5, 1))
-    assert len(legacy) == d.WRAPPED_DATA_KEY_V1_LEN == 65
-    assert d.parse_blob(legacy).account_id is None
-    assert d.unwrap_data_key(kek, legacy) == dk
+    legacy = bytes((1,)) + (1).to_bytes(4, "big") + nonce + kek.wrap.encrypt(nonce, dk, data_key_aad_v1(5, 1))
+    assert len(legacy) == WRAPPED_DATA_KEY_V1_LEN == 65
+    assert parse_blob(legacy).account_id is None
+    assert unwrap_data_key(kek, legacy) == dk
     with pytest.raises(DecryptFailed):
-        d.unwrap_data_key(kek, legacy, CTX)
+        unwrap_data_key(kek, legacy, CTX)
     with pytest.raises(DecryptFailed):
-        d.unwrap_data_key(d.Kek(6, 1, kek.wrap, kek.seal), legacy)  # bound to account 5 through the AAD
+        unwrap_data_key(Kek(6, 1, kek.wrap, kek.seal), legacy)  # bound to account 5 through the AAD
 
 
 def test_data_key_unwrap_failures_are_clear() -> None:
     kek = _kek(5, 1)
-    wrapped = d.wrap_data_key(kek, d.new_key(), CTX)
-    with pytest.raises(d.KeyAccountMismatch):
-        d.unwrap_data_key(d.Kek(6, 1, kek.wrap, kek.seal), wrapped, CTX)  # another account
+    wrapped = wrap_data_key(kek, new_key(), CTX)
+    with pytest.raises(KeyAccountMismatch):
+        unwrap_data_key(Kek(6, 1, kek.wrap, kek.seal), wrapped, CTX)  # another account
     with pytest.raises(DecryptFailed):
-        d.unwrap_data_key(_kek(5, 1), wrapped, CTX)  # another KEK
+        unwrap_data_key(_kek(5, 1), wrapped, CTX)  # another KEK
     for ctx in ({}, {"purpose": "totp"}, {"purpose": "TOTP", "user_id": "6"}, CTX | {"extra": ""}):
         with pytest.raises(DecryptFailed):
-            d.unwrap_data_key(kek, wrapped, ctx)  # associated data must match exactly
+            unwrap_data_key(kek, wrapped, ctx)  # associated data must match exactly
     for i in range(13, len(wrapped)):  # every byte after the header is authenticated
         bad = bytearray(wrapped)
         bad[i] ^= 0x80
         with pytest.raises(DecryptFailed):
-            d.unwrap_data_key(kek, bytes(bad), CTX)
+            unwrap_data_key(kek, bytes(bad), CTX)
     for i in range(1, 5):  # a changed version in the header fails too (authenticated as associated data)
         bad = bytearray(wrapped)
         bad[i] ^= 0x01
-        with pytest.raises((DecryptFailed, d.KeyAccountMismatch)):
-            d.unwrap_data_key(kek, bytes(bad), CTX)
+        with pytest.raises((DecryptFailed, KeyAccountMismatch)):
+            unwrap_data_key(kek, bytes(bad), CTX)
     zero_version = b"\x02\x00\x00\x00\x00" + wrapped[5:]
     for bad_blob in (b"", wrapped[:-1], wrapped + b"\x00", b"\x09" + wrapped[1:], zero_version):
         with pytest.raises(DecryptFailed):
-            d.parse_blob(bad_blob)
+            parse_blob(bad_blob)
 
 
 def test_small_secrets_round_trip_and_fail_clearly() -> None:
     kek = _kek(5, 2)
-    ct = d.encrypt_small(kek, b"JBSWY3DPEHPK3PXP", CTX)
+    ct = encrypt_small(kek, b"JBSWY3DPEHPK3PXP", CTX)
     assert ct[0] == 3 and b"JBSWY3DPEHPK3PXP" not in ct
-    assert d.decrypt_small(kek, ct, CTX) == b"JBSWY3DPEHPK3PXP"
-    assert d.decrypt_small(kek, d.encrypt_small(kek, b""), None) == b""
+    assert decrypt_small(kek, ct, CTX) == b"JBSWY3DPEHPK3PXP"
+    assert decrypt_small(kek, encrypt_small(kek, b""), None) == b""
     with pytest.raises(DecryptFailed):
-        d.decrypt_small(kek, ct, {"purpose": "totp", "user_id": "7"})
+        decrypt_small(kek, ct, {"purpose": "totp", "user_id": "7"})
     with pytest.raises(DecryptFailed):
-        d.decrypt_small(kek, ct[:-1] + bytes([ct[-1] ^ 1]), CTX)
-    with pytest.raises(d.KeyAccountMismatch):
-        d.decrypt_small(d.Kek(9, 2, kek.wrap, kek.seal), ct, CTX)
+        decrypt_small(kek, ct[:-1] + bytes([ct[-1] ^ 1]), CTX)
+    with pytest.raises(KeyAccountMismatch):
+        decrypt_small(Kek(9, 2, kek.wrap, kek.seal), ct, CTX)
     with pytest.raises(DecryptFailed):
-        d.decrypt_small(kek, d.wrap_data_key(kek, d.new_key()), None)  # a wrapped key is not a ciphertext
+        decrypt_small(kek, wrap_data_key(kek, new_key()), None)  # a wrapped key is not a ciphertext
     with pytest.raises(DecryptFailed):
-        d.unwrap_data_key(kek, ct, CTX)  # and the other way round
-    with pytest.raises(d.PlaintextTooLarge):
-        d.encrypt_small(kek, bytes(d.MAX_PLAINTEXT + 1))
+        unwrap_data_key(kek, ct, CTX)  # and the other way round
+    with pytest.raises(PlaintextTooLarge):
+        encrypt_small(kek, bytes(MAX_PLAINTEXT + 1))
     # The small-secret key is a subkey: the KEK itself does not open it.
     with pytest.raises(InvalidTag):
         kek.wrap.decrypt(ct[13:25], ct[25:], b"")
 
 
 def test_context_encoding_is_canonical_and_bounded() -> None:
-    assert d.canonical_context({"b": "2", "a": "1"}) == d.canonical_context({"a": "1", "b": "2"})
-    assert d.canonical_context({"ab": "c"}) != d.canonical_context({"a": "bc"})
-    assert d.canonical_context({}) != d.canonical_context({"": ""}.fromkeys([]) | {"a": ""})
+    assert canonical_context({"b": "2", "a": "1"}) == canonical_context({"a": "1", "b": "2"})
+    assert canonical_context({"ab": "c"}) != canonical_context({"a": "bc"})
+    assert canonical_context({}) != canonical_context({"": ""}.fromkeys([]) | {"a": ""})
     for bad in ({"": "x"}, {str(i): "" for i in range(33)}, {"k": "v" * 5000}):
-        with pytest.raises(d.ContextInvalid):
-            d.canonical_context(bad)
+        with pytest.raises(ContextInvalid):
+            canonical_context(bad)
 
 
 # -- key rings -----------------------------------------------------------------------------------------------
 
 
 def test_ring_checks() -> None:
-    ring = d.AccountRing(5, current_version=4, min_decryption_version=2)
+    ring = AccountRing(5, current_version=4, min_decryption_version=2)
     ring.check_usable()
     ring.check_decrypt(2)
     ring.check_decrypt(4)
-    with pytest.raises(d.KeyVersionRetired) as info:
+    with pytest.raises(KeyVersionRetired) as info:
         ring.check_decrypt(1)
     assert info.value.reason == "KEY_VERSION_RETIRED" and "minimum decryption version is 2" in info.value.message
     with pytest.raises(KeyVersionUnknown):
         ring.check_decrypt(5)
-    with pytest.raises(d.KeysPendingDestruction):
-        dataclasses.replace(ring, state=d.RingState.PENDING_DESTRUCTION).check_decrypt(4)
-    with pytest.raises(d.KeysDestroyed):
-        dataclasses.replace(ring, state=d.RingState.DESTROYED).check_usable()
+    with pytest.raises(KeysPendingDestruction):
+        dataclasses.replace(ring, state=RingState.PENDING_DESTRUCTION).check_decrypt(4)
+    with pytest.raises(KeysDestroyed):
+        dataclasses.replace(ring, state=RingState.DESTROYED).check_usable()
     assert [ring.version_state(v, False) for v in (1, 2, 4)] == ["retired", "enabled", "primary"]
     assert ring.version_state(3, True) == "destroyed"
 
 
 def test_policy_checks() -> None:
-    ring = d.AccountRing(5, current_version=3)
-    assert d.check_policy(ring, None, None) == (0, 1)
-    assert d.check_policy(ring, 3600, 3) == (3600, 3)
+    ring = AccountRing(5, current_version=3)
+    assert check_policy(ring, None, None) == (0, 1)
+    assert check_policy(ring, 3600, 3) == (3600, 3)
     for period, minimum in ((59, None), (None, 0), (None, 4)):
-        with pytest.raises(d.KeyPolicyInvalid):
-            d.check_policy(ring, period, minimum)
-    assert d.check_pending_window(7 * 86400, timedelta(days=7)) == timedelta(days=7)
+        with pytest.raises(KeyPolicyInvalid):
+            check_policy(ring, period, minimum)
+    assert check_pending_window(7 * 86400, timedelta(days=7)) == timedelta(days=7)
     for bad in (86400, 31 * 86400):
-        with pytest.raises(d.KeyPolicyInvalid):
-            d.check_pending_window(bad, timedelta(days=7))
+        with pytest.raises(KeyPolicyInvalid):
+            check_pending_window(bad, timedelta(days=7))
 
 
 def test_next_rotation_time() -> None:
-    ring = d.AccountRing(5, 1, current_create_time=NOW)
+    ring = AccountRing(5, 1, current_create_time=NOW)
     assert ring.next_rotation_time(timedelta(days=90)) == NOW + timedelta(days=90)
     assert dataclasses.replace(ring, rotation_period_seconds=3600).next_rotation_time(timedelta(0)) == NOW + timedelta(
         hours=1
@@ -375,27 +439,27 @@ def test_next_rotation_time() -> None:
 
 
 def test_receipt_is_canonical_signed_and_verifiable() -> None:
-    signer = d.receipt_signer("r1", bytes(range(32)))
+    signer = receipt_signer("r1", bytes(range(32)))
     assert signer.key_id.startswith("r1.") and bytes(range(32)).hex() not in repr(signer)
-    body = d.destruction_receipt(
+    body = destruction_receipt(
         account_id=5, destroyed=[(2, b"w2"), (1, b"w1")], scheduled_time=NOW, destroy_time=NOW + timedelta(days=7),
         requested_by="identity", signing_key_id=signer.key_id,
     )
     parsed = json.loads(body)
-    assert parsed["type"] == d.RECEIPT_TYPE and parsed["account_id"] == "5"
+    assert parsed["type"] == RECEIPT_TYPE and parsed["account_id"] == "5"
     assert [v["version"] for v in parsed["destroyed_key_versions"]] == [1, 2]
     assert parsed["destroyed_key_versions"][0]["wrapped_sha256"] == hashlib.sha256(b"w1").hexdigest()
     assert body == json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
     signature = signer.sign(body)
-    assert d.verify_receipt(signer.public_bytes, body, signature)
-    assert not d.verify_receipt(signer.public_bytes, body.replace(b'"5"', b'"6"'), signature)
-    assert not d.verify_receipt(d.receipt_signer("r1", bytes(32)).public_bytes, body, signature)
-    assert not d.verify_receipt(b"short", body, signature)
+    assert verify_receipt(signer.public_bytes, body, signature)
+    assert not verify_receipt(signer.public_bytes, body.replace(b'"5"', b'"6"'), signature)
+    assert not verify_receipt(receipt_signer("r1", bytes(32)).public_bytes, body, signature)
+    assert not verify_receipt(b"short", body, signature)
 
 
 def test_ttl_lru() -> None:
     now = [0.0]
-    cache: d.TtlLru[str, int] = d.TtlLru(10, 2, clock=lambda: now[0])
+    cache: TtlLru[str, int] = TtlLru(10, 2, clock=lambda: now[0])
     cache.put("a", 1)
     cache.put("b", 2)
     assert cache.get("a") == 1
@@ -409,33 +473,33 @@ def test_ttl_lru() -> None:
 
 # -- API-key settings ------------------------------------------------------------------------------------------
 
-RULES = d.KeyRules(
+RULES = KeyRules(
     declared_permissions=frozenset({"sms.send", "sms.read", "api_keys.read", "api_keys.write", "audit.read"}),
     max_lifetime=timedelta(days=366),
     default_lifetime=timedelta(days=90),
 )
-USER = d.Caller(5, 6, frozenset({"sms.send", "sms.read", "api_keys.write"}))
+USER = Caller(5, 6, frozenset({"sms.send", "sms.read", "api_keys.write"}))
 
 
-def _new(caller: d.Caller = USER, parent: ApiKeyRecord | None = None, **kw: object) -> d.KeySpec:
+def _new(caller: Caller = USER, parent: ApiKeyRecord | None = None, **kw: object) -> KeySpec:
     args: dict[str, object] = {
-        "name": "ci", "scopes": ["sms.send"], "expire_time": None, "allowed_cidrs": [], "send_limits": d.NO_LIMITS,
+        "name": "ci", "scopes": ["sms.send"], "expire_time": None, "allowed_cidrs": [], "send_limits": NO_LIMITS,
         "rules": RULES, "now": NOW,
     }
     args.update(kw)
-    return d.check_new_key(caller, parent, **args)  # type: ignore[arg-type]
+    return check_new_key(caller, parent, **args)  # type: ignore[arg-type]
 
 
 def test_scopes_are_declared_held_and_canonical() -> None:
     assert _new(scopes=[" sms.send", "sms.read", "sms.send"]).scopes == ("sms.read", "sms.send")
     assert _new(scopes=["*"]).scopes == ("*",)
-    with pytest.raises(d.ScopeInvalid):
+    with pytest.raises(ScopeInvalid):
         _new(scopes=[])
-    with pytest.raises(d.ScopeInvalid):
+    with pytest.raises(ScopeInvalid):
         _new(scopes=["sms.sendd"])  # not a permission any proto declares
-    with pytest.raises(d.ScopeInvalid):
+    with pytest.raises(ScopeInvalid):
         _new(scopes=["*", "sms.send"])
-    with pytest.raises(d.ScopeNotHeld) as info:
+    with pytest.raises(ScopeNotHeld) as info:
         _new(scopes=["audit.read"])  # declared, but the caller does not hold it
     assert info.value.reason == "SCOPE_NOT_HELD" and "audit.read" in info.value.message
 
@@ -444,7 +508,7 @@ def test_expiry_is_mandatory_and_bounded() -> None:
     assert _new().expire_time == NOW + timedelta(days=90)
     assert _new(expire_time=NOW + timedelta(days=366)).expire_time == NOW + timedelta(days=366)
     for bad in (NOW, NOW - timedelta(seconds=1), NOW + timedelta(days=366, seconds=1)):
-        with pytest.raises(d.ExpiryInvalid):
+        with pytest.raises(ExpiryInvalid):
             _new(expire_time=bad)
 
 
@@ -452,97 +516,97 @@ def test_cidrs_are_normalised_and_checked() -> None:
     spec = _new(allowed_cidrs=["203.0.113.7", "10.1.2.3/8", "2001:db8::/32", "10.0.0.0/8"])
     assert spec.allowed_cidrs == ("10.0.0.0/8", "203.0.113.7/32", "2001:db8::/32")
     for bad in (["not an ip"], ["10.0.0.0/33"], [f"10.0.0.{i}" for i in range(51)]):
-        with pytest.raises(d.CidrInvalid):
+        with pytest.raises(CidrInvalid):
             _new(allowed_cidrs=bad)
 
 
 def test_address_allow_list() -> None:
     cidrs = ("10.0.0.0/8", "2001:db8::/32")
-    assert d.address_allowed((), "198.51.100.1") and d.address_allowed((), "")
-    assert d.address_allowed(cidrs, "10.200.0.1") and d.address_allowed(cidrs, "2001:db8::5")
-    assert d.address_allowed(cidrs, "::ffff:10.0.0.1")  # IPv4-mapped IPv6 is the IPv4 address
+    assert address_allowed((), "198.51.100.1") and address_allowed((), "")
+    assert address_allowed(cidrs, "10.200.0.1") and address_allowed(cidrs, "2001:db8::5")
+    assert address_allowed(cidrs, "::ffff:10.0.0.1")  # IPv4-mapped IPv6 is the IPv4 address
     for outside in ("11.0.0.1", "2001:db9::1", "", "localhost", "10.0.0.1; drop"):
-        assert not d.address_allowed(cidrs, outside)
+        assert not address_allowed(cidrs, outside)
 
 
 def test_send_limits() -> None:
-    limits = d.check_send_limits(60, 1000, ["au", " NZ", "AU"])
-    assert limits == d.SendLimits(60, 1000, ("AU", "NZ")) and not limits.unlimited
-    assert d.check_send_limits(0, 0, []).unlimited
+    limits = check_send_limits(60, 1000, ["au", " NZ", "AU"])
+    assert limits == SendLimits(60, 1000, ("AU", "NZ")) and not limits.unlimited
+    assert check_send_limits(0, 0, []).unlimited
     for bad in ((-1, 0, []), (0, -1, []), (10, 5, []), (0, 0, ["XX"]), (0, 0, ["Australia"]),
-                (d.MAX_SEND_PER_MINUTE + 1, 0, [])):
-        with pytest.raises(d.SendLimitsInvalid):
-            d.check_send_limits(*bad)  # type: ignore[arg-type]
+                (MAX_SEND_PER_MINUTE + 1, 0, [])):
+        with pytest.raises(SendLimitsInvalid):
+            check_send_limits(*bad)  # type: ignore[arg-type]
 
 
 def test_a_key_made_with_a_key_is_never_stronger() -> None:
-    parts = d.new_api_key(False)
+    parts = new_api_key(False)
     parent = _record(
         parts, scopes=("sms.send",), expire_time=NOW + timedelta(days=10), allowed_cidrs=("10.0.0.0/8",),
-        send_limits=d.SendLimits(10, 100, ("AU",)),
+        send_limits=SendLimits(10, 100, ("AU",)),
     )
     via_key = dataclasses.replace(USER, permissions=frozenset({"sms.send"}), api_key_id=parts.key_id)
-    ok = _new(via_key, parent, allowed_cidrs=["10.1.0.0/16"], send_limits=d.SendLimits(5, 50, ("AU",)))
+    ok = _new(via_key, parent, allowed_cidrs=["10.1.0.0/16"], send_limits=SendLimits(5, 50, ("AU",)))
     assert ok.expire_time == NOW + timedelta(days=10)  # the default lifetime is cut to the parent's
     for kw in (
         {"expire_time": NOW + timedelta(days=11)},
         {"allowed_cidrs": []},
         {"allowed_cidrs": ["11.0.0.0/8"]},
         {"allowed_cidrs": ["10.0.0.0/7"]},
-        {"send_limits": d.SendLimits(11, 50, ("AU",))},
-        {"send_limits": d.SendLimits(5, 101, ("AU",))},
-        {"send_limits": d.SendLimits(5, 50, ("AU", "NZ"))},
+        {"send_limits": SendLimits(11, 50, ("AU",))},
+        {"send_limits": SendLimits(5, 101, ("AU",))},
+        {"send_limits": SendLimits(5, 50, ("AU", "NZ"))},
         {"scopes": ["*"]},
     ):
-        base = {"allowed_cidrs": ["10.1.0.0/16"], "send_limits": d.SendLimits(5, 50, ("AU",))}
-        with pytest.raises(d.ExceedsCallingKey):
+        base = {"allowed_cidrs": ["10.1.0.0/16"], "send_limits": SendLimits(5, 50, ("AU",))}
+        with pytest.raises(ExceedsCallingKey):
             _new(via_key, parent, **(base | kw))
     # A limit left unset (0 / no countries) is the parent's, never "no limit".
-    inherited = _new(via_key, parent, allowed_cidrs=["10.1.0.0/16"], send_limits=d.SendLimits(0, 50, ()))
-    assert inherited.send_limits == d.SendLimits(10, 50, ("AU",))
+    inherited = _new(via_key, parent, allowed_cidrs=["10.1.0.0/16"], send_limits=SendLimits(0, 50, ()))
+    assert inherited.send_limits == SendLimits(10, 50, ("AU",))
     # An unrestricted parent key does not restrict.
     free = _record(parts, scopes=("*",))
     assert _new(via_key, free, scopes=["*"]).scopes == ("*",)
 
 
 def test_roll_rules() -> None:
-    parts = d.new_api_key(False)
+    parts = new_api_key(False)
     live = _record(parts, expire_time=NOW + timedelta(days=30))
-    assert d.check_roll(live, 0, NOW) == NOW
-    assert d.check_roll(live, 3600, NOW) == NOW + timedelta(hours=1)
-    assert d.check_roll(_record(parts, expire_time=NOW + timedelta(minutes=5)), 3600, NOW) == NOW + timedelta(minutes=5)
+    assert check_roll(live, 0, NOW) == NOW
+    assert check_roll(live, 3600, NOW) == NOW + timedelta(hours=1)
+    assert check_roll(_record(parts, expire_time=NOW + timedelta(minutes=5)), 3600, NOW) == NOW + timedelta(minutes=5)
     for bad in (-1, 86401):
-        with pytest.raises(d.RequestInvalid):
-            d.check_roll(live, bad, NOW)
-    with pytest.raises(d.ApiKeyInactive):
-        d.check_roll(_record(parts, revoke_time=NOW), 0, NOW)
-    with pytest.raises(d.ApiKeyAlreadyRolled):
-        d.check_roll(_record(parts, rolled_to="x" * 12), 0, NOW)
-    assert d.rolled_lifetime(live, RULES) == timedelta(days=31)  # created a day before NOW
-    assert d.rolled_lifetime(_record(parts), RULES) == RULES.max_lifetime
+        with pytest.raises(RequestInvalid):
+            check_roll(live, bad, NOW)
+    with pytest.raises(ApiKeyInactive):
+        check_roll(_record(parts, revoke_time=NOW), 0, NOW)
+    with pytest.raises(ApiKeyAlreadyRolled):
+        check_roll(_record(parts, rolled_to="x" * 12), 0, NOW)
+    assert rolled_lifetime(live, RULES) == timedelta(days=31)  # created a day before NOW
+    assert rolled_lifetime(_record(parts), RULES) == RULES.max_lifetime
 
 
 def test_verify_outcomes_after_the_secret_is_proven() -> None:
-    parts = d.new_api_key(False)
+    parts = new_api_key(False)
     fenced = _record(parts, allowed_cidrs=("203.0.113.0/24",))
-    assert d.verify_failure(fenced, parts, PEPPER, NOW, "203.0.113.9") == ""
-    assert d.verify_failure(fenced, parts, PEPPER, NOW, "198.51.100.1") == "address_not_allowed"
-    assert d.verify_failure(fenced, parts, PEPPER, NOW, "") == "address_not_allowed"
-    assert d.VERIFY_ERRORS["address_not_allowed"]().code == "PERMISSION_DENIED"
-    assert d.VERIFY_ERRORS["revoked"]().reason == "API_KEY_REVOKED"
-    assert d.VERIFY_ERRORS["expired"]().reason == "API_KEY_EXPIRED"
-    assert {d.VERIFY_ERRORS[f]().reason for f in ("malformed", "unknown_key", "secret_mismatch")} == {
+    assert verify_failure(fenced, parts, PEPPER, NOW, "203.0.113.9") == ""
+    assert verify_failure(fenced, parts, PEPPER, NOW, "198.51.100.1") == "address_not_allowed"
+    assert verify_failure(fenced, parts, PEPPER, NOW, "") == "address_not_allowed"
+    assert VERIFY_ERRORS["address_not_allowed"]().code == "PERMISSION_DENIED"
+    assert VERIFY_ERRORS["revoked"]().reason == "API_KEY_REVOKED"
+    assert VERIFY_ERRORS["expired"]().reason == "API_KEY_EXPIRED"
+    assert {VERIFY_ERRORS[f]().reason for f in ("malformed", "unknown_key", "secret_mismatch")} == {
         "INVALID_CREDENTIALS"
     }
-    assert d.valid_for(_record(parts, expire_time=NOW + timedelta(seconds=2.5)), NOW) == 2.5
-    assert d.valid_for(_record(parts), NOW) == 0.0
+    assert valid_for(_record(parts, expire_time=NOW + timedelta(seconds=2.5)), NOW) == 2.5
+    assert valid_for(_record(parts), NOW) == 0.0
 
 
 def test_page_tokens() -> None:
-    token = d.page_token(NOW, "A" * 12)
-    assert d.parse_page_token(token) == (NOW, "A" * 12)
-    assert d.parse_page_token("") is None
+    token = page_token(NOW, "A" * 12)
+    assert parse_page_token(token) == (NOW, "A" * 12)
+    assert parse_page_token("") is None
     for bad in ("!!", "abc", base64.urlsafe_b64encode(b"1.short").decode()):
-        with pytest.raises(d.RequestInvalid):
-            d.parse_page_token(bad)
-    assert d.page_size(0) == 50 and d.page_size(1000) == 100
+        with pytest.raises(RequestInvalid):
+            parse_page_token(bad)
+    assert page_size(0) == 50 and page_size(1000) == 100

@@ -12,7 +12,32 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sendsafe.audit.v1 import event_pb2
-from services.keys import domain as d
+from services.keys.domain.api_key_format import ApiKeyParts, new_api_key, parse_api_key, random_base62
+from services.keys.domain.api_keys import ApiKeyRecord, Caller, KeyRules
+from services.keys.domain.envelope import kek_aad, parse_blob
+from services.keys.domain.errors import (
+    AccountKeysNotFound,
+    AddressNotAllowed,
+    ApiKeyAlreadyRolled,
+    ApiKeyExpired,
+    ApiKeyInactive,
+    ApiKeyNotFound,
+    ApiKeyRevoked,
+    BatchTooLarge,
+    ExceedsCallingKey,
+    KeyPolicyInvalid,
+    KeysDestroyed,
+    KeysPendingDestruction,
+    KeyVersionRetired,
+    NotPendingDestruction,
+    PlaintextTooLarge,
+    RequestInvalid,
+    ScopeNotHeld,
+)
+from services.keys.domain.key_rings import RingState
+from services.keys.domain.receipts import verify_receipt
+from services.keys.domain.restrictions import NO_LIMITS, check_send_limits
+from services.keys.domain.root_key import LocalRootKey, RootKeyProvider
 from services.keys.service import Service
 from svckit.audit import AuditUnavailable
 from svckit.config import ConfigError
@@ -21,13 +46,13 @@ from svckit.keyevents import ACCOUNT_KEYS_CHANGED, API_KEYS_CHANGED, KeyNotice
 from tests.unit.keys.fakes import FakeAudit, FakeLastUsed, FakeNotices, FakeStore
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
-ROOT = d.LocalRootKey({"r1": bytes(range(32))}, "r1")
-RULES = d.KeyRules(
+ROOT = LocalRootKey({"r1": bytes(range(32))}, "r1")
+RULES = KeyRules(
     declared_permissions=frozenset({"sms.send", "sms.read", "api_keys.read", "api_keys.write", "audit.read"}),
     max_lifetime=timedelta(days=366),
     default_lifetime=timedelta(days=90),
 )
-ALICE = d.Caller(5, 6, frozenset({"sms.send", "sms.read", "api_keys.read", "api_keys.write"}))
+ALICE = Caller(5, 6, frozenset({"sms.send", "sms.read", "api_keys.read", "api_keys.write"}))
 
 
 class Clock:
@@ -50,13 +75,13 @@ class Parts:
     notices: FakeNotices
     clock: Clock
 
-    def again(self, root: d.RootKeyProvider = ROOT) -> Service:
+    def again(self, root: RootKeyProvider = ROOT) -> Service:
         """Another replica (or a restarted process): same store, empty caches."""
         return _service(self.store, self.last_used, self.audit, self.notices, self.clock, root)
 
 
 def _service(store: FakeStore, last_used: FakeLastUsed, audit: FakeAudit, notices: FakeNotices, clock: Clock,
-             root: d.RootKeyProvider = ROOT, **kw: object) -> Service:
+             root: RootKeyProvider = ROOT, **kw: object) -> Service:
     return Service(store, last_used, root, audit, rules=RULES, now=clock, notices=notices,
                    min_pending_window=timedelta(days=7), **kw)  # type: ignore[arg-type]
 
@@ -67,9 +92,9 @@ def p() -> Parts:
     return Parts(_service(store, last_used, audit, notices, clock), store, last_used, audit, notices, clock)
 
 
-async def _create(p: Parts, caller: d.Caller = ALICE, **kw: object) -> tuple[d.ApiKeyRecord, str]:
+async def _create(p: Parts, caller: Caller = ALICE, **kw: object) -> tuple[ApiKeyRecord, str]:
     args: dict[str, object] = {"name": "ci", "scopes": ["sms.send"], "expire_time": None, "allowed_cidrs": [],
-                               "send_limits": d.NO_LIMITS}
+                               "send_limits": NO_LIMITS}
     args.update(kw)
     return await p.service.create_api_key(caller, **args)  # type: ignore[arg-type]
 
@@ -91,7 +116,7 @@ async def test_issue_then_verify(p: Parts) -> None:
     (issued,) = p.audit.strict
     assert issued.action == "keys.api_key.issued"
     assert (issued.resource.type, issued.resource.id, issued.actor.account_id) == ("api_key", key_id, 5)
-    assert api_key not in str(issued) and d.parse_api_key(api_key).secret not in str(issued)  # type: ignore[union-attr]
+    assert api_key not in str(issued) and parse_api_key(api_key).secret not in str(issued)  # type: ignore[union-attr]
 
 
 async def test_issue_fails_closed_when_audit_is_down(p: Parts) -> None:
@@ -108,7 +133,7 @@ async def test_issue_fails_closed_when_audit_is_down(p: Parts) -> None:
 
 
 async def test_issue_rejects_bad_requests(p: Parts) -> None:
-    with pytest.raises(d.RequestInvalid):
+    with pytest.raises(RequestInvalid):
         await p.service.issue_api_key(0, 6, "ci", False)
     assert p.store.calls == [] and p.audit.events == []
 
@@ -117,13 +142,13 @@ async def test_verify_failures_before_and_after_the_secret_is_proven(p: Parts) -
     _, good, _ = await p.service.issue_api_key(5, 6, "ci", False)
     _, revoked, _ = await p.service.issue_api_key(5, 6, "old", False)
     _, expired, _ = await p.service.issue_api_key(5, 6, "short", False)
-    rid, eid = d.parse_api_key(revoked).key_id, d.parse_api_key(expired).key_id  # type: ignore[union-attr]
+    rid, eid = parse_api_key(revoked).key_id, parse_api_key(expired).key_id  # type: ignore[union-attr]
     p.store.api_keys[rid] = dataclasses.replace(p.store.api_keys[rid], revoke_time=NOW - timedelta(seconds=1))
     p.store.api_keys[eid] = dataclasses.replace(p.store.api_keys[eid], expire_time=NOW)
-    g = d.parse_api_key(good)
+    g = parse_api_key(good)
     assert g is not None
-    wrong_secret = d.ApiKeyParts(False, g.key_id, d.random_base62(22)).format()
-    unknown = d.new_api_key(False).format()
+    wrong_secret = ApiKeyParts(False, g.key_id, random_base62(22)).format()
+    unknown = new_api_key(False).format()
     garbled = good[:-1] + ("A" if good[-1] != "A" else "B")
     p.last_used.pending.clear()
     unproven = set()
@@ -149,8 +174,8 @@ async def test_verify_failures_before_and_after_the_secret_is_proven(p: Parts) -
             assert p.store.calls == []  # no database lookup for garbage
             assert ev.resource.id == ""
         else:
-            assert ev.resource.id == d.parse_api_key(candidate).key_id  # type: ignore[union-attr]
-        parsed = d.parse_api_key(candidate)
+            assert ev.resource.id == parse_api_key(candidate).key_id  # type: ignore[union-attr]
+        parsed = parse_api_key(candidate)
         secret = parsed.secret if parsed else candidate
         assert not secret or secret not in str(ev)
     # Nothing distinguishes the failures of someone who does not hold a real key (no oracle).
@@ -164,7 +189,7 @@ async def test_allow_list_refuses_other_addresses_and_audits_it(p: Parts) -> Non
     assert (await p.service.verify_api_key(key, "2001:db8::1")).key_id == record.key_id
     for outside in ("198.51.100.7", ""):
         p.audit.events.clear()
-        with pytest.raises(d.AddressNotAllowed) as info:
+        with pytest.raises(AddressNotAllowed) as info:
             await p.service.verify_api_key(key, outside)
         assert (info.value.code, info.value.reason) == ("PERMISSION_DENIED", "API_KEY_ADDRESS_NOT_ALLOWED")
         (ev,) = p.audit.events
@@ -200,7 +225,7 @@ async def test_revoke_every_key_of_a_user(p: Parts) -> None:
     revoked = await p.service.revoke_user_api_keys(5, 6, keep_id, "regenerated")
     assert revoked == sorted(k for k, _, _ in keys[:2])
     for _, key, _ in keys[:2]:
-        with pytest.raises(d.ApiKeyRevoked):
+        with pytest.raises(ApiKeyRevoked):
             await p.service.verify_api_key(key)
     await p.service.verify_api_key(keep)
     await p.service.verify_api_key(other_user)
@@ -212,7 +237,7 @@ async def test_revoke_every_key_of_a_user(p: Parts) -> None:
     assert await p.service.revoke_user_api_keys(5, 6, keep_id, "") == []
     assert len(p.notices.sent) == 1
     for bad in ((0, 6, "", ""), (5, 0, "", ""), (5, 6, "not a key id", ""), (5, 6, "", "Free Text!")):
-        with pytest.raises(d.RequestInvalid):
+        with pytest.raises(RequestInvalid):
             await p.service.revoke_user_api_keys(*bad)
 
 
@@ -220,9 +245,9 @@ async def test_revoke_every_key_of_a_user(p: Parts) -> None:
 
 
 async def test_create_is_audited_first_and_holds_its_settings(p: Parts) -> None:
-    limits = d.check_send_limits(30, 500, ["AU"])
+    limits = check_send_limits(30, 500, ["AU"])
     record, key = await _create(p, scopes=["sms.send", "sms.read"], allowed_cidrs=["10.0.0.0/8"], send_limits=limits)
-    assert key.startswith("ss_live_") and d.parse_api_key(key).key_id == record.key_id  # type: ignore[union-attr]
+    assert key.startswith("ss_live_") and parse_api_key(key).key_id == record.key_id  # type: ignore[union-attr]
     assert (record.scopes, record.allowed_cidrs, record.send_limits) == (("sms.read", "sms.send"), ("10.0.0.0/8",),
                                                                          limits)
     assert record.expire_time == NOW + RULES.default_lifetime
@@ -239,29 +264,29 @@ async def test_create_is_audited_first_and_holds_its_settings(p: Parts) -> None:
 
 async def test_a_key_cannot_mint_a_stronger_key(p: Parts) -> None:
     parent, _ = await _create(p, scopes=["sms.send", "api_keys.write"], expire_time=NOW + timedelta(days=3),
-                              send_limits=d.check_send_limits(10, 0, []))
-    via_key = d.Caller(5, 6, frozenset({"sms.send", "api_keys.write"}), api_key_id=parent.key_id)
-    child, _ = await _create(p, via_key, send_limits=d.check_send_limits(5, 0, []))
+                              send_limits=check_send_limits(10, 0, []))
+    via_key = Caller(5, 6, frozenset({"sms.send", "api_keys.write"}), api_key_id=parent.key_id)
+    child, _ = await _create(p, via_key, send_limits=check_send_limits(5, 0, []))
     assert child.created_by == parent.key_id and child.expire_time == parent.expire_time
     for kw in ({"scopes": ["sms.read"]}, {"scopes": ["*"]}, {"expire_time": NOW + timedelta(days=4)},
-               {"send_limits": d.check_send_limits(20, 0, [])}):
-        with pytest.raises((d.ScopeNotHeld, d.ExceedsCallingKey)):
-            await _create(p, via_key, **({"send_limits": d.check_send_limits(5, 0, [])} | kw))
+               {"send_limits": check_send_limits(20, 0, [])}):
+        with pytest.raises((ScopeNotHeld, ExceedsCallingKey)):
+            await _create(p, via_key, **({"send_limits": check_send_limits(5, 0, [])} | kw))
     await p.service.revoke_api_key(ALICE, parent.key_id)
-    with pytest.raises(d.ApiKeyInactive):
-        await _create(p, via_key, send_limits=d.check_send_limits(5, 0, []))
+    with pytest.raises(ApiKeyInactive):
+        await _create(p, via_key, send_limits=check_send_limits(5, 0, []))
 
 
 async def test_send_limits_belong_to_the_lineage(p: Parts) -> None:
     """Rolling a limited key, or minting a key with it, never gives a fresh limits bucket (issue 12)."""
-    limited, _ = await _create(p, scopes=["sms.send", "api_keys.write"], send_limits=d.check_send_limits(10, 100, []))
+    limited, _ = await _create(p, scopes=["sms.send", "api_keys.write"], send_limits=check_send_limits(10, 100, []))
     assert limited.limits_root == "" and limited.limits_bucket == limited.key_id
-    via_key = d.Caller(5, 6, frozenset({"sms.send", "api_keys.write"}), api_key_id=limited.key_id)
+    via_key = Caller(5, 6, frozenset({"sms.send", "api_keys.write"}), api_key_id=limited.key_id)
     child, child_key = await _create(p, via_key)  # asks for no limits: takes its creator's
     assert child.send_limits == limited.send_limits and child.limits_root == limited.key_id
     assert (await p.service.verify_api_key(child_key)).limits_bucket == limited.key_id
-    grandchild, _ = await _create(p, d.Caller(5, 6, via_key.permissions, api_key_id=child.key_id),
-                                  send_limits=d.check_send_limits(3, 0, []))
+    grandchild, _ = await _create(p, Caller(5, 6, via_key.permissions, api_key_id=child.key_id),
+                                  send_limits=check_send_limits(3, 0, []))
     assert grandchild.limits_root == limited.key_id and grandchild.send_limits.per_minute == 3
     rolled, _, _ = await p.service.roll_api_key(via_key, limited.key_id, 60, None)
     assert rolled.limits_root == limited.key_id
@@ -272,7 +297,7 @@ async def test_send_limits_belong_to_the_lineage(p: Parts) -> None:
     assert ev.action == "keys.api_key.rolled" and ev.details["limits_key_id"] == limited.key_id
     # A session's key, and one minted with an unlimited key, start their own lineage.
     free, _ = await _create(p, scopes=["sms.send", "api_keys.write"])
-    fresh, fresh_key = await _create(p, d.Caller(5, 6, via_key.permissions, api_key_id=free.key_id))
+    fresh, fresh_key = await _create(p, Caller(5, 6, via_key.permissions, api_key_id=free.key_id))
     assert fresh.limits_root == "" and (await p.service.verify_api_key(fresh_key)).limits_bucket == fresh.key_id
 
 
@@ -281,8 +306,8 @@ async def test_owners_see_only_their_own_keys(p: Parts) -> None:
     for i in range(5):
         made.append((await _create(p, name=f"k{i}"))[0])
         p.clock.advance(seconds=1)
-    bob = d.Caller(5, 7, ALICE.permissions)
-    mallory = d.Caller(9, 6, ALICE.permissions)
+    bob = Caller(5, 7, ALICE.permissions)
+    mallory = Caller(9, 6, ALICE.permissions)
     bobs, _ = await _create(p, bob)
     page, token = await p.service.list_api_keys(ALICE, 2, "", False)
     seen = [r.key_id for r in page]
@@ -294,9 +319,9 @@ async def test_owners_see_only_their_own_keys(p: Parts) -> None:
     assert made[0].key_id not in [r.key_id for r in (await p.service.list_api_keys(ALICE, 100, "", False))[0]]
     assert made[0].key_id in [r.key_id for r in (await p.service.list_api_keys(ALICE, 100, "", True))[0]]
     for caller, key_id in ((bob, made[1].key_id), (mallory, made[1].key_id), (ALICE, bobs.key_id), (ALICE, "x")):
-        with pytest.raises(d.ApiKeyNotFound):
+        with pytest.raises(ApiKeyNotFound):
             await p.service.get_api_key(caller, key_id)
-        with pytest.raises(d.ApiKeyNotFound):
+        with pytest.raises(ApiKeyNotFound):
             await p.service.revoke_api_key(caller, key_id)
 
 
@@ -308,13 +333,13 @@ async def test_revoke_publishes_and_is_idempotent(p: Parts) -> None:
     assert "keys.api_key.revoked" in p.audit.actions()
     await p.service.revoke_api_key(ALICE, record.key_id)
     assert len(p.notices.sent) == 1
-    with pytest.raises(d.ApiKeyRevoked):
+    with pytest.raises(ApiKeyRevoked):
         await p.service.verify_api_key(key)
 
 
 @pytest.mark.parametrize("overlap", [0, 1, 3600])
 async def test_roll_overlap_is_honoured_to_the_second(p: Parts, overlap: int) -> None:
-    old, old_key = await _create(p, allowed_cidrs=["10.0.0.0/8"], send_limits=d.check_send_limits(5, 0, ["NZ"]))
+    old, old_key = await _create(p, allowed_cidrs=["10.0.0.0/8"], send_limits=check_send_limits(5, 0, ["NZ"]))
     p.clock.advance(hours=1)
     rolled_at = p.clock.now
     new, new_key, previous = await p.service.roll_api_key(ALICE, old.key_id, overlap, None)
@@ -327,7 +352,7 @@ async def test_roll_overlap_is_honoured_to_the_second(p: Parts, overlap: int) ->
         p.clock.now = rolled_at + timedelta(seconds=overlap) - timedelta(microseconds=1)
         assert (await p.service.verify_api_key(old_key, "10.0.0.1")).valid_for_seconds == pytest.approx(1e-6)
     p.clock.now = rolled_at + timedelta(seconds=overlap)
-    with pytest.raises(d.ApiKeyExpired):
+    with pytest.raises(ApiKeyExpired):
         await p.service.verify_api_key(old_key, "10.0.0.1")
     assert (await p.service.verify_api_key(new_key, "10.0.0.1")).key_id == new.key_id
     assert KeyNotice(API_KEYS_CHANGED, 5, (old.key_id,), "rolled") in p.notices.sent
@@ -339,13 +364,13 @@ async def test_roll_overlap_is_honoured_to_the_second(p: Parts, overlap: int) ->
 async def test_roll_refusals(p: Parts) -> None:
     old, _ = await _create(p)
     await p.service.roll_api_key(ALICE, old.key_id, 60, None)
-    with pytest.raises(d.ApiKeyAlreadyRolled):
+    with pytest.raises(ApiKeyAlreadyRolled):
         await p.service.roll_api_key(ALICE, old.key_id, 60, None)
     gone, _ = await _create(p)
     await p.service.revoke_api_key(ALICE, gone.key_id)
-    with pytest.raises(d.ApiKeyInactive):
+    with pytest.raises(ApiKeyInactive):
         await p.service.roll_api_key(ALICE, gone.key_id, 0, None)
-    with pytest.raises(d.RequestInvalid):
+    with pytest.raises(RequestInvalid):
         await p.service.roll_api_key(ALICE, (await _create(p))[0].key_id, 86401, None)
 
 
@@ -353,21 +378,21 @@ async def test_leak_report_revokes_only_real_live_keys(p: Parts) -> None:
     live, live_key = await _create(p)
     dead, dead_key = await _create(p)
     await p.service.revoke_api_key(ALICE, dead.key_id)
-    lp = d.parse_api_key(live_key)
+    lp = parse_api_key(live_key)
     assert lp is not None
-    forged = d.ApiKeyParts(False, lp.key_id, "A" * 22).format()  # right id and checksum, wrong secret
+    forged = ApiKeyParts(False, lp.key_id, "A" * 22).format()  # right id and checksum, wrong secret
     p.notices.sent.clear()
     report = await p.service.report_leaked_api_keys(
-        [live_key, live_key, dead_key, forged, "ss_live_nonsense", d.new_api_key(False).format()],
+        [live_key, live_key, dead_key, forged, "ss_live_nonsense", new_api_key(False).format()],
         "https://paste.example/abc",
     )
     assert (report.revoked, report.inactive, report.not_keys) == ([live.key_id], [dead.key_id], 3)
-    with pytest.raises(d.ApiKeyRevoked):
+    with pytest.raises(ApiKeyRevoked):
         await p.service.verify_api_key(live_key)
     assert p.notices.sent == [KeyNotice(API_KEYS_CHANGED, 5, (live.key_id,), "leaked")]
     (ev,) = [e for e in p.audit.events if e.action == "keys.api_key.leaked"]
     assert ev.details["source"] == "https://paste.example/abc" and live_key not in str(ev)
-    with pytest.raises(d.BatchTooLarge):
+    with pytest.raises(BatchTooLarge):
         await p.service.report_leaked_api_keys(["x"] * 1001, "")
 
 
@@ -385,7 +410,7 @@ async def test_data_key_round_trip_creates_the_ring_once(p: Parts) -> None:
     assert p.audit.actions() == ["keys.kek.created"]
     stored = p.store.keks[(9, 1)]
     assert stored.wrapped is not None
-    assert await ROOT.unwrap(stored.wrapped, d.kek_aad(9, 1)) not in stored.wrapped.blob
+    assert await ROOT.unwrap(stored.wrapped, kek_aad(9, 1)) not in stored.wrapped.blob
     wrapped_only, v = await p.service.generate_data_key_without_plaintext(9, {"k": "v"})
     assert v == 1 and len((await p.service.decrypt_data_key(9, wrapped_only, {"k": "v"}))[0]) == 32
 
@@ -426,7 +451,7 @@ async def test_decrypt_failures_are_clear(p: Parts) -> None:
         with pytest.raises(DomainError) as info:
             await p.service.decrypt_data_key(account, blob, ctx)
         assert info.value.reason == reason, (account, ctx)
-    with pytest.raises(d.RequestInvalid):
+    with pytest.raises(RequestInvalid):
         await p.service.decrypt_data_key(0, wrapped)
     assert [e.error_reason for e in p.audit.events] == [c[3] for c in cases] + ["INVALID_ARGUMENT"]
     assert all(e.action == "keys.data_key.decrypt_failed" for e in p.audit.events)
@@ -440,14 +465,14 @@ async def test_encrypt_decrypt_with_context(p: Parts) -> None:
         with pytest.raises(DomainError) as info:
             await p.service.decrypt(account, ct, ctx)
         assert info.value.reason == reason
-    with pytest.raises(d.PlaintextTooLarge):
+    with pytest.raises(PlaintextTooLarge):
         await p.service.encrypt(9, bytes(4097))
 
 
 async def test_kek_that_does_not_unwrap_is_an_internal_error(p: Parts) -> None:
     _, wrapped, _ = await p.service.generate_data_key(9)
     with pytest.raises(RuntimeError) as info:
-        await p.again(d.LocalRootKey({"r1": bytes(32)}, "r1")).decrypt_data_key(9, wrapped)
+        await p.again(LocalRootKey({"r1": bytes(32)}, "r1")).decrypt_data_key(9, wrapped)
     assert "account 9" in str(info.value)
 
 
@@ -455,14 +480,14 @@ async def test_start_up_refuses_root_keys_that_do_not_open_the_stored_keks(p: Pa
     await p.again().prepare()  # nothing stored yet: nothing to check
     await p.service.generate_data_key(9)
     await p.again().prepare()  # the root key that wrote them
-    for wrong in (d.LocalRootKey({"r1": bytes(32)}, "r1"),  # same id, other material (another checkout)
-                  d.LocalRootKey({"r2": bytes(range(32))}, "r2")):  # the writing id not configured at all
+    for wrong in (LocalRootKey({"r1": bytes(32)}, "r1"),  # same id, other material (another checkout)
+                  LocalRootKey({"r2": bytes(range(32))}, "r2")):  # the writing id not configured at all
         with pytest.raises(ConfigError) as info:
             await p.again(wrong).prepare()
         assert "'r1'" in str(info.value) and "account 9" in str(info.value)
         assert bytes(range(32)).hex() not in str(info.value)
     # After a root-key rotation that kept the old id for unwrapping, start-up is fine.
-    await p.again(d.LocalRootKey({"r1": bytes(range(32)), "r2": bytes(range(1, 33))}, "r2")).prepare()
+    await p.again(LocalRootKey({"r1": bytes(range(32)), "r2": bytes(range(1, 33))}, "r2")).prepare()
 
 
 async def test_kek_cache_expires() -> None:
@@ -485,14 +510,14 @@ async def test_rotation_keeps_old_data_readable_and_is_announced(p: Parts) -> No
     (ev,) = [e for e in p.audit.strict if e.action == "keys.account_key.rotated"]
     assert ev.details["version"] == "2" and ev.details["trigger"] == "manual"
     _, wrapped2, version = await p.service.generate_data_key(9)
-    assert version == 2 and d.parse_blob(wrapped2).version == 2
+    assert version == 2 and parse_blob(wrapped2).version == 2
     assert await p.service.decrypt_data_key(9, wrapped1) == (plain1, 1)
     assert await p.service.decrypt(9, ct1, {"a": "b"}) == (b"secret", 1)
     p.audit.down = True
     with pytest.raises(AuditUnavailable):
         await p.service.rotate_account_key(9)
     assert (await p.service.account_key_status(9)).ring.current_version == 2  # fail closed
-    with pytest.raises(d.AccountKeysNotFound):
+    with pytest.raises(AccountKeysNotFound):
         await p.service.rotate_account_key(404)
 
 
@@ -524,17 +549,17 @@ async def test_rewrap_preserves_plaintext_and_retirement_then_bites(p: Parts) ->
     assert status.ring.min_decryption_version == 2
     assert [status.ring.version_state(v.version, False) for v in status.versions] == ["retired", "primary"]
     assert p.notices.sent[-1] == KeyNotice(ACCOUNT_KEYS_CHANGED, 9, (), "retired")
-    with pytest.raises(d.KeyVersionRetired) as info:
+    with pytest.raises(KeyVersionRetired) as info:
         await p.service.decrypt_data_key(9, items[0][1], {"row": "0"})
     assert "minimum decryption version is 2" in info.value.message
-    with pytest.raises(d.KeyVersionRetired):
+    with pytest.raises(KeyVersionRetired):
         await p.service.decrypt(9, ct, {"row": "ct"})
     assert await p.service.decrypt_data_key(9, by_ref["dk0"].blob, {"row": "0"}) == (plains["dk0"], 2)
     (retired,) = (await p.service.rewrap(9, [items[0]]))[0]
     assert retired.error_reason == "KEY_VERSION_RETIRED"
-    with pytest.raises(d.KeyPolicyInvalid):
+    with pytest.raises(KeyPolicyInvalid):
         await p.service.set_account_key_policy(9, None, 3)
-    with pytest.raises(d.BatchTooLarge):
+    with pytest.raises(BatchTooLarge):
         await p.service.rewrap(9, [items[0]] * 1001)
 
 
@@ -544,12 +569,12 @@ async def test_other_replicas_forget_on_notice(p: Parts) -> None:
     await other.decrypt_data_key(9, wrapped)  # cached in the other replica now
     await p.service.rotate_account_key(9)
     await p.service.set_account_key_policy(9, None, 2)
-    with pytest.raises(d.KeyVersionRetired):  # our own cache was cleared at once
+    with pytest.raises(KeyVersionRetired):  # our own cache was cleared at once
         await p.service.decrypt_data_key(9, wrapped)
     assert (await other.decrypt_data_key(9, wrapped))[1] == 1  # theirs still holds the old ring…
     for notice in p.notices.sent:
         other.on_notice(notice)
-    with pytest.raises(d.KeyVersionRetired):  # …until the notice arrives
+    with pytest.raises(KeyVersionRetired):  # …until the notice arrives
         await other.decrypt_data_key(9, wrapped)
 
 
@@ -575,17 +600,17 @@ async def test_destruction_pending_window_cancel_and_receipt(p: Parts) -> None:
     plain, wrapped, _ = await p.service.generate_data_key(9)
     ct, _ = await p.service.encrypt(9, b"x", {})
     await p.service.rotate_account_key(9)
-    with pytest.raises(d.KeyPolicyInvalid):
+    with pytest.raises(KeyPolicyInvalid):
         await p.service.schedule_destruction(9, 3600, "identity")  # shorter than the 7-day minimum
     status = await p.service.schedule_destruction(9, 7 * 86400, "identity")
-    assert status.ring.state is d.RingState.PENDING_DESTRUCTION
+    assert status.ring.state is RingState.PENDING_DESTRUCTION
     assert status.ring.destroy_time == NOW + timedelta(days=7)
     for attempt in (p.service.decrypt_data_key(9, wrapped), p.service.generate_data_key(9), p.service.encrypt(9, b"")):
-        with pytest.raises(d.KeysPendingDestruction):
+        with pytest.raises(KeysPendingDestruction):
             await attempt
     await p.service.cancel_destruction(9)
     assert await p.service.decrypt_data_key(9, wrapped) == (plain, 1)  # cancelled: everything works again
-    with pytest.raises(d.NotPendingDestruction):
+    with pytest.raises(NotPendingDestruction):
         await p.service.cancel_destruction(9)
     await p.service.schedule_destruction(9, 7 * 86400, "identity")
     p.clock.advance(days=7, seconds=-1)
@@ -597,11 +622,11 @@ async def test_destruction_pending_window_cancel_and_receipt(p: Parts) -> None:
         p.service.decrypt_data_key(9, wrapped), p.service.decrypt(9, ct, {}), p.service.generate_data_key(9),
         p.again().decrypt_data_key(9, wrapped),  # a fresh process: the material is gone from the store too
     ):
-        with pytest.raises(d.KeysDestroyed) as info:
+        with pytest.raises(KeysDestroyed) as info:
             await attempt
         assert "never be decrypted" in info.value.message
     assert all(k.wrapped is None for (a, _), k in p.store.keks.items() if a == 9)
-    with pytest.raises(d.KeysDestroyed):
+    with pytest.raises(KeysDestroyed):
         await p.service.cancel_destruction(9)
     # The receipt: signed, in the audit log (strict), naming each destroyed version.
     (ev,) = [e for e in p.audit.strict if e.action == "keys.account_keys.destroyed"]
@@ -611,7 +636,7 @@ async def test_destruction_pending_window_cancel_and_receipt(p: Parts) -> None:
     assert receipt["requested_by"] == "identity" and receipt["signing_key_id"] == ev.details["signing_key_id"]
     (key_id, public, _), = await p.service.list_receipt_signing_keys()
     assert key_id == ev.details["signing_key_id"] and base64.b64decode(ev.details["public_key"]) == public
-    assert d.verify_receipt(public, ev.details["receipt"].encode(), base64.b64decode(ev.details["signature"]))
+    assert verify_receipt(public, ev.details["receipt"].encode(), base64.b64decode(ev.details["signature"]))
 
 
 async def test_destruction_waits_for_its_receipt(p: Parts) -> None:
@@ -636,7 +661,7 @@ async def test_root_key_rotation_rewraps_everything_and_rehashes_on_use(p: Parts
     await p.service.rotate_account_key(9)
     _, key, _ = await p.service.issue_api_key(5, 6, "ci", False)
     old_signers = await p.service.list_receipt_signing_keys()
-    rotated = d.LocalRootKey({"r1": bytes(range(32)), "r2": bytes(range(1, 33))}, "r2")
+    rotated = LocalRootKey({"r1": bytes(range(32)), "r2": bytes(range(1, 33))}, "r2")
     service = _service(p.store, p.last_used, p.audit, p.notices, p.clock, rotated, rewrap_batch=2)
     current, usage = await service.root_key_status()
     assert current == "r2" and {(u.root_key_id, u.wrapped_keys, u.api_key_hashes) for u in usage} == {
@@ -645,7 +670,7 @@ async def test_root_key_rotation_rewraps_everything_and_rehashes_on_use(p: Parts
     assert [(r.rewrapped, r.remaining) for r in reports] == [(2, 2), (2, 0), (0, 0)]
     assert all(k.wrapped is not None and k.wrapped.key_id == "r2" for k in p.store.keks.values())
     # Nothing needs r1 for data any more: a process holding only r2 reads everything.
-    r2_only = d.LocalRootKey({"r2": bytes(range(1, 33))}, "r2")
+    r2_only = LocalRootKey({"r2": bytes(range(1, 33))}, "r2")
     only_new = _service(p.store, p.last_used, p.audit, p.notices, p.clock, r2_only)
     for account, (plain, wrapped) in plains.items():
         assert (await only_new.decrypt_data_key(account, wrapped))[0] == plain
