@@ -66,7 +66,11 @@ from gateway.errors import (
     unauthenticated_rate_limited,
 )
 from gateway.routes import Route, discover_routes
-from gateway.transcode import Surface, TranscodeError, build_request, message_class, message_to_json, parse_json
+from gateway.surface import Surface
+from gateway.transcode.body import parse_json
+from gateway.transcode.fields import TranscodeError, message_class
+from gateway.transcode.request import build_request
+from gateway.transcode.response import message_to_json
 from gateway.unauth import UnauthenticatedRequests
 from sendsafe.audit.v1 import event_pb2
 from sendsafe.context.v1 import principal_pb2

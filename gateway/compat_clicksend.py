@@ -16,7 +16,8 @@ from typing import Any
 from google.protobuf import message
 
 from gateway.routes import Route
-from gateway.transcode import Surface, field_to_json, message_to_json
+from gateway.surface import Surface
+from gateway.transcode.response import field_to_json, message_to_json
 
 # HTTP status -> response_code (ClickSend docs). 413 has no ClickSend code: BAD_REQUEST (documented choice).
 STATUS_CODES: dict[int, str] = {

@@ -21,7 +21,7 @@ import orjson
 from google.rpc import error_details_pb2, status_pb2
 
 from gateway import compat_clicksend
-from gateway.transcode import Surface
+from gateway.surface import Surface
 from svckit.access import DEIDENTIFIED_MESSAGE, DEIDENTIFIED_USER, STEP_UP_REQUIRED
 from svckit.errors import ERROR_DOMAIN, http_status
 

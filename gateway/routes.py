@@ -21,7 +21,7 @@ from types import ModuleType
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor
 
-from gateway.transcode import Surface
+from gateway.surface import Surface
 from sendsafe.options.v1 import options_pb2
 
 SERVICE_PACKAGES: tuple[str, ...] = (

@@ -30,7 +30,7 @@ from google.protobuf import descriptor
 
 from gateway.errors import STEP_UP_REASON, forbidden
 from gateway.routes import Route, discover_routes
-from gateway.transcode import Surface
+from gateway.surface import Surface
 from svckit.access import DEIDENTIFIED_USER, SESSION_REQUIRED, access_for
 from tests.e2e.api_client import Http, Response
 from tests.security.actors import ACTOR_KINDS, Actor, Actors, reauthentication

@@ -7,7 +7,7 @@ import pytest
 
 from gateway import compat_clicksend
 from gateway.errors import error_body, from_rpc_error, unauthenticated
-from gateway.transcode import Surface
+from gateway.surface import Surface
 from svckit.errors import HTTP_STATUS
 from svckit.server import status_for
 

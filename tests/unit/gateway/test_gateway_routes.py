@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.routes import RouteError, _aiohttp_path, discover_routes
-from gateway.transcode import Surface
+from gateway.surface import Surface
 from svckit.access import access_for
 
 

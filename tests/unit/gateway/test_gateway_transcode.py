@@ -10,7 +10,11 @@ import clicksend
 import pytest
 from google.protobuf import timestamp_pb2
 
-from gateway.transcode import Surface, TranscodeError, build_request, message_to_json, parse_json
+from gateway.surface import Surface
+from gateway.transcode.body import parse_json
+from gateway.transcode.fields import TranscodeError
+from gateway.transcode.request import build_request
+from gateway.transcode.response import message_to_json
 from sendsafe.audit.v1 import audit_service_pb2, event_pb2
 from sendsafe.identity.v1 import account_pb2, identity_service_pb2
 from sendsafe.messaging.v1 import messaging_service_pb2, sms_pb2
@@ -280,7 +284,8 @@ def test_declared_ranges_bound_body_values() -> None:
 def test_every_declared_range_is_an_integer_field_and_sane() -> None:
     """A range on a non-integer field, or one wider than its type or empty, is a mistake in the protos."""
     from gateway.routes import discover_routes
-    from gateway.transcode import _INT_RANGES, int_bounds
+    from gateway.transcode.fields import INT_RANGES as _INT_RANGES
+    from gateway.transcode.fields import int_bounds
     from sendsafe.options.v1 import options_pb2
 
     def walk(messages: Any) -> Iterator[Any]:
