@@ -18,8 +18,10 @@ from services.audit.domain.integrity import Verification
 from services.audit.domain.paging import next_token
 from services.audit.domain.rules import Rule, RuleOwner, RuleSpec
 from services.audit.domain.siem import ExportCursor
-from services.audit.formats import to_incoming, to_proto
-from services.audit.service import AlertService, ForwardingService, LogService
+from services.audit.service.alerts import AlertService
+from services.audit.service.formats import to_incoming, to_proto
+from services.audit.service.forwarding import ForwardingService
+from services.audit.service.log import LogService
 from svckit import context as callctx
 from svckit.times import to_datetime
 

@@ -19,9 +19,11 @@ from services.audit.api import AuditServicer
 from services.audit.clients import open_notifier
 from services.audit.config import Settings
 from services.audit.domain.merkle import Signer, Verifier
-from services.audit.formats import to_incoming
 from services.audit.notify import HttpsWebhooks
-from services.audit.service import AlertService, ForwardingService, LogService
+from services.audit.service.alerts import AlertService
+from services.audit.service.formats import to_incoming
+from services.audit.service.forwarding import ForwardingService
+from services.audit.service.log import LogService
 from services.audit.store import PgAlertStore, PgEventStore, role_setter
 from svckit import tasks
 from svckit.app import App, serve

@@ -11,7 +11,7 @@ from sendsafe.context.v1 import principal_pb2
 from sendsafe.messaging.v1 import notification_service_pb2, notification_service_pb2_grpc
 from services.audit.config import Settings
 from services.audit.domain.rules import RuleSpec
-from services.audit.service import DeliveryError
+from services.audit.service.ports import DeliveryError
 from svckit.errors import Unavailable
 from svckit.rpc import secure_channel
 from svckit.tls import TlsFiles

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.audit.service import DeliveryError
+from services.audit.service.ports import DeliveryError
 from svckit.webhooks import WebhookClient, check_destination
 
 _MAX_RESPONSE = 64 * 1024

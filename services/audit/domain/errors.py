@@ -63,6 +63,12 @@ class AccountRequired(DomainError):
     reason = "ACCOUNT_PRINCIPAL_REQUIRED"
 
 
+def need_account(account_id: int) -> None:
+    """Alert rules, alerts, webhook secrets and forwarding belong to an account: the caller must act for one."""
+    if account_id <= 0:
+        raise AccountRequired("this call needs an account principal")
+
+
 class SendPermissionRequired(PermissionDenied):
     reason = "SMS_SEND_REQUIRED"
 

@@ -1,8 +1,9 @@
-"""Figures the metrics endpoint reports: a Prometheus-style histogram and its buckets."""
+"""Figures the metrics endpoint reports: a Prometheus-style histogram and its buckets, and the log's counters."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 
 class Histogram:
@@ -23,3 +24,20 @@ class Histogram:
 
 
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+
+@dataclass
+class LogStats:
+    """What the metrics endpoint reports about the log."""
+
+    appended: int = 0
+    batches: int = 0
+    last_lag_seconds: float = 0.0
+    lag: Histogram = field(default_factory=lambda: Histogram(LAG_BUCKETS))
+    integrity_ok: bool | None = None
+    integrity_failures: int = 0
+    last_verified_size: int = 0
+    last_verify_time: float = 0.0
+    checkpoint_size: int = 0
+    checkpoint_time: float = 0.0
+    proof_violations: int = 0

@@ -19,7 +19,7 @@ from sendsafe.audit.v1 import audit_service_pb2 as pb
 from sendsafe.context.v1 import principal_pb2
 from services.audit.domain.forwarding import ForwardingSpec
 from services.audit.domain.rules import RuleSpec
-from services.audit.service import AlertService
+from services.audit.service.alerts import AlertService
 from tests.integration.audit.conftest import (
     AuditFactory,
     FakeNotifications,

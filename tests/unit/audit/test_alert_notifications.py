@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from sendsafe.audit.v1 import event_pb2
-from services.audit import formats
 from services.audit.domain.alerts import alert_cap_hit, alert_text, undeliverable
 from services.audit.domain.errors import SendPermissionRequired
 from services.audit.domain.evaluation import EventFacts, evaluate
 from services.audit.domain.rules import Rule, RuleOwner, RuleSpec, normalize_rule, owned_spec
+from services.audit.service import formats
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

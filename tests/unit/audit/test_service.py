@@ -15,7 +15,7 @@ from services.audit.domain.checkpoints import StoredCheckpoint
 from services.audit.domain.errors import IntegrityViolation
 from services.audit.domain.events import IncomingEvent, SealedEvent, sequence_events
 from services.audit.domain.integrity import Problem
-from services.audit.service import LogService
+from services.audit.service.log import LogService
 
 
 class MemoryStore:
