@@ -25,8 +25,6 @@ from services.audit.service.log import LogService
 from svckit import context as callctx
 from svckit.times import to_datetime
 
-__all__ = ["AuditServicer", "to_incoming"]
-
 
 def _account() -> int:
     principal = callctx.principal()

@@ -14,22 +14,26 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sendsafe.audit.v1 import audit_service_pb2, audit_service_pb2_grpc, event_pb2
-from services.audit import metrics
+from sendsafe.messaging.v1 import notification_service_pb2_grpc
+from services.audit.adapters import prometheus
+from services.audit.adapters.messaging_client import MessagingNotifier
+from services.audit.adapters.store.alerts import PgAlertStore
+from services.audit.adapters.store.events import PgEventStore
+from services.audit.adapters.store.roles import role_setter
+from services.audit.adapters.webhooks import HttpsWebhooks
 from services.audit.api import AuditServicer
-from services.audit.clients import open_notifier
 from services.audit.config import Settings
 from services.audit.domain.merkle import Signer, Verifier
-from services.audit.notify import HttpsWebhooks
 from services.audit.service.alerts import AlertService
 from services.audit.service.formats import to_incoming
 from services.audit.service.forwarding import ForwardingService
 from services.audit.service.log import LogService
-from services.audit.store import PgAlertStore, PgEventStore, role_setter
 from svckit import tasks
 from svckit.app import App, serve
 from svckit.audit import denial_recorder
 from svckit.config import load
 from svckit.db import create_pool, migrate
+from svckit.rpc import secure_channel
 from svckit.server import start_server
 from svckit.tls import TlsFiles
 
@@ -62,6 +66,16 @@ def webhook_root(settings: Settings) -> bytes:
     _LOG.warning("AUDIT_WEBHOOK_KEY is not set: webhook secrets change when this process restarts"
                  " (development only)")
     return os.urandom(32)
+
+
+def open_notifier(settings: Settings, stack: contextlib.AsyncExitStack) -> MessagingNotifier | None:
+    """None when MESSAGING_ADDR is not set (SMS/email deliveries then fail as MESSAGING_NOT_CONFIGURED)."""
+    if not settings.messaging_addr:
+        return None
+    tls = TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+    channel = secure_channel(settings.messaging_addr, tls, server_name="messaging")
+    stack.push_async_callback(channel.close)
+    return MessagingNotifier(notification_service_pb2_grpc.NotificationServiceStub(channel))
 
 
 async def build(settings: Settings) -> App:
@@ -136,7 +150,7 @@ async def build(settings: Settings) -> App:
 
         metrics_port = None
         if settings.metrics_listen:
-            runner, metrics_port = await metrics.start(
+            runner, metrics_port = await prometheus.start(
                 settings.metrics_listen, lambda: collect(log, alerts, forwarding, events, alert_store))
             stack.push_async_callback(runner.cleanup)
 
@@ -159,12 +173,12 @@ async def build(settings: Settings) -> App:
 
 
 async def collect(log: LogService, alerts: AlertService, forwarding: ForwardingService, events: PgEventStore,
-                  alert_store: PgAlertStore) -> list[metrics.Sample]:
+                  alert_store: PgAlertStore) -> list[prometheus.Sample]:
     size, _, _ = await events.tree_head()
     cp = await events.latest_checkpoint()
     backlog = size - await alert_store.alert_cursor()
     st = log.stats
-    S = metrics.Sample
+    S = prometheus.Sample
     out = [
         S("sendsafe_audit_events_appended_total", "counter", "Events this process stored.", st.appended),
         S("sendsafe_audit_append_batches_total", "counter", "Append batches this process stored.", st.batches),

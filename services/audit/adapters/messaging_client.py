@@ -3,18 +3,13 @@ owner and to check that a rule's destination was verified."""
 
 from __future__ import annotations
 
-import contextlib
-
 import grpc
 
 from sendsafe.context.v1 import principal_pb2
 from sendsafe.messaging.v1 import notification_service_pb2, notification_service_pb2_grpc
-from services.audit.config import Settings
 from services.audit.domain.rules import RuleSpec
 from services.audit.service.ports import DeliveryError
 from svckit.errors import Unavailable
-from svckit.rpc import secure_channel
-from svckit.tls import TlsFiles
 
 _CHANNELS = {"sms": notification_service_pb2.NOTIFICATION_CHANNEL_SMS,
              "email": notification_service_pb2.NOTIFICATION_CHANNEL_EMAIL}
@@ -73,12 +68,3 @@ class MessagingNotifier:
         except grpc.aio.AioRpcError:
             raise MessagingUnavailable("cannot check the destination now; try again") from None
 
-
-def open_notifier(settings: Settings, stack: contextlib.AsyncExitStack) -> MessagingNotifier | None:
-    """None when MESSAGING_ADDR is not set (SMS/email deliveries then fail as MESSAGING_NOT_CONFIGURED)."""
-    if not settings.messaging_addr:
-        return None
-    tls = TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
-    channel = secure_channel(settings.messaging_addr, tls, server_name="messaging")
-    stack.push_async_callback(channel.close)
-    return MessagingNotifier(notification_service_pb2_grpc.NotificationServiceStub(channel))
