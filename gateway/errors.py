@@ -26,6 +26,7 @@ from svckit.access import DEIDENTIFIED_MESSAGE, DEIDENTIFIED_USER, STEP_UP_REQUI
 from svckit.errors import ERROR_DOMAIN, http_status
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+JSON_CONTENT_TYPE = "application/json"  # every body the gateway answers with (`dumps`)
 
 _GENERIC_MESSAGES: dict[str, str] = {
     "UNAVAILABLE": "The service is temporarily unavailable; try again shortly.",

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from opentelemetry.trace import SpanKind
 
-from gateway.app import SECURITY_HEADERS, build
+from gateway.app import build
+from gateway.edge import SECURITY_HEADERS
 from sendsafe.audit.v1 import event_pb2
 from sendsafe.context.v1 import principal_pb2
 from svckit.testing import CertBundle

@@ -13,8 +13,9 @@ import ipaddress
 import grpc
 import pytest
 
-from gateway.auth import Authenticator, AuthFailure, Connection, build_principal, client_address
+from gateway.auth import Authenticator, AuthFailure
 from gateway.errors import GatewayError
+from gateway.principal import Connection, build_principal, client_address
 from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import account_pb2, identity_service_pb2
 from sendsafe.keys.v1 import keys_service_pb2
