@@ -21,7 +21,6 @@ and windows; when full, the oldest window is summarised early, the oldest counte
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 
 from sendsafe.audit.v1 import event_pb2
 from svckit.netaddr import client_network
+from svckit.tasks import every, spawn
 
 _LOG = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class UnauthenticatedRequests:
         self._clock = clock
         self._counts: OrderedDict[str, tuple[int, int]] = OrderedDict()  # network -> (window number, count)
         self._open: OrderedDict[DedupKey, _Window] = OrderedDict()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: contextlib.AsyncExitStack | None = None  # the summaries' timer (svckit.tasks)
 
     # -- the limit -----------------------------------------------------------------------------------------
 
@@ -130,22 +130,16 @@ class UnauthenticatedRequests:
     # -- lifecycle -----------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._dedup > 0 and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="unauthenticated-summaries")
-
-    async def _run(self) -> None:
-        tick = min(1.0, self._dedup / 4)
-        while True:
-            await asyncio.sleep(tick)
-            await self.flush()
+        if self._dedup > 0 and self._tasks is None:
+            self._tasks = contextlib.AsyncExitStack()
+            summaries = every("unauthenticated summaries", min(1.0, self._dedup / 4), self.flush)
+            spawn(self._tasks, summaries, "unauthenticated-summaries")
 
     async def close(self) -> None:
         """Stop the timer and summarise every open window (before the audit client is flushed)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._tasks is not None:
+            await self._tasks.aclose()
+            self._tasks = None
         await self.flush(everything=True)
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from svckit.tasks import spawn
+
 _LOG = logging.getLogger(__name__)
 
 API_KEYS_CHANGED = "api_keys.changed"
@@ -118,6 +120,7 @@ class Subscriber:
         self._on_resync = on_resync
         self._kinds = frozenset(kinds)
         self._max_backoff = max_backoff
+        self._stack = contextlib.AsyncExitStack()
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self.received = 0
@@ -125,7 +128,7 @@ class Subscriber:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="key-notices")
+            self._task = spawn(self._stack, self._run(), "key-notices")
 
     async def wait_ready(self, timeout: float = 5.0) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -135,9 +138,7 @@ class Subscriber:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._stack.aclose()  # cancels and awaits the task (svckit.tasks.spawn)
             self._task = None
 
     async def _run(self) -> None:
