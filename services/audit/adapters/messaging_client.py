@@ -10,6 +10,7 @@ from sendsafe.messaging.v1 import notification_service_pb2, notification_service
 from services.audit.domain.rules import RuleSpec
 from services.audit.service.ports import DeliveryError
 from svckit.errors import Unavailable
+from svckit.rpcstatus import error_reason
 
 _CHANNELS = {"sms": notification_service_pb2.NOTIFICATION_CHANNEL_SMS,
              "email": notification_service_pb2.NOTIFICATION_CHANNEL_EMAIL}
@@ -20,18 +21,6 @@ _FINAL = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRE
 
 class MessagingUnavailable(Unavailable):
     reason = "MESSAGING_UNAVAILABLE"
-
-
-def _reason(err: grpc.aio.AioRpcError) -> str:
-    from google.rpc import error_details_pb2, status_pb2
-
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for d in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if d.Unpack(info):
-                    return info.reason
-    return err.code().name
 
 
 class MessagingNotifier:
@@ -57,7 +46,7 @@ class MessagingNotifier:
         try:
             await self._stub.SendNotification(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
-            raise DeliveryError(_reason(err), retryable=err.code() not in _FINAL) from None
+            raise DeliveryError(error_reason(err) or err.code().name, retryable=err.code() not in _FINAL) from None
 
     async def verified(self, account_id: int, channel: str, to: str) -> bool:
         """Whether the account verified this destination (an outage is UNAVAILABLE: the change is refused)."""
