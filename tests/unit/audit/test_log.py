@@ -1,4 +1,5 @@
-"""Audit use cases with an in-memory store: group commit, checkpoints, proofs and verification."""
+"""The log's use cases (services/audit/service/log.py and its parts) with an in-memory store: group commit,
+checkpoints, proofs and verification."""
 
 from __future__ import annotations
 
