@@ -12,20 +12,29 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+DETAILS_METADATA_KEY = "grpc-status-details-bin"
 
-def rich_status(err: object) -> status_pb2.Status | None:
-    """The google.rpc.Status a failed call (`grpc.RpcError` / `grpc.aio.AioRpcError`) carries, or None."""
+
+def rich_status(err: object, *, consistent: bool = True) -> status_pb2.Status | None:
+    """The google.rpc.Status a failed call (`grpc.RpcError` / `grpc.aio.AioRpcError`) carries, or None.
+    `consistent=False` also accepts a status whose code or message differ from the call's own (the gateway
+    trusts a status by its ErrorInfo's domain instead)."""
     if not hasattr(err, "trailing_metadata") or not hasattr(err, "code"):
         return None
     try:
-        return rpc_status.from_call(err)
+        if consistent:
+            return rpc_status.from_call(err)
+        for key, value in err.trailing_metadata() or ():
+            if key == DETAILS_METADATA_KEY:
+                return status_pb2.Status.FromString(value)
+        return None
     except (ValueError, DecodeError, TypeError, AttributeError):
         return None
 
 
-def error_info(err: object) -> error_details_pb2.ErrorInfo | None:
+def error_info(err: object, *, consistent: bool = True) -> error_details_pb2.ErrorInfo | None:
     """The first ErrorInfo of a failed call's rich status, or None."""
-    status = rich_status(err)
+    status = rich_status(err, consistent=consistent)
     if status is None:
         return None
     for detail in status.details:
