@@ -29,8 +29,8 @@ from services.messaging.domain.records import Caller, OutboundInput, SendItem, S
 from services.messaging.domain.settings import MessagingSettings, SettingsUpdate
 from services.messaging.domain.statuses import clicksend_receipt_view
 from services.messaging.domain.webhooks import WebhookDelivery
-from services.messaging.notifications import Notifications
-from services.messaging.service import MessagingService
+from services.messaging.service.messaging import MessagingService
+from services.messaging.service.notifications import Notifications
 from svckit import context as callctx
 from svckit.errors import PermissionDenied
 

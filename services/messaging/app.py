@@ -23,22 +23,21 @@ from sendsafe.messaging.v1 import (
     notification_service_pb2_grpc,
 )
 from services.messaging.api import MessagingServicer, NotificationServicer
-from services.messaging.carriers import Carrier, HttpCarrier, SimulatorCarrier
+from services.messaging.carriers import HttpCarrier, SimulatorCarrier
 from services.messaging.clients import discard, open_audit, open_envelope, open_owners, tls_of
 from services.messaging.config import Settings
 from services.messaging.domain.limits import RateConfig
 from services.messaging.domain.pricing import currency_for, parse_price_table
 from services.messaging.limits import RedisLimiter
-from services.messaging.notifications import Notifications, Owners
 from services.messaging.receiver import CallbackReceiver
-from services.messaging.service import (
-    DeliveryService,
-    IndexKeys,
-    MessagingOptions,
-    MessagingService,
-    Replies,
-    WebhookService,
-)
+from services.messaging.service.common import MessagingOptions
+from services.messaging.service.delivery import DeliveryService
+from services.messaging.service.index_keys import IndexKeys
+from services.messaging.service.messaging import MessagingService
+from services.messaging.service.notifications import Notifications
+from services.messaging.service.ports import Carrier, Owners
+from services.messaging.service.replies import Replies
+from services.messaging.service.webhooks import WebhookService
 from services.messaging.store import PgDestinationStore, PgMessageStore, PgSimulatorStore
 from services.messaging.stream import DispatchStream
 from services.messaging.worker import StreamWorker, default_consumer_name, pump_receipts, run_every

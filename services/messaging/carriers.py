@@ -12,29 +12,17 @@ import asyncio
 import random
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
 
 import aiohttp
 
 from services.messaging.domain.delivery import Receipt, Submission, SubmitResult
 from services.messaging.domain.statuses import TEMPORARY_FAILURE_ERROR, MessageStatus
+from services.messaging.service.ports import ReceiptHandler
 from services.messaging.store import PgSimulatorStore
 
-ReceiptHandler = Callable[[list[Receipt]], Awaitable[object]]
 _REF_NAMESPACE = uuid.UUID("6c1c5d55-6e0d-4f4e-9a51-5e6e6453494d")
-
-
-class Carrier(Protocol):
-    name: str
-
-    async def submit(self, batch: Sequence[Submission]) -> list[SubmitResult]:
-        """One result per submission. Raising means "unknown outcome": every message is retried."""
-        ...
-
-    async def pump_receipts(self, handle: ReceiptHandler, limit: int) -> int:
-        """Hand receipts that are due to `handle`; return how many (0: nothing waiting)."""
-        ...
 
 
 class SimulatorCarrier:

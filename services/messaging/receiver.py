@@ -28,7 +28,7 @@ from aiohttp import web
 from services.messaging.domain.delivery import Receipt, verify_signature
 from services.messaging.domain.receipts import InboundInput
 from services.messaging.domain.statuses import MessageStatus
-from services.messaging.service import DeliveryService
+from services.messaging.service.delivery import DeliveryService
 
 _LOG = logging.getLogger(__name__)
 PATH = "/carrier/callbacks"

@@ -16,8 +16,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from services.messaging.carriers import Carrier
-from services.messaging.service import DeliveryService
+from services.messaging.service.delivery import DeliveryService
+from services.messaging.service.ports import Carrier
 from services.messaging.stream import DispatchStream, Entry
 
 _LOG = logging.getLogger(__name__)

@@ -122,3 +122,11 @@ def check_destination_code(code: str) -> str:
     if len(code) != 6 or not code.isascii() or not code.isdigit():
         raise DestinationCodeInvalid("the code is the 6 digits of the verification SMS")
     return code
+
+
+class ChannelNotAvailable(FailedPrecondition):
+    reason = "CHANNEL_NOT_AVAILABLE"
+
+
+class NotificationRejected(FailedPrecondition):
+    reason = "NOTIFICATION_REJECTED"

@@ -14,7 +14,7 @@ import pytest
 
 from sendsafe.context.v1 import principal_pb2
 from services.messaging.config import Settings
-from services.messaging.service import MessagingService
+from services.messaging.service.messaging import MessagingService
 from services.messaging.store import PgMessageStore
 from svckit.app import App
 from svckit.envelope import Envelope

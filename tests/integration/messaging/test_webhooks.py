@@ -135,7 +135,7 @@ async def test_failing_webhooks_are_retried_with_backoff_then_given_up(messaging
 async def test_private_and_loopback_destinations_are_refused_in_production(messaging: Messaging,
                                                                           certs: CertBundle) -> None:
     # With loopback allowed only in tests, production settings refuse such URLs when they are configured.
-    from services.messaging.service import MessagingOptions
+    from services.messaging.service.common import MessagingOptions
 
     prod = messaging.service
     prod._opts = MessagingOptions()  # production defaults (a test-only peek at the option)

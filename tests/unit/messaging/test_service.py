@@ -20,7 +20,9 @@ from services.messaging.domain.paging import page_window
 from services.messaging.domain.pricing import CURRENCIES, PriceTable
 from services.messaging.domain.records import BODY_RECORD, TO_RECORD, Caller, NewMessage, OutboundInput, StoredMessage
 from services.messaging.domain.statuses import MessageStatus
-from services.messaging.service import DeliveryService, MessagingService, new_message_ids
+from services.messaging.service.delivery import DeliveryService
+from services.messaging.service.ids import new_message_ids
+from services.messaging.service.messaging import MessagingService
 from svckit.envelope import DecryptFailed, Envelope, aad_for
 
 NOW = 1_800_000_000

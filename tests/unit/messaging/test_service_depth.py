@@ -161,7 +161,7 @@ async def test_key_limits_are_their_own_error(parts) -> None:  # type: ignore[no
 
 async def test_prefix_velocity_throttles_per_message(parts) -> None:  # type: ignore[no-untyped-def]
     store, queue, env = parts
-    from services.messaging.service import MessagingOptions
+    from services.messaging.service.common import MessagingOptions
 
     limiter = FakeLimiter(per_prefix=2)
     svc = make_service(store, queue, env, limiter=limiter,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from sendsafe.audit.v1 import event_pb2
 from services.messaging.domain.destinations import (
@@ -30,6 +29,7 @@ from services.messaging.domain.destinations import (
     DESTINATION_VERIFICATION,
     SESSION_SCOPES,
     AlertOwnerNotAllowed,
+    ChannelNotAvailable,
     Destination,
     DestinationAttemptsExceeded,
     DestinationCodeExpired,
@@ -39,7 +39,7 @@ from services.messaging.domain.destinations import (
     DestinationNotFound,
     DestinationNotVerified,
     IdentityNotConfigured,
-    OwnerUser,
+    NotificationRejected,
     check_destination_code,
     destination_code_hash,
     new_destination_code,
@@ -47,43 +47,17 @@ from services.messaging.domain.destinations import (
     verification_text,
 )
 from services.messaging.domain.errors import InvalidAccountId, MessageStatusCode
-from services.messaging.domain.limits import SendLimits
 from services.messaging.domain.privacy import mask_number
 from services.messaging.domain.recipients import parse_recipient
 from services.messaging.domain.records import Caller, OutboundInput
-from services.messaging.service import SERVICE, MessagingService, Record
+from services.messaging.service.messaging import MessagingService
+from services.messaging.service.ports import SERVICE, DestinationStore, Owners, Record
 from svckit.audit import new_event
-from svckit.errors import FailedPrecondition, InvalidArgument
+from svckit.errors import InvalidArgument
 
 SMS = 1  # sendsafe.messaging.v1.NotificationChannel.NOTIFICATION_CHANNEL_SMS
 SOURCE = "sendsafe-alerts"
 VERIFY_SOURCE = "sendsafe-verify"
-
-
-class ChannelNotAvailable(FailedPrecondition):
-    reason = "CHANNEL_NOT_AVAILABLE"
-
-
-class NotificationRejected(FailedPrecondition):
-    reason = "NOTIFICATION_REJECTED"
-
-
-class Owners(Protocol):
-    """What identity and keys say now about an alert rule's owner."""
-
-    async def user(self, user_id: int) -> OwnerUser | None: ...
-    async def key_scopes(self, account_id: int, user_id: int, key_id: str) -> tuple[str, ...] | None: ...
-
-
-class DestinationStore(Protocol):
-    async def start(self, account_id: int, channel: int, to_hash: bytes, to_masked: str, user_id: int,
-                    code_hash: Callable[[str], bytes], ttl_s: int, per_hour: int) -> Destination | None: ...
-    async def forget_code(self, destination_id: str) -> None: ...
-    async def attempt(self, account_id: int, destination_id: str, max_attempts: int
-                      ) -> tuple[Destination, bytes | None, bool, bool] | None: ...
-    async def verified(self, destination_id: str) -> Destination: ...
-    async def is_verified(self, account_id: int, channel: int, to_hash: bytes) -> bool: ...
-    async def destinations(self, account_id: int) -> list[Destination]: ...
 
 
 def _e164(to: str) -> str:
@@ -220,5 +194,3 @@ class Notifications:
     async def list(self, caller: Caller) -> list[Destination]:
         return await self._destinations.destinations(caller.account_id)
 
-
-__all__ = ["Notifications", "SendLimits"]

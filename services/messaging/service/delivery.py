@@ -1,0 +1,131 @@
+"""`DeliveryService`: what the dispatch worker does (deliver a batch, apply receipts, take replies from
+the carrier)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+
+from sendsafe.audit.v1 import event_pb2
+from services.messaging.domain.delivery import ClaimedMessage, Receipt, Submission, plan_results, retry_delay
+from services.messaging.domain.destinations import ALERT_DELIVERY
+from services.messaging.domain.receipts import InboundInput
+from services.messaging.domain.records import BODY_RECORD, TO_RECORD
+from services.messaging.service.index_keys import IndexKeys
+from services.messaging.service.ports import SERVICE, Carrier, Cipher, DeliveryStore, Queue, Record
+from services.messaging.service.replies import Replies
+from svckit.audit import new_event
+from svckit.envelope import DecryptFailed, aad_for
+
+_LOG = logging.getLogger(__name__)
+
+
+class DeliveryService:
+    def __init__(
+        self,
+        store: DeliveryStore,
+        queue: Queue,
+        cipher: Cipher,
+        carrier: Carrier,
+        *,
+        max_attempts: int = 5,
+        retry_base_seconds: float = 1.0,
+        retry_cap_seconds: float = 60.0,
+        lease_seconds: float = 30.0,
+        record: Record | None = None,
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._cipher = cipher
+        self._carrier = carrier
+        self._max_attempts = max_attempts
+        self._retry_base = retry_base_seconds
+        self._retry_cap = retry_cap_seconds
+        self._lease = lease_seconds
+        self._record = record
+        self.keys = IndexKeys(store, cipher)
+        self.replies = Replies(store, cipher, self.keys)
+
+    async def deliver(self, message_ids: Sequence[str]) -> int:
+        """Claim, decrypt, submit and record one batch; returns how many were claimed.
+
+        Raises when the outcome is unknown (database, keys service): the caller leaves the stream entries
+        pending so they are delivered again. Idempotent: re-delivering a batch re-claims only what is not
+        final (and not held by a live worker), and the carrier deduplicates by message id.
+        """
+        claimed = await self._store.claim(list(dict.fromkeys(message_ids)), self._lease)
+        if not claimed:
+            return 0
+        submissions: list[Submission] = []
+        unreadable: list[tuple[str, int]] = []
+        for m in claimed:
+            try:
+                body = await self._cipher.decrypt(m.account_id, aad_for(m.account_id, BODY_RECORD, m.id), m.body_ct)
+                to = await self._cipher.decrypt(m.account_id, aad_for(m.account_id, TO_RECORD, m.id), m.to_ct)
+            except DecryptFailed:  # keys destroyed or data tampered with: it can never be sent
+                unreadable.append((m.id, 7))
+                continue
+            submissions.append(Submission(m.id, to.decode(), body.decode(), m.sender, m.attempts))
+        try:
+            results = await self._carrier.submit(submissions) if submissions else []
+        except Exception as exc:
+            _LOG.warning("carrier %s submit failed (%s); %d messages will be retried",
+                         self._carrier.name, type(exc).__name__, len(submissions))
+            results = []
+        unreadable_ids = {mid for mid, _ in unreadable}
+        readable = [m for m in claimed if m.id not in unreadable_ids]
+        sent, retry, failed = plan_results(readable, results, self._max_attempts)
+        failed += unreadable
+        became_failed = await self._store.record_results(
+            self._carrier.name,
+            [(r.message_id, r.carrier_ref) for r in sent],
+            [(mid, retry_delay(attempt, self._retry_base, self._retry_cap)) for mid, attempt in retry],
+            failed,
+        )
+        if became_failed:
+            codes = dict(failed)
+            await self._queue.dead_letter([(mid, codes[mid]) for mid in became_failed])
+        await self._audit(claimed, {r.message_id for r in sent}, {mid for mid, _ in retry}, set(became_failed))
+        return len(claimed)
+
+    async def apply_receipts(self, receipts: list[Receipt]) -> int:
+        """Apply carrier receipts through the ordered, idempotent status transition."""
+        return len(await self._store.apply_receipts(receipts))
+
+    async def apply_carrier_receipts(self, receipts: list[Receipt]) -> tuple[int, int]:
+        """Receipts from a carrier callback: (applied, unresolved). A receipt that names only a carrier
+        reference we have not recorded yet (the receipt overtook the submit answer) is not applied; the
+        caller asks the carrier to send it again rather than losing it."""
+        refs = [r.carrier_ref for r in receipts if not r.message_id and r.carrier_ref]
+        known = await self._store.resolve_refs(refs) if refs else {}
+        ready = [r if r.message_id else replace(r, message_id=known.get(r.carrier_ref, "")) for r in receipts]
+        resolved = [r for r in ready if r.message_id]
+        changed = len(await self._store.apply_receipts(resolved)) if resolved else 0
+        return changed, len(ready) - len(resolved)
+
+    async def receive_inbound(self, items: list[InboundInput]) -> int:
+        """Store replies a carrier reports (matched to our messages; STOP/START change opt-outs)."""
+        return len(await self.replies.receive(items))
+
+    async def _audit(self, claimed: list[ClaimedMessage], sent: set[str], retried: set[str], failed: set[str]) -> None:
+        if self._record is None:
+            return
+        # One event per account and cause: what alert notifications cause is marked, so no alert rule
+        # matches it (an alert cannot feed on its own SMS).
+        per_account: dict[tuple[int, str], list[int]] = {}
+        for m in claimed:
+            c = per_account.setdefault((m.account_id, m.cause if m.cause == ALERT_DELIVERY else ""), [0, 0, 0])
+            c[0] += m.id in sent
+            c[1] += m.id in retried
+            c[2] += m.id in failed
+        for (account_id, cause), (n_sent, n_retried, n_failed) in per_account.items():
+            outcome = event_pb2.OUTCOME_SUCCESS if not n_failed else event_pb2.OUTCOME_FAILURE
+            ev = new_event(
+                SERVICE, "messaging.sms.sent", outcome=outcome, resource_type="sms_batch",
+                account_id=account_id, error_reason="DELIVERY_FAILED" if n_failed else "",
+                details={"sent": str(n_sent), "retried": str(n_retried), "failed": str(n_failed),
+                         "carrier": self._carrier.name},
+            )
+            ev.cause = cause
+            await self._record(ev)
