@@ -23,7 +23,8 @@ PASSWORD = "bench correct horse battery staple"  # noqa: S105 - a throw-away acc
 
 
 async def _raw_verifications(seconds: float) -> tuple[float, str]:
-    from services.identity.credentials import Argon2Params, Hasher
+    from services.identity.adapters.hasher import Hasher
+    from services.identity.domain.credentials import Argon2Params
 
     hasher = Hasher(Argon2Params())  # identity's defaults (PASSWORD_ARGON2_* unset)
     stored = await hasher.hash(PASSWORD)

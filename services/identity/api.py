@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
+from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import (
     account_pb2,
     auth_service_pb2,
@@ -17,21 +18,36 @@ from sendsafe.identity.v1 import (
     staff_service_pb2,
     staff_service_pb2_grpc,
 )
-from services.identity.domain import (
-    FLAG_NAMES,
-    MASKED_API_KEY,
-    STAFF,
-    Account,
-    AccountDetails,
-    PrincipalRequired,
-    SessionRecord,
-    StaffMember,
-    User,
-)
-from services.identity.service import CreateAccountInput, Service, SubaccountInput
-from services.identity.sessions import Sessions
-from services.identity.staff import Staff
+from services.identity.domain.accounts import MASKED_API_KEY, Account, AccountDetails, User
+from services.identity.domain.caller import Caller
+from services.identity.domain.errors import PrincipalRequired
+from services.identity.domain.flags import FLAG_NAMES
+from services.identity.domain.sessions import STAFF, USER, SessionRecord
+from services.identity.domain.staff import StaffMember
+from services.identity.service.accounts import Accounts, CreateAccountInput, SubaccountInput
+from services.identity.service.factors import Factors
+from services.identity.service.sessions import Sessions
+from services.identity.service.staff import Staff
 from svckit import context as callctx
+
+
+def caller() -> Caller:
+    """The end user (or staff member) behind this call, from the principal the gateway forwarded."""
+    return caller_of(callctx.principal())
+
+
+def caller_of(p: principal_pb2.Principal | None) -> Caller:
+    """A principal as the use cases see it; no principal (or one without an identity: a login) is anonymous."""
+    if p is None:
+        return Caller()
+    return Caller(
+        account_id=p.account_id,
+        user_id=p.user_id,
+        staff=p.staff,
+        session_id=p.session_id if p.auth_method == principal_pb2.AUTH_METHOD_SESSION else "",
+        client_address=p.client_address,
+        user_agent=p.user_agent,
+    )
 
 
 def user_to_proto(account: Account, user: User) -> account_pb2.User:
@@ -111,16 +127,16 @@ def account_to_proto(d: AccountDetails) -> identity_service_pb2.GetAccountRespon
 
 
 class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Accounts) -> None:
         self.service = service
 
     async def GetAccount(
         self, request: identity_service_pb2.GetAccountRequest, context: grpc.aio.ServicerContext
     ) -> identity_service_pb2.GetAccountResponse:
-        principal = callctx.principal()
-        if principal is None or not principal.account_id or not principal.user_id:
+        me = caller()
+        if not me.account_id or not me.user_id:
             raise PrincipalRequired("reading an account needs an authenticated user")
-        return account_to_proto(await self.service.get_account(principal.account_id, principal.user_id))
+        return account_to_proto(await self.service.get_account(me.account_id, me.user_id))
 
     async def GetUser(
         self, request: identity_service_pb2.GetUserRequest, context: grpc.aio.ServicerContext
@@ -151,7 +167,7 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
     async def CreateSubaccount(
         self, request: identity_service_pb2.CreateSubaccountRequest, context: grpc.aio.ServicerContext
     ) -> identity_service_pb2.CreateSubaccountResponse:
-        user, api_key = await self.service.create_subaccount(_subaccount_input(request, with_username=True))
+        user, api_key = await self.service.create_subaccount(caller(), _subaccount_input(request, with_username=True))
         sub = subaccount_to_proto(user)
         sub.api_key = api_key  # the one answer that shows the key
         return identity_service_pb2.CreateSubaccountResponse(subaccount=sub)
@@ -159,7 +175,7 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
     async def ListSubaccounts(
         self, request: identity_service_pb2.ListSubaccountsRequest, context: grpc.aio.ServicerContext
     ) -> identity_service_pb2.ListSubaccountsResponse:
-        page = await self.service.list_subaccounts(request.page, request.limit)
+        page = await self.service.list_subaccounts(caller(), request.page, request.limit)
         w = page.window
         resp = identity_service_pb2.ListSubaccountsResponse(
             total=page.total,
@@ -180,26 +196,26 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
     async def GetSubaccount(
         self, request: identity_service_pb2.GetSubaccountRequest, context: grpc.aio.ServicerContext
     ) -> identity_service_pb2.GetSubaccountResponse:
-        user = await self.service.get_subaccount(request.subaccount_id)
+        user = await self.service.get_subaccount(caller(), request.subaccount_id)
         return identity_service_pb2.GetSubaccountResponse(subaccount=subaccount_to_proto(user))
 
     async def UpdateSubaccount(
         self, request: identity_service_pb2.UpdateSubaccountRequest, context: grpc.aio.ServicerContext
     ) -> identity_service_pb2.UpdateSubaccountResponse:
-        user = await self.service.update_subaccount(request.subaccount_id, _subaccount_input(request))
+        user = await self.service.update_subaccount(caller(), request.subaccount_id, _subaccount_input(request))
         return identity_service_pb2.UpdateSubaccountResponse(subaccount=subaccount_to_proto(user))
 
     async def DeleteSubaccount(
         self, request: identity_service_pb2.DeleteSubaccountRequest, context: grpc.aio.ServicerContext
     ) -> identity_service_pb2.DeleteSubaccountResponse:
-        await self.service.delete_subaccount(request.subaccount_id)
+        await self.service.delete_subaccount(caller(), request.subaccount_id)
         return identity_service_pb2.DeleteSubaccountResponse(deleted=True)
 
     async def RegenerateSubaccountApiKey(
         self, request: identity_service_pb2.RegenerateSubaccountApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> identity_service_pb2.RegenerateSubaccountApiKeyResponse:
         # The body (access_sms, email, notes in the SDK's model) is ignored, as ClickSend does.
-        api_key = await self.service.regenerate_api_key(request.subaccount_id)
+        api_key = await self.service.regenerate_api_key(caller(), request.subaccount_id)
         return identity_service_pb2.RegenerateSubaccountApiKeyResponse(api_key=api_key)
 
 
@@ -253,14 +269,15 @@ def session_to_proto(s: SessionRecord, current_id: str = "") -> auth_service_pb2
 
 
 class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
-    def __init__(self, sessions: Sessions) -> None:
+    def __init__(self, sessions: Sessions, factors: Factors) -> None:
         self.sessions = sessions
+        self.factors = factors
 
     async def Login(
         self, request: auth_service_pb2.LoginRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.LoginResponse:
         token, session = await self.sessions.login(
-            "user", request.username, request.password, request.totp_code, request.recovery_code
+            caller(), USER, request.username, request.password, request.totp_code, request.recovery_code
         )
         return auth_service_pb2.LoginResponse(session_token=token, session=session_to_proto(session, session.id))
 
@@ -286,30 +303,31 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def Logout(
         self, request: auth_service_pb2.LogoutRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.LogoutResponse:
-        await self.sessions.logout()
+        await self.sessions.logout(caller())
         return auth_service_pb2.LogoutResponse()
 
     async def ListSessions(
         self, request: auth_service_pb2.ListSessionsRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.ListSessionsResponse:
-        current, sessions = await self.sessions.list_sessions()
+        current, sessions = await self.sessions.list_sessions(caller())
         return auth_service_pb2.ListSessionsResponse(sessions=[session_to_proto(s, current) for s in sessions])
 
     async def RevokeSession(
         self, request: auth_service_pb2.RevokeSessionRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.RevokeSessionResponse:
-        await self.sessions.revoke_session(request.session_id)
+        await self.sessions.revoke_session(caller(), request.session_id)
         return auth_service_pb2.RevokeSessionResponse()
 
     async def RevokeOtherSessions(
         self, request: auth_service_pb2.RevokeOtherSessionsRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.RevokeOtherSessionsResponse:
-        return auth_service_pb2.RevokeOtherSessionsResponse(revoked_count=await self.sessions.revoke_other_sessions())
+        n = await self.sessions.revoke_other_sessions(caller())
+        return auth_service_pb2.RevokeOtherSessionsResponse(revoked_count=n)
 
     async def StepUp(
         self, request: auth_service_pb2.StepUpRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.StepUpResponse:
-        when = await self.sessions.step_up(request.totp_code, request.recovery_code)
+        when = await self.sessions.step_up(caller(), request.totp_code, request.recovery_code)
         return auth_service_pb2.StepUpResponse(
             mfa_time=_ts(when), max_age_seconds=self.sessions.settings.step_up_max_age_seconds
         )
@@ -317,31 +335,31 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
     async def StartTotpEnrollment(
         self, request: auth_service_pb2.StartTotpEnrollmentRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.StartTotpEnrollmentResponse:
-        e = await self.sessions.start_totp(request.password)
+        e = await self.factors.start_totp(caller(), request.password)
         return auth_service_pb2.StartTotpEnrollmentResponse(otpauth_uri=e.otpauth_uri, secret=e.secret, qr_png=e.qr_png)
 
     async def ConfirmTotpEnrollment(
         self, request: auth_service_pb2.ConfirmTotpEnrollmentRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.ConfirmTotpEnrollmentResponse:
-        codes = await self.sessions.confirm_totp(request.code)
+        codes = await self.factors.confirm_totp(caller(), request.code)
         return auth_service_pb2.ConfirmTotpEnrollmentResponse(recovery_codes=codes)
 
     async def RemoveTotp(
         self, request: auth_service_pb2.RemoveTotpRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.RemoveTotpResponse:
-        await self.sessions.remove_totp()
+        await self.factors.remove_totp(caller())
         return auth_service_pb2.RemoveTotpResponse()
 
     async def RegenerateRecoveryCodes(
         self, request: auth_service_pb2.RegenerateRecoveryCodesRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.RegenerateRecoveryCodesResponse:
-        codes = await self.sessions.regenerate_recovery_codes()
+        codes = await self.factors.regenerate_recovery_codes(caller())
         return auth_service_pb2.RegenerateRecoveryCodesResponse(recovery_codes=codes)
 
     async def ChangePassword(
         self, request: auth_service_pb2.ChangePasswordRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.ChangePasswordResponse:
-        n = await self.sessions.change_password(request.current_password, request.new_password)
+        n = await self.factors.change_password(caller(), request.current_password, request.new_password)
         return auth_service_pb2.ChangePasswordResponse(revoked_sessions=n)
 
 
@@ -392,7 +410,7 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
         self, request: staff_service_pb2.StaffLoginRequest, context: grpc.aio.ServicerContext
     ) -> staff_service_pb2.StaffLoginResponse:
         token, session = await self.sessions.login(
-            STAFF, request.username, request.password, request.totp_code, request.recovery_code
+            caller(), STAFF, request.username, request.password, request.totp_code, request.recovery_code
         )
         return staff_service_pb2.StaffLoginResponse(session_token=token, session=session_to_proto(session, session.id))
 
@@ -413,13 +431,15 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
     async def ChangeStaffRole(
         self, request: staff_service_pb2.ChangeStaffRoleRequest, context: grpc.aio.ServicerContext
     ) -> staff_service_pb2.ChangeStaffRoleResponse:
-        member = await self.staff.change_role(request.staff_id, _ROLE_NAMES.get(request.role, ""), request.reason)
+        member = await self.staff.change_role(
+            caller(), request.staff_id, _ROLE_NAMES.get(request.role, ""), request.reason
+        )
         return staff_service_pb2.ChangeStaffRoleResponse(staff_user=staff_to_proto(member))
 
     async def GetCustomerAccount(
         self, request: staff_service_pb2.GetCustomerAccountRequest, context: grpc.aio.ServicerContext
     ) -> staff_service_pb2.GetCustomerAccountResponse:
-        account, users = await self.staff.get_customer_account(request.account_id, request.reason)
+        account, users = await self.staff.get_customer_account(caller(), request.account_id, request.reason)
         return staff_service_pb2.GetCustomerAccountResponse(
             account_id=account.id,
             account_name=account.name,
@@ -433,6 +453,6 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
         self, request: staff_service_pb2.SetCustomerUserStatusRequest, context: grpc.aio.ServicerContext
     ) -> staff_service_pb2.SetCustomerUserStatusResponse:
         user, mfa = await self.staff.set_customer_user_status(
-            request.account_id, request.user_id, request.active, request.reason
+            caller(), request.account_id, request.user_id, request.active, request.reason
         )
         return staff_service_pb2.SetCustomerUserStatusResponse(user=customer_user_to_proto(user, mfa))

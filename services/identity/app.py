@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 from pathlib import Path
 
 import grpc
@@ -18,14 +16,16 @@ from sendsafe.identity.v1 import (
     staff_service_pb2_grpc,
 )
 from sendsafe.keys.v1 import keys_service_pb2_grpc
+from services.identity.adapters.hasher import Hasher
+from services.identity.adapters.keys_client import KeysClient
+from services.identity.adapters.messaging_client import MessagingBalances
+from services.identity.adapters.store.pg import PgIdentityStore
 from services.identity.api import AuthServicer, IdentityServicer, StaffServicer
-from services.identity.clients import KeysClient, MessagingBalances
 from services.identity.config import Settings
-from services.identity.credentials import Hasher
-from services.identity.service import Service
-from services.identity.sessions import Sessions
-from services.identity.staff import Staff
-from services.identity.store import PgIdentityStore
+from services.identity.service.accounts import Accounts
+from services.identity.service.factors import Factors
+from services.identity.service.sessions import Sessions
+from services.identity.service.staff import Staff
 from svckit.app import App, serve
 from svckit.audit import AuditClient, denial_recorder
 from svckit.config import load
@@ -33,9 +33,9 @@ from svckit.db import create_pool, migrate
 from svckit.envelope import Envelope, KeysStubSource, follow_key_notices
 from svckit.rpc import secure_channel
 from svckit.server import start_server
+from svckit.tasks import every, spawn
 from svckit.tls import TlsFiles
 
-_LOG = logging.getLogger(__name__)
 PRUNE_EVERY_SECONDS = 600.0
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -81,7 +81,7 @@ async def build(settings: Settings) -> App:
             throttle=settings.throttle,
             settings=settings.sessions,
         )
-        service = Service(
+        service = Accounts(
             store,
             MessagingBalances(messaging_channel, timeout=settings.messaging_timeout_seconds),
             audit,
@@ -93,11 +93,12 @@ async def build(settings: Settings) -> App:
             hasher=hasher,
             policy=settings.password_policy,
         )
+        factors = Factors(store, audit, sessions)
         staff = Staff(store, audit, sessions)
 
         def register(s: grpc.aio.Server) -> None:
             identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(service), s)
-            auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(sessions), s)
+            auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(sessions, factors), s)
             staff_service_pb2_grpc.add_StaffServiceServicer_to_server(StaffServicer(sessions, staff), s)
 
         server = await start_server(
@@ -113,30 +114,18 @@ async def build(settings: Settings) -> App:
             health_listen=settings.health_listen,
             step_up_max_age_seconds=settings.step_up_max_age_seconds,
         )
-        pruner = asyncio.create_task(_prune_forever(store), name="identity-prune")
-        stack.push_async_callback(_cancel, pruner)
+        # Login counters nobody touched for a day and long-dead sessions.
+        spawn(stack, every("identity-prune", PRUNE_EVERY_SECONDS, store.prune), "identity-prune")
     except BaseException:
         await stack.aclose()
         raise
     return App(
         server, stack, grace=settings.shutdown_grace_seconds,
-        extras={"service": service, "audit": audit, "sessions": sessions, "staff": staff, "store": store},
+        extras={
+            "service": service, "audit": audit, "sessions": sessions, "factors": factors, "staff": staff,
+            "store": store,
+        },
     )
-
-
-async def _prune_forever(store: PgIdentityStore) -> None:
-    while True:
-        await asyncio.sleep(PRUNE_EVERY_SECONDS)
-        try:
-            await store.prune()
-        except Exception as exc:  # the next round tries again
-            _LOG.warning("pruning login counters failed: %s", type(exc).__name__)
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def main() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.identity.credentials import Argon2Params, PasswordPolicy
-from services.identity.domain import Currency, ThrottlePolicy
-from services.identity.sessions import SessionSettings
+from services.identity.domain.accounts import Currency
+from services.identity.domain.credentials import Argon2Params, PasswordPolicy
+from services.identity.domain.sessions import SessionSettings, ThrottlePolicy
 from svckit.config import KitSettings, setting
 
 

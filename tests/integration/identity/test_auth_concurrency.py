@@ -27,8 +27,8 @@ from sendsafe.identity.v1 import (
     staff_service_pb2,
     staff_service_pb2_grpc,
 )
-from services.identity.sessions import Sessions
-from services.identity.store import PgIdentityStore
+from services.identity.adapters.store.pg import PgIdentityStore
+from services.identity.service.sessions import Sessions
 from svckit.app import App
 from svckit.testing import CertBundle
 from tests.conftest import channel_as

@@ -8,16 +8,15 @@ from typing import Any
 
 import pytest
 
-from services.identity.domain import (
-    FLAG_NAMES,
-    AccessFlags,
+from services.identity.domain.accounts import User
+from services.identity.domain.errors import (
     DelegationExceedsActor,
     MainUserProtected,
     OwnAccessUnchangeable,
     RestrictionNotLiftable,
-    User,
-    delegate,
 )
+from services.identity.domain.flags import FLAG_NAMES, AccessFlags
+from services.identity.domain.subaccounts import delegate
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -6,24 +6,18 @@ from dataclasses import replace
 
 import pytest
 
-from services.identity import domain
-from services.identity.domain import (
-    FLAG_NAMES,
-    GRANTABLE_ROLES,
-    AccessFlags,
+from services.identity.domain import accounts
+from services.identity.domain.accounts import check_balance, check_email, check_phone, check_username, new_account
+from services.identity.domain.errors import (
     BalanceUnavailable,
     CountryInvalid,
     EmailInvalid,
     NameInvalid,
     PhoneInvalid,
     UsernameInvalid,
-    check_balance,
-    check_email,
-    check_phone,
-    check_username,
-    derive_permissions,
-    new_account,
 )
+from services.identity.domain.flags import FLAG_NAMES, AccessFlags, derive_permissions
+from services.identity.domain.staff import GRANTABLE_ROLES
 from svckit.permissions import ALWAYS, PERMISSION_FLAGS, ROLE_PERMISSIONS, STAFF_ROLES
 
 
@@ -95,7 +89,7 @@ def test_phone() -> None:
             check_phone(bad, "AU")
 
 
-def _new(**overrides: object) -> domain.NewAccount:
+def _new(**overrides: object) -> accounts.NewAccount:
     args: dict[str, object] = dict(
         account_name="Demo",
         api_username="demo",
@@ -147,7 +141,7 @@ def test_user_permissions_follow_enabled() -> None:
     from datetime import UTC, datetime
 
     now = datetime.now(UTC)
-    user = domain.User(
+    user = accounts.User(
         id=1,
         account_id=1,
         api_username="sub",

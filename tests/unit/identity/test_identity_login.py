@@ -6,7 +6,7 @@ is locked, or typed the wrong password."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -15,23 +15,24 @@ import pytest
 
 from sendsafe.audit.v1 import event_pb2
 from sendsafe.context.v1 import principal_pb2
-from services.identity import credentials
-from services.identity.credentials import Argon2Params, Hasher, PasswordPolicy
-from services.identity.domain import (
+from services.identity.adapters.hasher import Hasher
+from services.identity.api import caller_of
+from services.identity.domain import credentials
+from services.identity.domain.caller import Caller
+from services.identity.domain.credentials import Argon2Params, PasswordPolicy
+from services.identity.domain.errors import InvalidCredentials, LoginThrottled, MfaCodeInvalid, MfaRequired
+from services.identity.domain.sessions import (
     STAFF,
     USER,
     Attempt,
-    InvalidCredentials,
-    LoginThrottled,
-    MfaCodeInvalid,
-    MfaRequired,
+    SecondFactorUse,
     SessionRecord,
+    SessionSettings,
     Subject,
     ThrottlePolicy,
+    TotpFactor,
 )
-from services.identity.sessions import Sessions, SessionSettings
-from services.identity.store import SecondFactorUse, TotpFactor
-from svckit import context as callctx
+from services.identity.service.sessions import Sessions
 from svckit.errors import DomainError
 
 PASSWORD = "quartz meadow ladder 42 ripple"
@@ -198,21 +199,15 @@ def _subject(kind: str, sid: int, username: str, password_hash: str | None, **kw
     )
 
 
-@pytest.fixture(autouse=True)
-def anonymous_caller() -> Iterator[None]:
-    """Login arrives from the gateway without a principal's identity, only where it came from."""
-    token = callctx.current.set(
-        callctx.CallContext("gateway", principal_pb2.Principal(client_address="203.0.113.7"), "req-1")
-    )
-    yield
-    callctx.current.reset(token)
+# Login arrives from the gateway without a principal's identity, only where it came from.
+ANONYMOUS = caller_of(principal_pb2.Principal(client_address="203.0.113.7"))
 
 
 async def _attempt(w: World, username: str, password: str, **kw: str) -> tuple[DomainError | None, int]:
     """(the refusal or None, argon2 verifications this attempt cost)."""
     before = w.hasher.verifications
     try:
-        await w.sessions.login(USER, username, password, **kw)
+        await w.sessions.login(ANONYMOUS, USER, username, password, **kw)
     except DomainError as err:
         return err, w.hasher.verifications - before
     return None, w.hasher.verifications - before
@@ -338,8 +333,8 @@ async def test_staff_always_need_a_second_factor_and_the_first_code_confirms_it(
     totp = _enrol(w, staff, confirmed=False)  # as CreateStaffUser leaves it
     before = w.hasher.verifications
     with pytest.raises(MfaRequired):
-        await w.sessions.login(STAFF, "ops-ann", PASSWORD)
-    _, session = await w.sessions.login(STAFF, "ops-ann", PASSWORD, totp_code=totp.now())
+        await w.sessions.login(ANONYMOUS, STAFF, "ops-ann", PASSWORD)
+    _, session = await w.sessions.login(ANONYMOUS, STAFF, "ops-ann", PASSWORD, totp_code=totp.now())
     assert w.hasher.verifications - before == 2
     assert session.amr == ("pwd", "otp") and session.mfa_time is not None
     assert w.store.factors[(STAFF, staff.id)].confirmed
@@ -363,7 +358,7 @@ async def test_no_secret_in_any_login_event(world: World) -> None:
     w = world
     totp = _enrol(w, w.user)
     await _attempt(w, "alice", "a wrong secret password")
-    token_and_session = await w.sessions.login(USER, "alice", PASSWORD, totp_code=totp.now())
+    token_and_session = await w.sessions.login(ANONYMOUS, USER, "alice", PASSWORD, totp_code=totp.now())
     text = "\n".join(str(e) for e in w.audit.events)
     for secret in (PASSWORD, "a wrong secret password", totp.secret, token_and_session[0]):
         assert secret not in text
@@ -372,13 +367,12 @@ async def test_no_secret_in_any_login_event(world: World) -> None:
 # -- step-up (RFC 9470) ---------------------------------------------------------------------------------
 
 
-def _as_session(session: SessionRecord, *, staff: bool = False) -> Callable[[], None]:
+def _as_session(session: SessionRecord, *, staff: bool = False) -> Caller:
     p = principal_pb2.Principal(
         account_id=session.account_id, user_id=session.subject_id, session_id=session.id, staff=staff,
         auth_method=principal_pb2.AUTH_METHOD_SESSION, permissions=["self.manage"],
     )
-    token = callctx.current.set(callctx.CallContext("gateway", p, "req-2"))
-    return lambda: callctx.current.reset(token)
+    return caller_of(p)
 
 
 async def test_a_step_up_moves_the_sessions_second_factor_time_and_refuses_a_replay(world: World) -> None:
@@ -386,17 +380,14 @@ async def test_a_step_up_moves_the_sessions_second_factor_time_and_refuses_a_rep
     w = world
     totp = _enrol(w, w.user)
     step = credentials.current_step()
-    _, session = await w.sessions.login(USER, "alice", PASSWORD, totp_code=totp.at(step * 30))
-    done = _as_session(session)
-    try:
-        w.advance(301)
-        with pytest.raises(InvalidCredentials):  # the login's step again: a replay
-            await w.sessions.step_up(totp.at(step * 30), "")
-        w.clock[0] = datetime.now(UTC)
-        when = await w.sessions.step_up(totp.at((step + 1) * 30), "")  # the next step, inside the +-1 window
-        assert session.mfa_time is not None and when > session.mfa_time
-    finally:
-        done()
+    _, session = await w.sessions.login(ANONYMOUS, USER, "alice", PASSWORD, totp_code=totp.at(step * 30))
+    me = _as_session(session)
+    w.advance(301)
+    with pytest.raises(InvalidCredentials):  # the login's step again: a replay
+        await w.sessions.step_up(me, totp.at(step * 30), "")
+    w.clock[0] = datetime.now(UTC)
+    when = await w.sessions.step_up(me, totp.at((step + 1) * 30), "")  # the next step, inside the +-1 window
+    assert session.mfa_time is not None and when > session.mfa_time
 
 
 def test_totp_window_is_plus_minus_one_step() -> None:

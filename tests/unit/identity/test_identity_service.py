@@ -10,21 +10,17 @@ from datetime import UTC, datetime
 import pytest
 
 from sendsafe.audit.v1 import event_pb2
-from services.identity.domain import (
-    AccessFlags,
-    Account,
+from services.identity.domain.accounts import Account, Currency, NewAccount, User, username_key
+from services.identity.domain.errors import (
     BalanceUnavailable,
-    Currency,
     EmailInvalid,
-    NewAccount,
-    User,
     UserDisabled,
     UserLookupInvalid,
     UsernameTaken,
     UserNotFound,
-    username_key,
 )
-from services.identity.service import CreateAccountInput, Service
+from services.identity.domain.flags import AccessFlags
+from services.identity.service.accounts import Accounts, CreateAccountInput
 from svckit.audit import AuditUnavailable
 
 CURRENCY = Currency("AUD", "$", "c", "Australian Dollars", "20.00", "10000.00")
@@ -126,8 +122,8 @@ class FakeAudit:
             raise AuditUnavailable("no audit")
 
 
-def _service(store: FakeStore, balances: FakeBalances | None = None, audit: FakeAudit | None = None) -> Service:
-    return Service(
+def _service(store: FakeStore, balances: FakeBalances | None = None, audit: FakeAudit | None = None) -> Accounts:
+    return Accounts(
         store,
         balances or FakeBalances(),
         audit or FakeAudit(),

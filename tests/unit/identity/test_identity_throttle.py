@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.identity.domain import ThrottlePolicy, throttle_counters
+from services.identity.domain.sessions import ThrottlePolicy, throttle_counters
 
 POLICY = ThrottlePolicy(address_max_failures=100, ipv6_network_max_failures=90, ipv4_network_max_failures=300)
 

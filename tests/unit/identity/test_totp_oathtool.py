@@ -13,7 +13,7 @@ import subprocess
 import pyotp
 import pytest
 
-from services.identity import credentials
+from services.identity.domain import credentials
 
 # RFC 6238 appendix B, SHA-1: the ASCII secret "12345678901234567890", 8 digits, 30 s steps.
 RFC6238_SECRET = base64.b32encode(b"12345678901234567890").decode()

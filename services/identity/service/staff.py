@@ -3,70 +3,30 @@ explicit ways staff reach a customer's data. Staff log in through `Sessions.logi
 
 Access transparency: every staff access to a customer's data writes two events before the data is
 returned or changed (fail closed): one in the customer's own feed (actor type "staff", the stated reason)
-and one in the platform feed (the platform account's, which security staff read with `audit.read`).
-"""
+and one in the platform feed (the platform account's, which security staff read with `audit.read`)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
-
-from sendsafe.audit.v1 import event_pb2
-from services.identity import credentials
-from services.identity.domain import (
-    GRANTABLE_ROLES,
-    STAFF,
-    Account,
+from services.identity.domain import credentials
+from services.identity.domain.accounts import Account, User, check_email, check_name, check_username
+from services.identity.domain.caller import Caller
+from services.identity.domain.credentials import TOTP_RECORD, Enrollment
+from services.identity.domain.errors import (
     AccountNotFound,
     OwnRoleChange,
     RoleNotGrantable,
-    StaffMember,
     StaffNotFound,
     StaffOnly,
     SubaccountNotFound,
-    User,
-    check_email,
-    check_name,
-    check_reason,
-    check_role,
-    check_username,
 )
-from services.identity.sessions import TOTP_RECORD, Enrollment, Sessions
-from svckit import context as callctx
+from services.identity.domain.sessions import STAFF
+from services.identity.domain.staff import GRANTABLE_ROLES, NewStaff, StaffMember, check_reason, check_role
+from services.identity.service.ports import Auditor, StaffStore
+from services.identity.service.sessions import Sessions
 from svckit.audit import new_event
 from svckit.envelope import aad_for
 
 SERVICE = "identity"
-
-
-class StaffStore(Protocol):
-    async def create_staff(
-        self, username: str, email: str, display_name: str, role: str, password_hash: str,
-        secret_blob: Callable[[int], Awaitable[bytes]], recovery_hashes: list[bytes], platform_account_id: int,
-        before_commit: Callable[[StaffMember], Awaitable[None]],
-    ) -> StaffMember: ...
-    async def get_staff(self, staff_id: int) -> StaffMember | None: ...
-    async def set_staff_role(
-        self, staff_id: int, role: str, before_commit: Callable[[StaffMember], Awaitable[None]]
-    ) -> StaffMember | None: ...
-    async def get_account(self, account_id: int) -> Account | None: ...
-    async def account_users(self, account_id: int) -> list[tuple[User, bool]]: ...
-    async def get_user(self, user_id: int) -> tuple[Account, User] | None: ...
-    async def set_user_active(
-        self, user_id: int, active: bool, before_commit: Callable[[User], Awaitable[None]]
-    ) -> tuple[User, bool] | None: ...
-
-
-class Auditor(Protocol):
-    async def record_strict(self, event: event_pb2.Event, timeout: float = ...) -> None: ...
-
-
-@dataclass(frozen=True)
-class NewStaff:
-    member: StaffMember
-    enrollment: Enrollment
-    recovery_codes: list[str]
 
 
 class Staff:
@@ -106,17 +66,16 @@ class Staff:
         uri = credentials.totp_uri(secret, member.username, self._sessions.settings.totp_issuer + " Staff")
         return NewStaff(member, Enrollment(uri, secret, credentials.qr_png(uri)), codes)
 
-    async def _me(self) -> StaffMember:
-        p = callctx.principal()
-        if p is None or not p.staff:
+    async def _me(self, caller: Caller) -> StaffMember:
+        if not caller.staff:
             raise StaffOnly("this is for SendSafe staff")
-        member = await self._store.get_staff(p.user_id)
+        member = await self._store.get_staff(caller.user_id)
         if member is None or not member.active:
             raise StaffOnly("this is for SendSafe staff")
         return member
 
-    async def change_role(self, staff_id: int, role: str, reason: str) -> StaffMember:
-        me = await self._me()
+    async def change_role(self, caller: Caller, staff_id: int, role: str, reason: str) -> StaffMember:
+        me = await self._me(caller)
         role = check_role(role)
         reason = check_reason(reason)
         if staff_id == me.id:
@@ -140,8 +99,9 @@ class Staff:
             raise StaffNotFound("no such staff member")
         return changed
 
-    async def get_customer_account(self, account_id: int, reason: str) -> tuple[Account, list[tuple[User, bool]]]:
-        me = await self._me()
+    async def get_customer_account(
+        self, caller: Caller, account_id: int, reason: str) -> tuple[Account, list[tuple[User, bool]]]:
+        me = await self._me(caller)
         reason = check_reason(reason)
         account = await self._store.get_account(account_id) if account_id > 0 else None
         if account is None:
@@ -150,10 +110,10 @@ class Staff:
         return account, await self._store.account_users(account.id)
 
     async def set_customer_user_status(
-        self, account_id: int, user_id: int, active: bool, reason: str
+        self, caller: Caller, account_id: int, user_id: int, active: bool, reason: str
     ) -> tuple[User, bool]:
         """The user after the change and whether it has a confirmed second factor."""
-        me = await self._me()
+        me = await self._me(caller)
         reason = check_reason(reason)
         found = await self._store.get_user(user_id) if user_id > 0 else None
         if found is None or found[1].account_id != account_id:

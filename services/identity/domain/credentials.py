@@ -1,32 +1,26 @@
-"""Secrets people hold and how identity checks them: passwords (argon2id + an offline policy), TOTP
-(RFC 6238 via pyotp, QR via segno), recovery codes and session tokens. No I/O; password hashing runs on a
-bounded thread pool so the event loop keeps serving while argon2 works.
+"""Secrets people hold and how identity checks them: the password policy (offline) and argon2id cost,
+TOTP (RFC 6238 via pyotp, QR via segno), recovery codes and session tokens. No I/O (hashing runs in
+`adapters/hasher.py`).
 
 What is stored: the argon2id PHC string of a password; the TOTP secret encrypted (by the caller, through
 the keys service); SHA-256 of each recovery code and of each session token. Recovery codes (80 bits) and
-session tokens (256 bits) are random enough that a fast hash is the right one; passwords are not.
-"""
+session tokens (256 bits) are random enough that a fast hash is the right one; passwords are not."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
 import io
-import os
 import secrets
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Final
 
 import pyotp
-from argon2 import PasswordHasher, Type
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from services.identity.domain import MfaCodeInvalid, PasswordRejected
+from services.identity.domain.errors import MfaCodeInvalid, PasswordRejected
 
 # ---------------------------------------------------------------------------------------------------
 # Passwords
@@ -41,49 +35,6 @@ class Argon2Params:
     time_cost: int = 3
     memory_kib: int = 64 * 1024
     parallelism: int = 1
-
-
-class Hasher:
-    """argon2id hashing and verification off the event loop, with a dummy hash so that "no such user" and
-    "locked" cost exactly one verification, like a wrong password."""
-
-    def __init__(self, params: Argon2Params, *, workers: int | None = None) -> None:
-        self.params = params
-        self._ph = PasswordHasher(
-            time_cost=params.time_cost,
-            memory_cost=params.memory_kib,
-            parallelism=params.parallelism,
-            hash_len=32,
-            salt_len=16,
-            type=Type.ID,
-        )
-        self._pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2, thread_name_prefix="argon2")
-        self._dummy = self._ph.hash(secrets.token_urlsafe(24))
-        self.verifications = 0  # counted for tests: every login path costs exactly one
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    async def hash(self, password: str) -> str:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._ph.hash, password)
-
-    async def verify(self, stored: str | None, password: str) -> bool:
-        """True when `password` matches `stored`; with `stored` None, a dummy verification that fails."""
-        self.verifications += 1
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._verify, stored, password)
-
-    def _verify(self, stored: str | None, password: str) -> bool:
-        try:
-            ok = self._ph.verify(stored or self._dummy, password)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return False
-        return ok and stored is not None
-
-    def needs_rehash(self, stored: str) -> bool:
-        try:
-            return self._ph.check_needs_rehash(stored)
-        except InvalidHashError:
-            return True
 
 
 @dataclass(frozen=True)
@@ -236,3 +187,14 @@ def session_token_hash(token: str) -> bytes:
 
 def new_session_id() -> str:
     return "ses_" + secrets.token_hex(12)
+
+
+# The record name a TOTP secret is sealed under (`svckit.envelope.aad_for`), with the subject's key.
+TOTP_RECORD = "totp_secret"
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    otpauth_uri: str
+    secret: str
+    qr_png: bytes

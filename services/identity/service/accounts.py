@@ -10,79 +10,54 @@ before it commits (fail closed) and refusals are recorded as DENIED."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from sendsafe.audit.v1 import event_pb2
-from services.identity.credentials import Hasher, PasswordPolicy
-from services.identity.domain import (
-    FLAG_NAMES,
+from services.identity.domain.accounts import (
     USERNAME_RE,
-    AccessFlags,
     Account,
     AccountDetails,
     AccountSettings,
     Currency,
-    MissingRequiredFields,
-    NewAccount,
-    NewSubaccount,
-    PageWindow,
-    PrincipalRequired,
-    SubaccountChanges,
-    SubaccountNotFound,
     User,
+    check_balance,
+    check_email,
+    check_name,
+    check_phone,
+    check_username,
+    new_account,
+)
+from services.identity.domain.caller import Caller
+from services.identity.domain.credentials import PasswordPolicy
+from services.identity.domain.errors import (
+    MissingRequiredFields,
+    PrincipalRequired,
+    SubaccountNotFound,
     UserDisabled,
     UserLookupInvalid,
     UsernameInvalid,
     UserNotFound,
-    check_balance,
-    check_email,
+)
+from services.identity.domain.flags import FLAG_NAMES, AccessFlags
+from services.identity.domain.subaccounts import (
+    NewSubaccount,
+    PageWindow,
+    SubaccountChanges,
     check_flag,
-    check_name,
     check_notes,
-    check_phone,
-    check_username,
     delegate,
-    new_account,
     page_window,
 )
-from svckit import context as callctx
+from services.identity.service.ports import Auditor, Balances, IdentityStore, Keys, PasswordHasher
 from svckit.audit import new_event
-from svckit.errors import DomainError, PermissionDenied, Unauthenticated
+from svckit.errors import (
+    DomainError,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 SERVICE = "identity"
-
-
-class IdentityStore(Protocol):
-    async def get_user(self, user_id: int) -> tuple[Account, User] | None: ...
-    async def find_user(self, api_username: str) -> tuple[Account, User] | None: ...
-    async def create_account(
-        self, new: NewAccount, before_commit: Callable[[Account, User], Awaitable[None]],
-        password_hash: str | None = None,
-    ) -> tuple[Account, User]: ...
-    async def list_users(self, account_id: int, offset: int, limit: int) -> tuple[int, list[User]]: ...
-    async def create_subaccount(
-        self, new: NewSubaccount, password_hash: str, before_commit: Callable[[User], Awaitable[None]]
-    ) -> User: ...
-    async def update_user(
-        self, user_id: int, changes: SubaccountChanges, before_commit: Callable[[User], Awaitable[None]]
-    ) -> User | None: ...
-    async def delete_user(self, user_id: int, before_commit: Callable[[], Awaitable[None]]) -> bool: ...
-
-
-class Keys(Protocol):
-    async def issue(self, account_id: int, user_id: int, name: str, test_mode: bool) -> tuple[str, str]: ...
-    async def revoke_user_keys(self, account_id: int, user_id: int, *, keep_key_id: str = "", reason: str) -> int: ...
-
-
-class Balances(Protocol):
-    async def get_balance(self, account_id: int) -> str: ...
-
-
-class Auditor(Protocol):
-    async def record(self, event: event_pb2.Event) -> None: ...
-    async def record_strict(self, event: event_pb2.Event, timeout: float = ...) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -119,7 +94,7 @@ class SubaccountPage:
     users: list[User]
 
 
-class Service:
+class Accounts:
     def __init__(
         self,
         store: IdentityStore,
@@ -132,7 +107,7 @@ class Service:
         audit_strict_timeout: float = 5.0,
         account_settings: AccountSettings | None = None,
         keys: Keys | None = None,
-        hasher: Hasher | None = None,
+        hasher: PasswordHasher | None = None,
         policy: PasswordPolicy | None = None,
     ) -> None:
         self._store = store
@@ -241,13 +216,12 @@ class Service:
 
     # -- sub-accounts (ClickSend /v3/subaccounts) ---------------------------------------------------------
 
-    async def _caller(self) -> User:
-        """The calling user, from the principal: enabled, and a customer (staff have no sub-accounts)."""
-        p = callctx.principal()
-        if p is None or not p.account_id or not p.user_id or p.staff:
+    async def _caller(self, caller: Caller) -> User:
+        """The calling user: enabled, and a customer (staff have no sub-accounts)."""
+        if not caller.account_id or not caller.user_id or caller.staff:
             raise PrincipalRequired("managing sub-accounts needs an authenticated customer user")
-        found = await self._store.get_user(p.user_id)
-        if found is None or found[1].account_id != p.account_id or not found[1].enabled:
+        found = await self._store.get_user(caller.user_id)
+        if found is None or found[1].account_id != caller.account_id or not found[1].enabled:
             raise UserDisabled("this user is disabled")
         return found[1]
 
@@ -287,10 +261,10 @@ class Service:
         self._policy.check(password, identifiers=(username, email))
         return await self._hasher.hash(password)
 
-    async def create_subaccount(self, req: SubaccountInput) -> tuple[User, str]:
+    async def create_subaccount(self, caller: Caller, req: SubaccountInput) -> tuple[User, str]:
         """The new sub-account and its first API key (the only time the key is shown)."""
         async with self._evidence("subaccount.create"):
-            actor = await self._caller()
+            actor = await self._caller(caller)
             missing = [f for f in ("api_username", "password", "email") if not getattr(req, f)]
             if missing:
                 raise MissingRequiredFields(f"missing required fields: {', '.join(missing)}", fields=",".join(missing))
@@ -325,19 +299,19 @@ class Service:
         assert found is not None
         return found[0]
 
-    async def list_subaccounts(self, page: int, limit: int) -> SubaccountPage:
-        actor = await self._caller()
+    async def list_subaccounts(self, caller: Caller, page: int, limit: int) -> SubaccountPage:
+        actor = await self._caller(caller)
         window = page_window(page, limit)
         total, users = await self._store.list_users(actor.account_id, window.offset, window.limit)
         return SubaccountPage(window, total, users)
 
-    async def get_subaccount(self, subaccount_id: int) -> User:
-        actor = await self._caller()
+    async def get_subaccount(self, caller: Caller, subaccount_id: int) -> User:
+        actor = await self._caller(caller)
         return (await self._target(actor, subaccount_id))[1]
 
-    async def update_subaccount(self, subaccount_id: int, req: SubaccountInput) -> User:
+    async def update_subaccount(self, caller: Caller, subaccount_id: int, req: SubaccountInput) -> User:
         async with self._evidence("subaccount.update", str(subaccount_id)):
-            actor = await self._caller()
+            actor = await self._caller(caller)
             account, target = await self._target(actor, subaccount_id)
             resulting = delegate(actor, target, self._flags(req.flags))
             flags = resulting if req.flags else None
@@ -367,10 +341,10 @@ class Service:
                 raise SubaccountNotFound("Subaccount not found.")
             return user
 
-    async def delete_subaccount(self, subaccount_id: int) -> None:
+    async def delete_subaccount(self, caller: Caller, subaccount_id: int) -> None:
         """The user is gone: its API keys are revoked first (keys service), then the user and its sessions."""
         async with self._evidence("subaccount.delete", str(subaccount_id)):
-            actor = await self._caller()
+            actor = await self._caller(caller)
             _, target = await self._target(actor, subaccount_id)
             delegate(actor, target)
             if target.is_main:
@@ -381,11 +355,11 @@ class Service:
             if not await self._store.delete_user(target.id, lambda: self._strict(ev)):
                 raise SubaccountNotFound("Subaccount not found.")
 
-    async def regenerate_api_key(self, subaccount_id: int) -> str:
+    async def regenerate_api_key(self, caller: Caller, subaccount_id: int) -> str:
         """A new key; every other key of the user is revoked at once (the gateway drops cached
         verifications on the keys service's notice, or within its bounded cache time)."""
         async with self._evidence("subaccount.regen_api_key", str(subaccount_id)):
-            actor = await self._caller()
+            actor = await self._caller(caller)
             account, target = await self._target(actor, subaccount_id)
             delegate(actor, target)
             assert self._keys is not None

@@ -1,0 +1,1 @@
+"""What identity talks to: PostgreSQL (`store/`), argon2 (`hasher.py`), the keys and messaging services."""

@@ -1,0 +1,212 @@
+"""SQL for accounts, users and ClickSend sub-accounts."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from services.identity.adapters.store.rows import (
+    ACCOUNT_COLUMNS,
+    LIVE,
+    SELECT,
+    USER_COLUMNS,
+    USER_FIELDS,
+    Queries,
+    revoke_all,
+    to_account,
+    to_user,
+)
+from services.identity.domain.accounts import Account, NewAccount, User, username_key
+from services.identity.domain.errors import UsernameTaken
+from services.identity.domain.flags import FLAG_NAMES, AccessFlags
+from services.identity.domain.sessions import USER
+from services.identity.domain.subaccounts import NewSubaccount, SubaccountChanges
+
+_USERNAME_INDEX = "users_api_username_key"
+
+BeforeCommit = Callable[[Account, User], Awaitable[None]]
+
+
+class UserQueries(Queries):
+    """Accounts, users and ClickSend sub-accounts."""
+
+    async def get_user(self, user_id: int) -> tuple[Account, User] | None:
+        row = await self._pool.fetchrow(f"{SELECT} WHERE u.id = $1 AND {LIVE}", user_id)
+        return (to_account(row), to_user(row)) if row else None
+
+    async def find_user(self, api_username: str) -> tuple[Account, User] | None:
+        row = await self._pool.fetchrow(
+            f"{SELECT} WHERE lower(u.api_username) = $1 AND {LIVE}", username_key(api_username)
+        )
+        return (to_account(row), to_user(row)) if row else None
+
+    async def create_account(
+        self, new: NewAccount, before_commit: BeforeCommit, password_hash: str | None = None
+    ) -> tuple[Account, User]:
+        """Insert the account and its main user in one transaction; `before_commit` runs inside it
+        (the audit record), and if it raises nothing is written."""
+        flags = AccessFlags.all_granted()
+        async with self._pool.acquire() as conn, conn.transaction():
+            a = await conn.fetchrow(
+                "INSERT INTO accounts (name, country, timezone, test_mode) VALUES ($1, $2, $3, $4)"
+                " RETURNING id AS a_id, name AS a_name, country, timezone, test_mode, create_time AS a_create_time",
+                new.account_name,
+                new.country,
+                new.timezone,
+                new.test_mode,
+            )
+            assert a is not None
+            names = ", ".join(FLAG_NAMES)
+            params = ", ".join(f"${i}" for i in range(7, 7 + len(FLAG_NAMES)))
+            try:
+                u = await conn.fetchrow(
+                    "INSERT INTO users (account_id, api_username, email, phone_number, first_name, last_name,"
+                    f" is_main, {names}, password_hash, password_change_time)"
+                    f" VALUES ($1, $2, $3, $4, $5, $6, true, {params}, ${7 + len(FLAG_NAMES)},"
+                    f" CASE WHEN ${7 + len(FLAG_NAMES)}::text IS NULL THEN NULL ELSE now() END)"
+                    f" RETURNING {', '.join(USER_FIELDS)}",
+                    a["a_id"],
+                    new.api_username,
+                    new.email,
+                    new.phone_number,
+                    new.first_name,
+                    new.last_name,
+                    *(getattr(flags, f) for f in FLAG_NAMES),
+                    password_hash,
+                )
+            except asyncpg.UniqueViolationError as err:
+                if err.constraint_name == _USERNAME_INDEX:
+                    raise UsernameTaken("that api_username is taken") from None
+                raise
+            assert u is not None
+            account, user = to_account(a), to_user(u)
+            await before_commit(account, user)
+        return account, user
+
+    async def list_users(self, account_id: int, offset: int, limit: int) -> tuple[int, list[User]]:
+        async with self._pool.acquire() as conn:
+            total = await conn.fetchval(
+                f"SELECT count(*) FROM users u WHERE u.account_id = $1 AND {LIVE}", account_id
+            )
+            rows = await conn.fetch(
+                f"{SELECT} WHERE u.account_id = $1 AND {LIVE} ORDER BY u.id LIMIT $2 OFFSET $3",
+                account_id, limit, offset,
+            )
+        return int(total), [to_user(r) for r in rows]
+
+    async def create_subaccount(
+        self, new: NewSubaccount, password_hash: str, before_commit: Callable[[User], Awaitable[None]]
+    ) -> User:
+        """Insert the user; `before_commit` (audit, API key) runs inside the transaction."""
+        names = ", ".join(FLAG_NAMES)
+        params = ", ".join(f"${i}" for i in range(9, 9 + len(FLAG_NAMES)))
+        async with self._pool.acquire() as conn, conn.transaction():
+            try:
+                row = await conn.fetchrow(
+                    "INSERT INTO users (account_id, api_username, email, phone_number, first_name, last_name, notes,"
+                    f" password_hash, password_change_time, is_main, {names})"
+                    f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), false, {params})"
+                    f" RETURNING {', '.join(USER_FIELDS)}",
+                    new.account_id, new.api_username, new.email, new.phone_number, new.first_name, new.last_name,
+                    new.notes, password_hash, *(getattr(new.flags, f) for f in FLAG_NAMES),
+                )
+            except asyncpg.UniqueViolationError as err:
+                if err.constraint_name == _USERNAME_INDEX:
+                    raise UsernameTaken("that api_username is taken") from None
+                raise
+            assert row is not None
+            user = to_user(row)
+            await before_commit(user)
+        return user
+
+    async def update_user(
+        self, user_id: int, changes: SubaccountChanges, before_commit: Callable[[User], Awaitable[None]]
+    ) -> User | None:
+        sets: list[str] = []
+        args: list[object] = [user_id]
+
+        def put(column: str, value: object) -> None:
+            args.append(value)
+            sets.append(f"{column} = ${len(args)}")
+
+        for column in ("email", "phone_number", "first_name", "last_name"):
+            value = getattr(changes, column)
+            if value is not None:
+                put(column, value)
+        if changes.set_notes:
+            put("notes", changes.notes)
+        if changes.flags is not None:
+            for name in FLAG_NAMES:
+                put(name, getattr(changes.flags, name))
+        if changes.password_hash is not None:
+            put("password_hash", changes.password_hash)
+            sets.append("password_change_time = now()")
+        sets.append("update_time = now()")
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"UPDATE users u SET {', '.join(sets)} WHERE u.id = $1 AND {LIVE}"
+                f" RETURNING {', '.join(USER_FIELDS)}",
+                *args,
+            )
+            if row is None:
+                return None
+            if changes.password_hash is not None:  # a new password ends every session of that user
+                await revoke_all(conn, USER, user_id, "password_changed")
+            user = to_user(row)
+            await before_commit(user)
+        return user
+
+    async def delete_user(self, user_id: int, before_commit: Callable[[], Awaitable[None]]) -> bool:
+        """Mark the user deleted (its name stays reserved) and end its sessions."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            done = await conn.fetchval(
+                "UPDATE users u SET delete_time = now(), active = false, password_hash = NULL, update_time = now()"
+                f" WHERE u.id = $1 AND {LIVE} AND NOT u.is_main RETURNING true",
+                user_id,
+            )
+            if not done:
+                return False
+            await revoke_all(conn, USER, user_id, "user_deleted")
+            await conn.execute("DELETE FROM totp_factors WHERE subject_kind = 'user' AND subject_id = $1", user_id)
+            await conn.execute("DELETE FROM recovery_codes WHERE subject_kind = 'user' AND subject_id = $1", user_id)
+            await before_commit()
+        return True
+
+    async def set_user_active(
+        self, user_id: int, active: bool, before_commit: Callable[[User], Awaitable[None]]
+    ) -> tuple[User, bool] | None:
+        """The user after the change and whether it has a confirmed second factor."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"UPDATE users u SET active = $2, update_time = now() WHERE u.id = $1 AND {LIVE}"
+                f" RETURNING {', '.join(USER_FIELDS)}, EXISTS (SELECT 1 FROM totp_factors f"
+                " WHERE f.subject_kind = 'user' AND f.subject_id = u.id AND f.confirmed) AS mfa",
+                user_id, active,
+            )
+            if row is None:
+                return None
+            if not active:
+                await revoke_all(conn, USER, user_id, "user_suspended")
+            user = to_user(row)
+            await before_commit(user)
+        return user, bool(row["mfa"])
+
+    async def get_account(self, account_id: int) -> Account | None:
+        row = await self._pool.fetchrow(
+            "SELECT id AS a_id, name AS a_name, country, timezone, test_mode, create_time AS a_create_time"
+            " FROM accounts WHERE id = $1 AND NOT platform",
+            account_id,
+        )
+        return to_account(row) if row else None
+
+    async def account_users(self, account_id: int) -> list[tuple[User, bool]]:
+        """Every live user of an account and whether it has a confirmed second factor."""
+        rows = await self._pool.fetch(
+            f"SELECT {ACCOUNT_COLUMNS}, {USER_COLUMNS}, (f.confirmed IS TRUE) AS mfa"
+            " FROM users u JOIN accounts a ON a.id = u.account_id"
+            " LEFT JOIN totp_factors f ON f.subject_kind = 'user' AND f.subject_id = u.id"
+            f" WHERE u.account_id = $1 AND {LIVE} ORDER BY u.id",
+            account_id,
+        )
+        return [(to_user(r), r["mfa"]) for r in rows]
