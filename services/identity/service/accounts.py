@@ -3,9 +3,9 @@ the ClickSend sub-account endpoints (create, list, get, update, delete, regenera
 
 Sub-account management is defence in depth on top of the gateway's permission check: the target must be
 in the caller's account, and every create, change, re-key, password reset and delete passes the delegation
-rule (`domain.delegate`: the target ends up with no more than the actor holds, restrictions are inherited and
-never lifted by someone under them, the main user is changed only by itself). Every change is recorded
-before it commits (fail closed) and refusals are recorded as DENIED."""
+rule (`domain.subaccounts.delegate`: the target ends up with no more than the actor holds, restrictions are
+inherited and never lifted by someone under them, the main user is changed only by itself). Every change is
+recorded before it commits (fail closed) and refusals are recorded as DENIED."""
 
 from __future__ import annotations
 

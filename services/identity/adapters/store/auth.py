@@ -220,7 +220,7 @@ class AuthQueries(Queries):
             return await revoke_all(conn, kind, subject_id, reason, keep=keep)
 
     async def count_failure(self, scope: str, key: str, *, max_failures: int, window: int, lock: int) -> Attempt:
-        """Count one attempt, atomically, and say whether it may go on (see domain.ThrottlePolicy).
+        """Count one attempt, atomically, and say whether it may go on (see domain.sessions.ThrottlePolicy).
 
         An expired lock or an unlocked, stale window starts the count again."""
         row = await self._pool.fetchrow(
