@@ -25,28 +25,28 @@ else in the gateway depends on how the caller authenticated.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf import timestamp_pb2
 
-from gateway.errors import from_rpc_error, parse_status_details
+from gateway.errors import from_rpc_error
 from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import auth_service_pb2, identity_service_pb2
 from sendsafe.keys.v1 import keys_service_pb2
 from svckit import context as callctx
 from svckit.access import second_factor_within as svckit_second_factor_within
 from svckit.keyevents import API_KEYS_CHANGED, KeyNotice
+from svckit.rpcstatus import error_info
+from svckit.ttlcache import TtlCache
 
 _LOG = logging.getLogger(__name__)
 
@@ -162,88 +162,6 @@ class SessionsStub(Protocol):
 SchemeHandler = Callable[[str, str], Awaitable[Identity]]
 
 
-class TtlCache:
-    """A bounded LRU of (expiry, value) with single-flight loading.
-
-    `forget_api_keys` / `clear` drop entries at once; a load that was already running when they were
-    called is not cached (it may have read the state from before the change)."""
-
-    def __init__(self, ttl: float, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[bytes, tuple[float, Identity | Rejection]] = OrderedDict()
-        self._inflight: dict[bytes, asyncio.Future[Identity | Rejection]] = {}
-        self._generation = 0
-        self.hits = 0
-        self.misses = 0
-        self.invalidations = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def digests(self) -> list[bytes]:
-        return list(self._entries)
-
-    def forget_api_keys(self, key_ids: Iterable[str]) -> int:
-        """Drop every entry (success or rejection) of these API keys; the number dropped."""
-        ids = set(key_ids)
-        self._generation += 1
-        gone = [k for k, (_, v) in self._entries.items() if v.api_key_id and v.api_key_id in ids]
-        for k in gone:
-            del self._entries[k]
-        self.invalidations += len(gone)
-        return len(gone)
-
-    def forget(self, key: bytes) -> None:
-        """Drop one entry (the next lookup loads afresh)."""
-        if self._entries.pop(key, None) is not None:
-            self.invalidations += 1
-
-    def clear(self) -> None:
-        self._generation += 1
-        self.invalidations += len(self._entries)
-        self._entries.clear()
-
-    async def get_or_load(
-        self, key: bytes, load: Callable[[], Awaitable[Identity | Rejection]]
-    ) -> Identity | Rejection:
-        now = self._clock()
-        entry = self._entries.get(key)
-        if entry is not None:
-            if entry[0] > now:
-                self.hits += 1
-                self._entries.move_to_end(key)
-                return entry[1]
-            del self._entries[key]
-        pending = self._inflight.get(key)
-        if pending is not None:
-            self.hits += 1
-            return await asyncio.shield(pending)
-        self.misses += 1
-        fut: asyncio.Future[Identity | Rejection] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        generation = self._generation
-        try:
-            value = await load()
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters (if any) re-raise it themselves
-            raise
-        finally:
-            self._inflight.pop(key, None)
-        fut.set_result(value)
-        ttl = self.ttl
-        limit = value.cache_for if isinstance(value, Identity) else None
-        if limit is not None:
-            ttl = min(ttl, limit)
-        if ttl > 0 and generation == self._generation:
-            self._entries[key] = (self._clock() + ttl, value)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        return value
-
-
 class Authenticator:
     def __init__(
         self,
@@ -260,7 +178,8 @@ class Authenticator:
         self._identity = identity
         self._sessions = sessions
         self._timeout = timeout
-        self.cache = TtlCache(cache_seconds, max_entries, clock)
+        # Successes and definitive rejections, by credential digest (svckit.ttlcache: bounded, single-flight).
+        self.cache: TtlCache[bytes, Identity | Rejection] = TtlCache(cache_seconds, max_entries, clock)
         self._schemes: dict[str, SchemeHandler] = {"basic": self._basic}
         if sessions is not None:
             self._schemes["bearer"] = self._bearer
@@ -272,7 +191,8 @@ class Authenticator:
     def on_key_notice(self, notice: KeyNotice) -> None:
         """A key notice from the keys service: stop trusting cached answers for those keys."""
         if notice.kind == API_KEYS_CHANGED:
-            self.cache.forget_api_keys(notice.key_ids)
+            ids = set(notice.key_ids)
+            self.cache.pop_where(lambda _, v: bool(v.api_key_id) and v.api_key_id in ids)
 
     async def authenticate(self, authorization: str | None, request_id: str = "", client_address: str = "") -> Identity:
         """The caller's identity, or AuthFailure. Upstream outages raise GatewayError (5xx)."""
@@ -293,7 +213,7 @@ class Authenticator:
         principal would not show for up to `cache_seconds`."""
         scheme, _, credentials = (authorization or "").strip().partition(" ")
         if scheme.lower() == "bearer":
-            self.cache.forget(credential_digest("bearer", credentials.strip().encode("utf-8", "replace")))
+            self.cache.pop(credential_digest("bearer", credentials.strip().encode("utf-8", "replace")))
         return await self.authenticate(authorization, request_id, client_address)
 
     async def _basic(self, credentials: str, request_id: str, client_address: str = "") -> Identity:
@@ -312,7 +232,7 @@ class Authenticator:
             raise AuthFailure("INVALID_CREDENTIALS", "MALFORMED_BASIC") from None
         cache_key = credential_digest("basic", username_b, key_b, client_address.encode())
         result = await self.cache.get_or_load(
-            cache_key, lambda: self._verify_basic(username, api_key, request_id, client_address)
+            cache_key, lambda: self._verify_basic(username, api_key, request_id, client_address), _cache_for
         )
         if isinstance(result, Rejection):
             raise AuthFailure.of(result)
@@ -370,7 +290,7 @@ class Authenticator:
         ):
             raise AuthFailure("INVALID_CREDENTIALS", "MALFORMED_BEARER")
         result = await self.cache.get_or_load(
-            credential_digest("bearer", raw), lambda: self._resolve_session(token, request_id)
+            credential_digest("bearer", raw), lambda: self._resolve_session(token, request_id), _cache_for
         )
         if isinstance(result, Rejection):
             raise AuthFailure.of(result)
@@ -401,7 +321,7 @@ class Authenticator:
     def _rejection(
         self, err: grpc.aio.AioRpcError, detail: str, key: keys_service_pb2.VerifyApiKeyResponse | None = None
     ) -> Rejection:
-        _, info = parse_status_details(err.trailing_metadata())
+        info = error_info(err, consistent=False)
         reason = info.reason if info is not None else ""
         if reason in _GATEWAY_MISCONFIGURED:
             raise RuntimeError(f"the gateway may not call the credential services: {err.details()}")
@@ -419,6 +339,11 @@ class Authenticator:
                              api_key_id=info.metadata.get("key_id", ""),
                              account_id=int(account) if account.isdigit() else 0)
         return Rejection("INVALID_CREDENTIALS", f"{detail}:{reason}" if reason else detail, **who)
+
+
+def _cache_for(result: Identity | Rejection) -> float | None:
+    """How long an answer may be reused at most beyond the cache's own limit: an identity never outlives its key."""
+    return result.cache_for if isinstance(result, Identity) else None
 
 
 def _send_limits(limits: keys_service_pb2.SendLimits, bucket_key_id: str) -> principal_pb2.SendLimits | None:

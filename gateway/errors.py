@@ -18,14 +18,13 @@ from typing import Any
 
 import grpc
 import orjson
-from google.rpc import error_details_pb2, status_pb2
 
 from gateway import compat_clicksend
 from gateway.surface import Surface
 from svckit.access import DEIDENTIFIED_MESSAGE, DEIDENTIFIED_USER, STEP_UP_REQUIRED
 from svckit.errors import ERROR_DOMAIN, http_status
+from svckit.rpcstatus import error_info, rich_status
 
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 JSON_CONTENT_TYPE = "application/json"  # every body the gateway answers with (`dumps`)
 
 _GENERIC_MESSAGES: dict[str, str] = {
@@ -133,31 +132,11 @@ def internal(request_id: str) -> GatewayError:
     )
 
 
-def parse_status_details(trailing: Any) -> tuple[status_pb2.Status | None, error_details_pb2.ErrorInfo | None]:
-    """google.rpc.Status and its first ErrorInfo from gRPC trailing metadata, if present."""
-    raw = None
-    for key, value in trailing or ():
-        if key == STATUS_DETAILS_KEY:
-            raw = value
-            break
-    if not raw:
-        return None, None
-    try:
-        status = status_pb2.Status.FromString(raw if isinstance(raw, bytes) else raw.encode("latin-1"))
-    except Exception:  # a malformed trailer is treated as absent
-        return None, None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return status, info
-    return status, None
-
-
 def from_rpc_error(err: grpc.aio.AioRpcError) -> GatewayError:
     """The HTTP-side error for a failed upstream call."""
     code = err.code().name
-    status, info = parse_status_details(err.trailing_metadata())
+    # A SendSafe service's status is trusted by its ErrorInfo's domain (not by the call echoing its message).
+    status, info = rich_status(err, consistent=False), error_info(err, consistent=False)
     http = http_status(code)
     trusted = info is not None and info.domain == ERROR_DOMAIN
     if trusted and info is not None:
