@@ -29,6 +29,7 @@ from services.identity.service.factors import Factors
 from services.identity.service.sessions import Sessions
 from services.identity.service.staff import Staff
 from svckit import context as callctx
+from svckit.paging import clicksend_paging
 
 
 def caller() -> Caller:
@@ -176,22 +177,10 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         self, request: identity_service_pb2.ListSubaccountsRequest, context: grpc.aio.ServicerContext
     ) -> identity_service_pb2.ListSubaccountsResponse:
         page = await self.service.list_subaccounts(caller(), request.page, request.limit)
-        w = page.window
-        resp = identity_service_pb2.ListSubaccountsResponse(
-            total=page.total,
-            per_page=w.limit,
-            current_page=w.page,
-            last_page=w.last_page(page.total),
+        return identity_service_pb2.ListSubaccountsResponse(
+            **clicksend_paging(page.window, page.total, len(page.users)),  # type: ignore[arg-type]
             data=[subaccount_to_proto(u) for u in page.users],
         )
-        if w.page < w.last_page(page.total):
-            resp.next_page_url = f"/?page={w.page + 1}"
-        if w.page > 1:
-            resp.prev_page_url = f"/?page={w.page - 1}"
-        if page.users:
-            resp.first_index = w.offset + 1
-            resp.last_index = w.offset + len(page.users)
-        return resp
 
     async def GetSubaccount(
         self, request: identity_service_pb2.GetSubaccountRequest, context: grpc.aio.ServicerContext
