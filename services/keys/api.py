@@ -14,7 +14,8 @@ from services.keys.domain.api_key_format import key_prefix
 from services.keys.domain.api_keys import ApiKeyRecord, Caller
 from services.keys.domain.errors import PrincipalRequired
 from services.keys.domain.restrictions import SendLimits, check_send_limits
-from services.keys.service import AccountStatus, Service
+from services.keys.service.api_keys import ApiKeyService
+from services.keys.service.key_rings import AccountStatus, KeyRingService
 from svckit import context as callctx
 from svckit.times import to_datetime
 
@@ -117,15 +118,16 @@ def status_to_proto(s: AccountStatus) -> pb.AccountKeyStatus:
 
 
 class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
-    def __init__(self, service: Service) -> None:
-        self.service = service
+    def __init__(self, api_keys: ApiKeyService, rings: KeyRingService) -> None:
+        self.api_keys = api_keys
+        self.rings = rings
 
     # -- customer API keys ---------------------------------------------------------------------------------
 
     async def CreateApiKey(
         self, request: pb.CreateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateApiKeyResponse:
-        record, secret = await self.service.create_api_key(
+        record, secret = await self.api_keys.create_api_key(
             caller(),
             name=request.name,
             scopes=list(request.scopes),
@@ -133,34 +135,34 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
             allowed_cidrs=list(request.allowed_cidrs),
             send_limits=limits_from_proto(request.send_limits),
         )
-        return pb.CreateApiKeyResponse(api_key=api_key_to_proto(record, self.service.now()), secret=secret)
+        return pb.CreateApiKeyResponse(api_key=api_key_to_proto(record, self.api_keys.now()), secret=secret)
 
     async def ListApiKeys(
         self, request: pb.ListApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListApiKeysResponse:
-        records, token = await self.service.list_api_keys(
+        records, token = await self.api_keys.list_api_keys(
             caller(), request.page_size, request.page_token, request.show_inactive
         )
-        now = self.service.now()
+        now = self.api_keys.now()
         return pb.ListApiKeysResponse(api_keys=[api_key_to_proto(r, now) for r in records], next_page_token=token)
 
     async def GetApiKey(self, request: pb.GetApiKeyRequest, context: grpc.aio.ServicerContext) -> pb.GetApiKeyResponse:
-        record = await self.service.get_api_key(caller(), request.key_id)
-        return pb.GetApiKeyResponse(api_key=api_key_to_proto(record, self.service.now()))
+        record = await self.api_keys.get_api_key(caller(), request.key_id)
+        return pb.GetApiKeyResponse(api_key=api_key_to_proto(record, self.api_keys.now()))
 
     async def RevokeApiKey(
         self, request: pb.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.RevokeApiKeyResponse:
-        record = await self.service.revoke_api_key(caller(), request.key_id)
-        return pb.RevokeApiKeyResponse(api_key=api_key_to_proto(record, self.service.now()))
+        record = await self.api_keys.revoke_api_key(caller(), request.key_id)
+        return pb.RevokeApiKeyResponse(api_key=api_key_to_proto(record, self.api_keys.now()))
 
     async def RollApiKey(
         self, request: pb.RollApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.RollApiKeyResponse:
-        new, secret, old = await self.service.roll_api_key(
+        new, secret, old = await self.api_keys.roll_api_key(
             caller(), request.key_id, request.overlap_seconds, _dt(request, "expire_time")
         )
-        now = self.service.now()
+        now = self.api_keys.now()
         return pb.RollApiKeyResponse(
             api_key=api_key_to_proto(new, now), secret=secret, previous=api_key_to_proto(old, now)
         )
@@ -168,7 +170,7 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
     async def ListReceiptSigningKeys(
         self, request: pb.ListReceiptSigningKeysRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListReceiptSigningKeysResponse:
-        keys = await self.service.list_receipt_signing_keys()
+        keys = await self.rings.list_receipt_signing_keys()
         return pb.ListReceiptSigningKeysResponse(
             keys=[
                 pb.ReceiptSigningKey(key_id=k, algorithm="ed25519", public_key=pub, create_time=_ts(t))
@@ -181,7 +183,7 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
     async def IssueApiKey(
         self, request: pb.IssueApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.IssueApiKeyResponse:
-        key_id, api_key, expire_time = await self.service.issue_api_key(
+        key_id, api_key, expire_time = await self.api_keys.issue_api_key(
             request.account_id, request.user_id, request.name, request.test_mode
         )
         return pb.IssueApiKeyResponse(key_id=key_id, api_key=api_key, expire_time=_ts(expire_time))
@@ -189,7 +191,7 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
     async def VerifyApiKey(
         self, request: pb.VerifyApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.VerifyApiKeyResponse:
-        v = await self.service.verify_api_key(request.api_key, request.client_address)
+        v = await self.api_keys.verify_api_key(request.api_key, request.client_address)
         return pb.VerifyApiKeyResponse(
             key_id=v.key_id,
             account_id=v.account_id,
@@ -203,7 +205,7 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
 
     async def CheckApiKey(self, request: pb.CheckApiKeyRequest, context: grpc.aio.ServicerContext
                           ) -> pb.CheckApiKeyResponse:
-        record = await self.service.check_api_key(request.account_id, request.user_id, request.key_id)
+        record = await self.api_keys.check_api_key(request.account_id, request.user_id, request.key_id)
         if record is None:
             return pb.CheckApiKeyResponse(active=False)
         return pb.CheckApiKeyResponse(active=True, key_id=record.key_id, scopes=list(record.scopes))
@@ -211,7 +213,7 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
     async def RevokeUserApiKeys(
         self, request: pb.RevokeUserApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> pb.RevokeUserApiKeysResponse:
-        revoked = await self.service.revoke_user_api_keys(
+        revoked = await self.api_keys.revoke_user_api_keys(
             request.account_id, request.user_id, request.keep_key_id, request.reason
         )
         return pb.RevokeUserApiKeysResponse(revoked_key_ids=revoked)
@@ -219,7 +221,7 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
     async def ReportLeakedApiKeys(
         self, request: pb.ReportLeakedApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportLeakedApiKeysResponse:
-        report = await self.service.report_leaked_api_keys(list(request.candidates), request.source)
+        report = await self.api_keys.report_leaked_api_keys(list(request.candidates), request.source)
         return pb.ReportLeakedApiKeysResponse(
             revoked_key_ids=report.revoked, inactive_key_ids=report.inactive, not_keys=report.not_keys
         )
@@ -229,7 +231,7 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
     async def GenerateDataKey(
         self, request: pb.GenerateDataKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateDataKeyResponse:
-        plaintext, wrapped, version = await self.service.generate_data_key(
+        plaintext, wrapped, version = await self.rings.generate_data_key(
             request.account_id, dict(request.encryption_context)
         )
         return pb.GenerateDataKeyResponse(plaintext=plaintext, wrapped_key=wrapped, key_version=version)
@@ -237,7 +239,7 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
     async def GenerateDataKeyWithoutPlaintext(
         self, request: pb.GenerateDataKeyWithoutPlaintextRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateDataKeyWithoutPlaintextResponse:
-        wrapped, version = await self.service.generate_data_key_without_plaintext(
+        wrapped, version = await self.rings.generate_data_key_without_plaintext(
             request.account_id, dict(request.encryption_context)
         )
         return pb.GenerateDataKeyWithoutPlaintextResponse(wrapped_key=wrapped, key_version=version)
@@ -245,25 +247,25 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
     async def DecryptDataKey(
         self, request: pb.DecryptDataKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.DecryptDataKeyResponse:
-        plaintext, version = await self.service.decrypt_data_key(
+        plaintext, version = await self.rings.decrypt_data_key(
             request.account_id, request.wrapped_key, dict(request.encryption_context)
         )
         return pb.DecryptDataKeyResponse(plaintext=plaintext, key_version=version)
 
     async def Encrypt(self, request: pb.EncryptRequest, context: grpc.aio.ServicerContext) -> pb.EncryptResponse:
-        ciphertext, version = await self.service.encrypt(
+        ciphertext, version = await self.rings.encrypt(
             request.account_id, request.plaintext, dict(request.encryption_context)
         )
         return pb.EncryptResponse(ciphertext=ciphertext, key_version=version)
 
     async def Decrypt(self, request: pb.DecryptRequest, context: grpc.aio.ServicerContext) -> pb.DecryptResponse:
-        plaintext, version = await self.service.decrypt(
+        plaintext, version = await self.rings.decrypt(
             request.account_id, request.ciphertext, dict(request.encryption_context)
         )
         return pb.DecryptResponse(plaintext=plaintext, key_version=version)
 
     async def Rewrap(self, request: pb.RewrapRequest, context: grpc.aio.ServicerContext) -> pb.RewrapResponse:
-        outcomes, current = await self.service.rewrap(
+        outcomes, current = await self.rings.rewrap(
             request.account_id, [(i.reference, i.blob, dict(i.encryption_context)) for i in request.items]
         )
         return pb.RewrapResponse(
@@ -282,19 +284,19 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
     async def GetAccountKeyStatus(
         self, request: pb.GetAccountKeyStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetAccountKeyStatusResponse:
-        status = await self.service.account_key_status(request.account_id)
+        status = await self.rings.account_key_status(request.account_id)
         return pb.GetAccountKeyStatusResponse(status=status_to_proto(status))
 
     async def RotateAccountKey(
         self, request: pb.RotateAccountKeyRequest, context: grpc.aio.ServicerContext
     ) -> pb.RotateAccountKeyResponse:
-        status = await self.service.rotate_account_key(request.account_id)
+        status = await self.rings.rotate_account_key(request.account_id)
         return pb.RotateAccountKeyResponse(status=status_to_proto(status))
 
     async def SetAccountKeyPolicy(
         self, request: pb.SetAccountKeyPolicyRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetAccountKeyPolicyResponse:
-        status = await self.service.set_account_key_policy(
+        status = await self.rings.set_account_key_policy(
             request.account_id,
             request.rotation_period_seconds if request.HasField("rotation_period_seconds") else None,
             request.min_decryption_version if request.HasField("min_decryption_version") else None,
@@ -305,7 +307,7 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
         self, request: pb.ScheduleAccountKeyDestructionRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScheduleAccountKeyDestructionResponse:
         ctx = callctx.get()
-        status = await self.service.schedule_destruction(
+        status = await self.rings.schedule_destruction(
             request.account_id, request.pending_window_seconds, ctx.caller if ctx else ""
         )
         return pb.ScheduleAccountKeyDestructionResponse(status=status_to_proto(status))
@@ -313,13 +315,13 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
     async def CancelAccountKeyDestruction(
         self, request: pb.CancelAccountKeyDestructionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelAccountKeyDestructionResponse:
-        status = await self.service.cancel_destruction(request.account_id)
+        status = await self.rings.cancel_destruction(request.account_id)
         return pb.CancelAccountKeyDestructionResponse(status=status_to_proto(status))
 
     async def GetRootKeyStatus(
         self, request: pb.GetRootKeyStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRootKeyStatusResponse:
-        current, usage = await self.service.root_key_status()
+        current, usage = await self.rings.root_key_status()
         return pb.GetRootKeyStatusResponse(
             current_root_key_id=current,
             usage=[
@@ -332,7 +334,7 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
     async def RunKeyMaintenance(
         self, request: pb.RunKeyMaintenanceRequest, context: grpc.aio.ServicerContext
     ) -> pb.RunKeyMaintenanceResponse:
-        report = await self.service.run_maintenance()
+        report = await self.rings.run_maintenance()
         return pb.RunKeyMaintenanceResponse(
             rotated_accounts=report.rotated, destroyed_accounts=report.destroyed,
             rewrapped_keys=report.rewrapped, remaining_to_rewrap=report.remaining,

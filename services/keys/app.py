@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import logging
 import pkgutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from sendsafe.options.v1 import options_pb2
+from services.keys.adapters.last_used import RedisLastUsed
+from services.keys.adapters.root_key import LocalRootKey
+from services.keys.adapters.store import PgKeyStore
 from services.keys.api import KeysServicer
 from services.keys.config import Settings, load_settings
 from services.keys.domain.api_keys import KeyRules
-from services.keys.domain.root_key import LocalRootKey
-from services.keys.service import Service, utcnow
-from services.keys.store import PgKeyStore, RedisLastUsed
+from services.keys.service.api_keys import ApiKeyService
+from services.keys.service.key_rings import KeyRingService
+from services.keys.service.ports import utcnow
 from svckit.app import App, serve
 from svckit.audit import AuditClient, denial_recorder
 from svckit.cache import make_redis
@@ -26,6 +28,7 @@ from svckit.db import create_pool, migrate
 from svckit.keyevents import Publisher, Subscriber
 from svckit.rpc import secure_channel
 from svckit.server import start_server
+from svckit.tasks import every, spawn
 from svckit.tls import TlsFiles
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -48,15 +51,6 @@ def declared_permissions() -> frozenset[str]:
     return frozenset(found)
 
 
-async def _every(period: float, what: str, job: Callable[[], Awaitable[object]]) -> None:
-    while True:
-        await asyncio.sleep(period)
-        try:
-            await job()
-        except Exception as exc:
-            _LOG.warning("%s failed (%s); retrying next period", what, type(exc).__name__)
-
-
 async def build(settings: Settings, *, now: Callable[[], datetime] | None = None) -> App:
     """Wire and start the service. `now` replaces the clock (tests: expiry and destruction to the second)."""
     stack = contextlib.AsyncExitStack()
@@ -77,8 +71,10 @@ async def build(settings: Settings, *, now: Callable[[], datetime] | None = None
         audit.start()
         stack.push_async_callback(audit.close)
 
-        service = Service(
-            PgKeyStore(pool),
+        store = PgKeyStore(pool)
+        notices_out = Publisher(redis, settings.redis_prefix)
+        api_keys = ApiKeyService(
+            store,
             RedisLastUsed(redis, settings.redis_prefix),
             root,
             audit,
@@ -87,45 +83,45 @@ async def build(settings: Settings, *, now: Callable[[], datetime] | None = None
                 max_lifetime=timedelta(days=settings.api_key_max_lifetime_days),
                 default_lifetime=timedelta(days=settings.api_key_default_lifetime_days),
             ),
+            service_name=settings.service_name,
+            notices=notices_out,
+            now=now or utcnow,
+        )
+        rings = KeyRingService(
+            store,
+            root,
+            audit,
             kek_cache_seconds=settings.kek_cache_seconds,
             kek_cache_entries=settings.kek_cache_entries,
             rotation_period=timedelta(days=settings.kek_rotation_days),
             min_pending_window=timedelta(seconds=settings.min_destruction_pending_seconds),
             service_name=settings.service_name,
-            notices=Publisher(redis, settings.redis_prefix),
+            notices=notices_out,
             now=now or utcnow,
         )
-        await service.prepare()
+        await rings.prepare()
 
         # Other replicas' ring changes (rotation, retirement, destruction) clear this one's KEK cache.
-        notices = Subscriber(redis, settings.redis_prefix, on_notice=service.on_notice, on_resync=service.forget_all)
+        notices = Subscriber(redis, settings.redis_prefix, on_notice=rings.on_notice, on_resync=rings.forget_all)
         notices.start()
         stack.push_async_callback(notices.close)
 
-        flusher = asyncio.create_task(
-            _every(settings.last_used_flush_seconds, "API-key last-used write-back", service.flush_last_used),
-            name="keys-last-used-flush",
-        )
-        maintenance = asyncio.create_task(
-            _every(settings.maintenance_seconds, "key maintenance", service.run_maintenance), name="keys-maintenance"
-        )
-
-        async def stop_jobs() -> None:
-            for task in (flusher, maintenance):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        async def final_flush() -> None:
             try:
-                await service.flush_last_used()
+                await api_keys.flush_last_used()
             except Exception as exc:
                 _LOG.warning("final API-key last-used write-back failed (%s)", type(exc).__name__)
 
-        stack.push_async_callback(stop_jobs)
+        stack.push_async_callback(final_flush)  # runs after the two loops below are cancelled (last in, first out)
+        spawn(stack, every("API-key last-used write-back", settings.last_used_flush_seconds, api_keys.flush_last_used),
+              "keys-last-used-flush")
+        spawn(stack, every("key maintenance", settings.maintenance_seconds, rings.run_maintenance), "keys-maintenance")
 
+        servicer = KeysServicer(api_keys, rings)
         server = await start_server(
             listen=settings.grpc_listen,
             tls=tls,
-            register=lambda s: keys_service_pb2_grpc.add_KeysServiceServicer_to_server(KeysServicer(service), s),
+            register=lambda s: keys_service_pb2_grpc.add_KeysServiceServicer_to_server(servicer, s),
             service_names=[keys_service_pb2.DESCRIPTOR.services_by_name["KeysService"].full_name],
             on_denied=denial_recorder(audit.record, settings.service_name),
             health_listen=settings.health_listen,
@@ -136,7 +132,7 @@ async def build(settings: Settings, *, now: Callable[[], datetime] | None = None
         raise
     return App(
         server, stack, grace=settings.shutdown_grace_seconds,
-        extras={"service": service, "pool": pool, "audit": audit, "notices": notices},
+        extras={"api_keys": api_keys, "rings": rings, "pool": pool, "audit": audit, "notices": notices},
     )
 
 

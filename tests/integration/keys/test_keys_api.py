@@ -243,7 +243,7 @@ async def test_last_used_is_written_back_in_batches(
     finally:
         await r.aclose()
     assert await pool.fetchval("SELECT last_used_time FROM api_keys WHERE key_id = $1", issued.key_id) is None
-    written = await keys_app.extras["service"].flush_last_used()  # type: ignore[attr-defined]
+    written = await keys_app.extras["api_keys"].flush_last_used()  # type: ignore[attr-defined]
     assert written == 1
     assert await pool.fetchval("SELECT last_used_time FROM api_keys WHERE key_id = $1", issued.key_id) is not None
 
@@ -377,7 +377,7 @@ async def test_no_secret_in_logs_or_spans(
             pb.ScheduleAccountKeyDestructionRequest(account_id=account, pending_window_seconds=60))
         clock.advance(seconds=61)
         assert (await stub.RunKeyMaintenance(pb.RunKeyMaintenanceRequest())).destroyed_accounts == 1
-    await keys_app.extras["service"].flush_last_used()  # type: ignore[attr-defined]
+    await keys_app.extras["api_keys"].flush_last_used()  # type: ignore[attr-defined]
     await keys_app.extras["audit"].flush()  # type: ignore[attr-defined]
     finished = spans.get_finished_spans()
     assert any(s.name.endswith("VerifyApiKey") for s in finished)  # the server was traced

@@ -115,7 +115,7 @@ async def test_last_use_time_and_address(stubs: dict[str, Stub], keys_app: App) 
     made = await gw.CreateApiKey(pb.CreateApiKeyRequest(name="x", scopes=["*"]), metadata=as_user(72))
     for _ in range(3):
         await gw.VerifyApiKey(pb.VerifyApiKeyRequest(api_key=made.secret, client_address="2001:db8::9"))
-    assert await keys_app.extras["service"].flush_last_used() == 1  # type: ignore[attr-defined]
+    assert await keys_app.extras["api_keys"].flush_last_used() == 1  # type: ignore[attr-defined]
     got = (await gw.GetApiKey(pb.GetApiKeyRequest(key_id=made.api_key.key_id), metadata=as_user(72))).api_key
     assert got.HasField("last_used_time") and got.last_used_address == "2001:db8::9"
 

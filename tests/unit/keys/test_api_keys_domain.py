@@ -1,22 +1,19 @@
-"""Keys domain rules: API-key format, checksum, hashing, verification outcomes, root and data-key wrapping."""
+"""API-key rules: format, checksum, hashing, verification outcomes, scopes, lifetimes, restrictions, rolling,
+paging."""
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
-import json
 import string
 import zlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography.exceptions import InvalidTag
 
 from services.keys.domain.api_key_format import (
     API_KEY_LEN,
     BASE62,
-    PEPPER_INFO,
     SECRET_LEN,
     ApiKeyParts,
     base62_fixed,
@@ -40,46 +37,19 @@ from services.keys.domain.api_keys import (
     valid_for,
     verify_failure,
 )
-from services.keys.domain.crypto import new_key
-from services.keys.domain.envelope import (
-    MAX_PLAINTEXT,
-    WRAPPED_DATA_KEY_LEN,
-    WRAPPED_DATA_KEY_V1_LEN,
-    Kek,
-    canonical_context,
-    data_key_aad_v1,
-    decrypt_small,
-    encrypt_small,
-    kek_aad,
-    parse_blob,
-    unwrap_data_key,
-    wrap_data_key,
-)
 from services.keys.domain.errors import (
     ApiKeyAlreadyRolled,
     ApiKeyInactive,
     CidrInvalid,
-    ContextInvalid,
-    DecryptFailed,
     ExceedsCallingKey,
     ExpiryInvalid,
     InvalidCredentials,
-    KeyAccountMismatch,
-    KeyPolicyInvalid,
-    KeysDestroyed,
-    KeysPendingDestruction,
-    KeyVersionRetired,
-    KeyVersionUnknown,
-    PlaintextTooLarge,
     RequestInvalid,
-    RootKeyInvalid,
     ScopeInvalid,
     ScopeNotHeld,
     SendLimitsInvalid,
 )
-from services.keys.domain.key_rings import AccountRing, RingState, check_pending_window, check_policy
 from services.keys.domain.paging import page_size, page_token, parse_page_token
-from services.keys.domain.receipts import RECEIPT_TYPE, destruction_receipt, receipt_signer, verify_receipt
 from services.keys.domain.restrictions import (
     MAX_SEND_PER_MINUTE,
     NO_LIMITS,
@@ -87,11 +57,10 @@ from services.keys.domain.restrictions import (
     address_allowed,
     check_send_limits,
 )
-from services.keys.domain.root_key import LocalRootKey, RootWrapped, parse_root_key
-from services.keys.domain.ttl_lru import TtlLru
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 PEPPER = bytes(range(32))
+
 
 # -- API-key format --------------------------------------------------------------------------------------
 
@@ -231,244 +200,6 @@ def test_issue_request_checks() -> None:
     for args in ((0, 1, "x"), (1, 0, "x"), (1, 1, "x" * 101), (1, 1, "bad\nname"), (-1, 1, "")):
         with pytest.raises(RequestInvalid):
             check_issue_request(*args)  # type: ignore[arg-type]
-
-
-# -- root key --------------------------------------------------------------------------------------------
-
-ROOT = bytes(range(100, 132))
-
-
-def test_parse_root_key_forms() -> None:
-    assert parse_root_key(ROOT.hex()) == ROOT
-    assert parse_root_key(ROOT.hex().upper() + "\n") == ROOT
-    assert parse_root_key(base64.b64encode(ROOT).decode()) == ROOT
-    assert parse_root_key(base64.urlsafe_b64encode(ROOT).decode().rstrip("=")) == ROOT
-    for bad in ("", "00" * 31, "00" * 33, base64.b64encode(b"x" * 31).decode(), "not a key at all!!"):
-        with pytest.raises(RootKeyInvalid) as info:
-            parse_root_key(bad)
-        assert bad not in info.value.message or not bad
-
-
-async def test_root_wrap_round_trip_and_binding() -> None:
-    root = LocalRootKey({"r1": ROOT}, "r1")
-    kek = new_key()
-    wrapped = await root.wrap(kek, kek_aad(5, 1))
-    assert wrapped.key_id == "r1" and kek not in wrapped.blob
-    assert await root.unwrap(wrapped, kek_aad(5, 1)) == kek
-    for aad in (kek_aad(6, 1), kek_aad(5, 2)):
-        with pytest.raises(DecryptFailed):
-            await root.unwrap(wrapped, aad)
-    tampered = RootWrapped("r1", wrapped.blob[:-1] + bytes([wrapped.blob[-1] ^ 1]))
-    with pytest.raises(DecryptFailed):
-        await root.unwrap(tampered, kek_aad(5, 1))
-    with pytest.raises(DecryptFailed):
-        await root.unwrap(RootWrapped("r1", b"short"), kek_aad(5, 1))
-    with pytest.raises(KeyVersionUnknown):
-        await root.unwrap(RootWrapped("r0", wrapped.blob), kek_aad(5, 1))
-    other = LocalRootKey({"r1": bytes(32)}, "r1")
-    with pytest.raises(DecryptFailed):
-        await other.unwrap(wrapped, kek_aad(5, 1))
-
-
-async def test_root_rotation_keeps_old_ids_readable() -> None:
-    old = LocalRootKey({"r1": ROOT}, "r1")
-    wrapped = await old.wrap(b"k" * 32, b"aad")
-    rotated = LocalRootKey({"r1": ROOT, "r2": bytes(32)}, "r2")
-    assert await rotated.unwrap(wrapped, b"aad") == b"k" * 32
-    assert (await rotated.wrap(b"k" * 32, b"aad")).key_id == "r2"
-    # The pepper of an old root key id stays derivable (stored API-key hashes name it).
-    assert await rotated.derive_secret(PEPPER_INFO, "r1") == await old.derive_secret(PEPPER_INFO)
-
-
-async def test_derived_secrets_are_separated() -> None:
-    root = LocalRootKey({"r1": ROOT}, "r1")
-    kid, pepper = await root.derive_secret(PEPPER_INFO)
-    assert kid == "r1" and len(pepper) == 32
-    assert pepper != ROOT
-    assert (await root.derive_secret(b"something else"))[1] != pepper
-    with pytest.raises(KeyVersionUnknown):
-        await root.derive_secret(PEPPER_INFO, "nope")
-    assert ROOT.hex() not in repr(root)
-
-
-def test_local_root_key_rejects_bad_config() -> None:
-    with pytest.raises(RootKeyInvalid):
-        LocalRootKey({"r1": b"short"}, "r1")
-    with pytest.raises(RootKeyInvalid):
-        LocalRootKey({"r1": ROOT}, "r2")
-
-
-# -- data keys and small secrets ----------------------------------------------------------------------------
-
-CTX = {"purpose": "totp", "user_id": "6"}
-
-
-def _kek(account_id: int = 5, version: int = 3) -> Kek:
-    return Kek.of(account_id, version, new_key())
-
-
-def test_data_key_wrap_round_trip_and_layout() -> None:
-    kek = _kek()
-    dk = new_key()
-    wrapped = wrap_data_key(kek, dk, CTX)
-    assert len(wrapped) == WRAPPED_DATA_KEY_LEN == 73
-    assert wrapped[0] == 2 and int.from_bytes(wrapped[1:5], "big") == 3 and int.from_bytes(wrapped[5:13], "big") == 5
-    header = parse_blob(wrapped)
-    assert (header.fmt, header.version, header.account_id, header.is_data_key) == (2, 3, 5, True)
-    assert unwrap_data_key(kek, wrapped, CTX) == dk
-    assert dk not in wrapped
-    assert unwrap_data_key(kek, wrap_data_key(kek, dk)) == dk  # no context at all
-
-
-def test_legacy_format_1_still_unwraps() -> None:
-    kek = _kek(5, 1)
-    dk = new_key()
-    nonce = bytes(12)
-    legacy = bytes((1,)) + (1).to_bytes(4, "big") + nonce + kek.wrap.encrypt(nonce, dk, data_key_aad_v1(5, 1))
-    assert len(legacy) == WRAPPED_DATA_KEY_V1_LEN == 65
-    assert parse_blob(legacy).account_id is None
-    assert unwrap_data_key(kek, legacy) == dk
-    with pytest.raises(DecryptFailed):
-        unwrap_data_key(kek, legacy, CTX)
-    with pytest.raises(DecryptFailed):
-        unwrap_data_key(Kek(6, 1, kek.wrap, kek.seal), legacy)  # bound to account 5 through the AAD
-
-
-def test_data_key_unwrap_failures_are_clear() -> None:
-    kek = _kek(5, 1)
-    wrapped = wrap_data_key(kek, new_key(), CTX)
-    with pytest.raises(KeyAccountMismatch):
-        unwrap_data_key(Kek(6, 1, kek.wrap, kek.seal), wrapped, CTX)  # another account
-    with pytest.raises(DecryptFailed):
-        unwrap_data_key(_kek(5, 1), wrapped, CTX)  # another KEK
-    for ctx in ({}, {"purpose": "totp"}, {"purpose": "TOTP", "user_id": "6"}, CTX | {"extra": ""}):
-        with pytest.raises(DecryptFailed):
-            unwrap_data_key(kek, wrapped, ctx)  # associated data must match exactly
-    for i in range(13, len(wrapped)):  # every byte after the header is authenticated
-        bad = bytearray(wrapped)
-        bad[i] ^= 0x80
-        with pytest.raises(DecryptFailed):
-            unwrap_data_key(kek, bytes(bad), CTX)
-    for i in range(1, 5):  # a changed version in the header fails too (authenticated as associated data)
-        bad = bytearray(wrapped)
-        bad[i] ^= 0x01
-        with pytest.raises((DecryptFailed, KeyAccountMismatch)):
-            unwrap_data_key(kek, bytes(bad), CTX)
-    zero_version = b"\x02\x00\x00\x00\x00" + wrapped[5:]
-    for bad_blob in (b"", wrapped[:-1], wrapped + b"\x00", b"\x09" + wrapped[1:], zero_version):
-        with pytest.raises(DecryptFailed):
-            parse_blob(bad_blob)
-
-
-def test_small_secrets_round_trip_and_fail_clearly() -> None:
-    kek = _kek(5, 2)
-    ct = encrypt_small(kek, b"JBSWY3DPEHPK3PXP", CTX)
-    assert ct[0] == 3 and b"JBSWY3DPEHPK3PXP" not in ct
-    assert decrypt_small(kek, ct, CTX) == b"JBSWY3DPEHPK3PXP"
-    assert decrypt_small(kek, encrypt_small(kek, b""), None) == b""
-    with pytest.raises(DecryptFailed):
-        decrypt_small(kek, ct, {"purpose": "totp", "user_id": "7"})
-    with pytest.raises(DecryptFailed):
-        decrypt_small(kek, ct[:-1] + bytes([ct[-1] ^ 1]), CTX)
-    with pytest.raises(KeyAccountMismatch):
-        decrypt_small(Kek(9, 2, kek.wrap, kek.seal), ct, CTX)
-    with pytest.raises(DecryptFailed):
-        decrypt_small(kek, wrap_data_key(kek, new_key()), None)  # a wrapped key is not a ciphertext
-    with pytest.raises(DecryptFailed):
-        unwrap_data_key(kek, ct, CTX)  # and the other way round
-    with pytest.raises(PlaintextTooLarge):
-        encrypt_small(kek, bytes(MAX_PLAINTEXT + 1))
-    # The small-secret key is a subkey: the KEK itself does not open it.
-    with pytest.raises(InvalidTag):
-        kek.wrap.decrypt(ct[13:25], ct[25:], b"")
-
-
-def test_context_encoding_is_canonical_and_bounded() -> None:
-    assert canonical_context({"b": "2", "a": "1"}) == canonical_context({"a": "1", "b": "2"})
-    assert canonical_context({"ab": "c"}) != canonical_context({"a": "bc"})
-    assert canonical_context({}) != canonical_context({"": ""}.fromkeys([]) | {"a": ""})
-    for bad in ({"": "x"}, {str(i): "" for i in range(33)}, {"k": "v" * 5000}):
-        with pytest.raises(ContextInvalid):
-            canonical_context(bad)
-
-
-# -- key rings -----------------------------------------------------------------------------------------------
-
-
-def test_ring_checks() -> None:
-    ring = AccountRing(5, current_version=4, min_decryption_version=2)
-    ring.check_usable()
-    ring.check_decrypt(2)
-    ring.check_decrypt(4)
-    with pytest.raises(KeyVersionRetired) as info:
-        ring.check_decrypt(1)
-    assert info.value.reason == "KEY_VERSION_RETIRED" and "minimum decryption version is 2" in info.value.message
-    with pytest.raises(KeyVersionUnknown):
-        ring.check_decrypt(5)
-    with pytest.raises(KeysPendingDestruction):
-        dataclasses.replace(ring, state=RingState.PENDING_DESTRUCTION).check_decrypt(4)
-    with pytest.raises(KeysDestroyed):
-        dataclasses.replace(ring, state=RingState.DESTROYED).check_usable()
-    assert [ring.version_state(v, False) for v in (1, 2, 4)] == ["retired", "enabled", "primary"]
-    assert ring.version_state(3, True) == "destroyed"
-
-
-def test_policy_checks() -> None:
-    ring = AccountRing(5, current_version=3)
-    assert check_policy(ring, None, None) == (0, 1)
-    assert check_policy(ring, 3600, 3) == (3600, 3)
-    for period, minimum in ((59, None), (None, 0), (None, 4)):
-        with pytest.raises(KeyPolicyInvalid):
-            check_policy(ring, period, minimum)
-    assert check_pending_window(7 * 86400, timedelta(days=7)) == timedelta(days=7)
-    for bad in (86400, 31 * 86400):
-        with pytest.raises(KeyPolicyInvalid):
-            check_pending_window(bad, timedelta(days=7))
-
-
-def test_next_rotation_time() -> None:
-    ring = AccountRing(5, 1, current_create_time=NOW)
-    assert ring.next_rotation_time(timedelta(days=90)) == NOW + timedelta(days=90)
-    assert dataclasses.replace(ring, rotation_period_seconds=3600).next_rotation_time(timedelta(0)) == NOW + timedelta(
-        hours=1
-    )
-    assert ring.next_rotation_time(timedelta(0)) is None
-
-
-# -- destruction receipts ----------------------------------------------------------------------------------
-
-
-def test_receipt_is_canonical_signed_and_verifiable() -> None:
-    signer = receipt_signer("r1", bytes(range(32)))
-    assert signer.key_id.startswith("r1.") and bytes(range(32)).hex() not in repr(signer)
-    body = destruction_receipt(
-        account_id=5, destroyed=[(2, b"w2"), (1, b"w1")], scheduled_time=NOW, destroy_time=NOW + timedelta(days=7),
-        requested_by="identity", signing_key_id=signer.key_id,
-    )
-    parsed = json.loads(body)
-    assert parsed["type"] == RECEIPT_TYPE and parsed["account_id"] == "5"
-    assert [v["version"] for v in parsed["destroyed_key_versions"]] == [1, 2]
-    assert parsed["destroyed_key_versions"][0]["wrapped_sha256"] == hashlib.sha256(b"w1").hexdigest()
-    assert body == json.dumps(parsed, sort_keys=True, separators=(",", ":")).encode()
-    signature = signer.sign(body)
-    assert verify_receipt(signer.public_bytes, body, signature)
-    assert not verify_receipt(signer.public_bytes, body.replace(b'"5"', b'"6"'), signature)
-    assert not verify_receipt(receipt_signer("r1", bytes(32)).public_bytes, body, signature)
-    assert not verify_receipt(b"short", body, signature)
-
-
-def test_ttl_lru() -> None:
-    now = [0.0]
-    cache: TtlLru[str, int] = TtlLru(10, 2, clock=lambda: now[0])
-    cache.put("a", 1)
-    cache.put("b", 2)
-    assert cache.get("a") == 1
-    cache.put("c", 3)  # evicts b (least recently used)
-    assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3
-    now[0] = 10
-    assert cache.get("a") is None and len(cache) == 1
-    cache.pop("c")
-    assert len(cache) == 0
 
 
 # -- API-key settings ------------------------------------------------------------------------------------------

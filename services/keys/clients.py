@@ -1,1 +1,0 @@
-"""The keys service calls only the audit service (svckit.audit.AuditClient, wired in app.py)."""
