@@ -148,7 +148,7 @@ def reset(config: SuiteConfig) -> None:
     print(f"Dropped the databases {config.db_prefix}_* and the Redis keys {config.redis_prefix}*; starting over.")
 
 
-ROOT_KEY_MISMATCH = "do not open them"  # in the keys service's start-up refusal (services.keys.service)
+ROOT_KEY_MISMATCH = "do not open them"  # in the keys service's start-up refusal (services.keys.service.key_rings)
 
 
 def main(argv: list[str] | None = None) -> int:
