@@ -45,9 +45,9 @@ def error_info(err: object, *, consistent: bool = True) -> error_details_pb2.Err
     return None
 
 
-def error_reason(err: object) -> str:
+def error_reason(err: object, *, consistent: bool = True) -> str:
     """The ErrorInfo reason of a failed call ("" when it carries none)."""
-    info = error_info(err)
+    info = error_info(err, consistent=consistent)
     return str(info.reason) if info is not None else ""
 
 
