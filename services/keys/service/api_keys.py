@@ -84,6 +84,8 @@ class ApiKeyService:
     def now(self) -> datetime:
         return self._now()
 
+    # -- customer API keys ----------------------------------------------------------------------------------
+
     async def create_api_key(
         self,
         caller: Caller,
@@ -168,6 +170,8 @@ class ApiKeyService:
         )
         await self._notices.publish(KeyNotice(API_KEYS_CHANGED, old.account_id, (old.key_id,), "rolled"))
         return new, parts.format(), replace(old, expire_time=old_until, rolled_to=new.key_id)
+
+    # -- API keys for the other services ----------------------------------------------------------------------
 
     async def issue_api_key(
         self, account_id: int, user_id: int, name: str, test_mode: bool
@@ -290,6 +294,8 @@ class ApiKeyService:
             written += len(items)
             if len(items) < batch:
                 return written
+
+    # -- internals: API keys ----------------------------------------------------------------------------------
 
     async def _own_key(self, caller: Caller, key_id: str) -> ApiKeyRecord:
         """One of the caller's own keys; NOT_FOUND for anyone else's (no oracle across users or accounts)."""

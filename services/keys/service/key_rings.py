@@ -151,6 +151,8 @@ class KeyRingService:
         await self._receipt_signer()
         return await self._store.signing_keys()
 
+    # -- data keys and encryption ------------------------------------------------------------------------------
+
     async def generate_data_key(self, account_id: int, context: Context | None = None) -> tuple[bytes, bytes, int]:
         """(plaintext, wrapped, KEK version) of a fresh data key; creates the account's ring on first use."""
         kek = await self._cache.current_kek(account_id)
@@ -228,6 +230,8 @@ class KeyRingService:
             )
         )
         return out, current.version
+
+    # -- key management -----------------------------------------------------------------------------------------
 
     async def account_key_status(self, account_id: int) -> AccountStatus:
         check_account_id(account_id)
@@ -344,6 +348,8 @@ class KeyRingService:
         rewrapped, remaining = await self._rewrap_root_batch()
         return MaintenanceReport(rotated, destroyed, rewrapped, remaining)
 
+    # -- key notices -------------------------------------------------------------------------------------------
+
     def forget_account(self, account_id: int) -> None:
         """Drop what this process caches about an account's keys (on a notice from another replica)."""
         self._cache.forget_account(account_id)
@@ -354,6 +360,8 @@ class KeyRingService:
     def on_notice(self, notice: KeyNotice) -> None:
         if notice.kind == ACCOUNT_KEYS_CHANGED:
             self.forget_account(notice.account_id)
+
+    # -- internals: key rings -----------------------------------------------------------------------------------
 
     async def _status(self, ring: AccountRing) -> AccountStatus:
         versions = await self._store.kek_versions(ring.account_id)
