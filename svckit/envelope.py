@@ -3,7 +3,7 @@
 A service that stores sensitive data (message bodies, TOTP secrets) asks the keys service for a data key,
 encrypts locally with AES-256-GCM, and stores the data key only in wrapped form next to the ciphertext.
 The keys service is not on each record's path: the current data key per account is reused for a while and
-unwrapped keys are cached, both in bounded, time-limited memory caches.
+unwrapped keys are cached, both in bounded, time-limited memory caches (`svckit.ttlcache`).
 
 Blob format (version 1), all lengths in bytes::
 
@@ -32,7 +32,8 @@ destruction or destroyed, and everything when the subscription (re)starts; `ttl_
 
 Moving data to the newest key version: `rewrap_many` swaps the wrapped data key inside stored blobs through the
 keys service's Rewrap RPC (one call per distinct data key, never a plaintext outside the keys service, the
-ciphertext untouched); `rewrap_all` drives it over a caller's table in batches, resumable from a cursor.
+ciphertext untouched); `svckit.envelope_rewrap.rewrap_all` drives it over a caller's table in batches, resumable
+from a cursor.
 """
 
 from __future__ import annotations
@@ -44,21 +45,21 @@ import hashlib
 import os
 import struct
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 import redis.asyncio as aioredis
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from google.rpc import error_details_pb2, status_pb2
 
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from svckit.cache import make_redis
 from svckit.errors import FailedPrecondition, Unavailable
 from svckit.keyevents import ACCOUNT_KEYS_CHANGED, KeyNotice, Subscriber
+from svckit.rpcstatus import error_reason
+from svckit.ttlcache import TtlCache
 
 BLOB_VERSION = 1
 NONCE_SIZE = 12
@@ -116,22 +117,6 @@ class DataKeySource(Protocol):
 REWRAP_BATCH = 1000
 
 
-def _error_reason(err: grpc.aio.AioRpcError) -> str:
-    """The ErrorInfo reason a SendSafe service put in the status details ("" when none)."""
-    for key, value in err.trailing_metadata() or ():
-        if key != "grpc-status-details-bin":
-            continue
-        try:
-            status = status_pb2.Status.FromString(value if isinstance(value, bytes) else value.encode("latin-1"))
-        except Exception:
-            return ""
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                return info.reason
-    return ""
-
-
 # Codes with which the keys service says "this wrapped key is not valid for this account".
 _REJECTED = frozenset(
     {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND}
@@ -152,7 +137,7 @@ class KeysStubSource:
             if exc.code() in _TRANSIENT:
                 raise KeysUnavailable() from None
             if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                reason = _error_reason(exc) or KeysRefused.reason
+                reason = error_reason(exc, consistent=False) or KeysRefused.reason
                 raise KeysRefused("the account's keys cannot be used for new data", reason=reason) from None
             raise
         if len(resp.plaintext) != DATA_KEY_SIZE or not resp.wrapped_key:
@@ -166,7 +151,7 @@ class KeysStubSource:
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _REJECTED:
-                raise DecryptFailed(reason=_error_reason(exc) or None) from None
+                raise DecryptFailed(reason=error_reason(exc, consistent=False) or None) from None
             if exc.code() in _TRANSIENT:
                 raise KeysUnavailable() from None
             raise
@@ -220,69 +205,9 @@ class RewrapOutcome:
 
 
 @dataclass
-class RewrapProgress:
-    """Where a `rewrap_all` run is: resume a later run from `cursor`."""
-
-    cursor: Hashable | None = None
-    scanned: int = 0
-    changed: int = 0
-    failed: int = 0
-    failures: dict[str, int] | None = None
-
-
-Row = tuple[Any, int, bytes]  # (cursor of the row, account id, blob)
-
-
-async def rewrap_all(
-    envelope: Envelope,
-    fetch: Callable[[Any, int], Awaitable[Sequence[Row]]],
-    save: Callable[[list[tuple[Any, bytes]]], Awaitable[None]],
-    *,
-    start: Any = None,
-    batch: int = 500,
-    on_progress: Callable[[RewrapProgress], Awaitable[None]] | None = None,
-) -> RewrapProgress:
-    """Move every stored blob of a table to its account's newest key version, in batches.
-
-    `fetch(after_cursor, limit)` returns the next rows in cursor order (after `start`; None = from the start);
-    `save(updates)` stores the changed blobs ((cursor, new blob)) and must be idempotent. After each batch is
-    saved, `on_progress` gets the progress (persist `progress.cursor` there to resume after a crash: rows
-    before it are done). Rows that fail (e.g. a retired version) are counted and left as they are.
-    """
-    progress = RewrapProgress(cursor=start, failures={})
-    while True:
-        rows = await fetch(progress.cursor, batch)
-        if not rows:
-            return progress
-        by_account: dict[int, list[int]] = {}
-        for i, (_, account_id, _) in enumerate(rows):
-            by_account.setdefault(account_id, []).append(i)
-        updates: list[tuple[Any, bytes]] = []
-        for account_id, indexes in by_account.items():
-            outcomes = await envelope.rewrap_many(account_id, [rows[i][2] for i in indexes])
-            for i, outcome in zip(indexes, outcomes, strict=True):
-                if outcome.changed:
-                    updates.append((rows[i][0], outcome.blob))
-                elif outcome.error_reason:
-                    progress.failed += 1
-                    assert progress.failures is not None
-                    progress.failures[outcome.error_reason] = progress.failures.get(outcome.error_reason, 0) + 1
-        if updates:
-            await save(updates)
-        progress.scanned += len(rows)
-        progress.changed += len(updates)
-        progress.cursor = rows[-1][0]
-        if on_progress is not None:
-            await on_progress(progress)
-        if len(rows) < batch:
-            return progress
-
-
-@dataclass
 class _CurrentKey:
     wrapped: bytes
     aead: AESGCM
-    created: float
     uses: int = 0
 
 
@@ -290,7 +215,6 @@ class _CurrentKey:
 class _UnwrappedKey:
     account_id: int
     aead: AESGCM
-    created: float
 
 
 def _gcm_aad(account_id: int, aad: bytes) -> bytes:
@@ -304,7 +228,8 @@ class Envelope:
       `MAX_MESSAGES_PER_KEY` messages.
     * Decrypt: unwrapped keys cached by (account, SHA-256 of the wrapped key) for `ttl_seconds`.
     * Both caches hold at most `max_entries` entries (least recently used evicted first).
-    * Concurrent misses for the same account / wrapped key share one call to the source.
+    * Concurrent misses for the same account / wrapped key share one call to the source (its own task: a
+      cancelled caller does not cancel it for the others, which `svckit.ttlcache.get_or_load` would).
     """
 
     def __init__(
@@ -318,11 +243,8 @@ class Envelope:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self._source = source
-        self._ttl = ttl_seconds
-        self._max = max_entries
-        self._clock = clock
-        self._current: OrderedDict[int, _CurrentKey] = OrderedDict()
-        self._unwrapped: OrderedDict[bytes, _UnwrappedKey] = OrderedDict()
+        self._current: TtlCache[int, _CurrentKey] = TtlCache(ttl_seconds, max_entries, clock)
+        self._unwrapped: TtlCache[bytes, _UnwrappedKey] = TtlCache(ttl_seconds, max_entries, clock)
         self._generating: dict[int, asyncio.Task[_CurrentKey]] = {}
         self._unwrapping: dict[bytes, asyncio.Task[_UnwrappedKey]] = {}
         self._epoch = 0  # bumped by clear(); results of calls started before are not cached
@@ -401,9 +323,8 @@ class Envelope:
             self._current.clear()
             self._unwrapped.clear()
             return
-        self._current.pop(account_id, None)
-        for digest in [d for d, k in self._unwrapped.items() if k.account_id == account_id]:
-            del self._unwrapped[digest]
+        self._current.pop(account_id)
+        self._unwrapped.pop_where(lambda _, key: key.account_id == account_id)
 
     # -- internals --------------------------------------------------------------------------------------
 
@@ -411,15 +332,11 @@ class Envelope:
         nonce = nonce or os.urandom(NONCE_SIZE)
         return _pack(key.wrapped, nonce, key.aead.encrypt(nonce, plaintext, _gcm_aad(account_id, aad)))
 
-    def _fresh(self, created: float) -> bool:
-        return self._clock() - created < self._ttl
-
     async def _reserve(self, account_id: int, n: int) -> _CurrentKey:
         """The account's current data key with `n` uses reserved on it, generating a new one if needed."""
         key = self._current.get(account_id)
-        if key is not None and self._fresh(key.created) and key.uses + n <= MAX_MESSAGES_PER_KEY:
+        if key is not None and key.uses + n <= MAX_MESSAGES_PER_KEY:
             key.uses += n
-            self._current.move_to_end(account_id)
             return key
         while True:
             task = self._generating.get(account_id)
@@ -438,23 +355,19 @@ class Envelope:
         plaintext, wrapped = await self._source.generate(account_id)
         if len(plaintext) != DATA_KEY_SIZE or len(wrapped) > 0xFFFF:
             raise KeysUnavailable("the keys service returned a malformed data key")
-        now = self._clock()
         aead = AESGCM(plaintext)
-        key = _CurrentKey(wrapped=wrapped, aead=aead, created=now)
+        key = _CurrentKey(wrapped=wrapped, aead=aead)
         if epoch == self._epoch:
-            _put(self._current, account_id, key, self._max)
+            self._current.put(account_id, key)
             # What we just encrypted is usually read back soon: let decrypt find it without a call.
-            _put(self._unwrapped, _digest(account_id, wrapped), _UnwrappedKey(account_id, aead, now), self._max)
+            self._unwrapped.put(_digest(account_id, wrapped), _UnwrappedKey(account_id, aead))
         return key
 
     async def _unwrap(self, account_id: int, wrapped: bytes) -> _UnwrappedKey:
         digest = _digest(account_id, wrapped)
         key = self._unwrapped.get(digest)
         if key is not None:
-            if self._fresh(key.created):
-                self._unwrapped.move_to_end(digest)
-                return key
-            del self._unwrapped[digest]
+            return key
         task = self._unwrapping.get(digest)
         if task is None:
             task = asyncio.ensure_future(self._fetch(account_id, wrapped, digest, self._epoch))
@@ -466,9 +379,9 @@ class Envelope:
         plaintext = await self._source.decrypt(account_id, wrapped)
         if len(plaintext) != DATA_KEY_SIZE:
             raise DecryptFailed()
-        key = _UnwrappedKey(account_id, AESGCM(plaintext), self._clock())
+        key = _UnwrappedKey(account_id, AESGCM(plaintext))
         if epoch == self._epoch:
-            _put(self._unwrapped, digest, key, self._max)
+            self._unwrapped.put(digest, key)
         return key
 
 
@@ -506,13 +419,6 @@ def _parse(blob: bytes) -> tuple[bytes, bytes, bytes]:
 def _digest(account_id: int, wrapped: bytes) -> bytes:
     # The account is part of the cache key: a wrapped key cached for one account never unlocks another's.
     return hashlib.sha256(_ACCOUNT.pack(account_id) + wrapped).digest()
-
-
-def _put(cache: OrderedDict[K, V], key: K, value: V, limit: int) -> None:
-    cache[key] = value
-    cache.move_to_end(key)
-    while len(cache) > limit:
-        cache.popitem(last=False)
 
 
 def _forget(inflight: dict[K, asyncio.Task[V]], key: K, task: asyncio.Task[V]) -> None:

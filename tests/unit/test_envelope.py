@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from sendsafe.keys.v1 import keys_service_pb2
-from svckit import envelope
+from svckit import envelope, envelope_rewrap
 from svckit.envelope import DecryptFailed, Envelope, KeysRefused, KeysStubSource, KeysUnavailable, aad_for
 from svckit.errors import FailedPrecondition
 
@@ -320,7 +320,7 @@ async def test_clear_during_generate_does_not_cache_the_result() -> None:
     env.clear(7)
     gate.set()
     await task
-    assert 7 not in env._current
+    assert 7 not in env._current.keys()
 
 
 # -- rewrap -----------------------------------------------------------------------------------------------
@@ -364,15 +364,15 @@ async def test_rewrap_all_is_batched_resumable_and_counts_failures() -> None:
 
     seen: list[int] = []
 
-    async def progress(p: envelope.RewrapProgress) -> None:
+    async def progress(p: envelope_rewrap.RewrapProgress) -> None:
         seen.append(p.scanned)
         if p.scanned == 10:
             raise RuntimeError("crash after the second batch")
 
     with pytest.raises(RuntimeError):
-        await envelope.rewrap_all(env, fetch, save, batch=5, on_progress=progress)
+        await envelope_rewrap.rewrap_all(env, fetch, save, batch=5, on_progress=progress)
     assert seen == [5, 10]
-    resumed = await envelope.rewrap_all(env, fetch, save, start=10, batch=5)
+    resumed = await envelope_rewrap.rewrap_all(env, fetch, save, start=10, batch=5)
     assert (resumed.cursor, resumed.scanned, resumed.changed, resumed.failed) == (25, 15, 14, 1)
     assert resumed.failures == {"KEY_VERSION_RETIRED": 1}
     for row, (account, blob) in table.items():

@@ -21,7 +21,8 @@ from sendsafe.keys.v1 import keys_service_pb2_grpc
 from services.keys.domain.receipts import verify_receipt
 from svckit.app import App
 from svckit.cache import make_redis
-from svckit.envelope import DecryptFailed, Envelope, KeysStubSource, aad_for, rewrap_all
+from svckit.envelope import DecryptFailed, Envelope, KeysStubSource, aad_for
+from svckit.envelope_rewrap import rewrap_all
 from svckit.keyevents import KeyNotice, Subscriber
 from svckit.testing import CertBundle, stepped_up_now
 from svckit.testing import error_reason as _reason
@@ -388,7 +389,7 @@ async def test_envelope_caches_follow_key_notices(
         blob = await env.encrypt(95, aad, b"cached")
         assert await env.decrypt(95, aad, blob) == b"cached"
         await ops.RotateAccountKey(pb.RotateAccountKeyRequest(account_id=95))
-        await _until(lambda: len(seen) >= 1 and 95 not in env._current)
+        await _until(lambda: len(seen) >= 1 and 95 not in env._current.keys())
         second = await env.encrypt(95, aad, b"after rotation")  # a data key of the new version
         # blob: version (1) | wrapped length (2) | wrapped key: format (1) | key version (4) | ...
         assert int.from_bytes(blob[4:8], "big") == 1 and int.from_bytes(second[4:8], "big") == 2
@@ -447,5 +448,5 @@ async def test_follow_key_notices_lives_with_the_service(stubs: dict[str, Stub],
         assert await follower.wait_ready()
         await env.encrypt(96, aad_for(96, "m", "1"), b"x")
         await stubs["ops"].RotateAccountKey(pb.RotateAccountKeyRequest(account_id=96))
-        await _until(lambda: 96 not in env._current)
+        await _until(lambda: 96 not in env._current.keys())
     assert follower._task is None  # closed with the stack
