@@ -22,13 +22,17 @@ from sendsafe.messaging.v1 import (
     notification_service_pb2,
     notification_service_pb2_grpc,
 )
+from services.messaging.adapters.carriers import HttpCarrier, SimulatorCarrier
+from services.messaging.adapters.limits import RedisLimiter
+from services.messaging.adapters.store.destinations import PgDestinationStore
+from services.messaging.adapters.store.pg import PgMessageStore
+from services.messaging.adapters.store.simulator import PgSimulatorStore
+from services.messaging.adapters.stream import DispatchStream
 from services.messaging.api import MessagingServicer, NotificationServicer
-from services.messaging.carriers import HttpCarrier, SimulatorCarrier
 from services.messaging.clients import discard, open_audit, open_envelope, open_owners, tls_of
 from services.messaging.config import Settings
 from services.messaging.domain.limits import RateConfig
 from services.messaging.domain.pricing import currency_for, parse_price_table
-from services.messaging.limits import RedisLimiter
 from services.messaging.receiver import CallbackReceiver
 from services.messaging.service.common import MessagingOptions
 from services.messaging.service.delivery import DeliveryService
@@ -38,8 +42,6 @@ from services.messaging.service.notifications import Notifications
 from services.messaging.service.ports import Carrier, Owners
 from services.messaging.service.replies import Replies
 from services.messaging.service.webhooks import WebhookService
-from services.messaging.store import PgDestinationStore, PgMessageStore, PgSimulatorStore
-from services.messaging.stream import DispatchStream
 from services.messaging.worker import StreamWorker, default_consumer_name, pump_receipts, run_every
 from svckit.app import App, serve
 from svckit.audit import denial_recorder

@@ -16,9 +16,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+from services.messaging.adapters.stream import DispatchStream, Entry
 from services.messaging.service.delivery import DeliveryService
 from services.messaging.service.ports import Carrier
-from services.messaging.stream import DispatchStream, Entry
 
 _LOG = logging.getLogger(__name__)
 _PRUNE_EVERY_S = 300.0

@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 
 from sendsafe.context.v1 import principal_pb2
+from services.messaging.adapters.store.pg import PgMessageStore
 from services.messaging.config import Settings
 from services.messaging.service.messaging import MessagingService
-from services.messaging.store import PgMessageStore
 from svckit.app import App
 from svckit.envelope import Envelope
 from svckit.testing import CertBundle, NewDatabase

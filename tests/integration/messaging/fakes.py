@@ -1,5 +1,5 @@
 """Real local HTTPS peers for the messaging tests: a customer's webhook receiver and a generic HTTP/JSON
-carrier (the protocol `services.messaging.carriers.HttpCarrier` speaks), both with the test PKI's public
+carrier (the protocol `services.messaging.adapters.carriers.HttpCarrier` speaks), both with the test PKI's public
 certificate (SAN localhost / 127.0.0.1)."""
 
 from __future__ import annotations

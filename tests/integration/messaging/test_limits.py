@@ -13,9 +13,9 @@ from google.rpc import error_details_pb2, status_pb2
 
 from sendsafe.context.v1 import principal_pb2
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
+from services.messaging.adapters.limits import RedisLimiter
 from services.messaging.config import Settings
 from services.messaging.domain.limits import Bucket, LimitRequest, Velocity
-from services.messaging.limits import RedisLimiter
 from svckit.cache import make_redis
 from svckit.testing import CertBundle
 from tests.integration.messaging.conftest import Messaging, principal_md

@@ -234,7 +234,7 @@ async def test_killed_worker_loses_nothing_and_delivers_once(
 
 
 async def test_dead_consumers_without_pending_entries_are_pruned(messaging: Messaging) -> None:
-    from services.messaging.stream import GROUP, DispatchStream
+    from services.messaging.adapters.stream import GROUP, DispatchStream
 
     redis = make_redis(messaging.settings.redis_url)
     try:

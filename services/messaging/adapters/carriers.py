@@ -17,10 +17,10 @@ from typing import Any
 
 import aiohttp
 
+from services.messaging.adapters.store.simulator import PgSimulatorStore
 from services.messaging.domain.delivery import Receipt, Submission, SubmitResult
 from services.messaging.domain.statuses import TEMPORARY_FAILURE_ERROR, MessageStatus
 from services.messaging.service.ports import ReceiptHandler
-from services.messaging.store import PgSimulatorStore
 
 _REF_NAMESPACE = uuid.UUID("6c1c5d55-6e0d-4f4e-9a51-5e6e6453494d")
 
