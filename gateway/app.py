@@ -7,11 +7,7 @@ audit client and closes the channels. `main()` is `python -m gateway`.
 
 A request passes the edge middleware (`gateway.edge`: request id, trace, error bodies, audit evidence
 through `gateway.evidence`) and then its route's handler (`gateway.dispatch`: authentication, permission,
-transcoding, the gRPC call). Files: `config` settings, `tls` the listener's TLS policy, `routes` the route
-table from the protos' descriptors, `auth` credentials -> identity, `principal` where from and what the
-services are told, `transcode/` JSON <-> protobuf, `surface` /v3 or /v1, `errors` the one error table and
-its rendering (`compat_clicksend` the /v3 envelope), `unauth` limits and summaries of unauthenticated
-failures.
+transcoding, the gRPC call). The map of the package's files is in `gateway/__init__.py`.
 """
 
 from __future__ import annotations
