@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -36,6 +36,14 @@ class TtlCache(Generic[K, V]):
 
     def keys(self) -> list[K]:
         return list(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether an entry is held for `key` (an expired one counts until a lookup drops it); no recency change."""
+        return key in self._entries
+
+    def __iter__(self) -> Iterator[K]:
+        """The keys held, least recently used first (a snapshot: the cache may change while it is read)."""
+        return iter(self.keys())
 
     def get(self, key: K) -> V | None:
         """The live value for `key` (refreshing its recency), or None."""
