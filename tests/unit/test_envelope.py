@@ -320,7 +320,7 @@ async def test_clear_during_generate_does_not_cache_the_result() -> None:
     env.clear(7)
     gate.set()
     await task
-    assert 7 not in env._current.keys()
+    assert 7 not in env._current
 
 
 # -- rewrap -----------------------------------------------------------------------------------------------

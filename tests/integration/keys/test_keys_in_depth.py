@@ -389,7 +389,7 @@ async def test_envelope_caches_follow_key_notices(
         blob = await env.encrypt(95, aad, b"cached")
         assert await env.decrypt(95, aad, blob) == b"cached"
         await ops.RotateAccountKey(pb.RotateAccountKeyRequest(account_id=95))
-        await _until(lambda: len(seen) >= 1 and 95 not in env._current.keys())
+        await _until(lambda: len(seen) >= 1 and 95 not in env._current)
         second = await env.encrypt(95, aad, b"after rotation")  # a data key of the new version
         # blob: version (1) | wrapped length (2) | wrapped key: format (1) | key version (4) | ...
         assert int.from_bytes(blob[4:8], "big") == 1 and int.from_bytes(second[4:8], "big") == 2
@@ -448,5 +448,5 @@ async def test_follow_key_notices_lives_with_the_service(stubs: dict[str, Stub],
         assert await follower.wait_ready()
         await env.encrypt(96, aad_for(96, "m", "1"), b"x")
         await stubs["ops"].RotateAccountKey(pb.RotateAccountKeyRequest(account_id=96))
-        await _until(lambda: 96 not in env._current.keys())
+        await _until(lambda: 96 not in env._current)
     assert follower._task is None  # closed with the stack
