@@ -1,4 +1,5 @@
-"""Who is calling: HTTP authentication and the principal forwarded to the services.
+"""Who is calling: HTTP authentication, credentials -> `Identity` (the principal the services receive is
+built from it in `gateway.principal`).
 
 ClickSend's scheme is HTTP Basic with `api_username:api_key`. Verification:
 1. keys `VerifyApiKey(api_key)` -> key id, account, user, scopes (unknown/revoked/expired keys fail);
@@ -13,7 +14,7 @@ under a SHA-256 of the scheme, credentials and (for API keys) the client address
 allow-list makes the answer depend on where the request comes from; the raw key is never stored. An
 entry never outlives the key's own expiry (the keys service says how long it stays valid), and the keys
 service's notices (svckit.keyevents over Redis) drop a revoked or rolled key's entries at once. Concurrent requests with
-the same credentials share one verification. Transport failures (keys/identity unavailable) are not
+the same credentials share one verification (`svckit.ttlcache`). Transport failures (keys/identity unavailable) are not
 cached and surface as 5xx, never as 401.
 
 `Bearer <session token>` (interactive sessions from `/v1/auth/login` and `/v1/staff/login`) resolves
