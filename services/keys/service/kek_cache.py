@@ -23,7 +23,11 @@ T = TypeVar("T")
 
 class KekCache:
     """Account rings and unwrapped KEKs, cached in memory for a short, bounded time, so data-key calls are
-    normally pure CPU. Concurrent misses for one key share one load; a ring is created on its first use."""
+    normally pure CPU. Concurrent misses for one key share one load; a ring is created on its first use.
+
+    A load that was running when the account's keys changed (`forget_account` / `forget_all`) is returned to
+    its callers but not cached, and later callers start a fresh one: it may have read the ring from before a
+    rotation, retirement or scheduled destruction."""
 
     def __init__(
         self,
@@ -44,6 +48,7 @@ class KekCache:
         self._rings: TtlCache[int, AccountRing] = TtlCache(seconds, entries)
         self._keks: TtlCache[tuple[int, int], Kek] = TtlCache(seconds, entries)
         self._inflight: dict[Hashable, asyncio.Task[Any]] = {}
+        self._epoch = 0  # bumped by every forget: a load that started in an older epoch is not cached
 
     async def ring(self, account_id: int, *, create: bool) -> AccountRing:
         check_account_id(account_id)
@@ -53,6 +58,7 @@ class KekCache:
         return await self._single(("ring", account_id, create), lambda: self._load_ring(account_id, create))
 
     async def _load_ring(self, account_id: int, create: bool) -> AccountRing:
+        epoch = self._epoch
         ring = await self._store.ring(account_id)
         if ring is None:
             if not create:
@@ -63,7 +69,8 @@ class KekCache:
             if created:
                 details = {"version": "1", "root_key_id": wrapped.key_id}
                 await self._audit.record(ring_event(self._name, "keys.kek.created", account_id, details))
-        self._rings.put(account_id, ring)
+        if epoch == self._epoch:
+            self._rings.put(account_id, ring)
         return ring
 
     async def current_kek(self, account_id: int) -> Kek:
@@ -87,6 +94,7 @@ class KekCache:
         return await self._single(("kek", account_id, version), lambda: self._load_kek(account_id, version))
 
     async def _load_kek(self, account_id: int, version: int) -> Kek:
+        epoch = self._epoch
         stored = await self._store.kek_version(account_id, version)
         if stored is None:
             raise KeyVersionUnknown()
@@ -101,15 +109,21 @@ class KekCache:
                 f" {stored.wrapped.key_id!r}"
             ) from None
         kek = Kek.of(account_id, version, raw)
-        self._keks.put((account_id, version), kek)
+        if epoch == self._epoch:
+            self._keks.put((account_id, version), kek)
         return kek
 
     def forget_account(self, account_id: int) -> None:
         """Drop what this process caches about an account's keys (on a notice from another replica)."""
+        self._epoch += 1
+        for key in [k for k in self._inflight if k[1] == account_id]:  # type: ignore[index]
+            del self._inflight[key]
         self._rings.pop(account_id)
         self._keks.pop_where(lambda k, _kek: k[0] == account_id)
 
     def forget_all(self) -> None:
+        self._epoch += 1
+        self._inflight.clear()
         self._rings.clear()
         self._keks.clear()
 
@@ -117,8 +131,7 @@ class KekCache:
         """Run `load` once for concurrent callers with the same `key`; a cancelled caller leaves it running.
 
         Not TtlCache.get_or_load: that runs the load in the first caller's task (cancelling that caller fails
-        every waiter), shares one load per cache key (a ring load here also depends on `create`), and does
-        not cache a load overtaken by pop_where/clear, which this cache has always done."""
+        every waiter) and shares one load per cache key (a ring load here also depends on `create`)."""
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.ensure_future(load())

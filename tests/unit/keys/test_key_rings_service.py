@@ -23,7 +23,7 @@ from services.keys.domain.errors import (
     PlaintextTooLarge,
     RequestInvalid,
 )
-from services.keys.domain.key_rings import RingState
+from services.keys.domain.key_rings import AccountRing, RingState
 from services.keys.domain.receipts import verify_receipt
 from services.keys.service.key_rings import KeyRingService
 from svckit.audit import AuditUnavailable
@@ -319,3 +319,29 @@ async def test_root_key_rotation_rewraps_everything_and_rehashes_on_use(p: Parts
     # Receipts are signed with a key of the new root; the old public key stays listed.
     new_signers = await service.rings.list_receipt_signing_keys()
     assert {k for k, _, _ in old_signers} < {k for k, _, _ in new_signers}
+
+
+async def test_a_ring_read_before_destruction_is_scheduled_is_not_cached_after_it(p: Parts) -> None:
+    """A data-key call that read the ring just before another call scheduled its destruction must not put
+    that old, enabled ring back in the cache: the next call sees the destruction at once."""
+    plain, wrapped, _ = await p.rings.generate_data_key(9)
+    p.rings.forget_all()
+    read, release = asyncio.Event(), asyncio.Event()
+    inner = p.store.ring
+
+    async def ring_then_wait(account_id: int) -> AccountRing | None:
+        ring = await inner(account_id)  # the state from before the change
+        read.set()
+        await release.wait()
+        return ring
+
+    p.store.ring = ring_then_wait  # type: ignore[method-assign]
+    racing = asyncio.create_task(p.rings.decrypt_data_key(9, wrapped))
+    await read.wait()
+    p.store.ring = inner  # type: ignore[method-assign]
+    await p.rings.schedule_destruction(9, 7 * 24 * 3600, "owner")
+    release.set()
+    assert (await racing)[0] == plain  # it started before the change: it may finish with what it read
+    with pytest.raises(DomainError) as info:
+        await p.rings.decrypt_data_key(9, wrapped)
+    assert info.value.reason == "KEYS_PENDING_DESTRUCTION"
