@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,21 @@ from sendsafe.messaging.v1 import (
     notification_service_pb2,
     notification_service_pb2_grpc,
 )
+from services.messaging.adapters.audit_client import discard, open_audit
 from services.messaging.adapters.carriers import HttpCarrier, SimulatorCarrier
+from services.messaging.adapters.identity_client import open_owners
+from services.messaging.adapters.keys_client import open_envelope
 from services.messaging.adapters.limits import RedisLimiter
 from services.messaging.adapters.store.destinations import PgDestinationStore
 from services.messaging.adapters.store.pg import PgMessageStore
 from services.messaging.adapters.store.simulator import PgSimulatorStore
 from services.messaging.adapters.stream import DispatchStream
 from services.messaging.api import MessagingServicer, NotificationServicer
-from services.messaging.clients import discard, open_audit, open_envelope, open_owners, tls_of
-from services.messaging.config import Settings
+from services.messaging.config import Settings, tls_of
 from services.messaging.domain.limits import RateConfig
 from services.messaging.domain.pricing import currency_for, parse_price_table
-from services.messaging.receiver import CallbackReceiver
+from services.messaging.entrypoints.callback_receiver import CallbackReceiver
+from services.messaging.entrypoints.dispatch_worker import StreamWorker, default_consumer_name, pump_receipts, run_every
 from services.messaging.service.common import MessagingOptions
 from services.messaging.service.delivery import DeliveryService
 from services.messaging.service.index_keys import IndexKeys
@@ -42,30 +45,18 @@ from services.messaging.service.notifications import Notifications
 from services.messaging.service.ports import Carrier, Owners
 from services.messaging.service.replies import Replies
 from services.messaging.service.webhooks import WebhookService
-from services.messaging.worker import StreamWorker, default_consumer_name, pump_receipts, run_every
 from svckit.app import App, serve
 from svckit.audit import denial_recorder
 from svckit.cache import make_redis
 from svckit.config import load
 from svckit.db import create_pool, migrate
 from svckit.server import start_server
+from svckit.tasks import spawn
 from svckit.webhooks import WebhookClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name
 NOTIFICATION_SERVICE_NAME = notification_service_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name
-
-
-def _background(stack: contextlib.AsyncExitStack, coro: Coroutine[Any, Any, object], name: str) -> asyncio.Task[Any]:
-    task = asyncio.create_task(coro, name=name)
-
-    async def cancel() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    stack.push_async_callback(cancel)
-    return task
 
 
 async def _common(settings: Settings, stack: contextlib.AsyncExitStack) -> tuple[Any, ...]:
@@ -124,11 +115,11 @@ async def build(settings: Settings) -> App:
             step_up_max_age_seconds=settings.step_up_max_age_seconds,
         )
         stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
-        _background(stack, run_every(settings.relay_interval_seconds, service.relay_outbox, "relay"), "outbox-relay")
-        _background(stack, run_every(0.2, service.forget_published, "outbox-cleanup"), "outbox-cleanup")
-        _background(stack, run_every(settings.retention_interval_seconds, service.redact_expired, "retention"),
+        spawn(stack, run_every(settings.relay_interval_seconds, service.relay_outbox, "relay"), "outbox-relay")
+        spawn(stack, run_every(0.2, service.forget_published, "outbox-cleanup"), "outbox-cleanup")
+        spawn(stack, run_every(settings.retention_interval_seconds, service.redact_expired, "retention"),
                     "retention")
-        _background(stack, run_every(3600.0, service.forget_idempotency_keys, "idempotency-cleanup"),
+        spawn(stack, run_every(3600.0, service.forget_idempotency_keys, "idempotency-cleanup"),
                     "idempotency-cleanup")
         stack.push_async_callback(_final_cleanup, service)
     except BaseException:
@@ -201,12 +192,12 @@ async def build_worker(settings: Settings) -> App:
             await receiver.start(settings.carrier_callback_listen, settings.carrier_callback_cert_file,
                                  settings.carrier_callback_key_file)
             stack.push_async_callback(receiver.stop)
-        _background(stack, pump_receipts(carrier, delivery), "receipts")
+        spawn(stack, pump_receipts(carrier, delivery), "receipts")
         webhooks = None
         if settings.notifier_in_worker:
             webhooks = _webhooks(settings, store, envelope)
-            _background(stack, run_every(0.5, webhooks.deliver_due, "webhooks"), "webhooks")
-        task = _background(stack, worker.run(), "dispatch")
+            spawn(stack, run_every(0.5, webhooks.deliver_due, "webhooks"), "webhooks")
+        task = spawn(stack, worker.run(), "dispatch")
 
         async def drain() -> None:  # runs before the cancel above: let the batch in hand finish
             worker.stop()
@@ -234,7 +225,7 @@ async def build_notifier(settings: Settings) -> App:
             health_listen=settings.health_listen,
         )
         stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
-        _background(stack, run_every(0.5, webhooks.deliver_due, "webhooks"), "webhooks")
+        spawn(stack, run_every(0.5, webhooks.deliver_due, "webhooks"), "webhooks")
     except BaseException:
         await stack.aclose()
         raise

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from svckit.config import KitSettings, setting
+from svckit.tls import TlsFiles
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,3 +121,7 @@ class Settings(KitSettings):
     @property
     def dead_stream(self) -> str:
         return f"{self.redis_prefix}sms:dead"
+
+
+def tls_of(settings: Settings) -> TlsFiles:
+    return TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)

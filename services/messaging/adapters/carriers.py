@@ -3,7 +3,7 @@
 An adapter submits batches of messages and reports delivery receipts. Our message id is the
 idempotency key at the carrier: submitting the same message twice (a worker died after submitting but
 before recording it) must not deliver it twice. Adapters: the built-in simulator and a generic
-HTTP/JSON carrier (`HttpCarrier`) whose receipts arrive signed at `receiver.py`.
+HTTP/JSON carrier (`HttpCarrier`) whose receipts arrive signed at `entrypoints/callback_receiver.py`.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ class HttpCarrier:
     Our message id is the carrier's idempotency key: a resubmission after a timeout returns the first
     answer and does not send again. Anything but a 200 with that shape raises CarrierUnavailable (the batch
     is retried with backoff).
-    Receipts and replies come back signed to our HTTPS callback receiver (`receiver.py`), not by polling.
+    Receipts and replies come back signed to our HTTPS callback receiver
+    (`entrypoints/callback_receiver.py`), not by polling.
     """
 
     name = "http"
