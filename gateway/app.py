@@ -35,8 +35,8 @@ from gateway.unauth import UnauthenticatedRequests
 from sendsafe.identity.v1 import auth_service_pb2_grpc, identity_service_pb2_grpc
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from svckit.audit import AuditClient
-from svckit.cache import make_redis
 from svckit.keyevents import API_KEYS_CHANGED, Subscriber
+from svckit.redisconn import make_redis
 from svckit.rpc import secure_channel
 from svckit.telemetry import setup_tracing
 

@@ -55,9 +55,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
-from svckit.cache import make_redis
 from svckit.errors import FailedPrecondition, Unavailable
 from svckit.keyevents import ACCOUNT_KEYS_CHANGED, KeyNotice, Subscriber
+from svckit.redisconn import make_redis
 from svckit.rpcstatus import error_reason
 from svckit.ttlcache import TtlCache
 

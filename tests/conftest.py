@@ -1,4 +1,4 @@
-"""Fixtures for every suite: svckit.testing gives certs, databases and Redis prefixes; `suite`, `customer` and
+"""Fixtures for every suite: tests.support gives certs, databases and Redis prefixes; `suite`, `customer` and
 `otlp` start the whole suite once per run for tests/e2e and tests/security (HTTPS only, see tests/e2e/conftest.py)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from svckit.app import App
 from svckit.rpc import secure_channel
-from svckit.testing import RUN_ID, CertBundle, NewDatabase
 from svckit.tls import TlsFiles
 from tests.e2e.conftest import Customer, OtlpReceiver
+from tests.support import RUN_ID, CertBundle, NewDatabase
 from tools.suite import Suite, SuiteConfig, drop_suite_data, ensure_databases, ensure_root_key
 
 

@@ -23,9 +23,9 @@ from services.keys.service.key_rings import KeyRingService
 from services.keys.service.ports import utcnow
 from svckit.app import App, serve
 from svckit.audit import AuditClient, denial_recorder
-from svckit.cache import make_redis
 from svckit.db import create_pool, migrate
 from svckit.keyevents import Publisher, Subscriber
+from svckit.redisconn import make_redis
 from svckit.rpc import secure_channel
 from svckit.server import start_server
 from svckit.tasks import every, spawn

@@ -47,9 +47,9 @@ from services.messaging.service.replies import Replies
 from services.messaging.service.webhooks import WebhookService
 from svckit.app import App, serve
 from svckit.audit import denial_recorder
-from svckit.cache import make_redis
 from svckit.config import load
 from svckit.db import create_pool, migrate
+from svckit.redisconn import make_redis
 from svckit.server import start_server
 from svckit.tasks import spawn
 from svckit.webhooks import WebhookClient

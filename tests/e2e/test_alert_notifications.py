@@ -21,11 +21,11 @@ from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from services.messaging.domain.records import BODY_RECORD
 from svckit.envelope import Envelope, KeysStubSource, aad_for
 from svckit.rpc import secure_channel
-from svckit.testing import CertBundle
 from svckit.tls import TlsFiles
 from tests.e2e.api_client import Http
 from tests.e2e.conftest import Customer
 from tests.e2e.identity_support import reason
+from tests.support import CertBundle
 from tools.suite import Suite
 
 NUMBER = "+61412000777"  # a real-format AU mobile (not a free ClickSend test number): charged

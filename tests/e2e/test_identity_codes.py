@@ -12,11 +12,11 @@ import pyotp
 import pytest
 
 from sendsafe.identity.v1 import staff_service_pb2
-from svckit.testing import CertBundle
 from tests.e2e.api_client import Http
 from tests.e2e.conftest import Customer
 from tests.e2e.identity_support import PASSWORD, bearer, login, reason, unique
 from tests.e2e.test_identity_staff import STAFF_PASSWORD, _create_staff
+from tests.support import CertBundle
 from tools.suite import Suite
 
 FULL_WIDTH = {ord("0") + d: 0xFF10 + d for d in range(10)}  # U+FF10..U+FF19, which str.isdigit accepts

@@ -17,7 +17,6 @@ import pyotp
 
 from sendsafe.identity.v1 import staff_service_pb2, staff_service_pb2_grpc
 from svckit.rpc import secure_channel
-from svckit.testing import CertBundle
 from tests.e2e.api_client import Http, sdk_client
 from tests.e2e.conftest import Customer
 from tests.e2e.identity_support import (
@@ -30,6 +29,7 @@ from tests.e2e.identity_support import (
     wait_feed,
     wait_rejected,
 )
+from tests.support import CertBundle
 from tools.suite import Suite
 
 STAFF_PASSWORD = "copper falcon tundra 19 mosaic"

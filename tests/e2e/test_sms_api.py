@@ -20,10 +20,10 @@ from clicksend.exceptions import ApiException, BadRequestException, ForbiddenExc
 from sendsafe.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from svckit.rpc import secure_channel
-from svckit.testing import CertBundle
 from svckit.tls import TlsFiles
 from tests.e2e.api_client import Http, sdk_client
 from tests.e2e.conftest import Customer, OtlpReceiver
+from tests.support import CertBundle
 from tools.suite import Suite
 
 T = TypeVar("T")

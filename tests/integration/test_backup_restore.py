@@ -36,8 +36,8 @@ from sendsafe.messaging.v1 import messaging_service_pb2 as msg_pb
 from sendsafe.messaging.v1 import messaging_service_pb2_grpc, sms_pb2
 from svckit.app import App
 from svckit.db import drop_database, ensure_database
-from svckit.testing import CertBundle, NewDatabase
 from tests.conftest import channel_as
+from tests.support import CertBundle, NewDatabase
 from tools import backup as bk
 from tools.bootstrap import bootstrap
 

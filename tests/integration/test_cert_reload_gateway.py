@@ -21,7 +21,7 @@ from gateway import tls as gateway_tls
 from gateway.app import Gateway, build
 from gateway.config import Settings
 from svckit.app import App
-from svckit.testing import CertBundle
+from tests.support import CertBundle
 from tools.pki import issue_leaf, make_ca, write_pem
 
 

@@ -30,8 +30,9 @@ from sendsafe.context.v1 import principal_pb2
 from svckit import context as callctx
 from svckit.access import Access, access_for
 from svckit.app import App
-from svckit.testing import CertBundle, NewDatabase, error_metadata, error_reason
+from svckit.rpcstatus import error_metadata, error_reason
 from tests.conftest import channel_as
+from tests.support import CertBundle, NewDatabase
 
 STEP_UP_MAX_AGE = 300
 

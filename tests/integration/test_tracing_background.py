@@ -14,8 +14,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from svckit.app import App
 from svckit.telemetry import setup_tracing
-from svckit.testing import CertBundle, NewDatabase
 from tests.conftest import channel_as
+from tests.support import CertBundle, NewDatabase
 
 
 async def test_only_operations_start_traces(new_database: NewDatabase, certs: CertBundle, audit_app: App) -> None:

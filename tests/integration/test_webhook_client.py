@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from svckit import webhooks as w
-from svckit.testing import CertBundle
+from tests.support import CertBundle
 
 
 @dataclass

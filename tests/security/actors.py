@@ -30,11 +30,11 @@ from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from svckit.access import access_for
 from svckit.permissions import ALWAYS, PERMISSION_FLAGS, ROLE_PERMISSIONS
 from svckit.rpc import secure_channel
-from svckit.testing import CertBundle
 from svckit.tls import TlsFiles
 from tests.e2e.api_client import Http
 from tests.e2e.conftest import Customer
 from tests.e2e.identity_support import PASSWORD, bearer, login, unique
+from tests.support import CertBundle
 from tools.suite import Suite
 
 STAFF_PASSWORD = "copper falcon tundra 19 mosaic"

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from svckit.testing import CertBundle
 from tests.e2e.api_client import Http
 from tests.e2e.conftest import Customer
 from tests.security.actors import Actors, matrix_account
+from tests.support import CertBundle
 from tools.suite import Suite
 
 

@@ -23,10 +23,10 @@ from sendsafe.messaging.v1 import notification_service_pb2_grpc
 from services.audit.config import Settings
 from svckit.app import App
 from svckit.audit import new_event
+from svckit.rpcstatus import error_reason as reason_of  # noqa: F401 - re-exported for this package's tests
 from svckit.server import start_server
-from svckit.testing import CertBundle, NewDatabase
-from svckit.testing import error_reason as reason_of  # noqa: F401 - re-exported for this package's tests
 from tests.conftest import channel_as
+from tests.support import CertBundle, NewDatabase
 
 PRINCIPAL_KEY = "x-sendsafe-principal-bin"
 SIGNING_SEED = "11" * 32

@@ -15,10 +15,10 @@ from services.audit.config import Settings
 from svckit.app import App
 from svckit.audit import new_event
 from svckit.rpc import secure_channel
-from svckit.testing import CertBundle, NewDatabase
-from svckit.testing import error_reason as _reason
+from svckit.rpcstatus import error_reason as _reason
 from svckit.tls import TlsFiles
 from tests.conftest import channel_as, foreign_tls
+from tests.support import CertBundle, NewDatabase
 
 
 def _principal(account_id: int, *perms: str) -> tuple[tuple[str, bytes], ...]:

@@ -15,7 +15,6 @@ from sendsafe.identity.v1 import identity_service_pb2_grpc
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from sendsafe.messaging.v1 import messaging_service_pb2_grpc
 from svckit.server import start_server
-from svckit.testing import CertBundle
 from tests.integration.gateway.gw_support import (
     Backends,
     FakeAudit,
@@ -27,6 +26,7 @@ from tests.integration.gateway.gw_support import (
     client_ssl,
     gateway_settings,
 )
+from tests.support import CertBundle
 
 
 @pytest.fixture(scope="session")

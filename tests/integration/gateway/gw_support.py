@@ -29,7 +29,7 @@ from sendsafe.messaging.v1 import messaging_service_pb2, messaging_service_pb2_g
 from svckit import context as callctx
 from svckit.errors import InvalidArgument, NotFound, Unauthenticated
 from svckit.server import RunningServer
-from svckit.testing import CertBundle
+from tests.support import CertBundle
 
 ALICE_KEY = "ssk_test_alice_0123456789abcdef0123456789"
 READER_KEY = "ssk_test_reader_0123456789abcdef012345678"

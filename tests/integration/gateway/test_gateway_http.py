@@ -17,7 +17,6 @@ from gateway.app import build
 from gateway.edge import SECURITY_HEADERS
 from sendsafe.audit.v1 import event_pb2
 from sendsafe.context.v1 import principal_pb2
-from svckit.testing import CertBundle
 from tests.integration.gateway.gw_support import (
     ALICE,
     ALICE_KEY,
@@ -28,6 +27,7 @@ from tests.integration.gateway.gw_support import (
     RunningGateway,
     basic,
 )
+from tests.support import CertBundle
 
 SEND = {"messages": [{"to": "+61411111111", "body": "hello there", "source": "test"}]}
 TRACEPARENT_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from gateway import tls
-from svckit.testing import CertBundle
 from tests.integration.gateway.gw_support import ALICE, Backends, RunningGateway, client_ssl
+from tests.support import CertBundle
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -13,8 +13,8 @@ import clicksend
 import pytest
 from clicksend.exceptions import ApiException
 
-from svckit.testing import CertBundle
 from tests.integration.gateway.gw_support import ALICE_KEY, Backends, RunningGateway
+from tests.support import CertBundle
 
 
 def _config(gw: RunningGateway, certs: CertBundle, key: str = ALICE_KEY) -> clicksend.Configuration:

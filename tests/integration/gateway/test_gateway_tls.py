@@ -18,8 +18,8 @@ import ssl
 import pytest
 
 from gateway import tls
-from svckit.testing import CertBundle
 from tests.integration.gateway.gw_support import RunningGateway
+from tests.support import CertBundle
 
 
 def _client(certs: CertBundle, *, version: ssl.TLSVersion, ciphers: str | None = None) -> ssl.SSLContext:

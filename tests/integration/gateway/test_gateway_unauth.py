@@ -12,8 +12,8 @@ import aiohttp
 
 from gateway.app import build
 from sendsafe.audit.v1 import event_pb2
-from svckit.testing import CertBundle
 from tests.integration.gateway.gw_support import ALICE, Backends, basic, gateway_settings
+from tests.support import CertBundle
 
 BAD = basic("nobody", "ssk_test_garbage_0123456789abcdef0123456")
 

@@ -12,8 +12,8 @@ from sendsafe.messaging.v1 import messaging_service_pb2_grpc
 from services.identity.config import Settings
 from svckit.app import App
 from svckit.server import RunningServer, start_server
-from svckit.testing import CertBundle, NewDatabase
 from tests.integration.identity.fakes import FakeKeys, FakeMessaging, closed_port
+from tests.support import CertBundle, NewDatabase
 
 
 @pytest.fixture(scope="session")

@@ -30,10 +30,10 @@ from sendsafe.identity.v1 import (
 from services.identity.adapters.store.pg import PgIdentityStore
 from services.identity.service.sessions import Sessions
 from svckit.app import App
-from svckit.testing import CertBundle
 from tests.conftest import channel_as
 from tests.integration.identity.conftest import identity_settings
 from tests.integration.identity.fakes import FakeMessaging
+from tests.support import CertBundle
 
 PASSWORD = "quartz meadow ladder 42 ripple"
 STAFF_PASSWORD = "copper falcon tundra 19 mosaic"

@@ -9,8 +9,8 @@ import pytest
 
 from svckit.app import App
 from svckit.server import RunningServer
-from svckit.testing import CertBundle
 from tests.integration.identity.fakes import FakeKeys
+from tests.support import CertBundle
 from tools.bootstrap import ENV_KEYS, bootstrap, curl_line, main, read_env
 
 

@@ -18,10 +18,10 @@ from sendsafe.identity.v1 import identity_service_pb2_grpc
 from sendsafe.options.v1 import options_pb2
 from svckit.app import App
 from svckit.permissions import PERMISSION_FLAGS
-from svckit.testing import CertBundle
-from svckit.testing import error_reason as _reason
+from svckit.rpcstatus import error_reason as _reason
 from tests.conftest import channel_as
 from tests.integration.identity.fakes import BALANCE, FakeMessaging
+from tests.support import CertBundle
 
 
 def _principal(account_id: int, user_id: int, *perms: str) -> tuple[tuple[str, bytes], ...]:

@@ -15,11 +15,11 @@ from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import auth_service_pb2 as auth_pb
 from sendsafe.identity.v1 import auth_service_pb2_grpc, identity_service_pb2, identity_service_pb2_grpc
 from svckit.app import App
-from svckit.testing import CertBundle
 from tests.conftest import channel_as
 from tests.integration.identity.conftest import identity_settings
 from tests.integration.identity.fakes import FakeMessaging
 from tests.integration.identity.test_auth_concurrency import PASSWORD, _reason
+from tests.support import CertBundle
 
 IPV6_LIMIT = 5
 IPV4_LIMIT = 8

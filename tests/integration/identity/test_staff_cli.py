@@ -16,8 +16,8 @@ from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import auth_service_pb2, auth_service_pb2_grpc, staff_service_pb2, staff_service_pb2_grpc
 from svckit.app import App
 from svckit.permissions import ROLE_PERMISSIONS
-from svckit.testing import CertBundle
 from tests.conftest import channel_as
+from tests.support import CertBundle
 from tools import staff
 
 

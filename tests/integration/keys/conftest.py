@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from svckit.app import App
-from svckit.testing import CertBundle, NewDatabase
+from tests.support import CertBundle, NewDatabase
 
 ROOT_KEY = os.urandom(32)
 

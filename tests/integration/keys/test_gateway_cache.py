@@ -15,10 +15,10 @@ from sendsafe.identity.v1 import account_pb2, identity_service_pb2
 from sendsafe.keys.v1 import keys_service_pb2 as pb
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from svckit.app import App
-from svckit.cache import make_redis
 from svckit.keyevents import API_KEYS_CHANGED, Subscriber
-from svckit.testing import CertBundle, stepped_up_now
+from svckit.redisconn import make_redis
 from tests.conftest import channel_as
+from tests.support import CertBundle, stepped_up_now
 
 
 class FrozenClock:

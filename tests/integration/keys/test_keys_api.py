@@ -22,10 +22,10 @@ from sendsafe.keys.v1 import keys_service_pb2_grpc
 from services.keys.domain.api_key_format import looks_like_api_key, parse_api_key
 from svckit.app import App
 from svckit.envelope import DecryptFailed, Envelope, KeysStubSource, aad_for
-from svckit.testing import CertBundle, stepped_up_now
-from svckit.testing import error_reason as _reason
+from svckit.rpcstatus import error_reason as _reason
 from tests.conftest import channel_as
 from tests.integration.keys import conftest as keys_conftest
+from tests.support import CertBundle, stepped_up_now
 
 ROOT_KEY = keys_conftest.ROOT_KEY
 
@@ -155,8 +155,8 @@ async def test_verify_only_from_gateway(keys_app: App, certs: CertBundle) -> Non
 async def test_revoke_user_keys_notifies_subscribers(
     keys_app: App, certs: CertBundle, redis_url: str, redis_prefix: str
 ) -> None:
-    from svckit.cache import make_redis
     from svckit.keyevents import API_KEYS_CHANGED, KeyNotice, Subscriber
+    from svckit.redisconn import make_redis
 
     first, second = await _issue(certs, keys_app, account_id=55), await _issue(certs, keys_app, account_id=55)
     got: list[KeyNotice] = []

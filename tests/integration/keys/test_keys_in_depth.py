@@ -20,14 +20,14 @@ from sendsafe.keys.v1 import keys_service_pb2 as pb
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from services.keys.domain.receipts import verify_receipt
 from svckit.app import App
-from svckit.cache import make_redis
 from svckit.envelope import DecryptFailed, Envelope, KeysStubSource, aad_for
 from svckit.envelope_rewrap import rewrap_all
 from svckit.keyevents import KeyNotice, Subscriber
-from svckit.testing import CertBundle, stepped_up_now
-from svckit.testing import error_reason as _reason
+from svckit.redisconn import make_redis
+from svckit.rpcstatus import error_reason as _reason
 from tests.conftest import channel_as
 from tests.integration.keys.conftest import Clock
+from tests.support import CertBundle, stepped_up_now
 
 PERMS = ("sms.send", "sms.read", "api_keys.read", "api_keys.write", "audit.read")
 Stub = keys_service_pb2_grpc.KeysServiceStub

@@ -16,9 +16,9 @@ from sendsafe.keys.v1 import keys_service_pb2 as pb
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from svckit.app import App
 from svckit.config import ConfigError
-from svckit.testing import CertBundle, stepped_up_now
 from tests.conftest import channel_as
 from tests.integration.keys.conftest import empty
+from tests.support import CertBundle, stepped_up_now
 from tools.keyadmin import _run, parser
 
 

@@ -18,7 +18,7 @@ from services.messaging.config import Settings
 from services.messaging.service.messaging import MessagingService
 from svckit.app import App
 from svckit.envelope import Envelope
-from svckit.testing import CertBundle, NewDatabase
+from tests.support import CertBundle, NewDatabase
 
 PRINCIPAL_KEY = "x-sendsafe-principal-bin"
 

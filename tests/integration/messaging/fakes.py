@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from services.messaging.domain.delivery import webhook_signature
-from svckit.testing import CertBundle
+from tests.support import CertBundle
 
 
 def free_port() -> int:

@@ -20,10 +20,10 @@ from sendsafe.messaging.v1 import messaging_service_pb2_grpc, sms_pb2
 from services.messaging.domain.records import BODY_RECORD, TO_RECORD
 from svckit.app import App
 from svckit.envelope import DecryptFailed, aad_for
-from svckit.testing import CertBundle
-from svckit.testing import error_reason as reason_of
+from svckit.rpcstatus import error_reason as reason_of
 from tests.conftest import channel_as
 from tests.integration.messaging.conftest import Messaging, principal_md
+from tests.support import CertBundle
 
 REAL_NUMBER = "+61412345678"  # a valid Australian mobile number (not a ClickSend test number)
 TEST_NUMBER = "+61411111111"

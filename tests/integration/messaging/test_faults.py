@@ -25,10 +25,11 @@ import pytest
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from services.messaging.config import Settings
 from svckit.app import App
-from svckit.testing import CertBundle, error_metadata, error_reason
+from svckit.rpcstatus import error_metadata, error_reason
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.fakes import free_port
 from tests.integration.messaging.test_api import eventually, sms, stub_for
+from tests.support import CertBundle
 
 PRICE = Decimal("0.077")
 

@@ -13,10 +13,10 @@ import pytest
 
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from svckit.app import App
-from svckit.testing import CertBundle
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.fakes import FakeCarrier, free_port
 from tests.integration.messaging.test_api import REAL_NUMBER, eventually, sms, stub_for
+from tests.support import CertBundle
 
 
 @pytest.fixture

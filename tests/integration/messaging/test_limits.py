@@ -16,10 +16,10 @@ from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from services.messaging.adapters.limits import RedisLimiter
 from services.messaging.config import Settings
 from services.messaging.domain.limits import Bucket, LimitRequest, Velocity
-from svckit.cache import make_redis
-from svckit.testing import CertBundle
+from svckit.redisconn import make_redis
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.test_api import TEST_NUMBER, reason_of, sms, stub_for
+from tests.support import CertBundle
 
 
 @pytest.fixture

@@ -29,10 +29,10 @@ from services.keys.domain.api_key_format import parse_api_key
 from services.messaging.domain.records import BODY_RECORD
 from svckit.app import App
 from svckit.envelope import aad_for
-from svckit.testing import CertBundle, NewDatabase, stepped_up_now
 from tests.conftest import channel_as
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.test_api import REAL_NUMBER, TEST_NUMBER, reason_of, sms, stub_for
+from tests.support import CertBundle, NewDatabase, stepped_up_now
 
 SMS, EMAIL = npb.NOTIFICATION_CHANNEL_SMS, npb.NOTIFICATION_CHANNEL_EMAIL
 PASSWORD = "quartz meadow ladder 42 ripple"

@@ -16,11 +16,11 @@ from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from services.messaging.config import Settings
 from services.messaging.domain.records import BODY_RECORD, TO_RECORD, NewMessage
 from services.messaging.domain.statuses import MessageStatus
-from svckit.cache import make_redis
 from svckit.envelope import aad_for
-from svckit.testing import CertBundle
+from svckit.redisconn import make_redis
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.test_api import REAL_NUMBER, TEST_NUMBER, eventually, sms, stub_for
+from tests.support import CertBundle
 
 REPO = Path(__file__).resolve().parents[3]
 

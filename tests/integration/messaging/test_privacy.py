@@ -15,10 +15,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
-from svckit.testing import CertBundle
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.fakes import WebhookReceiver
 from tests.integration.messaging.test_api import REAL_NUMBER, eventually, reason_of, sms, stub_for
+from tests.support import CertBundle
 
 
 async def _settled(m: Messaging, account_id: int) -> bool:

@@ -10,9 +10,9 @@ import grpc
 import pytest
 
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
-from svckit.testing import CertBundle
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.test_api import REAL_NUMBER, TEST_NUMBER, eventually, reason_of, sms, stub_for
+from tests.support import CertBundle
 
 
 async def _status(m: Messaging, mid: str) -> str:

@@ -12,10 +12,10 @@ import asyncpg
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from sendsafe.messaging.v1 import messaging_service_pb2_grpc
 from services.messaging.config import Settings
-from svckit.testing import CertBundle
 from tests.conftest import channel_as
 from tests.integration.messaging.conftest import principal_md
 from tests.integration.messaging.test_api import sms
+from tests.support import CertBundle
 
 BATCH = 100
 BATCHES = 60

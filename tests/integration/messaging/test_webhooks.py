@@ -17,10 +17,10 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from services.messaging.domain.settings import WEBHOOK_SECRET_RECORD, SettingsUpdate
 from svckit.envelope import aad_for
-from svckit.testing import CertBundle
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.fakes import WebhookReceiver
 from tests.integration.messaging.test_api import REAL_NUMBER, eventually, reason_of, sms, stub_for
+from tests.support import CertBundle
 
 
 @pytest.fixture

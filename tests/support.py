@@ -1,4 +1,4 @@
-"""Pytest fixtures shared by every test suite (registered in tests/conftest.py).
+"""Pytest fixtures shared by every test suite (loaded as a plugin: `-p tests.support` in pyproject.toml).
 
 Tests use the real PostgreSQL and Redis this machine runs, but never their data: each test session
 creates its own databases (`sst_<run>_<name>`) and dropped them at the end, and each test gets its own
@@ -102,30 +102,6 @@ async def redis_prefix(redis_url: str) -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 def session_redis_prefix() -> Iterator[str]:
     yield f"sst:{RUN_ID}:session:"
-
-
-def _error_info(err: object) -> Any:
-    from google.rpc import error_details_pb2, status_pb2
-
-    for key, value in getattr(err, "trailing_metadata", lambda: ())() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                info = error_details_pb2.ErrorInfo()
-                if detail.Unpack(info):
-                    return info
-    return None
-
-
-def error_reason(err: object) -> str:
-    """The ErrorInfo reason carried by a failed gRPC call (`grpc.aio.AioRpcError`), or ""."""
-    info = _error_info(err)
-    return str(info.reason) if info is not None else ""
-
-
-def error_metadata(err: object) -> dict[str, str]:
-    """The ErrorInfo metadata carried by a failed gRPC call, or {}."""
-    info = _error_info(err)
-    return dict(info.metadata) if info is not None else {}
 
 
 def stepped_up_now() -> Any:
