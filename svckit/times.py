@@ -38,3 +38,9 @@ def unix_seconds(seconds: int, name: str, *, minimum: int = 0) -> int:
     if not minimum <= seconds <= MAX_UNIX_SECONDS:
         raise TimeOutOfRange(f"{name} must be unix seconds between {minimum} and {MAX_UNIX_SECONDS}.", parameter=name)
     return seconds
+
+
+def optional_unix_seconds(seconds: int, name: str) -> int | None:
+    """A unix-seconds filter (date_from, date_to, date_before): 0 means not given (None); else as unix_seconds,
+    so the database conversion (to_timestamp) can never overflow."""
+    return unix_seconds(seconds, name) or None

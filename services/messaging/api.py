@@ -22,7 +22,6 @@ from services.messaging.domain.history import (
     parse_history_sort,
 )
 from services.messaging.domain.limits import SendLimits
-from services.messaging.domain.paging import PageWindow, page_window, unix_time
 from services.messaging.domain.pricing import Currency, format_balance, format_price
 from services.messaging.domain.receipts import InboundView, ReceiptRecord
 from services.messaging.domain.records import Caller, OutboundInput, SendItem, SendResult
@@ -33,6 +32,8 @@ from services.messaging.service.messaging import MessagingService
 from services.messaging.service.notifications import Notifications
 from svckit import context as callctx
 from svckit.errors import PermissionDenied
+from svckit.paging import clicksend_paging, page_window
+from svckit.times import optional_unix_seconds
 
 IDEMPOTENCY_METADATA_KEY = "idempotency-key"
 
@@ -130,25 +131,10 @@ def history_proto(item: HistoryItem, caller: Caller | None) -> sms_pb2.HistorySm
     return out
 
 
-def _paging(w: PageWindow, total: int, count: int) -> dict[str, object]:
-    """ClickSend's paging keys (from/to and the page URLs are null when there is nothing to show)."""
-    last = w.last_page(total)
-    first_index, last_index = w.bounds(total, count)
-    out: dict[str, object] = {"total": total, "per_page": w.limit, "current_page": w.page, "last_page": last}
-    if w.page < last:
-        out["next_page_url"] = f"/?page={w.page + 1}"
-    if w.page > 1:
-        out["prev_page_url"] = f"/?page={w.page - 1}"
-    if first_index is not None and last_index is not None:
-        out["first_index"] = first_index
-        out["last_index"] = last_index
-    return out
-
-
 def history_response(page: HistoryPage, caller: Caller) -> pb.ListSmsHistoryResponse:
     return pb.ListSmsHistoryResponse(
         data=[history_proto(i, caller) for i in page.items],
-        **_paging(page.window, page.total, len(page.items)),  # type: ignore[arg-type]
+        **clicksend_paging(page.window, page.total, len(page.items)),  # type: ignore[arg-type]
     )
 
 
@@ -221,8 +207,9 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     ) -> pb.ListSmsHistoryResponse:
         caller = caller_from_context()
         query = HistoryQuery(
-            window=page_window(request.page, request.limit), date_from=unix_time(request.date_from, "date_from"),
-            date_to=unix_time(request.date_to, "date_to"), filter=parse_history_filter(request.q),
+            window=page_window(request.page, request.limit),
+            date_from=optional_unix_seconds(request.date_from, "date_from"),
+            date_to=optional_unix_seconds(request.date_to, "date_to"), filter=parse_history_filter(request.q),
             sort=parse_history_sort(request.order_by),
         )
         return history_response(await self.service.list_history(caller, query), caller)
@@ -233,7 +220,7 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
         page = await self.service.list_receipts(caller_from_context(), page_window(request.page, request.limit))
         return pb.ListSmsReceiptsResponse(
             data=[receipt_proto(r) for r in page.items],
-            **_paging(page.window, page.total, len(page.items)),  # type: ignore[arg-type]
+            **clicksend_paging(page.window, page.total, len(page.items)),  # type: ignore[arg-type]
         )
 
     async def GetSmsReceipt(
@@ -260,7 +247,7 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
         page = await self.service.list_inbound(caller_from_context(), page_window(request.page, request.limit))
         return pb.ListInboundSmsResponse(
             data=[inbound_proto(v) for v in page.items],
-            **_paging(page.window, page.total, len(page.items)),  # type: ignore[arg-type]
+            **clicksend_paging(page.window, page.total, len(page.items)),  # type: ignore[arg-type]
         )
 
     async def GetInboundSms(
@@ -338,7 +325,7 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
         caller = caller_from_context()
         page, visible = await self.service.staff_history(
             caller, request.account_id, page_window(request.page, request.limit),
-            unix_time(request.date_from, "date_from"), unix_time(request.date_to, "date_to"))
+            optional_unix_seconds(request.date_from, "date_from"), optional_unix_seconds(request.date_to, "date_to"))
         return pb.StaffListSmsHistoryResponse(
             total=page.total, content_visible=visible, messages=[history_proto(i, None) for i in page.items])
 

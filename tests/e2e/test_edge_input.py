@@ -59,6 +59,15 @@ def test_v3_history_query_out_of_range_is_400(http: Http, customer: Customer, qu
     assert query.split("=")[0] in envelope["response_msg"]
 
 
+@pytest.mark.parametrize("route", ["/v3/subaccounts", "/v3/sms/receipts", "/v3/sms/inbound"])
+@pytest.mark.parametrize("query", ["limit=101", "limit=14", "page=-1"])
+def test_v3_lists_share_one_paging_rule(http: Http, customer: Customer, route: str, query: str) -> None:
+    """Every ClickSend list pages through svckit.paging: the same limits and the same 400, whichever service."""
+    resp = http.call("GET", f"{route}?{query}", auth=(customer.username, customer.api_key))
+    assert resp.status == 400, (route, query, resp.status, resp.body)
+    assert query.split("=")[0] in resp.json()["response_msg"]
+
+
 @pytest.mark.parametrize("route", ["/v3/sms/receipts-read", "/v3/sms/inbound-read"])
 def test_v3_date_before_out_of_range_is_400(http: Http, customer: Customer, route: str) -> None:
     resp = http.call("PUT", route, auth=(customer.username, customer.api_key),

@@ -67,7 +67,7 @@ def test_every_service_has_the_same_shape(svc: str) -> None:
 def test_domain_is_pure(svc: str) -> None:
     for path in _modules(svc, "domain"):
         bad = {m for m in _imports(path)
-               if _top(m) in TRANSPORT or m.startswith(f"services.{svc}.") and ".domain" not in m}
+               if _top(m) in TRANSPORT or (m.startswith(f"services.{svc}.") and ".domain" not in m)}
         assert not bad, f"{path.relative_to(ROOT)} imports transport, storage or outer layers: {sorted(bad)}"
 
 

@@ -68,10 +68,6 @@ class FlagInvalid(InvalidArgument):
     reason = "FLAG_INVALID"
 
 
-class PagingInvalid(InvalidArgument):
-    reason = "INVALID_PAGING"
-
-
 class SubaccountNotFound(NotFound):
     reason = "NOT_FOUND"
 

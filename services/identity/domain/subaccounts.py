@@ -1,4 +1,4 @@
-"""Sub-account management rules: paging, flag and notes checks, the validated create and change records,
+"""Sub-account management rules: flag and notes checks, the validated create and change records,
 and the delegation rule every create, change, re-key, password reset and delete passes. Pure."""
 
 from __future__ import annotations
@@ -13,23 +13,11 @@ from services.identity.domain.errors import (
     MainUserProtected,
     NameInvalid,
     OwnAccessUnchangeable,
-    PagingInvalid,
     RestrictionNotLiftable,
 )
 from services.identity.domain.flags import FLAG_NAMES, GRANT_FLAGS, RESTRICTION_FLAGS, AccessFlags, derive_permissions
-from svckit import paging
-from svckit.paging import PageWindow
 
 MAX_NOTES = 1000
-
-
-def page_window(page: int, limit: int) -> PageWindow:
-    """ClickSend paging (`svckit.paging`: page defaults to 1, limit to 15; limit must be 15-100), refused with
-    identity's own INVALID_PAGING error, which carries no metadata."""
-    try:
-        return paging.page_window(page, limit)
-    except paging.InvalidPaging as err:
-        raise PagingInvalid(err.message) from None
 
 
 def check_flag(name: str, value: int) -> bool:

@@ -42,12 +42,10 @@ from services.identity.domain.errors import (
 from services.identity.domain.flags import FLAG_NAMES, AccessFlags
 from services.identity.domain.subaccounts import (
     NewSubaccount,
-    PageWindow,
     SubaccountChanges,
     check_flag,
     check_notes,
     delegate,
-    page_window,
 )
 from services.identity.service.ports import Auditor, Balances, IdentityStore, Keys, PasswordHasher
 from svckit.audit import new_event
@@ -56,6 +54,7 @@ from svckit.errors import (
     PermissionDenied,
     Unauthenticated,
 )
+from svckit.paging import PageWindow, page_window
 
 SERVICE = "identity"
 

@@ -1,5 +1,5 @@
 """Messaging domain rules: pure functions and values, no I/O (only the standard library, `phonenumbers` and
-`svckit.errors`/`svckit.times`, themselves transport-free).
+`svckit.errors`/`svckit.times`/`svckit.paging`, themselves transport-free).
 
 - errors: per-message status codes and the shared domain errors
 - encoding: GSM 03.38 / UCS-2 encoding, part counting and splitting
@@ -9,7 +9,6 @@
 - statuses: the message state machine and ClickSend's status vocabulary
 - records: plain values passed between service, store, queue and carriers; message ids
 - history: history search, sort and pages
-- paging: page/limit paging and unix-time parameters
 - privacy: blind indexes of numbers, masking, body retention
 - optouts: STOP/START keywords
 - idempotency: idempotency keys and the stored answer

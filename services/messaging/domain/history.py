@@ -19,11 +19,11 @@ from types import MappingProxyType
 from typing import Final
 
 from services.messaging.domain.errors import InvalidRecipient
-from services.messaging.domain.paging import PageWindow
 from services.messaging.domain.recipients import REGION_SHAPE, parse_recipient
 from services.messaging.domain.records import MESSAGE_ID_SHAPE, StoredMessage
 from services.messaging.domain.statuses import HISTORY_VIEWS, HistoryStatus, MessageStatus
 from svckit.errors import InvalidArgument, PermissionDenied
+from svckit.paging import PageWindow
 
 
 @dataclass(frozen=True, slots=True)

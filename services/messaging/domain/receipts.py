@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.messaging.domain.optouts import OptAction, first_word
-from services.messaging.domain.paging import PageWindow
 from services.messaging.domain.statuses import MessageStatus
 from svckit.errors import PermissionDenied
+from svckit.paging import PageWindow
 
 
 class TestModeOnly(PermissionDenied):

@@ -14,7 +14,6 @@ from services.messaging.domain.history import (
     check_content_search,
     matches_content,
 )
-from services.messaging.domain.paging import PageWindow
 from services.messaging.domain.privacy import MASKED_BODY, mask_number, number_index
 from services.messaging.domain.records import BODY_RECORD, TO_RECORD, Caller, StoredMessage
 from services.messaging.domain.statuses import clicksend_history_view
@@ -23,6 +22,7 @@ from services.messaging.service.ports import SERVICE
 from svckit.audit import new_event
 from svckit.envelope import aad_for
 from svckit.errors import PermissionDenied
+from svckit.paging import PageWindow
 
 
 class HistoryUseCases(UseCases):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from services.messaging.domain.errors import MessageNotFound
-from services.messaging.domain.paging import PageWindow, unix_time
 from services.messaging.domain.receipts import InboundInput, InboundPage, InboundView, TestModeOnly
 from services.messaging.domain.records import TO_RECORD, Caller, check_message_id
 from services.messaging.service.common import POLL, UseCases
 from svckit.envelope import aad_for
+from svckit.paging import PageWindow
+from svckit.times import optional_unix_seconds
 
 TEST_INBOUND_BODY = "This is a test inbound message."
 TEST_INBOUND_FROM = "+61411111111"
@@ -31,7 +32,7 @@ class InboundUseCases(UseCases):
         return await self.replies.view(r, deidentified=caller.deidentified)
 
     async def mark_inbound_read(self, caller: Caller, date_before: int) -> int:
-        return await self._store.mark_inbound_read(caller.account_id, unix_time(date_before, "date_before"))
+        return await self._store.mark_inbound_read(caller.account_id, optional_unix_seconds(date_before, "date_before"))
 
     async def mark_inbound_read_by_id(self, caller: Caller, message_id: str) -> int:
         return await self._store.mark_inbound_read_by_id(caller.account_id, check_message_id(message_id))

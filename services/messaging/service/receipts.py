@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from services.messaging.domain.errors import MessageNotFound
-from services.messaging.domain.paging import PageWindow, unix_time
 from services.messaging.domain.receipts import ReceiptPage, ReceiptRecord, TestModeOnly
 from services.messaging.domain.records import Caller, check_message_id
 from services.messaging.service.common import POLL, UseCases
 from services.messaging.service.ids import new_message_id
+from svckit.paging import PageWindow
+from svckit.times import optional_unix_seconds
 
 
 class ReceiptUseCases(UseCases):
@@ -25,7 +26,8 @@ class ReceiptUseCases(UseCases):
         return r
 
     async def mark_receipts_read(self, caller: Caller, date_before: int) -> int:
-        return await self._store.mark_receipts_read(caller.account_id, unix_time(date_before, "date_before"))
+        before = optional_unix_seconds(date_before, "date_before")
+        return await self._store.mark_receipts_read(caller.account_id, before)
 
     async def create_test_receipt(self, caller: Caller, url: str) -> ReceiptRecord:
         """Test mode only: a delivered receipt for a made-up message, kept for polling or pushed to `url`."""

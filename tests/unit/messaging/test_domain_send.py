@@ -8,10 +8,10 @@ import pytest
 
 from services.messaging.domain.delivery import ClaimedMessage, SubmitResult, plan_results, retry_delay
 from services.messaging.domain.outbound import MissingRequiredFields, TooManyRecipients, check_batch_size
-from services.messaging.domain.paging import InvalidPaging, page_window
 from services.messaging.domain.pricing import allocate_credit, currency_for, parse_price_table
 from services.messaging.domain.recipients import parse_recipient
 from services.messaging.domain.statuses import MessageStatus, sources_of
+from svckit.paging import InvalidPaging, page_window
 
 S = MessageStatus
 

@@ -16,7 +16,6 @@ from services.messaging.domain.delivery import ClaimedMessage, Receipt, Submissi
 from services.messaging.domain.errors import InvalidAccountId
 from services.messaging.domain.history import HistoryQuery
 from services.messaging.domain.outbound import MissingRequiredFields, TooManyRecipients
-from services.messaging.domain.paging import page_window
 from services.messaging.domain.pricing import CURRENCIES, PriceTable
 from services.messaging.domain.records import BODY_RECORD, TO_RECORD, Caller, NewMessage, OutboundInput, StoredMessage
 from services.messaging.domain.statuses import MessageStatus
@@ -24,6 +23,7 @@ from services.messaging.service.delivery import DeliveryService
 from services.messaging.service.ids import new_message_ids
 from services.messaging.service.messaging import MessagingService
 from svckit.envelope import DecryptFailed, Envelope, aad_for
+from svckit.paging import page_window
 
 NOW = 1_800_000_000
 REAL = "+61412345678"

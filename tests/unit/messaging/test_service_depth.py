@@ -21,10 +21,10 @@ from services.messaging.domain.limits import (
     SendLimitExceeded,
     SendLimits,
 )
-from services.messaging.domain.paging import page_window
 from services.messaging.domain.privacy import number_index
 from services.messaging.domain.records import Caller
 from svckit.envelope import Envelope
+from svckit.paging import page_window
 from tests.unit.messaging.test_service import (
     ALICE,
     NOW,
