@@ -14,29 +14,35 @@ _LOG = logging.getLogger(__name__)
 
 
 async def drain(
-    name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Event, idle: float, settle: float = 0.0,
+    name: str, step: Callable[[], Awaitable[int]], wake: asyncio.Event | None, idle: float, settle: float = 0.0,
     full: int = 0,
 ) -> None:
-    """Run `step` while it finds work; otherwise wait for `wake` (set after appends) or `idle` seconds, then
-    `settle` seconds more so that a stream of small appends is taken in a few larger steps. With `full`
-    set, a step that found work but less than `full` items also waits `settle` before the next: under a
-    steady stream of appends the step runs a few times a second on what gathered, not once per append
-    (each alert evaluation is some ten queries, whatever the number of events); a full batch is followed
-    at once, so a backlog drains at full speed."""
+    """Run `step` while it finds work; otherwise wait for `wake` (set after appends; None: nothing wakes it)
+    or `idle` seconds, then `settle` seconds more so that a stream of small appends is taken in a few larger
+    steps. With `full` set, a step that found work but less than `full` items also waits `settle` before
+    the next: under a steady stream of appends the step runs a few times a second on what gathered, not
+    once per append (each alert evaluation is some ten queries, whatever the number of events); a full
+    batch is followed at once, so a backlog drains at full speed. A failing step is retried after a delay
+    that doubles (up to 5 s, or `idle` if longer) until it succeeds again."""
+    wake = wake or asyncio.Event()
+    failures = 0
     while True:
         wake.clear()
         try:
             n = await step()
+            failures = 0
         except asyncio.CancelledError:
             raise
         except Exception:
+            failures += 1
             _LOG.exception("%s failed; retrying", name)
             n = 0
         if n:
             await asyncio.sleep(settle if n < full else 0)
             continue
+        wait = min(idle * 2 ** min(failures, 16), max(idle, 5.0)) if failures else idle
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), idle)
+            await asyncio.wait_for(wake.wait(), wait)
         if settle:
             await asyncio.sleep(settle)
 

@@ -36,7 +36,7 @@ from services.messaging.config import Settings, tls_of
 from services.messaging.domain.limits import RateConfig
 from services.messaging.domain.pricing import currency_for, parse_price_table
 from services.messaging.entrypoints.callback_receiver import CallbackReceiver
-from services.messaging.entrypoints.dispatch_worker import StreamWorker, default_consumer_name, pump_receipts, run_every
+from services.messaging.entrypoints.dispatch_worker import StreamWorker, default_consumer_name, pump_receipts
 from services.messaging.service.common import MessagingOptions
 from services.messaging.service.delivery import DeliveryService
 from services.messaging.service.index_keys import IndexKeys
@@ -51,7 +51,7 @@ from svckit.config import load
 from svckit.db import create_pool, migrate
 from svckit.redisconn import make_redis
 from svckit.server import start_server
-from svckit.tasks import spawn
+from svckit.tasks import drain, spawn
 from svckit.webhooks import WebhookClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -115,11 +115,11 @@ async def build(settings: Settings) -> App:
             step_up_max_age_seconds=settings.step_up_max_age_seconds,
         )
         stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
-        spawn(stack, run_every(settings.relay_interval_seconds, service.relay_outbox, "relay"), "outbox-relay")
-        spawn(stack, run_every(0.2, service.forget_published, "outbox-cleanup"), "outbox-cleanup")
-        spawn(stack, run_every(settings.retention_interval_seconds, service.redact_expired, "retention"),
+        spawn(stack, drain("relay", service.relay_outbox, None, settings.relay_interval_seconds), "outbox-relay")
+        spawn(stack, drain("outbox-cleanup", service.forget_published, None, 0.2), "outbox-cleanup")
+        spawn(stack, drain("retention", service.redact_expired, None, settings.retention_interval_seconds),
                     "retention")
-        spawn(stack, run_every(3600.0, service.forget_idempotency_keys, "idempotency-cleanup"),
+        spawn(stack, drain("idempotency-cleanup", service.forget_idempotency_keys, None, 3600.0),
                     "idempotency-cleanup")
         stack.push_async_callback(_final_cleanup, service)
     except BaseException:
@@ -196,15 +196,15 @@ async def build_worker(settings: Settings) -> App:
         webhooks = None
         if settings.notifier_in_worker:
             webhooks = _webhooks(settings, store, envelope)
-            spawn(stack, run_every(0.5, webhooks.deliver_due, "webhooks"), "webhooks")
+            spawn(stack, drain("webhooks", webhooks.deliver_due, None, 0.5), "webhooks")
         task = spawn(stack, worker.run(), "dispatch")
 
-        async def drain() -> None:  # runs before the cancel above: let the batch in hand finish
+        async def finish_batch() -> None:  # runs before the cancel above: let the batch in hand finish
             worker.stop()
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(task), settings.shutdown_grace_seconds)
 
-        stack.push_async_callback(drain)
+        stack.push_async_callback(finish_batch)
     except BaseException:
         await stack.aclose()
         raise
@@ -225,7 +225,7 @@ async def build_notifier(settings: Settings) -> App:
             health_listen=settings.health_listen,
         )
         stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
-        spawn(stack, run_every(0.5, webhooks.deliver_due, "webhooks"), "webhooks")
+        spawn(stack, drain("webhooks", webhooks.deliver_due, None, 0.5), "webhooks")
     except BaseException:
         await stack.aclose()
         raise

@@ -14,11 +14,11 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 from services.messaging.adapters.stream import DispatchStream, Entry
 from services.messaging.service.delivery import DeliveryService
 from services.messaging.service.ports import Carrier
+from svckit.tasks import drain
 
 _LOG = logging.getLogger(__name__)
 _PRUNE_EVERY_S = 300.0
@@ -119,21 +119,4 @@ def _looks_like_id(value: str) -> bool:
 async def pump_receipts(carrier: Carrier, delivery: DeliveryService, *, limit: int = 500,
                         idle_s: float = 0.1) -> None:
     """Forever: hand the carrier's due receipts to the delivery service."""
-    await run_every(idle_s, lambda: carrier.pump_receipts(delivery.apply_receipts, limit), "receipts")
-
-
-async def run_every(interval_s: float, step: Callable[[], Awaitable[object]], name: str) -> None:
-    """Call `step` forever; right away again while it reports work (truthy), else after `interval_s`."""
-    delay = interval_s
-    while True:
-        try:
-            busy = await step()
-            delay = interval_s
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            _LOG.warning("%s loop error (%s)", name, type(exc).__name__)
-            busy = False
-            delay = min(max(delay * 2, interval_s), 5.0)
-        if not busy:
-            await asyncio.sleep(delay)
+    await drain("receipts", lambda: carrier.pump_receipts(delivery.apply_receipts, limit), None, idle_s)
