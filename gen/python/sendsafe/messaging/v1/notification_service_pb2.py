@@ -28,7 +28,7 @@ from sendsafe.context.v1 import principal_pb2 as sendsafe_dot_context_dot_v1_dot
 from sendsafe.options.v1 import options_pb2 as sendsafe_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0sendsafe/messaging/v1/notification_service.proto\x12\x15sendsafe.messaging.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#sendsafe/context/v1/principal.proto\x1a!sendsafe/options/v1/options.proto\"\x84\x01\n\x11NotificationOwner\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x61pi_username\x18\x02 \x01(\t\x12\x12\n\napi_key_id\x18\x03 \x01(\t\x12\x34\n\x0bsend_limits\x18\x04 \x01(\x0b\x32\x1f.sendsafe.context.v1.SendLimits\"\xe7\x01\n\x17SendNotificationRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12;\n\x07\x63hannel\x18\x02 \x01(\x0e\x32*.sendsafe.messaging.v1.NotificationChannel\x12\n\n\x02to\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x17\n\x0fnotification_id\x18\x06 \x01(\t\x12\x37\n\x05owner\x18\x07 \x01(\x0b\x32(.sendsafe.messaging.v1.NotificationOwner\".\n\x18SendNotificationResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"v\n\x17\x43heckDestinationRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12;\n\x07\x63hannel\x18\x02 \x01(\x0e\x32*.sendsafe.messaging.v1.NotificationChannel\x12\n\n\x02to\x18\x03 \x01(\t\",\n\x18\x43heckDestinationResponse\x12\x10\n\x08verified\x18\x01 \x01(\x08\"\xee\x01\n\x17NotificationDestination\x12\x16\n\x0e\x64\x65stination_id\x18\x01 \x01(\t\x12;\n\x07\x63hannel\x18\x02 \x01(\x0e\x32*.sendsafe.messaging.v1.NotificationChannel\x12\n\n\x02to\x18\x03 \x01(\t\x12\x10\n\x08verified\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bverify_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n#StartDestinationVerificationRequest\x12;\n\x07\x63hannel\x18\x01 \x01(\x0e\x32*.sendsafe.messaging.v1.NotificationChannel\x12\n\n\x02to\x18\x02 \x01(\t\"\x9c\x01\n$StartDestinationVerificationResponse\x12\x43\n\x0b\x64\x65stination\x18\x01 \x01(\x0b\x32..sendsafe.messaging.v1.NotificationDestination\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x18VerifyDestinationRequest\x12\x16\n\x0e\x64\x65stination_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"`\n\x19VerifyDestinationResponse\x12\x43\n\x0b\x64\x65stination\x18\x01 \x01(\x0b\x32..sendsafe.messaging.v1.NotificationDestination\"\x19\n\x17ListDestinationsRequest\"`\n\x18ListDestinationsResponse\x12\x44\n\x0c\x64\x65stinations\x18\x01 \x03(\x0b\x32..sendsafe.messaging.v1.NotificationDestination*y\n\x13NotificationChannel\x12$\n NOTIFICATION_CHANNEL_UNSPECIFIED\x10\x00\x12\x1c\n\x18NOTIFICATION_CHANNEL_SMS\x10\x01\x12\x1e\n\x1aNOTIFICATION_CHANNEL_EMAIL\x10\x02\x32\xa2\x07\n\x13NotificationService\x12\x80\x01\n\x10SendNotification\x12..sendsafe.messaging.v1.SendNotificationRequest\x1a/.sendsafe.messaging.v1.SendNotificationResponse\"\x0b\xaa\xbb\x18\x07\n\x05\x61udit\x12\x80\x01\n\x10\x43heckDestination\x12..sendsafe.messaging.v1.CheckDestinationRequest\x1a/.sendsafe.messaging.v1.CheckDestinationResponse\"\x0b\xaa\xbb\x18\x07\n\x05\x61udit\x12\xe6\x01\n\x1cStartDestinationVerification\x12:.sendsafe.messaging.v1.StartDestinationVerificationRequest\x1a;.sendsafe.messaging.v1.StartDestinationVerificationResponse\"M\xaa\xbb\x18\x17\n\x07gateway\x12\x08sms.send\x18\x01(\x01\x82\xd3\xe4\x93\x02,\"\'/v1/messaging/notification-destinations:\x01*\x12\xdd\x01\n\x11VerifyDestination\x12/.sendsafe.messaging.v1.VerifyDestinationRequest\x1a\x30.sendsafe.messaging.v1.VerifyDestinationResponse\"e\xaa\xbb\x18\x17\n\x07gateway\x12\x08sms.send\x18\x01(\x01\x82\xd3\xe4\x93\x02\x44\"?/v1/messaging/notification-destinations/{destination_id}/verify:\x01*\x12\xbb\x01\n\x10ListDestinations\x12..sendsafe.messaging.v1.ListDestinationsRequest\x1a/.sendsafe.messaging.v1.ListDestinationsResponse\"F\xaa\xbb\x18\x13\n\x07gateway\x12\x08sms.send\x82\xd3\xe4\x93\x02)\x12\'/v1/messaging/notification-destinationsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0sendsafe/messaging/v1/notification_service.proto\x12\x15sendsafe.messaging.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#sendsafe/context/v1/principal.proto\x1a!sendsafe/options/v1/options.proto\"\x84\x01\n\x11NotificationOwner\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x61pi_username\x18\x02 \x01(\t\x12\x12\n\napi_key_id\x18\x03 \x01(\t\x12\x34\n\x0bsend_limits\x18\x04 \x01(\x0b\x32\x1f.sendsafe.context.v1.SendLimits\"\xff\x01\n\x17SendNotificationRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12;\n\x07\x63hannel\x18\x02 \x01(\x0e\x32*.sendsafe.messaging.v1.NotificationChannel\x12\n\n\x02to\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x0c\n\x04\x62ody\x18\x05 \x01(\t\x12\x17\n\x0fnotification_id\x18\x06 \x01(\t\x12\x37\n\x05owner\x18\x07 \x01(\x0b\x32(.sendsafe.messaging.v1.NotificationOwner\x12\x16\n\x0e\x61\x63\x63ount_owners\x18\x08 \x01(\x08\".\n\x18SendNotificationResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"v\n\x17\x43heckDestinationRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12;\n\x07\x63hannel\x18\x02 \x01(\x0e\x32*.sendsafe.messaging.v1.NotificationChannel\x12\n\n\x02to\x18\x03 \x01(\t\",\n\x18\x43heckDestinationResponse\x12\x10\n\x08verified\x18\x01 \x01(\x08\"\xee\x01\n\x17NotificationDestination\x12\x16\n\x0e\x64\x65stination_id\x18\x01 \x01(\t\x12;\n\x07\x63hannel\x18\x02 \x01(\x0e\x32*.sendsafe.messaging.v1.NotificationChannel\x12\n\n\x02to\x18\x03 \x01(\t\x12\x10\n\x08verified\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bverify_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"n\n#StartDestinationVerificationRequest\x12;\n\x07\x63hannel\x18\x01 \x01(\x0e\x32*.sendsafe.messaging.v1.NotificationChannel\x12\n\n\x02to\x18\x02 \x01(\t\"\x9c\x01\n$StartDestinationVerificationResponse\x12\x43\n\x0b\x64\x65stination\x18\x01 \x01(\x0b\x32..sendsafe.messaging.v1.NotificationDestination\x12/\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"@\n\x18VerifyDestinationRequest\x12\x16\n\x0e\x64\x65stination_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"`\n\x19VerifyDestinationResponse\x12\x43\n\x0b\x64\x65stination\x18\x01 \x01(\x0b\x32..sendsafe.messaging.v1.NotificationDestination\"\x19\n\x17ListDestinationsRequest\"`\n\x18ListDestinationsResponse\x12\x44\n\x0c\x64\x65stinations\x18\x01 \x03(\x0b\x32..sendsafe.messaging.v1.NotificationDestination*y\n\x13NotificationChannel\x12$\n NOTIFICATION_CHANNEL_UNSPECIFIED\x10\x00\x12\x1c\n\x18NOTIFICATION_CHANNEL_SMS\x10\x01\x12\x1e\n\x1aNOTIFICATION_CHANNEL_EMAIL\x10\x02\x32\xa2\x07\n\x13NotificationService\x12\x80\x01\n\x10SendNotification\x12..sendsafe.messaging.v1.SendNotificationRequest\x1a/.sendsafe.messaging.v1.SendNotificationResponse\"\x0b\xaa\xbb\x18\x07\n\x05\x61udit\x12\x80\x01\n\x10\x43heckDestination\x12..sendsafe.messaging.v1.CheckDestinationRequest\x1a/.sendsafe.messaging.v1.CheckDestinationResponse\"\x0b\xaa\xbb\x18\x07\n\x05\x61udit\x12\xe6\x01\n\x1cStartDestinationVerification\x12:.sendsafe.messaging.v1.StartDestinationVerificationRequest\x1a;.sendsafe.messaging.v1.StartDestinationVerificationResponse\"M\xaa\xbb\x18\x17\n\x07gateway\x12\x08sms.send\x18\x01(\x01\x82\xd3\xe4\x93\x02,\"\'/v1/messaging/notification-destinations:\x01*\x12\xdd\x01\n\x11VerifyDestination\x12/.sendsafe.messaging.v1.VerifyDestinationRequest\x1a\x30.sendsafe.messaging.v1.VerifyDestinationResponse\"e\xaa\xbb\x18\x17\n\x07gateway\x12\x08sms.send\x18\x01(\x01\x82\xd3\xe4\x93\x02\x44\"?/v1/messaging/notification-destinations/{destination_id}/verify:\x01*\x12\xbb\x01\n\x10ListDestinations\x12..sendsafe.messaging.v1.ListDestinationsRequest\x1a/.sendsafe.messaging.v1.ListDestinationsResponse\"F\xaa\xbb\x18\x13\n\x07gateway\x12\x08sms.send\x82\xd3\xe4\x93\x02)\x12\'/v1/messaging/notification-destinationsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,32 +45,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['VerifyDestination']._serialized_options = b'\252\273\030\027\n\007gateway\022\010sms.send\030\001(\001\202\323\344\223\002D\"?/v1/messaging/notification-destinations/{destination_id}/verify:\001*'
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListDestinations']._loaded_options = None
   _globals['_NOTIFICATIONSERVICE'].methods_by_name['ListDestinations']._serialized_options = b'\252\273\030\023\n\007gateway\022\010sms.send\202\323\344\223\002)\022\'/v1/messaging/notification-destinations'
-  _globals['_NOTIFICATIONCHANNEL']._serialized_start=1594
-  _globals['_NOTIFICATIONCHANNEL']._serialized_end=1715
+  _globals['_NOTIFICATIONCHANNEL']._serialized_start=1618
+  _globals['_NOTIFICATIONCHANNEL']._serialized_end=1739
   _globals['_NOTIFICATIONOWNER']._serialized_start=211
   _globals['_NOTIFICATIONOWNER']._serialized_end=343
   _globals['_SENDNOTIFICATIONREQUEST']._serialized_start=346
-  _globals['_SENDNOTIFICATIONREQUEST']._serialized_end=577
-  _globals['_SENDNOTIFICATIONRESPONSE']._serialized_start=579
-  _globals['_SENDNOTIFICATIONRESPONSE']._serialized_end=625
-  _globals['_CHECKDESTINATIONREQUEST']._serialized_start=627
-  _globals['_CHECKDESTINATIONREQUEST']._serialized_end=745
-  _globals['_CHECKDESTINATIONRESPONSE']._serialized_start=747
-  _globals['_CHECKDESTINATIONRESPONSE']._serialized_end=791
-  _globals['_NOTIFICATIONDESTINATION']._serialized_start=794
-  _globals['_NOTIFICATIONDESTINATION']._serialized_end=1032
-  _globals['_STARTDESTINATIONVERIFICATIONREQUEST']._serialized_start=1034
-  _globals['_STARTDESTINATIONVERIFICATIONREQUEST']._serialized_end=1144
-  _globals['_STARTDESTINATIONVERIFICATIONRESPONSE']._serialized_start=1147
-  _globals['_STARTDESTINATIONVERIFICATIONRESPONSE']._serialized_end=1303
-  _globals['_VERIFYDESTINATIONREQUEST']._serialized_start=1305
-  _globals['_VERIFYDESTINATIONREQUEST']._serialized_end=1369
-  _globals['_VERIFYDESTINATIONRESPONSE']._serialized_start=1371
-  _globals['_VERIFYDESTINATIONRESPONSE']._serialized_end=1467
-  _globals['_LISTDESTINATIONSREQUEST']._serialized_start=1469
-  _globals['_LISTDESTINATIONSREQUEST']._serialized_end=1494
-  _globals['_LISTDESTINATIONSRESPONSE']._serialized_start=1496
-  _globals['_LISTDESTINATIONSRESPONSE']._serialized_end=1592
-  _globals['_NOTIFICATIONSERVICE']._serialized_start=1718
-  _globals['_NOTIFICATIONSERVICE']._serialized_end=2648
+  _globals['_SENDNOTIFICATIONREQUEST']._serialized_end=601
+  _globals['_SENDNOTIFICATIONRESPONSE']._serialized_start=603
+  _globals['_SENDNOTIFICATIONRESPONSE']._serialized_end=649
+  _globals['_CHECKDESTINATIONREQUEST']._serialized_start=651
+  _globals['_CHECKDESTINATIONREQUEST']._serialized_end=769
+  _globals['_CHECKDESTINATIONRESPONSE']._serialized_start=771
+  _globals['_CHECKDESTINATIONRESPONSE']._serialized_end=815
+  _globals['_NOTIFICATIONDESTINATION']._serialized_start=818
+  _globals['_NOTIFICATIONDESTINATION']._serialized_end=1056
+  _globals['_STARTDESTINATIONVERIFICATIONREQUEST']._serialized_start=1058
+  _globals['_STARTDESTINATIONVERIFICATIONREQUEST']._serialized_end=1168
+  _globals['_STARTDESTINATIONVERIFICATIONRESPONSE']._serialized_start=1171
+  _globals['_STARTDESTINATIONVERIFICATIONRESPONSE']._serialized_end=1327
+  _globals['_VERIFYDESTINATIONREQUEST']._serialized_start=1329
+  _globals['_VERIFYDESTINATIONREQUEST']._serialized_end=1393
+  _globals['_VERIFYDESTINATIONRESPONSE']._serialized_start=1395
+  _globals['_VERIFYDESTINATIONRESPONSE']._serialized_end=1491
+  _globals['_LISTDESTINATIONSREQUEST']._serialized_start=1493
+  _globals['_LISTDESTINATIONSREQUEST']._serialized_end=1518
+  _globals['_LISTDESTINATIONSRESPONSE']._serialized_start=1520
+  _globals['_LISTDESTINATIONSRESPONSE']._serialized_end=1616
+  _globals['_NOTIFICATIONSERVICE']._serialized_start=1742
+  _globals['_NOTIFICATIONSERVICE']._serialized_end=2672
 # @@protoc_insertion_point(module_scope)

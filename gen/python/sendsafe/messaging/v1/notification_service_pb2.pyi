@@ -88,6 +88,7 @@ class SendNotificationRequest(_message.Message):
     BODY_FIELD_NUMBER: _builtins.int
     NOTIFICATION_ID_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    ACCOUNT_OWNERS_FIELD_NUMBER: _builtins.int
     account_id: _builtins.int
     channel: Global___NotificationChannel.ValueType
     to: _builtins.str
@@ -96,6 +97,11 @@ class SendNotificationRequest(_message.Message):
     body: _builtins.str
     notification_id: _builtins.str
     """The caller's id for this notification (for logs and receipts)."""
+    account_owners: _builtins.bool
+    """EMAIL only: send to the account's owners (the addresses identity holds
+    for the account's main user) instead of `to`; `owner` is then not used.
+    For security notifications, whose text comes from fixed templates.
+    """
     @_builtins.property
     def owner(self) -> Global___NotificationOwner: ...
     def __init__(
@@ -108,10 +114,11 @@ class SendNotificationRequest(_message.Message):
         body: _builtins.str = ...,
         notification_id: _builtins.str = ...,
         owner: Global___NotificationOwner | None = ...,
+        account_owners: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "body", b"body", "channel", b"channel", "notification_id", b"notification_id", "owner", b"owner", "subject", b"subject", "to", b"to"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_owners", b"account_owners", "body", b"body", "channel", b"channel", "notification_id", b"notification_id", "owner", b"owner", "subject", b"subject", "to", b"to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -73,8 +73,10 @@ class NotificationServiceServicer:
         rule's owner (the user and API key that last set the rule): validated
         against that key's send limits and allowed countries, priced, debited and
         recorded like the owner's own sends, from the shared sender, only to a
-        verified destination (else DESTINATION_NOT_VERIFIED). EMAIL is refused
-        with CHANNEL_NOT_AVAILABLE until messaging sends email.
+        verified destination (else DESTINATION_NOT_VERIFIED). EMAIL goes over
+        SMTP to a verified address, or with `account_owners` to the account's
+        owners (security notifications); a server that cannot take it now is
+        UNAVAILABLE (the caller retries).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

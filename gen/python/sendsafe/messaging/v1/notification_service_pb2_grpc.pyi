@@ -42,8 +42,10 @@ class NotificationServiceStub:
     rule's owner (the user and API key that last set the rule): validated
     against that key's send limits and allowed countries, priced, debited and
     recorded like the owner's own sends, from the shared sender, only to a
-    verified destination (else DESTINATION_NOT_VERIFIED). EMAIL is refused
-    with CHANNEL_NOT_AVAILABLE until messaging sends email.
+    verified destination (else DESTINATION_NOT_VERIFIED). EMAIL goes over
+    SMTP to a verified address, or with `account_owners` to the account's
+    owners (security notifications); a server that cannot take it now is
+    UNAVAILABLE (the caller retries).
     """
     CheckDestination: _grpc.UnaryUnaryMultiCallable[_notification_service_pb2.CheckDestinationRequest, _notification_service_pb2.CheckDestinationResponse]
     """Internal: whether the account verified this destination (the audit
@@ -72,8 +74,10 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     rule's owner (the user and API key that last set the rule): validated
     against that key's send limits and allowed countries, priced, debited and
     recorded like the owner's own sends, from the shared sender, only to a
-    verified destination (else DESTINATION_NOT_VERIFIED). EMAIL is refused
-    with CHANNEL_NOT_AVAILABLE until messaging sends email.
+    verified destination (else DESTINATION_NOT_VERIFIED). EMAIL goes over
+    SMTP to a verified address, or with `account_owners` to the account's
+    owners (security notifications); a server that cannot take it now is
+    UNAVAILABLE (the caller retries).
     """
     CheckDestination: _aio.UnaryUnaryMultiCallable[_notification_service_pb2.CheckDestinationRequest, _notification_service_pb2.CheckDestinationResponse]  # type: ignore[assignment]
     """Internal: whether the account verified this destination (the audit
@@ -105,8 +109,10 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         rule's owner (the user and API key that last set the rule): validated
         against that key's send limits and allowed countries, priced, debited and
         recorded like the owner's own sends, from the shared sender, only to a
-        verified destination (else DESTINATION_NOT_VERIFIED). EMAIL is refused
-        with CHANNEL_NOT_AVAILABLE until messaging sends email.
+        verified destination (else DESTINATION_NOT_VERIFIED). EMAIL goes over
+        SMTP to a verified address, or with `account_owners` to the account's
+        owners (security notifications); a server that cannot take it now is
+        UNAVAILABLE (the caller retries).
         """
 
     @_abc_1.abstractmethod
