@@ -87,6 +87,11 @@ class CarrierUnavailable(Exception):
     """The carrier did not give a definitive answer (timeout, connection error, 5xx, 429): outcome unknown."""
 
 
+class CarrierDown(CarrierUnavailable):
+    """The carrier is known to have taken none of the batch (not connected, not bound, refused before
+    sending): a fallback carrier may take the batch without risking a duplicate."""
+
+
 class HttpCarrier:
     """A generic HTTP/JSON SMS provider.
 
