@@ -145,6 +145,13 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         account, user = await self.service.get_user(request.user_id, request.api_username)
         return identity_service_pb2.GetUserResponse(user=user_to_proto(account, user))
 
+    async def GetAccountOwners(
+        self, request: identity_service_pb2.GetAccountOwnersRequest, context: grpc.aio.ServicerContext
+    ) -> identity_service_pb2.GetAccountOwnersResponse:
+        owners = await self.service.account_owners(request.account_id)
+        return identity_service_pb2.GetAccountOwnersResponse(
+            owners=[identity_service_pb2.AccountOwner(user_id=u.id, email=u.email) for u in owners])
+
     async def CreateAccount(
         self, request: identity_service_pb2.CreateAccountRequest, context: grpc.aio.ServicerContext
     ) -> identity_service_pb2.CreateAccountResponse:

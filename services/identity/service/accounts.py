@@ -149,6 +149,12 @@ class Accounts:
             raise UserNotFound("no such user")
         return found
 
+    async def account_owners(self, account_id: int) -> list[User]:
+        """Who security notifications about the account go to: its main user (messaging emails them)."""
+        if account_id <= 0:
+            raise UserLookupInvalid("give an account_id")
+        return await self._store.account_owners(account_id)
+
     async def create_account(self, req: CreateAccountInput) -> tuple[Account, User]:
         """Create an account and its main user, all or nothing, with the audit event recorded
         before the transaction commits: when the audit log cannot take it, nothing is created."""

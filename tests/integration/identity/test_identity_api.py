@@ -214,6 +214,34 @@ async def test_get_user(identity_app: App, audit_app: App, certs: CertBundle) ->
     assert any(e.actor.id == "keys" and e.resource.id.endswith("/GetUser") for e in denied)
 
 
+async def test_get_account_owners_is_the_main_users_email_for_messaging_only(
+    identity_app: App, certs: CertBundle
+) -> None:
+    """Security notifications go to the account's main user (issue 14): messaging asks identity for its address;
+    a sub-account is no owner, an unknown account has none, and no other service may ask."""
+    name = _unique()
+    created = await _create(identity_app, certs, name)
+    admin = _principal(created.account_id, created.user.user_id, *created.user.permissions)
+    async with channel_as(certs, "gateway", identity_app.port, "identity") as gw:
+        await identity_service_pb2_grpc.IdentityServiceStub(gw).CreateSubaccount(pb.CreateSubaccountRequest(
+            api_username=_unique("sub"), password="quartz meadow ladder 42 ripple", email="sub@example.com",
+            first_name="Sub", last_name="User"), metadata=admin)
+    async with channel_as(certs, "messaging", identity_app.port, "identity") as ch:
+        stub = identity_service_pb2_grpc.IdentityServiceStub(ch)
+        got = await stub.GetAccountOwners(pb.GetAccountOwnersRequest(account_id=created.account_id))
+        assert [(o.user_id, o.email) for o in got.owners] == [(created.user.user_id, f"{name}@example.com")]
+        assert not (await stub.GetAccountOwners(pb.GetAccountOwnersRequest(account_id=10**12))).owners
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GetAccountOwners(pb.GetAccountOwnersRequest(account_id=0))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for other in ("gateway", "audit", "keys"):
+        async with channel_as(certs, other, identity_app.port, "identity") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await identity_service_pb2_grpc.IdentityServiceStub(ch).GetAccountOwners(
+                    pb.GetAccountOwnersRequest(account_id=created.account_id))
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
 async def test_cut_off_from_messaging_get_account_is_unavailable(
     identity_app: App, cut_off_identity: App, certs: CertBundle
 ) -> None:

@@ -44,6 +44,9 @@ class FakeStore:
                 return self.accounts[u.account_id], u
         return None
 
+    async def account_owners(self, account_id: int) -> list[User]:
+        return [u for u in self.users.values() if u.account_id == account_id and u.is_main]
+
     async def create_account(
         self, new: NewAccount, before_commit: Callable[[Account, User], Awaitable[None]],
         password_hash: str | None = None,
@@ -201,6 +204,17 @@ async def test_get_user_by_id_and_name() -> None:
         assert info.value.reason == "USER_NOT_FOUND"
     with pytest.raises(UserLookupInvalid):
         await svc.get_user(0, "")
+
+
+async def test_account_owners_are_its_main_users() -> None:
+    store = FakeStore()
+    svc = _service(store)
+    account, main = await svc.create_account(_input())
+    store.add_user(account)
+    assert await svc.account_owners(account.id) == [main]
+    assert await svc.account_owners(account.id + 100) == []
+    with pytest.raises(UserLookupInvalid):
+        await svc.account_owners(0)
 
 
 async def test_get_account_for_principal() -> None:

@@ -41,6 +41,13 @@ class UserQueries(Queries):
         )
         return (to_account(row), to_user(row)) if row else None
 
+    async def account_owners(self, account_id: int) -> list[User]:
+        """The account's live main user(s), enabled or not (never the platform account's)."""
+        rows = await self._pool.fetch(
+            f"{SELECT} WHERE u.account_id = $1 AND u.is_main AND {LIVE} AND NOT a.platform ORDER BY u.id", account_id
+        )
+        return [to_user(r) for r in rows]
+
     async def create_account(
         self, new: NewAccount, before_commit: BeforeCommit, password_hash: str | None = None
     ) -> tuple[Account, User]:

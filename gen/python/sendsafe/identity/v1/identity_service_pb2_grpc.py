@@ -45,6 +45,11 @@ class IdentityServiceStub:
                 request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetUserRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetUserResponse.FromString,
                 _registered_method=True)
+        self.GetAccountOwners = channel.unary_unary(
+                '/sendsafe.identity.v1.IdentityService/GetAccountOwners',
+                request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetAccountOwnersRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetAccountOwnersResponse.FromString,
+                _registered_method=True)
         self.CreateAccount = channel.unary_unary(
                 '/sendsafe.identity.v1.IdentityService/CreateAccount',
                 request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateAccountRequest.SerializeToString,
@@ -99,6 +104,16 @@ class IdentityServiceServicer:
         operator tooling to find an existing user by name (the demo bootstrap),
         and for messaging to re-check an alert rule's owner (still active,
         still holding sms.send) before each alert SMS sent as that owner.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAccountOwners(self, request, context):
+        """Internal: where security notifications about an account go: its main
+        user's email address (messaging, to email the account's owners). A
+        disabled main user is still listed: it is the account's contact of
+        record. An unknown account, or one with no main user, has none.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -169,6 +184,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.GetUser,
                     request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetUserRequest.FromString,
                     response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetUserResponse.SerializeToString,
+            ),
+            'GetAccountOwners': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccountOwners,
+                    request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetAccountOwnersRequest.FromString,
+                    response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetAccountOwnersResponse.SerializeToString,
             ),
             'CreateAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAccount,
@@ -261,6 +281,33 @@ class IdentityService:
             '/sendsafe.identity.v1.IdentityService/GetUser',
             sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetUserRequest.SerializeToString,
             sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccountOwners(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.identity.v1.IdentityService/GetAccountOwners',
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetAccountOwnersRequest.SerializeToString,
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetAccountOwnersResponse.FromString,
             options,
             channel_credentials,
             insecure,

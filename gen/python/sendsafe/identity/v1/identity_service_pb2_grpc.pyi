@@ -42,6 +42,12 @@ class IdentityServiceStub:
     and for messaging to re-check an alert rule's owner (still active,
     still holding sms.send) before each alert SMS sent as that owner.
     """
+    GetAccountOwners: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.GetAccountOwnersRequest, _identity_service_pb2.GetAccountOwnersResponse]
+    """Internal: where security notifications about an account go: its main
+    user's email address (messaging, to email the account's owners). A
+    disabled main user is still listed: it is the account's contact of
+    record. An unknown account, or one with no main user, has none.
+    """
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.CreateAccountRequest, _identity_service_pb2.CreateAccountResponse]
     """Internal: create an account with its main user (operator tooling)."""
     CreateSubaccount: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.CreateSubaccountRequest, _identity_service_pb2.CreateSubaccountResponse]
@@ -78,6 +84,12 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     operator tooling to find an existing user by name (the demo bootstrap),
     and for messaging to re-check an alert rule's owner (still active,
     still holding sms.send) before each alert SMS sent as that owner.
+    """
+    GetAccountOwners: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.GetAccountOwnersRequest, _identity_service_pb2.GetAccountOwnersResponse]  # type: ignore[assignment]
+    """Internal: where security notifications about an account go: its main
+    user's email address (messaging, to email the account's owners). A
+    disabled main user is still listed: it is the account's contact of
+    record. An unknown account, or one with no main user, has none.
     """
     CreateAccount: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.CreateAccountRequest, _identity_service_pb2.CreateAccountResponse]  # type: ignore[assignment]
     """Internal: create an account with its main user (operator tooling)."""
@@ -124,6 +136,18 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         operator tooling to find an existing user by name (the demo bootstrap),
         and for messaging to re-check an alert rule's owner (still active,
         still holding sms.send) before each alert SMS sent as that owner.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAccountOwners(
+        self,
+        request: _identity_service_pb2.GetAccountOwnersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.GetAccountOwnersResponse, _abc.Awaitable[_identity_service_pb2.GetAccountOwnersResponse]]:
+        """Internal: where security notifications about an account go: its main
+        user's email address (messaging, to email the account's owners). A
+        disabled main user is still listed: it is the account's contact of
+        record. An unknown account, or one with no main user, has none.
         """
 
     @_abc_1.abstractmethod
