@@ -92,6 +92,23 @@ class Settings(KitSettings):
     carrier_callback_cert_file: str = setting("MESSAGING_CARRIER_CALLBACK_CERT_FILE", default="")
     carrier_callback_key_file: str = setting("MESSAGING_CARRIER_CALLBACK_KEY_FILE", default="")
 
+    # Email (SMTP): alert and security notifications, destination verification codes. Unset host: no email.
+    smtp_host: str = setting("MESSAGING_SMTP_HOST", default="",
+                             doc="mail server (relay) host; unset: email answers CHANNEL_NOT_AVAILABLE")
+    smtp_port: int = setting("MESSAGING_SMTP_PORT", default=587, doc="587 for starttls, 465 for implicit")
+    smtp_tls: str = setting("MESSAGING_SMTP_TLS", default="starttls",
+                            doc="starttls | implicit | none (none: only to a relay on loopback)")
+    smtp_ca_file: str = setting("MESSAGING_SMTP_CA_FILE", default="",
+                                doc="CA bundle for the mail server's certificate (default: the system's)")
+    smtp_username: str = setting("MESSAGING_SMTP_USERNAME", default="", doc="AUTH user (unset: no AUTH)")
+    smtp_password: str = setting("MESSAGING_SMTP_PASSWORD", default="", secret=True)
+    smtp_from: str = setting("MESSAGING_SMTP_FROM", default="", doc="sender address, e.g. alerts@example.com")
+    smtp_timeout_seconds: float = setting("MESSAGING_SMTP_TIMEOUT_SECONDS", default=4.0,
+                                          doc="per SMTP step; below audit's 5 s deadline for a notification")
+    dkim_selector: str = setting("MESSAGING_DKIM_SELECTOR", default="", doc="DKIM selector (unset: no DKIM)")
+    dkim_domain: str = setting("MESSAGING_DKIM_DOMAIN", default="", doc="DKIM signing domain (d=)")
+    dkim_key_file: str = setting("MESSAGING_DKIM_KEY_FILE", default="", doc="PEM RSA private key for DKIM")
+
     # Carrier simulator.
     sim_latency_ms: int = setting("MESSAGING_SIM_LATENCY_MS", default=0)
     sim_failure_rate: float = setting("MESSAGING_SIM_FAILURE_RATE", default=0.0)
