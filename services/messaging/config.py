@@ -79,6 +79,13 @@ class Settings(KitSettings):
 
     # Carrier: the built-in simulator, or a generic HTTP/JSON carrier with signed receipt callbacks.
     carrier: str = setting("MESSAGING_CARRIER", default="simulator", doc="simulator | http")
+    carrier_routes: str = setting(
+        "MESSAGING_CARRIER_ROUTES", default="",
+        doc="carrier per destination, e.g. 'AU,NZ=smpp;1=http;*=simulator' (ISO countries or E.164 digit"
+            " prefixes, most specific wins, '*' required); empty: everything through MESSAGING_CARRIER")
+    carrier_fallback: str = setting(
+        "MESSAGING_CARRIER_FALLBACK", default="",
+        doc="carrier that takes a routed carrier's batch when that carrier is down (took none of it)")
     carrier_url: str = setting("MESSAGING_CARRIER_URL", default="", doc="HTTP carrier API base URL (https)")
     carrier_api_key: str = setting("MESSAGING_CARRIER_API_KEY", default="", secret=True)
     carrier_callback_secret: str = setting("MESSAGING_CARRIER_CALLBACK_SECRET", default="", secret=True,
