@@ -8,7 +8,13 @@ from typing import Any
 import grpc
 from google.protobuf import timestamp_pb2
 
-from sendsafe.audit.v1 import alert_pb2, audit_service_pb2, audit_service_pb2_grpc, evidence_pb2
+from sendsafe.audit.v1 import (
+    alert_pb2,
+    audit_service_pb2,
+    audit_service_pb2_grpc,
+    evidence_pb2,
+    security_notification_pb2,
+)
 from services.audit.domain.alerts import Alert, mask_target
 from services.audit.domain.checkpoints import StoredCheckpoint
 from services.audit.domain.errors import AccountRequired
@@ -17,11 +23,13 @@ from services.audit.domain.forwarding import ForwardingSpec, ForwardingState
 from services.audit.domain.integrity import Verification
 from services.audit.domain.paging import next_token
 from services.audit.domain.rules import Rule, RuleOwner, RuleSpec
+from services.audit.domain.security_notices import StoredNotice
 from services.audit.domain.siem import ExportCursor
 from services.audit.service.alerts import AlertService
 from services.audit.service.formats import to_incoming, to_proto
 from services.audit.service.forwarding import ForwardingService
 from services.audit.service.log import LogService
+from services.audit.service.security_notices import SecurityNotices
 from svckit import context as callctx
 from svckit.times import to_datetime
 
@@ -126,6 +134,14 @@ def forwarding_proto(state: ForwardingState | None) -> alert_pb2.Forwarding:
     )
 
 
+def notice_proto(n: StoredNotice) -> security_notification_pb2.SecurityNotification:
+    return security_notification_pb2.SecurityNotification(
+        notification_id=n.notice_id, kind=n.kind, event_id=n.event_id, event_time=_ts(n.event_time),
+        subject=n.subject, body=n.body, status=n.status,  # type: ignore[arg-type]
+        attempts=n.attempts, last_error=n.last_error, create_time=_ts(n.create_time), update_time=_ts(n.update_time),
+    )
+
+
 def verification_proto(v: Verification) -> audit_service_pb2.VerifyLogResponse:
     out = audit_service_pb2.VerifyLogResponse(ok=v.ok, tree_size=v.tree_size, checkpoints_checked=v.checkpoints_checked)
     if v.finding is not None:
@@ -138,10 +154,12 @@ def verification_proto(v: Verification) -> audit_service_pb2.VerifyLogResponse:
 
 
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
-    def __init__(self, log: LogService, alerts: AlertService, forwarding: ForwardingService) -> None:
+    def __init__(self, log: LogService, alerts: AlertService, forwarding: ForwardingService,
+                 notices: SecurityNotices) -> None:
         self.log = log
         self.alerts = alerts
         self.forwarding = forwarding
+        self.notices = notices
 
     # -- the log -------------------------------------------------------------------------------------------
 
@@ -273,3 +291,10 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         state = await self.forwarding.set(
             _account(), ForwardingSpec(f.enabled, int(f.kind), f.url, int(f.format), f.backfill))
         return audit_service_pb2.SetForwardingResponse(forwarding=forwarding_proto(state))
+
+    async def ListSecurityNotifications(
+        self, request: audit_service_pb2.ListSecurityNotificationsRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.ListSecurityNotificationsResponse:
+        notices, token = await self.notices.list(_account(), request.page_size, request.page_token)
+        return audit_service_pb2.ListSecurityNotificationsResponse(
+            notifications=[notice_proto(n) for n in notices], next_page_token=token)

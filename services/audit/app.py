@@ -20,6 +20,7 @@ from services.audit.adapters.messaging_client import MessagingNotifier
 from services.audit.adapters.store.alerts import PgAlertStore
 from services.audit.adapters.store.events import PgEventStore
 from services.audit.adapters.store.roles import role_setter
+from services.audit.adapters.store.security_notices import PgNoticeStore
 from services.audit.adapters.webhooks import HttpsWebhooks
 from services.audit.api import AuditServicer
 from services.audit.config import Settings
@@ -28,6 +29,7 @@ from services.audit.service.alerts import AlertService
 from services.audit.service.formats import to_incoming
 from services.audit.service.forwarding import ForwardingService
 from services.audit.service.log import LogService
+from services.audit.service.security_notices import SecurityNotices
 from svckit import tasks
 from svckit.app import App, serve
 from svckit.audit import denial_recorder
@@ -110,13 +112,17 @@ async def build(settings: Settings) -> App:
                                  timeout=settings.webhook_timeout_seconds)
         alert_store = PgAlertStore(pool)
         root = webhook_root(settings)
+        notifier = open_notifier(settings, stack)
+        notice_store = PgNoticeStore(pool)
+        notices = SecurityNotices(notice_store, notifier, retry_base=settings.retry_base_seconds)
         alerts = AlertService(alert_store, events, record, secret_root=root, webhooks=webhooks,
-                              notifier=open_notifier(settings, stack), retry_base=settings.retry_base_seconds,
-                              messages_per_hour=settings.alert_messages_per_hour)
+                              notifier=notifier, retry_base=settings.retry_base_seconds,
+                              messages_per_hour=settings.alert_messages_per_hour, notices=notices)
         forwarding = ForwardingService(alert_store, events, record, secret_root=root, webhooks=webhooks,
                                        retry_base=settings.retry_base_seconds)
 
         engine_wake, delivery_wake, forward_wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        notice_wake = asyncio.Event()
 
         def appended() -> None:
             engine_wake.set()
@@ -125,10 +131,12 @@ async def build(settings: Settings) -> App:
         log.on_append(appended)
 
         async def evaluate() -> int:
-            fired = alerts.fired
+            fired, noticed = alerts.fired, notices.recorded
             n = await alerts.evaluate()
             if alerts.fired != fired:
                 delivery_wake.set()
+            if notices.recorded != noticed:
+                notice_wake.set()
             return n
 
         idle = settings.poll_seconds
@@ -137,6 +145,8 @@ async def build(settings: Settings) -> App:
                                                  full=alerts.batch), "alert-engine")
         tasks.spawn(stack, tasks.drain("alert delivery", alerts.deliver_due, delivery_wake, idle),
                          "alert-delivery")
+        tasks.spawn(stack, tasks.drain("security notices", notices.deliver_due, notice_wake, idle),
+                    "security-notices")
         tasks.spawn(stack, tasks.drain("forwarding", forwarding.forward_due, forward_wake, idle,
                                                  settle=0.1), "forwarding")
         tasks.spawn(stack, tasks.every("checkpoint", settings.checkpoint_interval_seconds,
@@ -151,14 +161,15 @@ async def build(settings: Settings) -> App:
         metrics_port = None
         if settings.metrics_listen:
             runner, metrics_port = await prometheus.start(
-                settings.metrics_listen, lambda: collect(log, alerts, forwarding, events, alert_store))
+                settings.metrics_listen, lambda: collect(log, alerts, forwarding, events, alert_store,
+                                                                  (notices, notice_store)))
             stack.push_async_callback(runner.cleanup)
 
         server = await start_server(
             listen=settings.grpc_listen,
             tls=TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file),
             register=lambda s: audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-                AuditServicer(log, alerts, forwarding), s),
+                AuditServicer(log, alerts, forwarding, notices), s),
             service_names=[audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name],
             on_denied=denial_recorder(record_one, settings.service_name),
             health_listen=settings.health_listen,
@@ -168,12 +179,14 @@ async def build(settings: Settings) -> App:
         await stack.aclose()
         raise
     return App(server, stack, grace=settings.shutdown_grace_seconds, extras={
-        "service": log, "alerts": alerts, "forwarding": forwarding, "pool": pool, "metrics_port": metrics_port,
+        "service": log, "alerts": alerts, "forwarding": forwarding, "notices": notices, "pool": pool,
+        "metrics_port": metrics_port,
     })
 
 
 async def collect(log: LogService, alerts: AlertService, forwarding: ForwardingService, events: PgEventStore,
-                  alert_store: PgAlertStore) -> list[prometheus.Sample]:
+                  alert_store: PgAlertStore, notices: tuple[SecurityNotices, PgNoticeStore] | None = None,
+                  ) -> list[prometheus.Sample]:
     size, _, _ = await events.tree_head()
     cp = await events.latest_checkpoint()
     backlog = size - await alert_store.alert_cursor()
@@ -207,6 +220,13 @@ async def collect(log: LogService, alerts: AlertService, forwarding: ForwardingS
           await alert_store.forwarding_backlog()),
         S("sendsafe_audit_forwarding_failures_total", "counter", "Failed forwarding attempts.", forwarding.failures),
     ]
+    if notices is not None:
+        out += [
+            S("sendsafe_audit_security_notices_pending", "gauge", "Security notifications not yet sent or given up.",
+              await notices[1].pending_notices()),
+            S("sendsafe_audit_security_notice_failures_total", "counter", "Failed security notification attempts.",
+              notices[0].failures),
+        ]
     if st.integrity_ok is not None:
         out.append(S("sendsafe_audit_integrity_ok", "gauge",
                      "1 when the last full verification found the log intact, else 0.", int(st.integrity_ok)))

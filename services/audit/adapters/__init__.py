@@ -1,8 +1,10 @@
 """Everything the audit service says to the outside world (use cases see these only through service/ports.py).
 
 store/             all SQL (PostgreSQL through asyncpg): events.py (the log), alerts.py (alerts and forwarding),
-                   roles.py (the restricted writer role every connection switches to)
-messaging_client   messaging's NotificationService: alert SMS/email sent as the rule's owner, verified destinations
+                   roles.py (the restricted writer role every connection switches to),
+                   security_notices.py (sign-in history, security notices and their deliveries)
+messaging_client   messaging's NotificationService: alert SMS/email sent as the rule's owner, verified destinations,
+                   security notices emailed to the account's owners
 webhooks           customers' HTTPS endpoints (alert webhooks, SIEM forwarding) through svckit.webhooks
 prometheus         the plaintext Prometheus /metrics endpoint (AUDIT_METRICS_LISTEN)
 """

@@ -1,5 +1,5 @@
 """The audit service's one gRPC dependency: messaging (NotificationService), to send alert SMS as the rule's
-owner and to check that a rule's destination was verified."""
+owner, to check that a rule's destination was verified, and to email security notices to an account's owners."""
 
 from __future__ import annotations
 
@@ -43,6 +43,16 @@ class MessagingNotifier:
                     allowed_countries=owner.owner_countries),
             ),
         )
+        try:
+            await self._stub.SendNotification(request, timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            raise DeliveryError(error_reason(err) or err.code().name, retryable=err.code() not in _FINAL) from None
+
+    async def email_owners(self, account_id: int, subject: str, body: str, notification_id: str) -> None:
+        """A security notice by email to the account's owners (messaging resolves their addresses)."""
+        request = notification_service_pb2.SendNotificationRequest(
+            account_id=account_id, channel=notification_service_pb2.NOTIFICATION_CHANNEL_EMAIL, subject=subject,
+            body=body, notification_id=notification_id, account_owners=True)
         try:
             await self._stub.SendNotification(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:

@@ -14,4 +14,5 @@ evaluation   the alert engine's matching, windows and cooldowns
 alerts       fired alerts, their deliveries, the alert text and the hourly message cap
 delivery     what outbound deliveries share: the retry schedule and the webhook signing secret
 forwarding   SIEM forwarding destinations
+security_notices  security notifications: which events notify, the email templates, the new-address rule
 """

@@ -37,6 +37,7 @@ from services.audit.domain.rules import (
 )
 from services.audit.service import formats
 from services.audit.service.ports import AlertStore, DeliveryError, EventStore, Notifier, Record, WebhookPoster
+from services.audit.service.security_notices import SecurityNotices
 from svckit.audit import new_event
 from svckit.webhooks import signed_headers
 
@@ -56,6 +57,7 @@ class AlertService:
         batch: int = 1000,
         retry_base: float = 5.0,
         messages_per_hour: int = 20,
+        notices: SecurityNotices | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
@@ -65,6 +67,7 @@ class AlertService:
         self._webhooks = webhooks
         self._notifier = notifier
         self._messages_per_hour = messages_per_hour
+        self._notices = notices
         self._batch = batch
         self._retry_base = retry_base
         self._clock = clock
@@ -161,8 +164,8 @@ class AlertService:
 
     async def evaluate(self) -> int:
         """Run the next batch of the log through the rules; returns how many events it took (0: nothing
-        new, or another process holds the engine). Events, hits, alerts, deliveries and the cursor move in
-        one transaction, so every event is evaluated exactly once."""
+        new, or another process holds the engine). Events, hits, alerts, deliveries, security notices and the
+        cursor move in one transaction, so every event is evaluated exactly once."""
         async with self._store.tx() as tx:
             cursor = await tx.claim_cursor()
             if cursor is None:
@@ -189,6 +192,8 @@ class AlertService:
                     await tx.prune_hits([r.rule_id for r in thresholds],
                                         [r.spec.window_seconds for r in thresholds], latest)
                 self.fired += len(result.fires)
+                if self._notices is not None:
+                    await self._notices.record(tx, rows, facts)
             await tx.advance_cursor(rows[-1][0])
             return len(rows)
 

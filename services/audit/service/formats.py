@@ -23,6 +23,7 @@ from services.audit.domain.alerts import Alert
 from services.audit.domain.checkpoints import StoredCheckpoint
 from services.audit.domain.evaluation import EventFacts
 from services.audit.domain.events import IncomingEvent
+from services.audit.domain.security_notices import NoticeEvent
 from services.audit.domain.siem import cef_ext, cef_header, cef_severity
 from svckit.times import to_datetime
 
@@ -80,6 +81,17 @@ def facts(sequence: int, leaf: bytes) -> EventFacts:
         client_address=ev.source.client_address,
         details=dict(ev.details),
         cause=ev.cause,
+    )
+
+
+def notice_event(sequence: int, leaf: bytes) -> NoticeEvent:
+    """What a security notice may read of a stored event."""
+    ev = event_pb2.Event.FromString(leaf)
+    return NoticeEvent(
+        sequence=sequence, event_id=ev.event_id, account_id=ev.subject_account_id or ev.actor.account_id,
+        event_time=ev.event_time.ToDatetime(tzinfo=UTC), action=ev.action, outcome=int(ev.outcome),
+        actor_type=ev.actor.type, actor_id=ev.actor.id, resource_type=ev.resource.type, resource_id=ev.resource.id,
+        client_address=ev.source.client_address, user_agent=ev.source.user_agent, details=dict(ev.details),
     )
 
 

@@ -17,6 +17,7 @@ from services.audit.domain.events import IncomingEvent, SealedEvent
 from services.audit.domain.filters import EventFilter
 from services.audit.domain.forwarding import ForwardingSpec, ForwardingState
 from services.audit.domain.rules import Rule, RuleSpec
+from services.audit.domain.security_notices import Notice, StoredNotice
 
 
 class EventStore(Protocol):
@@ -38,7 +39,15 @@ class EventStore(Protocol):
     async def checkpoints(self) -> list[StoredCheckpoint]: ...
 
 
-class AlertTx(Protocol):
+class NoticeTx(Protocol):
+    """The security-notice queries of the alert engine's transaction."""
+
+    async def sign_in_history(self, account_id: int, actor_id: str, before_sequence: int, since: datetime,
+                              network: str) -> tuple[bool, bool]: ...
+    async def insert_notices(self, notices: Sequence[Notice]) -> int: ...
+
+
+class AlertTx(NoticeTx, Protocol):
     async def claim_cursor(self) -> int | None: ...
     async def events_after(self, sequence: int, limit: int) -> list[tuple[int, bytes]]: ...
     async def advance_cursor(self, sequence: int) -> None: ...
@@ -77,6 +86,13 @@ class AlertStore(Protocol):
     async def forwarding_failed(self, account_id: int, error: str, retry_in: float) -> None: ...
 
 
+class NoticeStore(Protocol):
+    async def notices(self, account_id: int, before_id: int, limit: int) -> list[StoredNotice]: ...
+    async def claim_notices(self, limit: int, lease_seconds: float) -> list[StoredNotice]: ...
+    async def finish_notice(self, notice_id: int, status: int, attempts: int, error: str,
+                            retry_in: float) -> None: ...
+
+
 class DeliveryError(Exception):
     """A notification that did not go out. `reason` is UPPER_SNAKE and safe to show the customer."""
 
@@ -101,6 +117,13 @@ class Notifier(Protocol):
     async def notify(self, account_id: int, channel: str, to: str, subject: str, body: str,
                      notification_id: str, owner: RuleSpec) -> None: ...
     async def verified(self, account_id: int, channel: str, to: str) -> bool: ...
+
+
+class OwnerMailer(Protocol):
+    """Email to the account's owners through messaging (security notices: fixed templates, no verified
+    destination needed). Raises DeliveryError (CHANNEL_NOT_AVAILABLE when messaging has no email)."""
+
+    async def email_owners(self, account_id: int, subject: str, body: str, notification_id: str) -> None: ...
 
 
 Record = Callable[[Sequence[event_pb2.Event]], Awaitable[None]]

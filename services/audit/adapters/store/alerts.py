@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from services.audit.adapters.store.security_notices import NoticeTxQueries
 from services.audit.domain.alerts import Alert, Delivery, DeliveryJob
 from services.audit.domain.evaluation import Fire, Hit
 from services.audit.domain.forwarding import ForwardingSpec, ForwardingState
@@ -37,8 +38,8 @@ def _rule(r: asyncpg.Record) -> Rule:
 _RULE_COLUMNS = "id, account_id, spec, is_default, last_fire_time, create_time, update_time"
 
 
-class PgAlertTx:
-    """One evaluation step of the alert engine, in one transaction."""
+class PgAlertTx(NoticeTxQueries):
+    """One evaluation step of the alert engine, in one transaction (security notices included)."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn

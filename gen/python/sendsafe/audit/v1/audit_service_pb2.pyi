@@ -13,6 +13,7 @@ from google.protobuf.internal import containers as _containers
 from sendsafe.audit.v1 import alert_pb2 as _alert_pb2
 from sendsafe.audit.v1 import event_pb2 as _event_pb2
 from sendsafe.audit.v1 import evidence_pb2 as _evidence_pb2
+from sendsafe.audit.v1 import security_notification_pb2 as _security_notification_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -927,3 +928,52 @@ class SetForwardingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetForwardingResponse: _TypeAlias = SetForwardingResponse  # noqa: Y015
+
+@_typing.final
+class ListSecurityNotificationsRequest(_message.Message):
+    """A page of the account's security notifications."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSecurityNotificationsRequest: _TypeAlias = ListSecurityNotificationsRequest  # noqa: Y015
+
+@_typing.final
+class ListSecurityNotificationsResponse(_message.Message):
+    """One page of security notifications, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTIFICATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def notifications(self) -> _containers.RepeatedCompositeFieldContainer[_security_notification_pb2.SecurityNotification]: ...
+    def __init__(
+        self,
+        *,
+        notifications: _abc.Iterable[_security_notification_pb2.SecurityNotification] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "notifications", b"notifications"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSecurityNotificationsResponse: _TypeAlias = ListSecurityNotificationsResponse  # noqa: Y015

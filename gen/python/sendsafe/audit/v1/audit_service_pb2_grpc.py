@@ -120,6 +120,11 @@ class AuditServiceStub:
                 request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SetForwardingRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SetForwardingResponse.FromString,
                 _registered_method=True)
+        self.ListSecurityNotifications = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/ListSecurityNotifications',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListSecurityNotificationsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListSecurityNotificationsResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -252,6 +257,14 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSecurityNotifications(self, request, context):
+        """The security notifications emailed to the account's owners, newest
+        first, with their delivery state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuditServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -339,6 +352,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.SetForwarding,
                     request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SetForwardingRequest.FromString,
                     response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SetForwardingResponse.SerializeToString,
+            ),
+            'ListSecurityNotifications': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecurityNotifications,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListSecurityNotificationsRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListSecurityNotificationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -801,6 +819,33 @@ class AuditService:
             '/sendsafe.audit.v1.AuditService/SetForwarding',
             sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SetForwardingRequest.SerializeToString,
             sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.SetForwardingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecurityNotifications(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/ListSecurityNotifications',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListSecurityNotificationsRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListSecurityNotificationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -82,6 +82,10 @@ class AuditServiceStub:
     """Forwarding of the account's events to its SIEM."""
     SetForwarding: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.SetForwardingRequest, _audit_service_pb2.SetForwardingResponse]
     """Configure (or disable) forwarding."""
+    ListSecurityNotifications: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.ListSecurityNotificationsRequest, _audit_service_pb2.ListSecurityNotificationsResponse]
+    """The security notifications emailed to the account's owners, newest
+    first, with their delivery state.
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
@@ -135,6 +139,10 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """Forwarding of the account's events to its SIEM."""
     SetForwarding: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.SetForwardingRequest, _audit_service_pb2.SetForwardingResponse]  # type: ignore[assignment]
     """Configure (or disable) forwarding."""
+    ListSecurityNotifications: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.ListSecurityNotificationsRequest, _audit_service_pb2.ListSecurityNotificationsResponse]  # type: ignore[assignment]
+    """The security notifications emailed to the account's owners, newest
+    first, with their delivery state.
+    """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
     """Recording, reading, proving and watching security events."""
@@ -287,5 +295,15 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_service_pb2.SetForwardingResponse, _abc.Awaitable[_audit_service_pb2.SetForwardingResponse]]:
         """Configure (or disable) forwarding."""
+
+    @_abc_1.abstractmethod
+    def ListSecurityNotifications(
+        self,
+        request: _audit_service_pb2.ListSecurityNotificationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_service_pb2.ListSecurityNotificationsResponse, _abc.Awaitable[_audit_service_pb2.ListSecurityNotificationsResponse]]:
+        """The security notifications emailed to the account's owners, newest
+        first, with their delivery state.
+        """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
