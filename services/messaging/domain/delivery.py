@@ -49,6 +49,7 @@ class SubmitResult:
     accepted: bool
     carrier_ref: str = ""
     error_code: int | None = None  # ClickSend gateway error code when not accepted
+    carrier: str = ""  # the carrier that answered, when a router chose it ("" = the adapter's own name)
 
     @property
     def temporary(self) -> bool:

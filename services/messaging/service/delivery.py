@@ -82,6 +82,7 @@ class DeliveryService:
             [(r.message_id, r.carrier_ref) for r in sent],
             [(mid, retry_delay(attempt, self._retry_base, self._retry_cap)) for mid, attempt in retry],
             failed,
+            sent_by=[r.carrier for r in sent],  # a router names the carrier that took each message
         )
         if became_failed:
             codes = dict(failed)

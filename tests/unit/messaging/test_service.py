@@ -353,7 +353,7 @@ class FakeDeliveryStore:
     async def claim(self, message_ids: Sequence[str], lease_s: float = 30.0) -> list[ClaimedMessage]:
         return [c for c in self.claimed if c.id in message_ids]
 
-    async def record_results(self, carrier, sent, retry, failed):  # type: ignore[no-untyped-def]
+    async def record_results(self, carrier, sent, retry, failed, *, sent_by=None):  # type: ignore[no-untyped-def]
         self.results = (list(sent), list(retry), list(failed))
         return [f[0] for f in failed]
 

@@ -72,24 +72,29 @@ class DeliverySql(PoolSql):
         sent: Sequence[tuple[str, str]],
         retry: Sequence[tuple[str, float]],
         failed: Sequence[tuple[str, int]],
+        *,
+        sent_by: Sequence[str] | None = None,
     ) -> list[str]:
         """Apply a batch's carrier answers in one transaction; returns the ids that became FAILED.
 
-        sent: (id, carrier ref) -> SENT; retry: (id, delay seconds) -> stays SENDING, published again by the
-        outbox after the delay; failed: (id, error code) -> FAILED with a receipt, and refunded: no carrier
-        ever accepted it. Each update only moves a message forward (a receipt that overtook the submit
-        acknowledgement is never undone).
+        sent: (id, carrier ref) -> SENT, recorded as sent by `carrier` or, when a router chose per message,
+        by the name at the same position in `sent_by` ("" there = `carrier`); retry: (id, delay seconds) ->
+        stays SENDING, published again by the outbox after the delay; failed: (id, error code) -> FAILED with
+        a receipt, and refunded: no carrier ever accepted it. Each update only moves a message forward (a
+        receipt that overtook the submit acknowledgement is never undone).
         """
         async with self._pool.acquire() as conn, conn.transaction():
             if sent:
                 ids = uuid_texts([s[0] for s in sent])
                 await conn.execute(
-                    "WITH u AS (UPDATE messages m SET status = 'SENT', carrier = $3, carrier_ref = r.ref,"
+                    "WITH u AS (UPDATE messages m SET status = 'SENT', carrier = coalesce(nullif(r.by, ''), $3),"
+                    " carrier_ref = r.ref,"
                     " sent_time = now(), status_time = now(), next_attempt_time = NULL, error_code = NULL"
-                    " FROM unnest($1::uuid[], $2::text[]) AS r(id, ref)"
+                    " FROM unnest($1::uuid[], $2::text[], $5::text[]) AS r(id, ref, by)"
                     " WHERE m.id = r.id AND m.status = ANY($4::text[]) RETURNING m.id)"
                     " DELETE FROM outbox WHERE message_id = ANY($1::uuid[])",
                     ids, [s[1] for s in sent], carrier, source_statuses(MessageStatus.SENT),
+                    list(sent_by) if sent_by is not None else [""] * len(sent),
                 )
             if retry:
                 ids, delays = uuid_texts([r[0] for r in retry]), [float(r[1]) for r in retry]
