@@ -348,8 +348,9 @@ class NotificationServicer(notification_service_pb2_grpc.NotificationServiceServ
             o = request.owner
             owner = Caller(request.account_id, o.user_id, o.api_username, api_key_id=o.api_key_id,
                            limits=_limits(o.send_limits) if o.HasField("send_limits") else SendLimits())
-        message_id = await self.notifications.send(request.account_id, int(request.channel), request.to,
-                                                   request.body, owner)
+        message_id = await self.notifications.send(
+            request.account_id, int(request.channel), request.to, request.body, owner, subject=request.subject,
+            notification_id=request.notification_id, account_owners=request.account_owners)
         return notification_service_pb2.SendNotificationResponse(message_id=message_id)
 
     async def CheckDestination(

@@ -1,4 +1,5 @@
-"""Identity (GetUser), with keys (CheckApiKey), to re-check an alert rule's owner before each alert SMS."""
+"""Identity (GetUser), with keys (CheckApiKey), to re-check an alert rule's owner before each alert SMS or email;
+identity (GetAccountOwners) for the addresses security notifications go to."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ class OwnerCheckUnavailable(Unavailable):
 
 class AlertOwners:
     """`Owners` over identity (GetUser) and keys (CheckApiKey): one call each per alert SMS, no cache (alerts
-    are rare, and a revocation must count at once). An outage is UNAVAILABLE, so audit tries again later."""
+    are rare, and a revocation must count at once); and `AccountContacts` (GetAccountOwners). An outage is
+    UNAVAILABLE, so audit tries again later."""
 
     def __init__(self, identity: grpc.aio.Channel, keys: grpc.aio.Channel, timeout: float = 5.0) -> None:
         self._identity = identity_service_pb2_grpc.IdentityServiceStub(identity)
@@ -41,6 +43,16 @@ class AlertOwners:
             raise OwnerCheckUnavailable("cannot check the alert rule's owner now; try again") from None
         u = got.user
         return OwnerUser(u.account_id, u.active, frozenset(u.permissions))
+
+    async def owner_emails(self, account_id: int) -> list[str]:
+        """The account's owners' addresses (identity's GetAccountOwners): where security notifications go."""
+        try:
+            got = await self._identity.GetAccountOwners(
+                identity_service_pb2.GetAccountOwnersRequest(account_id=account_id), timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            _LOG.warning("identity GetAccountOwners failed: %s", err.code().name)
+            raise OwnerCheckUnavailable("cannot find the account's owners now; try again") from None
+        return [o.email for o in got.owners if o.email]
 
     async def key_scopes(self, account_id: int, user_id: int, key_id: str) -> tuple[str, ...] | None:
         try:

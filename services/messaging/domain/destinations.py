@@ -120,7 +120,7 @@ def check_destination_code(code: str) -> str:
     """Six ASCII digits, or DESTINATION_CODE_INVALID (nothing is counted for input that cannot match)."""
     code = code.strip()
     if len(code) != 6 or not code.isascii() or not code.isdigit():
-        raise DestinationCodeInvalid("the code is the 6 digits of the verification SMS")
+        raise DestinationCodeInvalid("the code is the 6 digits of the verification message")
     return code
 
 

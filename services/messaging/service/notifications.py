@@ -5,8 +5,15 @@ through `MessagingService.send_sms` as the rule's owner (user, API key, that key
 allowed countries), so it is validated, limited, priced, debited, encrypted, recorded as that user's send
 and delivered exactly like the owner's own sends (from the shared sender, source "sendsafe-alerts"). Its
 `cause` marks the delivery events it causes, which alert rules never match. Only a destination the
-account verified (a code sent to it, as a send by the customer, entered back) is notified. Email is
-refused until messaging sends email.
+account verified (a code sent to it, as a send by the customer, entered back) is notified.
+
+Email goes over SMTP (the `Mailer`): an alert to a verified address (the owner re-checked as for SMS; nothing
+is priced), a verification code to the address being verified, and security notifications to the account's
+owners (`account_owners`: the main user's address identity holds, no verification, no owner; subject and
+body exactly as the caller, audit, wrote them from its fixed templates). A mail server that cannot take it now
+is EMAIL_UNAVAILABLE (audit retries), one that refuses it for good EMAIL_REJECTED. Every email sent or failed
+is an audit event naming the address masked, marked with its cause (no alert rule matches it). Without
+MESSAGING_SMTP_HOST email is CHANNEL_NOT_AVAILABLE.
 
 The owner's rights are checked again at every delivery, not only when the rule was set: identity must still
 have the user active and holding sms.send, and keys the API key the rule was set with (or the key it was
@@ -17,6 +24,7 @@ records the delivery as failed, for good) with an audit event that says which ch
 from __future__ import annotations
 
 import hmac
+import secrets
 import time
 from collections.abc import Callable
 
@@ -46,12 +54,24 @@ from services.messaging.domain.destinations import (
     owner_refusal,
     verification_text,
 )
+from services.messaging.domain.emails import (
+    EMAIL,
+    SECURITY_NOTIFICATION,
+    EmailAddressInvalid,
+    EmailRejected,
+    EmailUnavailable,
+    NoAccountOwners,
+    check_address,
+    check_content,
+    mask_address,
+    verification_email,
+)
 from services.messaging.domain.errors import InvalidAccountId, MessageStatusCode
 from services.messaging.domain.privacy import mask_number
 from services.messaging.domain.recipients import parse_recipient
 from services.messaging.domain.records import Caller, OutboundInput
 from services.messaging.service.messaging import MessagingService
-from services.messaging.service.ports import SERVICE, DestinationStore, Owners, Record
+from services.messaging.service.ports import SERVICE, AccountContacts, DestinationStore, Mailer, Owners, Record
 from svckit.audit import new_event
 from svckit.errors import InvalidArgument
 
@@ -67,12 +87,22 @@ def _e164(to: str) -> str:
         raise DestinationInvalid("the destination must be a phone number in E.164 form, e.g. +61411111111") from None
 
 
+def _address(to: str) -> str:
+    try:
+        return check_address(to)
+    except EmailAddressInvalid:
+        raise DestinationInvalid("the destination must be an email address, e.g. ops@example.com") from None
+
+
 class Notifications:
     def __init__(self, messaging: MessagingService, destinations: DestinationStore, record: Record | None = None,
-                 clock: Callable[[], float] = time.time, owners: Owners | None = None) -> None:
+                 clock: Callable[[], float] = time.time, owners: Owners | None = None, mailer: Mailer | None = None,
+                 contacts: AccountContacts | None = None) -> None:
         self._messaging = messaging
         self._destinations = destinations
         self._owners = owners
+        self._mailer = mailer
+        self._contacts = contacts
         self._record = record
         self._clock = clock
 
@@ -111,13 +141,17 @@ class Notifications:
             "the alert rule's owner may no longer send SMS (user disabled or removed, sms.send withdrawn, or the"
             " API key the rule was set with revoked or expired): set the rule again as a user who may")
 
-    async def send(self, account_id: int, channel: int, to: str, body: str, owner: Caller | None = None) -> str:
+    async def send(self, account_id: int, channel: int, to: str, body: str, owner: Caller | None = None, *,
+                   subject: str = "", notification_id: str = "", account_owners: bool = False) -> str:
         """Send one notification as `owner` (the rule's owner, who must still be allowed to send); returns the
-        message id. Only to a destination the account verified."""
+        message id (an email's Message-ID). Only to a destination the account verified, or (EMAIL with
+        `account_owners`) to the account's owners."""
         if account_id <= 0:
             raise InvalidAccountId("account_id must be a positive account id")
-        if channel != SMS:
-            raise ChannelNotAvailable("only SMS notifications can be sent")
+        if channel == EMAIL:
+            return await self._send_email(account_id, to, subject, body, owner, notification_id, account_owners)
+        if channel != SMS or account_owners:
+            raise ChannelNotAvailable("notifications are sent by SMS or EMAIL; account_owners only by EMAIL")
         try:
             e164 = _e164(to)
         except DestinationInvalid:
@@ -133,36 +167,114 @@ class Notifications:
             raise NotificationRejected("the notification was not accepted", status=item.status.value)
         return item.message_id
 
+    def _mailer_or_refuse(self) -> Mailer:
+        if self._mailer is None:
+            raise ChannelNotAvailable("email is not configured on this platform (MESSAGING_SMTP_HOST)")
+        return self._mailer
+
+    async def _send_email(self, account_id: int, to: str, subject: str, body: str, owner: Caller | None,
+                          notification_id: str, account_owners: bool) -> str:
+        mailer = self._mailer_or_refuse()
+        subject, body = check_content(subject, body)
+        if account_owners:
+            if self._contacts is None:
+                raise IdentityNotConfigured("messaging cannot find account owners: IDENTITY_ADDR is not set")
+            recipients = []
+            for raw in await self._contacts.owner_emails(account_id):
+                try:
+                    recipients.append(check_address(raw))
+                except EmailAddressInvalid:
+                    continue  # identity validated it once; an address SMTP could not take is skipped
+            if not recipients:
+                raise NoAccountOwners("the account has no owner with an email address")
+            kind, cause = "account_owners", SECURITY_NOTIFICATION
+        else:
+            try:
+                address = check_address(to)
+            except EmailAddressInvalid:
+                raise NotificationRejected("the notification was not accepted", status="BAD_RECIPIENT") from None
+            if not await self._destinations.is_verified(account_id, EMAIL, await self._hash(account_id, address)):
+                raise DestinationNotVerified("the account has not verified this destination")
+            await self._check_owner(account_id, owner)
+            recipients, kind, cause = [address], "alert", ALERT_DELIVERY
+        sent = [await self._mail(mailer, account_id, r, subject, body, notification_id, kind, cause)
+                for r in sorted(set(recipients))]
+        return sent[0]
+
+    async def _mail(self, mailer: Mailer, account_id: int, to: str, subject: str, body: str, notification_id: str,
+                    kind: str, cause: str) -> str:
+        """Send one email and record it (sent or failed), naming the address masked."""
+        details = {"kind": kind, "to": mask_address(to), "notification_id": notification_id}
+        try:
+            message_id = await mailer.send(to, subject, body, account_id=account_id, notification_id=notification_id)
+        except (EmailUnavailable, EmailRejected) as err:
+            await self._email_event(account_id, cause, details, err.reason)
+            raise
+        await self._email_event(account_id, cause, {**details, "message_id": message_id}, "")
+        return message_id
+
+    async def _email_event(self, account_id: int, cause: str, details: dict[str, str], error: str) -> None:
+        if self._record is None:
+            return
+        event = new_event(SERVICE, "messaging.notification.email", resource_type="notification",
+                          resource_id=details["notification_id"], account_id=account_id, details=details,
+                          outcome=event_pb2.OUTCOME_FAILURE if error else event_pb2.OUTCOME_SUCCESS,
+                          error_reason=error)
+        event.cause = cause  # what a notification caused: no alert rule matches it
+        await self._record(event)
+
     async def check(self, account_id: int, channel: int, to: str) -> bool:
         if account_id <= 0:
             raise InvalidAccountId("account_id must be a positive account id")
-        if channel != SMS:
-            return False
         try:
-            e164 = _e164(to)
+            if channel == SMS:
+                value = _e164(to)
+            elif channel == EMAIL:
+                value = _address(to)
+            else:
+                return False
         except DestinationInvalid:
             return False
-        return await self._destinations.is_verified(account_id, SMS, await self._hash(account_id, e164))
+        return await self._destinations.is_verified(account_id, channel, await self._hash(account_id, value))
 
     # -- verification (external) -----------------------------------------------------------------------
 
     async def start_verification(self, caller: Caller, channel: int, to: str) -> tuple[Destination, int]:
         """Send a code to the destination as `caller` (a send of theirs: their limits, their price);
         returns the destination and when the code expires (unix seconds)."""
-        if channel != SMS:
-            raise ChannelNotAvailable("only phone numbers (SMS) can be verified; SendSafe does not send email yet")
-        e164 = _e164(to)
+        if channel == EMAIL:
+            mailer: Mailer | None = self._mailer_or_refuse()
+            value = _address(to)
+            masked = mask_address(value)
+        elif channel == SMS:
+            mailer = None
+            value = _e164(to)
+            masked = mask_number(value)
+        else:
+            raise ChannelNotAvailable("destinations are phone numbers (SMS) or email addresses (EMAIL)")
         account = caller.account_id
         key = await self._messaging.keys.get(account)
         code = new_destination_code()
         dest = await self._destinations.start(
-            account, SMS, await self._hash(account, e164), mask_number(e164), caller.user_id,
+            account, channel, await self._hash(account, value), masked, caller.user_id,
             lambda dest_id: destination_code_hash(key, dest_id, code), DESTINATION_CODE_TTL_SECONDS,
             DESTINATION_CODES_PER_HOUR)
         if dest is None:
             raise DestinationCodesExceeded(
                 f"an account may send {DESTINATION_CODES_PER_HOUR} verification codes an hour; try again later")
         await self._audit("messaging.notification_destination.code_sent", caller, dest.destination_id)
+        expires = int(self._clock()) + DESTINATION_CODE_TTL_SECONDS
+        if mailer is not None:
+            subject, text = verification_email(code)
+            try:
+                await self._mail(mailer, account, value, subject, text,
+                                 f"verify-{dest.destination_id}-{secrets.token_hex(4)}", "verification",
+                                 DESTINATION_VERIFICATION)
+            except (EmailUnavailable, EmailRejected):
+                await self._destinations.forget_code(dest.destination_id)
+                raise
+            return dest, expires
+        e164 = value
         sender = Caller(account, caller.user_id, caller.api_username, test_mode=caller.test_mode,
                         api_key_id=caller.api_key_id, limits=caller.limits, cause=DESTINATION_VERIFICATION)
         result = await self._messaging.send_sms(sender, [OutboundInput(
@@ -171,7 +283,7 @@ class Notifications:
         if item.status is not MessageStatusCode.SUCCESS:
             await self._destinations.forget_code(dest.destination_id)
             raise NotificationRejected("the verification code could not be sent", status=item.status.value)
-        return dest, int(self._clock()) + DESTINATION_CODE_TTL_SECONDS
+        return dest, expires
 
     async def verify(self, caller: Caller, destination_id: str, code: str) -> Destination:
         code = check_destination_code(code)

@@ -1,5 +1,5 @@
 """What the use cases need from the outside world (stores, queue, cipher, limiter, carrier, webhook
-sender, alert owners), as Protocols the adapters implement, and where audit events go."""
+sender, alert owners, mailer), as Protocols the adapters implement, and where audit events go."""
 
 from __future__ import annotations
 
@@ -96,6 +96,8 @@ class DeliveryStore(InboundStore, Protocol):
         sent: Sequence[tuple[str, str]],
         retry: Sequence[tuple[str, float]],
         failed: Sequence[tuple[str, int]],
+        *,
+        sent_by: Sequence[str] | None = None,  # per `sent` row: the carrier that took it ("" = `carrier`)
     ) -> list[str]: ...
     async def apply_receipts(self, receipts: Sequence[Receipt]) -> list[str]: ...
 
@@ -147,6 +149,20 @@ class Owners(Protocol):
 
     async def user(self, user_id: int) -> OwnerUser | None: ...
     async def key_scopes(self, account_id: int, user_id: int, key_id: str) -> tuple[str, ...] | None: ...
+
+
+class AccountContacts(Protocol):
+    """Identity's GetAccountOwners: the addresses of an account's owners (its main user)."""
+
+    async def owner_emails(self, account_id: int) -> list[str]: ...
+
+
+class Mailer(Protocol):
+    """adapters.email.SmtpMailer: one email to one recipient; returns its Message-ID. Raises EmailUnavailable
+    (retry later) or EmailRejected (for good)."""
+
+    async def send(self, to: str, subject: str, body: str, *, account_id: int = 0,
+                   notification_id: str = "") -> str: ...
 
 
 class DestinationStore(Protocol):
