@@ -24,9 +24,11 @@ from sendsafe.messaging.v1 import (
 )
 from services.messaging.adapters.audit_client import discard, open_audit
 from services.messaging.adapters.carriers import HttpCarrier, SimulatorCarrier
-from services.messaging.adapters.identity_client import open_owners
+from services.messaging.adapters.email import open_mailer
+from services.messaging.adapters.identity_client import AlertOwners, open_owners
 from services.messaging.adapters.keys_client import open_envelope
 from services.messaging.adapters.limits import RedisLimiter
+from services.messaging.adapters.routing import RoutingCarrier
 from services.messaging.adapters.store.destinations import PgDestinationStore
 from services.messaging.adapters.store.pg import PgMessageStore
 from services.messaging.adapters.store.simulator import PgSimulatorStore
@@ -35,6 +37,7 @@ from services.messaging.api import MessagingServicer, NotificationServicer
 from services.messaging.config import Settings, tls_of
 from services.messaging.domain.limits import RateConfig
 from services.messaging.domain.pricing import currency_for, parse_price_table
+from services.messaging.domain.routes import RouteTableError, parse_routes
 from services.messaging.entrypoints.callback_receiver import CallbackReceiver
 from services.messaging.entrypoints.dispatch_worker import StreamWorker, default_consumer_name, pump_receipts
 from services.messaging.service.common import MessagingOptions
@@ -42,7 +45,7 @@ from services.messaging.service.delivery import DeliveryService
 from services.messaging.service.index_keys import IndexKeys
 from services.messaging.service.messaging import MessagingService
 from services.messaging.service.notifications import Notifications
-from services.messaging.service.ports import Carrier, Owners
+from services.messaging.service.ports import Carrier, Mailer
 from services.messaging.service.replies import Replies
 from services.messaging.service.webhooks import WebhookService
 from svckit.app import App, serve
@@ -105,10 +108,11 @@ async def build(settings: Settings) -> App:
             record=record,
         )
         owners = open_owners(settings, stack)
+        mailer = open_mailer(settings)
         server = await start_server(
             listen=settings.grpc_listen,
             tls=tls_of(settings),
-            register=lambda s: _register(s, service, pool, record, owners),
+            register=lambda s: _register(s, service, pool, record, owners, mailer),
             service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME],
             on_denied=denial_recorder(record, settings.service_name),
             health_listen=settings.health_listen,
@@ -126,13 +130,16 @@ async def build(settings: Settings) -> App:
         await stack.aclose()
         raise
     return App(server, stack, grace=settings.shutdown_grace_seconds,
-               extras={"service": service, "store": store, "pool": pool, "stream": stream, "envelope": envelope})
+               extras={"service": service, "store": store, "pool": pool, "stream": stream, "envelope": envelope,
+                       "mailer": mailer})
 
 
-def _register(server: Any, service: MessagingService, pool: Any, record: Any, owners: Owners | None) -> None:
+def _register(server: Any, service: MessagingService, pool: Any, record: Any, owners: AlertOwners | None,
+              mailer: Mailer | None) -> None:
     messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(service), server)
     notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(
-        NotificationServicer(Notifications(service, PgDestinationStore(pool), record, owners=owners)), server)
+        NotificationServicer(Notifications(service, PgDestinationStore(pool), record, owners=owners, mailer=mailer,
+                                           contacts=owners)), server)
 
 
 async def _final_cleanup(service: MessagingService) -> None:
@@ -140,12 +147,30 @@ async def _final_cleanup(service: MessagingService) -> None:
         await service.forget_published()
 
 
+CARRIERS = ("simulator", "http")  # the carrier names this build can construct (_named_carrier)
+
+
 def _carrier(settings: Settings, pool: Any) -> Carrier:
-    if settings.carrier == "http":
+    """MESSAGING_CARRIER alone (no routes, no fallback): that carrier, as before. Otherwise a RoutingCarrier
+    over each carrier the routes and the fallback name, each built once; a bad table refuses start-up."""
+    if not settings.carrier_routes.strip() and not settings.carrier_fallback.strip():
+        if settings.carrier not in CARRIERS:
+            raise ValueError(f"MESSAGING_CARRIER must be one of {', '.join(CARRIERS)}, got {settings.carrier!r}")
+        return _named_carrier(settings.carrier, settings, pool)
+    try:
+        table = parse_routes(settings.carrier_routes or f"*={settings.carrier}", settings.carrier_fallback,
+                             known=CARRIERS)
+    except RouteTableError as exc:
+        raise ValueError(f"MESSAGING_CARRIER_ROUTES / MESSAGING_CARRIER_FALLBACK refused: {exc}") from None
+    return RoutingCarrier(table, {name: _named_carrier(name, settings, pool) for name in table.carriers})
+
+
+def _named_carrier(name: str, settings: Settings, pool: Any) -> Carrier:
+    if name == "http":
         return HttpCarrier(settings.carrier_url, settings.carrier_api_key, callback_url=settings.carrier_callback_url,
                            ca_file=settings.carrier_ca_file, timeout=settings.carrier_timeout_seconds)
-    if settings.carrier != "simulator":
-        raise ValueError(f"MESSAGING_CARRIER must be simulator or http, got {settings.carrier!r}")
+    if name != "simulator":
+        raise ValueError(f"unknown carrier {name!r}; known: {', '.join(CARRIERS)}")
     return SimulatorCarrier(
         PgSimulatorStore(pool),
         latency_s=settings.sim_latency_ms / 1000,
@@ -155,6 +180,11 @@ def _carrier(settings: Settings, pool: Any) -> Carrier:
     )
 
 
+def _children(carrier: Carrier) -> list[Carrier]:
+    """The carriers that hold connections: the one configured, or each one a router sends through."""
+    return list(carrier.carriers.values()) if isinstance(carrier, RoutingCarrier) else [carrier]
+
+
 async def build_worker(settings: Settings) -> App:
     """The dispatch worker: consumes the stream, submits to the carrier, applies receipts (and, on one
     machine, delivers webhooks)."""
@@ -162,8 +192,9 @@ async def build_worker(settings: Settings) -> App:
     try:
         pool, stream, envelope, record, _redis = await _common(settings, stack)
         carrier = _carrier(settings, pool)
-        if isinstance(carrier, HttpCarrier):
-            stack.push_async_callback(carrier.close)
+        for child in _children(carrier):
+            if isinstance(child, HttpCarrier):
+                stack.push_async_callback(child.close)
         store = PgMessageStore(pool)
         delivery = DeliveryService(
             store, stream, envelope, carrier,
@@ -188,7 +219,8 @@ async def build_worker(settings: Settings) -> App:
         stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
         receiver = None
         if settings.carrier_callback_listen:
-            receiver = CallbackReceiver(delivery, settings.carrier_callback_secret.encode(), carrier=carrier.name)
+            receiver = CallbackReceiver(delivery, settings.carrier_callback_secret.encode(),
+                                        carrier="http" if isinstance(carrier, RoutingCarrier) else carrier.name)
             await receiver.start(settings.carrier_callback_listen, settings.carrier_callback_cert_file,
                                  settings.carrier_callback_key_file)
             stack.push_async_callback(receiver.stop)
