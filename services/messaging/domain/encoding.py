@@ -121,6 +121,40 @@ def split_parts(body: str) -> list[str]:
     return [body[s:e] for s, e in zip(starts, ends, strict=True)]
 
 
+_GSM7_CODE: Final[Mapping[str, bytes]] = MappingProxyType({
+    **{ch: bytes([i]) for i, ch in enumerate(_GSM7_TABLE) if ch != "\x1b"},
+    **{ch: bytes([0x1B, code]) for ch, code in _GSM7_EXTENSION_TABLE.items()},
+})
+
+
+def gsm7_octets(text: str) -> bytes:
+    """`text` as unpacked GSM 03.38 septets, one per octet (an extension character is ESC + code), as SMPP
+    carries data_coding 0; raises ValueError for a character outside the alphabet."""
+    try:
+        return b"".join(_GSM7_CODE[ch] for ch in text)
+    except KeyError:
+        raise ValueError("not in the GSM 03.38 alphabet") from None
+
+
+_GSM7_CHAR: Final[Mapping[int, str]] = MappingProxyType({i: ch for i, ch in enumerate(_GSM7_TABLE)})
+_GSM7_EXT_CHAR: Final[Mapping[int, str]] = MappingProxyType({code: ch for ch, code in _GSM7_EXTENSION_TABLE.items()})
+
+
+def gsm7_text(octets: bytes) -> str:
+    """Unpacked GSM 03.38 septets back to text (an unknown escape or octet reads as "?")."""
+    out: list[str] = []
+    escaped = False
+    for o in octets:
+        if escaped:
+            out.append(_GSM7_EXT_CHAR.get(o, "?"))
+            escaped = False
+        elif o == 0x1B:
+            escaped = True
+        else:
+            out.append(_GSM7_CHAR.get(o, "?"))
+    return "".join(out)
+
+
 def _has_lone_surrogate(body: str) -> bool:
     return _SURROGATE.search(body) is not None
 

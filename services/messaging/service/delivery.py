@@ -98,12 +98,18 @@ class DeliveryService:
         """Receipts from a carrier callback: (applied, unresolved). A receipt that names only a carrier
         reference we have not recorded yet (the receipt overtook the submit answer) is not applied; the
         caller asks the carrier to send it again rather than losing it."""
+        changed, found = await self.settle_carrier_receipts(receipts)
+        return changed, found.count(False)
+
+    async def settle_carrier_receipts(self, receipts: list[Receipt]) -> tuple[int, list[bool]]:
+        """`apply_carrier_receipts` with the answer per receipt: (changed, [resolved to a message]). A
+        resolved receipt is stored (or was already: repeats change nothing); an unresolved one is not."""
         refs = [r.carrier_ref for r in receipts if not r.message_id and r.carrier_ref]
         known = await self._store.resolve_refs(refs) if refs else {}
         ready = [r if r.message_id else replace(r, message_id=known.get(r.carrier_ref, "")) for r in receipts]
         resolved = [r for r in ready if r.message_id]
         changed = len(await self._store.apply_receipts(resolved)) if resolved else 0
-        return changed, len(ready) - len(resolved)
+        return changed, [bool(r.message_id) for r in ready]
 
     async def receive_inbound(self, items: list[InboundInput]) -> int:
         """Store replies a carrier reports (matched to our messages; STOP/START change opt-outs)."""

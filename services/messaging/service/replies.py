@@ -9,7 +9,13 @@ from collections.abc import Sequence
 from services.messaging.domain.errors import InvalidRecipient
 from services.messaging.domain.optouts import opt_action
 from services.messaging.domain.privacy import MASKED_BODY, mask_number, number_index
-from services.messaging.domain.receipts import InboundInput, InboundRecord, InboundView, NewInbound
+from services.messaging.domain.receipts import (
+    InboundInput,
+    InboundRecord,
+    InboundView,
+    NewInbound,
+    OriginalMessage,
+)
 from services.messaging.domain.recipients import parse_recipient
 from services.messaging.domain.records import BODY_RECORD, TO_RECORD
 from services.messaging.service.ids import new_message_id
@@ -32,10 +38,13 @@ class Replies:
 
     async def receive(self, items: Sequence[InboundInput]) -> list[str]:
         """Replies as a carrier reports them: matched to the outbound message by our id or the carrier's
-        reference. A reply that matches nothing is counted and dropped (its content is not kept)."""
+        reference, or, when the carrier names none (SMPP MO), by the numbers: the newest message to the
+        replying number from the number it replied to (else from the shared number) in the last 7 days. A
+        reply that matches nothing is counted and dropped (its content is not kept)."""
         new: list[NewInbound] = []
         for item in items:
-            original = await self._store.original(item.in_reply_to) if item.in_reply_to else None
+            original = (await self._store.original(item.in_reply_to) if item.in_reply_to
+                        else await self._by_numbers(item))
             if original is None:
                 self.unmatched += 1
                 _LOG.warning("dropped a reply that matches no message (carrier %s)", item.carrier)
@@ -43,6 +52,21 @@ class Replies:
             new.append(await self.seal(original.account_id, item, original.id, original.custom_string,
                                        is_test=False))
         return await self._store.add_inbound(new) if new else []
+
+    async def _by_numbers(self, item: InboundInput) -> OriginalMessage | None:
+        try:
+            handset = parse_recipient(item.sender, None).e164
+        except InvalidRecipient:
+            return None
+        ours = item.to.strip().lstrip("+")
+        for senders in ([ours, "+" + ours] if ours else [], [""]):
+            accounts = await self._store.reply_candidates(senders) if senders else []
+            if accounts:
+                pairs = [(a, (await self._keys.indexer(a))(handset)) for a in accounts]
+                found: OriginalMessage | None = await self._store.latest_sent_to(pairs, senders)
+                if found is not None:
+                    return found
+        return None
 
     async def seal(self, account_id: int, item: InboundInput, original_id: str, custom_string: str,
                    *, is_test: bool) -> NewInbound:

@@ -47,6 +47,33 @@ class InboundSql(PoolSql):
         return OriginalMessage(id_text(row["id"]), row["account_id"], row["user_id"], row["custom_string"],
                                row["sender"])
 
+    async def reply_candidates(self, senders: Sequence[str], days: int = 7, limit: int = 50) -> list[int]:
+        """Accounts that sent from one of `senders` (our number as the reply names it; "" = the shared
+        number) in the last `days`, most recent first: where an MO that names no message may belong."""
+        rows = await self._pool.fetch(
+            "SELECT account_id FROM messages WHERE sender = ANY($1::text[])"
+            " AND create_time > now() - make_interval(days => $2)"
+            " GROUP BY account_id ORDER BY max(create_time) DESC LIMIT $3",
+            list(senders), days, limit,
+        )
+        return [r["account_id"] for r in rows]
+
+    async def latest_sent_to(self, pairs: Sequence[tuple[int, bytes]], senders: Sequence[str],
+                             days: int = 7) -> OriginalMessage | None:
+        """The newest message from one of `senders` to a number, given as (account, keyed hash) pairs."""
+        row = await self._pool.fetchrow(
+            "SELECT m.id, m.account_id, m.user_id, m.custom_string, m.sender FROM messages m"
+            " JOIN unnest($1::bigint[], $2::bytea[]) AS p(account_id, to_hash)"
+            "  ON m.account_id = p.account_id AND m.to_hash = p.to_hash"
+            " WHERE m.sender = ANY($3::text[]) AND m.create_time > now() - make_interval(days => $4)"
+            " ORDER BY m.create_time DESC LIMIT 1",
+            [a for a, _ in pairs], [h for _, h in pairs], list(senders), days,
+        )
+        if row is None:
+            return None
+        return OriginalMessage(id_text(row["id"]), row["account_id"], row["user_id"], row["custom_string"],
+                               row["sender"])
+
     async def message_to_ct(self, account_id: int, message_id: str) -> tuple[bytes, str, str] | None:
         """(encrypted recipient, sender, custom_string) of one of the account's messages."""
         row = await self._pool.fetchrow(
