@@ -29,6 +29,8 @@ from services.messaging.adapters.identity_client import AlertOwners, open_owners
 from services.messaging.adapters.keys_client import open_envelope
 from services.messaging.adapters.limits import RedisLimiter
 from services.messaging.adapters.routing import RoutingCarrier
+from services.messaging.adapters.smpp.carrier import SmppCarrier
+from services.messaging.adapters.smpp.session import SessionConfig
 from services.messaging.adapters.store.destinations import PgDestinationStore
 from services.messaging.adapters.store.pg import PgMessageStore
 from services.messaging.adapters.store.simulator import PgSimulatorStore
@@ -147,7 +149,7 @@ async def _final_cleanup(service: MessagingService) -> None:
         await service.forget_published()
 
 
-CARRIERS = ("simulator", "http")  # the carrier names this build can construct (_named_carrier)
+CARRIERS = ("simulator", "http", "smpp")  # the carrier names this build can construct (_named_carrier)
 
 
 def _carrier(settings: Settings, pool: Any) -> Carrier:
@@ -169,6 +171,8 @@ def _named_carrier(name: str, settings: Settings, pool: Any) -> Carrier:
     if name == "http":
         return HttpCarrier(settings.carrier_url, settings.carrier_api_key, callback_url=settings.carrier_callback_url,
                            ca_file=settings.carrier_ca_file, timeout=settings.carrier_timeout_seconds)
+    if name == "smpp":
+        return _smpp_carrier(settings)
     if name != "simulator":
         raise ValueError(f"unknown carrier {name!r}; known: {', '.join(CARRIERS)}")
     return SimulatorCarrier(
@@ -178,6 +182,17 @@ def _named_carrier(name: str, settings: Settings, pool: Any) -> Carrier:
         receipt_delay_s=settings.sim_receipt_delay_ms / 1000,
         seed=settings.sim_seed,
     )
+
+
+def _smpp_carrier(settings: Settings) -> SmppCarrier:
+    if not settings.smpp_host or not settings.smpp_system_id:
+        raise ValueError("the smpp carrier needs MESSAGING_SMPP_HOST and MESSAGING_SMPP_SYSTEM_ID")
+    return SmppCarrier(SessionConfig(
+        host=settings.smpp_host, port=settings.smpp_port, system_id=settings.smpp_system_id,
+        password=settings.smpp_password, system_type=settings.smpp_system_type, tls=settings.smpp_tls,
+        ca_file=settings.smpp_ca_file, window=settings.smpp_window, throughput=settings.smpp_throughput,
+        enquire_link_s=settings.smpp_enquire_link_seconds,
+    ))
 
 
 def _children(carrier: Carrier) -> list[Carrier]:
@@ -204,6 +219,11 @@ async def build_worker(settings: Settings) -> App:
             lease_seconds=settings.lease_seconds,
             record=record,
         )
+        for child in _children(carrier):
+            if isinstance(child, SmppCarrier):  # bind now (in the background), unbind last on shutdown
+                child.attach(delivery.settle_carrier_receipts, delivery.receive_inbound)
+                await child.start(wait_s=min(5.0, settings.shutdown_grace_seconds * 5))
+                stack.push_async_callback(child.close)
         worker = StreamWorker(
             stream, delivery,
             consumer=settings.consumer_name or default_consumer_name(),

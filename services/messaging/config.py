@@ -78,7 +78,7 @@ class Settings(KitSettings):
         doc="the dispatch worker also delivers webhooks (one machine); false when a notifier runs separately")
 
     # Carrier: the built-in simulator, or a generic HTTP/JSON carrier with signed receipt callbacks.
-    carrier: str = setting("MESSAGING_CARRIER", default="simulator", doc="simulator | http")
+    carrier: str = setting("MESSAGING_CARRIER", default="simulator", doc="simulator | http | smpp")
     carrier_routes: str = setting(
         "MESSAGING_CARRIER_ROUTES", default="",
         doc="carrier per destination, e.g. 'AU,NZ=smpp;1=http;*=simulator' (ISO countries or E.164 digit"
@@ -98,6 +98,19 @@ class Settings(KitSettings):
                                         doc="public URL of that receiver, sent to the carrier")
     carrier_callback_cert_file: str = setting("MESSAGING_CARRIER_CALLBACK_CERT_FILE", default="")
     carrier_callback_key_file: str = setting("MESSAGING_CARRIER_CALLBACK_KEY_FILE", default="")
+
+    # SMPP 3.4 carrier (MESSAGING_CARRIER=smpp or a route naming smpp): one transceiver bind per worker.
+    smpp_host: str = setting("MESSAGING_SMPP_HOST", default="", doc="SMSC host")
+    smpp_port: int = setting("MESSAGING_SMPP_PORT", default=2775)
+    smpp_system_id: str = setting("MESSAGING_SMPP_SYSTEM_ID", default="")
+    smpp_password: str = setting("MESSAGING_SMPP_PASSWORD", default="", secret=True)
+    smpp_system_type: str = setting("MESSAGING_SMPP_SYSTEM_TYPE", default="")
+    smpp_tls: bool = setting("MESSAGING_SMPP_TLS", default=False, doc="TLS to the SMSC, certificate verified")
+    smpp_ca_file: str = setting("MESSAGING_SMPP_CA_FILE", default="", doc="CA bundle for the SMSC (default: system)")
+    smpp_window: int = setting("MESSAGING_SMPP_WINDOW", default=10, doc="unanswered PDUs in flight per bind")
+    smpp_throughput: float = setting("MESSAGING_SMPP_THROUGHPUT", default=0.0, doc="submit_sm/s per bind, 0 = no cap")
+    smpp_enquire_link_seconds: float = setting("MESSAGING_SMPP_ENQUIRE_LINK_SECONDS", default=30.0,
+                                               doc="keep-alive period when idle; no answer = dead link")
 
     # Email (SMTP): alert and security notifications, destination verification codes. Unset host: no email.
     smtp_host: str = setting("MESSAGING_SMTP_HOST", default="",
