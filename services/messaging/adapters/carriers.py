@@ -100,7 +100,8 @@ class HttpCarrier:
     `{"results": [{"id", "accepted": true, "ref"} | {"id", "accepted": false, "error_code", "temporary"}]}`.
     Our message id is the carrier's idempotency key: a resubmission after a timeout returns the first
     answer and does not send again. Anything but a 200 with that shape raises CarrierUnavailable (the batch
-    is retried with backoff).
+    is retried with backoff); no connection at all (refused, DNS, TLS handshake) raises CarrierDown: the
+    request never left, so a fallback route may take the batch.
     Receipts and replies come back signed to our HTTPS callback receiver
     (`entrypoints/callback_receiver.py`), not by polling.
     """
@@ -145,6 +146,8 @@ class HttpCarrier:
                 if resp.status != 200:
                     raise CarrierUnavailable(f"carrier answered HTTP {resp.status}")
                 answer = await resp.json(content_type=None)
+        except aiohttp.ClientConnectorError as exc:  # no connection (refused, DNS, TLS handshake): nothing sent
+            raise CarrierDown(type(exc).__name__) from None
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             raise CarrierUnavailable(type(exc).__name__) from None
         results: list[SubmitResult] = []
