@@ -40,6 +40,12 @@ async def routed_worker(m: Messaging, certs: CertBundle, url: str, fake: FakeCar
     )
 
 
+def router_of(worker: App) -> RoutingCarrier:
+    router = worker.extras["carrier"]
+    assert isinstance(router, RoutingCarrier)
+    return router
+
+
 async def send(m: Messaging, certs: CertBundle, account_id: int, numbers: list[str]) -> list[str]:
     ch, stub = stub_for(m, certs)
     async with ch:
@@ -73,8 +79,7 @@ async def test_au_goes_to_the_http_carrier_and_the_rest_to_the_simulator(
     messaging: Messaging, certs: CertBundle, carrier: FakeCarrier
 ) -> None:
     worker = await routed_worker(messaging, certs, carrier.url, carrier)
-    router = worker.extras["carrier"]
-    assert isinstance(router, RoutingCarrier)
+    router = router_of(worker)
     assert isinstance(router.carriers["http"], HttpCarrier)
     assert isinstance(router.carriers["simulator"], SimulatorCarrier)
     ids = await send(messaging, certs, 9301, [REAL_NUMBER, GB_NUMBER] * 6)
@@ -110,7 +115,7 @@ async def test_a_down_carrier_fails_over_and_each_message_is_delivered_exactly_o
     assert await sim_submissions(messaging, first + second) == {x: 1 for x in second}  # exactly once
     assert await messaging.pool.fetchval(
         "SELECT count(*) FROM receipts WHERE account_id = 9302 AND status = 'DELIVERED'") == 12
-    health = worker.extras["carrier"].health()
+    health = router_of(worker).health()
     assert health["http"].state == DOWN and health["http"].failed_over == 5
     assert health["simulator"].fallback_taken == 5
 
@@ -128,7 +133,7 @@ async def test_an_unknown_outcome_is_retried_on_the_same_carrier_never_failed_ov
     assert set(carrier.delivered) == set(ids) and set(carrier.delivered.values()) == {1}
     assert await sim_submissions(messaging, ids) == {}  # the fallback never saw them
     assert {c for _, c in (await rows(messaging, 9303)).values()} == {"http"}
-    health = worker.extras["carrier"].health()
+    health = router_of(worker).health()
     assert health["http"].unknown_outcome >= 1 and health["simulator"].fallback_taken == 0
 
 
