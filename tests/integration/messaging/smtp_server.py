@@ -43,6 +43,13 @@ class Inbox:
     data_reply: str = ""
     credentials: tuple[str, str] | None = None
     auth_attempts: list[str] = field(default_factory=list)
+    server: asyncio.Server | None = None
+
+    async def stop(self) -> None:
+        """Stop listening (new connections are refused)."""
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
 
     # aiosmtpd handler hooks
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any) -> str:
@@ -91,9 +98,8 @@ async def smtp_server(cert: Path | None, key: Path | None, *, mode: str = "start
 
     loop = asyncio.get_running_loop()
     server = await loop.create_server(factory, "127.0.0.1", 0, ssl=ctx if mode == "implicit" else None)
-    inbox.port = server.sockets[0].getsockname()[1]
+    inbox.port, inbox.server = server.sockets[0].getsockname()[1], server
     try:
         yield inbox
     finally:
-        server.close()
-        await server.wait_closed()
+        await inbox.stop()
