@@ -193,8 +193,8 @@ class FakeNotifications(notification_service_pb2_grpc.NotificationServiceService
     ) -> npb.SendNotificationResponse:
         from svckit.errors import FailedPrecondition
 
-        if request.channel != npb.NOTIFICATION_CHANNEL_SMS:
-            raise FailedPrecondition("only SMS", reason="CHANNEL_NOT_AVAILABLE")
+        if request.channel not in (npb.NOTIFICATION_CHANNEL_SMS, npb.NOTIFICATION_CHANNEL_EMAIL):
+            raise FailedPrecondition("SMS or EMAIL", reason="CHANNEL_NOT_AVAILABLE")  # messaging sends both (issue 14)
         self.requests.append(request)
         return npb.SendNotificationResponse(message_id=f"M{len(self.requests)}")
 
