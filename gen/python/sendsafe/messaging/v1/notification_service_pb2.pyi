@@ -242,7 +242,7 @@ class StartDestinationVerificationRequest(_message.Message):
     TO_FIELD_NUMBER: _builtins.int
     channel: Global___NotificationChannel.ValueType
     to: _builtins.str
-    """E.164 number."""
+    """E.164 number (SMS) or email address (EMAIL, kept lowercased)."""
     def __init__(
         self,
         *,

@@ -91,8 +91,10 @@ class NotificationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StartDestinationVerification(self, request, context):
-        """Start verifying a destination: a code is sent to it (as an SMS by the
-        caller, charged, "SendSafe verification code: NNNNNN"), valid 10 minutes.
+        """Start verifying a destination: a code is sent to it (SMS: as an SMS by the
+        caller, charged; EMAIL: an email from the platform's sender), "SendSafe
+        verification code: NNNNNN", valid 10 minutes. EMAIL needs the platform's
+        SMTP settings (else CHANNEL_NOT_AVAILABLE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -107,7 +109,7 @@ class NotificationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDestinations(self, request, context):
-        """The account's destinations (numbers masked), newest first.
+        """The account's destinations (numbers and addresses masked), newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -52,15 +52,17 @@ class NotificationServiceStub:
     service asks before a rule may notify it).
     """
     StartDestinationVerification: _grpc.UnaryUnaryMultiCallable[_notification_service_pb2.StartDestinationVerificationRequest, _notification_service_pb2.StartDestinationVerificationResponse]
-    """Start verifying a destination: a code is sent to it (as an SMS by the
-    caller, charged, "SendSafe verification code: NNNNNN"), valid 10 minutes.
+    """Start verifying a destination: a code is sent to it (SMS: as an SMS by the
+    caller, charged; EMAIL: an email from the platform's sender), "SendSafe
+    verification code: NNNNNN", valid 10 minutes. EMAIL needs the platform's
+    SMTP settings (else CHANNEL_NOT_AVAILABLE).
     """
     VerifyDestination: _grpc.UnaryUnaryMultiCallable[_notification_service_pb2.VerifyDestinationRequest, _notification_service_pb2.VerifyDestinationResponse]
     """Enter the code sent to the destination; once verified, alert rules may
     notify it.
     """
     ListDestinations: _grpc.UnaryUnaryMultiCallable[_notification_service_pb2.ListDestinationsRequest, _notification_service_pb2.ListDestinationsResponse]
-    """The account's destinations (numbers masked), newest first."""
+    """The account's destinations (numbers and addresses masked), newest first."""
 
 @_typing.type_check_only
 class NotificationServiceAsyncStub(NotificationServiceStub):
@@ -84,15 +86,17 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     service asks before a rule may notify it).
     """
     StartDestinationVerification: _aio.UnaryUnaryMultiCallable[_notification_service_pb2.StartDestinationVerificationRequest, _notification_service_pb2.StartDestinationVerificationResponse]  # type: ignore[assignment]
-    """Start verifying a destination: a code is sent to it (as an SMS by the
-    caller, charged, "SendSafe verification code: NNNNNN"), valid 10 minutes.
+    """Start verifying a destination: a code is sent to it (SMS: as an SMS by the
+    caller, charged; EMAIL: an email from the platform's sender), "SendSafe
+    verification code: NNNNNN", valid 10 minutes. EMAIL needs the platform's
+    SMTP settings (else CHANNEL_NOT_AVAILABLE).
     """
     VerifyDestination: _aio.UnaryUnaryMultiCallable[_notification_service_pb2.VerifyDestinationRequest, _notification_service_pb2.VerifyDestinationResponse]  # type: ignore[assignment]
     """Enter the code sent to the destination; once verified, alert rules may
     notify it.
     """
     ListDestinations: _aio.UnaryUnaryMultiCallable[_notification_service_pb2.ListDestinationsRequest, _notification_service_pb2.ListDestinationsResponse]  # type: ignore[assignment]
-    """The account's destinations (numbers masked), newest first."""
+    """The account's destinations (numbers and addresses masked), newest first."""
 
 class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Notifications other SendSafe services send to a customer, and the
@@ -131,8 +135,10 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _notification_service_pb2.StartDestinationVerificationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_notification_service_pb2.StartDestinationVerificationResponse, _abc.Awaitable[_notification_service_pb2.StartDestinationVerificationResponse]]:
-        """Start verifying a destination: a code is sent to it (as an SMS by the
-        caller, charged, "SendSafe verification code: NNNNNN"), valid 10 minutes.
+        """Start verifying a destination: a code is sent to it (SMS: as an SMS by the
+        caller, charged; EMAIL: an email from the platform's sender), "SendSafe
+        verification code: NNNNNN", valid 10 minutes. EMAIL needs the platform's
+        SMTP settings (else CHANNEL_NOT_AVAILABLE).
         """
 
     @_abc_1.abstractmethod
@@ -151,6 +157,6 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _notification_service_pb2.ListDestinationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_notification_service_pb2.ListDestinationsResponse, _abc.Awaitable[_notification_service_pb2.ListDestinationsResponse]]:
-        """The account's destinations (numbers masked), newest first."""
+        """The account's destinations (numbers and addresses masked), newest first."""
 
 def add_NotificationServiceServicer_to_server(servicer: NotificationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
