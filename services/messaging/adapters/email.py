@@ -24,7 +24,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 
 import aiosmtplib
 
@@ -157,16 +157,19 @@ class SmtpMailer:
         except ssl.SSLError as err:
             self._fail(SmtpReply(0, "tls"), err)
         except (aiosmtplib.SMTPException, OSError) as err:  # refused, unreachable, timed out, dropped, no STARTTLS
+            cause = err.__cause__ or err.__context__
+            if isinstance(cause, ssl.SSLError):  # implicit TLS: the handshake failed inside the connect
+                self._fail(SmtpReply(0, "tls"), cause)
             self._fail(None, err)
         self.sent += 1
         return message_id
 
-    def _fail(self, reply: SmtpReply | None, err: BaseException) -> None:
+    def _fail(self, reply: SmtpReply | None, err: BaseException) -> NoReturn:
         self.failed += 1
         kind = classify(reply)
         # The class and the server's code only: a server's message can quote the address.
-        _LOG.warning("smtp send failed: %s%s (%s)", type(err).__name__,
-                     f" {reply.code} at {reply.stage}" if reply else "", kind.reason)
+        where = "" if reply is None else f" {reply.code or ''} at {reply.stage}".replace("  ", " ")
+        _LOG.warning("smtp send failed: %s%s (%s)", type(err).__name__, where, kind.reason)
         if kind.reason == "EMAIL_REJECTED":
             raise kind("the mail server refused this recipient or message for good") from None
         raise kind("the mail server cannot take the email now; try again later") from None
