@@ -1,7 +1,9 @@
 """The bounded cache every process uses: at most `max_entries` entries, each for at most `ttl` seconds
 (`ttl=None`: no expiry, least recently used evicted first), with single-flight loading.
 
-`get_or_load` runs one load per key at a time (concurrent callers wait for it). A load that was already
+`get_or_load` runs one load per key at a time (concurrent callers wait for it), in a task of its own: a
+caller that is cancelled (a client gone, a deadline) cancels only its own wait, never the load the
+others are waiting for. A load that was already
 running when `pop_where` or `clear` was called is returned to its callers but not cached: it may
 have read the state from before the change (`pop` of one entry does not touch running loads).
 `hits`, `misses` and `invalidations` count what happened.
@@ -13,7 +15,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -99,18 +101,24 @@ class TtlCache(Generic[K, V]):
             self.hits += 1
             return await asyncio.shield(pending)
         self.misses += 1
-        fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
-        generation = self._generation
+        task = asyncio.ensure_future(self._load(key, load, ttl_of, self._generation))
+        task.add_done_callback(_retrieve)
+        self._inflight[key] = task
+        return await asyncio.shield(task)
+
+    async def _load(
+        self, key: K, load: Callable[[], Awaitable[V]], ttl_of: Callable[[V], float | None] | None, generation: int
+    ) -> V:
         try:
             value = await load()
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters (if any) re-raise it themselves
-            raise
         finally:
             self._inflight.pop(key, None)
-        fut.set_result(value)
         if generation == self._generation:
             self.put(key, value, ttl_of(value) if ttl_of is not None else None)
         return value
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a load's failure as seen: its callers (if any are left) re-raise it themselves."""
+    if not task.cancelled():
+        task.exception()

@@ -127,6 +127,30 @@ async def test_a_failed_load_is_raised_to_every_waiter_and_not_cached() -> None:
     assert len(cache) == 0
 
 
+async def test_the_first_caller_giving_up_does_not_fail_the_others_waiting() -> None:
+    """A cancelled first caller (client gone, deadline) cancels only its own wait, not the shared load."""
+    cache: TtlCache[str, int] = TtlCache(60.0, 10)
+    started, release = asyncio.Event(), asyncio.Event()
+    calls = 0
+
+    async def load() -> int:
+        nonlocal calls
+        calls += 1
+        started.set()
+        await release.wait()
+        return 9
+
+    first = asyncio.create_task(cache.get_or_load("k", load))
+    await started.wait()
+    second = asyncio.create_task(cache.get_or_load("k", load))
+    await asyncio.sleep(0)
+    first.cancel()
+    release.set()
+    assert await second == 9
+    assert first.cancelled() and calls == 1
+    assert cache.get("k") == 9
+
+
 async def test_ttl_of_the_loaded_value_caps_its_life() -> None:
     clock = Clock()
     cache: TtlCache[str, int] = TtlCache(60.0, 10, clock)
