@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Final, NoReturn
 
 import aiosmtplib
+from opentelemetry import trace
 
 from services.messaging.config import Settings
 from services.messaging.domain.emails import (
@@ -38,6 +39,7 @@ from services.messaging.domain.emails import (
 )
 
 _LOG = logging.getLogger(__name__)
+_TRACER = trace.get_tracer("sendsafe.messaging.email")
 TLS_MODES: Final = ("starttls", "implicit", "none")
 _SIGNED_HEADERS: Final = (b"from", b"to", b"subject", b"date", b"message-id", b"mime-version", b"content-type",
                           b"content-transfer-encoding")
@@ -134,6 +136,15 @@ class SmtpMailer:
         data = self.build(to, subject, body, account_id=account_id, notification_id=notification_id)
         message_id = _message_id(data)
         c = self._config
+        # The span names the relay and how it was reached, never the recipient, subject or body.
+        with _TRACER.start_as_current_span("smtp.send", kind=trace.SpanKind.CLIENT, attributes={
+                "server.address": c.host, "server.port": c.port, "sendsafe.smtp.tls": c.tls}):
+            await self._deliver(to, data)
+        self.sent += 1
+        return message_id
+
+    async def _deliver(self, to: str, data: bytes) -> None:
+        c = self._config
         smtp = aiosmtplib.SMTP(
             hostname=c.host, port=c.port, timeout=c.timeout, use_tls=c.tls == "implicit",
             start_tls=c.tls == "starttls", tls_context=self._ctx, validate_certs=self._ctx is not None,
@@ -161,8 +172,6 @@ class SmtpMailer:
             if isinstance(cause, ssl.SSLError):  # implicit TLS: the handshake failed inside the connect
                 self._fail(SmtpReply(0, "tls"), cause)
             self._fail(None, err)
-        self.sent += 1
-        return message_id
 
     def _fail(self, reply: SmtpReply | None, err: BaseException) -> NoReturn:
         self.failed += 1
