@@ -1,17 +1,21 @@
 """Security notifications to the account's owners, over HTTPS only (issue 14): creating an API key through the
 gateway leaves a notice in GET /v1/audit/security-notifications, about that key's audit event, naming the
-key's id and never its secret, with its delivery state."""
+key's id and never its secret, with its delivery state; so do a user's two-factor and password changes, as
+identity really records them, and a second sign-in from a known address does not."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
 
+import pyotp
 import pytest
 
 from tests.e2e.api_client import Http
 from tests.e2e.conftest import Customer
+from tests.e2e.identity_support import PASSWORD, bearer, login, unique, wait_feed
 
 
 @pytest.fixture
@@ -56,3 +60,53 @@ def test_a_new_api_key_is_noticed_to_the_owners_without_its_secret(http: Http, c
     # Listing it needs audit.read: a key scoped to account.read only is refused.
     r = http.call("GET", "/v1/audit/security-notifications", auth=(customer.username, secret))
     assert r.status == 403, r.body
+
+
+def test_sign_ins_mfa_and_password_changes_of_a_user_are_noticed(http: Http, customer: Customer) -> None:
+    """What identity really emits: two sign-ins from the same address (the first is the baseline: no notice),
+    two-factor authentication turned on then off, a password change; none of the secrets reaches a notice."""
+    main = (customer.username, customer.api_key)
+    name = unique("noticed")
+    made = http.call("POST", "/v3/subaccounts", auth=main,
+                     json_body={"api_username": name, "password": PASSWORD, "email": f"{name}@example.com"})
+    assert made.status == 200, made.body
+    user_id = str(made.json()["data"]["subaccount_id"])
+    assert login(http, name).status == 200
+    token = login(http, name).json()["session_token"]
+    enrol = http.call("POST", "/v1/auth/mfa/totp", headers=bearer(token), json_body={"password": PASSWORD}).json()
+    totp = pyotp.parse_uri(enrol["otpauth_uri"])
+    step = int(time.time()) // 30
+    confirmed = http.call("POST", "/v1/auth/mfa/totp/confirm", headers=bearer(token),
+                          json_body={"code": totp.at(step * 30)})
+    assert confirmed.status == 200, confirmed.body
+    assert http.call("POST", "/v1/auth/step-up", headers=bearer(token),
+                     json_body={"totp_code": totp.at((step + 1) * 30)}).status == 200
+    assert http.call("DELETE", "/v1/auth/mfa/totp", headers=bearer(token)).status == 200
+    new_password = "walnut cobalt meadow 73 harbor"
+    assert http.call("PUT", "/v1/auth/password", headers=bearer(token),
+                     json_body={"current_password": PASSWORD, "new_password": new_password}).status == 200
+
+    wanted = {"auth.login": 2, "auth.mfa.enrol": 1, "auth.mfa.remove": 1, "auth.password.change": 1}
+
+    def mine(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in events if e["actor"].get("id") == user_id and e["action"] in wanted
+                and e.get("outcome") == "OUTCOME_SUCCESS"]
+
+    events = mine(wait_feed(http, lambda evs: all(
+        sum(e["action"] == a for e in mine(evs)) == n for a, n in wanted.items()), auth=main, action="auth.*"))
+    kinds = {e["event_id"]: e["action"] for e in events}
+
+    def settled() -> list[dict[str, Any]]:
+        got = http.call("GET", "/v1/audit/security-notifications?page_size=500", auth=main).json()["notifications"]
+        ours = [n for n in got if n["event_id"] in kinds]
+        return ours if len(ours) >= 3 and all(n["status"] != "SECURITY_NOTIFICATION_STATUS_PENDING" for n in ours) \
+            else []
+
+    notices = _until(settled, "the user's notices")
+    assert sorted((kinds[n["event_id"]], n["kind"]) for n in notices) == [
+        ("auth.mfa.enrol", "mfa_enrolled"), ("auth.mfa.remove", "mfa_removed"),
+        ("auth.password.change", "password_changed")]  # and no new_sign_in: one address, seen at the first
+    text = json.dumps(notices)
+    assert f"turned on for user {user_id}." in text and f"The password of user {user_id} was changed." in text
+    for secret in (PASSWORD, new_password, token, totp.secret, enrol["secret"], *confirmed.json()["recovery_codes"]):
+        assert secret not in text
