@@ -69,3 +69,26 @@ def test_message_ids_are_stable_per_notification_and_recipient_and_name_neither(
 def test_the_verification_email_carries_the_code_and_nothing_else_of_the_account() -> None:
     subject, body = verification_email("123456")
     assert subject == "SendSafe verification code" and body.splitlines()[0] == "SendSafe verification code: 123456"
+
+
+def test_smtp_settings_read_the_password_from_a_file_and_build_a_mailer(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from services.messaging.adapters.email import open_mailer
+    from services.messaging.config import Settings
+    from svckit.config import load
+
+    secret = Path(str(tmp_path)) / "smtp-password"
+    secret.write_text("from-a-file\n")
+    base = {"TLS_CERT_FILE": "c", "TLS_KEY_FILE": "k", "TLS_CA_FILE": "ca", "DATABASE_URL": "postgresql://x/y",
+            "KEYS_ADDR": "127.0.0.1:1"}
+    assert open_mailer(load(Settings, base)) is None  # no host: email is not available
+    settings = load(Settings, {**base, "MESSAGING_SMTP_HOST": "smtp.example.com",
+                               "MESSAGING_SMTP_FROM": "a@example.com", "MESSAGING_SMTP_USERNAME": "relay",
+                               "MESSAGING_SMTP_PASSWORD_FILE": str(secret)})
+    assert settings.smtp_password == "from-a-file" and settings.smtp_tls == "starttls" and settings.smtp_port == 587
+    mailer = open_mailer(settings)
+    assert mailer is not None and mailer.sender == "a@example.com"
+    with pytest.raises(ValueError):  # plaintext to a remote relay is refused at start-up
+        open_mailer(load(Settings, {**base, "MESSAGING_SMTP_HOST": "smtp.example.com", "MESSAGING_SMTP_TLS": "none",
+                                    "MESSAGING_SMTP_FROM": "a@example.com"}))
