@@ -27,10 +27,12 @@ Test API (`Smsc`): `await start()`, `await stop()`, `port`; counters `binds`, `b
 `accepted`, `max_outstanding`, `enquire_links`, `unbinds`, `dlrs_sent`, `dlrs_acked`, `dlrs_refused`,
 `garbled_answers`, the `submissions` (one `Submitted` per accepted submit_sm) and `by_content()` (how often
 each (destination, short_message) was accepted: duplicates); `await send_mo(src, dst, text)` (an MO
-deliver_sm; returns the ESME's answer status); `await send_garbled()`; fault switches `throttle_next`
-(answer ESME_RTHROTTLED to the next N submits), `throttle_rate` (msgs/s per connection), `drop_after`
+deliver_sm; returns the ESME's answer status); `await send_dlr(message_id)` (one DLR, any id);
+`await send_garbled()`; `await unbind_all()`; fault switches `throttle_next` (answer ESME_RTHROTTLED to the
+next N submits), `throttle_rate` (msgs/s per connection), `drop_after`
 (close the connection when a submit arrives after N accepted on it; answers not yet sent are lost),
-`lose_receipts` (the next N accepted messages never get a DLR), `fail_prefixes`, `undeliverable_prefixes`.
+`lose_receipts` (the next N accepted messages never get a DLR), `fail_prefixes`, `undeliverable_prefixes`,
+`ignore_enquire_link` (a hung SMSC).
 """
 
 from __future__ import annotations
@@ -127,6 +129,7 @@ class Smsc:
         self.lost_receipts: set[str] = set()
         self.fail_prefixes: dict[str, int] = {}
         self.undeliverable_prefixes: set[str] = set()
+        self.ignore_enquire_link = False  # a hung SMSC: the ESME must find the link dead
 
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> int:
@@ -197,7 +200,8 @@ class Smsc:
             self._bind(conn, req)
         elif cid == p.ENQUIRE_LINK:
             self.enquire_links += 1
-            conn.send(p.resp_for(req))
+            if not self.ignore_enquire_link:
+                conn.send(p.resp_for(req))
         elif cid == p.UNBIND:
             self.unbinds += 1
             conn.send(p.resp_for(req))
@@ -330,6 +334,18 @@ class Smsc:
                 return
             self.dlrs_refused += 1
             await asyncio.sleep(self.dlr_retry)
+
+    async def send_dlr(self, message_id: str, *, delivered: bool = True, system_id: str | None = None,
+                       wait_bound: float = 5.0) -> int | None:
+        """One DLR naming `message_id` (also one this SMSC never issued), sent once; the ESME's answer."""
+        stat, state = ("DELIVRD", 2) if delivered else ("UNDELIV", 5)
+        req = p.Pdu(p.DELIVER_SM, params={
+            "source_addr_ton": 1, "source_addr_npi": 1, "source_addr": "61400000000", "esm_class": 0x04,
+            "short_message": f"id:{message_id} stat:{stat} err:000".encode("ascii"),
+        }, tlvs={p.TLV_RECEIPTED_MESSAGE_ID: p.c_tlv(message_id), p.TLV_MESSAGE_STATE: bytes([state])})
+        self.dlrs_sent += 1
+        sid = system_id if system_id is not None else self._credentials[0] or self._any_system_id()
+        return await self._deliver(sid, req, wait_bound)
 
     async def send_mo(self, source: str, destination: str, text: str, *, system_id: str | None = None,
                       wait_bound: float = 5.0) -> int | None:

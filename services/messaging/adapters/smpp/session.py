@@ -66,6 +66,11 @@ class SessionConfig:
             raise ValueError("the SMPP window must be at least 1")
         if self.throughput < 0:
             raise ValueError("the SMPP throughput cap must be >= 0")
+        # SMPP 3.4 C-octet string limits (NUL included): system_id 16, password 9, system_type 13.
+        for what, value, most in (("system_id", self.system_id, 15), ("password", self.password, 8),
+                                  ("system_type", self.system_type, 12)):
+            if len(value.encode("latin-1", "replace")) > most:
+                raise ValueError(f"the SMPP {what} is longer than {most} characters (SMPP 3.4 limit)")
 
 
 class Session:
@@ -185,6 +190,9 @@ class Session:
                 raise
             except (OSError, TimeoutError, asyncio.IncompleteReadError, p.FramingError, p.PduError) as exc:
                 reason = type(exc).__name__
+            except Exception as exc:  # never let the session die: log, back off, try again
+                _LOG.exception("%s: session error", self.name)
+                reason = type(exc).__name__
             finally:
                 self._close(reason)
             if self._stopping.is_set():
@@ -303,8 +311,9 @@ class Session:
             if idle < period:
                 await asyncio.sleep(period - idle)
                 continue
-            try:
-                await self._call(p.Pdu(p.ENQUIRE_LINK), timeout=self.config.response_timeout_s)
+            try:  # a short period means a quick check: answer within the period (at least 1 s, at most the timeout)
+                await self._call(p.Pdu(p.ENQUIRE_LINK),
+                                 timeout=min(self.config.response_timeout_s, max(1.0, period)))
             except (OutcomeUnknown, NotBound):
                 _LOG.warning("%s: no enquire_link answer from %s:%d: dead link", self.name, self.config.host,
                              self.config.port)
