@@ -222,7 +222,7 @@ async def build_worker(settings: Settings) -> App:
         for child in _children(carrier):
             if isinstance(child, SmppCarrier):  # bind now (in the background), unbind last on shutdown
                 child.attach(delivery.settle_carrier_receipts, delivery.receive_inbound)
-                await child.start(wait_s=min(5.0, settings.shutdown_grace_seconds * 5))
+                await child.start()  # a batch waits for the bind a few seconds, then CarrierDown
                 stack.push_async_callback(child.close)
         worker = StreamWorker(
             stream, delivery,
