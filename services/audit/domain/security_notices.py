@@ -86,6 +86,18 @@ class NoticeEvent:
 
 
 @dataclass(frozen=True)
+class SignInAsk:
+    """What the new-address rule asks the log about one sign-in: the user's successful sign-ins before it,
+    and whether one since `since` came from `network`."""
+
+    account_id: int
+    actor_id: str
+    before_sequence: int
+    since: datetime
+    network: str
+
+
+@dataclass(frozen=True)
 class Notice:
     """A notice to record: the rendered email and the event it is about."""
 
@@ -140,6 +152,14 @@ def sign_in_network(address: str) -> str:
             return f"{ip.ipv4_mapped}/32"
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return f"{ip}/32"
+
+
+def sign_in_ask(ev: NoticeEvent) -> SignInAsk | None:
+    """The question for a sign-in (None when its address is not an IP address: no notice)."""
+    network = sign_in_network(ev.client_address)
+    if not network:
+        return None
+    return SignInAsk(ev.account_id, ev.actor_id, ev.sequence, ev.event_time - SIGN_IN_WINDOW, network)
 
 
 def is_new_sign_in(signed_in_before: bool, seen_in_window: bool) -> bool:

@@ -17,7 +17,7 @@ from services.audit.domain.events import IncomingEvent, SealedEvent
 from services.audit.domain.filters import EventFilter
 from services.audit.domain.forwarding import ForwardingSpec, ForwardingState
 from services.audit.domain.rules import Rule, RuleSpec
-from services.audit.domain.security_notices import Notice, StoredNotice
+from services.audit.domain.security_notices import Notice, SignInAsk, StoredNotice
 
 
 class EventStore(Protocol):
@@ -42,8 +42,7 @@ class EventStore(Protocol):
 class NoticeTx(Protocol):
     """The security-notice queries of the alert engine's transaction."""
 
-    async def sign_in_history(self, account_id: int, actor_id: str, before_sequence: int, since: datetime,
-                              network: str) -> tuple[bool, bool]: ...
+    async def sign_in_history(self, asks: Sequence[SignInAsk]) -> list[tuple[bool, bool]]: ...
     async def insert_notices(self, notices: Sequence[Notice]) -> int: ...
 
 

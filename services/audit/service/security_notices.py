@@ -18,14 +18,13 @@ from services.audit.domain.security_notices import (
     OUTCOME_SUCCESS,
     PENDING,
     SENT,
-    SIGN_IN_WINDOW,
-    Notice,
+    NoticeEvent,
     StoredNotice,
     delivery_outcome,
     is_new_sign_in,
     notice_kind,
     render,
-    sign_in_network,
+    sign_in_ask,
 )
 from services.audit.service import formats
 from services.audit.service.ports import DeliveryError, NoticeStore, NoticeTx, OwnerMailer
@@ -44,23 +43,19 @@ class SecurityNotices:
 
     async def record(self, tx: NoticeTx, rows: Sequence[tuple[int, bytes]], facts: Sequence[EventFacts]) -> int:
         """Inside the engine's transaction: the notices these events call for. Returns how many were new."""
-        notices: list[Notice] = []
+        candidates: list[tuple[str, NoticeEvent]] = []
         for (sequence, leaf), f in zip(rows, facts, strict=True):
             if f.action not in CANDIDATE_ACTIONS or f.outcome != OUTCOME_SUCCESS or f.account_id <= 0:
                 continue
             ev = formats.notice_event(sequence, leaf)
             kind = notice_kind(ev)
-            if not kind:
-                continue
-            if kind == NEW_SIGN_IN:
-                network = sign_in_network(ev.client_address)
-                if not network:
-                    continue
-                before, seen = await tx.sign_in_history(ev.account_id, ev.actor_id, ev.sequence,
-                                                        ev.event_time - SIGN_IN_WINDOW, network)
-                if not is_new_sign_in(before, seen):
-                    continue
-            notices.append(render(kind, ev))
+            if kind:
+                candidates.append((kind, ev))
+        # Sign-ins: one query for the batch's, each against the log before it.
+        asks = {ev.sequence: ask for kind, ev in candidates if kind == NEW_SIGN_IN and (ask := sign_in_ask(ev))}
+        answers = dict(zip(asks, await tx.sign_in_history(list(asks.values())), strict=True))
+        notices = [render(kind, ev) for kind, ev in candidates
+                   if kind != NEW_SIGN_IN or (ev.sequence in answers and is_new_sign_in(*answers[ev.sequence]))]
         n = await tx.insert_notices(notices)
         self.recorded += n
         return n

@@ -147,13 +147,14 @@ def test_delivery_outcomes() -> None:
 @dataclass
 class FakeTx:
     history: dict[tuple[int, str], tuple[bool, bool]] = field(default_factory=dict)
-    asked: list[tuple[int, str, int, datetime, str]] = field(default_factory=list)
+    asked: list[sn.SignInAsk] = field(default_factory=list)
+    calls: int = 0
     inserted: list[sn.Notice] = field(default_factory=list)
 
-    async def sign_in_history(self, account_id: int, actor_id: str, before_sequence: int, since: datetime,
-                              network: str) -> tuple[bool, bool]:
-        self.asked.append((account_id, actor_id, before_sequence, since, network))
-        return self.history.get((account_id, actor_id), (False, False))
+    async def sign_in_history(self, asks: Sequence[sn.SignInAsk]) -> list[tuple[bool, bool]]:
+        self.calls += 1
+        self.asked += asks
+        return [self.history.get((a.account_id, a.actor_id), (False, False)) for a in asks]
 
     async def insert_notices(self, notices: Sequence[sn.Notice]) -> int:
         self.inserted += notices
@@ -179,10 +180,12 @@ async def test_record_asks_the_sign_in_history_and_notices_only_what_calls_for_i
     notices = SecurityNotices(FakeStore(), None)
     assert await notices.record(tx, [r for r, _ in pairs], [f for _, f in pairs]) == 2
     assert [(n.event_sequence, n.kind) for n in tx.inserted] == [(1, sn.NEW_SIGN_IN), (4, sn.API_KEY_CREATED)]
-    # The history is asked for each sign-in with an address, before it, over the 90-day window, by network.
-    assert [(a[1], a[2], a[4]) for a in tx.asked] == [("7", 1, "198.51.100.7/32"), ("8", 2, "198.51.100.7/32"),
-                                                      ("9", 3, "198.51.100.7/32")]
-    assert tx.asked[0][3] == T0 - timedelta(days=90)
+    # The history is asked (once for the batch) for each sign-in with an address, before it, over the
+    # 90-day window, by network.
+    assert tx.calls == 1
+    assert [(a.actor_id, a.before_sequence, a.network) for a in tx.asked] == [
+        ("7", 1, "198.51.100.7/32"), ("8", 2, "198.51.100.7/32"), ("9", 3, "198.51.100.7/32")]
+    assert tx.asked[0].since == T0 - timedelta(days=90) and tx.asked[0].account_id == 42
     assert notices.recorded == 2
 
 
@@ -239,3 +242,14 @@ async def test_without_messaging_a_notice_is_not_sent_and_not_retried() -> None:
     store = FakeStore([_stored(6)])
     await SecurityNotices(store, None).deliver_due()
     assert store.finished == [(6, sn.NOT_SENT, 1, "MESSAGING_NOT_CONFIGURED", 0.0)]
+
+
+def test_the_sign_in_index_and_query_name_the_action_the_rule_uses() -> None:
+    from pathlib import Path
+
+    import services.audit.adapters.store.security_notices as store
+
+    root = Path(store.__file__).parents[2]
+    literal = f"action = '{sn.SIGN_IN_ACTION}'"
+    assert literal in (root / "migrations" / "0004_security_notices.sql").read_text()
+    assert f"e.{literal}" in Path(store.__file__).read_text()
