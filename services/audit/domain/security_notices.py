@@ -13,7 +13,8 @@ Which events notify (outcome SUCCESS only, in the account's own feed):
   mfa_enrolled / mfa_removed auth.mfa.enrol (the factor confirmed), auth.mfa.remove
   password_changed           auth.password.change; subaccount.update whose `fields` name the password (reset
                              by another user of the account)
-  staff_access               staff.customer_access (the customer's copy), audit.events.read_by_staff
+  staff_access               staff.customer_access (the customer's copy), audit.events.read_by_staff,
+                             messaging.staff.history_read
   key_destruction_scheduled  keys.account_keys.destruction_scheduled
 
 New sign-in: a successful customer sign-in notifies when none of the same user's successful sign-ins in the
@@ -55,6 +56,7 @@ _KINDS: Mapping[str, str] = {
     "subaccount.update": PASSWORD_CHANGED,
     "staff.customer_access": STAFF_ACCESS,
     "audit.events.read_by_staff": STAFF_ACCESS,
+    "messaging.staff.history_read": STAFF_ACCESS,
     "keys.account_keys.destruction_scheduled": KEY_DESTRUCTION_SCHEDULED,
 }
 CANDIDATE_ACTIONS = frozenset(_KINDS)

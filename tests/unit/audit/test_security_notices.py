@@ -52,6 +52,7 @@ CASES = [
     ("subaccount.update", {"fields": "email,password"}, sn.PASSWORD_CHANGED),
     ("staff.customer_access", {"operation": "GetCustomerAccount"}, sn.STAFF_ACCESS),
     ("audit.events.read_by_staff", {}, sn.STAFF_ACCESS),
+    ("messaging.staff.history_read", {"content_visible": "false"}, sn.STAFF_ACCESS),
     ("keys.account_keys.destruction_scheduled", {"destroy_time": "2026-05-08T12:30:05+00:00"},
      sn.KEY_DESTRUCTION_SCHEDULED),
 ]
