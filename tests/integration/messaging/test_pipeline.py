@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import signal
 import subprocess
@@ -11,6 +12,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from services.messaging.config import Settings
@@ -21,6 +24,7 @@ from svckit.redisconn import make_redis
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.test_api import REAL_NUMBER, TEST_NUMBER, eventually, sms, stub_for
 from tests.support import CertBundle
+from tools.smsc import Smsc
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -163,8 +167,9 @@ def _worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.parametrize("carrier", ["simulator", "smpp"])
 async def test_killed_worker_loses_nothing_and_delivers_once(
-    messaging: Messaging, certs: CertBundle, tmp_path: Path
+    messaging: Messaging, certs: CertBundle, tmp_path: Path, carrier: str
 ) -> None:
     n = 200
     ch, stub = stub_for(messaging, certs)
@@ -173,63 +178,91 @@ async def test_killed_worker_loses_nothing_and_delivers_once(
                                   metadata=principal_md(705))
     accepted = {m.message_id for m in resp.messages if m.status == "SUCCESS"}
     assert len(accepted) == n
+    body_of = {m.message_id: f"k{i}" for i, m in enumerate(resp.messages)}
 
     # A real worker process; every carrier call takes 300 ms, so a 20-message batch is in flight long enough.
+    # SMPP: tools/smsc.py answers each submit_sm after 300 ms (window 10) and sends the DLRs to whoever is
+    # bound; it does not deduplicate (SMPP has no idempotency key), so what it counts twice must be among
+    # the messages in flight at the kill.
+    smsc = Smsc(system_id="ss", password="pw", dlr_delay=0.05, resp_delay=0.3, dlr_retry=0.3, dlr_attempts=5)
+    extra = {"MESSAGING_SIM_LATENCY_MS": "300"}
+    if carrier == "smpp":
+        await smsc.start()
+        extra = {"MESSAGING_CARRIER": "smpp", "MESSAGING_SMPP_HOST": "127.0.0.1", "MESSAGING_SMPP_PORT": str(smsc.port),
+                 "MESSAGING_SMPP_SYSTEM_ID": "ss", "MESSAGING_SMPP_PASSWORD": "pw"}
+
+    async def submit_counts() -> dict[str, int]:
+        if carrier == "smpp":
+            by_body = collections.Counter(s.short_message.decode() for s in smsc.submissions)
+            return {mid: by_body[b] for mid, b in body_of.items() if by_body[b]}
+        return {str(r["message_id"]).upper(): r["submit_count"] for r in
+                await messaging.pool.fetch("SELECT message_id, submit_count FROM carrier_sim_submissions")}
+
     log = tmp_path / "worker1.log"
-    env = _worker_env(messaging.settings, MESSAGING_WORKER_BATCH="20", MESSAGING_SIM_LATENCY_MS="300",
-                      MESSAGING_RECLAIM_IDLE_MS="1000", MESSAGING_SIM_RECEIPT_DELAY_MS="50")
-    with open(log, "wb") as fh:
-        first = subprocess.Popen([sys.executable, "-m", "services.messaging", "worker"], cwd=REPO, env=env,
-                                 stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    env = _worker_env(messaging.settings, MESSAGING_WORKER_BATCH="20", MESSAGING_RECLAIM_IDLE_MS="1000",
+                      MESSAGING_SIM_RECEIPT_DELAY_MS="50", **extra)
     try:
-        async def mid_batch() -> bool:
-            s = list((await statuses(messaging)).values())
-            return s.count("SENDING") > 0 and (s.count("SENT") + s.count("DELIVERED")) > 0
-
-        await eventually(mid_batch, timeout=60, what="the first worker to be mid-batch")
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(10)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-    at_kill = await statuses(messaging)
-    in_flight = {mid for mid, st in at_kill.items() if st == "SENDING"}
-    assert in_flight and len(in_flight) < n
-    submitted_before = {str(r["message_id"]).upper() for r in
-                        await messaging.pool.fetch("SELECT message_id FROM carrier_sim_submissions")}
-
-    # A new worker (another process, another consumer name) takes over the dead one's pending entries.
-    with open(tmp_path / "worker2.log", "wb") as fh:
-        second = subprocess.Popen([sys.executable, "-m", "services.messaging", "worker"], cwd=REPO,
-                                  env={**env, "MESSAGING_SIM_LATENCY_MS": "0"},
-                                  stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        async def all_delivered() -> bool:
-            s = await statuses(messaging)
-            return set(s) == accepted and set(s.values()) == {"DELIVERED"}
-
-        await eventually(all_delivered, timeout=60, what="every accepted message to be delivered")
-    finally:
-        second.send_signal(signal.SIGTERM)
+        with open(log, "wb") as fh:
+            first = subprocess.Popen([sys.executable, "-m", "services.messaging", "worker"], cwd=REPO, env=env,
+                                     stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            second.wait(15)
-        except subprocess.TimeoutExpired:
-            second.kill()
-            second.wait()
-    assert second.returncode == 0, (tmp_path / "worker2.log").read_text()[-3000:]
+            async def mid_batch() -> bool:
+                s = list((await statuses(messaging)).values())
+                return s.count("SENDING") > 0 and (s.count("SENT") + s.count("DELIVERED")) > 0
 
-    sim = {str(r["message_id"]).upper(): r for r in await messaging.pool.fetch(
-        "SELECT message_id, submit_count, receipt_time FROM carrier_sim_submissions")}
-    assert set(sim) == accepted  # every accepted message reached the carrier
-    assert all(r["receipt_time"] is not None for r in sim.values())  # and got exactly one receipt
-    for mid, r in sim.items():
+            await eventually(mid_batch, timeout=60, what="the first worker to be mid-batch")
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(10)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait()
+        at_kill = await statuses(messaging)
+        in_flight = {mid for mid, st in at_kill.items() if st == "SENDING"}
+        assert in_flight and len(in_flight) < n
+        submitted_before = set(await submit_counts())
+
+        # A new worker (another process, another consumer name) takes over the dead one's pending entries.
+        smsc.resp_delay = 0.0
+        with open(tmp_path / "worker2.log", "wb") as fh:
+            second = subprocess.Popen([sys.executable, "-m", "services.messaging", "worker"], cwd=REPO,
+                                      env={**env, "MESSAGING_SIM_LATENCY_MS": "0"},
+                                      stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            async def all_delivered() -> bool:
+                s = await statuses(messaging)
+                return set(s) == accepted and set(s.values()) == {"DELIVERED"}
+
+            await eventually(all_delivered, timeout=60, what="every accepted message to be delivered")
+        finally:
+            second.send_signal(signal.SIGTERM)
+            try:  # in a thread: this loop also runs the SMSC, which must answer the worker's unbind
+                await asyncio.to_thread(second.wait, 15)
+            except subprocess.TimeoutExpired:
+                second.kill()
+                second.wait()
+        assert second.returncode == 0, (tmp_path / "worker2.log").read_text()[-3000:]
+        counts = await submit_counts()
+        if carrier == "smpp":
+            assert smsc.unbinds == 1  # the second worker unbound on SIGTERM
+    finally:
+        await smsc.stop()
+
+    assert set(counts) == accepted  # every accepted message reached the carrier
+    receipts = await messaging.pool.fetch("SELECT message_id, count(*) AS n FROM receipts WHERE account_id = 705"
+                                          " GROUP BY message_id")
+    assert len(receipts) == n and {r["n"] for r in receipts} == {1}  # and got exactly one final state
+    if carrier == "simulator":
+        assert all(r["receipt_time"] is not None for r in await messaging.pool.fetch(
+            "SELECT receipt_time FROM carrier_sim_submissions"))
+    for mid, c in counts.items():
         if mid not in in_flight:
-            assert r["submit_count"] == 1, "a message that was not in flight was submitted twice"
-    resubmitted = {mid for mid, r in sim.items() if r["submit_count"] > 1}
+            assert c == 1, "a message that was not in flight was submitted twice"
+    resubmitted = {mid for mid, c in counts.items() if c > 1}
     assert resubmitted <= in_flight & submitted_before
-    print(f"\nkilled worker: {len(in_flight)} in flight at kill, {len(resubmitted)} re-submitted "
-          f"(carrier deduplicated), {n} delivered once")
+    dedup = "carrier deduplicated" if carrier == "simulator" else "the SMSC counted them twice"
+    print(f"\nkilled worker ({carrier}): {len(in_flight)} in flight at kill, {len(resubmitted)} re-submitted "
+          f"({dedup}), {n} delivered once")
     await asyncio.sleep(0)
 
 
