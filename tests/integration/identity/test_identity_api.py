@@ -94,7 +94,11 @@ async def test_create_account_as_ops(identity_app: App, audit_app: App, certs: C
     (ev,) = [e for e in events if e.resource.id == str(resp.account_id)]
     assert ev.outcome == event_pb2.OUTCOME_SUCCESS and ev.service == "identity"
     assert ev.actor.type == "service" and ev.actor.id == "ops" and ev.actor.account_id == resp.account_id
-    assert "example.com" not in str(ev).lower() and "0411" not in str(ev)
+    shown = event_pb2.Event()
+    shown.CopyFrom(ev)
+    for random_hex in ("event_id", "request_id", "trace_id", "prev_hash", "hash"):  # may spell "0411" by chance
+        shown.ClearField(random_hex)  # type: ignore[arg-type]
+    assert "example.com" not in str(shown).lower() and "0411" not in str(shown)
 
 
 async def test_duplicate_username_is_already_exists(identity_app: App, certs: CertBundle) -> None:
