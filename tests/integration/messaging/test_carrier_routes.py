@@ -2,7 +2,8 @@
 carrier against a local HTTPS carrier, and the built-in simulator. Messages to AU go to the HTTP carrier,
 the rest to the simulator; a down HTTP carrier (no connection: none of the batch taken) fails over to the
 simulator with each message delivered exactly once; an unknown outcome (the carrier took the batch but
-its answer timed out) is retried on the same carrier, never failed over."""
+its answer timed out) is retried on the same carrier, never failed over. The SMPP carrier (against
+tools/smsc.py) as a route, and an SMSC that goes away, fail over the same way."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ import pytest
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from services.messaging.adapters.carriers import HttpCarrier, SimulatorCarrier
 from services.messaging.adapters.routing import DOWN, UP, RoutingCarrier
+from services.messaging.adapters.smpp.carrier import SmppCarrier
 from svckit.app import App
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.fakes import FakeCarrier, free_port
 from tests.integration.messaging.test_api import REAL_NUMBER, eventually, sms, stub_for
 from tests.support import CertBundle
+from tools.smsc import Smsc
 
 GB_NUMBER = "+447400123456"  # a valid UK mobile number
 
@@ -146,3 +149,33 @@ async def test_a_bad_route_table_refuses_start_up(messaging: Messaging) -> None:
         await messaging.start_worker(carrier_fallback="smtp")
     plain = await messaging.start_worker()  # no routes, no fallback: MESSAGING_CARRIER alone, as before
     assert isinstance(plain.extras["carrier"], SimulatorCarrier)
+
+
+async def test_smpp_route_falls_back_when_the_smsc_goes_away(messaging: Messaging, certs: CertBundle) -> None:
+    """The SMPP carrier as the AU route against tools/smsc.py: while bound, AU goes over SMPP (receipts by
+    DLR) and the rest to the simulator; once the SMSC is gone the session is not bound, nothing can be taken
+    (CarrierDown), and the simulator delivers those AU messages instead, each exactly once."""
+    smsc = Smsc(dlr_delay=0.05)
+    await smsc.start()
+    try:
+        worker = await messaging.start_worker(
+            carrier_routes="AU=smpp;*=simulator", carrier_fallback="simulator", smpp_host="127.0.0.1",
+            smpp_port=smsc.port, smpp_system_id="sendsafe", max_attempts=10)
+        router = router_of(worker)
+        assert isinstance(router.carriers["smpp"], SmppCarrier)
+        first = await send(messaging, certs, 9304, [REAL_NUMBER, GB_NUMBER] * 3)
+        await all_delivered(messaging, 9304, 6)
+        au, gb = first[0::2], first[1::2]
+        assert len(smsc.submissions) == 3 and set(smsc.by_content().values()) == {1}
+        assert await sim_submissions(messaging, first) == {x: 1 for x in gb}
+    finally:
+        await smsc.stop()  # the SMSC goes away: the session drops and cannot bind again
+    second = await send(messaging, certs, 9304, [REAL_NUMBER] * 4)
+    await all_delivered(messaging, 9304, 10, timeout=30)
+    states = await rows(messaging, 9304)
+    assert {mid: c for mid, (_, c) in states.items()} == {
+        **{x: "smpp" for x in au}, **{x: "simulator" for x in gb + second}}
+    assert len(smsc.submissions) == 3  # nothing more reached the SMSC
+    assert await sim_submissions(messaging, first + second) == {x: 1 for x in gb + second}
+    health = router.health()
+    assert health["smpp"].state == DOWN and health["smpp"].failed_over == 4
