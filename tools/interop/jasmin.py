@@ -121,11 +121,15 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     logfile: Path
+    stop_argv: list[str] | None = None  # how to stop it when a signal to our child is not enough
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.popen.poll() is not None:
             return
-        self.popen.send_signal(signal.SIGTERM)
+        if self.stop_argv:
+            subprocess.run(self.stop_argv, capture_output=True, timeout=60)
+        else:
+            self.popen.send_signal(signal.SIGTERM)
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -329,14 +333,21 @@ class JasminChain:
         with contextlib.suppress(KeyError, OSError):
             shutil.chown(data, "rabbitmq", "rabbitmq")
             shutil.chown(self.workdir, "rabbitmq", "rabbitmq")
+        conf = data / "rabbitmq.conf"  # our own: the machine's /etc/rabbitmq may name another listener
+        conf.write_text(f"listeners.tcp.local = {HOST}:{self.amqp_port}\n")
+        node = f"sendsafe-interop-{self.amqp_port}@localhost"
         log(f"starting rabbitmq-server on {HOST}:{self.amqp_port}")
         proc = start("rabbitmq", [server], self.logs / "rabbitmq.log", env={
-            "RABBITMQ_NODENAME": f"sendsafe-interop-{self.amqp_port}@localhost",
+            "RABBITMQ_CONFIG_FILE": str(conf),
+            "RABBITMQ_NODENAME": node,
             "RABBITMQ_NODE_IP_ADDRESS": HOST, "RABBITMQ_NODE_PORT": str(self.amqp_port),
             "RABBITMQ_DIST_PORT": str(self.amqp_port + 20000), "ERL_EPMD_ADDRESS": HOST,
             "RABBITMQ_MNESIA_BASE": str(data / "mnesia"), "RABBITMQ_LOG_BASE": str(data / "log"),
             "RABBITMQ_PID_FILE": str(data / "rabbit.pid"),
         })
+        # Debian's wrapper runs the broker under `su rabbitmq` in its own session: a signal to our child
+        # does not reach it, `rabbitmqctl stop` does.
+        proc.stop_argv = [shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl", "-n", node, "stop"]
         self.procs.append(proc)
         wait_for(lambda: port_open(self.amqp_port), "rabbitmq-server", 120, proc.popen, proc.logfile)
 
