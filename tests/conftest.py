@@ -16,6 +16,7 @@ from svckit.app import App
 from svckit.rpc import secure_channel
 from svckit.tls import TlsFiles
 from tests.e2e.conftest import Customer, OtlpReceiver
+from tests.integration.messaging.smtp_server import Inbox, server_context
 from tests.support import RUN_ID, CertBundle, NewDatabase
 from tools.suite import Suite, SuiteConfig, drop_suite_data, ensure_databases, ensure_root_key
 
@@ -69,9 +70,28 @@ def otlp() -> Iterator[tuple[OtlpReceiver, int]]:
 
 
 @pytest.fixture(scope="session")
+def smtp_inbox(certs: CertBundle) -> Iterator[Inbox]:
+    """A real SMTP server (aiosmtpd in a thread, STARTTLS required, the tests' public CA) that the suite's
+    messaging sends its email to (security notices, alert emails): what arrived is `received`."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    inbox = Inbox()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        inbox.port = s.getsockname()[1]
+    controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port, server_hostname="mail.test",
+                            tls_context=server_context(certs.https_cert, certs.https_key), require_starttls=True)
+    controller.start()
+    yield inbox
+    controller.stop()
+
+
+@pytest.fixture(scope="session")
 def suite(
     certs: CertBundle, pg_admin_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory,
-    otlp: tuple[OtlpReceiver, int],
+    otlp: tuple[OtlpReceiver, int], smtp_inbox: Inbox,
 ) -> Iterator[Suite]:
     work = tmp_path_factory.mktemp("suite")
     config = SuiteConfig(
@@ -92,6 +112,9 @@ def suite(
             for name in ("audit", "keys", "messaging", "identity", "gateway", "worker")
         },
     )
+    config.env["messaging"].update(
+        MESSAGING_SMTP_HOST="127.0.0.1", MESSAGING_SMTP_PORT=str(smtp_inbox.port), MESSAGING_SMTP_TLS="starttls",
+        MESSAGING_SMTP_CA_FILE=str(certs.public_ca), MESSAGING_SMTP_FROM="security@sendsafe.example")
     ensure_databases(config)
     s = Suite(config).start()
     yield s
