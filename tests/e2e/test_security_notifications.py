@@ -1,6 +1,7 @@
 """Security notifications to the account's owners, over HTTPS only (issue 14): creating an API key through the
 gateway leaves a notice in GET /v1/audit/security-notifications, about that key's audit event, naming the
-key's id and never its secret, with its delivery state; so do a user's two-factor and password changes, as
+key's id and never its secret, with its delivery state, and the email reaches the owner's address on the
+suite's SMTP server (aiosmtpd, STARTTLS); so do a user's two-factor and password changes, as
 identity really records them, and a second sign-in from a known address does not."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from tests.e2e.api_client import Http
 from tests.e2e.conftest import Customer
 from tests.e2e.identity_support import PASSWORD, bearer, login, unique, wait_feed
+from tests.integration.messaging.smtp_server import Inbox
 
 
 @pytest.fixture
@@ -32,7 +34,8 @@ def _until(check: Any, what: str, deadline_s: float = 20.0) -> Any:
     return found
 
 
-def test_a_new_api_key_is_noticed_to_the_owners_without_its_secret(http: Http, customer: Customer) -> None:
+def test_a_new_api_key_is_emailed_to_the_owners_without_its_secret(http: Http, customer: Customer,
+                                                                   smtp_inbox: Inbox) -> None:
     main = (customer.username, customer.api_key)
     made = http.call("POST", "/v1/api-keys", auth=main,
                      json_body={"name": f"notice {uuid.uuid4().hex[:6]}", "scopes": ["account.read"]})
@@ -54,9 +57,16 @@ def test_a_new_api_key_is_noticed_to_the_owners_without_its_secret(http: Http, c
     (notice,) = _until(settled, "the notice to settle")
     assert notice["kind"] == "api_key_created" and notice["subject"] == "SendSafe security notice: a new API key"
     assert f"API key id: {key_id}." in notice["body"] and secret not in str(notice)
-    # The suite's messaging has no SMTP server: the notice is recorded as not sent, and not retried.
-    assert notice["status"] == "SECURITY_NOTIFICATION_STATUS_NOT_SENT", notice
-    assert notice["last_error"] == "EMAIL_NOT_CONFIGURED" and notice["attempts"] == 1
+    assert notice["status"] == "SECURITY_NOTIFICATION_STATUS_SENT", notice
+    assert notice["last_error"] == "" and notice["attempts"] == 1
+    # The email, as the owner's mail server got it: to the main user's address, the notice's subject and text.
+    mails = [m for m in list(smtp_inbox.received) if f"API key id: {key_id}." in m.message.get_content()]
+    assert len(mails) == 1, [m.rcpt_tos for m in smtp_inbox.received]
+    (mail,) = mails
+    assert mail.rcpt_tos == ["demo@example.com"] and mail.tls in ("TLSv1.2", "TLSv1.3")
+    assert mail.message["Subject"] == notice["subject"]
+    assert mail.message.get_content().replace("\r\n", "\n").rstrip("\n") == notice["body"]
+    assert secret.encode() not in mail.data
     # Listing it needs audit.read: a key scoped to account.read only is refused.
     r = http.call("GET", "/v1/audit/security-notifications", auth=(customer.username, secret))
     assert r.status == 403, r.body
