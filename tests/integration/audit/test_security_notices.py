@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 
@@ -169,11 +170,18 @@ async def test_a_passing_outage_that_lasts_fails_after_the_last_retry(
 ) -> None:
     servicer, addr = email_messaging
     servicer.failures = [Unavailable("smtp down", reason="EMAIL_UNAVAILABLE") for _ in range(20)]
-    audit = await make_audit(messaging_addr=addr, retry_base_seconds=0.01)
+    audit = await make_audit(messaging_addr=addr, retry_base_seconds=0.01, metrics_listen="127.0.0.1:0")
     await audit.append(_key_created(7301), caller="keys")
     (notice,) = await _settled(audit, 7301, 1)
     assert (notice.status, notice.attempts, notice.last_error) == (FAILED, 8, "EMAIL_UNAVAILABLE")
     assert len(servicer.requests) == 8
+    # What an SRE sees: every failed attempt counted, nothing left pending.
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{audit.app.extras['metrics_port']}/metrics") as resp:
+        values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in (await resp.text()).splitlines()
+                  if line and not line.startswith("#")}
+    assert values["sendsafe_audit_security_notice_failures_total"] == 8
+    assert values["sendsafe_audit_security_notices_pending"] == 0
 
 
 async def test_without_messaging_notices_are_recorded_as_not_sent(make_audit: AuditFactory) -> None:
