@@ -26,11 +26,12 @@ class ConfigError(Exception):
 
 
 def setting(env: str, *, default: Any = _MISSING, secret: bool = False, doc: str = "") -> Any:
-    """Declare a field read from environment variable `env` (and `env`_FILE when `secret`)."""
+    """Declare a field read from environment variable `env` (and `env`_FILE when `secret`). A secret is left
+    out of the settings' repr, so printing or logging a settings object never shows it."""
     meta = {"env": env, "secret": secret, "doc": doc}
     if default is _MISSING:
-        return dataclasses.field(metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+        return dataclasses.field(metadata=meta, repr=not secret)
+    return dataclasses.field(default=default, metadata=meta, repr=not secret)
 
 
 def _convert(raw: str, typ: Any) -> Any:

@@ -236,3 +236,20 @@ def test_missing_or_untrustworthy_details_read_as_absent(err: object) -> None:
     assert error_info(err) is None
     assert error_reason(err) == ""
     assert error_metadata(err) == {}
+
+
+# -- settings ------------------------------------------------------------------------------------------------
+
+
+def test_a_settings_repr_never_shows_a_secret() -> None:
+    import services.messaging.config as messaging_config
+    from svckit import config
+
+    env = {"SERVICE_NAME": "messaging", "TLS_CERT_FILE": "c", "TLS_KEY_FILE": "k", "TLS_CA_FILE": "a",
+           "DATABASE_URL": "postgresql://u:db-pass-123@h/d", "MESSAGING_SMTP_PASSWORD": "smtp-pass-456",
+           "KEYS_ADDR": "127.0.0.1:1"}
+    settings = config.load(messaging_config.Settings, env)
+    assert settings.database_url.endswith("db-pass-123@h/d")  # read, not lost
+    shown = repr(settings)
+    assert "service_name='messaging'" in shown
+    assert "db-pass-123" not in shown and "smtp-pass-456" not in shown
