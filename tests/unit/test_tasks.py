@@ -9,7 +9,7 @@ import pytest
 
 from svckit import tasks
 
-_wait_for = asyncio.wait_for  # kept: one test replaces asyncio.wait_for to see drain's waits
+_wait_for = asyncio.wait_for
 
 
 async def _run_until(loop: asyncio.Task[None], done: asyncio.Event) -> None:
@@ -45,7 +45,13 @@ async def test_drain_backs_off_while_failing_and_returns_to_idle_after(monkeypat
         waits.append(timeout)
         return await _wait_for(aw, 0)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(tasks.asyncio, "wait_for", record_wait)
+    class _SeenAsyncio:  # asyncio as svckit.tasks sees it, with wait_for recorded (nothing else is touched)
+        wait_for = staticmethod(record_wait)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(asyncio, name)
+
+    monkeypatch.setattr(tasks, "asyncio", _SeenAsyncio())
     outcomes: list[object] = [RuntimeError, RuntimeError, RuntimeError, RuntimeError, 0, 0]
     done = asyncio.Event()
 
