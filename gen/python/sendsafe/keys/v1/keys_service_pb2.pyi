@@ -1808,3 +1808,79 @@ class RunKeyMaintenanceResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunKeyMaintenanceResponse: _TypeAlias = RunKeyMaintenanceResponse  # noqa: Y015
+
+@_typing.final
+class KeyUsage(_message.Message):
+    """Items of one account under one key version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    KEY_VERSION_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    key_version: _builtins.int
+    items: _builtins.int
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        key_version: _builtins.int = ...,
+        items: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "items", b"items", "key_version", b"key_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyUsage: _TypeAlias = KeyUsage  # noqa: Y015
+
+@_typing.final
+class ReportKeyUsageRequest(_message.Message):
+    """One complete rewrap pass of the calling service (named by its mTLS identity)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PASS_START_TIME_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def pass_start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the pass started: items written before it were rewrapped by it."""
+
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyUsage]: ...
+    def __init__(
+        self,
+        *,
+        pass_start_time: _timestamp_pb2.Timestamp | None = ...,
+        usage: _abc.Iterable[Global___KeyUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pass_start_time", b"pass_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pass_start_time", b"pass_start_time", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportKeyUsageRequest: _TypeAlias = ReportKeyUsageRequest  # noqa: Y015
+
+@_typing.final
+class ReportKeyUsageResponse(_message.Message):
+    """Whether the report was kept (false: a newer pass was already reported)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.bool
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportKeyUsageResponse: _TypeAlias = ReportKeyUsageResponse  # noqa: Y015

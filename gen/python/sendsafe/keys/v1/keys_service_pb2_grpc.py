@@ -124,6 +124,11 @@ class KeysServiceStub:
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RewrapRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RewrapResponse.FromString,
                 _registered_method=True)
+        self.ReportKeyUsage = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/ReportKeyUsage',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportKeyUsageRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportKeyUsageResponse.FromString,
+                _registered_method=True)
         self.GetAccountKeyStatus = channel.unary_unary(
                 '/sendsafe.keys.v1.KeysService/GetAccountKeyStatus',
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.GetAccountKeyStatusRequest.SerializeToString,
@@ -311,6 +316,17 @@ class KeysServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportKeyUsage(self, request, context):
+        """Internal: a data-owning service's count of its stored items per account
+        and key version, after a complete rewrap pass over its tables (replaces
+        that service's previous report). Retirement is refused until every data
+        owner has reported a pass since the new minimum version existed with
+        nothing left below it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetAccountKeyStatus(self, request, context):
         """---- key management (operators, account lifecycle) -----------------------
 
@@ -453,6 +469,11 @@ def add_KeysServiceServicer_to_server(servicer, server):
                     servicer.Rewrap,
                     request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RewrapRequest.FromString,
                     response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RewrapResponse.SerializeToString,
+            ),
+            'ReportKeyUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportKeyUsage,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportKeyUsageRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportKeyUsageResponse.SerializeToString,
             ),
             'GetAccountKeyStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetAccountKeyStatus,
@@ -954,6 +975,33 @@ class KeysService:
             '/sendsafe.keys.v1.KeysService/Rewrap',
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RewrapRequest.SerializeToString,
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RewrapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportKeyUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/ReportKeyUsage',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportKeyUsageRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportKeyUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

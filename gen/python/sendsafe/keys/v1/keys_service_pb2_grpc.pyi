@@ -106,6 +106,13 @@ class KeysServiceStub:
     newest key version, without the caller ever seeing a plaintext. Batched
     (at most 1000 items), with a result per item.
     """
+    ReportKeyUsage: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.ReportKeyUsageRequest, _keys_service_pb2.ReportKeyUsageResponse]
+    """Internal: a data-owning service's count of its stored items per account
+    and key version, after a complete rewrap pass over its tables (replaces
+    that service's previous report). Retirement is refused until every data
+    owner has reported a pass since the new minimum version existed with
+    nothing left below it.
+    """
     GetAccountKeyStatus: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.GetAccountKeyStatusRequest, _keys_service_pb2.GetAccountKeyStatusResponse]
     """---- key management (operators, account lifecycle) -----------------------
 
@@ -209,6 +216,13 @@ class KeysServiceAsyncStub(KeysServiceStub):
     """Internal: move stored wrapped data keys and ciphertexts to the account's
     newest key version, without the caller ever seeing a plaintext. Batched
     (at most 1000 items), with a result per item.
+    """
+    ReportKeyUsage: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.ReportKeyUsageRequest, _keys_service_pb2.ReportKeyUsageResponse]  # type: ignore[assignment]
+    """Internal: a data-owning service's count of its stored items per account
+    and key version, after a complete rewrap pass over its tables (replaces
+    that service's previous report). Retirement is refused until every data
+    owner has reported a pass since the new minimum version existed with
+    nothing left below it.
     """
     GetAccountKeyStatus: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.GetAccountKeyStatusRequest, _keys_service_pb2.GetAccountKeyStatusResponse]  # type: ignore[assignment]
     """---- key management (operators, account lifecycle) -----------------------
@@ -412,6 +426,19 @@ class KeysServiceServicer(metaclass=_abc_1.ABCMeta):
         """Internal: move stored wrapped data keys and ciphertexts to the account's
         newest key version, without the caller ever seeing a plaintext. Batched
         (at most 1000 items), with a result per item.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportKeyUsage(
+        self,
+        request: _keys_service_pb2.ReportKeyUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.ReportKeyUsageResponse, _abc.Awaitable[_keys_service_pb2.ReportKeyUsageResponse]]:
+        """Internal: a data-owning service's count of its stored items per account
+        and key version, after a complete rewrap pass over its tables (replaces
+        that service's previous report). Retirement is refused until every data
+        owner has reported a pass since the new minimum version existed with
+        nothing left below it.
         """
 
     @_abc_1.abstractmethod
