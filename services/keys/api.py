@@ -16,6 +16,7 @@ from services.keys.domain.errors import PrincipalRequired
 from services.keys.domain.restrictions import SendLimits, check_send_limits
 from services.keys.service.api_keys import ApiKeyService
 from services.keys.service.key_rings import AccountStatus, KeyRingService
+from services.keys.service.key_usage import KeyUsage, KeyUsageInvalid
 from svckit import context as callctx
 from svckit.times import to_datetime
 
@@ -118,9 +119,10 @@ def status_to_proto(s: AccountStatus) -> pb.AccountKeyStatus:
 
 
 class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
-    def __init__(self, api_keys: ApiKeyService, rings: KeyRingService) -> None:
+    def __init__(self, api_keys: ApiKeyService, rings: KeyRingService, usage: KeyUsage) -> None:
         self.api_keys = api_keys
         self.rings = rings
+        self.usage = usage
 
     # -- customer API keys ---------------------------------------------------------------------------------
 
@@ -330,6 +332,18 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
                 for u in usage
             ],
         )
+
+    async def ReportKeyUsage(
+        self, request: pb.ReportKeyUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReportKeyUsageResponse:
+        ctx = callctx.get()
+        start = _dt(request, "pass_start_time")
+        if start is None:
+            raise KeyUsageInvalid("pass_start_time is required")
+        accepted = await self.usage.report(
+            ctx.caller if ctx else "", start, [(u.account_id, u.key_version, u.items) for u in request.usage]
+        )
+        return pb.ReportKeyUsageResponse(accepted=accepted)
 
     async def RunKeyMaintenance(
         self, request: pb.RunKeyMaintenanceRequest, context: grpc.aio.ServicerContext

@@ -20,6 +20,7 @@ from services.keys.config import Settings, load_settings
 from services.keys.domain.api_keys import KeyRules
 from services.keys.service.api_keys import ApiKeyService
 from services.keys.service.key_rings import KeyRingService
+from services.keys.service.key_usage import KeyUsage
 from services.keys.service.ports import utcnow
 from svckit.app import App, serve
 from svckit.audit import AuditClient, denial_recorder
@@ -87,6 +88,7 @@ async def build(settings: Settings, *, now: Callable[[], datetime] | None = None
             notices=notices_out,
             now=now or utcnow,
         )
+        usage = KeyUsage(store, [s.strip() for s in settings.rewrap_services.split(",")], now=now or utcnow)
         rings = KeyRingService(
             store,
             root,
@@ -98,6 +100,7 @@ async def build(settings: Settings, *, now: Callable[[], datetime] | None = None
             service_name=settings.service_name,
             notices=notices_out,
             now=now or utcnow,
+            usage=usage,
         )
         await rings.prepare()
 
@@ -117,7 +120,7 @@ async def build(settings: Settings, *, now: Callable[[], datetime] | None = None
               "keys-last-used-flush")
         spawn(stack, every("key maintenance", settings.maintenance_seconds, rings.run_maintenance), "keys-maintenance")
 
-        servicer = KeysServicer(api_keys, rings)
+        servicer = KeysServicer(api_keys, rings, usage)
         server = await start_server(
             listen=settings.grpc_listen,
             tls=tls,
@@ -132,7 +135,8 @@ async def build(settings: Settings, *, now: Callable[[], datetime] | None = None
         raise
     return App(
         server, stack, grace=settings.shutdown_grace_seconds,
-        extras={"api_keys": api_keys, "rings": rings, "pool": pool, "audit": audit, "notices": notices},
+        extras={"api_keys": api_keys, "rings": rings, "usage": usage, "pool": pool, "audit": audit,
+                "notices": notices},
     )
 
 

@@ -64,6 +64,11 @@ class Settings(KitSettings):
     maintenance_seconds: float = setting(
         "KEYS_MAINTENANCE_SECONDS", default=60.0, doc="period of rotations, destructions and root-key rewrapping"
     )
+    rewrap_services: str = setting(
+        "KEYS_REWRAP_SERVICES", default="identity,messaging",
+        doc="data-owning services (comma-separated) whose rewrap reports must show nothing left under a version"
+            " before it can be retired; empty: retirement is not checked",
+    )
 
     def __post_init__(self) -> None:
         problems = []

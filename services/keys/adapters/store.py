@@ -416,3 +416,41 @@ class PgKeyStore:
             [k for k, _, _ in items], [t for _, t, _ in items], [a for _, _, a in items],
         )
         return int(result.split()[-1])
+
+    # -- key usage reported by the data owners (rewrap progress) --------------------------------------------
+
+    async def replace_key_usage(
+        self, service: str, pass_start: datetime, now: datetime, usage: Sequence[tuple[int, int, int]]
+    ) -> bool:
+        """Replace `service`'s counts (account, version, items) unless a later pass is already stored."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            kept = await conn.fetchval(
+                "INSERT INTO key_usage_passes (service, pass_start_time, report_time) VALUES ($1, $2, $3)"
+                " ON CONFLICT (service) DO UPDATE SET pass_start_time = $2, report_time = $3"
+                " WHERE key_usage_passes.pass_start_time <= $2 RETURNING true",
+                service, pass_start, now,
+            )
+            if not kept:
+                return False
+            await conn.execute("DELETE FROM key_usage WHERE service = $1", service)
+            await conn.execute(
+                "INSERT INTO key_usage (service, account_id, version, items)"
+                " SELECT $1, a, v, n FROM unnest($2::bigint[], $3::int[], $4::bigint[]) AS u(a, v, n) WHERE n > 0",
+                service, [a for a, _, _ in usage], [v for _, v, _ in usage], [n for _, _, n in usage],
+            )
+            return True
+
+    async def key_usage_below(
+        self, account_id: int, minimum: int, services: Sequence[str]
+    ) -> list[tuple[str, datetime | None, int]]:
+        """Per data owner: (service, start of its last reported pass or None, items of the account below
+        `minimum` as that pass counted them)."""
+        rows = await self._pool.fetch(
+            "SELECT s.service, p.pass_start_time,"
+            " (SELECT coalesce(sum(items), 0) FROM key_usage u"
+            "   WHERE u.account_id = $1 AND u.service = s.service AND u.version < $2) AS below"
+            " FROM unnest($3::text[]) AS s(service) LEFT JOIN key_usage_passes p ON p.service = s.service"
+            " ORDER BY s.service",
+            account_id, minimum, list(services),
+        )
+        return [(r["service"], r["pass_start_time"], int(r["below"])) for r in rows]

@@ -141,6 +141,13 @@ class NotPendingDestruction(FailedPrecondition):
     reason = "NOT_PENDING_DESTRUCTION"
 
 
+class RewrapIncomplete(FailedPrecondition):
+    """A version cannot be retired yet: data owners still hold items under older versions (or have not
+    finished a rewrap pass since the new minimum existed)."""
+
+    reason = "REWRAP_INCOMPLETE"
+
+
 class KeyPolicyInvalid(InvalidArgument):
     reason = "KEY_POLICY_INVALID"
 

@@ -45,6 +45,7 @@ from services.keys.domain.key_rings import (
 from services.keys.domain.receipts import RECEIPT_SIGNING_INFO, ReceiptSigner, destruction_receipt, receipt_signer
 from services.keys.service.audit_trail import ring_event, strict
 from services.keys.service.kek_cache import KekCache
+from services.keys.service.key_usage import KeyUsage
 from services.keys.service.ports import Audit, KeyRingStore, NoNotices, Notices, RootKeyProvider, utcnow
 from svckit.audit import new_event
 from svckit.config import ConfigError
@@ -110,8 +111,10 @@ class KeyRingService:
         service_name: str = "keys",
         now: Callable[[], datetime] = utcnow,
         notices: Notices | None = None,
+        usage: KeyUsage | None = None,
     ) -> None:
         self._store = store
+        self._usage = usage
         self._root = root
         self._audit = audit
         self._rotation_period = rotation_period
@@ -271,6 +274,8 @@ class KeyRingService:
         if ring is None:
             raise AccountKeysNotFound()
         period, minimum = check_policy(ring, rotation_period_seconds, min_decryption_version)
+        if minimum > ring.min_decryption_version and self._usage is not None:
+            await self._usage.check_retirable(account_id, minimum, await self._store.kek_versions(account_id))
         event = ring_event(self._name, "keys.account_key.policy_changed", account_id, {
             "rotation_period_seconds": str(period), "min_decryption_version": str(minimum),
             "previous_min_decryption_version": str(ring.min_decryption_version),

@@ -82,6 +82,8 @@ async def keys_app(
             last_used_flush_seconds=3600,  # tests flush explicitly
             maintenance_seconds=3600,  # tests run maintenance explicitly
             min_destruction_pending_seconds=60,
+            # Keys alone: no data owner reports here (test_key_retirement.py checks retirement against them).
+            rewrap_services="",
         ),
         now=clock,
     )
