@@ -1,14 +1,30 @@
 """Moving a caller's stored blobs to their accounts' newest key version, in batches resumable from a cursor
 (`rewrap_all`), through `svckit.envelope.Envelope.rewrap_many` (the ciphertext untouched, never a plaintext
-outside the keys service)."""
+outside the keys service).
+
+`rewrap_pass` runs it over every encrypted column a service owns and reports to the keys service how many
+items each account still has under each key version (ReportKeyUsage): the keys service refuses to retire a
+version while a data owner's last complete pass counted anything below it. Each data-owning service runs it
+periodically (svckit.tasks.every) over `pg_column`s of its own database."""
 
 from __future__ import annotations
 
+import logging
+import struct
 from collections.abc import Awaitable, Callable, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+from google.protobuf import timestamp_pb2
+
+from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from svckit.envelope import Envelope
+
+_LOG = logging.getLogger(__name__)
+_BLOB_HEAD = struct.Struct(">BH")  # svckit.envelope blob: format byte, wrapped key length
+_KEY_HEAD = struct.Struct(">BI")  # keys service wrapped key: format byte, KEK version (big-endian)
 
 
 @dataclass
@@ -20,6 +36,20 @@ class RewrapProgress:
     changed: int = 0
     failed: int = 0
     failures: dict[str, int] | None = None
+    versions: dict[tuple[int, int], int] = field(default_factory=dict)  # (account, KEK version) -> rows
+
+
+def kek_version(blob: bytes) -> int:
+    """The account key version an svckit.envelope blob's data key is wrapped under (0 if unreadable).
+
+    The keys service's wrapped keys are self-describing and stable on disk: a format byte, then the version
+    (4 bytes, big-endian) - see services/keys/domain/envelope.py."""
+    if len(blob) < _BLOB_HEAD.size + _KEY_HEAD.size:
+        return 0
+    _, wrapped_len = _BLOB_HEAD.unpack_from(blob)
+    if wrapped_len < _KEY_HEAD.size:
+        return 0
+    return int(_KEY_HEAD.unpack_from(blob, _BLOB_HEAD.size)[1])
 
 
 Row = tuple[Any, int, bytes]  # (cursor of the row, account id, blob)
@@ -53,6 +83,9 @@ async def rewrap_all(
         for account_id, indexes in by_account.items():
             outcomes = await envelope.rewrap_many(account_id, [rows[i][2] for i in indexes])
             for i, outcome in zip(indexes, outcomes, strict=True):
+                tally = (account_id, kek_version(outcome.blob))
+                if tally[1]:  # 0: not a readable blob, under no version
+                    progress.versions[tally] = progress.versions.get(tally, 0) + 1
                 if outcome.changed:
                     updates.append((rows[i][0], outcome.blob))
                 elif outcome.error_reason:
@@ -68,3 +101,73 @@ async def rewrap_all(
             await on_progress(progress)
         if len(rows) < batch:
             return progress
+
+
+@dataclass(frozen=True)
+class RewrapColumn:
+    """One encrypted column a service owns: `name` (table.column, for logs), and its `fetch`/`save` as for
+    `rewrap_all` (rows in cursor order; NULL blobs left out)."""
+
+    name: str
+    fetch: Callable[[Any, int], Awaitable[Sequence[Row]]]
+    save: Callable[[list[tuple[Any, bytes]]], Awaitable[None]]
+
+
+def pg_column(pool: asyncpg.Pool, table: str, column: str, cursor: Sequence[str]) -> RewrapColumn:
+    """A `RewrapColumn` over `table.column` of a service's own database (the blob beside `account_id`), in
+    the order of the unique `cursor` columns. The save swaps a blob only if it is still the one fetched
+    (a row rewritten meanwhile, e.g. redacted by retention, is left alone). Names come from the service's
+    store module, never from input."""
+    keys = ", ".join(cursor)
+    args = ", ".join(f"${i + 1}" for i in range(len(cursor)))
+    after = f"({keys}) > ({args})"
+    select = (f"SELECT {keys}, account_id, {column} AS blob FROM {table} WHERE {column} IS NOT NULL"
+              f" {{where}} ORDER BY {keys} LIMIT ${len(cursor) + 1}")
+    match = " AND ".join(f"{c} = ${i + 1}" for i, c in enumerate(cursor))
+    update = (f"UPDATE {table} SET {column} = ${len(cursor) + 1} WHERE {match}"
+              f" AND {column} = ${len(cursor) + 2}")
+
+    async def fetch(after_cursor: Any, limit: int) -> list[Row]:
+        if after_cursor is None:
+            rows = await pool.fetch(select.format(where="").replace(f"${len(cursor) + 1}", "$1"), limit)
+        else:
+            rows = await pool.fetch(select.format(where=f"AND {after}"), *after_cursor[0], limit)
+        return [((tuple(r[c] for c in cursor), bytes(r["blob"])), r["account_id"], bytes(r["blob"])) for r in rows]
+
+    async def save(updates: list[tuple[Any, bytes]]) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.executemany(update, [(*key, new, old) for (key, old), new in updates])
+
+    return RewrapColumn(f"{table}.{column}", fetch, save)
+
+
+async def rewrap_pass(
+    envelope: Envelope,
+    columns: Sequence[RewrapColumn],
+    keys: keys_service_pb2_grpc.KeysServiceStub,
+    *,
+    batch: int = 500,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    timeout: float = 30.0,
+) -> dict[str, RewrapProgress]:
+    """One complete pass over `columns`: every blob moved to its account's newest version, then the counts
+    per (account, version) reported to the keys service. Rows written during the pass under a version that
+    was current when it started are caught by the next pass (the report names the pass's start time)."""
+    start = now()
+    done: dict[str, RewrapProgress] = {}
+    usage: dict[tuple[int, int], int] = {}
+    for column in columns:
+        progress = await rewrap_all(envelope, column.fetch, column.save, batch=batch)
+        done[column.name] = progress
+        for key, n in progress.versions.items():
+            usage[key] = usage.get(key, 0) + n
+        if progress.changed or progress.failed:
+            _LOG.info("rewrap of %s: %d rows, %d moved to the newest key version, %d failed %s", column.name,
+                      progress.scanned, progress.changed, progress.failed, progress.failures or {})
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(start)
+    await keys.ReportKeyUsage(keys_service_pb2.ReportKeyUsageRequest(
+        pass_start_time=stamp,
+        usage=[keys_service_pb2.KeyUsage(account_id=a, key_version=v, items=n) for (a, v), n in usage.items()],
+    ), timeout=timeout)
+    return done

@@ -7,7 +7,9 @@
     rewrap-root [--max-rounds N]      run maintenance until nothing is wrapped under an old root key
     account ACCOUNT_ID                an account's key versions, policy and lifecycle state
     rotate ACCOUNT_ID                 add a key version and make it current
-    retire ACCOUNT_ID MIN_VERSION     versions below MIN_VERSION stop decrypting
+    retire ACCOUNT_ID MIN_VERSION     versions below MIN_VERSION stop decrypting; refused (REWRAP_INCOMPLETE, with
+                                      how many items each service still holds below it) until the identity and
+                                      messaging rewrap passes have moved everything to MIN_VERSION or later
     destroy ACCOUNT_ID DAYS           schedule destruction after a pending window of DAYS (every use fails meanwhile)
     cancel-destroy ACCOUNT_ID         cancel a scheduled destruction
     revoke-user ACCOUNT_ID USER_ID    revoke every API key of a user
@@ -27,11 +29,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 
 from sendsafe.keys.v1 import keys_service_pb2 as pb
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from svckit.rpc import secure_channel
+from svckit.rpcstatus import error_reason
 from svckit.tls import TlsFiles
 
 
@@ -110,8 +114,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+async def _run_or_explain(args: argparse.Namespace) -> int:
+    """`_run`, with a refusal printed as its code, stable reason and message (exit status 1), not a traceback."""
+    try:
+        return await _run(args)
+    except grpc.aio.AioRpcError as exc:
+        reason = error_reason(exc, consistent=False) or exc.code().name
+        print(f"{args.command} refused: {exc.code().name} {reason}: {exc.details()}", file=sys.stderr)
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(_run(parser().parse_args(argv)))
+    return asyncio.run(_run_or_explain(parser().parse_args(argv)))
 
 
 if __name__ == "__main__":
