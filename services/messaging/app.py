@@ -26,13 +26,14 @@ from services.messaging.adapters.audit_client import discard, open_audit
 from services.messaging.adapters.carriers import HttpCarrier, SimulatorCarrier
 from services.messaging.adapters.email import open_mailer
 from services.messaging.adapters.identity_client import AlertOwners, open_owners
-from services.messaging.adapters.keys_client import open_envelope
+from services.messaging.adapters.keys_client import open_envelope, open_rewrap
 from services.messaging.adapters.limits import RedisLimiter
 from services.messaging.adapters.routing import RoutingCarrier
 from services.messaging.adapters.smpp.carrier import SmppCarrier
 from services.messaging.adapters.smpp.session import SessionConfig
 from services.messaging.adapters.store.destinations import PgDestinationStore
 from services.messaging.adapters.store.pg import PgMessageStore
+from services.messaging.adapters.store.rewrap import rewrap_columns
 from services.messaging.adapters.store.simulator import PgSimulatorStore
 from services.messaging.adapters.stream import DispatchStream
 from services.messaging.api import MessagingServicer, NotificationServicer
@@ -56,7 +57,7 @@ from svckit.config import load
 from svckit.db import create_pool, migrate
 from svckit.redisconn import make_redis
 from svckit.server import start_server
-from svckit.tasks import drain, spawn
+from svckit.tasks import drain, every, spawn
 from svckit.webhooks import WebhookClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -127,13 +128,15 @@ async def build(settings: Settings) -> App:
                     "retention")
         spawn(stack, drain("idempotency-cleanup", service.forget_idempotency_keys, None, 3600.0),
                     "idempotency-cleanup")
+        rewrap = open_rewrap(settings, stack, envelope, rewrap_columns(pool))
+        spawn(stack, every("rewrap", settings.rewrap_seconds, rewrap), "rewrap")
         stack.push_async_callback(_final_cleanup, service)
     except BaseException:
         await stack.aclose()
         raise
     return App(server, stack, grace=settings.shutdown_grace_seconds,
                extras={"service": service, "store": store, "pool": pool, "stream": stream, "envelope": envelope,
-                       "mailer": mailer})
+                       "mailer": mailer, "rewrap": rewrap})
 
 
 def _register(server: Any, service: MessagingService, pool: Any, record: Any, owners: AlertOwners | None,

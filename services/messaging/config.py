@@ -64,6 +64,10 @@ class Settings(KitSettings):
     # Privacy and webhooks.
     retention_interval_seconds: float = setting("MESSAGING_RETENTION_INTERVAL_SECONDS", default=300.0,
                                                 doc="how often bodies past their account's retention are redacted")
+    rewrap_seconds: float = setting(
+        "MESSAGING_REWRAP_SECONDS", default=600.0,
+        doc="period of the pass that moves stored bodies, numbers and secrets to their account's newest key"
+            " version (and reports what is left to keys, which retires a version only when nothing is)")
     webhook_allow_private: bool = setting(
         "MESSAGING_WEBHOOK_ALLOW_PRIVATE", default=False,
         doc="TESTS ONLY: allow webhook URLs on loopback/private addresses and any port")
