@@ -22,6 +22,9 @@ class Settings(KitSettings):
     messaging_timeout_seconds: float = setting("MESSAGING_TIMEOUT_SECONDS", default=2.0)
     keys_addr: str = setting("KEYS_ADDR", doc="host:port of keys (sub-accounts' API keys, TOTP secret encryption)")
     keys_timeout_seconds: float = setting("KEYS_TIMEOUT_SECONDS", default=5.0)
+    rewrap_seconds: float = setting(
+        "IDENTITY_REWRAP_SECONDS", default=600.0,
+        doc="period of the pass that moves TOTP secrets to their account's newest key version (and reports to keys)")
     # Passwords: argon2id cost (hashes made with other parameters are upgraded at the next login) and policy.
     argon2_time_cost: int = setting("PASSWORD_ARGON2_TIME_COST", default=3)
     argon2_memory_kib: int = setting("PASSWORD_ARGON2_MEMORY_KIB", default=65536)
