@@ -181,12 +181,15 @@ class Authenticator:
         self._timeout = timeout
         # Successes and definitive rejections, by credential digest (svckit.ttlcache: bounded, single-flight).
         self.cache: TtlCache[bytes, Identity | Rejection] = TtlCache(cache_seconds, max_entries, clock)
-        self._schemes: dict[str, SchemeHandler] = {"basic": self._basic}
+        self._schemes: dict[str, SchemeHandler] = {}  # Basic is built in (it also needs the client address)
         if sessions is not None:
             self._schemes["bearer"] = self._bearer
 
     def register_scheme(self, scheme: str, handler: SchemeHandler) -> None:
-        """Accept `Authorization: <scheme> <credentials>` (e.g. "bearer" for session tokens)."""
+        """Accept `Authorization: <scheme> <credentials>` (e.g. "bearer" for session tokens). Basic (API keys)
+        is built in and cannot be replaced."""
+        if scheme.lower() == "basic":
+            raise ValueError("the Basic scheme is built in and cannot be replaced")
         self._schemes[scheme.lower()] = handler
 
     def on_key_notice(self, notice: KeyNotice) -> None:

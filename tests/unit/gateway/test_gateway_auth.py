@@ -211,6 +211,8 @@ async def test_bearer_seam() -> None:
     auth.register_scheme("Bearer", session)
     with pytest.raises(AuthFailure, match="SESSION_EXPIRED"):
         await auth.authenticate("Bearer abc")
+    with pytest.raises(ValueError, match="built in"):  # API-key Basic auth cannot be swapped out
+        auth.register_scheme("BASIC", session)
 
 
 def test_client_address() -> None:
