@@ -125,5 +125,6 @@ class Proofs:
         try:
             proof = merkle.resolve(ranges, stored)
         except KeyError:
+            self.stats.proof_violations += 1
             raise IntegrityViolation("a node of the tree is missing") from None
         return first, second, proof, await self._store.checkpoint_at(second)

@@ -231,6 +231,31 @@ async def test_tampering_with_stored_events_is_detected(make_audit: AuditFactory
     assert report.events == 3  # the three events before the changed one verified
 
 
+async def test_a_missing_tree_node_refuses_both_proofs_and_is_counted(make_audit: AuditFactory) -> None:
+    """A node deleted from the stored tree: inclusion and consistency proofs are refused (DATA_LOSS), and each
+    refusal counts in proof_violations, the figure the runbook's alert watches."""
+    audit = await make_audit()
+    mine = await _seed(audit, 8)
+    md = principal(ACCOUNT)
+    await audit.stub().GetCheckpoint(pb.GetCheckpointRequest(fresh=True), metadata=md)
+    stats = audit.app.extras["service"].stats  # type: ignore[attr-defined]
+    conn = await audit.admin()
+    try:
+        await conn.execute("SET session_replication_role = replica")  # past the append-only triggers
+        assert await conn.execute("DELETE FROM merkle_nodes WHERE level = 0") != "DELETE 0"
+    finally:
+        await conn.close()
+    before = stats.proof_violations
+    for call in (
+        audit.stub().GetEventProof(pb.GetEventProofRequest(event_id=mine[0].event_id), metadata=md),
+        audit.stub().GetConsistencyProof(pb.GetConsistencyProofRequest(first_tree_size=3), metadata=md),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.DATA_LOSS and reason_of(info.value) == "INTEGRITY_VIOLATION"
+    assert stats.proof_violations == before + 2
+
+
 async def test_untouched_log_verifies(make_audit: AuditFactory) -> None:
     audit = await make_audit()
     await _seed(audit, 5)
