@@ -20,11 +20,12 @@ import asyncpg
 from google.protobuf import timestamp_pb2
 
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
-from svckit.envelope import Envelope
+from svckit.envelope import Envelope, RewrapOutcome
 
 _LOG = logging.getLogger(__name__)
 _BLOB_HEAD = struct.Struct(">BH")  # svckit.envelope blob: format byte, wrapped key length
 _KEY_HEAD = struct.Struct(">BI")  # keys service wrapped key: format byte, KEK version (big-endian)
+_WRAPPED_KEY_FORMATS = frozenset({1, 2})  # the keys service's wrapped data key formats
 
 
 @dataclass
@@ -37,6 +38,7 @@ class RewrapProgress:
     failed: int = 0
     failures: dict[str, int] | None = None
     versions: dict[tuple[int, int], int] = field(default_factory=dict)  # (account, KEK version) -> rows
+    newest: dict[int, int] = field(default_factory=dict)  # account -> newest version the keys service returned
 
 
 def kek_version(blob: bytes) -> int:
@@ -49,7 +51,8 @@ def kek_version(blob: bytes) -> int:
     _, wrapped_len = _BLOB_HEAD.unpack_from(blob)
     if wrapped_len < _KEY_HEAD.size:
         return 0
-    return int(_KEY_HEAD.unpack_from(blob, _BLOB_HEAD.size)[1])
+    fmt, version = _KEY_HEAD.unpack_from(blob, _BLOB_HEAD.size)
+    return int(version) if fmt in _WRAPPED_KEY_FORMATS else 0
 
 
 Row = tuple[Any, int, bytes]  # (cursor of the row, account id, blob)
@@ -63,6 +66,7 @@ async def rewrap_all(
     start: Any = None,
     batch: int = 500,
     on_progress: Callable[[RewrapProgress], Awaitable[None]] | None = None,
+    newest: dict[int, int] | None = None,
 ) -> RewrapProgress:
     """Move every stored blob of a table to its account's newest key version, in batches.
 
@@ -70,8 +74,10 @@ async def rewrap_all(
     `save(updates)` stores the changed blobs ((cursor, new blob)) and must be idempotent. After each batch is
     saved, `on_progress` gets the progress (persist `progress.cursor` there to resume after a crash: rows
     before it are done). Rows that fail (e.g. a retired version) are counted and left as they are.
+    `newest` (account -> newest key version seen, shared by the tables of one pass) spares the keys service
+    the batches already under it.
     """
-    progress = RewrapProgress(cursor=start, failures={})
+    progress = RewrapProgress(cursor=start, failures={}, newest={} if newest is None else newest)
     while True:
         rows = await fetch(progress.cursor, batch)
         if not rows:
@@ -81,11 +87,20 @@ async def rewrap_all(
             by_account.setdefault(account_id, []).append(i)
         updates: list[tuple[Any, bytes]] = []
         for account_id, indexes in by_account.items():
-            outcomes = await envelope.rewrap_many(account_id, [rows[i][2] for i in indexes])
+            blobs = [rows[i][2] for i in indexes]
+            newest = progress.newest.get(account_id)
+            if newest is not None and all(kek_version(b) >= newest for b in blobs):
+                # Already under the newest version this pass has seen: no call. A rotation during the pass
+                # leaves them counted under their (older) version, so the report stays true.
+                outcomes = [RewrapOutcome(b, False) for b in blobs]
+            else:
+                outcomes = await envelope.rewrap_many(account_id, blobs)
             for i, outcome in zip(indexes, outcomes, strict=True):
                 tally = (account_id, kek_version(outcome.blob))
                 if tally[1]:  # 0: not a readable blob, under no version
                     progress.versions[tally] = progress.versions.get(tally, 0) + 1
+                    if not outcome.error_reason and tally[1] > progress.newest.get(account_id, 0):
+                        progress.newest[account_id] = tally[1]
                 if outcome.changed:
                     updates.append((rows[i][0], outcome.blob))
                 elif outcome.error_reason:
@@ -156,8 +171,9 @@ async def rewrap_pass(
     start = now()
     done: dict[str, RewrapProgress] = {}
     usage: dict[tuple[int, int], int] = {}
+    newest: dict[int, int] = {}  # per pass: a rotation is seen by the next pass at the latest
     for column in columns:
-        progress = await rewrap_all(envelope, column.fetch, column.save, batch=batch)
+        progress = await rewrap_all(envelope, column.fetch, column.save, batch=batch, newest=newest)
         done[column.name] = progress
         for key, n in progress.versions.items():
             usage[key] = usage.get(key, 0) + n
