@@ -88,8 +88,8 @@ async def rewrap_all(
         updates: list[tuple[Any, bytes]] = []
         for account_id, indexes in by_account.items():
             blobs = [rows[i][2] for i in indexes]
-            newest = progress.newest.get(account_id)
-            if newest is not None and all(kek_version(b) >= newest for b in blobs):
+            seen = progress.newest.get(account_id)
+            if seen is not None and all(kek_version(b) >= seen for b in blobs):
                 # Already under the newest version this pass has seen: no call. A rotation during the pass
                 # leaves them counted under their (older) version, so the report stays true.
                 outcomes = [RewrapOutcome(b, False) for b in blobs]
