@@ -20,6 +20,7 @@ from services.identity.adapters.hasher import Hasher
 from services.identity.adapters.keys_client import KeysClient
 from services.identity.adapters.messaging_client import MessagingBalances
 from services.identity.adapters.store.pg import PgIdentityStore
+from services.identity.adapters.store.rewrap import rewrap_columns
 from services.identity.api import AuthServicer, IdentityServicer, StaffServicer
 from services.identity.config import Settings
 from services.identity.service.accounts import Accounts
@@ -31,6 +32,7 @@ from svckit.audit import AuditClient, denial_recorder
 from svckit.config import load
 from svckit.db import create_pool, migrate
 from svckit.envelope import Envelope, KeysStubSource, follow_key_notices
+from svckit.envelope_rewrap import rewrap_pass
 from svckit.rpc import secure_channel
 from svckit.server import start_server
 from svckit.tasks import every, spawn
@@ -65,10 +67,11 @@ async def build(settings: Settings) -> App:
         )
         stack.push_async_callback(keys_channel.close)
 
-        store = PgIdentityStore(pool)
+        envelope = Envelope(KeysStubSource(keys_service_pb2_grpc.KeysServiceStub(keys_channel)))
+        # Users' personal data is sealed under the account's keys by the store (adapters/store/personal.py).
+        store = PgIdentityStore(pool, envelope)
         hasher = Hasher(settings.argon2)
         stack.callback(hasher.close)
-        envelope = Envelope(KeysStubSource(keys_service_pb2_grpc.KeysServiceStub(keys_channel)))
         # Rotation and destruction of an account's keys clear its cached data keys at once (keys notices).
         follow_key_notices(envelope, settings.redis_url, settings.redis_prefix, stack)
         sessions = Sessions(
@@ -116,6 +119,18 @@ async def build(settings: Settings) -> App:
         )
         # Login counters nobody touched for a day and long-dead sessions.
         spawn(stack, every("identity-prune", PRUNE_EVERY_SECONDS, store.prune), "identity-prune")
+        # Backfill: personal data written in clear before migration 0004 is sealed soon after start (and
+        # retried while the keys service is unreachable); a no-op query once nothing is left.
+        spawn(stack, every("identity-seal-personal", PRUNE_EVERY_SECONDS, store.seal_personal_in_clear, first=0.0),
+              "identity-seal-personal")
+        # Stored secrets move to their account's newest key version; keys retires a version only after this.
+        keys_stub = keys_service_pb2_grpc.KeysServiceStub(keys_channel)
+        columns = rewrap_columns(pool)
+
+        async def rewrap() -> object:
+            return await rewrap_pass(envelope, columns, keys_stub)
+
+        spawn(stack, every("identity-rewrap", settings.rewrap_seconds, rewrap), "identity-rewrap")
     except BaseException:
         await stack.aclose()
         raise
@@ -123,7 +138,7 @@ async def build(settings: Settings) -> App:
         server, stack, grace=settings.shutdown_grace_seconds,
         extras={
             "service": service, "audit": audit, "sessions": sessions, "factors": factors, "staff": staff,
-            "store": store,
+            "store": store, "rewrap": rewrap,
         },
     )
 

@@ -113,8 +113,9 @@ async def identity_app(
 
 
 @pytest.fixture(scope="session")
-async def cut_off_identity(certs: CertBundle, identity_dsn: str) -> AsyncIterator[App]:
-    """A second identity on the same database whose audit and messaging addresses answer nothing."""
+async def cut_off_identity(certs: CertBundle, identity_dsn: str, keys_app: App) -> AsyncIterator[App]:
+    """A second identity on the same database whose audit and messaging addresses answer nothing (keys
+    answers: users' personal data is sealed and opened through it)."""
     from services.identity.app import build
 
     app = await build(
@@ -123,7 +124,7 @@ async def cut_off_identity(certs: CertBundle, identity_dsn: str) -> AsyncIterato
             identity_dsn,
             audit_port=closed_port(),
             messaging_port=closed_port(),
-            keys_port=closed_port(),
+            keys_port=keys_app.port,
             audit_strict_timeout_seconds=0.5,
             messaging_timeout_seconds=0.5,
             shutdown_grace_seconds=0.2,

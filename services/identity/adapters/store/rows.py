@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import asyncpg
+
+from services.identity.adapters.store.personal import CT_FIELDS, PersonalData, Sealer
 
 from services.identity.domain.accounts import Account, User
 from services.identity.domain.flags import FLAG_NAMES, AccessFlags, derive_permissions
@@ -23,6 +25,7 @@ USER_FIELDS = (
     "last_name",
     "is_main",
     "notes",
+    *CT_FIELDS,
     *FLAG_NAMES,
     "active",
     "banned",
@@ -52,17 +55,20 @@ def to_account(r: asyncpg.Record) -> Account:
     )
 
 
-def to_user(r: asyncpg.Record) -> User:
+def to_user(r: asyncpg.Record, personal: Mapping[str, str | None] | None = None) -> User:
+    """The user of a row; its personal fields from `personal` (opened by `PersonalData.open`), or empty when
+    the caller needs none of them (login)."""
+    p = personal or {}
     return User(
         id=r["id"],
         account_id=r["account_id"],
         api_username=r["api_username"],
-        email=r["email"],
-        phone_number=r["phone_number"],
-        first_name=r["first_name"],
-        last_name=r["last_name"],
+        email=p.get("email") or "",
+        phone_number=p.get("phone_number") or "",
+        first_name=p.get("first_name") or "",
+        last_name=p.get("last_name") or "",
         is_main=r["is_main"],
-        notes=r["notes"],
+        notes=p.get("notes"),
         flags=AccessFlags(**{f: r[f] for f in FLAG_NAMES}),
         active=r["active"],
         banned=r["banned"],
@@ -100,10 +106,15 @@ def to_session(r: asyncpg.Record) -> SessionRecord:
 
 
 class Queries:
-    """What every query class holds: the pool."""
+    """What every query class holds: the pool, and the sealer of users' personal data."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, sealer: Sealer | None = None) -> None:
         self._pool = pool
+        self._personal = PersonalData(sealer)
+
+    async def _user(self, r: asyncpg.Record) -> User:
+        """The user of a row with its personal data opened (decrypted under the account's data key)."""
+        return to_user(r, await self._personal.open(r))
 
 
 def to_user_subject(r: asyncpg.Record) -> Subject:
@@ -113,7 +124,7 @@ def to_user_subject(r: asyncpg.Record) -> Subject:
         id=user.id,
         account_id=user.account_id,
         username=user.api_username,
-        email=user.email,
+        email="",  # sealed; not opened on the login path (change_password asks the store for it)
         password_hash=r["password_hash"],
         enabled=user.enabled,
         permissions=derive_permissions(user.flags, is_main=user.is_main, enabled=user.enabled),

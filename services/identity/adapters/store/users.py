@@ -33,20 +33,39 @@ class UserQueries(Queries):
 
     async def get_user(self, user_id: int) -> tuple[Account, User] | None:
         row = await self._pool.fetchrow(f"{SELECT} WHERE u.id = $1 AND {LIVE}", user_id)
-        return (to_account(row), to_user(row)) if row else None
+        return (to_account(row), await self._user(row)) if row else None
+
+    async def user_email(self, user_id: int) -> str:
+        """A live user's email, opened (the password policy's identifiers at a password change)."""
+        row = await self._pool.fetchrow(f"{SELECT} WHERE u.id = $1 AND {LIVE}", user_id)
+        return (await self._user(row)).email if row else ""
+
+    async def seal_personal_in_clear(self) -> int:
+        """Identity's startup backfill: seal users' personal data still in clear (rows from before 0004)."""
+        return await self._personal.seal_rows_in_clear(self._pool)
+
+    async def _new_ids(self, account: bool) -> tuple[int, int]:
+        """Ids drawn before the insert: the ciphertexts' associated data names the record."""
+        row = await self._pool.fetchrow(
+            "SELECT CASE WHEN $1 THEN nextval(pg_get_serial_sequence('accounts', 'id')) ELSE 0 END AS a,"
+            " nextval(pg_get_serial_sequence('users', 'id')) AS u",
+            account,
+        )
+        assert row is not None
+        return int(row["a"]), int(row["u"])
 
     async def find_user(self, api_username: str) -> tuple[Account, User] | None:
         row = await self._pool.fetchrow(
             f"{SELECT} WHERE lower(u.api_username) = $1 AND {LIVE}", username_key(api_username)
         )
-        return (to_account(row), to_user(row)) if row else None
+        return (to_account(row), await self._user(row)) if row else None
 
     async def account_owners(self, account_id: int) -> list[User]:
         """The account's live main user(s), enabled or not (never the platform account's)."""
         rows = await self._pool.fetch(
             f"{SELECT} WHERE u.account_id = $1 AND u.is_main AND {LIVE} AND NOT a.platform ORDER BY u.id", account_id
         )
-        return [to_user(r) for r in rows]
+        return [await self._user(r) for r in rows]
 
     async def create_account(
         self, new: NewAccount, before_commit: BeforeCommit, password_hash: str | None = None
@@ -54,31 +73,37 @@ class UserQueries(Queries):
         """Insert the account and its main user in one transaction; `before_commit` runs inside it
         (the audit record), and if it raises nothing is written."""
         flags = AccessFlags.all_granted()
+        account_id, user_id = await self._new_ids(account=True)
+        personal: dict[str, str | None] = {
+            "email": new.email, "phone_number": new.phone_number, "first_name": new.first_name,
+            "last_name": new.last_name,
+        }
+        sealed = await self._personal.seal(account_id, user_id, personal)
         async with self._pool.acquire() as conn, conn.transaction():
             a = await conn.fetchrow(
-                "INSERT INTO accounts (name, country, timezone, test_mode) VALUES ($1, $2, $3, $4)"
+                "INSERT INTO accounts (id, name, country, timezone, test_mode) VALUES ($5, $1, $2, $3, $4)"
                 " RETURNING id AS a_id, name AS a_name, country, timezone, test_mode, create_time AS a_create_time",
                 new.account_name,
                 new.country,
                 new.timezone,
                 new.test_mode,
+                account_id,
             )
             assert a is not None
             names = ", ".join(FLAG_NAMES)
-            params = ", ".join(f"${i}" for i in range(7, 7 + len(FLAG_NAMES)))
+            params = ", ".join(f"${i}" for i in range(8, 8 + len(FLAG_NAMES)))
+            pw = f"${8 + len(FLAG_NAMES)}"
             try:
                 u = await conn.fetchrow(
-                    "INSERT INTO users (account_id, api_username, email, phone_number, first_name, last_name,"
-                    f" is_main, {names}, password_hash, password_change_time)"
-                    f" VALUES ($1, $2, $3, $4, $5, $6, true, {params}, ${7 + len(FLAG_NAMES)},"
-                    f" CASE WHEN ${7 + len(FLAG_NAMES)}::text IS NULL THEN NULL ELSE now() END)"
+                    "INSERT INTO users (id, account_id, api_username, email_ct, phone_number_ct, first_name_ct,"
+                    f" last_name_ct, is_main, {names}, password_hash, password_change_time)"
+                    f" VALUES ($1, $2, $3, $4, $5, $6, $7, true, {params}, {pw},"
+                    f" CASE WHEN {pw}::text IS NULL THEN NULL ELSE now() END)"
                     f" RETURNING {', '.join(USER_FIELDS)}",
+                    user_id,
                     a["a_id"],
                     new.api_username,
-                    new.email,
-                    new.phone_number,
-                    new.first_name,
-                    new.last_name,
+                    *(sealed[f"{f}_ct"] for f in personal),
                     *(getattr(flags, f) for f in FLAG_NAMES),
                     password_hash,
                 )
@@ -87,7 +112,7 @@ class UserQueries(Queries):
                     raise UsernameTaken("that api_username is taken") from None
                 raise
             assert u is not None
-            account, user = to_account(a), to_user(u)
+            account, user = to_account(a), to_user(u, personal | {"notes": None})
             await before_commit(account, user)
         return account, user
 
@@ -100,30 +125,36 @@ class UserQueries(Queries):
                 f"{SELECT} WHERE u.account_id = $1 AND {LIVE} ORDER BY u.id LIMIT $2 OFFSET $3",
                 account_id, limit, offset,
             )
-        return int(total), [to_user(r) for r in rows]
+        return int(total), [await self._user(r) for r in rows]
 
     async def create_subaccount(
         self, new: NewSubaccount, password_hash: str, before_commit: Callable[[User], Awaitable[None]]
     ) -> User:
         """Insert the user; `before_commit` (audit, API key) runs inside the transaction."""
         names = ", ".join(FLAG_NAMES)
-        params = ", ".join(f"${i}" for i in range(9, 9 + len(FLAG_NAMES)))
+        params = ", ".join(f"${i}" for i in range(10, 10 + len(FLAG_NAMES)))
+        _, user_id = await self._new_ids(account=False)
+        personal: dict[str, str | None] = {
+            "email": new.email, "phone_number": new.phone_number, "first_name": new.first_name,
+            "last_name": new.last_name, "notes": new.notes,
+        }
+        sealed = await self._personal.seal(new.account_id, user_id, personal)
         async with self._pool.acquire() as conn, conn.transaction():
             try:
                 row = await conn.fetchrow(
-                    "INSERT INTO users (account_id, api_username, email, phone_number, first_name, last_name, notes,"
-                    f" password_hash, password_change_time, is_main, {names})"
-                    f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), false, {params})"
+                    "INSERT INTO users (id, account_id, api_username, email_ct, phone_number_ct, first_name_ct,"
+                    f" last_name_ct, notes_ct, password_hash, password_change_time, is_main, {names})"
+                    f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), false, {params})"
                     f" RETURNING {', '.join(USER_FIELDS)}",
-                    new.account_id, new.api_username, new.email, new.phone_number, new.first_name, new.last_name,
-                    new.notes, password_hash, *(getattr(new.flags, f) for f in FLAG_NAMES),
+                    user_id, new.account_id, new.api_username, *(sealed[f"{f}_ct"] for f in personal),
+                    password_hash, *(getattr(new.flags, f) for f in FLAG_NAMES),
                 )
             except asyncpg.UniqueViolationError as err:
                 if err.constraint_name == _USERNAME_INDEX:
                     raise UsernameTaken("that api_username is taken") from None
                 raise
             assert row is not None
-            user = to_user(row)
+            user = to_user(row, personal)
             await before_commit(user)
         return user
 
@@ -137,12 +168,19 @@ class UserQueries(Queries):
             args.append(value)
             sets.append(f"{column} = ${len(args)}")
 
-        for column in ("email", "phone_number", "first_name", "last_name"):
-            value = getattr(changes, column)
-            if value is not None:
-                put(column, value)
+        owner = await self._pool.fetchval("SELECT account_id FROM users WHERE id = $1", user_id)
+        if owner is None:
+            return None
+        personal: dict[str, str | None] = {
+            f: getattr(changes, f) for f in ("email", "phone_number", "first_name", "last_name")
+            if getattr(changes, f) is not None
+        }
         if changes.set_notes:
-            put("notes", changes.notes)
+            personal["notes"] = changes.notes
+        for column, blob in (await self._personal.seal(owner, user_id, personal)).items():
+            put(column, blob)
+        for column in personal:  # a value sealed now supersedes what an old row kept in clear
+            sets.append(f"{column} = NULL")
         if changes.flags is not None:
             for name in FLAG_NAMES:
                 put(name, getattr(changes.flags, name))
@@ -160,7 +198,7 @@ class UserQueries(Queries):
                 return None
             if changes.password_hash is not None:  # a new password ends every session of that user
                 await revoke_all(conn, USER, user_id, "password_changed")
-            user = to_user(row)
+            user = await self._user(row)
             await before_commit(user)
         return user
 
@@ -195,7 +233,7 @@ class UserQueries(Queries):
                 return None
             if not active:
                 await revoke_all(conn, USER, user_id, "user_suspended")
-            user = to_user(row)
+            user = await self._user(row)
             await before_commit(user)
         return user, bool(row["mfa"])
 
@@ -216,4 +254,4 @@ class UserQueries(Queries):
             f" WHERE u.account_id = $1 AND {LIVE} ORDER BY u.id",
             account_id,
         )
-        return [(to_user(r), r["mfa"]) for r in rows]
+        return [(await self._user(r), r["mfa"]) for r in rows]
