@@ -287,7 +287,14 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
         self, request: pb.GetAccountKeyStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetAccountKeyStatusResponse:
         status = await self.rings.account_key_status(request.account_id)
-        return pb.GetAccountKeyStatusResponse(status=status_to_proto(status))
+        owners = []
+        for service, start, versions in await self.usage.of_account(request.account_id):
+            owner = pb.DataOwnerUsage(service=service, usage=[
+                pb.KeyUsage(account_id=request.account_id, key_version=v, items=n) for v, n in versions.items()])
+            if start is not None:
+                owner.pass_start_time.FromDatetime(start)
+            owners.append(owner)
+        return pb.GetAccountKeyStatusResponse(status=status_to_proto(status), data_owners=owners)
 
     async def RotateAccountKey(
         self, request: pb.RotateAccountKeyRequest, context: grpc.aio.ServicerContext

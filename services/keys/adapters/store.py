@@ -454,3 +454,20 @@ class PgKeyStore:
             account_id, minimum, list(services),
         )
         return [(r["service"], r["pass_start_time"], int(r["below"])) for r in rows]
+
+    async def key_usage_of(
+        self, account_id: int, services: Sequence[str]
+    ) -> list[tuple[str, datetime | None, dict[int, int]]]:
+        """Per data owner: (service, start of its last pass or None, {version: items} of the account)."""
+        rows = await self._pool.fetch(
+            "SELECT s.service, p.pass_start_time, u.version, u.items FROM unnest($2::text[]) AS s(service)"
+            " LEFT JOIN key_usage_passes p ON p.service = s.service"
+            " LEFT JOIN key_usage u ON u.service = s.service AND u.account_id = $1 ORDER BY s.service, u.version",
+            account_id, list(services),
+        )
+        out: dict[str, tuple[datetime | None, dict[int, int]]] = {}
+        for r in rows:
+            _, versions = out.setdefault(r["service"], (r["pass_start_time"], {}))
+            if r["version"] is not None:
+                versions[r["version"]] = int(r["items"])
+        return [(service, start, versions) for service, (start, versions) in out.items()]

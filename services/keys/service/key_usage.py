@@ -61,6 +61,12 @@ class KeyUsage:
                   "" if kept else ", ignored: a later pass was already reported")
         return kept
 
+    async def of_account(self, account_id: int) -> list[tuple[str, datetime | None, dict[int, int]]]:
+        """Each data owner's last report for the account: (service, pass start or None, {version: items})."""
+        if not self._owners:
+            return []
+        return await self._store.key_usage_of(account_id, self._owners)
+
     async def check_retirable(self, account_id: int, minimum: int, versions: Sequence[StoredKek]) -> None:
         """Raise RewrapIncomplete unless every data owner has rewrapped the account's items to `minimum` or
         later (a pass started after version `minimum` existed, nothing counted below it)."""

@@ -51,6 +51,9 @@ class KeyRingStore(Protocol):
     async def key_usage_below(
         self, account_id: int, minimum: int, services: Sequence[str]
     ) -> list[tuple[str, datetime | None, int]]: ...
+    async def key_usage_of(
+        self, account_id: int, services: Sequence[str]
+    ) -> list[tuple[str, datetime | None, dict[int, int]]]: ...
 
 
 class ApiKeyStore(Protocol):

@@ -1481,20 +1481,59 @@ class GetAccountKeyStatusResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int
+    DATA_OWNERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def status(self) -> Global___AccountKeyStatus: ...
+    @_builtins.property
+    def data_owners(self) -> _containers.RepeatedCompositeFieldContainer[Global___DataOwnerUsage]:
+        """What each data-owning service held of the account per key version at
+        the end of its last reported rewrap pass (retirement waits for these).
+        """
+
     def __init__(
         self,
         *,
         status: Global___AccountKeyStatus | None = ...,
+        data_owners: _abc.Iterable[Global___DataOwnerUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_owners", b"data_owners", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAccountKeyStatusResponse: _TypeAlias = GetAccountKeyStatusResponse  # noqa: Y015
+
+@_typing.final
+class DataOwnerUsage(_message.Message):
+    """One data owner's last rewrap report, for one account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PASS_START_TIME_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    @_builtins.property
+    def pass_start_time(self) -> _timestamp_pb2.Timestamp:
+        """Unset: the service has not reported a pass yet."""
+
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___KeyUsage]: ...
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        pass_start_time: _timestamp_pb2.Timestamp | None = ...,
+        usage: _abc.Iterable[Global___KeyUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["pass_start_time", b"pass_start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pass_start_time", b"pass_start_time", "service", b"service", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DataOwnerUsage: _TypeAlias = DataOwnerUsage  # noqa: Y015
 
 @_typing.final
 class RotateAccountKeyRequest(_message.Message):
