@@ -112,6 +112,9 @@ def suite(
             for name in ("audit", "keys", "messaging", "identity", "gateway", "worker")
         },
     )
+    # Rewrap passes often enough for tests/e2e/test_key_retirement.py to see a retirement go through.
+    config.env["messaging"]["MESSAGING_REWRAP_SECONDS"] = "2"
+    config.env["identity"]["IDENTITY_REWRAP_SECONDS"] = "2"
     config.env["messaging"].update(
         MESSAGING_SMTP_HOST="127.0.0.1", MESSAGING_SMTP_PORT=str(smtp_inbox.port), MESSAGING_SMTP_TLS="starttls",
         MESSAGING_SMTP_CA_FILE=str(certs.public_ca), MESSAGING_SMTP_FROM="security@sendsafe.example")
