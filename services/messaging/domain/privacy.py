@@ -41,6 +41,16 @@ class NumberIndexer:
         return h.digest()
 
 
+CUSTOM_STRING_RECORD: Final = "sms.custom_string"
+_CUSTOM_STRING_INDEX_LABEL: Final = b"sendsafe.sms.custom_string.v1\x00"
+
+
+def custom_string_index(key: bytes, value: str) -> bytes:
+    """HMAC-SHA256 of a message's custom string under the account's index key (as `number_index`): history's
+    `q=custom_string:` and cancel-by-custom-string match it exactly without the database holding the text."""
+    return hmac.new(key, _CUSTOM_STRING_INDEX_LABEL + value.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+
 def index_token(key: bytes, purpose: str, value: str) -> str:
     """A short keyed token for Redis key names (a destination prefix, an idempotency key): never the value."""
     return hmac.new(key, f"sendsafe.{purpose}.v1\x00{value}".encode(), hashlib.sha256).hexdigest()[:32]

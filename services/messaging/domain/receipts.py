@@ -29,6 +29,7 @@ class ReceiptRecord:
     custom_string: str
     timestamp_send: int
     timestamp: int
+    custom_ct: bytes | None = None  # the message's sealed custom string (custom_string is then "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class InboundRecord:
     timestamp: int
     original_body_ct: bytes | None = None
     original_account_id: int = 0
+    custom_ct: bytes | None = None  # the original message's sealed custom string
 
 
 @dataclass(frozen=True, slots=True)

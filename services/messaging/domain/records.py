@@ -76,6 +76,8 @@ class NewMessage:
     publish_at: int  # unix seconds after which the relay (re)publishes it
     to_hash: bytes | None = None  # keyed hash of the recipient (number_index)
     cause: str = ""  # Caller.cause
+    custom_ct: bytes | None = None  # the custom string sealed (CUSTOM_STRING_RECORD); custom_string is then ""
+    custom_hash: bytes | None = None  # its keyed hash (custom_string_index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,7 @@ class StoredMessage:
     error_code: int | None
     carrier: str
     cause: str = ""
+    custom_ct: bytes | None = None  # the sealed custom string (rows before 0008 keep it in custom_string)
 
 
 MESSAGE_ID_SHAPE: Final = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")

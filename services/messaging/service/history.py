@@ -14,10 +14,11 @@ from services.messaging.domain.history import (
     check_content_search,
     matches_content,
 )
-from services.messaging.domain.privacy import MASKED_BODY, mask_number, number_index
+from services.messaging.domain.privacy import MASKED_BODY, custom_string_index, mask_number, number_index
 from services.messaging.domain.records import BODY_RECORD, TO_RECORD, Caller, StoredMessage
 from services.messaging.domain.statuses import clicksend_history_view
 from services.messaging.service.common import UseCases
+from services.messaging.service.custom_strings import with_custom_string
 from services.messaging.service.ports import SERVICE
 from svckit.audit import new_event
 from svckit.envelope import aad_for
@@ -37,14 +38,16 @@ class HistoryUseCases(UseCases):
         check_content_search(f, sort, deidentified=caller.deidentified)
         acct = caller.account_id
         to_hash = number_index(await self.keys.get(acct), f.to) if f.to is not None else None
+        custom_hash = (custom_string_index(await self.keys.get(acct), f.custom_string)
+                       if f.custom_string else None)
         if f.body_contains is None and not sort.on_content:
             total, rows = await self._store.history(
-                acct, query.date_from, query.date_to, w.offset, w.limit, f, sort, to_hash)
+                acct, query.date_from, query.date_to, w.offset, w.limit, f, sort, to_hash, custom_hash)
             items = [await self._item(m, masked=caller.deidentified) for m in rows]
             return HistoryPage(window=w, total=total, items=items)
         _, rows = await self._store.history(
             acct, query.date_from, query.date_to, 0, SEARCH_WINDOW, f,
-            HistorySort() if sort.on_content else sort, to_hash)
+            HistorySort() if sort.on_content else sort, to_hash, custom_hash)
         found = [it for it in [await self._item(m) for m in rows] if matches_content(f, it.body, it.to)]
         if sort.on_content:
             found.sort(key=lambda it: it.message.date, reverse=True)
@@ -53,6 +56,7 @@ class HistoryUseCases(UseCases):
 
     async def _item(self, m: StoredMessage, *, masked: bool = False) -> HistoryItem:
         acct = m.account_id
+        m = await with_custom_string(self._cipher, m)
         to = (await self._cipher.decrypt(acct, aad_for(acct, TO_RECORD, m.id), m.to_ct)).decode()
         if masked:
             return HistoryItem(m, MASKED_BODY, mask_number(to), clicksend_history_view(m.status, m.error_code))

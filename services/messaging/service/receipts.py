@@ -6,6 +6,7 @@ from services.messaging.domain.errors import MessageNotFound
 from services.messaging.domain.receipts import ReceiptPage, ReceiptRecord, TestModeOnly
 from services.messaging.domain.records import Caller, check_message_id
 from services.messaging.service.common import POLL, UseCases
+from services.messaging.service.custom_strings import with_custom_string
 from services.messaging.service.ids import new_message_id
 from svckit.paging import PageWindow
 from svckit.times import optional_unix_seconds
@@ -17,13 +18,13 @@ class ReceiptUseCases(UseCases):
     async def list_receipts(self, caller: Caller, window: PageWindow) -> ReceiptPage:
         """Unread receipts, newest first (mark them read to take them off this list)."""
         total, rows = await self._store.unread_receipts(caller.account_id, window.offset, window.limit)
-        return ReceiptPage(window, total, rows)
+        return ReceiptPage(window, total, [await with_custom_string(self._cipher, r) for r in rows])
 
     async def get_receipt(self, caller: Caller, message_id: str) -> ReceiptRecord:
         r = await self._store.receipt(caller.account_id, check_message_id(message_id))
         if r is None:
             raise MessageNotFound("No receipt for this message (yet).")
-        return r
+        return await with_custom_string(self._cipher, r)
 
     async def mark_receipts_read(self, caller: Caller, date_before: int) -> int:
         before = optional_unix_seconds(date_before, "date_before")

@@ -18,6 +18,7 @@ from services.messaging.domain.receipts import (
 )
 from services.messaging.domain.recipients import parse_recipient
 from services.messaging.domain.records import BODY_RECORD, TO_RECORD
+from services.messaging.service.custom_strings import with_custom_string
 from services.messaging.service.ids import new_message_id
 from services.messaging.service.index_keys import IndexKeys
 from services.messaging.service.ports import Cipher, InboundStore
@@ -88,6 +89,7 @@ class Replies:
 
     async def view(self, r: InboundRecord, *, deidentified: bool = False) -> InboundView:
         acct = r.account_id
+        r = await with_custom_string(self._cipher, r)
         sender = (await self._cipher.decrypt(acct, aad_for(acct, TO_RECORD, r.id), r.from_ct)).decode()
         if deidentified:
             return InboundView(r, mask_number(sender), MASKED_BODY, MASKED_BODY)

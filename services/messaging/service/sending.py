@@ -25,7 +25,7 @@ from services.messaging.domain.idempotency import (
 from services.messaging.domain.limits import LimitRequest, LimitVerdict, destination_prefix, limit_error, limit_request
 from services.messaging.domain.outbound import Rejected, ValidatedMessage, check_batch_size, validate_outbound
 from services.messaging.domain.pricing import allocate_credit
-from services.messaging.domain.privacy import prefix_token
+from services.messaging.domain.privacy import custom_string_index, prefix_token
 from services.messaging.domain.records import (
     BODY_RECORD,
     TO_RECORD,
@@ -38,6 +38,7 @@ from services.messaging.domain.records import (
 )
 from services.messaging.domain.statuses import MessageStatus, clicksend_history_view
 from services.messaging.service.common import UseCases
+from services.messaging.service.custom_strings import custom_string_aad
 from services.messaging.service.ids import new_message_ids
 from svckit.envelope import aad_for
 from svckit.groupcommit import GroupCommit
@@ -130,17 +131,21 @@ class SendingUseCases(UseCases):
         key = await self.keys.get(acct)
         to_index = await self.keys.indexer(acct)
         ids = new_message_ids(len(valid))
-        blobs = await self._cipher.encrypt_many(
-            acct,
-            [
-                pair
-                for (_, v, _), mid in zip(valid, ids, strict=True)
-                for pair in (
-                    (aad_for(acct, BODY_RECORD, mid), v.body.encode()),
-                    (aad_for(acct, TO_RECORD, mid), v.to.encode()),
-                )
-            ],
-        )
+        sealing = [
+            pair
+            for (_, v, _), mid in zip(valid, ids, strict=True)
+            for pair in (
+                (aad_for(acct, BODY_RECORD, mid), v.body.encode()),
+                (aad_for(acct, TO_RECORD, mid), v.to.encode()),
+            )
+        ]
+        # Custom strings (free text) are sealed too, after the pairs, with a keyed hash for exact search.
+        customs: dict[int, int] = {}
+        for k, ((i, _, _), mid) in enumerate(zip(valid, ids, strict=True)):
+            if inputs[i].custom_string:
+                customs[k] = len(sealing)
+                sealing.append((custom_string_aad(acct, mid), inputs[i].custom_string.encode()))
+        blobs = await self._cipher.encrypt_many(acct, sealing)
         rates = self._opts.rates
         rows: list[NewMessage] = []
         tokens: list[str | None] = []
@@ -161,11 +166,13 @@ class SendingUseCases(UseCases):
                 status=MessageStatus.SCHEDULED if scheduled else MessageStatus.QUEUED,
                 body_ct=blobs[2 * k], to_ct=blobs[2 * k + 1], sender=v.sender, country=v.recipient.country,
                 encoding=v.sms.encoding.value, parts=v.sms.parts, price=price,
-                is_test=free, custom_string=m.custom_string, source=m.source,
+                is_test=free, custom_string="", source=m.source,
                 from_email=m.from_email, list_id=m.list_id, contact_id=m.contact_id,
                 schedule=v.schedule if scheduled else None,
                 publish_at=v.schedule if scheduled and v.schedule is not None else now + int(self._grace + 0.999),
                 to_hash=to_index(v.to), cause=caller.cause,
+                custom_ct=blobs[customs[k]] if k in customs else None,
+                custom_hash=custom_string_index(key, m.custom_string) if k in customs else None,
             ))
 
         def build(statuses: list[MessageStatusCode]) -> SendResult:
@@ -372,7 +379,11 @@ class SendingUseCases(UseCases):
 
     async def cancel_all(self, caller: Caller, custom_string: str) -> int:
         """Cancel the account's scheduled messages (those with `custom_string` when given); refunded."""
-        return await self._store.cancel_scheduled(caller.account_id, custom_string or None)
+        if not custom_string:
+            return await self._store.cancel_scheduled(caller.account_id, None)
+        key = await self.keys.get(caller.account_id)
+        return await self._store.cancel_scheduled(
+            caller.account_id, custom_string, custom_string_index(key, custom_string))
 
     async def forget_idempotency_keys(self) -> int:
         return await self._store.forget_idempotency_keys(IDEMPOTENCY_TTL_S)

@@ -16,6 +16,7 @@ from services.messaging.domain.webhooks import (
     receipt_payload,
     webhook_backoff,
 )
+from services.messaging.service.custom_strings import with_custom_string
 from services.messaging.service.ports import Cipher, WebhookSender, WebhookStore
 from services.messaging.service.replies import Replies
 from svckit.envelope import aad_for
@@ -86,6 +87,6 @@ class WebhookService:
     async def _payload(self, job: WebhookJob) -> dict[str, object] | None:
         if job.event is WebhookEvent.RECEIPT:
             r = await self._store.receipt_for_message(job.ref)
-            return None if r is None else receipt_payload(r)
+            return None if r is None else receipt_payload(await with_custom_string(self._cipher, r))
         inbound = await self._store.inbound_by_id(job.ref)
         return None if inbound is None else inbound_payload(await self._replies.view(inbound))

@@ -161,7 +161,7 @@ class FakeStore:
 
     async def history(
         self, account_id: int, date_from: int | None, date_to: int | None, offset: int, limit: int,
-        f: object = None, sort: object = None, to_hash: bytes | None = None,
+        f: object = None, sort: object = None, to_hash: bytes | None = None, custom_hash: bytes | None = None,
     ) -> tuple[int, list[StoredMessage]]:
         mine = [m for m in reversed(self.messages.values()) if m.account_id == account_id]
         return len(mine), [
@@ -169,7 +169,7 @@ class FakeStore:
                 id=m.id, account_id=m.account_id, user_id=m.user_id, api_username=m.api_username, status=m.status,
                 body_ct=m.body_ct, to_ct=m.to_ct, sender=m.sender, country=m.country, parts=m.parts, price=m.price,
                 custom_string=m.custom_string, from_email=m.from_email, list_id=m.list_id, contact_id=m.contact_id,
-                schedule=m.schedule, date=NOW, error_code=None, carrier="",
+                schedule=m.schedule, date=NOW, error_code=None, carrier="", custom_ct=m.custom_ct,
             )
             for m in mine[offset: offset + limit]
         ]

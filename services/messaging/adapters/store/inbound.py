@@ -14,7 +14,7 @@ from services.messaging.domain.receipts import InboundRecord, NewInbound, Origin
 
 _INBOUND_COLUMNS = (
     "i.id, i.account_id, i.original_message_id, i.from_ct, i.to_number, i.body_ct, i.custom_string,"
-    " i.create_time, m.body_ct AS original_body_ct"
+    " i.create_time, m.body_ct AS original_body_ct, m.custom_ct"
 )
 _INBOUND_FROM = " FROM inbound_messages i LEFT JOIN messages m ON m.id = i.original_message_id"
 
@@ -25,6 +25,7 @@ def _inbound(r: asyncpg.Record) -> InboundRecord:
         from_ct=bytes(r["from_ct"]), to=r["to_number"], body_ct=bytes_or_none(r["body_ct"]),
         custom_string=r["custom_string"], timestamp=unix_of(r["create_time"]),
         original_body_ct=bytes_or_none(r["original_body_ct"]), original_account_id=r["account_id"],
+        custom_ct=bytes_or_none(r["custom_ct"]),
     )
 
 

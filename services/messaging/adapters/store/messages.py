@@ -27,7 +27,7 @@ _HISTORY_COLUMNS = (
     "id, account_id, user_id, api_username, status, body_ct, to_ct, sender, country, parts,"
     " price, custom_string, from_email, list_id, contact_id,"
     " extract(epoch FROM schedule_time)::bigint AS schedule,"
-    " extract(epoch FROM create_time)::bigint AS date, error_code, carrier, cause"
+    " extract(epoch FROM create_time)::bigint AS date, error_code, carrier, cause, custom_ct"
 )
 _STATUS_NAME_SQL = "CASE status " + " ".join(
     f"WHEN '{s.value}' THEN '{name}'" for s, name in STATUS_SORT_NAME.items()
@@ -35,7 +35,8 @@ _STATUS_NAME_SQL = "CASE status " + " ".join(
 
 
 def _history_where(
-    account_id: int, date_from: int | None, date_to: int | None, f: HistoryFilter, to_hash: bytes | None
+    account_id: int, date_from: int | None, date_to: int | None, f: HistoryFilter, to_hash: bytes | None,
+    custom_hash: bytes | None = None,
 ) -> tuple[str, list[Any]]:
     args: list[Any] = [account_id, date_from, date_to]
     where = [
@@ -55,7 +56,8 @@ def _history_where(
     if f.sender is not None:
         add("sender = ?", f.sender)
     if f.custom_string is not None:
-        add("custom_string = ?", f.custom_string)
+        args.extend((f.custom_string, custom_hash or b""))
+        where.append(_custom_match(len(args) - 1, len(args)))
     if f.message_id is not None:
         add("id = ?::uuid", uuid.UUID(f.message_id))
     if f.username is not None:
@@ -63,6 +65,13 @@ def _history_where(
     if f.country is not None:
         add("country = ?", f.country)
     return " WHERE " + " AND ".join(where), args
+
+
+def _custom_match(text: int, digest: int) -> str:
+    """A custom string matches by its keyed hash (sealed, from migration 0008) or, in older rows, as the text
+    itself; "" matches messages without one. `text` and `digest` are parameter numbers."""
+    return (f"(CASE WHEN ${text}::text = '' THEN custom_hash IS NULL AND custom_string = ''"
+            f" ELSE custom_hash = ${digest}::bytea OR custom_string = ${text}::text END)")
 
 
 def _order_by(sort: HistorySort) -> str:
@@ -80,7 +89,7 @@ def _stored(r: asyncpg.Record) -> StoredMessage:
         sender=r["sender"], country=r["country"], parts=r["parts"], price=Decimal(r["price"]),
         custom_string=r["custom_string"], from_email=r["from_email"], list_id=r["list_id"],
         contact_id=r["contact_id"], schedule=r["schedule"], date=r["date"], error_code=r["error_code"],
-        carrier=r["carrier"], cause=r["cause"],
+        carrier=r["carrier"], cause=r["cause"], custom_ct=bytes_or_none(r["custom_ct"]),
     )
 
 
@@ -205,9 +214,10 @@ class MessagesSql(PoolSql):
     async def history(
         self, account_id: int, date_from: int | None, date_to: int | None, offset: int, limit: int,
         f: HistoryFilter | None = None, sort: HistorySort | None = None, to_hash: bytes | None = None,
+        custom_hash: bytes | None = None,
     ) -> tuple[int, list[StoredMessage]]:
         """A page of an account's messages matching the database-side filters, and their count."""
-        where, args = _history_where(account_id, date_from, date_to, f or HistoryFilter(), to_hash)
+        where, args = _history_where(account_id, date_from, date_to, f or HistoryFilter(), to_hash, custom_hash)
         n = len(args)
         async with self._pool.acquire() as conn:
             total = await conn.fetchval("SELECT count(*) FROM messages" + where, *args)
@@ -231,15 +241,19 @@ class MessagesSql(PoolSql):
             n = await self._cancel(conn, account_id, "id = $2::uuid", uuid.UUID(message_id))
             return MessageStatus.CANCELLED if n else MessageStatus(before)
 
-    async def cancel_scheduled(self, account_id: int, custom_string: str | None) -> int:
-        """Cancel the account's scheduled messages (only those with `custom_string` when given)."""
+    async def cancel_scheduled(
+        self, account_id: int, custom_string: str | None, custom_hash: bytes | None = None
+    ) -> int:
+        """Cancel the account's scheduled messages (only those with `custom_string`, matched by its keyed
+        hash `custom_hash`, when given)."""
         async with self._pool.acquire() as conn, conn.transaction():
             if custom_string is None:
                 return await self._cancel(conn, account_id, "status = 'SCHEDULED' AND $2::text IS NULL", None)
-            return await self._cancel(conn, account_id, "status = 'SCHEDULED' AND custom_string = $2", custom_string)
+            return await self._cancel(conn, account_id, f"status = 'SCHEDULED' AND {_custom_match(2, 4)}",
+                                      custom_string, custom_hash or b"")
 
     @staticmethod
-    async def _cancel(conn: asyncpg.Connection, account_id: int, which: str, arg: Any) -> int:
+    async def _cancel(conn: asyncpg.Connection, account_id: int, which: str, arg: Any, *more: Any) -> int:
         row = await conn.fetchrow(
             "WITH c AS (UPDATE messages SET status = 'CANCELLED', status_time = now(), final_time = now()"
             f" WHERE account_id = $1 AND {which} AND status = ANY($3::text[]) RETURNING id, price),"
@@ -247,6 +261,6 @@ class MessagesSql(PoolSql):
             " b AS (UPDATE balances SET balance = balance + (SELECT coalesce(sum(price), 0) FROM c),"
             " update_time = now() WHERE account_id = $1 AND (SELECT count(*) FROM c) > 0)"
             " SELECT count(*) AS n FROM c",
-            account_id, arg, source_statuses(MessageStatus.CANCELLED),
+            account_id, arg, source_statuses(MessageStatus.CANCELLED), *more,
         )
         return int(row["n"]) if row else 0

@@ -6,7 +6,7 @@ import uuid
 
 import asyncpg
 
-from services.messaging.adapters.store.rows import PoolSql, id_text, unix_of
+from services.messaging.adapters.store.rows import PoolSql, bytes_or_none, id_text, unix_of
 from services.messaging.domain.receipts import ReceiptRecord
 from services.messaging.domain.statuses import MessageStatus
 
@@ -16,7 +16,12 @@ def _receipt(r: asyncpg.Record) -> ReceiptRecord:
         id=r["id"], account_id=r["account_id"], user_id=r["user_id"], message_id=id_text(r["message_id"]),
         status=MessageStatus(r["status"]), error_code=r["error_code"], custom_string=r["custom_string"],
         timestamp_send=unix_of(r["send_time"]), timestamp=unix_of(r["receipt_time"]),
+        custom_ct=bytes_or_none(r["custom_ct"]),
     )
+
+
+# A receipt with its message's sealed custom string (the receipt row keeps none of its own).
+_SELECT = "SELECT r.*, m.custom_ct FROM receipts r LEFT JOIN messages m ON m.id = r.message_id"
 
 
 class ReceiptsSql(PoolSql):
@@ -27,7 +32,7 @@ class ReceiptsSql(PoolSql):
             total = await conn.fetchval(
                 "SELECT count(*) FROM receipts WHERE account_id = $1 AND read_time IS NULL", account_id)
             rows = await conn.fetch(
-                "SELECT * FROM receipts WHERE account_id = $1 AND read_time IS NULL ORDER BY id DESC"
+                f"{_SELECT} WHERE r.account_id = $1 AND r.read_time IS NULL ORDER BY r.id DESC"
                 " OFFSET $2 LIMIT $3",
                 account_id, offset, limit,
             )
@@ -35,15 +40,15 @@ class ReceiptsSql(PoolSql):
 
     async def receipt(self, account_id: int, message_id: str) -> ReceiptRecord | None:
         row = await self._pool.fetchrow(
-            "SELECT * FROM receipts WHERE account_id = $1 AND message_id = $2", account_id, uuid.UUID(message_id))
+            f"{_SELECT} WHERE r.account_id = $1 AND r.message_id = $2", account_id, uuid.UUID(message_id))
         return None if row is None else _receipt(row)
 
     async def receipt_by_id(self, receipt_id: int) -> ReceiptRecord | None:
-        row = await self._pool.fetchrow("SELECT * FROM receipts WHERE id = $1", receipt_id)
+        row = await self._pool.fetchrow(f"{_SELECT} WHERE r.id = $1", receipt_id)
         return None if row is None else _receipt(row)
 
     async def receipt_for_message(self, message_id: str) -> ReceiptRecord | None:
-        row = await self._pool.fetchrow("SELECT * FROM receipts WHERE message_id = $1", uuid.UUID(message_id))
+        row = await self._pool.fetchrow(f"{_SELECT} WHERE r.message_id = $1", uuid.UUID(message_id))
         return None if row is None else _receipt(row)
 
     async def mark_receipts_read(self, account_id: int, before: int | None) -> int:
@@ -59,7 +64,7 @@ class ReceiptsSql(PoolSql):
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "INSERT INTO receipts (account_id, user_id, message_id, status, send_time, is_test)"
-                " VALUES ($1, $2, $3, 'DELIVERED', now(), true) RETURNING *",
+                " VALUES ($1, $2, $3, 'DELIVERED', now(), true) RETURNING *, NULL::bytea AS custom_ct",
                 account_id, user_id, uuid.UUID(message_id),
             )
             if url:

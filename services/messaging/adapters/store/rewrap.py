@@ -10,6 +10,7 @@ from svckit.envelope_rewrap import RewrapColumn, pg_column
 ENCRYPTED_COLUMNS = (
     ("messages", "body_ct", ("id",)),
     ("messages", "to_ct", ("id",)),
+    ("messages", "custom_ct", ("id",)),
     ("inbound_messages", "from_ct", ("id",)),
     ("inbound_messages", "body_ct", ("id",)),
     ("idempotency_keys", "result_ct", ("account_id", "key_hash")),

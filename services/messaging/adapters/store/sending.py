@@ -16,7 +16,7 @@ from services.messaging.domain.statuses import MessageStatus
 _MESSAGE_COLUMNS = (
     "id", "account_id", "user_id", "api_username", "status", "body_ct", "to_ct", "sender", "country",
     "encoding", "parts", "price", "is_test", "custom_string", "source", "from_email", "list_id", "contact_id",
-    "schedule_time", "to_hash", "cause",
+    "schedule_time", "to_hash", "cause", "custom_ct", "custom_hash",
 )
 # Messages and their outbox rows in ONE statement (a data-modifying CTE): a single round trip, atomic
 # on its own, so a send that debits nothing needs no explicit transaction. Messages due now share one
@@ -38,11 +38,13 @@ def _insert_sql(funded: bool) -> str:
         "WITH " + debit + "r AS (SELECT * FROM json_to_recordset($1::json) AS r(id uuid, account_id bigint,"
         " user_id bigint, api_username text, status text, body_ct text, to_ct text, sender text, country text,"
         " encoding text, parts int, price numeric, is_test bool, custom_string text, source text, from_email text,"
-        " list_id text, contact_id text, schedule bigint, to_hash text, at bigint, cause text)),"
+        " list_id text, contact_id text, schedule bigint, to_hash text, at bigint, cause text, custom_ct text,"
+        " custom_hash text)),"
         " m AS (INSERT INTO messages (" + ", ".join(_MESSAGE_COLUMNS) + ")"
         " SELECT id, account_id, user_id, api_username, status, decode(body_ct, 'base64'),"
         " decode(to_ct, 'base64'), sender, country, encoding, parts, price, is_test, custom_string, source,"
-        " from_email, list_id, contact_id, to_timestamp(schedule), decode(to_hash, 'base64'), cause FROM r"
+        " from_email, list_id, contact_id, to_timestamp(schedule), decode(to_hash, 'base64'), cause,"
+        " decode(custom_ct, 'base64'), decode(custom_hash, 'base64') FROM r"
         " WHERE true" + guard + "),"
         " o AS (INSERT INTO outbox (message_id, available_time) SELECT id, to_timestamp(at) FROM r"
         " WHERE at IS NOT NULL" + guard + "),"
@@ -126,7 +128,9 @@ class PgSendTx:
              "is_test": m.is_test, "custom_string": m.custom_string, "source": m.source,
              "from_email": m.from_email, "list_id": m.list_id, "contact_id": m.contact_id,
              "schedule": m.schedule, "to_hash": None if m.to_hash is None else b64(m.to_hash),
-             "at": None if m.status is queued else m.publish_at, "cause": m.cause}
+             "at": None if m.status is queued else m.publish_at, "cause": m.cause,
+             "custom_ct": None if m.custom_ct is None else b64(m.custom_ct),
+             "custom_hash": None if m.custom_hash is None else b64(m.custom_hash)}
             for m in messages
         ]).decode()
         due = [m for m in messages if m.status is queued]
