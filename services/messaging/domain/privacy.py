@@ -63,6 +63,12 @@ def prefix_token(key: bytes, prefix: str) -> str:
     return index_token(key, "prefix", prefix)
 
 
+def deidentified_number(country: str) -> str:
+    """What a number past retention shows: its country calling code alone (`AU` -> `+61`), "" if unknown."""
+    code = phonenumbers.country_code_for_region(country.upper()) if country else 0
+    return f"+{code}" if code else ""
+
+
 MASKED_BODY: Final = ""  # what de-identified users and redacted messages show as the body
 
 

@@ -46,7 +46,7 @@ class InboundRecord:
     id: str
     account_id: int
     original_message_id: str  # "" when the reply could not be tied to a message (test hook)
-    from_ct: bytes
+    from_ct: bytes | None  # None once de-identified (retention)
     to: str  # our number the reply was sent to
     body_ct: bytes | None  # None once redacted
     custom_string: str
@@ -54,6 +54,7 @@ class InboundRecord:
     original_body_ct: bytes | None = None
     original_account_id: int = 0
     custom_ct: bytes | None = None  # the original message's sealed custom string
+    original_country: str = ""  # the original message's country (what a de-identified sender still shows)
 
 
 @dataclass(frozen=True, slots=True)

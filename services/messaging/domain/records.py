@@ -124,7 +124,7 @@ class StoredMessage:
     api_username: str
     status: MessageStatus
     body_ct: bytes | None  # None once redacted (retention)
-    to_ct: bytes
+    to_ct: bytes | None  # None once de-identified (retention)
     sender: str
     country: str
     parts: int

@@ -14,7 +14,13 @@ from services.messaging.domain.history import (
     check_content_search,
     matches_content,
 )
-from services.messaging.domain.privacy import MASKED_BODY, custom_string_index, mask_number, number_index
+from services.messaging.domain.privacy import (
+    MASKED_BODY,
+    custom_string_index,
+    deidentified_number,
+    mask_number,
+    number_index,
+)
 from services.messaging.domain.records import BODY_RECORD, TO_RECORD, Caller, StoredMessage
 from services.messaging.domain.statuses import clicksend_history_view
 from services.messaging.service.common import UseCases
@@ -57,6 +63,9 @@ class HistoryUseCases(UseCases):
     async def _item(self, m: StoredMessage, *, masked: bool = False) -> HistoryItem:
         acct = m.account_id
         m = await with_custom_string(self._cipher, m)
+        if m.to_ct is None:  # de-identified by retention: the country alone
+            return HistoryItem(m, MASKED_BODY, deidentified_number(m.country),
+                               clicksend_history_view(m.status, m.error_code))
         to = (await self._cipher.decrypt(acct, aad_for(acct, TO_RECORD, m.id), m.to_ct)).decode()
         if masked:
             return HistoryItem(m, MASKED_BODY, mask_number(to), clicksend_history_view(m.status, m.error_code))

@@ -53,6 +53,8 @@ class InboundUseCases(UseCases):
             if found is None:
                 raise MessageNotFound("No such message.")
             to_ct, our_number, custom = found
+            if to_ct is None:  # past retention: the recipient is gone, so nobody can reply as them
+                raise MessageNotFound("This message's recipient is no longer kept.")
             sender = (await self._cipher.decrypt(acct, aad_for(acct, TO_RECORD, original), to_ct)).decode()
             to = our_number or TEST_INBOUND_TO
         item = InboundInput(carrier="test", carrier_ref="", sender=sender, to=to, body=body or TEST_INBOUND_BODY,

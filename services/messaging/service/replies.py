@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from services.messaging.domain.errors import InvalidRecipient
 from services.messaging.domain.optouts import opt_action
-from services.messaging.domain.privacy import MASKED_BODY, mask_number, number_index
+from services.messaging.domain.privacy import MASKED_BODY, deidentified_number, mask_number, number_index
 from services.messaging.domain.receipts import (
     InboundInput,
     InboundRecord,
@@ -90,7 +90,8 @@ class Replies:
     async def view(self, r: InboundRecord, *, deidentified: bool = False) -> InboundView:
         acct = r.account_id
         r = await with_custom_string(self._cipher, r)
-        sender = (await self._cipher.decrypt(acct, aad_for(acct, TO_RECORD, r.id), r.from_ct)).decode()
+        sender = (deidentified_number(r.original_country) if r.from_ct is None else
+                  (await self._cipher.decrypt(acct, aad_for(acct, TO_RECORD, r.id), r.from_ct)).decode())
         if deidentified:
             return InboundView(r, mask_number(sender), MASKED_BODY, MASKED_BODY)
         body = "" if r.body_ct is None else (

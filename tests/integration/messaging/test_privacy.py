@@ -1,4 +1,4 @@
-"""Privacy controls: body retention (bodies redacted, metadata kept), staff see content only when the
+"""Privacy controls: body retention (bodies redacted, numbers de-identified to their country, metadata kept), staff see content only when the
 customer grants it, and no body or phone number ever reaches a log record or a span across the whole
 messaging path (send, search, deliver, receipt, reply, webhook, idempotent replay)."""
 
@@ -50,13 +50,23 @@ async def test_retention_redacts_bodies_and_keeps_metadata(messaging: Messaging,
 
         page = await stub.ListSmsHistory(pb.ListSmsHistoryRequest(), metadata=md)  # type: ignore[attr-defined]
         by_id = {h.message_id: h for h in page.data}
-        assert by_id[old].body == "" and by_id[old].to == REAL_NUMBER and by_id[old].custom_string == "keep-me"
+        # Past retention the number is de-identified too: its country calling code alone stays.
+        assert by_id[old].body == "" and by_id[old].to == "+61" and by_id[old].custom_string == "keep-me"
         assert (by_id[old].status, by_id[old].status_code) == ("Sent", "201")
         assert by_id[fresh].body == "fresh"
         assert by_id[scheduled.messages[0].message_id].body == "not yet sent"
         inbound = (await stub.ListInboundSms(pb.ListInboundSmsRequest(), metadata=md)).data  # type: ignore[attr-defined]
-        assert [(i.body, i.original_body, i.sender) for i in inbound] == [("", "", REAL_NUMBER)]
-        assert await messaging.pool.fetchval("SELECT body_ct IS NULL FROM messages WHERE id = $1::uuid", old)
+        assert [(i.body, i.original_body, i.sender) for i in inbound] == [("", "", "+61")]
+        assert await messaging.pool.fetchval(
+            "SELECT body_ct IS NULL AND to_ct IS NULL AND to_hash IS NULL AND country = 'AU' FROM messages"
+            " WHERE id = $1::uuid", old)
+        assert await messaging.pool.fetchval(
+            "SELECT body_ct IS NULL AND from_ct IS NULL AND from_hash IS NULL FROM inbound_messages"
+            " WHERE id = $1::uuid", reply.message_id)
+        # The fresh message keeps its number, and its number still finds it.
+        assert by_id[fresh].to == REAL_NUMBER
+        found = await stub.ListSmsHistory(pb.ListSmsHistoryRequest(q=f"to:{REAL_NUMBER}"), metadata=md)  # type: ignore[attr-defined]
+        assert old not in {h.message_id for h in found.data} and fresh in {h.message_id for h in found.data}
         assert await messaging.service.redact_expired() == 0
 
 

@@ -155,6 +155,10 @@ async def test_cancel_until_dispatch_with_refunds(messaging: Messaging, certs: C
         ]), metadata=md)
         a, b, c, d = (m.message_id for m in sent.messages)
         assert await messaging.service.get_balance(9106) == Decimal("10") - 4 * Decimal("0.077")
+        # The custom strings are sealed: cancelling by one below matches its keyed hash, not stored text.
+        assert await messaging.pool.fetchval(
+            "SELECT count(*) FROM messages m WHERE account_id = 9106 AND (m::text LIKE '%camp%'"
+            " OR m::text LIKE '%other%' OR custom_ct IS NULL AND id <> $1::uuid)", d) == 0
 
         await stub.CancelSms(pb.CancelSmsRequest(message_id=a), metadata=md)  # type: ignore[attr-defined]
         await stub.CancelSms(pb.CancelSmsRequest(message_id=a), metadata=md)  # again: still fine  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from services.messaging.domain.receipts import InboundRecord, NewInbound, Origin
 
 _INBOUND_COLUMNS = (
     "i.id, i.account_id, i.original_message_id, i.from_ct, i.to_number, i.body_ct, i.custom_string,"
-    " i.create_time, m.body_ct AS original_body_ct, m.custom_ct"
+    " i.create_time, m.body_ct AS original_body_ct, m.custom_ct, m.country AS original_country"
 )
 _INBOUND_FROM = " FROM inbound_messages i LEFT JOIN messages m ON m.id = i.original_message_id"
 
@@ -22,10 +22,10 @@ _INBOUND_FROM = " FROM inbound_messages i LEFT JOIN messages m ON m.id = i.origi
 def _inbound(r: asyncpg.Record) -> InboundRecord:
     return InboundRecord(
         id=id_text(r["id"]), account_id=r["account_id"], original_message_id=id_text(r["original_message_id"]),
-        from_ct=bytes(r["from_ct"]), to=r["to_number"], body_ct=bytes_or_none(r["body_ct"]),
+        from_ct=bytes_or_none(r["from_ct"]), to=r["to_number"], body_ct=bytes_or_none(r["body_ct"]),
         custom_string=r["custom_string"], timestamp=unix_of(r["create_time"]),
         original_body_ct=bytes_or_none(r["original_body_ct"]), original_account_id=r["account_id"],
-        custom_ct=bytes_or_none(r["custom_ct"]),
+        custom_ct=bytes_or_none(r["custom_ct"]), original_country=r["original_country"] or "",
     )
 
 
@@ -75,13 +75,13 @@ class InboundSql(PoolSql):
         return OriginalMessage(id_text(row["id"]), row["account_id"], row["user_id"], row["custom_string"],
                                row["sender"])
 
-    async def message_to_ct(self, account_id: int, message_id: str) -> tuple[bytes, str, str] | None:
+    async def message_to_ct(self, account_id: int, message_id: str) -> tuple[bytes | None, str, str] | None:
         """(encrypted recipient, sender, custom_string) of one of the account's messages."""
         row = await self._pool.fetchrow(
             "SELECT to_ct, sender, custom_string FROM messages WHERE id = $1 AND account_id = $2",
             uuid.UUID(message_id), account_id,
         )
-        return None if row is None else (bytes(row["to_ct"]), row["sender"], row["custom_string"])
+        return None if row is None else (bytes_or_none(row["to_ct"]), row["sender"], row["custom_string"])
 
     async def add_inbound(self, items: Sequence[NewInbound], test_url: str = "") -> list[str]:
         """Store replies with their opt-out changes and webhook jobs, in one transaction. A reply the

@@ -85,7 +85,7 @@ def _order_by(sort: HistorySort) -> str:
 def _stored(r: asyncpg.Record) -> StoredMessage:
     return StoredMessage(
         id=id_text(r["id"]), account_id=r["account_id"], user_id=r["user_id"], api_username=r["api_username"],
-        status=MessageStatus(r["status"]), body_ct=bytes_or_none(r["body_ct"]), to_ct=bytes(r["to_ct"]),
+        status=MessageStatus(r["status"]), body_ct=bytes_or_none(r["body_ct"]), to_ct=bytes_or_none(r["to_ct"]),
         sender=r["sender"], country=r["country"], parts=r["parts"], price=Decimal(r["price"]),
         custom_string=r["custom_string"], from_email=r["from_email"], list_id=r["list_id"],
         contact_id=r["contact_id"], schedule=r["schedule"], date=r["date"], error_code=r["error_code"],

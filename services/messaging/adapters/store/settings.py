@@ -56,15 +56,17 @@ class SettingsSql(PoolSql):
             return saved
 
     async def redact_expired(self, limit: int) -> int:
-        """Redact bodies (outbound and replies) older than their account's retention, keeping metadata.
-        Messages not yet settled are never redacted."""
+        """Redact bodies (outbound and replies) older than their account's retention, and de-identify their
+        numbers (recipient and sender gone with their keyed hashes; the message's country stays), keeping the
+        other metadata. Messages not yet settled are never redacted."""
         async with self._pool.acquire() as conn, conn.transaction():
             n = await conn.fetchval(
                 "WITH due AS (SELECT m.id FROM messages m JOIN account_settings s ON s.account_id = m.account_id"
                 " WHERE s.body_retention_days > 0 AND m.body_ct IS NOT NULL AND m.status = ANY($2::text[])"
                 " AND m.create_time < now() - make_interval(days => s.body_retention_days) LIMIT $1"
                 " FOR UPDATE OF m SKIP LOCKED),"
-                " u AS (UPDATE messages SET body_ct = NULL, redact_time = now() WHERE id IN (SELECT id FROM due)"
+                " u AS (UPDATE messages SET body_ct = NULL, to_ct = NULL, to_hash = NULL, redact_time = now()"
+                " WHERE id IN (SELECT id FROM due)"
                 " RETURNING 1) SELECT count(*) FROM u",
                 limit, [MessageStatus.SENT.value, *FINAL_STATUSES],
             )
@@ -74,7 +76,8 @@ class SettingsSql(PoolSql):
                 " WHERE s.body_retention_days > 0 AND i.body_ct IS NOT NULL"
                 " AND i.create_time < now() - make_interval(days => s.body_retention_days) LIMIT $1"
                 " FOR UPDATE OF i SKIP LOCKED),"
-                " u AS (UPDATE inbound_messages SET body_ct = NULL, redact_time = now()"
+                " u AS (UPDATE inbound_messages SET body_ct = NULL, from_ct = NULL, from_hash = NULL,"
+                " redact_time = now()"
                 " WHERE id IN (SELECT id FROM due) RETURNING 1) SELECT count(*) FROM u",
                 limit,
             )
