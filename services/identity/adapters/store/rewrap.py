@@ -9,6 +9,8 @@ from svckit.envelope_rewrap import RewrapColumn, pg_column
 
 ENCRYPTED_COLUMNS = (
     ("totp_factors", "secret_blob", ("subject_kind", "subject_id")),
+    # Users' personal data (adapters/store/personal.py), one sealed column per field.
+    *(("users", f"{field}_ct", ("id",)) for field in ("email", "phone_number", "first_name", "last_name", "notes")),
 )
 
 

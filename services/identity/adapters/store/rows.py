@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 import asyncpg
 
 from services.identity.adapters.store.personal import CT_FIELDS, PersonalData, Sealer
-
 from services.identity.domain.accounts import Account, User
 from services.identity.domain.flags import FLAG_NAMES, AccessFlags, derive_permissions
 from services.identity.domain.sessions import STAFF, USER, SessionRecord, Subject
