@@ -7,7 +7,8 @@ permission; a disabled user holds none. Staff permissions never reach customers,
 permissions never reach staff (staff reach customer data only through explicit, audited staff RPCs).
 
 Adding a permission is one edit here: name it in the RPC's access option, then add its line below --
-`customers("access_x")` (or `customers(ALWAYS)`) for customers, `staff(...roles)` for staff, or
+`customers("access_x")` (or `customers(ALWAYS)`, or `customers(MAIN_USER)` for the main user alone) for
+customers, `staff(...roles)` for staff, or
 `customers(..., roles=...)` for both. tests/unit/test_permissions.py checks the table against the protos
 (every permission an RPC names is here, every one here is used, staff-only ones never reach customers).
 """
@@ -22,6 +23,18 @@ from typing import Final
 ALWAYS: Final = None
 """A customer permission's flag when every enabled user holds it (no access flag needed)."""
 
+
+class _MainUserOnly:
+    """The type of MAIN_USER (a marker no access flag can equal)."""
+
+    def __repr__(self) -> str:
+        return "MAIN_USER"
+
+
+MAIN_USER: Final = _MainUserOnly()
+"""A customer permission's flag when only the account's main user holds it: no access flag grants it to another
+user, so no sub-account, however many flags it holds, can be given it (e.g. closing or exporting the account)."""
+
 # The staff directory's roles, least to most.
 STAFF_ROLES: Final[tuple[str, ...]] = ("support_readonly", "support_agent", "security_admin", "platform_admin")
 _EVERY_ROLE: Final = STAFF_ROLES
@@ -33,12 +46,13 @@ class Holders:
     """Who holds a permission: customer users (through `flag`, or ALWAYS) and/or the staff `roles`."""
 
     for_customers: bool
-    flag: str | None = ALWAYS
+    flag: str | _MainUserOnly | None = ALWAYS
     roles: frozenset[str] = frozenset()
 
 
-def customers(flag: str | None, *, roles: Iterable[str] = ()) -> Holders:
-    """Held by a non-main customer user with `flag` on (ALWAYS: by every enabled user), and by `roles`."""
+def customers(flag: str | _MainUserOnly | None, *, roles: Iterable[str] = ()) -> Holders:
+    """Held by a non-main customer user with `flag` on (ALWAYS: by every enabled user; MAIN_USER: by no other
+    user than the main one), and by `roles`."""
     return Holders(True, flag, frozenset(roles))
 
 
@@ -71,10 +85,11 @@ PERMISSIONS: Final[Mapping[str, Holders]] = MappingProxyType(
 
 # -- views of the table ---------------------------------------------------------------------------------------
 
-PERMISSION_FLAGS: Final[Mapping[str, str | None]] = MappingProxyType(
+PERMISSION_FLAGS: Final[Mapping[str, str | _MainUserOnly | None]] = MappingProxyType(
     {name: h.flag for name, h in PERMISSIONS.items() if h.for_customers}
 )
-"""Customer permission -> the access flag that grants it to a non-main user (ALWAYS: every enabled user)."""
+"""Customer permission -> the access flag that grants it to a non-main user (ALWAYS: every enabled user; MAIN_USER:
+no other user)."""
 
 ROLE_PERMISSIONS: Final[Mapping[str, frozenset[str]]] = MappingProxyType(
     {role: frozenset(name for name, h in PERMISSIONS.items() if role in h.roles) for role in STAFF_ROLES}

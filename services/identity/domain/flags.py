@@ -44,12 +44,15 @@ ACCESS_FLAG_NAMES: Final[tuple[str, ...]] = tuple(n for n in FLAG_NAMES if n.sta
 
 def derive_permissions(flags: AccessFlags, *, is_main: bool, enabled: bool) -> frozenset[str]:
     """Permissions a user holds. Disabled (inactive or banned) users hold none; the main user holds
-    every permission; other users hold what their flags grant."""
+    every permission; other users hold what their flags grant (never a MAIN_USER one)."""
     if not enabled:
         return frozenset()
     if is_main:
         return frozenset(PERMISSION_FLAGS)
-    return frozenset(perm for perm, flag in PERMISSION_FLAGS.items() if flag is ALWAYS or getattr(flags, flag))
+    return frozenset(
+        perm for perm, flag in PERMISSION_FLAGS.items()
+        if flag is ALWAYS or (isinstance(flag, str) and getattr(flags, flag))
+    )
 
 
 RESTRICTION_FLAGS: Final[tuple[str, ...]] = ("sms_deidentify_message", "hide_pricing")

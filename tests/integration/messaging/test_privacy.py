@@ -1,6 +1,6 @@
-"""Privacy controls: body retention (bodies redacted, numbers de-identified to their country, metadata kept), staff see content only when the
-customer grants it, and no body or phone number ever reaches a log record or a span across the whole
-messaging path (send, search, deliver, receipt, reply, webhook, idempotent replay)."""
+"""Privacy controls: body retention (bodies redacted, numbers de-identified to their country, metadata kept),
+staff see content only when the customer grants it, and no body or phone number ever reaches a log record or a
+span across the whole messaging path (send, search, deliver, receipt, reply, webhook, idempotent replay)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from services.identity.domain import accounts
+from services.identity.domain import flags as flags_module
 from services.identity.domain.accounts import check_balance, check_email, check_phone, check_username, new_account
 from services.identity.domain.errors import (
     BalanceUnavailable,
@@ -18,7 +19,7 @@ from services.identity.domain.errors import (
 )
 from services.identity.domain.flags import FLAG_NAMES, AccessFlags, derive_permissions
 from services.identity.domain.staff import GRANTABLE_ROLES
-from svckit.permissions import ALWAYS, PERMISSION_FLAGS, ROLE_PERMISSIONS, STAFF_ROLES
+from svckit.permissions import ALWAYS, MAIN_USER, PERMISSION_FLAGS, ROLE_PERMISSIONS, STAFF_ROLES
 
 
 def test_every_role_has_its_grantable_roles() -> None:
@@ -27,7 +28,7 @@ def test_every_role_has_its_grantable_roles() -> None:
 
 
 def test_rules_name_real_flags() -> None:
-    assert all(flag is ALWAYS or flag in FLAG_NAMES for flag in PERMISSION_FLAGS.values())
+    assert all(flag is ALWAYS or flag is MAIN_USER or flag in FLAG_NAMES for flag in PERMISSION_FLAGS.values())
 
 
 def test_new_user_defaults_to_least_privilege() -> None:
@@ -54,6 +55,16 @@ def test_flags_grant_their_permissions() -> None:
 def test_main_user_holds_every_permission_whatever_its_flags() -> None:
     assert derive_permissions(AccessFlags(), is_main=True, enabled=True) == set(PERMISSION_FLAGS)
     assert AccessFlags.all_granted().access_sms and not AccessFlags.all_granted().hide_pricing
+
+
+def test_a_main_user_permission_reaches_no_other_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MAIN_USER permission (closing or exporting the account): the main user holds it, a sub-account with every
+    access flag does not."""
+    monkeypatch.setattr(flags_module, "PERMISSION_FLAGS", {**PERMISSION_FLAGS, "account.close": MAIN_USER})
+    every_flag = AccessFlags(**{name: True for name in FLAG_NAMES})
+    assert "account.close" in derive_permissions(AccessFlags(), is_main=True, enabled=True)
+    assert "account.close" not in derive_permissions(every_flag, is_main=False, enabled=True)
+    assert "sms.send" in derive_permissions(every_flag, is_main=False, enabled=True)
 
 
 @pytest.mark.parametrize("is_main", [True, False])
