@@ -8,7 +8,7 @@ export PATH="$(cd "$(dirname "$PY")" && pwd):$PATH"
 site=$("$PY" -c 'import google.api.annotations_pb2 as m, os; print(os.path.dirname(os.path.dirname(os.path.dirname(m.__file__))))')
 tools_inc=$("$PY" -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
 mkdir -p protos/.third_party/google/api
-cp "$site/google/api/annotations.proto" "$site/google/api/http.proto" protos/.third_party/google/api/
+cp "$site/google/api/annotations.proto" "$site/google/api/http.proto" "$site/google/api/httpbody.proto" protos/.third_party/google/api/
 (cd protos && "../$(dirname "$PY")/buf" lint)
 rm -rf gen/python
 mkdir -p gen/python

@@ -546,6 +546,113 @@ class ExportEventsResponse(_message.Message):
 Global___ExportEventsResponse: _TypeAlias = ExportEventsResponse  # noqa: Y015
 
 @_typing.final
+class ExportAccountEventsRequest(_message.Message):
+    """A page of one account's export (JSON Lines with proofs)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    cursor: _builtins.str
+    page_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        cursor: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "cursor", b"cursor", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAccountEventsRequest: _TypeAlias = ExportAccountEventsRequest  # noqa: Y015
+
+@_typing.final
+class ExportAccountEventsResponse(_message.Message):
+    """As ExportEventsResponse."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    VERIFIER_KEY_FIELD_NUMBER: _builtins.int
+    data: _builtins.str
+    next_cursor: _builtins.str
+    complete: _builtins.bool
+    count: _builtins.int
+    verifier_key: _builtins.str
+    @_builtins.property
+    def checkpoint(self) -> _evidence_pb2.Checkpoint: ...
+    def __init__(
+        self,
+        *,
+        data: _builtins.str = ...,
+        next_cursor: _builtins.str = ...,
+        complete: _builtins.bool = ...,
+        count: _builtins.int = ...,
+        checkpoint: _evidence_pb2.Checkpoint | None = ...,
+        verifier_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "complete", b"complete", "count", b"count", "data", b"data", "next_cursor", b"next_cursor", "verifier_key", b"verifier_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportAccountEventsResponse: _TypeAlias = ExportAccountEventsResponse  # noqa: Y015
+
+@_typing.final
+class ListAccountAlertRulesRequest(_message.Message):
+    """One account's rules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountAlertRulesRequest: _TypeAlias = ListAccountAlertRulesRequest  # noqa: Y015
+
+@_typing.final
+class ListAccountAlertRulesResponse(_message.Message):
+    """The account's rules, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[_alert_pb2.AlertRule]: ...
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[_alert_pb2.AlertRule] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountAlertRulesResponse: _TypeAlias = ListAccountAlertRulesResponse  # noqa: Y015
+
+@_typing.final
 class CreateAlertRuleRequest(_message.Message):
     """The new rule."""
 

@@ -75,6 +75,16 @@ class AuditServiceStub:
                 request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportEventsRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportEventsResponse.FromString,
                 _registered_method=True)
+        self.ExportAccountEvents = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/ExportAccountEvents',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportAccountEventsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportAccountEventsResponse.FromString,
+                _registered_method=True)
+        self.ListAccountAlertRules = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/ListAccountAlertRules',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAccountAlertRulesRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAccountAlertRulesResponse.FromString,
+                _registered_method=True)
         self.CreateAlertRule = channel.unary_unary(
                 '/sendsafe.audit.v1.AuditService/CreateAlertRule',
                 request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.CreateAlertRuleRequest.SerializeToString,
@@ -194,6 +204,22 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportAccountEvents(self, request, context):
+        """Internal: one account's events as GET /v1/audit/export gives them to
+        the account (JSON Lines with proofs, the same code), for messaging's
+        account export: the file verifies offline with tools.audit_verify.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccountAlertRules(self, request, context):
+        """Internal: one account's alert rules, for messaging's account export.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateAlertRule(self, request, context):
         """A new alert rule for the caller's account.
         """
@@ -307,6 +333,16 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.ExportEvents,
                     request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportEventsRequest.FromString,
                     response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportEventsResponse.SerializeToString,
+            ),
+            'ExportAccountEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportAccountEvents,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportAccountEventsRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportAccountEventsResponse.SerializeToString,
+            ),
+            'ListAccountAlertRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccountAlertRules,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAccountAlertRulesRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAccountAlertRulesResponse.SerializeToString,
             ),
             'CreateAlertRule': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAlertRule,
@@ -576,6 +612,60 @@ class AuditService:
             '/sendsafe.audit.v1.AuditService/ExportEvents',
             sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportEventsRequest.SerializeToString,
             sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportAccountEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/ExportAccountEvents',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportAccountEventsRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ExportAccountEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccountAlertRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/ListAccountAlertRules',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAccountAlertRulesRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAccountAlertRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

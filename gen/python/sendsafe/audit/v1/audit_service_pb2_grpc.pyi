@@ -64,6 +64,13 @@ class AuditServiceStub:
     """One page of the account's events as JSON Lines (with inclusion proofs)
     or CEF; continue with `next_cursor`, also later to fetch what is new.
     """
+    ExportAccountEvents: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.ExportAccountEventsRequest, _audit_service_pb2.ExportAccountEventsResponse]
+    """Internal: one account's events as GET /v1/audit/export gives them to
+    the account (JSON Lines with proofs, the same code), for messaging's
+    account export: the file verifies offline with tools.audit_verify.
+    """
+    ListAccountAlertRules: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.ListAccountAlertRulesRequest, _audit_service_pb2.ListAccountAlertRulesResponse]
+    """Internal: one account's alert rules, for messaging's account export."""
     CreateAlertRule: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.CreateAlertRuleRequest, _audit_service_pb2.CreateAlertRuleResponse]
     """A new alert rule for the caller's account."""
     ListAlertRules: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.ListAlertRulesRequest, _audit_service_pb2.ListAlertRulesResponse]
@@ -121,6 +128,13 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """One page of the account's events as JSON Lines (with inclusion proofs)
     or CEF; continue with `next_cursor`, also later to fetch what is new.
     """
+    ExportAccountEvents: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.ExportAccountEventsRequest, _audit_service_pb2.ExportAccountEventsResponse]  # type: ignore[assignment]
+    """Internal: one account's events as GET /v1/audit/export gives them to
+    the account (JSON Lines with proofs, the same code), for messaging's
+    account export: the file verifies offline with tools.audit_verify.
+    """
+    ListAccountAlertRules: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.ListAccountAlertRulesRequest, _audit_service_pb2.ListAccountAlertRulesResponse]  # type: ignore[assignment]
+    """Internal: one account's alert rules, for messaging's account export."""
     CreateAlertRule: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.CreateAlertRuleRequest, _audit_service_pb2.CreateAlertRuleResponse]  # type: ignore[assignment]
     """A new alert rule for the caller's account."""
     ListAlertRules: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.ListAlertRulesRequest, _audit_service_pb2.ListAlertRulesResponse]  # type: ignore[assignment]
@@ -223,6 +237,25 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         """One page of the account's events as JSON Lines (with inclusion proofs)
         or CEF; continue with `next_cursor`, also later to fetch what is new.
         """
+
+    @_abc_1.abstractmethod
+    def ExportAccountEvents(
+        self,
+        request: _audit_service_pb2.ExportAccountEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_service_pb2.ExportAccountEventsResponse, _abc.Awaitable[_audit_service_pb2.ExportAccountEventsResponse]]:
+        """Internal: one account's events as GET /v1/audit/export gives them to
+        the account (JSON Lines with proofs, the same code), for messaging's
+        account export: the file verifies offline with tools.audit_verify.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAccountAlertRules(
+        self,
+        request: _audit_service_pb2.ListAccountAlertRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_service_pb2.ListAccountAlertRulesResponse, _abc.Awaitable[_audit_service_pb2.ListAccountAlertRulesResponse]]:
+        """Internal: one account's alert rules, for messaging's account export."""
 
     @_abc_1.abstractmethod
     def CreateAlertRule(

@@ -241,6 +241,60 @@ class GetAccountOwnersResponse(_message.Message):
 Global___GetAccountOwnersResponse: _TypeAlias = GetAccountOwnersResponse  # noqa: Y015
 
 @_typing.final
+class ListAccountUsersRequest(_message.Message):
+    """One page of an account's users, after a user id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AFTER_USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    after_user_id: _builtins.int
+    """Users with a larger id than this (0: from the first)."""
+    page_size: _builtins.int
+    """At most 500; 0 = 100."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        after_user_id: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "after_user_id", b"after_user_id", "page_size", b"page_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountUsersRequest: _TypeAlias = ListAccountUsersRequest  # noqa: Y015
+
+@_typing.final
+class ListAccountUsersResponse(_message.Message):
+    """Users in id order; next_after_user_id is 0 on the last page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERS_FIELD_NUMBER: _builtins.int
+    NEXT_AFTER_USER_ID_FIELD_NUMBER: _builtins.int
+    next_after_user_id: _builtins.int
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[_account_pb2.Subaccount]: ...
+    def __init__(
+        self,
+        *,
+        users: _abc.Iterable[_account_pb2.Subaccount] | None = ...,
+        next_after_user_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_after_user_id", b"next_after_user_id", "users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountUsersResponse: _TypeAlias = ListAccountUsersResponse  # noqa: Y015
+
+@_typing.final
 class CreateAccountRequest(_message.Message):
     """Create an account and its main user."""
 

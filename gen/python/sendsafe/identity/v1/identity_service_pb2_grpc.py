@@ -50,6 +50,11 @@ class IdentityServiceStub:
                 request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetAccountOwnersRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetAccountOwnersResponse.FromString,
                 _registered_method=True)
+        self.ListAccountUsers = channel.unary_unary(
+                '/sendsafe.identity.v1.IdentityService/ListAccountUsers',
+                request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.ListAccountUsersRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.ListAccountUsersResponse.FromString,
+                _registered_method=True)
         self.CreateAccount = channel.unary_unary(
                 '/sendsafe.identity.v1.IdentityService/CreateAccount',
                 request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.CreateAccountRequest.SerializeToString,
@@ -114,6 +119,15 @@ class IdentityServiceServicer:
         user's email address (messaging, to email the account's owners). A
         disabled main user is still listed: it is the account's contact of
         record. An unknown account, or one with no main user, has none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccountUsers(self, request, context):
+        """Internal: every live user of an account (main user and sub-accounts,
+        personal data opened, no API keys), by user id after `after_user_id`:
+        messaging's account export reads them page by page.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +203,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.GetAccountOwners,
                     request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetAccountOwnersRequest.FromString,
                     response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetAccountOwnersResponse.SerializeToString,
+            ),
+            'ListAccountUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccountUsers,
+                    request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.ListAccountUsersRequest.FromString,
+                    response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.ListAccountUsersResponse.SerializeToString,
             ),
             'CreateAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAccount,
@@ -308,6 +327,33 @@ class IdentityService:
             '/sendsafe.identity.v1.IdentityService/GetAccountOwners',
             sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetAccountOwnersRequest.SerializeToString,
             sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetAccountOwnersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccountUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.identity.v1.IdentityService/ListAccountUsers',
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.ListAccountUsersRequest.SerializeToString,
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.ListAccountUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,

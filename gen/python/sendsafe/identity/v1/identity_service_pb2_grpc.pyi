@@ -48,6 +48,11 @@ class IdentityServiceStub:
     disabled main user is still listed: it is the account's contact of
     record. An unknown account, or one with no main user, has none.
     """
+    ListAccountUsers: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.ListAccountUsersRequest, _identity_service_pb2.ListAccountUsersResponse]
+    """Internal: every live user of an account (main user and sub-accounts,
+    personal data opened, no API keys), by user id after `after_user_id`:
+    messaging's account export reads them page by page.
+    """
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.CreateAccountRequest, _identity_service_pb2.CreateAccountResponse]
     """Internal: create an account with its main user (operator tooling)."""
     CreateSubaccount: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.CreateSubaccountRequest, _identity_service_pb2.CreateSubaccountResponse]
@@ -90,6 +95,11 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     user's email address (messaging, to email the account's owners). A
     disabled main user is still listed: it is the account's contact of
     record. An unknown account, or one with no main user, has none.
+    """
+    ListAccountUsers: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.ListAccountUsersRequest, _identity_service_pb2.ListAccountUsersResponse]  # type: ignore[assignment]
+    """Internal: every live user of an account (main user and sub-accounts,
+    personal data opened, no API keys), by user id after `after_user_id`:
+    messaging's account export reads them page by page.
     """
     CreateAccount: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.CreateAccountRequest, _identity_service_pb2.CreateAccountResponse]  # type: ignore[assignment]
     """Internal: create an account with its main user (operator tooling)."""
@@ -148,6 +158,17 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         user's email address (messaging, to email the account's owners). A
         disabled main user is still listed: it is the account's contact of
         record. An unknown account, or one with no main user, has none.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAccountUsers(
+        self,
+        request: _identity_service_pb2.ListAccountUsersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.ListAccountUsersResponse, _abc.Awaitable[_identity_service_pb2.ListAccountUsersResponse]]:
+        """Internal: every live user of an account (main user and sub-accounts,
+        personal data opened, no API keys), by user id after `after_user_id`:
+        messaging's account export reads them page by page.
         """
 
     @_abc_1.abstractmethod

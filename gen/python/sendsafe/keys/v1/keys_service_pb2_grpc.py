@@ -84,6 +84,11 @@ class KeysServiceStub:
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CheckApiKeyRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CheckApiKeyResponse.FromString,
                 _registered_method=True)
+        self.ListAccountApiKeys = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/ListAccountApiKeys',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListAccountApiKeysRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListAccountApiKeysResponse.FromString,
+                _registered_method=True)
         self.RevokeUserApiKeys = channel.unary_unary(
                 '/sendsafe.keys.v1.KeysService/RevokeUserApiKeys',
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysRequest.SerializeToString,
@@ -244,6 +249,15 @@ class KeysServiceServicer:
         successor (the same credential, renewed; followed along the chain); a
         revoked key, an expired key never rolled, or a key of another user or
         account does not. No secret material either way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccountApiKeys(self, request, context):
+        """Internal: every API key of an account, every user's, active or not,
+        newest first (metadata only: there is no secret to give): messaging's
+        account export reads them page by page.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -429,6 +443,11 @@ def add_KeysServiceServicer_to_server(servicer, server):
                     servicer.CheckApiKey,
                     request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CheckApiKeyRequest.FromString,
                     response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CheckApiKeyResponse.SerializeToString,
+            ),
+            'ListAccountApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccountApiKeys,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListAccountApiKeysRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListAccountApiKeysResponse.SerializeToString,
             ),
             'RevokeUserApiKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.RevokeUserApiKeys,
@@ -759,6 +778,33 @@ class KeysService:
             '/sendsafe.keys.v1.KeysService/CheckApiKey',
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CheckApiKeyRequest.SerializeToString,
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CheckApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccountApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/ListAccountApiKeys',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListAccountApiKeysRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ListAccountApiKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

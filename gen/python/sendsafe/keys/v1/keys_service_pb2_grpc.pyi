@@ -73,6 +73,11 @@ class KeysServiceStub:
     revoked key, an expired key never rolled, or a key of another user or
     account does not. No secret material either way.
     """
+    ListAccountApiKeys: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.ListAccountApiKeysRequest, _keys_service_pb2.ListAccountApiKeysResponse]
+    """Internal: every API key of an account, every user's, active or not,
+    newest first (metadata only: there is no secret to give): messaging's
+    account export reads them page by page.
+    """
     RevokeUserApiKeys: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.RevokeUserApiKeysRequest, _keys_service_pb2.RevokeUserApiKeysResponse]
     """Internal: revoke every API key of one user at once (sub-account
     regen-api-key, a user removed or disabled). Idempotent. Gateways drop
@@ -183,6 +188,11 @@ class KeysServiceAsyncStub(KeysServiceStub):
     successor (the same credential, renewed; followed along the chain); a
     revoked key, an expired key never rolled, or a key of another user or
     account does not. No secret material either way.
+    """
+    ListAccountApiKeys: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.ListAccountApiKeysRequest, _keys_service_pb2.ListAccountApiKeysResponse]  # type: ignore[assignment]
+    """Internal: every API key of an account, every user's, active or not,
+    newest first (metadata only: there is no secret to give): messaging's
+    account export reads them page by page.
     """
     RevokeUserApiKeys: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.RevokeUserApiKeysRequest, _keys_service_pb2.RevokeUserApiKeysResponse]  # type: ignore[assignment]
     """Internal: revoke every API key of one user at once (sub-account
@@ -345,6 +355,17 @@ class KeysServiceServicer(metaclass=_abc_1.ABCMeta):
         successor (the same credential, renewed; followed along the chain); a
         revoked key, an expired key never rolled, or a key of another user or
         account does not. No secret material either way.
+        """
+
+    @_abc_1.abstractmethod
+    def ListAccountApiKeys(
+        self,
+        request: _keys_service_pb2.ListAccountApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.ListAccountApiKeysResponse, _abc.Awaitable[_keys_service_pb2.ListAccountApiKeysResponse]]:
+        """Internal: every API key of an account, every user's, active or not,
+        newest first (metadata only: there is no secret to give): messaging's
+        account export reads them page by page.
         """
 
     @_abc_1.abstractmethod
