@@ -24,7 +24,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +123,25 @@ def status_for(code: grpc.StatusCode, reason: str, message: str, metadata: dict[
     return _RichStatus(code, message, (("grpc-status-details-bin", rich.SerializeToString()),))
 
 
+async def _abort_for(method: str, context: grpc.aio.ServicerContext, exc: Exception) -> None:
+    """End a call that raised: a DomainError as its mapped status, an outage as UNAVAILABLE (retry), anything
+    else as INTERNAL with a generic message (the details go to the log)."""
+    if isinstance(exc, DomainError):
+        await context.abort_with_status(status_for(grpc.StatusCode[exc.code], exc.reason, exc.message, exc.metadata))
+    rid = callctx.request_id()
+    if is_outage(exc):
+        _LOG.warning("%s: a dependency is unavailable: %s: %s", method, type(exc).__name__, exc)
+        await context.abort_with_status(status_for(
+            grpc.StatusCode.UNAVAILABLE, "BACKEND_UNAVAILABLE",
+            f"a system this service depends on is unavailable right now; try again shortly"
+            f" (request id {rid})", {"retry_after_seconds": "1"},
+        ))
+    _LOG.error("unhandled error in %s", method, exc_info=exc)
+    await context.abort_with_status(
+        status_for(grpc.StatusCode.INTERNAL, "INTERNAL", f"internal error (request id {rid})")
+    )
+
+
 class Guard(grpc.aio.ServerInterceptor):
     def __init__(self, on_denied: OnDenied | None = None, *, step_up_max_age_seconds: int = STEP_UP_MAX_AGE_SECONDS,
                  clock: Callable[[], float] = time.time) -> None:
@@ -144,33 +163,40 @@ class Guard(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or method.startswith(_OPEN_PREFIXES):
             return handler
-        if handler.unary_unary is None:
-            raise NotImplementedError("only unary RPCs are guarded so far")
-        inner = handler.unary_unary
         guard = self
+        if handler.unary_stream is not None:  # server streaming (a download): the same checks, then each item
+            stream = handler.unary_stream
+
+            async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                trace_token, token = await guard._admit(method, context)
+                try:
+                    async for item in stream(request, context):
+                        yield item
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as exc:
+                    await _abort_for(method, context, exc)
+                finally:
+                    callctx.current.reset(token)
+                    telemetry.end_trace(trace_token)
+
+            self._guarded[method] = grpc.unary_stream_rpc_method_handler(
+                guarded_stream, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+            return self._guarded[method]
+        if handler.unary_unary is None:
+            raise NotImplementedError("only unary and server-streaming RPCs are guarded so far")
+        inner = handler.unary_unary
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             trace_token, token = await guard._admit(method, context)
             try:
                 return await inner(request, context)
-            except DomainError as err:
-                code = grpc.StatusCode[err.code]
-                await context.abort_with_status(status_for(code, err.reason, err.message, err.metadata))
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                rid = callctx.request_id()
-                if is_outage(exc):
-                    _LOG.warning("%s: a dependency is unavailable: %s: %s", method, type(exc).__name__, exc)
-                    await context.abort_with_status(status_for(
-                        grpc.StatusCode.UNAVAILABLE, "BACKEND_UNAVAILABLE",
-                        f"a system this service depends on is unavailable right now; try again shortly"
-                        f" (request id {rid})", {"retry_after_seconds": "1"},
-                    ))
-                _LOG.exception("unhandled error in %s", method)
-                await context.abort_with_status(
-                    status_for(grpc.StatusCode.INTERNAL, "INTERNAL", f"internal error (request id {rid})")
-                )
+                await _abort_for(method, context, exc)
             finally:
                 callctx.current.reset(token)
                 telemetry.end_trace(trace_token)
