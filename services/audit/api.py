@@ -24,7 +24,7 @@ from services.audit.domain.integrity import Verification
 from services.audit.domain.paging import next_token
 from services.audit.domain.rules import Rule, RuleOwner, RuleSpec
 from services.audit.domain.security_notices import StoredNotice
-from services.audit.domain.siem import ExportCursor
+from services.audit.domain.siem import FORMAT_JSONL, ExportCursor
 from services.audit.service.alerts import AlertService
 from services.audit.service.formats import to_incoming, to_proto
 from services.audit.service.forwarding import ForwardingService
@@ -233,6 +233,28 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         if page.checkpoint is not None:
             out.checkpoint.CopyFrom(checkpoint_proto(page.checkpoint))
         return out
+
+    async def ExportAccountEvents(
+        self, request: audit_service_pb2.ExportAccountEventsRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.ExportAccountEventsResponse:
+        """GET /v1/audit/export's JSON Lines with proofs for one account, for messaging's account export."""
+        if request.account_id <= 0:
+            raise AccountRequired("give an account_id")
+        page = await self.log.export(request.account_id, ExportCursor.parse(request.cursor), FORMAT_JSONL,
+                                     request.page_size, False)
+        out = audit_service_pb2.ExportAccountEventsResponse(
+            data=page.data, next_cursor=page.cursor.encode(), complete=page.complete, count=page.count,
+            verifier_key=self.log.verifier_key,
+        )
+        if page.checkpoint is not None:
+            out.checkpoint.CopyFrom(checkpoint_proto(page.checkpoint))
+        return out
+
+    async def ListAccountAlertRules(
+        self, request: audit_service_pb2.ListAccountAlertRulesRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.ListAccountAlertRulesResponse:
+        rules = await self.alerts.list_rules(request.account_id)
+        return audit_service_pb2.ListAccountAlertRulesResponse(rules=[rule_proto(r) for r in rules])
 
     # -- alerts --------------------------------------------------------------------------------------------
 

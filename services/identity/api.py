@@ -152,6 +152,13 @@ class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
         return identity_service_pb2.GetAccountOwnersResponse(
             owners=[identity_service_pb2.AccountOwner(user_id=u.id, email=u.email) for u in owners])
 
+    async def ListAccountUsers(
+        self, request: identity_service_pb2.ListAccountUsersRequest, context: grpc.aio.ServicerContext
+    ) -> identity_service_pb2.ListAccountUsersResponse:
+        users, after = await self.service.users_after(request.account_id, request.after_user_id, request.page_size)
+        return identity_service_pb2.ListAccountUsersResponse(
+            users=[subaccount_to_proto(u) for u in users], next_after_user_id=after)
+
     async def CreateAccount(
         self, request: identity_service_pb2.CreateAccountRequest, context: grpc.aio.ServicerContext
     ) -> identity_service_pb2.CreateAccountResponse:

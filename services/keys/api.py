@@ -148,6 +148,15 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
         now = self.api_keys.now()
         return pb.ListApiKeysResponse(api_keys=[api_key_to_proto(r, now) for r in records], next_page_token=token)
 
+    async def ListAccountApiKeys(
+        self, request: pb.ListAccountApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAccountApiKeysResponse:
+        records, token = await self.api_keys.list_account_api_keys(
+            request.account_id, request.page_size, request.page_token)
+        now = self.api_keys.now()
+        return pb.ListAccountApiKeysResponse(api_keys=[api_key_to_proto(r, now) for r in records],
+                                             next_page_token=token)
+
     async def GetApiKey(self, request: pb.GetApiKeyRequest, context: grpc.aio.ServicerContext) -> pb.GetApiKeyResponse:
         record = await self.api_keys.get_api_key(caller(), request.key_id)
         return pb.GetApiKeyResponse(api_key=api_key_to_proto(record, self.api_keys.now()))

@@ -155,6 +155,15 @@ class Accounts:
             raise UserLookupInvalid("give an account_id")
         return await self._store.account_owners(account_id)
 
+    async def users_after(self, account_id: int, after_user_id: int, page_size: int) -> tuple[list[User], int]:
+        """One page of the account's users by id for its export (messaging), and the id to continue after
+        (0: that was the last page)."""
+        if account_id <= 0 or after_user_id < 0:
+            raise UserLookupInvalid("give an account_id (and a user id to continue after)")
+        limit = min(max(page_size, 0) or 100, 500)
+        users = await self._store.users_after(account_id, after_user_id, limit)
+        return users, (users[-1].id if len(users) == limit else 0)
+
     async def create_account(self, req: CreateAccountInput) -> tuple[Account, User]:
         """Create an account and its main user, all or nothing, with the audit event recorded
         before the transaction commits: when the audit log cannot take it, nothing is created."""

@@ -349,12 +349,13 @@ class PgKeyStore:
         return [r for r in map(_api_key, rows) if r is not None]
 
     async def list_api_keys(
-        self, account_id: int, user_id: int, *, show_inactive: bool, now: datetime,
+        self, account_id: int, user_id: int | None, *, show_inactive: bool, now: datetime,
         after: tuple[datetime, str] | None, limit: int,
     ) -> list[ApiKeyRecord]:
+        """One user's keys, or (user_id None) every key of the account, newest first (keyset paged)."""
         after_time, after_id = after if after is not None else (None, "")
         rows = await self._pool.fetch(
-            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE account_id = $1 AND user_id = $2"
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE account_id = $1 AND ($2::bigint IS NULL OR user_id = $2)"
             " AND ($3 OR ((revoke_time IS NULL OR revoke_time > $4) AND (expire_time IS NULL OR expire_time > $4)))"
             " AND ($5::timestamptz IS NULL OR (create_time, key_id) < ($5, $6))"
             " ORDER BY create_time DESC, key_id DESC LIMIT $7",

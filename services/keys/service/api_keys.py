@@ -43,6 +43,7 @@ from services.keys.domain.restrictions import SendLimits
 from services.keys.service.audit_trail import strict
 from services.keys.service.ports import ApiKeyStore, Audit, LastUsed, NoNotices, Notices, RootKeyProvider, utcnow
 from svckit.audit import new_event
+from svckit.errors import InvalidArgument
 from svckit.keyevents import API_KEYS_CHANGED, KeyNotice
 
 _LOG = logging.getLogger(__name__)
@@ -122,6 +123,20 @@ class ApiKeyService:
         rows = await self._store.list_api_keys(
             caller.account_id, caller.user_id, show_inactive=show_inactive, now=self._now(),
             after=parse_page_token(token), limit=limit + 1,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, page_token(rows[-1].create_time, rows[-1].key_id) if more else ""
+
+    async def list_account_api_keys(
+        self, account_id: int, requested_size: int, token: str
+    ) -> tuple[list[ApiKeyRecord], str]:
+        """Every key of an account, any user's, active or not (metadata: the account export reads them)."""
+        if account_id <= 0:
+            raise InvalidArgument("give an account_id", reason="ACCOUNT_ID_REQUIRED")
+        limit = page_size(requested_size)
+        rows = await self._store.list_api_keys(
+            account_id, None, show_inactive=True, now=self._now(), after=parse_page_token(token), limit=limit + 1,
         )
         more = len(rows) > limit
         rows = rows[:limit]

@@ -127,6 +127,14 @@ class UserQueries(Queries):
             )
         return int(total), [await self._user(r) for r in rows]
 
+    async def users_after(self, account_id: int, after_user_id: int, limit: int) -> list[User]:
+        """A page of the account's live users by id (keyset: the account export reads every page)."""
+        rows = await self._pool.fetch(
+            f"{SELECT} WHERE u.account_id = $1 AND u.id > $2 AND {LIVE} ORDER BY u.id LIMIT $3",
+            account_id, after_user_id, limit,
+        )
+        return [await self._user(r) for r in rows]
+
     async def create_subaccount(
         self, new: NewSubaccount, password_hash: str, before_commit: Callable[[User], Awaitable[None]]
     ) -> User:
