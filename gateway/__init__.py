@@ -7,7 +7,8 @@ Files, in the order a request meets them:
   learnt about a request while serving it), `evidence` (its one audit event), `unauth` (limits and summaries
   of unauthenticated failures);
 - `routes` (the route table from the protos' `google.api.http` bindings), `dispatch` (one generic handler per
-  route: authentication, permission, step-up, transcoding, the gRPC call);
+  route: authentication, permission, step-up, transcoding, the gRPC call), `streaming` (a download route's
+  HttpBody messages written out as they come);
 - `auth` (credentials -> `Identity`, cached), `principal` (where a request came from; the principal the
   services receive);
 - `transcode/` (JSON <-> protobuf; `surface`: `/v3` or `/v1`), `errors` (the one error table and its

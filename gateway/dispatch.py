@@ -2,7 +2,8 @@
 
 body-size cap -> authentication -> the route's permission (and RFC 9470 step-up for privileged routes on a
 session) -> JSON/query/path -> proto -> the gRPC call with the principal in `x-sendsafe-principal-bin` ->
-proto -> JSON (the ClickSend envelope on /v3).
+proto -> JSON (the ClickSend envelope on /v3); a streamed route (server-streaming `google.api.HttpBody`) is
+written out chunk by chunk instead (`gateway.streaming`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from gateway.errors import (
 from gateway.principal import anonymous_principal, build_principal
 from gateway.request_state import STATE, RequestState
 from gateway.routes import Route
+from gateway.streaming import serve_stream
 from gateway.surface import Surface
 from gateway.transcode.body import parse_json
 from gateway.transcode.fields import message_class
@@ -68,7 +70,8 @@ class Dispatcher:
         self._by_aiohttp_route: dict[Any, Route] = {}
         for route in routes:
             output_cls = message_class(route.output_desc)
-            self._calls[route.key] = channels[route.service].unary_unary(
+            make = channels[route.service].unary_stream if route.streaming else channels[route.service].unary_unary
+            self._calls[route.key] = make(
                 route.rpc_path,
                 request_serializer=_serialize,
                 response_deserializer=output_cls.FromString,
@@ -138,6 +141,8 @@ class Dispatcher:
         idempotency_key = request.headers.get(IDEMPOTENCY_HEADER, "")
         if idempotency_key:  # the service validates it (the header is forwarded as is, never logged)
             metadata += ((IDEMPOTENCY_METADATA_KEY, idempotency_key[:MAX_IDEMPOTENCY_KEY]),)
+        if route.streaming:  # a download (google.api.HttpBody messages), written as it comes
+            return await serve_stream(request, state, self._calls[route.key], msg, metadata, self._timeout)
         try:
             reply = await self._calls[route.key](msg, metadata=metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:

@@ -5,7 +5,8 @@ Every RPC of `sendsafe.{identity,keys,messaging,audit}.v1.*_service_pb2` that ca
 outside by construction. The route knows everything the gateway needs to serve it generically:
 input/output message descriptors, the gRPC method path, the backend service, the permission the
 principal must hold (`sendsafe.options.v1.access`) -- or that it is public (interactive login: no
-credentials, no permission) -- and the ClickSend envelope text (`sendsafe.options.v1.envelope`). A new
+credentials, no permission) -- and the ClickSend envelope text (`sendsafe.options.v1.envelope`). A
+server-streaming RPC returning `google.api.HttpBody` is a streamed route (`gateway.streaming`). A new
 RPC with an http binding needs no gateway code.
 """
 
@@ -32,6 +33,7 @@ SERVICE_PACKAGES: tuple[str, ...] = (
 )
 GATEWAY_CALLER = "gateway"
 DEFAULT_RESPONSE_MSG = "Success"
+HTTP_BODY = "google.api.HttpBody"  # what a server-streaming route returns, chunk by chunk
 
 _VAR_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)(?:=([^{}]*))?\}")
 
@@ -58,6 +60,7 @@ class Route:
     response_msg: str  # ClickSend envelope text on success
     data_field: str  # "" whole message, "-" null, else the field that becomes `data`
     public: bool = False  # reachable without credentials
+    streaming: bool = False  # server-streaming google.api.HttpBody: the body is streamed as it comes (a download)
 
     @property
     def key(self) -> str:
@@ -128,6 +131,10 @@ def _route(method: descriptor.MethodDescriptor, rule: http_pb2.HttpRule) -> Rout
     envelope = opts.Extensions[options_pb2.envelope]
 
     input_desc, output_desc = method.input_type, method.output_type
+    if method.client_streaming:
+        raise RouteError(f"{where}: client-streaming RPCs cannot be bound to HTTP")
+    if method.server_streaming and output_desc.full_name != HTTP_BODY:
+        raise RouteError(f"{where}: a server-streaming RPC bound to HTTP must return {HTTP_BODY}")
     aiohttp_path, path_vars = _aiohttp_path(template, where)
     for dotted in path_vars.values():
         if not _field_exists(input_desc, dotted):
@@ -156,6 +163,7 @@ def _route(method: descriptor.MethodDescriptor, rule: http_pb2.HttpRule) -> Rout
         response_msg=envelope.response_msg or DEFAULT_RESPONSE_MSG,
         data_field=data_field,
         public=access.public,
+        streaming=method.server_streaming,
     )
 
 
