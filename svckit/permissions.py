@@ -75,6 +75,7 @@ PERMISSIONS: Final[Mapping[str, Holders]] = MappingProxyType(
         "api_keys.read": customers("access_settings"),
         "api_keys.write": customers("access_settings"),
         "audit.manage": customers("access_settings"),  # alert rules, webhooks, forwarding
+        "account.export": customers(MAIN_USER),  # the whole account's data, taken away (issue 15)
         "staff.accounts.read": staff(*_EVERY_ROLE),
         "staff.accounts.write": staff("support_agent", "platform_admin"),
         "staff.roles.write": staff(*_SECURITY),

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf import timestamp_pb2
 
 from sendsafe.context.v1 import principal_pb2
-from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from sendsafe.messaging.v1 import (
+    export_service_pb2,
+    export_service_pb2_grpc,
     messaging_service_pb2_grpc,
     notification_service_pb2,
     notification_service_pb2_grpc,
     sms_pb2,
 )
+from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from services.messaging.domain.destinations import Destination
+from services.messaging.domain.exports import CONTENT_TYPE as EXPORT_CONTENT_TYPE
+from services.messaging.domain.exports import ExportRecord
 from services.messaging.domain.history import (
     HistoryItem,
     HistoryPage,
@@ -28,6 +35,7 @@ from services.messaging.domain.records import Caller, OutboundInput, SendItem, S
 from services.messaging.domain.settings import MessagingSettings, SettingsUpdate
 from services.messaging.domain.statuses import clicksend_receipt_view
 from services.messaging.domain.webhooks import WebhookDelivery
+from services.messaging.service.exports import Exports
 from services.messaging.service.messaging import MessagingService
 from services.messaging.service.notifications import Notifications
 from svckit import context as callctx
@@ -391,3 +399,46 @@ def destination_proto(d: Destination) -> notification_service_pb2.NotificationDe
         to=d.to_masked, verified=d.verified, create_time=_timestamp(d.create_time),
         verify_time=None if d.verify_time is None else _timestamp(d.verify_time),
     )
+
+
+def _optional_time(unix: int | None) -> timestamp_pb2.Timestamp | None:
+    return None if unix is None else _time(unix)
+
+
+def export_proto(e: ExportRecord) -> export_service_pb2.AccountExport:
+    return export_service_pb2.AccountExport(
+        export_id=e.id, state=export_service_pb2.AccountExportState.Value(f"ACCOUNT_EXPORT_STATE_{e.state.value}"),
+        counts=dict(e.counts), bytes=e.total_bytes, chunks=e.chunks, create_time=_time(e.create_time),
+        complete_time=_optional_time(e.complete_time), expire_time=_optional_time(e.expire_time),
+        download_time=_optional_time(e.download_time), user_id=e.user_id, failure_reason=e.failure_reason,
+    )
+
+
+class AccountExportServicer(export_service_pb2_grpc.AccountExportServiceServicer):
+    def __init__(self, exports: Exports) -> None:
+        self.exports = exports
+
+    async def CreateAccountExport(
+        self, request: export_service_pb2.CreateAccountExportRequest, context: grpc.aio.ServicerContext
+    ) -> export_service_pb2.CreateAccountExportResponse:
+        return export_service_pb2.CreateAccountExportResponse(
+            export=export_proto(await self.exports.create(caller_from_context())))
+
+    async def GetAccountExport(
+        self, request: export_service_pb2.GetAccountExportRequest, context: grpc.aio.ServicerContext
+    ) -> export_service_pb2.GetAccountExportResponse:
+        return export_service_pb2.GetAccountExportResponse(
+            export=export_proto(await self.exports.get(caller_from_context(), request.export_id)))
+
+    async def ListAccountExports(
+        self, request: export_service_pb2.ListAccountExportsRequest, context: grpc.aio.ServicerContext
+    ) -> export_service_pb2.ListAccountExportsResponse:
+        found = await self.exports.list(caller_from_context(), request.limit)
+        return export_service_pb2.ListAccountExportsResponse(exports=[export_proto(e) for e in found])
+
+    async def DownloadAccountExport(  # type: ignore[override]
+        self, request: export_service_pb2.DownloadAccountExportRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        chunks = await self.exports.download(caller_from_context(), request.export_id)
+        async for data in chunks:
+            yield httpbody_pb2.HttpBody(content_type=EXPORT_CONTENT_TYPE, data=data)

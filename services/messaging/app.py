@@ -16,7 +16,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from sendsafe.keys.v1 import keys_service_pb2_grpc
 from sendsafe.messaging.v1 import (
+    export_service_pb2,
+    export_service_pb2_grpc,
     messaging_service_pb2,
     messaging_service_pb2_grpc,
     notification_service_pb2,
@@ -25,6 +28,7 @@ from sendsafe.messaging.v1 import (
 from services.messaging.adapters.audit_client import discard, open_audit
 from services.messaging.adapters.carriers import HttpCarrier, SimulatorCarrier
 from services.messaging.adapters.email import open_mailer
+from services.messaging.adapters.export_peers import UnconfiguredPeers, open_export_peers
 from services.messaging.adapters.identity_client import AlertOwners, open_owners
 from services.messaging.adapters.keys_client import open_envelope, open_rewrap
 from services.messaging.adapters.limits import RedisLimiter
@@ -32,11 +36,12 @@ from services.messaging.adapters.routing import RoutingCarrier
 from services.messaging.adapters.smpp.carrier import SmppCarrier
 from services.messaging.adapters.smpp.session import SessionConfig
 from services.messaging.adapters.store.destinations import PgDestinationStore
+from services.messaging.adapters.store.exports import PgExportStore
 from services.messaging.adapters.store.pg import PgMessageStore
 from services.messaging.adapters.store.rewrap import rewrap_columns
 from services.messaging.adapters.store.simulator import PgSimulatorStore
 from services.messaging.adapters.stream import DispatchStream
-from services.messaging.api import MessagingServicer, NotificationServicer
+from services.messaging.api import AccountExportServicer, MessagingServicer, NotificationServicer
 from services.messaging.config import Settings, tls_of
 from services.messaging.domain.limits import RateConfig
 from services.messaging.domain.pricing import currency_for, parse_price_table
@@ -45,6 +50,8 @@ from services.messaging.entrypoints.callback_receiver import CallbackReceiver
 from services.messaging.entrypoints.dispatch_worker import StreamWorker, default_consumer_name, pump_receipts
 from services.messaging.service.common import MessagingOptions
 from services.messaging.service.delivery import DeliveryService
+from services.messaging.service.export_job import ExportWriter
+from services.messaging.service.exports import ExportOptions, Exports
 from services.messaging.service.index_keys import IndexKeys
 from services.messaging.service.messaging import MessagingService
 from services.messaging.service.notifications import Notifications
@@ -55,7 +62,9 @@ from svckit.app import App, serve
 from svckit.audit import denial_recorder
 from svckit.config import load
 from svckit.db import create_pool, migrate
+from svckit.envelope import KeysStubSource
 from svckit.redisconn import make_redis
+from svckit.rpc import secure_channel
 from svckit.server import start_server
 from svckit.tasks import drain, every, spawn
 from svckit.webhooks import WebhookClient
@@ -63,6 +72,7 @@ from svckit.webhooks import WebhookClient
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name
 NOTIFICATION_SERVICE_NAME = notification_service_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name
+EXPORT_SERVICE_NAME = export_service_pb2.DESCRIPTOR.services_by_name["AccountExportService"].full_name
 
 
 async def _common(settings: Settings, stack: contextlib.AsyncExitStack) -> tuple[Any, ...]:
@@ -112,11 +122,13 @@ async def build(settings: Settings) -> App:
         )
         owners = open_owners(settings, stack)
         mailer = open_mailer(settings)
+        export_wake = asyncio.Event()
+        exports = _exports(settings, stack, pool, store, envelope, record, export_wake.set)
         server = await start_server(
             listen=settings.grpc_listen,
             tls=tls_of(settings),
-            register=lambda s: _register(s, service, pool, record, owners, mailer),
-            service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME],
+            register=lambda s: _register(s, service, pool, record, owners, mailer, exports),
+            service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME, EXPORT_SERVICE_NAME],
             on_denied=denial_recorder(record, settings.service_name),
             health_listen=settings.health_listen,
             step_up_max_age_seconds=settings.step_up_max_age_seconds,
@@ -128,6 +140,8 @@ async def build(settings: Settings) -> App:
                     "retention")
         spawn(stack, drain("idempotency-cleanup", service.forget_idempotency_keys, None, 3600.0),
                     "idempotency-cleanup")
+        spawn(stack, drain("exports", exports.run_due, export_wake, settings.export_poll_seconds), "exports")
+        spawn(stack, every("export-sweep", settings.export_sweep_seconds, exports.sweep), "export-sweep")
         rewrap = open_rewrap(settings, stack, envelope, rewrap_columns(pool))
         spawn(stack, every("rewrap", settings.rewrap_seconds, rewrap), "rewrap")
         stack.push_async_callback(_final_cleanup, service)
@@ -136,12 +150,27 @@ async def build(settings: Settings) -> App:
         raise
     return App(server, stack, grace=settings.shutdown_grace_seconds,
                extras={"service": service, "store": store, "pool": pool, "stream": stream, "envelope": envelope,
-                       "mailer": mailer, "rewrap": rewrap})
+                       "mailer": mailer, "rewrap": rewrap, "exports": exports})
+
+
+def _exports(settings: Settings, stack: contextlib.AsyncExitStack, pool: Any, store: PgMessageStore, envelope: Any,
+             record: Any, wake: Callable[[], None]) -> Exports:
+    """Account exports: the job's sources (this service's store, identity, keys, audit), a data key per export."""
+    keys = secure_channel(settings.keys_addr, tls_of(settings), server_name="keys")
+    stack.push_async_callback(keys.close)
+    peers = open_export_peers(settings, stack) or UnconfiguredPeers()
+    replies = Replies(store, envelope, IndexKeys(store, envelope))
+    writer = ExportWriter(store, envelope, replies, peers, settings.export_page_size)
+    return Exports(PgExportStore(pool), writer, KeysStubSource(keys_service_pb2_grpc.KeysServiceStub(keys)), record,
+                   ExportOptions(download_seconds=settings.export_download_seconds,
+                                 chunk_bytes=settings.export_chunk_bytes, page_size=settings.export_page_size),
+                   wake=wake)
 
 
 def _register(server: Any, service: MessagingService, pool: Any, record: Any, owners: AlertOwners | None,
-              mailer: Mailer | None) -> None:
+              mailer: Mailer | None, exports: Exports) -> None:
     messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(service), server)
+    export_service_pb2_grpc.add_AccountExportServiceServicer_to_server(AccountExportServicer(exports), server)
     notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(
         NotificationServicer(Notifications(service, PgDestinationStore(pool), record, owners=owners, mailer=mailer,
                                            contacts=owners)), server)

@@ -68,6 +68,18 @@ class Settings(KitSettings):
         "MESSAGING_REWRAP_SECONDS", default=600.0,
         doc="period of the pass that moves stored bodies, numbers and secrets to their account's newest key"
             " version (and reports what is left to keys, which retires a version only when nothing is)")
+    # Account exports (issue 15): written by a job in the API process, sealed in PostgreSQL, downloaded once.
+    export_download_seconds: float = setting(
+        "MESSAGING_EXPORT_DOWNLOAD_SECONDS", default=86_400.0,
+        doc="how long a finished export can be downloaded (once) before the sweep deletes it")
+    export_chunk_bytes: int = setting("MESSAGING_EXPORT_CHUNK_BYTES", default=262_144,
+                                      doc="JSON Lines bytes per sealed chunk of an export")
+    export_page_size: int = setting("MESSAGING_EXPORT_PAGE_SIZE", default=500,
+                                    doc="rows per keyset page the export job reads")
+    export_poll_seconds: float = setting("MESSAGING_EXPORT_POLL_SECONDS", default=2.0,
+                                         doc="how often an idle export job looks for a requested export")
+    export_sweep_seconds: float = setting("MESSAGING_EXPORT_SWEEP_SECONDS", default=60.0,
+                                          doc="period of the sweep that deletes expired exports")
     webhook_allow_private: bool = setting(
         "MESSAGING_WEBHOOK_ALLOW_PRIVATE", default=False,
         doc="TESTS ONLY: allow webhook URLs on loopback/private addresses and any port")

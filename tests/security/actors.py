@@ -38,8 +38,9 @@ from tests.support import CertBundle
 from tools.suite import Suite
 
 STAFF_PASSWORD = "copper falcon tundra 19 mosaic"
-# Every access flag that grants a customer permission (the flags PERMISSION_FLAGS names).
-FLAGS: tuple[str, ...] = tuple(sorted({f for f in PERMISSION_FLAGS.values() if f is not ALWAYS}))
+# Every access flag that grants a customer permission (the flags PERMISSION_FLAGS names; ALWAYS and MAIN_USER
+# permissions have none).
+FLAGS: tuple[str, ...] = tuple(sorted({f for f in PERMISSION_FLAGS.values() if isinstance(f, str)}))
 CUSTOMER_PERMISSIONS: frozenset[str] = frozenset(PERMISSION_FLAGS)
 # A fresh step-up is renewed before it gets this old (identity's step-up age is 300 s).
 FRESH_FOR_SECONDS = 200

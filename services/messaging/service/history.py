@@ -25,7 +25,7 @@ from services.messaging.domain.records import BODY_RECORD, TO_RECORD, Caller, St
 from services.messaging.domain.statuses import clicksend_history_view
 from services.messaging.service.common import UseCases
 from services.messaging.service.custom_strings import with_custom_string
-from services.messaging.service.ports import SERVICE
+from services.messaging.service.ports import SERVICE, Cipher
 from svckit.audit import new_event
 from svckit.envelope import aad_for
 from svckit.errors import PermissionDenied
@@ -61,19 +61,7 @@ class HistoryUseCases(UseCases):
         return HistoryPage(window=w, total=len(found), items=found[w.offset:w.offset + w.limit])
 
     async def _item(self, m: StoredMessage, *, masked: bool = False) -> HistoryItem:
-        acct = m.account_id
-        m = await with_custom_string(self._cipher, m)
-        if m.to_ct is None:  # de-identified by retention: the country alone
-            return HistoryItem(m, MASKED_BODY, deidentified_number(m.country),
-                               clicksend_history_view(m.status, m.error_code))
-        to = (await self._cipher.decrypt(acct, aad_for(acct, TO_RECORD, m.id), m.to_ct)).decode()
-        if masked:
-            return HistoryItem(m, MASKED_BODY, mask_number(to), clicksend_history_view(m.status, m.error_code))
-        if m.cause == DESTINATION_VERIFICATION:  # the code is for the destination's holder only
-            return HistoryItem(m, MASKED_BODY, to, clicksend_history_view(m.status, m.error_code))
-        body = "" if m.body_ct is None else (
-            await self._cipher.decrypt(acct, aad_for(acct, BODY_RECORD, m.id), m.body_ct)).decode()
-        return HistoryItem(m, body, to, clicksend_history_view(m.status, m.error_code))
+        return await open_message(self._cipher, m, masked=masked)
 
     async def staff_history(
         self, caller: Caller, account_id: int, window: PageWindow, date_from: int | None, date_to: int | None
@@ -98,3 +86,21 @@ class HistoryUseCases(UseCases):
     async def redact_expired(self) -> int:
         """Apply every account's body retention (bodies go, metadata stays)."""
         return await self._store.redact_expired(1000)
+
+
+async def open_message(cipher: Cipher, m: StoredMessage, *, masked: bool = False) -> HistoryItem:
+    """A stored message as history shows it: body and number opened (masked for de-identified users; the country
+    alone past retention; a destination-verification code never)."""
+    acct = m.account_id
+    m = await with_custom_string(cipher, m)
+    if m.to_ct is None:  # de-identified by retention: the country alone
+        return HistoryItem(m, MASKED_BODY, deidentified_number(m.country),
+                           clicksend_history_view(m.status, m.error_code))
+    to = (await cipher.decrypt(acct, aad_for(acct, TO_RECORD, m.id), m.to_ct)).decode()
+    if masked:
+        return HistoryItem(m, MASKED_BODY, mask_number(to), clicksend_history_view(m.status, m.error_code))
+    if m.cause == DESTINATION_VERIFICATION:  # the code is for the destination's holder only
+        return HistoryItem(m, MASKED_BODY, to, clicksend_history_view(m.status, m.error_code))
+    body = "" if m.body_ct is None else (
+        await cipher.decrypt(acct, aad_for(acct, BODY_RECORD, m.id), m.body_ct)).decode()
+    return HistoryItem(m, body, to, clicksend_history_view(m.status, m.error_code))

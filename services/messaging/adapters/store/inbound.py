@@ -32,6 +32,13 @@ def _inbound(r: asyncpg.Record) -> InboundRecord:
 class InboundSql(PoolSql):
     """Replies and the opt-outs they change."""
 
+    async def inbound_after(self, account_id: int, after_seq: int, limit: int) -> list[tuple[int, InboundRecord]]:
+        """A keyset page of the account's replies, read or not, oldest first: (seq, reply) (the export)."""
+        rows = await self._pool.fetch(
+            f"SELECT i.seq, {_INBOUND_COLUMNS}{_INBOUND_FROM} WHERE i.account_id = $1 AND i.seq > $2"
+            " ORDER BY i.seq LIMIT $3", account_id, after_seq, limit)
+        return [(int(r["seq"]), _inbound(r)) for r in rows]
+
     async def original(self, ref: str) -> OriginalMessage | None:
         """The outbound message a reply answers: `ref` is our message id or the carrier's reference."""
         try:

@@ -108,6 +108,14 @@ class MessagesSql(PoolSql):
             async with conn.transaction():
                 yield PgSendTx(conn)
 
+    async def messages_after(self, account_id: int, after_seq: int, limit: int) -> list[tuple[int, StoredMessage]]:
+        """A keyset page of the account's messages, oldest first: (seq, message) after `after_seq` (the export)."""
+        rows = await self._pool.fetch(
+            f"SELECT seq, {_HISTORY_COLUMNS} FROM messages WHERE account_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            account_id, after_seq, limit,
+        )
+        return [(int(r["seq"]), _stored(r)) for r in rows]
+
     async def mark_published(self, batches: Sequence[int], redeliver_s: float) -> None:
         """Outbox batches just published: they wait `redeliver_s` more before the relay publishes what is
         left of them again. A batch the relay already republished meanwhile keeps the relay's time."""

@@ -38,6 +38,12 @@ class ReceiptsSql(PoolSql):
             )
         return int(total), [_receipt(r) for r in rows]
 
+    async def receipts_after(self, account_id: int, after_id: int, limit: int) -> list[ReceiptRecord]:
+        """A keyset page of the account's receipts, read or not, oldest first (the export)."""
+        rows = await self._pool.fetch(
+            f"{_SELECT} WHERE r.account_id = $1 AND r.id > $2 ORDER BY r.id LIMIT $3", account_id, after_id, limit)
+        return [_receipt(r) for r in rows]
+
     async def receipt(self, account_id: int, message_id: str) -> ReceiptRecord | None:
         row = await self._pool.fetchrow(
             f"{_SELECT} WHERE r.account_id = $1 AND r.message_id = $2", account_id, uuid.UUID(message_id))
