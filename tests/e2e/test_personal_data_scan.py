@@ -1,10 +1,10 @@
 """Issue 15, Must show: no personal data in clear at rest. An account lives a scripted life through the gateway as
 a customer would (sub-accounts with names, emails, phone numbers and notes; an update; sends with a marker body
-and a marker custom string; the receipt; a reply; an alert rule; the reads that must still show everything),
-then every row of every table of the four service databases (cast to text) and every Redis value under the
-suite's prefix is searched for this test's markers, emails, names and phone numbers (E.164 and national
-digits), as text and as the hex PostgreSQL prints for bytea. The suite shares its databases with other e2e
-tests, so only this test's unique values are searched for."""
+and a marker custom string; the receipt; a reply; an alert rule; the reads that must still show everything; an
+export, left sealed at rest), then every row of every table of the four service databases (cast to text) and every
+Redis value under the suite's prefix is searched for this test's markers, emails, names and phone numbers (E.164
+and national digits), as text and as the hex PostgreSQL prints for bytea. The suite shares its databases with other
+e2e tests, so only this test's unique values are searched for."""
 
 from __future__ import annotations
 
@@ -175,6 +175,14 @@ def test_no_personal_data_in_clear_in_any_database_or_redis(suite: Suite, certs:
     assert [(h["body"], h["custom_string"], h["to"]) for h in history["data"]] == [(body, custom, to_e164)]
     inbox = http.call("GET", "/v3/sms/inbound?limit=100", auth=main).json()["data"]["data"]
     assert reply in [i["body"] for i in inbox]
+
+    # An export of the account, written and sealed (not downloaded, so its chunks are at rest during the scan).
+    r = http.call("POST", "/v1/account/exports", auth=main, json_body={})
+    assert r.status == 200, r.body
+    export = r.json()["export"]["export_id"]
+    ready = until(lambda: http.call("GET", f"/v1/account/exports/{export}", auth=main).json()["export"],
+                  lambda e: e["state"] in ("ACCOUNT_EXPORT_STATE_READY", "ACCOUNT_EXPORT_STATE_FAILED"), "the export")
+    assert ready["state"] == "ACCOUNT_EXPORT_STATE_READY" and int(ready["counts"]["message"]) == 1, ready
 
     needles = {
         "the marker": m.encode(),
