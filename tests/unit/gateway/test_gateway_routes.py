@@ -50,3 +50,10 @@ def test_path_templates() -> None:
         _aiohttp_path("/v1/a/{name=shelves/*}", "x")
     with pytest.raises(RouteError):
         _aiohttp_path("/v1/a/{id", "x")
+
+
+def test_only_http_body_streams_are_streamed_routes(table: dict) -> None:
+    download = table["GET /v1/account/exports/{export_id}/download"]
+    assert download.streaming and download.output_desc.full_name == "google.api.HttpBody"
+    assert download.service == "messaging" and download.privileged and download.permission == "account.export"
+    assert [r.key for r in table.values() if r.streaming] == [download.key]  # every other route is unary
