@@ -5,6 +5,7 @@ nobody downloads expires through the sweep (issue 15)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import uuid
@@ -24,7 +25,7 @@ from svckit.rpcstatus import error_reason
 from tests.conftest import channel_as
 from tests.integration.messaging.conftest import Messaging, principal_md
 from tests.integration.messaging.test_api import REAL_NUMBER, eventually, sms, stub_for
-from tests.support import CertBundle
+from tests.support import CertBundle, NewDatabase
 from tools.audit_verify import verify
 
 PAGE = 7
@@ -193,3 +194,42 @@ async def test_only_the_main_user_permission_opens_exports(exporting: Messaging,
                                             metadata=principal_md(7999, "sms.send", "sms.read", "sms.settings"))
         assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert error_reason(refused.value) == "MISSING_PERMISSION"
+
+
+async def test_replicas_never_claim_the_same_export_and_a_lost_lease_stops_writes(new_database: NewDatabase) -> None:
+    """What several messaging replicas do at once, on the real table: each export goes to exactly one job (FOR
+    UPDATE SKIP LOCKED); a job whose lease ran out is taken over and can no longer write; one export at a time per
+    account."""
+    from services.messaging.adapters.store.exports import PgExportStore
+    from services.messaging.app import MIGRATIONS
+    from services.messaging.domain.exports import new_export_id
+    from svckit.db import create_pool, migrate
+
+    pool = await create_pool(await new_database("exports_claims"), max_size=10)
+    try:
+        await migrate(pool, MIGRATIONS)
+        store = PgExportStore(pool)
+        ids = [new_export_id() for _ in range(5)]
+        for i, export_id in enumerate(ids):
+            assert await store.create_export(export_id, 500 + i, 1) is not None
+        assert await store.create_export(new_export_id(), 500, 1) is None  # account 500 has one pending
+
+        claims = await asyncio.gather(*(store.claim_export(60) for _ in range(8)))
+        taken = [c for c in claims if c is not None]
+        assert sorted(c[0].id for c in taken) == sorted(ids)  # each once, none twice
+        assert len({token for _, token in taken}) == len(taken)
+
+        export, old = taken[0]
+        assert await store.put_chunk(export.id, old, 0, b"sealed-0", 10, {"message": 1}, 60)
+        await pool.execute("UPDATE account_exports SET claim_until = now() - interval '1 second' WHERE id = $1::uuid",
+                           export.id)
+        again = await store.claim_export(60)
+        assert again is not None and again[0].id == export.id and again[1] != old
+        assert again[0].chunks == 0 and again[0].counts == {}  # started over
+        assert await store.put_chunk(export.id, old, 0, b"late", 10, {}, 60) is False
+        assert await store.finish_export(export.id, old, 60) is None
+        assert await store.put_chunk(export.id, again[1], 0, b"sealed-0", 10, {"message": 1}, 60)
+        assert await pool.fetchval("SELECT count(*) FROM account_export_chunks WHERE export_id = $1::uuid",
+                                   export.id) == 1
+    finally:
+        await pool.close()
