@@ -3,7 +3,9 @@
     python -m tools.backup backup  --dir BACKUPS [--keep N] [--services identity,messaging,audit,keys]
     python -m tools.backup list    --dir BACKUPS
     python -m tools.backup verify  --from BACKUPS/<stamp>
-    python -m tools.backup restore --from BACKUPS/<stamp> [--services ...]
+    python -m tools.backup restore --from BACKUPS/<stamp> [--services ...] [--register FILE ...]
+                                   [--without-destruction-register]
+    python -m tools.backup register --out FILE
 
 Each database is dumped with `pg_dump -Fc` and streamed through authenticated encryption into
 `<stamp>/<service>.pgdump.enc`; nothing unencrypted touches the disk. A `manifest.json` lists every file
@@ -25,6 +27,13 @@ Settings (environment): BACKUP_KEY_FILE (32 random bytes, hex; or BACKUP_KEY), a
 `<SERVICE>_DATABASE_URL` (or `<SERVICE>_DATABASE_URL_FILE`), e.g. AUDIT_DATABASE_URL. `make run` writes
 them for its databases to `.dev/backup.env`. The backup key is not the keys service's root key:
 restoring readable data also needs the root key (every version the backup's data was wrapped with).
+
+Crypto-shredding survives a restore (tools/destruction_register.py): every backup also writes
+`<stamp>/destructions.json`, the authenticated register of every account whose keys are destroyed; a restore
+of the keys database gathers the register (the live keys database before it is replaced, every register in
+the backup directory, `--register` files) and re-applies it inside the keys database's restore transaction,
+so a backup from before a destruction never brings the account's keys back. It refuses when it finds no
+register at all, unless `--without-destruction-register`.
 """
 
 from __future__ import annotations
@@ -40,8 +49,10 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -49,6 +60,8 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from tools import destruction_register as dr
 
 MAGIC = b"SSBK1"
 CHUNK = 1 << 20
@@ -167,10 +180,14 @@ def backup(key: bytes, urls: dict[str, str], root: Path) -> Path:
         raise BackupError(f"{out} already exists (one backup per second at most)") from None
     try:
         files = {svc: _dump(key, svc, url, out) for svc, url in urls.items()}
+        if "keys" in urls:  # read after the keys dump: it names at least every destruction in that dump
+            register = dr.from_keys_database(urls["keys"]) or dr.Register()
+            dr.write(key, register, out / dr.FILE_NAME)
+    except dr.RegisterError as exc:
+        _remove(out)
+        raise BackupError(f"the destruction register: {exc}") from None
     except BaseException:
-        for child in out.iterdir():
-            child.unlink()
-        out.rmdir()
+        _remove(out)
         raise
     body = json.dumps({"version": 1, "created": stamp, "files": files}, sort_keys=True).encode()
     doc = json.dumps({"manifest": json.loads(body), "mac": _manifest_mac(key, body)})
@@ -178,6 +195,12 @@ def backup(key: bytes, urls: dict[str, str], root: Path) -> Path:
     with os.fdopen(fd, "w") as fh:
         fh.write(doc)
     return out
+
+
+def _remove(folder: Path) -> None:
+    for child in folder.iterdir():
+        child.unlink()
+    folder.rmdir()
 
 
 def _dump(key: bytes, svc: str, url: str, out: Path) -> dict[str, object]:
@@ -232,20 +255,111 @@ def verify(key: bytes, folder: Path) -> dict[str, dict[str, object]]:
     return files
 
 
-def restore(key: bytes, folder: Path, urls: dict[str, str]) -> None:
+@dataclass
+class RestoreReport:
+    register_sources: list[str] = field(default_factory=list)
+    destructions: int = 0
+    reapplied: list[dr.Reapplied] = field(default_factory=list)
+    without_register: bool = False
+
+
+def restore(
+    key: bytes, folder: Path, urls: dict[str, str], *, registers: Sequence[Path] = (),
+    without_register: bool = False,
+) -> RestoreReport:
     """Restore into the given (existing, empty or to-be-replaced) databases.
 
     Nothing is touched until the whole backup verified (manifest MAC, every file's digest, every
-    requested service present). Each database is then restored in one transaction
-    (`pg_restore --single-transaction --exit-on-error`); should decryption still fail part-way,
-    pg_restore is killed before it sees the end of its input, so that transaction rolls back.
+    requested service present) and, when the keys database is restored, the destruction register was
+    gathered (the live keys database, every register in the backup directory, `registers`): with no register
+    at all it refuses, unless `without_register`. Each database is then restored in one transaction
+    (`pg_restore --single-transaction --exit-on-error`; the keys database through `psql --single-transaction`,
+    with the register's re-application before the commit); should decryption still fail part-way, the
+    restore is killed before it sees the end of its input, so that transaction rolls back.
     """
     files = verify(key, folder)
     missing = [svc for svc in urls if svc not in files]
     if missing:
         raise BackupError(f"not in this backup: {', '.join(missing)}")
+    report = RestoreReport()
+    register = gather_register(key, folder, urls["keys"], registers) if "keys" in urls else None
+    if "keys" in urls and register is None:
+        if not without_register:
+            raise BackupError(
+                "no destruction register found (the keys database to replace holds no key rings, the backup"
+                " directory no destructions.json, and no --register was given): restoring the keys database"
+                " could bring back the keys of accounts destroyed after this backup. Give the newest register"
+                " with --register FILE, or restore anyway with --without-destruction-register"
+            )
+        report.without_register = True
+    if register is not None:
+        report.register_sources, report.destructions = register.sources, len(register.destructions)
     for svc, url in urls.items():
-        _restore_one(key, folder / str(files[svc]["file"]), svc, url)
+        path = folder / str(files[svc]["file"])
+        if svc == "keys" and register is not None:
+            report.reapplied = dr.parse_report(_restore_keys(key, path, url, dr.reapply_sql(register)))
+        else:
+            _restore_one(key, path, svc, url)
+    return report
+
+
+def gather_register(key: bytes, folder: Path, keys_url: str, extra: Sequence[Path] = ()) -> dr.Register | None:
+    """The union of every destruction register found, or None when there is none at all."""
+    files = [p / dr.FILE_NAME for p in [*complete_backups(folder.parent), folder]]
+    try:
+        return dr.gather(key, keys_url, [*dict.fromkeys(p.resolve() for p in files if p.is_file()), *extra])
+    except dr.RegisterError as exc:
+        raise BackupError(f"the destruction register: {exc}") from None
+
+
+def _restore_keys(key: bytes, path: Path, url: str, sql: str) -> str:
+    """Restore the keys database and run `sql` in the same transaction: pg_restore writes the dump as SQL,
+    psql runs it and then `sql` between one BEGIN and COMMIT. Returns psql's output (what `sql` printed)."""
+    with tempfile.TemporaryFile() as errors, tempfile.TemporaryFile() as output:
+        dump = subprocess.Popen(["pg_restore", "--no-owner", "--clean", "--if-exists", "-f", "-"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
+        psql = subprocess.Popen(["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+                                 "-f", "-", "-d", url], stdin=subprocess.PIPE, stdout=output, stderr=errors)
+        assert dump.stdin is not None and dump.stdout is not None and psql.stdin is not None
+        failed: list[BaseException] = []
+
+        def feed() -> None:
+            assert dump.stdin is not None
+            try:
+                with open(path, "rb") as src:
+                    for chunk in decrypt_stream(key, src):
+                        dump.stdin.write(chunk)
+            except BaseException as exc:  # handed to the main thread
+                failed.append(exc)
+            finally:
+                with contextlib.suppress(OSError):
+                    dump.stdin.close()
+
+        feeder = threading.Thread(target=feed, name="backup-decrypt", daemon=True)
+        feeder.start()
+        try:
+            for block in iter(lambda: dump.stdout.read(CHUNK), b""):  # type: ignore[union-attr]
+                psql.stdin.write(block)
+            feeder.join()
+            if failed and isinstance(failed[0], BackupError):
+                raise failed[0]
+            if dump.wait() != 0 or failed:
+                raise BackupError(f"pg_restore failed for keys: {_tail(errors, url)}")
+            psql.stdin.write(sql.encode())
+            psql.stdin.close()
+        except BaseException as exc:
+            psql.kill()  # first: its transaction rolls back before it could see an end of input
+            psql.wait()
+            dump.kill()
+            dump.wait()
+            feeder.join()
+            if isinstance(exc, BrokenPipeError):  # psql stopped reading: its messages say why
+                raise BackupError(f"psql failed for keys: {_tail(errors, url)}") from None
+            raise
+        if psql.wait() != 0:
+            raise BackupError(f"psql failed for keys: {_tail(errors, url)}")
+        output.seek(0)
+        return output.read().decode(errors="replace")
 
 
 def _restore_one(key: bytes, path: Path, svc: str, url: str) -> None:
@@ -299,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--keep", type=int, default=0, help="then delete all but the newest KEEP backups (0: keep all)")
     r = sub.add_parser("restore", help="verify the whole backup, then restore each database in one transaction")
     r.add_argument("--from", dest="src", type=Path, required=True)
+    r.add_argument("--register", type=Path, action="append", default=[],
+                   help="a destruction register file to re-apply as well (repeatable)")
+    r.add_argument("--without-destruction-register", action="store_true",
+                   help="restore the keys database even when no destruction register is found")
+    g = sub.add_parser("register", help="write the destruction register of the live keys database to FILE")
+    g.add_argument("--out", type=Path, required=True)
     v = sub.add_parser("verify", help="check the manifest's MAC and every file's digest")
     v.add_argument("--from", dest="src", type=Path, required=True)
     ls = sub.add_parser("list", help="the complete backups under DIR, oldest first (unverified: use verify)")
@@ -306,6 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (b, r):
         p.add_argument("--services", default=",".join(SERVICES))
     return parser
+
+
+def _print_restore(report: RestoreReport) -> None:
+    if report.without_register:
+        print("WARNING: restored without a destruction register: accounts destroyed after this backup may be"
+              " readable again; re-apply their destructions now")
+    if report.register_sources:
+        print(f"destruction register: {report.destructions} account(s), from " + "; ".join(report.register_sources))
+    for item in report.reapplied:
+        print(f"  {item}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,15 +451,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "verify":
             print(json.dumps(verify(key, args.src), indent=2))
             return 0
+        if args.cmd == "register":
+            register = dr.from_keys_database(database_urls(["keys"])["keys"])
+            if register is None:
+                raise BackupError("the keys database holds no key rings")
+            dr.write(key, register, args.out)
+            print(f"destruction register of {len(register.destructions)} account(s) written to {args.out}")
+            return 0
         urls = database_urls([s for s in args.services.split(",") if s])
         if args.cmd == "backup":
             print(f"backup written to {backup(key, urls, args.dir)}")
             for old in prune(args.dir, args.keep):
                 print(f"deleted the older backup {old}")
         else:
-            restore(key, args.src, urls)
+            report = restore(key, args.src, urls, registers=args.register,
+                             without_register=args.without_destruction_register)
+            _print_restore(report)
             print(f"restored {', '.join(urls)} from {args.src}")
-    except BackupError as err:
+    except (BackupError, dr.RegisterError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -72,7 +72,8 @@ class Suite:
 
 @contextlib.asynccontextmanager
 async def running_suite(
-    certs: CertBundle, urls: dict[str, str], root_key_file: Path, redis_url: str, redis_prefix: str
+    certs: CertBundle, urls: dict[str, str], root_key_file: Path, redis_url: str, redis_prefix: str,
+    *, min_destruction_pending_seconds: int = 7 * 24 * 3600,
 ) -> AsyncIterator[Suite]:
     from services.audit.app import build as build_audit
     from services.audit.config import Settings as AuditSettings
@@ -97,6 +98,7 @@ async def running_suite(
         suite.apps["keys"] = await build_keys(KeysSettings(
             **tls("keys"), database_url=urls["keys"], redis_url=redis_url, redis_prefix=redis_prefix,
             audit_addr=audit, root_key_file=root_key_file,
+            min_destruction_pending_seconds=min_destruction_pending_seconds,
         ))
         keys = f"127.0.0.1:{suite.port('keys')}"
         messaging_settings = MessagingSettings(
