@@ -2,6 +2,11 @@
 
     python -m tools.audit_verify verify EXPORT.jsonl --key VKEY [--checkpoint NOTE_FILE]
     python -m tools.audit_verify fetch --url https://... --username U --api-key K [--ca CA] --out EXPORT.jsonl
+    python -m tools.audit_verify receipt RECEIPT.json (--keys SIGNING_KEYS.json | --key ID=BASE64 ...)
+
+`receipt` verifies signed key-destruction receipts offline (a standalone receipt, the audit event
+keys.account_keys.destroyed, an export or a destruction register): see tools/receipt_verify.py for the
+formats and what a receipt proves.
 
 An export (GET /v1/audit/export, JSON Lines) is a sequence of segments. A segment opens with a checkpoint
 line — the log's signed checkpoint (C2SP signed note: origin, tree size, root hash, time; Ed25519), a
@@ -37,6 +42,7 @@ from google.protobuf.message import DecodeError
 
 from sendsafe.audit.v1 import event_pb2
 from services.audit.domain import merkle
+from tools import receipt_verify
 
 ALTERED, REMOVED, INSERTED, REORDERED = "ALTERED", "REMOVED", "INSERTED", "REORDERED"
 BAD_SIGNATURE, MALFORMED, CHECKPOINT_MISMATCH = "BAD_SIGNATURE", "MALFORMED", "CHECKPOINT_MISMATCH"
@@ -315,7 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--ca", type=Path)
     f.add_argument("--cursor", default="")
     f.add_argument("--out", type=Path, required=True)
+    r = sub.add_parser("receipt", help="verify signed key-destruction receipts offline")
+    r.add_argument("file", type=Path, help="a receipt, an audit event or export (JSON Lines), or a register")
+    r.add_argument("--keys", type=Path, help="the JSON answer of GET /v1/keys/receipt-signing-keys")
+    r.add_argument("--key", action="append", default=[], help="a receipt-signing key as ID=BASE64 (repeatable)")
     args = parser.parse_args(argv)
+    if args.command == "receipt":
+        if not args.keys and not args.key:
+            parser.error("receipt: give the receipt-signing public keys (--keys FILE or --key ID=BASE64)")
+        return receipt_verify.run(args.file, args.keys, args.key)
     if args.command == "fetch":
         with args.out.open("w") as fh:
             for line in fetch(args.url, args.username, args.api_key, ca=args.ca, cursor=args.cursor):
