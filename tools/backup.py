@@ -300,6 +300,11 @@ def restore(
             report.reapplied = dr.parse_report(_restore_keys(key, path, url, dr.reapply_sql(register)))
         else:
             _restore_one(key, path, svc, url)
+    if "identity" in urls and register is not None:
+        try:
+            dr.advance_account_ids(urls["identity"], register)
+        except dr.RegisterError as exc:
+            raise BackupError(f"identity's account ids: {exc}") from None
     return report
 
 

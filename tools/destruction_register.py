@@ -307,6 +307,17 @@ END
 $reapply$;"""
 
 
+def advance_account_ids(identity_url: str, register: Register) -> None:
+    """After identity's database was restored: its account id sequence went back to the backup's, so a new
+    account could be given the id of an account destroyed since, whose ring is a tombstone (every use of its
+    keys would fail KEYS_DESTROYED). Move the sequence past every id the register names."""
+    if register.destructions:
+        top = max(register.destructions)
+        _psql(identity_url, "DO $$ BEGIN IF to_regclass('public.accounts_id_seq') IS NOT NULL THEN"
+                            " PERFORM setval('public.accounts_id_seq', greatest((SELECT last_value FROM"
+                            f" public.accounts_id_seq), {int(top)})); END IF; END $$")
+
+
 @dataclass(frozen=True)
 class Reapplied:
     account_id: int

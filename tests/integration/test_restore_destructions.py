@@ -234,7 +234,13 @@ async def test_each_kind_of_entry_is_reapplied_and_reported(
 ) -> None:
     url = await _keys_database(new_database)
     key = os.urandom(32)
-    folder = bk.backup(key, {"keys": url}, tmp_path / "backups")
+    identity = await new_database("rd_identity_ids")  # identity's account ids, as its migration makes them
+    conn = await asyncpg.connect(identity)
+    try:
+        await conn.execute("CREATE TABLE accounts (id bigserial PRIMARY KEY); INSERT INTO accounts DEFAULT VALUES")
+    finally:
+        await conn.close()
+    folder = bk.backup(key, {"identity": identity, "keys": url}, tmp_path / "backups")
     # Destroyed since the backup: 1 (enabled in it), 2 (created and destroyed since: not in it at all),
     # 4 (pending in it); 3 was destroyed before the backup already.
     receipt = json.dumps({"account_id": "1", "type": "sendsafe.keys.destruction_receipt.v1"})
@@ -265,14 +271,16 @@ async def test_each_kind_of_entry_is_reapplied_and_reported(
     key_file.write_text(key.hex())
     monkeypatch.setenv("BACKUP_KEY_FILE", str(key_file))
     monkeypatch.setenv("KEYS_DATABASE_URL", url)
-    assert bk.main(["restore", "--from", str(folder), "--services", "keys", "--register", str(register_file)]) == 0
+    monkeypatch.setenv("IDENTITY_DATABASE_URL", identity)
+    assert bk.main(["restore", "--from", str(folder), "--services", "identity,keys",
+                    "--register", str(register_file)]) == 0
     out = capsys.readouterr().out
     assert "destruction register: 4 account(s)" in out
     assert "account 1: destroyed again (wrapped KEK versions removed: 1,2)" in out
     assert "account 2: not in the backup; its destroyed ring is recorded" in out
     assert "account 3: already destroyed in the backup" in out
     assert "account 4: destroyed again (wrapped KEK versions removed: 1)" in out
-    assert f"restored keys from {folder}" in out
+    assert f"restored identity, keys from {folder}" in out
 
     conn = await asyncpg.connect(url)
     try:
@@ -291,7 +299,12 @@ async def test_each_kind_of_entry_is_reapplied_and_reported(
                 receipt.encode()
     finally:
         await conn.close()
-    # The register the next backup writes carries all four, and the receipt of 1.
+    conn = await asyncpg.connect(identity)
+    try:  # the next account cannot be given the id of one destroyed since the backup (its ring is a tombstone)
+        assert await conn.fetchval("INSERT INTO accounts DEFAULT VALUES RETURNING id") == 5
+    finally:
+        await conn.close()
+    # The register the next backup writes carries all four.
     assert bk.main(["register", "--out", str(tmp_path / "now.json")]) == 0
     now = dr.read(key, tmp_path / "now.json")
     assert sorted(now.destructions) == [1, 2, 3, 4]
