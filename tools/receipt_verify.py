@@ -20,7 +20,9 @@ Accepted inputs (a file with one JSON object, or JSON Lines; every receipt in it
   Its `public_key` detail is never trusted: only keys you supply are. Its `versions` detail and account must
   agree with the signed receipt;
 - a **destruction register** written by `tools.backup` (`{"register": {"destructions": [...]}}`): every
-  entry that has a receipt.
+  entry that has a receipt;
+- the **receipt email** a closed account's owner gets, as text or as the saved message (.eml): its lines
+  `Receipt: TEXT`, `Signature (base64): BASE64` and `Signing key id: ID`.
 
 The receipt-signing public keys come from `GET /v1/keys/receipt-signing-keys` (`--keys FILE`, that JSON
 answer saved: `{"keys": [{"key_id": ..., "public_key": BASE64, ...}]}`) or `--key ID=BASE64`. A receipt
@@ -34,10 +36,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import email
+import email.policy
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +155,34 @@ def _from_object(obj: Any, where: str) -> Iterator[SignedReceipt]:
         raise ReceiptProblem(MALFORMED, f"{where}: no receipt, signature and signing key id ({exc})") from None
 
 
+_EMAIL_LINES = {"receipt": r"^Receipt: (.+)$", "signature": r"^Signature \(base64\): (.+)$",
+                "signing_key_id": r"^Signing key id: (.+)$"}
+
+
+def _from_email(text: str) -> SignedReceipt | None:
+    """The receipt email's Receipt / Signature (base64) / Signing key id lines, from its text or the saved
+    message (headers, and a body in quoted-printable or base64)."""
+    if re.match(r"[A-Za-z-]+: ", text) and re.search(r"^(MIME-Version|Content-Type):", text, re.M | re.I):
+        message = email.message_from_string(text, policy=email.policy.default)
+        part = message.get_body(preferencelist=("plain",)) if isinstance(message, EmailMessage) else None
+        text = str(part.get_content()) if part is not None else ""
+    found = {k: re.search(rx, text, re.M) for k, rx in _EMAIL_LINES.items()}
+    if not all(found.values()):
+        return None
+    value = {k: m.group(1).strip() for k, m in found.items() if m is not None}
+    try:
+        signature = _b64(value["signature"])
+    except (ValueError, binascii.Error):
+        raise ReceiptProblem(MALFORMED, "the email: the signature is not base64") from None
+    return SignedReceipt("the email", value["receipt"].encode(), signature, value["signing_key_id"])
+
+
 def read_receipts(text: str) -> list[SignedReceipt]:
-    """Every signed receipt in a file (one JSON object, or JSON Lines)."""
+    """Every signed receipt in a file (one JSON object, JSON Lines, or the receipt email)."""
+    if not text.lstrip().startswith(("{", "[")):
+        mailed = _from_email(text)
+        if mailed is not None:
+            return [mailed]
     try:
         docs: Iterable[tuple[str, Any]] = [("the file", json.loads(text))]
     except ValueError:

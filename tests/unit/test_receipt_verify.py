@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,22 @@ def test_keys_are_required_and_checked(tmp_path: Path, capsys: pytest.CaptureFix
     path.write_text("not json at all\n{")
     assert audit_verify.main(["receipt", str(path), "--key", KEY]) == 1
     assert capsys.readouterr().out.startswith("FAILED: MALFORMED")
+
+
+@pytest.mark.parametrize("saved_as", ["text", "message"])
+def test_the_receipt_email_verifies(saved_as: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The owner's email: its Receipt / Signature / Signing key id lines, as text or the saved message (whose
+    long receipt line is quoted-printable encoded and wrapped)."""
+    text = (f"Your account was closed.\n\nReceipt: {BODY.decode()}\nSignature (base64): {SIG}\n"
+            f"Signing key id: {SIGNER.key_id}\n")
+    if saved_as == "message":
+        msg = EmailMessage()
+        msg["Subject"], msg["From"], msg["To"] = "destruction receipt", "no-reply@example.com", "o@example.com"
+        msg.set_content(text, cte="quoted-printable")
+        text = msg.as_string()
+        assert BODY.decode() not in text  # wrapped: only decoding the body gives the exact bytes back
+    (tmp_path / "mail.txt").write_text(text)
+    assert audit_verify.main(["receipt", str(tmp_path / "mail.txt"), "--key", KEY]) == 0, capsys.readouterr().out
+    assert "account 7's keys were destroyed" in capsys.readouterr().out
+    (tmp_path / "mail.txt").write_text(text.replace("Signing key id", "Signing key id: root-1.x\nX"))
+    assert audit_verify.main(["receipt", str(tmp_path / "mail.txt"), "--key", KEY]) == 1
