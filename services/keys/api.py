@@ -229,6 +229,19 @@ class KeysServicer(keys_service_pb2_grpc.KeysServiceServicer):
         )
         return pb.RevokeUserApiKeysResponse(revoked_key_ids=revoked)
 
+    async def RevokeAccountApiKeys(
+        self, request: pb.RevokeAccountApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RevokeAccountApiKeysResponse:
+        revoked = await self.api_keys.revoke_account_api_keys(request.account_id, request.reason)
+        return pb.RevokeAccountApiKeysResponse(revoked_key_ids=revoked)
+
+    async def PurgeAccountKeys(
+        self, request: pb.PurgeAccountKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PurgeAccountKeysResponse:
+        (body, signature, key_id), deleted = await self.rings.purge_account(request.account_id)
+        return pb.PurgeAccountKeysResponse(receipt=body, signature=signature, signing_key_id=key_id,
+                                           deleted_api_keys=deleted)
+
     async def ReportLeakedApiKeys(
         self, request: pb.ReportLeakedApiKeysRequest, context: grpc.aio.ServicerContext
     ) -> pb.ReportLeakedApiKeysResponse:

@@ -237,10 +237,11 @@ class PgKeyStore:
         self,
         account_id: int,
         now: datetime,
-        before_commit: Callable[[list[tuple[int, bytes]], datetime | None, str], Awaitable[None]],
+        before_commit: Callable[[list[tuple[int, bytes]], datetime | None, str], Awaitable[tuple[bytes, bytes, str]]],
     ) -> bool:
         """Destroy every KEK version of a ring whose destruction is due. `before_commit(destroyed, scheduled,
-        requested_by)` runs with the wrapped keys about to go (for the receipt); raising there destroys nothing."""
+        requested_by)` runs with the wrapped keys about to go and returns the signed receipt (body, signature,
+        signing key id), kept with the ring's tombstone; raising there destroys nothing."""
         async with self._pool.acquire() as conn, conn.transaction():
             ring = await conn.fetchrow(
                 "SELECT destruction_scheduled_time, destruction_requested_by FROM account_keys"
@@ -254,7 +255,7 @@ class PgKeyStore:
                 " AND wrapped_kek IS NOT NULL ORDER BY version",
                 account_id,
             )
-            await before_commit(
+            receipt = await before_commit(
                 [(r["version"], bytes(r["wrapped_kek"])) for r in rows],
                 ring["destruction_scheduled_time"],
                 ring["destruction_requested_by"] or "",
@@ -265,9 +266,19 @@ class PgKeyStore:
                 account_id, now,
             )
             await conn.execute(
-                "UPDATE account_keys SET state = 'destroyed', destroy_time = $2 WHERE account_id = $1", account_id, now
-            )
+                "UPDATE account_keys SET state = 'destroyed', destroy_time = $2, receipt = $3, receipt_signature = $4,"
+                " receipt_signing_key_id = $5 WHERE account_id = $1", account_id, now, *receipt)
             return True
+
+    async def purge_account(self, account_id: int) -> tuple[tuple[bytes, bytes, str] | None, int]:
+        """Delete a destroyed ring's API keys and usage reports (its tombstone stays); (receipt, keys deleted)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            r = await conn.fetchrow("SELECT receipt, receipt_signature, receipt_signing_key_id FROM account_keys"
+                                    " WHERE account_id = $1 AND state = 'destroyed'", account_id)
+            deleted = await conn.execute("DELETE FROM api_keys WHERE account_id = $1", account_id)
+            await conn.execute("DELETE FROM key_usage WHERE account_id = $1", account_id)
+        receipt = (bytes(r[0]), bytes(r[1]), r[2]) if r is not None and r[0] is not None else None
+        return receipt, int(deleted.split()[-1])
 
     # -- root-key rewrap ----------------------------------------------------------------------------------
 
@@ -387,12 +398,14 @@ class PgKeyStore:
             await _insert_key(conn, new)
             await before_commit()
 
-    async def revoke_user_keys(self, account_id: int, user_id: int, keep_key_id: str, when: datetime) -> list[str]:
-        """Revoke, as of `when`, every key of the user that is not already revoked by then (except
-        `keep_key_id`). Returns the ids revoked by this call."""
+    async def revoke_user_keys(
+        self, account_id: int, user_id: int | None, keep_key_id: str, when: datetime
+    ) -> list[str]:
+        """Revoke, as of `when`, every key of the user (None: of every user of the account) that is not already
+        revoked by then (except `keep_key_id`). Returns the ids revoked by this call."""
         rows = await self._pool.fetch(
-            "UPDATE api_keys SET revoke_time = $4"
-            " WHERE account_id = $1 AND user_id = $2 AND key_id <> $3 AND (revoke_time IS NULL OR revoke_time > $4)"
+            "UPDATE api_keys SET revoke_time = $4 WHERE account_id = $1 AND ($2::bigint IS NULL OR user_id = $2)"
+            " AND key_id <> $3 AND (revoke_time IS NULL OR revoke_time > $4)"
             " RETURNING key_id",
             account_id, user_id, keep_key_id, when,
         )

@@ -296,11 +296,12 @@ def key_in_effect(
 _REVOKE_REASON_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 
 
-def check_revoke_user_request(account_id: int, user_id: int, keep_key_id: str, reason: str) -> str:
-    """The audit reason for revoking a user's keys ("unspecified" when none is given), or RequestInvalid."""
+def check_revoke_user_request(account_id: int, user_id: int | None, keep_key_id: str, reason: str) -> str:
+    """The audit reason for revoking a user's keys (None: every user's) ("unspecified" when none is given), or
+    RequestInvalid."""
     if account_id <= 0:
         raise RequestInvalid("account_id must be positive")
-    if user_id <= 0:
+    if user_id is not None and user_id <= 0:
         raise RequestInvalid("user_id must be positive")
     if keep_key_id and not valid_key_id(keep_key_id):
         raise RequestInvalid("keep_key_id is not a key id")

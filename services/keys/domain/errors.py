@@ -141,6 +141,12 @@ class NotPendingDestruction(FailedPrecondition):
     reason = "NOT_PENDING_DESTRUCTION"
 
 
+class KeysNotDestroyed(FailedPrecondition):
+    """An account's data is purged only after its keys are destroyed (the receipt exists)."""
+
+    reason = "KEYS_NOT_DESTROYED"
+
+
 class RewrapIncomplete(FailedPrecondition):
     """A version cannot be retired yet: data owners still hold items under older versions (or have not
     finished a rewrap pass since the new minimum existed)."""

@@ -260,6 +260,13 @@ class ApiKeyService:
         await self._revoked(revoked, account_id, "revoked", why, user_id=user_id)
         return revoked
 
+    async def revoke_account_api_keys(self, account_id: int, reason: str) -> list[str]:
+        """Revoke every key of every user of the account now (it is closing); queued events, as above."""
+        why = check_revoke_user_request(account_id, None, "", reason)
+        revoked = await self._store.revoke_user_keys(account_id, None, "", self._now())
+        await self._revoked(revoked, account_id, "revoked", why, user_id=0)
+        return revoked
+
     async def report_leaked_api_keys(self, candidates: Sequence[str], source: str) -> LeakReport:
         """Revoke every live key among `candidates` (strings found in public). Only real keys count: the
         format, checksum and keyed hash must all match, so a report cannot revoke keys it does not hold."""

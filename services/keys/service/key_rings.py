@@ -31,6 +31,7 @@ from services.keys.domain.errors import (
     BatchTooLarge,
     DecryptFailed,
     KeysDestroyed,
+    KeysNotDestroyed,
     KeyVersionUnknown,
     NotPendingDestruction,
 )
@@ -329,6 +330,21 @@ class KeyRingService:
         await self._ring_changed(account_id, "destruction_cancelled")
         return await self._status(cancelled)
 
+    async def purge_account(self, account_id: int) -> tuple[tuple[bytes, bytes, str], int]:
+        """A closed account, its keys destroyed: its API key rows go, the ring's tombstone and the signed receipt
+        stay; returns (receipt, signature, signing key id) and the API keys deleted. KeysNotDestroyed before."""
+        check_account_id(account_id)
+        ring = await self._store.ring(account_id)
+        if ring is None or ring.state is not RingState.DESTROYED:
+            raise KeysNotDestroyed("the account's keys are not destroyed")
+        receipt, deleted = await self._store.purge_account(account_id)
+        if receipt is None:
+            raise KeysNotDestroyed("the account's keys were destroyed before receipts were kept")
+        await self._audit.record(new_event(self._name, "keys.account.purged", resource_type="account_keys",
+                                           resource_id=str(account_id), account_id=account_id,
+                                           details={"api_keys_deleted": str(deleted)}))
+        return receipt, deleted
+
     async def root_key_status(self) -> tuple[str, list[RootKeyUsage]]:
         keks, peppers = await self._store.root_key_usage()
         current = self._root.current_key_id
@@ -397,7 +413,9 @@ class KeyRingService:
     async def _destroy(self, account_id: int, now: datetime) -> bool:
         signer = await self._receipt_signer()
 
-        async def receipt(destroyed: list[tuple[int, bytes]], scheduled: datetime | None, requested_by: str) -> None:
+        async def receipt(
+            destroyed: list[tuple[int, bytes]], scheduled: datetime | None, requested_by: str
+        ) -> tuple[bytes, bytes, str]:
             body = destruction_receipt(
                 account_id=account_id, destroyed=destroyed, scheduled_time=scheduled, destroy_time=now,
                 requested_by=requested_by, signing_key_id=signer.key_id,
@@ -410,6 +428,7 @@ class KeyRingService:
                 "versions": ",".join(str(v) for v, _ in destroyed),
             })
             await self._audit.record_strict(event)
+            return body, signer.sign(body), signer.key_id
 
         try:
             done = await self._store.destroy(account_id, now, receipt)

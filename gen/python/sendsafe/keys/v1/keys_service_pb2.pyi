@@ -789,6 +789,53 @@ class RevokeUserApiKeysResponse(_message.Message):
 Global___RevokeUserApiKeysResponse: _TypeAlias = RevokeUserApiKeysResponse  # noqa: Y015
 
 @_typing.final
+class RevokeAccountApiKeysRequest(_message.Message):
+    """Revoke the keys of one account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    reason: _builtins.str
+    """For the audit log: lower_snake_case, at most 40 characters."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAccountApiKeysRequest: _TypeAlias = RevokeAccountApiKeysRequest  # noqa: Y015
+
+@_typing.final
+class RevokeAccountApiKeysResponse(_message.Message):
+    """The keys revoked by this call (already revoked keys are not listed)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_KEY_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revoked_key_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        revoked_key_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revoked_key_ids", b"revoked_key_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAccountApiKeysResponse: _TypeAlias = RevokeAccountApiKeysResponse  # noqa: Y015
+
+@_typing.final
 class ReportLeakedApiKeysRequest(_message.Message):
     """Strings found in public; at most 1000."""
 
@@ -1976,3 +2023,59 @@ class ReportKeyUsageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportKeyUsageResponse: _TypeAlias = ReportKeyUsageResponse  # noqa: Y015
+
+@_typing.final
+class PurgeAccountKeysRequest(_message.Message):
+    """Which account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeAccountKeysRequest: _TypeAlias = PurgeAccountKeysRequest  # noqa: Y015
+
+@_typing.final
+class PurgeAccountKeysResponse(_message.Message):
+    """The signed destruction receipt of the account's keys (verify it with the
+    key named by signing_key_id, from ListReceiptSigningKeys).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_ID_FIELD_NUMBER: _builtins.int
+    DELETED_API_KEYS_FIELD_NUMBER: _builtins.int
+    receipt: _builtins.bytes
+    """Canonical JSON, exactly the bytes signed."""
+    signature: _builtins.bytes
+    """Ed25519 signature of `receipt`."""
+    signing_key_id: _builtins.str
+    deleted_api_keys: _builtins.int
+    """API key rows deleted by this call."""
+    def __init__(
+        self,
+        *,
+        receipt: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        signing_key_id: _builtins.str = ...,
+        deleted_api_keys: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_api_keys", b"deleted_api_keys", "receipt", b"receipt", "signature", b"signature", "signing_key_id", b"signing_key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeAccountKeysResponse: _TypeAlias = PurgeAccountKeysResponse  # noqa: Y015

@@ -94,6 +94,11 @@ class KeysServiceStub:
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysResponse.FromString,
                 _registered_method=True)
+        self.RevokeAccountApiKeys = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/RevokeAccountApiKeys',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeAccountApiKeysRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeAccountApiKeysResponse.FromString,
+                _registered_method=True)
         self.ReportLeakedApiKeys = channel.unary_unary(
                 '/sendsafe.keys.v1.KeysService/ReportLeakedApiKeys',
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportLeakedApiKeysRequest.SerializeToString,
@@ -158,6 +163,11 @@ class KeysServiceStub:
                 '/sendsafe.keys.v1.KeysService/CancelAccountKeyDestruction',
                 request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CancelAccountKeyDestructionRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CancelAccountKeyDestructionResponse.FromString,
+                _registered_method=True)
+        self.PurgeAccountKeys = channel.unary_unary(
+                '/sendsafe.keys.v1.KeysService/PurgeAccountKeys',
+                request_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.PurgeAccountKeysRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.PurgeAccountKeysResponse.FromString,
                 _registered_method=True)
         self.GetRootKeyStatus = channel.unary_unary(
                 '/sendsafe.keys.v1.KeysService/GetRootKeyStatus',
@@ -273,6 +283,15 @@ class KeysServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeAccountApiKeys(self, request, context):
+        """Internal: revoke every API key of an account at once (the account is
+        closing). Idempotent. Gateways drop cached verifications as for
+        RevokeUserApiKeys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportLeakedApiKeys(self, request, context):
         """Internal: a leak report (a scanner found these strings in public):
         every string that is a real, live SendSafe key is revoked at once.
@@ -380,6 +399,16 @@ class KeysServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeAccountKeys(self, request, context):
+        """Internal: after an account's keys were destroyed, delete its API key
+        rows and usage reports, keeping the key ring's tombstone (ids, versions,
+        times) and the signed destruction receipt, which this returns (the same
+        one on every call). KEYS_NOT_DESTROYED while the keys still exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRootKeyStatus(self, request, context):
         """Internal: root keys in use and how much is still wrapped under each
         (the progress of a root-key rotation).
@@ -454,6 +483,11 @@ def add_KeysServiceServicer_to_server(servicer, server):
                     request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysRequest.FromString,
                     response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysResponse.SerializeToString,
             ),
+            'RevokeAccountApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAccountApiKeys,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeAccountApiKeysRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeAccountApiKeysResponse.SerializeToString,
+            ),
             'ReportLeakedApiKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportLeakedApiKeys,
                     request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.ReportLeakedApiKeysRequest.FromString,
@@ -518,6 +552,11 @@ def add_KeysServiceServicer_to_server(servicer, server):
                     servicer.CancelAccountKeyDestruction,
                     request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CancelAccountKeyDestructionRequest.FromString,
                     response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CancelAccountKeyDestructionResponse.SerializeToString,
+            ),
+            'PurgeAccountKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeAccountKeys,
+                    request_deserializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.PurgeAccountKeysRequest.FromString,
+                    response_serializer=sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.PurgeAccountKeysResponse.SerializeToString,
             ),
             'GetRootKeyStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRootKeyStatus,
@@ -832,6 +871,33 @@ class KeysService:
             '/sendsafe.keys.v1.KeysService/RevokeUserApiKeys',
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysRequest.SerializeToString,
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeUserApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAccountApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/RevokeAccountApiKeys',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeAccountApiKeysRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.RevokeAccountApiKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1183,6 +1249,33 @@ class KeysService:
             '/sendsafe.keys.v1.KeysService/CancelAccountKeyDestruction',
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CancelAccountKeyDestructionRequest.SerializeToString,
             sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.CancelAccountKeyDestructionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeAccountKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.keys.v1.KeysService/PurgeAccountKeys',
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.PurgeAccountKeysRequest.SerializeToString,
+            sendsafe_dot_keys_dot_v1_dot_keys__service__pb2.PurgeAccountKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

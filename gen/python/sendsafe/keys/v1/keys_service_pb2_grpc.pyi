@@ -84,6 +84,11 @@ class KeysServiceStub:
     cached verifications of the revoked keys at once (pub/sub) or within
     their bounded cache time.
     """
+    RevokeAccountApiKeys: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.RevokeAccountApiKeysRequest, _keys_service_pb2.RevokeAccountApiKeysResponse]
+    """Internal: revoke every API key of an account at once (the account is
+    closing). Idempotent. Gateways drop cached verifications as for
+    RevokeUserApiKeys.
+    """
     ReportLeakedApiKeys: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.ReportLeakedApiKeysRequest, _keys_service_pb2.ReportLeakedApiKeysResponse]
     """Internal: a leak report (a scanner found these strings in public):
     every string that is a real, live SendSafe key is revoked at once.
@@ -135,6 +140,12 @@ class KeysServiceStub:
     """
     CancelAccountKeyDestruction: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.CancelAccountKeyDestructionRequest, _keys_service_pb2.CancelAccountKeyDestructionResponse]
     """Internal: cancel a scheduled destruction; the keys work again."""
+    PurgeAccountKeys: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.PurgeAccountKeysRequest, _keys_service_pb2.PurgeAccountKeysResponse]
+    """Internal: after an account's keys were destroyed, delete its API key
+    rows and usage reports, keeping the key ring's tombstone (ids, versions,
+    times) and the signed destruction receipt, which this returns (the same
+    one on every call). KEYS_NOT_DESTROYED while the keys still exist.
+    """
     GetRootKeyStatus: _grpc.UnaryUnaryMultiCallable[_keys_service_pb2.GetRootKeyStatusRequest, _keys_service_pb2.GetRootKeyStatusResponse]
     """Internal: root keys in use and how much is still wrapped under each
     (the progress of a root-key rotation).
@@ -200,6 +211,11 @@ class KeysServiceAsyncStub(KeysServiceStub):
     cached verifications of the revoked keys at once (pub/sub) or within
     their bounded cache time.
     """
+    RevokeAccountApiKeys: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.RevokeAccountApiKeysRequest, _keys_service_pb2.RevokeAccountApiKeysResponse]  # type: ignore[assignment]
+    """Internal: revoke every API key of an account at once (the account is
+    closing). Idempotent. Gateways drop cached verifications as for
+    RevokeUserApiKeys.
+    """
     ReportLeakedApiKeys: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.ReportLeakedApiKeysRequest, _keys_service_pb2.ReportLeakedApiKeysResponse]  # type: ignore[assignment]
     """Internal: a leak report (a scanner found these strings in public):
     every string that is a real, live SendSafe key is revoked at once.
@@ -251,6 +267,12 @@ class KeysServiceAsyncStub(KeysServiceStub):
     """
     CancelAccountKeyDestruction: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.CancelAccountKeyDestructionRequest, _keys_service_pb2.CancelAccountKeyDestructionResponse]  # type: ignore[assignment]
     """Internal: cancel a scheduled destruction; the keys work again."""
+    PurgeAccountKeys: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.PurgeAccountKeysRequest, _keys_service_pb2.PurgeAccountKeysResponse]  # type: ignore[assignment]
+    """Internal: after an account's keys were destroyed, delete its API key
+    rows and usage reports, keeping the key ring's tombstone (ids, versions,
+    times) and the signed destruction receipt, which this returns (the same
+    one on every call). KEYS_NOT_DESTROYED while the keys still exist.
+    """
     GetRootKeyStatus: _aio.UnaryUnaryMultiCallable[_keys_service_pb2.GetRootKeyStatusRequest, _keys_service_pb2.GetRootKeyStatusResponse]  # type: ignore[assignment]
     """Internal: root keys in use and how much is still wrapped under each
     (the progress of a root-key rotation).
@@ -381,6 +403,17 @@ class KeysServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
+    def RevokeAccountApiKeys(
+        self,
+        request: _keys_service_pb2.RevokeAccountApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.RevokeAccountApiKeysResponse, _abc.Awaitable[_keys_service_pb2.RevokeAccountApiKeysResponse]]:
+        """Internal: revoke every API key of an account at once (the account is
+        closing). Idempotent. Gateways drop cached verifications as for
+        RevokeUserApiKeys.
+        """
+
+    @_abc_1.abstractmethod
     def ReportLeakedApiKeys(
         self,
         request: _keys_service_pb2.ReportLeakedApiKeysRequest,
@@ -508,6 +541,18 @@ class KeysServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_keys_service_pb2.CancelAccountKeyDestructionResponse, _abc.Awaitable[_keys_service_pb2.CancelAccountKeyDestructionResponse]]:
         """Internal: cancel a scheduled destruction; the keys work again."""
+
+    @_abc_1.abstractmethod
+    def PurgeAccountKeys(
+        self,
+        request: _keys_service_pb2.PurgeAccountKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_keys_service_pb2.PurgeAccountKeysResponse, _abc.Awaitable[_keys_service_pb2.PurgeAccountKeysResponse]]:
+        """Internal: after an account's keys were destroyed, delete its API key
+        rows and usage reports, keeping the key ring's tombstone (ids, versions,
+        times) and the signed destruction receipt, which this returns (the same
+        one on every call). KEYS_NOT_DESTROYED while the keys still exist.
+        """
 
     @_abc_1.abstractmethod
     def GetRootKeyStatus(
