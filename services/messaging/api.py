@@ -343,6 +343,19 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
         balance = await self.service.get_balance(request.account_id)
         return pb.GetBalanceResponse(balance=format_balance(balance), currency=currency_proto(self.service.currency))
 
+    async def StopAccountSends(self, request: pb.StopAccountSendsRequest, context: grpc.aio.ServicerContext
+                               ) -> pb.StopAccountSendsResponse:
+        return pb.StopAccountSendsResponse(cancelled=await self.service.closures.stop_sends(request.account_id))
+
+    async def ResumeAccountSends(self, request: pb.ResumeAccountSendsRequest, context: grpc.aio.ServicerContext
+                                 ) -> pb.ResumeAccountSendsResponse:
+        await self.service.closures.resume_sends(request.account_id)
+        return pb.ResumeAccountSendsResponse()
+
+    async def PurgeAccountData(self, request: pb.PurgeAccountDataRequest, context: grpc.aio.ServicerContext
+                               ) -> pb.PurgeAccountDataResponse:
+        return pb.PurgeAccountDataResponse(deleted_rows=await self.service.closures.purge(request.account_id))
+
 
 class NotificationServicer(notification_service_pb2_grpc.NotificationServiceServicer):
     def __init__(self, notifications: Notifications) -> None:
@@ -360,6 +373,13 @@ class NotificationServicer(notification_service_pb2_grpc.NotificationServiceServ
             request.account_id, int(request.channel), request.to, request.body, owner, subject=request.subject,
             notification_id=request.notification_id, account_owners=request.account_owners)
         return notification_service_pb2.SendNotificationResponse(message_id=message_id)
+
+    async def SendClosureReceipt(
+        self, request: notification_service_pb2.SendClosureReceiptRequest, context: grpc.aio.ServicerContext
+    ) -> notification_service_pb2.SendClosureReceiptResponse:
+        message_id = await self.notifications.send_closure_receipt(
+            request.account_id, request.to, request.receipt, request.signature, request.signing_key_id)
+        return notification_service_pb2.SendClosureReceiptResponse(message_id=message_id)
 
     async def CheckDestination(
         self, request: notification_service_pb2.CheckDestinationRequest, context: grpc.aio.ServicerContext

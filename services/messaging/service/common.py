@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from services.messaging.domain.limits import RateConfig
 from services.messaging.domain.pricing import Currency, PriceTable
+from services.messaging.service.closure import AccountClosures
 from services.messaging.service.index_keys import IndexKeys
 from services.messaging.service.ports import Cipher, Limiter, MessageStore, Queue, Record
 from services.messaging.service.replies import Replies
@@ -41,6 +42,7 @@ class UseCases:
     _record: Record | None
     keys: IndexKeys
     replies: Replies
+    closures: AccountClosures
 
     async def _webhook_url(self, url: str) -> str:
         """The one outbound-webhook policy, at configuration time (the worker applies it again)."""

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from services.messaging.domain.pricing import Currency, PriceTable
+from services.messaging.service.closure import AccountClosures
 from services.messaging.service.common import MessagingOptions
 from services.messaging.service.history import HistoryUseCases
 from services.messaging.service.inbound import InboundUseCases
@@ -55,3 +56,4 @@ class MessagingService(SendingUseCases, HistoryUseCases, ReceiptUseCases, Inboun
         self._group = GroupCommit(self._commit_group)
         self.keys = IndexKeys(store, cipher)
         self.replies = Replies(store, cipher, self.keys)
+        self.closures = AccountClosures(store, record)

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from sendsafe.audit.v1 import event_pb2
+from services.messaging.domain.closure import CLOSURE_RECEIPT, closure_receipt_email
 from services.messaging.domain.destinations import (
     ALERT_DELIVERY,
     DESTINATION_CODE_ATTEMPTS,
@@ -222,6 +223,19 @@ class Notifications:
                           error_reason=error)
         event.cause = cause  # what a notification caused: no alert rule matches it
         await self._record(event)
+
+    async def send_closure_receipt(
+        self, account_id: int, to: str, receipt: bytes, signature: bytes, signing_key_id: str
+    ) -> str:
+        """Email a closed account's signed destruction receipt to the address its owner had at closure (fixed
+        template; no verification: identity kept the owner's own address for this one email)."""
+        if account_id <= 0:
+            raise InvalidAccountId("account_id must be a positive account id")
+        mailer = self._mailer_or_refuse()
+        address = _address(to)
+        subject, body = closure_receipt_email(account_id, receipt, signature, signing_key_id)
+        return await self._mail(mailer, account_id, address, subject, body, f"closure-{account_id}",
+                                "closure_receipt", CLOSURE_RECEIPT)
 
     async def check(self, account_id: int, channel: int, to: str) -> bool:
         if account_id <= 0:

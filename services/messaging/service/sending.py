@@ -117,6 +117,7 @@ class SendingUseCases(UseCases):
         idempotency key, a retry of the same request gets the first answer and nothing happens twice."""
         check_batch_size(len(inputs))
         acct = caller.account_id
+        await self.closures.check_open(acct)  # a closing account sends nothing (issue 15)
         idem: tuple[bytes, bytes] | None = None
         if idempotency_key:
             check_idempotency_key(idempotency_key)

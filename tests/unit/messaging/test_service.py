@@ -159,6 +159,11 @@ class FakeStore:
     async def balance(self, account_id: int) -> Decimal | None:
         return self.balances.get(account_id)
 
+    closing: frozenset[int] = frozenset()  # account closure (issue 15): tests/unit/messaging/test_closure.py
+
+    async def account_closing(self, account_id: int) -> bool:
+        return account_id in self.closing
+
     async def history(
         self, account_id: int, date_from: int | None, date_to: int | None, offset: int, limit: int,
         f: object = None, sort: object = None, to_hash: bytes | None = None, custom_hash: bytes | None = None,

@@ -136,6 +136,21 @@ class MessagingServiceStub:
                 request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetBalanceRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetBalanceResponse.FromString,
                 _registered_method=True)
+        self.StopAccountSends = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/StopAccountSends',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.StopAccountSendsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.StopAccountSendsResponse.FromString,
+                _registered_method=True)
+        self.ResumeAccountSends = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/ResumeAccountSends',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ResumeAccountSendsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ResumeAccountSendsResponse.FromString,
+                _registered_method=True)
+        self.PurgeAccountData = channel.unary_unary(
+                '/sendsafe.messaging.v1.MessagingService/PurgeAccountData',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.PurgeAccountDataRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.PurgeAccountDataResponse.FromString,
+                _registered_method=True)
 
 
 class MessagingServiceServicer:
@@ -292,6 +307,34 @@ class MessagingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StopAccountSends(self, request, context):
+        """Internal: the account is closing. From now on its sends are refused
+        (ACCOUNT_CLOSING), and its scheduled and queued, not yet submitted,
+        messages are cancelled and refunded as CancelSms does. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeAccountSends(self, request, context):
+        """Internal: the account's closure was cancelled: it may send again
+        (cancelled messages stay cancelled). Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeAccountData(self, request, context):
+        """Internal: the account is closed and its keys destroyed: delete every
+        row of it (messages, receipts, replies, outbox, settings, webhooks,
+        notification destinations, exports, balance). Only a closure marker
+        (account id and times) stays, so nothing can ever be sent for it.
+        ACCOUNT_NOT_CLOSING unless StopAccountSends came first. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessagingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -394,6 +437,21 @@ def add_MessagingServiceServicer_to_server(servicer, server):
                     servicer.GetBalance,
                     request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetBalanceRequest.FromString,
                     response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetBalanceResponse.SerializeToString,
+            ),
+            'StopAccountSends': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopAccountSends,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.StopAccountSendsRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.StopAccountSendsResponse.SerializeToString,
+            ),
+            'ResumeAccountSends': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeAccountSends,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ResumeAccountSendsRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ResumeAccountSendsResponse.SerializeToString,
+            ),
+            'PurgeAccountData': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeAccountData,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.PurgeAccountDataRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.PurgeAccountDataResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -938,6 +996,87 @@ class MessagingService:
             '/sendsafe.messaging.v1.MessagingService/GetBalance',
             sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetBalanceRequest.SerializeToString,
             sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.GetBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopAccountSends(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/StopAccountSends',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.StopAccountSendsRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.StopAccountSendsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeAccountSends(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/ResumeAccountSends',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ResumeAccountSendsRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.ResumeAccountSendsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeAccountData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.MessagingService/PurgeAccountData',
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.PurgeAccountDataRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_messaging__service__pb2.PurgeAccountDataResponse.FromString,
             options,
             channel_credentials,
             insecure,

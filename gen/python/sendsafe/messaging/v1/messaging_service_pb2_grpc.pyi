@@ -91,6 +91,22 @@ class MessagingServiceStub:
     """
     GetBalance: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.GetBalanceRequest, _messaging_service_pb2.GetBalanceResponse]
     """Internal: an account's credit balance (owned here, debited by sends)."""
+    StopAccountSends: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.StopAccountSendsRequest, _messaging_service_pb2.StopAccountSendsResponse]
+    """Internal: the account is closing. From now on its sends are refused
+    (ACCOUNT_CLOSING), and its scheduled and queued, not yet submitted,
+    messages are cancelled and refunded as CancelSms does. Idempotent.
+    """
+    ResumeAccountSends: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.ResumeAccountSendsRequest, _messaging_service_pb2.ResumeAccountSendsResponse]
+    """Internal: the account's closure was cancelled: it may send again
+    (cancelled messages stay cancelled). Idempotent.
+    """
+    PurgeAccountData: _grpc.UnaryUnaryMultiCallable[_messaging_service_pb2.PurgeAccountDataRequest, _messaging_service_pb2.PurgeAccountDataResponse]
+    """Internal: the account is closed and its keys destroyed: delete every
+    row of it (messages, receipts, replies, outbox, settings, webhooks,
+    notification destinations, exports, balance). Only a closure marker
+    (account id and times) stays, so nothing can ever be sent for it.
+    ACCOUNT_NOT_CLOSING unless StopAccountSends came first. Idempotent.
+    """
 
 @_typing.type_check_only
 class MessagingServiceAsyncStub(MessagingServiceStub):
@@ -155,6 +171,22 @@ class MessagingServiceAsyncStub(MessagingServiceStub):
     """
     GetBalance: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.GetBalanceRequest, _messaging_service_pb2.GetBalanceResponse]  # type: ignore[assignment]
     """Internal: an account's credit balance (owned here, debited by sends)."""
+    StopAccountSends: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.StopAccountSendsRequest, _messaging_service_pb2.StopAccountSendsResponse]  # type: ignore[assignment]
+    """Internal: the account is closing. From now on its sends are refused
+    (ACCOUNT_CLOSING), and its scheduled and queued, not yet submitted,
+    messages are cancelled and refunded as CancelSms does. Idempotent.
+    """
+    ResumeAccountSends: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.ResumeAccountSendsRequest, _messaging_service_pb2.ResumeAccountSendsResponse]  # type: ignore[assignment]
+    """Internal: the account's closure was cancelled: it may send again
+    (cancelled messages stay cancelled). Idempotent.
+    """
+    PurgeAccountData: _aio.UnaryUnaryMultiCallable[_messaging_service_pb2.PurgeAccountDataRequest, _messaging_service_pb2.PurgeAccountDataResponse]  # type: ignore[assignment]
+    """Internal: the account is closed and its keys destroyed: delete every
+    row of it (messages, receipts, replies, outbox, settings, webhooks,
+    notification destinations, exports, balance). Only a closure marker
+    (account id and times) stays, so nothing can ever be sent for it.
+    ACCOUNT_NOT_CLOSING unless StopAccountSends came first. Idempotent.
+    """
 
 class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
     """SMS sending, history, receipts, replies, cancelling, and the per-account
@@ -336,5 +368,39 @@ class MessagingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_messaging_service_pb2.GetBalanceResponse, _abc.Awaitable[_messaging_service_pb2.GetBalanceResponse]]:
         """Internal: an account's credit balance (owned here, debited by sends)."""
+
+    @_abc_1.abstractmethod
+    def StopAccountSends(
+        self,
+        request: _messaging_service_pb2.StopAccountSendsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.StopAccountSendsResponse, _abc.Awaitable[_messaging_service_pb2.StopAccountSendsResponse]]:
+        """Internal: the account is closing. From now on its sends are refused
+        (ACCOUNT_CLOSING), and its scheduled and queued, not yet submitted,
+        messages are cancelled and refunded as CancelSms does. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def ResumeAccountSends(
+        self,
+        request: _messaging_service_pb2.ResumeAccountSendsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.ResumeAccountSendsResponse, _abc.Awaitable[_messaging_service_pb2.ResumeAccountSendsResponse]]:
+        """Internal: the account's closure was cancelled: it may send again
+        (cancelled messages stay cancelled). Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def PurgeAccountData(
+        self,
+        request: _messaging_service_pb2.PurgeAccountDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_messaging_service_pb2.PurgeAccountDataResponse, _abc.Awaitable[_messaging_service_pb2.PurgeAccountDataResponse]]:
+        """Internal: the account is closed and its keys destroyed: delete every
+        row of it (messages, receipts, replies, outbox, settings, webhooks,
+        notification destinations, exports, balance). Only a closure marker
+        (account id and times) stays, so nothing can ever be sent for it.
+        ACCOUNT_NOT_CLOSING unless StopAccountSends came first. Idempotent.
+        """
 
 def add_MessagingServiceServicer_to_server(servicer: MessagingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -367,3 +367,58 @@ class ListDestinationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListDestinationsResponse: _TypeAlias = ListDestinationsResponse  # noqa: Y015
+
+@_typing.final
+class SendClosureReceiptRequest(_message.Message):
+    """The receipt and where it goes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    to: _builtins.str
+    receipt: _builtins.bytes
+    """Canonical JSON as signed (keys' PurgeAccountKeys)."""
+    signature: _builtins.bytes
+    signing_key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        to: _builtins.str = ...,
+        receipt: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        signing_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "receipt", b"receipt", "signature", b"signature", "signing_key_id", b"signing_key_id", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendClosureReceiptRequest: _TypeAlias = SendClosureReceiptRequest  # noqa: Y015
+
+@_typing.final
+class SendClosureReceiptResponse(_message.Message):
+    """The email sent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendClosureReceiptResponse: _TypeAlias = SendClosureReceiptResponse  # noqa: Y015

@@ -41,6 +41,11 @@ class NotificationServiceStub:
                 request_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendNotificationRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendNotificationResponse.FromString,
                 _registered_method=True)
+        self.SendClosureReceipt = channel.unary_unary(
+                '/sendsafe.messaging.v1.NotificationService/SendClosureReceipt',
+                request_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendClosureReceiptRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendClosureReceiptResponse.FromString,
+                _registered_method=True)
         self.CheckDestination = channel.unary_unary(
                 '/sendsafe.messaging.v1.NotificationService/CheckDestination',
                 request_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.CheckDestinationRequest.SerializeToString,
@@ -77,6 +82,17 @@ class NotificationServiceServicer:
         SMTP to a verified address, or with `account_owners` to the account's
         owners (security notifications); a server that cannot take it now is
         UNAVAILABLE (the caller retries).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendClosureReceipt(self, request, context):
+        """Internal: email a closed account's signed destruction receipt to the
+        address its owner had when the closure was requested (identity kept it,
+        sealed under a platform key, for this one email). Subject and body come
+        from a fixed template; CHANNEL_NOT_AVAILABLE without SMTP, UNAVAILABLE
+        when the mail server cannot take it now (the caller retries).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +138,11 @@ def add_NotificationServiceServicer_to_server(servicer, server):
                     servicer.SendNotification,
                     request_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendNotificationRequest.FromString,
                     response_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendNotificationResponse.SerializeToString,
+            ),
+            'SendClosureReceipt': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendClosureReceipt,
+                    request_deserializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendClosureReceiptRequest.FromString,
+                    response_serializer=sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendClosureReceiptResponse.SerializeToString,
             ),
             'CheckDestination': grpc.unary_unary_rpc_method_handler(
                     servicer.CheckDestination,
@@ -173,6 +194,33 @@ class NotificationService:
             '/sendsafe.messaging.v1.NotificationService/SendNotification',
             sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendNotificationRequest.SerializeToString,
             sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendNotificationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendClosureReceipt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.messaging.v1.NotificationService/SendClosureReceipt',
+            sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendClosureReceiptRequest.SerializeToString,
+            sendsafe_dot_messaging_dot_v1_dot_notification__service__pb2.SendClosureReceiptResponse.FromString,
             options,
             channel_credentials,
             insecure,

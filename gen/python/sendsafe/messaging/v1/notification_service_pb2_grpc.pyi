@@ -47,6 +47,13 @@ class NotificationServiceStub:
     owners (security notifications); a server that cannot take it now is
     UNAVAILABLE (the caller retries).
     """
+    SendClosureReceipt: _grpc.UnaryUnaryMultiCallable[_notification_service_pb2.SendClosureReceiptRequest, _notification_service_pb2.SendClosureReceiptResponse]
+    """Internal: email a closed account's signed destruction receipt to the
+    address its owner had when the closure was requested (identity kept it,
+    sealed under a platform key, for this one email). Subject and body come
+    from a fixed template; CHANNEL_NOT_AVAILABLE without SMTP, UNAVAILABLE
+    when the mail server cannot take it now (the caller retries).
+    """
     CheckDestination: _grpc.UnaryUnaryMultiCallable[_notification_service_pb2.CheckDestinationRequest, _notification_service_pb2.CheckDestinationResponse]
     """Internal: whether the account verified this destination (the audit
     service asks before a rule may notify it).
@@ -80,6 +87,13 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     SMTP to a verified address, or with `account_owners` to the account's
     owners (security notifications); a server that cannot take it now is
     UNAVAILABLE (the caller retries).
+    """
+    SendClosureReceipt: _aio.UnaryUnaryMultiCallable[_notification_service_pb2.SendClosureReceiptRequest, _notification_service_pb2.SendClosureReceiptResponse]  # type: ignore[assignment]
+    """Internal: email a closed account's signed destruction receipt to the
+    address its owner had when the closure was requested (identity kept it,
+    sealed under a platform key, for this one email). Subject and body come
+    from a fixed template; CHANNEL_NOT_AVAILABLE without SMTP, UNAVAILABLE
+    when the mail server cannot take it now (the caller retries).
     """
     CheckDestination: _aio.UnaryUnaryMultiCallable[_notification_service_pb2.CheckDestinationRequest, _notification_service_pb2.CheckDestinationResponse]  # type: ignore[assignment]
     """Internal: whether the account verified this destination (the audit
@@ -117,6 +131,19 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         SMTP to a verified address, or with `account_owners` to the account's
         owners (security notifications); a server that cannot take it now is
         UNAVAILABLE (the caller retries).
+        """
+
+    @_abc_1.abstractmethod
+    def SendClosureReceipt(
+        self,
+        request: _notification_service_pb2.SendClosureReceiptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notification_service_pb2.SendClosureReceiptResponse, _abc.Awaitable[_notification_service_pb2.SendClosureReceiptResponse]]:
+        """Internal: email a closed account's signed destruction receipt to the
+        address its owner had when the closure was requested (identity kept it,
+        sealed under a platform key, for this one email). Subject and body come
+        from a fixed template; CHANNEL_NOT_AVAILABLE without SMTP, UNAVAILABLE
+        when the mail server cannot take it now (the caller retries).
         """
 
     @_abc_1.abstractmethod
