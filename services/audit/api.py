@@ -26,6 +26,7 @@ from services.audit.domain.rules import Rule, RuleOwner, RuleSpec
 from services.audit.domain.security_notices import StoredNotice
 from services.audit.domain.siem import FORMAT_JSONL, ExportCursor
 from services.audit.service.alerts import AlertService
+from services.audit.service.closure import AccountConfigPurge
 from services.audit.service.formats import to_incoming, to_proto
 from services.audit.service.forwarding import ForwardingService
 from services.audit.service.log import LogService
@@ -155,11 +156,19 @@ def verification_proto(v: Verification) -> audit_service_pb2.VerifyLogResponse:
 
 class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     def __init__(self, log: LogService, alerts: AlertService, forwarding: ForwardingService,
-                 notices: SecurityNotices) -> None:
+                 notices: SecurityNotices, purge: AccountConfigPurge | None = None) -> None:
         self.log = log
         self.alerts = alerts
         self.forwarding = forwarding
         self.notices = notices
+        self.purge = purge
+
+    async def PurgeAccountConfig(
+        self, request: audit_service_pb2.PurgeAccountConfigRequest, context: grpc.aio.ServicerContext
+    ) -> audit_service_pb2.PurgeAccountConfigResponse:
+        if self.purge is None:
+            raise NotImplementedError("account purge is not wired")
+        return audit_service_pb2.PurgeAccountConfigResponse(deleted_rows=await self.purge.purge(request.account_id))
 
     # -- the log -------------------------------------------------------------------------------------------
 

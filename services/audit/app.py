@@ -18,6 +18,7 @@ from sendsafe.messaging.v1 import notification_service_pb2_grpc
 from services.audit.adapters import prometheus
 from services.audit.adapters.messaging_client import MessagingNotifier
 from services.audit.adapters.store.alerts import PgAlertStore
+from services.audit.adapters.store.closures import PgAccountPurge
 from services.audit.adapters.store.events import PgEventStore
 from services.audit.adapters.store.roles import role_setter
 from services.audit.adapters.store.security_notices import PgNoticeStore
@@ -26,6 +27,7 @@ from services.audit.api import AuditServicer
 from services.audit.config import Settings
 from services.audit.domain.merkle import Signer, Verifier
 from services.audit.service.alerts import AlertService
+from services.audit.service.closure import AccountConfigPurge
 from services.audit.service.formats import to_incoming
 from services.audit.service.forwarding import ForwardingService
 from services.audit.service.log import LogService
@@ -169,7 +171,7 @@ async def build(settings: Settings) -> App:
             listen=settings.grpc_listen,
             tls=TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file),
             register=lambda s: audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-                AuditServicer(log, alerts, forwarding, notices), s),
+                AuditServicer(log, alerts, forwarding, notices, AccountConfigPurge(PgAccountPurge(pool), record)), s),
             service_names=[audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name],
             on_denied=denial_recorder(record_one, settings.service_name),
             health_listen=settings.health_listen,

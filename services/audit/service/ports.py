@@ -125,4 +125,8 @@ class OwnerMailer(Protocol):
     async def email_owners(self, account_id: int, subject: str, body: str, notification_id: str) -> None: ...
 
 
+class AccountPurgeStore(Protocol):  # a closed account's configuration (adapters.store.closures)
+    async def purge_account(self, account_id: int) -> int: ...
+
+
 Record = Callable[[Sequence[event_pb2.Event]], Awaitable[None]]

@@ -1084,3 +1084,46 @@ class ListSecurityNotificationsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSecurityNotificationsResponse: _TypeAlias = ListSecurityNotificationsResponse  # noqa: Y015
+
+@_typing.final
+class PurgeAccountConfigRequest(_message.Message):
+    """Which account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeAccountConfigRequest: _TypeAlias = PurgeAccountConfigRequest  # noqa: Y015
+
+@_typing.final
+class PurgeAccountConfigResponse(_message.Message):
+    """What was deleted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_ROWS_FIELD_NUMBER: _builtins.int
+    deleted_rows: _builtins.int
+    """Rows deleted by this call, all tables together."""
+    def __init__(
+        self,
+        *,
+        deleted_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_rows", b"deleted_rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurgeAccountConfigResponse: _TypeAlias = PurgeAccountConfigResponse  # noqa: Y015

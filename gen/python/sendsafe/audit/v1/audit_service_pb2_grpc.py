@@ -85,6 +85,11 @@ class AuditServiceStub:
                 request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAccountAlertRulesRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAccountAlertRulesResponse.FromString,
                 _registered_method=True)
+        self.PurgeAccountConfig = channel.unary_unary(
+                '/sendsafe.audit.v1.AuditService/PurgeAccountConfig',
+                request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.PurgeAccountConfigRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.PurgeAccountConfigResponse.FromString,
+                _registered_method=True)
         self.CreateAlertRule = channel.unary_unary(
                 '/sendsafe.audit.v1.AuditService/CreateAlertRule',
                 request_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.CreateAlertRuleRequest.SerializeToString,
@@ -220,6 +225,16 @@ class AuditServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeAccountConfig(self, request, context):
+        """Internal: a closed account's configuration is deleted: alert rules, alert
+        history and deliveries, SIEM forwarding, security-notice records. Its
+        events stay (append-only; they hold ids and network facts, no content).
+        Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateAlertRule(self, request, context):
         """A new alert rule for the caller's account.
         """
@@ -343,6 +358,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.ListAccountAlertRules,
                     request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAccountAlertRulesRequest.FromString,
                     response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAccountAlertRulesResponse.SerializeToString,
+            ),
+            'PurgeAccountConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeAccountConfig,
+                    request_deserializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.PurgeAccountConfigRequest.FromString,
+                    response_serializer=sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.PurgeAccountConfigResponse.SerializeToString,
             ),
             'CreateAlertRule': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateAlertRule,
@@ -666,6 +686,33 @@ class AuditService:
             '/sendsafe.audit.v1.AuditService/ListAccountAlertRules',
             sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAccountAlertRulesRequest.SerializeToString,
             sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.ListAccountAlertRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeAccountConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.audit.v1.AuditService/PurgeAccountConfig',
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.PurgeAccountConfigRequest.SerializeToString,
+            sendsafe_dot_audit_dot_v1_dot_audit__service__pb2.PurgeAccountConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

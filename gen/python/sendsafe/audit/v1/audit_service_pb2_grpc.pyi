@@ -71,6 +71,12 @@ class AuditServiceStub:
     """
     ListAccountAlertRules: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.ListAccountAlertRulesRequest, _audit_service_pb2.ListAccountAlertRulesResponse]
     """Internal: one account's alert rules, for messaging's account export."""
+    PurgeAccountConfig: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.PurgeAccountConfigRequest, _audit_service_pb2.PurgeAccountConfigResponse]
+    """Internal: a closed account's configuration is deleted: alert rules, alert
+    history and deliveries, SIEM forwarding, security-notice records. Its
+    events stay (append-only; they hold ids and network facts, no content).
+    Idempotent.
+    """
     CreateAlertRule: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.CreateAlertRuleRequest, _audit_service_pb2.CreateAlertRuleResponse]
     """A new alert rule for the caller's account."""
     ListAlertRules: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.ListAlertRulesRequest, _audit_service_pb2.ListAlertRulesResponse]
@@ -135,6 +141,12 @@ class AuditServiceAsyncStub(AuditServiceStub):
     """
     ListAccountAlertRules: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.ListAccountAlertRulesRequest, _audit_service_pb2.ListAccountAlertRulesResponse]  # type: ignore[assignment]
     """Internal: one account's alert rules, for messaging's account export."""
+    PurgeAccountConfig: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.PurgeAccountConfigRequest, _audit_service_pb2.PurgeAccountConfigResponse]  # type: ignore[assignment]
+    """Internal: a closed account's configuration is deleted: alert rules, alert
+    history and deliveries, SIEM forwarding, security-notice records. Its
+    events stay (append-only; they hold ids and network facts, no content).
+    Idempotent.
+    """
     CreateAlertRule: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.CreateAlertRuleRequest, _audit_service_pb2.CreateAlertRuleResponse]  # type: ignore[assignment]
     """A new alert rule for the caller's account."""
     ListAlertRules: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.ListAlertRulesRequest, _audit_service_pb2.ListAlertRulesResponse]  # type: ignore[assignment]
@@ -256,6 +268,18 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_audit_service_pb2.ListAccountAlertRulesResponse, _abc.Awaitable[_audit_service_pb2.ListAccountAlertRulesResponse]]:
         """Internal: one account's alert rules, for messaging's account export."""
+
+    @_abc_1.abstractmethod
+    def PurgeAccountConfig(
+        self,
+        request: _audit_service_pb2.PurgeAccountConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_service_pb2.PurgeAccountConfigResponse, _abc.Awaitable[_audit_service_pb2.PurgeAccountConfigResponse]]:
+        """Internal: a closed account's configuration is deleted: alert rules, alert
+        history and deliveries, SIEM forwarding, security-notice records. Its
+        events stay (append-only; they hold ids and network facts, no content).
+        Idempotent.
+        """
 
     @_abc_1.abstractmethod
     def CreateAlertRule(
