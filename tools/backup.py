@@ -294,17 +294,18 @@ def restore(
         report.without_register = True
     if register is not None:
         report.register_sources, report.destructions = register.sources, len(register.destructions)
-    for svc, url in urls.items():
-        path = folder / str(files[svc]["file"])
-        if svc == "keys" and register is not None:
-            report.reapplied = dr.parse_report(_restore_keys(key, path, url, dr.reapply_sql(register)))
-        else:
-            _restore_one(key, path, svc, url)
-    if "identity" in urls and register is not None:
-        try:
+    try:
+        for svc, url in urls.items():
+            path = folder / str(files[svc]["file"])
+            if svc == "keys" and register is not None:
+                dr.refresh(register, url)  # anything destroyed while the other databases were restored
+                report.reapplied = dr.parse_report(_restore_keys(key, path, url, dr.reapply_sql(register)))
+            else:
+                _restore_one(key, path, svc, url)
+        if "identity" in urls and register is not None:
             dr.advance_account_ids(urls["identity"], register)
-        except dr.RegisterError as exc:
-            raise BackupError(f"identity's account ids: {exc}") from None
+    except dr.RegisterError as exc:
+        raise BackupError(f"the destruction register: {exc}") from None
     return report
 
 
@@ -355,6 +356,8 @@ def _restore_keys(key: bytes, path: Path, url: str, sql: str) -> str:
         except BaseException as exc:
             psql.kill()  # first: its transaction rolls back before it could see an end of input
             psql.wait()
+            with contextlib.suppress(OSError):
+                psql.stdin.close()
             dump.kill()
             dump.wait()
             feeder.join()

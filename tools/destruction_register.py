@@ -232,6 +232,15 @@ def gather(key: bytes, keys_url: str, files: list[Path]) -> Register | None:
     return register
 
 
+def refresh(register: Register, keys_url: str) -> None:
+    """Add what the keys database holds now (destroyed since the register was gathered) to `register`."""
+    live = from_keys_database(keys_url)
+    if live is not None:
+        sources = register.sources[:]
+        register.merge(live)
+        register.sources = sources
+
+
 # -- re-application ------------------------------------------------------------------------------------------
 
 
