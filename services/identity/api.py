@@ -13,6 +13,8 @@ from sendsafe.identity.v1 import (
     account_pb2,
     auth_service_pb2,
     auth_service_pb2_grpc,
+    closure_service_pb2,
+    closure_service_pb2_grpc,
     identity_service_pb2,
     identity_service_pb2_grpc,
     staff_service_pb2,
@@ -20,11 +22,13 @@ from sendsafe.identity.v1 import (
 )
 from services.identity.domain.accounts import MASKED_API_KEY, Account, AccountDetails, User
 from services.identity.domain.caller import Caller
+from services.identity.domain.closure import Closure
 from services.identity.domain.errors import PrincipalRequired
 from services.identity.domain.flags import FLAG_NAMES
 from services.identity.domain.sessions import STAFF, USER, SessionRecord
 from services.identity.domain.staff import StaffMember
 from services.identity.service.accounts import Accounts, CreateAccountInput, SubaccountInput
+from services.identity.service.closure import Closures
 from services.identity.service.factors import Factors
 from services.identity.service.sessions import Sessions
 from services.identity.service.staff import Staff
@@ -459,3 +463,38 @@ class StaffServicer(staff_service_pb2_grpc.StaffServiceServicer):
             caller(), request.account_id, request.user_id, request.active, request.reason
         )
         return staff_service_pb2.SetCustomerUserStatusResponse(user=customer_user_to_proto(user, mfa))
+
+    async def CancelCustomerAccountClosure(
+        self, request: staff_service_pb2.CancelCustomerAccountClosureRequest, context: grpc.aio.ServicerContext
+    ) -> staff_service_pb2.CancelCustomerAccountClosureResponse:
+        closure = await self.staff.cancel_customer_closure(caller(), request.account_id, request.reason)
+        return staff_service_pb2.CancelCustomerAccountClosureResponse(closure=closure_to_proto(closure))
+
+
+def closure_to_proto(c: Closure) -> closure_service_pb2.AccountClosure:
+    state = closure_service_pb2.AccountClosureState.Value(f"ACCOUNT_CLOSURE_STATE_{c.state.upper()}")
+    return closure_service_pb2.AccountClosure(account_id=c.account_id, steps_done=list(c.steps_done), state=state,
+        request_time=_ts(c.request_time) if c.request_time else None,
+        destroy_time=_ts(c.destroy_time) if c.destroy_time else None)
+
+
+class ClosureServicer(closure_service_pb2_grpc.AccountClosureServiceServicer):
+    def __init__(self, closures: Closures) -> None:
+        self.closures = closures
+
+    async def CloseAccount(self, request: closure_service_pb2.CloseAccountRequest, context: grpc.aio.ServicerContext
+                           ) -> closure_service_pb2.CloseAccountResponse:
+        closure = await self.closures.close(caller(), request.account_name)
+        return closure_service_pb2.CloseAccountResponse(closure=closure_to_proto(closure))
+
+    async def CancelAccountClosure(
+        self, request: closure_service_pb2.CancelAccountClosureRequest, context: grpc.aio.ServicerContext
+    ) -> closure_service_pb2.CancelAccountClosureResponse:
+        closure = await self.closures.cancel(caller())
+        return closure_service_pb2.CancelAccountClosureResponse(closure=closure_to_proto(closure))
+
+    async def GetAccountClosure(
+        self, request: closure_service_pb2.GetAccountClosureRequest, context: grpc.aio.ServicerContext
+    ) -> closure_service_pb2.GetAccountClosureResponse:
+        closure = await self.closures.get(caller())
+        return closure_service_pb2.GetAccountClosureResponse(closure=closure_to_proto(closure))

@@ -10,20 +10,24 @@ import grpc
 from sendsafe.identity.v1 import (
     auth_service_pb2,
     auth_service_pb2_grpc,
+    closure_service_pb2,
+    closure_service_pb2_grpc,
     identity_service_pb2,
     identity_service_pb2_grpc,
     staff_service_pb2,
     staff_service_pb2_grpc,
 )
 from sendsafe.keys.v1 import keys_service_pb2_grpc
+from services.identity.adapters.closure_peers import ClosurePeerClients
 from services.identity.adapters.hasher import Hasher
 from services.identity.adapters.keys_client import KeysClient
 from services.identity.adapters.messaging_client import MessagingBalances
 from services.identity.adapters.store.pg import PgIdentityStore
 from services.identity.adapters.store.rewrap import rewrap_columns
-from services.identity.api import AuthServicer, IdentityServicer, StaffServicer
+from services.identity.api import AuthServicer, ClosureServicer, IdentityServicer, StaffServicer
 from services.identity.config import Settings
 from services.identity.service.accounts import Accounts
+from services.identity.service.closure import Closures
 from services.identity.service.factors import Factors
 from services.identity.service.sessions import Sessions
 from services.identity.service.staff import Staff
@@ -97,12 +101,19 @@ async def build(settings: Settings) -> App:
             policy=settings.password_policy,
         )
         factors = Factors(store, audit, sessions)
-        staff = Staff(store, audit, sessions)
+        # Account closure (issue 15): driven from here, through the other services' internal purge RPCs.
+        closures = Closures(
+            store, ClosurePeerClients(keys_channel, messaging_channel, audit_channel), audit, envelope,
+            platform_account_id=sessions.platform_account_id, pending_seconds=settings.closure_pending_seconds,
+            audit_strict_timeout=settings.audit_strict_timeout_seconds,
+        )
+        staff = Staff(store, audit, sessions, closures)
 
         def register(s: grpc.aio.Server) -> None:
             identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(service), s)
             auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(sessions, factors), s)
             staff_service_pb2_grpc.add_StaffServiceServicer_to_server(StaffServicer(sessions, staff), s)
+            closure_service_pb2_grpc.add_AccountClosureServiceServicer_to_server(ClosureServicer(closures), s)
 
         server = await start_server(
             listen=settings.grpc_listen,
@@ -112,6 +123,7 @@ async def build(settings: Settings) -> App:
                 identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
                 auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
                 staff_service_pb2.DESCRIPTOR.services_by_name["StaffService"].full_name,
+                closure_service_pb2.DESCRIPTOR.services_by_name["AccountClosureService"].full_name,
             ],
             on_denied=denial_recorder(audit.record, settings.service_name),
             health_listen=settings.health_listen,
@@ -131,6 +143,9 @@ async def build(settings: Settings) -> App:
             return await rewrap_pass(envelope, columns, keys_stub)
 
         spawn(stack, every("identity-rewrap", settings.rewrap_seconds, rewrap), "identity-rewrap")
+        # Closures: steps a peer could not take are retried; ended windows are purged (idempotent, many replicas).
+        spawn(stack, every("identity-closure-sweep", settings.closure_sweep_seconds, closures.sweep),
+              "identity-closure-sweep")
     except BaseException:
         await stack.aclose()
         raise
@@ -138,7 +153,7 @@ async def build(settings: Settings) -> App:
         server, stack, grace=settings.shutdown_grace_seconds,
         extras={
             "service": service, "audit": audit, "sessions": sessions, "factors": factors, "staff": staff,
-            "store": store, "rewrap": rewrap,
+            "store": store, "rewrap": rewrap, "closures": closures,
         },
     )
 

@@ -25,6 +25,13 @@ class Settings(KitSettings):
     rewrap_seconds: float = setting(
         "IDENTITY_REWRAP_SECONDS", default=600.0,
         doc="period of the pass that moves TOTP secrets to their account's newest key version (and reports to keys)")
+    closure_pending_seconds: int = setting(
+        "ACCOUNT_CLOSURE_PENDING_SECONDS", default=14 * 86400,
+        doc="how long a closing account can still be cancelled before its keys are destroyed (keys' minimum"
+            " KEYS_MIN_DESTRUCTION_PENDING_SECONDS must allow it)")
+    closure_sweep_seconds: float = setting(
+        "IDENTITY_CLOSURE_SWEEP_SECONDS", default=30.0,
+        doc="period of the sweep that retries account-closure steps and purges accounts whose window has ended")
     # Passwords: argon2id cost (hashes made with other parameters are upgraded at the next login) and policy.
     argon2_time_cost: int = setting("PASSWORD_ARGON2_TIME_COST", default=3)
     argon2_memory_kib: int = setting("PASSWORD_ARGON2_MEMORY_KIB", default=65536)

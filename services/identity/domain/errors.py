@@ -173,3 +173,25 @@ class SessionNotFound(NotFound):
 
 class CodeChoice(InvalidArgument):
     reason = "ONE_SECOND_FACTOR"
+
+
+class AccountNameMismatch(InvalidArgument):
+    reason = "ACCOUNT_NAME_MISMATCH"
+
+
+class MainUserOnly(PermissionDenied):
+    reason = "MAIN_USER_ONLY"
+
+
+class AccountClosing(FailedPrecondition):
+    reason = "ACCOUNT_CLOSING"
+
+
+class AccountNotClosing(FailedPrecondition):
+    reason = "ACCOUNT_NOT_CLOSING"
+
+
+class AccountClosed(FailedPrecondition):
+    """Too late: the account's keys are destroyed."""
+
+    reason = "ACCOUNT_CLOSED"

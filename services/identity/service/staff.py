@@ -10,6 +10,7 @@ from __future__ import annotations
 from services.identity.domain import credentials
 from services.identity.domain.accounts import Account, User, check_email, check_name, check_username
 from services.identity.domain.caller import Caller
+from services.identity.domain.closure import Closure
 from services.identity.domain.credentials import TOTP_RECORD, Enrollment
 from services.identity.domain.errors import (
     AccountNotFound,
@@ -21,6 +22,7 @@ from services.identity.domain.errors import (
 )
 from services.identity.domain.sessions import STAFF
 from services.identity.domain.staff import GRANTABLE_ROLES, NewStaff, StaffMember, check_reason, check_role
+from services.identity.service.closure import Closures
 from services.identity.service.ports import Auditor, StaffStore
 from services.identity.service.sessions import Sessions
 from svckit.audit import new_event
@@ -30,10 +32,12 @@ SERVICE = "identity"
 
 
 class Staff:
-    def __init__(self, store: StaffStore, audit: Auditor, sessions: Sessions) -> None:
+    def __init__(self, store: StaffStore, audit: Auditor, sessions: Sessions, closures: Closures | None = None
+                 ) -> None:
         self._store = store
         self._audit = audit
         self._sessions = sessions
+        self._closures = closures
         self._timeout = sessions.settings.audit_strict_timeout
 
     async def create(self, username: str, email: str, display_name: str, role: str, password: str) -> NewStaff:
@@ -129,6 +133,16 @@ class Staff:
         if changed is None:
             raise SubaccountNotFound("no such user in that account")
         return changed
+
+    async def cancel_customer_closure(self, caller: Caller, account_id: int, reason: str) -> Closure:
+        """Cancel a customer's account closure during its window (both feeds, before the account reopens)."""
+        me = await self._me(caller)
+        reason = check_reason(reason)
+        if self._closures is None or account_id <= 0:
+            raise AccountNotFound("no such customer account")
+        return await self._closures.cancel_for(
+            account_id, f"staff:{me.id}",
+            lambda: self._transparency(me, account_id, "CancelCustomerAccountClosure", reason, {}))
 
     async def _transparency(
         self, me: StaffMember, account_id: int, operation: str, reason: str, extra: dict[str, str]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from services.identity.adapters.store.auth import AuthQueries
+from services.identity.adapters.store.closures import ClosureQueries
 from services.identity.adapters.store.staff import StaffQueries
 from services.identity.adapters.store.users import UserQueries
 
 
-class PgIdentityStore(UserQueries, AuthQueries, StaffQueries):
+class PgIdentityStore(UserQueries, AuthQueries, StaffQueries, ClosureQueries):
     """The one store app.py builds: every query class over one pool."""
 
     async def platform_account_id(self) -> int:

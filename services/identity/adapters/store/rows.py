@@ -8,11 +8,15 @@ import asyncpg
 
 from services.identity.adapters.store.personal import CT_FIELDS, PersonalData, Sealer
 from services.identity.domain.accounts import Account, User
+from services.identity.domain.closure import permissions_while
 from services.identity.domain.flags import FLAG_NAMES, AccessFlags, derive_permissions
 from services.identity.domain.sessions import STAFF, USER, SessionRecord, Subject
 from services.identity.domain.staff import StaffMember
 
-ACCOUNT_COLUMNS = "a.id AS a_id, a.name AS a_name, a.country, a.timezone, a.test_mode, a.create_time AS a_create_time"
+ACCOUNT_COLUMNS = (
+    "a.id AS a_id, a.name AS a_name, a.country, a.timezone, a.test_mode, a.create_time AS a_create_time,"
+    " a.state AS a_state"
+)
 
 USER_FIELDS = (
     "id",
@@ -126,7 +130,9 @@ def to_user_subject(r: asyncpg.Record) -> Subject:
         email="",  # sealed; not opened on the login path (change_password asks the store for it)
         password_hash=r["password_hash"],
         enabled=user.enabled,
-        permissions=derive_permissions(user.flags, is_main=user.is_main, enabled=user.enabled),
+        # A closing account's main user may only see or cancel the closure; its other users nothing.
+        permissions=permissions_while(
+            r["a_state"], user.is_main, derive_permissions(user.flags, is_main=user.is_main, enabled=user.enabled)),
         test_mode=account.test_mode,
         sms_deidentify_message=user.flags.sms_deidentify_message,
     )

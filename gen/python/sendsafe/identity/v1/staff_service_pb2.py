@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from sendsafe.identity.v1 import auth_service_pb2 as sendsafe_dot_identity_dot_v1_dot_auth__service__pb2
+from sendsafe.identity.v1 import closure_service_pb2 as sendsafe_dot_identity_dot_v1_dot_closure__service__pb2
 from sendsafe.options.v1 import options_pb2 as sendsafe_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(sendsafe/identity/v1/staff_service.proto\x12\x14sendsafe.identity.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'sendsafe/identity/v1/auth_service.proto\x1a!sendsafe/options/v1/options.proto\"\xc4\x01\n\tStaffUser\x12\x10\n\x08staff_id\x18\x01 \x01(\x03\x12\x10\n\x08username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12-\n\x04role\x18\x05 \x01(\x0e\x32\x1f.sendsafe.identity.v1.StaffRole\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc0\x01\n\x0c\x43ustomerUser\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x61pi_username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x0f\n\x07is_main\x18\x04 \x01(\x08\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x08\x12\x13\n\x0bmfa_enabled\x18\x06 \x01(\x08\x12\x13\n\x0bpermissions\x18\x07 \x03(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x11StaffLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x11\n\ttotp_code\x18\x03 \x01(\t\x12\x15\n\rrecovery_code\x18\x04 \x01(\t\"[\n\x12StaffLoginResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12.\n\x07session\x18\x02 \x01(\x0b\x32\x1d.sendsafe.identity.v1.Session\"\x90\x01\n\x16\x43reateStaffUserRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12-\n\x04role\x18\x04 \x01(\x0e\x32\x1f.sendsafe.identity.v1.StaffRole\x12\x10\n\x08password\x18\x05 \x01(\t\"\xa0\x01\n\x17\x43reateStaffUserResponse\x12\x33\n\nstaff_user\x18\x01 \x01(\x0b\x32\x1f.sendsafe.identity.v1.StaffUser\x12\x13\n\x0botpauth_uri\x18\x02 \x01(\t\x12\x13\n\x0btotp_secret\x18\x03 \x01(\t\x12\x0e\n\x06qr_png\x18\x04 \x01(\x0c\x12\x16\n\x0erecovery_codes\x18\x05 \x03(\t\"i\n\x16\x43hangeStaffRoleRequest\x12\x10\n\x08staff_id\x18\x01 \x01(\x03\x12-\n\x04role\x18\x02 \x01(\x0e\x32\x1f.sendsafe.identity.v1.StaffRole\x12\x0e\n\x06reason\x18\x03 \x01(\t\"N\n\x17\x43hangeStaffRoleResponse\x12\x33\n\nstaff_user\x18\x01 \x01(\x0b\x32\x1f.sendsafe.identity.v1.StaffUser\"?\n\x19GetCustomerAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xce\x01\n\x1aGetCustomerAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x02 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x03 \x01(\t\x12\x11\n\ttest_mode\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x05users\x18\x06 \x03(\x0b\x32\".sendsafe.identity.v1.CustomerUser\"c\n\x1cSetCustomerUserStatusRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"Q\n\x1dSetCustomerUserStatusResponse\x12\x30\n\x04user\x18\x01 \x01(\x0b\x32\".sendsafe.identity.v1.CustomerUser*\xa4\x01\n\tStaffRole\x12\x1a\n\x16STAFF_ROLE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSTAFF_ROLE_SUPPORT_READONLY\x10\x01\x12\x1c\n\x18STAFF_ROLE_SUPPORT_AGENT\x10\x02\x12\x1d\n\x19STAFF_ROLE_SECURITY_ADMIN\x10\x03\x12\x1d\n\x19STAFF_ROLE_PLATFORM_ADMIN\x10\x04\x32\x87\x07\n\x0cStaffService\x12\x8a\x01\n\nStaffLogin\x12\'.sendsafe.identity.v1.StaffLoginRequest\x1a(.sendsafe.identity.v1.StaffLoginResponse\")\xaa\xbb\x18\x0b\n\x07gateway \x01\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/staff/login:\x01*\x12{\n\x0f\x43reateStaffUser\x12,.sendsafe.identity.v1.CreateStaffUserRequest\x1a-.sendsafe.identity.v1.CreateStaffUserResponse\"\x0b\xaa\xbb\x18\x07\n\x03ops\x18\x01\x12\xbc\x01\n\x0f\x43hangeStaffRole\x12,.sendsafe.identity.v1.ChangeStaffRoleRequest\x1a-.sendsafe.identity.v1.ChangeStaffRoleResponse\"L\xaa\xbb\x18\x1e\n\x07gateway\x12\x11staff.roles.write\x18\x01\x82\xd3\xe4\x93\x02$\x1a\x1f/v1/staff/users/{staff_id}/role:\x01*\x12\xc2\x01\n\x12GetCustomerAccount\x12/.sendsafe.identity.v1.GetCustomerAccountRequest\x1a\x30.sendsafe.identity.v1.GetCustomerAccountResponse\"I\xaa\xbb\x18\x1e\n\x07gateway\x12\x13staff.accounts.read\x82\xd3\xe4\x93\x02!\x12\x1f/v1/staff/accounts/{account_id}\x12\xe8\x01\n\x15SetCustomerUserStatus\x12\x32.sendsafe.identity.v1.SetCustomerUserStatusRequest\x1a\x33.sendsafe.identity.v1.SetCustomerUserStatusResponse\"f\xaa\xbb\x18!\n\x07gateway\x12\x14staff.accounts.write\x18\x01\x82\xd3\xe4\x93\x02;\x1a\x36/v1/staff/accounts/{account_id}/users/{user_id}/status:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(sendsafe/identity/v1/staff_service.proto\x12\x14sendsafe.identity.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\'sendsafe/identity/v1/auth_service.proto\x1a*sendsafe/identity/v1/closure_service.proto\x1a!sendsafe/options/v1/options.proto\"\xc4\x01\n\tStaffUser\x12\x10\n\x08staff_id\x18\x01 \x01(\x03\x12\x10\n\x08username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12-\n\x04role\x18\x05 \x01(\x0e\x32\x1f.sendsafe.identity.v1.StaffRole\x12\x0e\n\x06\x61\x63tive\x18\x06 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc0\x01\n\x0c\x43ustomerUser\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x61pi_username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x0f\n\x07is_main\x18\x04 \x01(\x08\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x08\x12\x13\n\x0bmfa_enabled\x18\x06 \x01(\x08\x12\x13\n\x0bpermissions\x18\x07 \x03(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"a\n\x11StaffLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x11\n\ttotp_code\x18\x03 \x01(\t\x12\x15\n\rrecovery_code\x18\x04 \x01(\t\"[\n\x12StaffLoginResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12.\n\x07session\x18\x02 \x01(\x0b\x32\x1d.sendsafe.identity.v1.Session\"\x90\x01\n\x16\x43reateStaffUserRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12-\n\x04role\x18\x04 \x01(\x0e\x32\x1f.sendsafe.identity.v1.StaffRole\x12\x10\n\x08password\x18\x05 \x01(\t\"\xa0\x01\n\x17\x43reateStaffUserResponse\x12\x33\n\nstaff_user\x18\x01 \x01(\x0b\x32\x1f.sendsafe.identity.v1.StaffUser\x12\x13\n\x0botpauth_uri\x18\x02 \x01(\t\x12\x13\n\x0btotp_secret\x18\x03 \x01(\t\x12\x0e\n\x06qr_png\x18\x04 \x01(\x0c\x12\x16\n\x0erecovery_codes\x18\x05 \x03(\t\"i\n\x16\x43hangeStaffRoleRequest\x12\x10\n\x08staff_id\x18\x01 \x01(\x03\x12-\n\x04role\x18\x02 \x01(\x0e\x32\x1f.sendsafe.identity.v1.StaffRole\x12\x0e\n\x06reason\x18\x03 \x01(\t\"N\n\x17\x43hangeStaffRoleResponse\x12\x33\n\nstaff_user\x18\x01 \x01(\x0b\x32\x1f.sendsafe.identity.v1.StaffUser\"?\n\x19GetCustomerAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xce\x01\n\x1aGetCustomerAccountResponse\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x02 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x03 \x01(\t\x12\x11\n\ttest_mode\x18\x04 \x01(\x08\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x05users\x18\x06 \x03(\x0b\x32\".sendsafe.identity.v1.CustomerUser\"c\n\x1cSetCustomerUserStatusRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"Q\n\x1dSetCustomerUserStatusResponse\x12\x30\n\x04user\x18\x01 \x01(\x0b\x32\".sendsafe.identity.v1.CustomerUser\"I\n#CancelCustomerAccountClosureRequest\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"]\n$CancelCustomerAccountClosureResponse\x12\x35\n\x07\x63losure\x18\x01 \x01(\x0b\x32$.sendsafe.identity.v1.AccountClosure*\xa4\x01\n\tStaffRole\x12\x1a\n\x16STAFF_ROLE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bSTAFF_ROLE_SUPPORT_READONLY\x10\x01\x12\x1c\n\x18STAFF_ROLE_SUPPORT_AGENT\x10\x02\x12\x1d\n\x19STAFF_ROLE_SECURITY_ADMIN\x10\x03\x12\x1d\n\x19STAFF_ROLE_PLATFORM_ADMIN\x10\x04\x32\xfd\x08\n\x0cStaffService\x12\x8a\x01\n\nStaffLogin\x12\'.sendsafe.identity.v1.StaffLoginRequest\x1a(.sendsafe.identity.v1.StaffLoginResponse\")\xaa\xbb\x18\x0b\n\x07gateway \x01\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/staff/login:\x01*\x12{\n\x0f\x43reateStaffUser\x12,.sendsafe.identity.v1.CreateStaffUserRequest\x1a-.sendsafe.identity.v1.CreateStaffUserResponse\"\x0b\xaa\xbb\x18\x07\n\x03ops\x18\x01\x12\xbc\x01\n\x0f\x43hangeStaffRole\x12,.sendsafe.identity.v1.ChangeStaffRoleRequest\x1a-.sendsafe.identity.v1.ChangeStaffRoleResponse\"L\xaa\xbb\x18\x1e\n\x07gateway\x12\x11staff.roles.write\x18\x01\x82\xd3\xe4\x93\x02$\x1a\x1f/v1/staff/users/{staff_id}/role:\x01*\x12\xc2\x01\n\x12GetCustomerAccount\x12/.sendsafe.identity.v1.GetCustomerAccountRequest\x1a\x30.sendsafe.identity.v1.GetCustomerAccountResponse\"I\xaa\xbb\x18\x1e\n\x07gateway\x12\x13staff.accounts.read\x82\xd3\xe4\x93\x02!\x12\x1f/v1/staff/accounts/{account_id}\x12\xe8\x01\n\x15SetCustomerUserStatus\x12\x32.sendsafe.identity.v1.SetCustomerUserStatusRequest\x1a\x33.sendsafe.identity.v1.SetCustomerUserStatusResponse\"f\xaa\xbb\x18!\n\x07gateway\x12\x14staff.accounts.write\x18\x01\x82\xd3\xe4\x93\x02;\x1a\x36/v1/staff/accounts/{account_id}/users/{user_id}/status:\x01*\x12\xf3\x01\n\x1c\x43\x61ncelCustomerAccountClosure\x12\x39.sendsafe.identity.v1.CancelCustomerAccountClosureRequest\x1a:.sendsafe.identity.v1.CancelCustomerAccountClosureResponse\"\\\xaa\xbb\x18!\n\x07gateway\x12\x14staff.accounts.write\x18\x01\x82\xd3\xe4\x93\x02\x31\",/v1/staff/accounts/{account_id}/close/cancel:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,32 +46,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STAFFSERVICE'].methods_by_name['GetCustomerAccount']._serialized_options = b'\252\273\030\036\n\007gateway\022\023staff.accounts.read\202\323\344\223\002!\022\037/v1/staff/accounts/{account_id}'
   _globals['_STAFFSERVICE'].methods_by_name['SetCustomerUserStatus']._loaded_options = None
   _globals['_STAFFSERVICE'].methods_by_name['SetCustomerUserStatus']._serialized_options = b'\252\273\030!\n\007gateway\022\024staff.accounts.write\030\001\202\323\344\223\002;\0326/v1/staff/accounts/{account_id}/users/{user_id}/status:\001*'
-  _globals['_STAFFROLE']._serialized_start=1747
-  _globals['_STAFFROLE']._serialized_end=1911
-  _globals['_STAFFUSER']._serialized_start=206
-  _globals['_STAFFUSER']._serialized_end=402
-  _globals['_CUSTOMERUSER']._serialized_start=405
-  _globals['_CUSTOMERUSER']._serialized_end=597
-  _globals['_STAFFLOGINREQUEST']._serialized_start=599
-  _globals['_STAFFLOGINREQUEST']._serialized_end=696
-  _globals['_STAFFLOGINRESPONSE']._serialized_start=698
-  _globals['_STAFFLOGINRESPONSE']._serialized_end=789
-  _globals['_CREATESTAFFUSERREQUEST']._serialized_start=792
-  _globals['_CREATESTAFFUSERREQUEST']._serialized_end=936
-  _globals['_CREATESTAFFUSERRESPONSE']._serialized_start=939
-  _globals['_CREATESTAFFUSERRESPONSE']._serialized_end=1099
-  _globals['_CHANGESTAFFROLEREQUEST']._serialized_start=1101
-  _globals['_CHANGESTAFFROLEREQUEST']._serialized_end=1206
-  _globals['_CHANGESTAFFROLERESPONSE']._serialized_start=1208
-  _globals['_CHANGESTAFFROLERESPONSE']._serialized_end=1286
-  _globals['_GETCUSTOMERACCOUNTREQUEST']._serialized_start=1288
-  _globals['_GETCUSTOMERACCOUNTREQUEST']._serialized_end=1351
-  _globals['_GETCUSTOMERACCOUNTRESPONSE']._serialized_start=1354
-  _globals['_GETCUSTOMERACCOUNTRESPONSE']._serialized_end=1560
-  _globals['_SETCUSTOMERUSERSTATUSREQUEST']._serialized_start=1562
-  _globals['_SETCUSTOMERUSERSTATUSREQUEST']._serialized_end=1661
-  _globals['_SETCUSTOMERUSERSTATUSRESPONSE']._serialized_start=1663
-  _globals['_SETCUSTOMERUSERSTATUSRESPONSE']._serialized_end=1744
-  _globals['_STAFFSERVICE']._serialized_start=1914
-  _globals['_STAFFSERVICE']._serialized_end=2817
+  _globals['_STAFFSERVICE'].methods_by_name['CancelCustomerAccountClosure']._loaded_options = None
+  _globals['_STAFFSERVICE'].methods_by_name['CancelCustomerAccountClosure']._serialized_options = b'\252\273\030!\n\007gateway\022\024staff.accounts.write\030\001\202\323\344\223\0021\",/v1/staff/accounts/{account_id}/close/cancel:\001*'
+  _globals['_STAFFROLE']._serialized_start=1961
+  _globals['_STAFFROLE']._serialized_end=2125
+  _globals['_STAFFUSER']._serialized_start=250
+  _globals['_STAFFUSER']._serialized_end=446
+  _globals['_CUSTOMERUSER']._serialized_start=449
+  _globals['_CUSTOMERUSER']._serialized_end=641
+  _globals['_STAFFLOGINREQUEST']._serialized_start=643
+  _globals['_STAFFLOGINREQUEST']._serialized_end=740
+  _globals['_STAFFLOGINRESPONSE']._serialized_start=742
+  _globals['_STAFFLOGINRESPONSE']._serialized_end=833
+  _globals['_CREATESTAFFUSERREQUEST']._serialized_start=836
+  _globals['_CREATESTAFFUSERREQUEST']._serialized_end=980
+  _globals['_CREATESTAFFUSERRESPONSE']._serialized_start=983
+  _globals['_CREATESTAFFUSERRESPONSE']._serialized_end=1143
+  _globals['_CHANGESTAFFROLEREQUEST']._serialized_start=1145
+  _globals['_CHANGESTAFFROLEREQUEST']._serialized_end=1250
+  _globals['_CHANGESTAFFROLERESPONSE']._serialized_start=1252
+  _globals['_CHANGESTAFFROLERESPONSE']._serialized_end=1330
+  _globals['_GETCUSTOMERACCOUNTREQUEST']._serialized_start=1332
+  _globals['_GETCUSTOMERACCOUNTREQUEST']._serialized_end=1395
+  _globals['_GETCUSTOMERACCOUNTRESPONSE']._serialized_start=1398
+  _globals['_GETCUSTOMERACCOUNTRESPONSE']._serialized_end=1604
+  _globals['_SETCUSTOMERUSERSTATUSREQUEST']._serialized_start=1606
+  _globals['_SETCUSTOMERUSERSTATUSREQUEST']._serialized_end=1705
+  _globals['_SETCUSTOMERUSERSTATUSRESPONSE']._serialized_start=1707
+  _globals['_SETCUSTOMERUSERSTATUSRESPONSE']._serialized_end=1788
+  _globals['_CANCELCUSTOMERACCOUNTCLOSUREREQUEST']._serialized_start=1790
+  _globals['_CANCELCUSTOMERACCOUNTCLOSUREREQUEST']._serialized_end=1863
+  _globals['_CANCELCUSTOMERACCOUNTCLOSURERESPONSE']._serialized_start=1865
+  _globals['_CANCELCUSTOMERACCOUNTCLOSURERESPONSE']._serialized_end=1958
+  _globals['_STAFFSERVICE']._serialized_start=2128
+  _globals['_STAFFSERVICE']._serialized_end=3277
 # @@protoc_insertion_point(module_scope)

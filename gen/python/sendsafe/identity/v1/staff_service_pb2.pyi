@@ -10,6 +10,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from sendsafe.identity.v1 import auth_service_pb2 as _auth_service_pb2
+from sendsafe.identity.v1 import closure_service_pb2 as _closure_service_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -420,3 +421,49 @@ class SetCustomerUserStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetCustomerUserStatusResponse: _TypeAlias = SetCustomerUserStatusResponse  # noqa: Y015
+
+@_typing.final
+class CancelCustomerAccountClosureRequest(_message.Message):
+    """The account whose closure to cancel, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelCustomerAccountClosureRequest: _TypeAlias = CancelCustomerAccountClosureRequest  # noqa: Y015
+
+@_typing.final
+class CancelCustomerAccountClosureResponse(_message.Message):
+    """The account, open again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLOSURE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def closure(self) -> _closure_service_pb2.AccountClosure: ...
+    def __init__(
+        self,
+        *,
+        closure: _closure_service_pb2.AccountClosure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["closure", b"closure"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["closure", b"closure"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelCustomerAccountClosureResponse: _TypeAlias = CancelCustomerAccountClosureResponse  # noqa: Y015

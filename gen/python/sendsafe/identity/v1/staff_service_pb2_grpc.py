@@ -62,6 +62,11 @@ class StaffServiceStub:
                 request_serializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.SetCustomerUserStatusRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.SetCustomerUserStatusResponse.FromString,
                 _registered_method=True)
+        self.CancelCustomerAccountClosure = channel.unary_unary(
+                '/sendsafe.identity.v1.StaffService/CancelCustomerAccountClosure',
+                request_serializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CancelCustomerAccountClosureRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CancelCustomerAccountClosureResponse.FromString,
+                _registered_method=True)
 
 
 class StaffServiceServicer:
@@ -108,6 +113,14 @@ class StaffServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelCustomerAccountClosure(self, request, context):
+        """Cancel a customer's account closure during its pending window, with a
+        stated reason (audited in the customer's feed and the platform's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StaffServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +148,11 @@ def add_StaffServiceServicer_to_server(servicer, server):
                     servicer.SetCustomerUserStatus,
                     request_deserializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.SetCustomerUserStatusRequest.FromString,
                     response_serializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.SetCustomerUserStatusResponse.SerializeToString,
+            ),
+            'CancelCustomerAccountClosure': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCustomerAccountClosure,
+                    request_deserializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CancelCustomerAccountClosureRequest.FromString,
+                    response_serializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CancelCustomerAccountClosureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -275,6 +293,33 @@ class StaffService:
             '/sendsafe.identity.v1.StaffService/SetCustomerUserStatus',
             sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.SetCustomerUserStatusRequest.SerializeToString,
             sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.SetCustomerUserStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelCustomerAccountClosure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.identity.v1.StaffService/CancelCustomerAccountClosure',
+            sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CancelCustomerAccountClosureRequest.SerializeToString,
+            sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CancelCustomerAccountClosureResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,6 +52,10 @@ class StaffServiceStub:
     """Suspend or reactivate a customer's user (account administration; audited
     in the customer's own feed).
     """
+    CancelCustomerAccountClosure: _grpc.UnaryUnaryMultiCallable[_staff_service_pb2.CancelCustomerAccountClosureRequest, _staff_service_pb2.CancelCustomerAccountClosureResponse]
+    """Cancel a customer's account closure during its pending window, with a
+    stated reason (audited in the customer's feed and the platform's).
+    """
 
 @_typing.type_check_only
 class StaffServiceAsyncStub(StaffServiceStub):
@@ -76,6 +80,10 @@ class StaffServiceAsyncStub(StaffServiceStub):
     SetCustomerUserStatus: _aio.UnaryUnaryMultiCallable[_staff_service_pb2.SetCustomerUserStatusRequest, _staff_service_pb2.SetCustomerUserStatusResponse]  # type: ignore[assignment]
     """Suspend or reactivate a customer's user (account administration; audited
     in the customer's own feed).
+    """
+    CancelCustomerAccountClosure: _aio.UnaryUnaryMultiCallable[_staff_service_pb2.CancelCustomerAccountClosureRequest, _staff_service_pb2.CancelCustomerAccountClosureResponse]  # type: ignore[assignment]
+    """Cancel a customer's account closure during its pending window, with a
+    stated reason (audited in the customer's feed and the platform's).
     """
 
 class StaffServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -128,6 +136,16 @@ class StaffServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_staff_service_pb2.SetCustomerUserStatusResponse, _abc.Awaitable[_staff_service_pb2.SetCustomerUserStatusResponse]]:
         """Suspend or reactivate a customer's user (account administration; audited
         in the customer's own feed).
+        """
+
+    @_abc_1.abstractmethod
+    def CancelCustomerAccountClosure(
+        self,
+        request: _staff_service_pb2.CancelCustomerAccountClosureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_staff_service_pb2.CancelCustomerAccountClosureResponse, _abc.Awaitable[_staff_service_pb2.CancelCustomerAccountClosureResponse]]:
+        """Cancel a customer's account closure during its pending window, with a
+        stated reason (audited in the customer's feed and the platform's).
         """
 
 def add_StaffServiceServicer_to_server(servicer: StaffServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
