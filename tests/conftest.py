@@ -115,6 +115,9 @@ def suite(
     # Rewrap passes often enough for tests/e2e/test_key_retirement.py to see a retirement go through.
     config.env["messaging"]["MESSAGING_REWRAP_SECONDS"] = "2"
     config.env["identity"]["IDENTITY_REWRAP_SECONDS"] = "2"
+    # Account closure (tests/e2e/test_account_closure.py): a pending window of seconds, swept and destroyed promptly.
+    config.env["identity"].update(ACCOUNT_CLOSURE_PENDING_SECONDS="8", IDENTITY_CLOSURE_SWEEP_SECONDS="1")
+    config.env["keys"].update(KEYS_MIN_DESTRUCTION_PENDING_SECONDS="1", KEYS_MAINTENANCE_SECONDS="1")
     config.env["messaging"].update(
         MESSAGING_SMTP_HOST="127.0.0.1", MESSAGING_SMTP_PORT=str(smtp_inbox.port), MESSAGING_SMTP_TLS="starttls",
         MESSAGING_SMTP_CA_FILE=str(certs.public_ca), MESSAGING_SMTP_FROM="security@sendsafe.example")
