@@ -18,9 +18,11 @@ the same credentials share one verification (`svckit.ttlcache`). Transport failu
 cached and surface as 5xx, never as 401.
 
 `Bearer <session token>` (interactive sessions from `/v1/auth/login` and `/v1/staff/login`) resolves
-through identity `ResolveSession` -> account, user (or staff member), permissions, session id and the
-time of the last second factor; it is cached the same way, so a revoked session stops working within
-`cache_seconds`. Other schemes plug in with `Authenticator.register_scheme(name, handler)`. Nothing
+through identity `ResolveSession` (with the client address: an account's allowed networks apply to every use
+of a session) -> account, user (or staff member), permissions, session id and the time of the last second
+factor; it is cached the same way (per token and client address, never past the session's expiry), so a
+revoked session, and a change of its account's policy, takes effect within `cache_seconds`. Other schemes plug in
+with `Authenticator.register_scheme(name, handler)`. Nothing
 else in the gateway depends on how the caller authenticated.
 """
 
@@ -78,6 +80,7 @@ _KEY_REASONS: dict[str, int] = {
     "API_KEY_REVOKED": 401,
     "API_KEY_EXPIRED": 401,
     "API_KEY_ADDRESS_NOT_ALLOWED": 403,
+    "NETWORK_NOT_ALLOWED": 403,  # a live session used from outside its account's allowed networks
 }
 
 
@@ -205,6 +208,8 @@ class Authenticator:
         scheme, _, credentials = authorization.strip().partition(" ")
         if scheme.lower() == "basic":
             return await self._basic(credentials.strip(), request_id, client_address)
+        if scheme.lower() == "bearer" and self._sessions is not None and self._schemes.get("bearer") == self._bearer:
+            return await self._bearer(credentials.strip(), request_id, client_address)
         handler = self._schemes.get(scheme.lower())
         if handler is None:
             raise AuthFailure("INVALID_CREDENTIALS", "UNSUPPORTED_SCHEME")
@@ -217,7 +222,8 @@ class Authenticator:
         principal would not show for up to `cache_seconds`."""
         scheme, _, credentials = (authorization or "").strip().partition(" ")
         if scheme.lower() == "bearer":
-            self.cache.pop(credential_digest("bearer", credentials.strip().encode("utf-8", "replace")))
+            raw = credentials.strip().encode("utf-8", "replace")
+            self.cache.pop(credential_digest("bearer", raw, client_address.encode()))
         return await self.authenticate(authorization, request_id, client_address)
 
     async def _basic(self, credentials: str, request_id: str, client_address: str = "") -> Identity:
@@ -286,7 +292,7 @@ class Authenticator:
             sms_deidentify_message=bool(user.sms_deidentify_message),
         )
 
-    async def _bearer(self, token: str, request_id: str) -> Identity:
+    async def _bearer(self, token: str, request_id: str, client_address: str = "") -> Identity:
         raw = token.encode("utf-8", "replace")
         if (
             not token.startswith(SESSION_TOKEN_PREFIX) or len(raw) > MAX_SESSION_TOKEN_BYTES
@@ -294,18 +300,20 @@ class Authenticator:
         ):
             raise AuthFailure("INVALID_CREDENTIALS", "MALFORMED_BEARER")
         result = await self.cache.get_or_load(
-            credential_digest("bearer", raw), lambda: self._resolve_session(token, request_id), _cache_for
+            credential_digest("bearer", raw, client_address.encode()),
+            lambda: self._resolve_session(token, request_id, client_address), _cache_for,
         )
         if isinstance(result, Rejection):
             raise AuthFailure.of(result)
         return result
 
-    async def _resolve_session(self, token: str, request_id: str) -> Identity | Rejection:
+    async def _resolve_session(self, token: str, request_id: str, client_address: str = "") -> Identity | Rejection:
         assert self._sessions is not None
         metadata = ((callctx.REQUEST_ID_METADATA_KEY, request_id),) if request_id else ()
         try:
             s = await self._sessions.ResolveSession(
-                auth_service_pb2.ResolveSessionRequest(session_token=token), timeout=self._timeout, metadata=metadata
+                auth_service_pb2.ResolveSessionRequest(session_token=token, client_address=client_address),
+                timeout=self._timeout, metadata=metadata,
             )
         except grpc.aio.AioRpcError as err:
             return self._rejection(err, "SESSION_REJECTED")
@@ -320,6 +328,9 @@ class Authenticator:
             mfa_time=s.mfa_time if s.HasField("mfa_time") else None,
             staff=s.staff,
             sms_deidentify_message=s.sms_deidentify_message,
+            # Never reused past the session's end (its account's lifetime may cut it short of the platform's).
+            cache_for=max(0.0, s.expire_time.ToNanoseconds() / 1e9 - time.time()) if s.HasField("expire_time")
+            else None,
         )
 
     def _rejection(

@@ -75,6 +75,7 @@ PERMISSIONS: Final[Mapping[str, Holders]] = MappingProxyType(
         "api_keys.read": customers("access_settings"),
         "api_keys.write": customers("access_settings"),
         "audit.manage": customers("access_settings"),  # alert rules, webhooks, forwarding
+        "account.policy": customers(MAIN_USER),  # the account's sign-in policy: 2FA, networks, session lifetime
         "account.export": customers(MAIN_USER),  # the whole account's data, taken away (issue 15)
         "account.close": customers(MAIN_USER),  # close the account, see or cancel its closure (issue 15)
         "staff.accounts.read": staff(*_EVERY_ROLE),

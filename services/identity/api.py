@@ -11,6 +11,8 @@ from google.protobuf import timestamp_pb2
 from sendsafe.context.v1 import principal_pb2
 from sendsafe.identity.v1 import (
     account_pb2,
+    account_policy_service_pb2,
+    account_policy_service_pb2_grpc,
     auth_service_pb2,
     auth_service_pb2_grpc,
     closure_service_pb2,
@@ -20,6 +22,7 @@ from sendsafe.identity.v1 import (
     staff_service_pb2,
     staff_service_pb2_grpc,
 )
+from services.identity.domain.account_policy import AccountPolicy
 from services.identity.domain.accounts import MASKED_API_KEY, Account, AccountDetails, User
 from services.identity.domain.caller import Caller
 from services.identity.domain.closure import Closure
@@ -27,6 +30,7 @@ from services.identity.domain.errors import PrincipalRequired
 from services.identity.domain.flags import FLAG_NAMES
 from services.identity.domain.sessions import STAFF, USER, SessionRecord
 from services.identity.domain.staff import StaffMember
+from services.identity.service.account_policy import AccountPolicies
 from services.identity.service.accounts import Accounts, CreateAccountInput, SubaccountInput
 from services.identity.service.closure import Closures
 from services.identity.service.factors import Factors
@@ -56,18 +60,10 @@ def caller_of(p: principal_pb2.Principal | None) -> Caller:
 
 
 def user_to_proto(account: Account, user: User) -> account_pb2.User:
-    created = timestamp_pb2.Timestamp()
-    created.FromDatetime(user.create_time)
     return account_pb2.User(
-        user_id=user.id,
-        account_id=user.account_id,
-        api_username=user.api_username,
-        active=user.enabled,
-        is_main=user.is_main,
-        test_mode=account.test_mode,
-        permissions=sorted(user.permissions),
-        create_time=created,
-        sms_deidentify_message=user.flags.sms_deidentify_message,
+        user_id=user.id, account_id=user.account_id, api_username=user.api_username, active=user.enabled,
+        is_main=user.is_main, test_mode=account.test_mode, permissions=sorted(user.permissions),
+        create_time=_ts(user.create_time), sms_deidentify_message=user.flags.sms_deidentify_message,
     )
 
 
@@ -79,14 +75,8 @@ def _ts(when: datetime) -> timestamp_pb2.Timestamp:
 
 def subaccount_to_proto(user: User) -> account_pb2.Subaccount:
     sub = account_pb2.Subaccount(
-        subaccount_id=user.id,
-        api_username=user.api_username,
-        email=user.email,
-        phone_number=user.phone_number,
-        first_name=user.first_name,
-        last_name=user.last_name,
-        api_key=MASKED_API_KEY,
-        is_main=int(user.is_main),
+        subaccount_id=user.id, api_username=user.api_username, email=user.email, phone_number=user.phone_number,
+        first_name=user.first_name, last_name=user.last_name, api_key=MASKED_API_KEY, is_main=int(user.is_main),
     )
     if user.notes is not None:
         sub.notes = user.notes
@@ -261,13 +251,8 @@ def _subaccount_input(msg: Any, *, with_username: bool = False) -> SubaccountInp
 
 def session_to_proto(s: SessionRecord, current_id: str = "") -> auth_service_pb2.Session:
     out = auth_service_pb2.Session(
-        session_id=s.id,
-        amr=list(s.amr),
-        create_time=_ts(s.create_time),
-        expire_time=_ts(s.expire_time),
-        last_seen_time=_ts(s.last_seen_time),
-        client_address=s.client_address,
-        user_agent=s.user_agent,
+        session_id=s.id, amr=list(s.amr), create_time=_ts(s.create_time), expire_time=_ts(s.expire_time),
+        last_seen_time=_ts(s.last_seen_time), client_address=s.client_address, user_agent=s.user_agent,
         current=s.id == current_id,
     )
     if s.mfa_time is not None:
@@ -286,22 +271,17 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         token, session = await self.sessions.login(
             caller(), USER, request.username, request.password, request.totp_code, request.recovery_code
         )
-        return auth_service_pb2.LoginResponse(session_token=token, session=session_to_proto(session, session.id))
+        return auth_service_pb2.LoginResponse(session_token=token, session=session_to_proto(session, session.id),
+                                              second_factor_enrolment_required=session.enrolment_only)
 
     async def ResolveSession(
         self, request: auth_service_pb2.ResolveSessionRequest, context: grpc.aio.ServicerContext
     ) -> auth_service_pb2.ResolveSessionResponse:
-        session, subject = await self.sessions.resolve(request.session_token)
+        session, subject = await self.sessions.resolve(request.session_token, request.client_address)
         out = auth_service_pb2.ResolveSessionResponse(
-            session_id=session.id,
-            account_id=subject.account_id,
-            user_id=subject.id,
-            username=subject.username,
-            staff=subject.is_staff,
-            permissions=sorted(subject.permissions),
-            test_mode=subject.test_mode,
-            expire_time=_ts(session.expire_time),
-            sms_deidentify_message=subject.sms_deidentify_message,
+            session_id=session.id, account_id=subject.account_id, user_id=subject.id, username=subject.username,
+            staff=subject.is_staff, permissions=sorted(subject.permissions), test_mode=subject.test_mode,
+            expire_time=_ts(session.expire_time), sms_deidentify_message=subject.sms_deidentify_message,
         )
         if session.mfa_time is not None:
             out.mfa_time.CopyFrom(_ts(session.mfa_time))
@@ -370,6 +350,32 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
         return auth_service_pb2.ChangePasswordResponse(revoked_sessions=n)
 
 
+def policy_to_proto(p: AccountPolicy) -> account_policy_service_pb2.AccountPolicy:
+    return account_policy_service_pb2.AccountPolicy(
+        require_second_factor=p.require_second_factor, allowed_networks=p.network_texts,
+        session_lifetime_seconds=p.session_lifetime_seconds, update_time=_ts(p.update_time) if p.update_time else None)
+
+
+class AccountPolicyServicer(account_policy_service_pb2_grpc.AccountPolicyServiceServicer):
+    def __init__(self, policies: AccountPolicies) -> None:
+        self.policies = policies
+
+    async def GetAccountPolicy(
+        self, request: account_policy_service_pb2.GetAccountPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> account_policy_service_pb2.GetAccountPolicyResponse:
+        policy = await self.policies.get(caller())
+        return account_policy_service_pb2.GetAccountPolicyResponse(policy=policy_to_proto(policy))
+
+    async def UpdateAccountPolicy(
+        self, request: account_policy_service_pb2.UpdateAccountPolicyRequest, context: grpc.aio.ServicerContext
+    ) -> account_policy_service_pb2.UpdateAccountPolicyResponse:
+        p = request.policy
+        policy, revoked = await self.policies.update(
+            caller(), p.require_second_factor, list(p.allowed_networks), p.session_lifetime_seconds)
+        return account_policy_service_pb2.UpdateAccountPolicyResponse(
+            policy=policy_to_proto(policy), revoked_sessions=revoked)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Staff
 
@@ -385,26 +391,15 @@ _ROLE_VALUES = {v: k for k, v in _ROLE_NAMES.items()}
 
 def staff_to_proto(m: StaffMember) -> staff_service_pb2.StaffUser:
     return staff_service_pb2.StaffUser(
-        staff_id=m.id,
-        username=m.username,
-        email=m.email,
-        display_name=m.display_name,
-        role=_ROLE_VALUES[m.role],  # type: ignore[arg-type]
-        active=m.active,
-        create_time=_ts(m.create_time),
+        staff_id=m.id, username=m.username, email=m.email, display_name=m.display_name,
+        role=_ROLE_VALUES[m.role], active=m.active, create_time=_ts(m.create_time),  # type: ignore[arg-type]
     )
 
 
 def customer_user_to_proto(user: User, mfa: bool) -> staff_service_pb2.CustomerUser:
     return staff_service_pb2.CustomerUser(
-        user_id=user.id,
-        api_username=user.api_username,
-        email=user.email,
-        is_main=user.is_main,
-        active=user.enabled,
-        mfa_enabled=mfa,
-        permissions=sorted(user.permissions),
-        create_time=_ts(user.create_time),
+        user_id=user.id, api_username=user.api_username, email=user.email, is_main=user.is_main, active=user.enabled,
+        mfa_enabled=mfa, permissions=sorted(user.permissions), create_time=_ts(user.create_time),
     )
 
 

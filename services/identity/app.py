@@ -8,6 +8,8 @@ from pathlib import Path
 import grpc
 
 from sendsafe.identity.v1 import (
+    account_policy_service_pb2,
+    account_policy_service_pb2_grpc,
     auth_service_pb2,
     auth_service_pb2_grpc,
     closure_service_pb2,
@@ -24,8 +26,9 @@ from services.identity.adapters.keys_client import KeysClient
 from services.identity.adapters.messaging_client import MessagingBalances
 from services.identity.adapters.store.pg import PgIdentityStore
 from services.identity.adapters.store.rewrap import rewrap_columns
-from services.identity.api import AuthServicer, ClosureServicer, IdentityServicer, StaffServicer
+from services.identity.api import AccountPolicyServicer, AuthServicer, ClosureServicer, IdentityServicer, StaffServicer
 from services.identity.config import Settings
+from services.identity.service.account_policy import AccountPolicies
 from services.identity.service.accounts import Accounts
 from services.identity.service.closure import Closures
 from services.identity.service.factors import Factors
@@ -87,6 +90,7 @@ async def build(settings: Settings) -> App:
             policy=settings.password_policy,
             throttle=settings.throttle,
             settings=settings.sessions,
+            policies=store,  # accounts' sign-in policies govern logins and every session resolve
         )
         service = Accounts(
             store,
@@ -101,6 +105,10 @@ async def build(settings: Settings) -> App:
             policy=settings.password_policy,
         )
         factors = Factors(store, audit, sessions)
+        policies = AccountPolicies(
+            store, audit, audit_strict_timeout=settings.audit_strict_timeout_seconds,
+            min_session_lifetime_seconds=settings.account_min_session_lifetime_seconds,
+        )
         # Account closure (issue 15): driven from here, through the other services' internal purge RPCs.
         closures = Closures(
             store, ClosurePeerClients(keys_channel, messaging_channel, audit_channel), audit, envelope,
@@ -113,6 +121,8 @@ async def build(settings: Settings) -> App:
             identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(service), s)
             auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(sessions, factors), s)
             staff_service_pb2_grpc.add_StaffServiceServicer_to_server(StaffServicer(sessions, staff), s)
+            account_policy_service_pb2_grpc.add_AccountPolicyServiceServicer_to_server(
+                AccountPolicyServicer(policies), s)
             closure_service_pb2_grpc.add_AccountClosureServiceServicer_to_server(ClosureServicer(closures), s)
 
         server = await start_server(
@@ -123,6 +133,7 @@ async def build(settings: Settings) -> App:
                 identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name,
                 auth_service_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name,
                 staff_service_pb2.DESCRIPTOR.services_by_name["StaffService"].full_name,
+                account_policy_service_pb2.DESCRIPTOR.services_by_name["AccountPolicyService"].full_name,
                 closure_service_pb2.DESCRIPTOR.services_by_name["AccountClosureService"].full_name,
             ],
             on_denied=denial_recorder(audit.record, settings.service_name),
@@ -153,7 +164,7 @@ async def build(settings: Settings) -> App:
         server, stack, grace=settings.shutdown_grace_seconds,
         extras={
             "service": service, "audit": audit, "sessions": sessions, "factors": factors, "staff": staff,
-            "store": store, "rewrap": rewrap, "closures": closures,
+            "store": store, "rewrap": rewrap, "policies": policies, "closures": closures,
         },
     )
 

@@ -42,6 +42,9 @@ class Settings(KitSettings):
     session_lifetime_seconds: int = setting("SESSION_LIFETIME_SECONDS", default=12 * 3600)
     staff_session_lifetime_seconds: int = setting("STAFF_SESSION_LIFETIME_SECONDS", default=8 * 3600)
     session_idle_seconds: int = setting("SESSION_IDLE_SECONDS", default=3600)
+    account_min_session_lifetime_seconds: int = setting(
+        "ACCOUNT_POLICY_MIN_SESSION_LIFETIME_SECONDS", default=300,
+        doc="the shortest session lifetime an account's policy may set (besides 0: the platform's limits alone)")
     totp_issuer: str = setting("TOTP_ISSUER", default="SendSafe")
     # Brute force.
     login_max_failures: int = setting("LOGIN_MAX_FAILURES", default=10, doc="per user, then locked")

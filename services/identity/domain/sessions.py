@@ -58,6 +58,8 @@ class SessionRecord:
     create_time: datetime
     expire_time: datetime
     last_seen_time: datetime
+    # Answer-only (not stored): the account's policy lets this session do nothing but enrol a second factor.
+    enrolment_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,18 @@ the same INVALID_CREDENTIALS answer."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sendsafe.audit.v1 import event_pb2
 from services.identity.domain import credentials
+from services.identity.domain.account_policy import (
+    ENROLMENT_PERMISSIONS,
+    REVOKE_REASON,
+    AccountPolicy,
+    NetworkNotAllowed,
+)
 from services.identity.domain.accounts import USERNAME_RE
 from services.identity.domain.caller import Caller
 from services.identity.domain.credentials import TOTP_RECORD, PasswordPolicy
@@ -41,9 +48,10 @@ from services.identity.domain.sessions import (
     TotpFactor,
     throttle_counters,
 )
-from services.identity.service.ports import Auditor, AuthStore, PasswordHasher, Sealer
+from services.identity.service.ports import AccountPolicyStore, Auditor, AuthStore, PasswordHasher, Sealer
 from svckit.audit import new_event
 from svckit.envelope import aad_for
+from svckit.netaddr import client_network
 
 SERVICE = "identity"
 
@@ -67,6 +75,7 @@ class Sessions:
         throttle: ThrottlePolicy,
         settings: SessionSettings,
         now: Callable[[], datetime] = _now,
+        policies: AccountPolicyStore | None = None,
     ) -> None:
         self._store = store
         self._audit = audit
@@ -77,6 +86,7 @@ class Sessions:
         self._throttle = throttle
         self.settings = settings
         self._now = now
+        self._policies = policies  # customer accounts' sign-in policies (None: no account has one)
 
     # -- login ------------------------------------------------------------------------------------------
 
@@ -121,6 +131,14 @@ class Sessions:
             await self._failed(subject, attempt, "bad_password")
             raise InvalidCredentials()
 
+        policy = await self.account_policy(subject)
+        if not policy.allows_address(address):
+            # After the password, so only someone who knows it learns that the account limits networks.
+            await self._audit.record(
+                self._login_event(subject, kind, event_pb2.OUTCOME_DENIED, NetworkNotAllowed.reason,
+                                  {"failure": "network", "network": client_network(address)})
+            )
+            raise NetworkNotAllowed("the account does not allow sign-in from this network")
         factor = await self._store.totp_factor(subject.kind, subject.id)
         use: SecondFactorUse | None = None
         amr = [AMR_PASSWORD]
@@ -152,8 +170,9 @@ class Sessions:
             client_address=address,
             user_agent=caller.user_agent,
             create_time=now,
-            expire_time=now + timedelta(seconds=lifetime),
+            expire_time=policy.session_expiry(now, now + timedelta(seconds=lifetime)),
             last_seen_time=now,
+            enrolment_only=policy.restricts(mfa_time is not None),
         )
         token = credentials.new_session_token()
         if not await self._store.create_session(session, credentials.session_token_hash(token), use, subject.key):
@@ -232,7 +251,7 @@ class Sessions:
 
     # -- the gateway's Bearer scheme --------------------------------------------------------------------
 
-    async def resolve(self, token: str) -> tuple[SessionRecord, Subject]:
+    async def resolve(self, token: str, client_address: str = "") -> tuple[SessionRecord, Subject]:
         if not token.startswith(credentials.SESSION_TOKEN_PREFIX) or len(token) > 256:
             raise SessionInvalid("the session is not valid")
         session = await self._store.resolve_session(credentials.session_token_hash(token), self.settings.idle_seconds)
@@ -241,6 +260,33 @@ class Sessions:
         subject = await self._store.get_subject(session.subject_kind, session.subject_id, self.platform_account_id)
         if subject is None or not subject.enabled:
             raise SessionInvalid("the session's user is no longer active")
+        return await self._governed(session, subject, client_address)
+
+    async def account_policy(self, subject: Subject) -> AccountPolicy:
+        """The sign-in policy of the subject's account (staff: none, theirs is the platform's own)."""
+        if subject.is_staff or self._policies is None:
+            return AccountPolicy()
+        return await self._policies.account_policy(subject.account_id)
+
+    async def _governed(
+        self, session: SessionRecord, subject: Subject, client_address: str
+    ) -> tuple[SessionRecord, Subject]:
+        """The session and subject as the account's policy lets this use see them: ended past the account's
+        lifetime, refused from outside its networks (where it logged in or where it is used now), holding only
+        what enrolling a second factor needs while one is required and none was verified on it."""
+        policy = await self.account_policy(subject)
+        if policy.outlived(session.create_time, self._now()):
+            await self._store.revoke_session(subject.kind, subject.id, session.id, REVOKE_REASON)
+            raise SessionInvalid("the session is not valid (the account's session lifetime has passed)")
+        if not (policy.allows_address(client_address) and policy.allows_address(session.client_address)):
+            raise NetworkNotAllowed("the account does not allow its sessions to be used from this network")
+        restricted = policy.restricts(session.mfa_time is not None)
+        session = dataclasses.replace(
+            session, expire_time=policy.session_expiry(session.create_time, session.expire_time),
+            enrolment_only=restricted,
+        )
+        if restricted:
+            subject = dataclasses.replace(subject, permissions=subject.permissions & ENROLMENT_PERMISSIONS)
         return session, subject
 
     # -- step-up (RFC 9470; a privileged RPC's guard checks how recent it is) ----------------------------

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from services.identity.adapters.store.account_policy import AccountPolicyQueries
 from services.identity.adapters.store.auth import AuthQueries
 from services.identity.adapters.store.closures import ClosureQueries
 from services.identity.adapters.store.staff import StaffQueries
 from services.identity.adapters.store.users import UserQueries
 
 
-class PgIdentityStore(UserQueries, AuthQueries, StaffQueries, ClosureQueries):
+class PgIdentityStore(UserQueries, AuthQueries, StaffQueries, ClosureQueries, AccountPolicyQueries):
     """The one store app.py builds: every query class over one pool."""
 
     async def platform_account_id(self) -> int:

@@ -112,7 +112,13 @@ class LoginResponse(_message.Message):
 
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     SESSION_FIELD_NUMBER: _builtins.int
+    SECOND_FACTOR_ENROLMENT_REQUIRED_FIELD_NUMBER: _builtins.int
     session_token: _builtins.str
+    second_factor_enrolment_required: _builtins.bool
+    """The account's policy requires a second factor and the user has none:
+    this session can only enrol one (POST /v1/auth/mfa/totp, then confirm,
+    then step up with a code to use the session in full).
+    """
     @_builtins.property
     def session(self) -> Global___Session: ...
     def __init__(
@@ -120,10 +126,11 @@ class LoginResponse(_message.Message):
         *,
         session_token: _builtins.str = ...,
         session: Global___Session | None = ...,
+        second_factor_enrolment_required: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "session_token", b"session_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["second_factor_enrolment_required", b"second_factor_enrolment_required", "session", b"session", "session_token", b"session_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -136,15 +143,21 @@ class ResolveSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    CLIENT_ADDRESS_FIELD_NUMBER: _builtins.int
     session_token: _builtins.str
+    client_address: _builtins.str
+    """Where the request using the session comes from (the account's allowed
+    networks apply to every use, not only to the login).
+    """
     def __init__(
         self,
         *,
         session_token: _builtins.str = ...,
+        client_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_token", b"session_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_address", b"client_address", "session_token", b"session_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

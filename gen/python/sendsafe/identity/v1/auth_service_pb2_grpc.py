@@ -116,7 +116,9 @@ class AuthServiceServicer:
 
     def ResolveSession(self, request, context):
         """Internal: the principal behind a session token (the gateway's Bearer
-        scheme). Revoked, expired and idle sessions are UNAUTHENTICATED.
+        scheme). Revoked, expired and idle sessions are UNAUTHENTICATED; a
+        session used from outside its account's allowed networks is
+        PERMISSION_DENIED (NETWORK_NOT_ALLOWED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

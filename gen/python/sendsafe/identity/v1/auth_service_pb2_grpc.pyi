@@ -43,7 +43,9 @@ class AuthServiceStub:
     """
     ResolveSession: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.ResolveSessionRequest, _auth_service_pb2.ResolveSessionResponse]
     """Internal: the principal behind a session token (the gateway's Bearer
-    scheme). Revoked, expired and idle sessions are UNAUTHENTICATED.
+    scheme). Revoked, expired and idle sessions are UNAUTHENTICATED; a
+    session used from outside its account's allowed networks is
+    PERMISSION_DENIED (NETWORK_NOT_ALLOWED).
     """
     Logout: _grpc.UnaryUnaryMultiCallable[_auth_service_pb2.LogoutRequest, _auth_service_pb2.LogoutResponse]
     """End the calling session."""
@@ -93,7 +95,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """
     ResolveSession: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.ResolveSessionRequest, _auth_service_pb2.ResolveSessionResponse]  # type: ignore[assignment]
     """Internal: the principal behind a session token (the gateway's Bearer
-    scheme). Revoked, expired and idle sessions are UNAUTHENTICATED.
+    scheme). Revoked, expired and idle sessions are UNAUTHENTICATED; a
+    session used from outside its account's allowed networks is
+    PERMISSION_DENIED (NETWORK_NOT_ALLOWED).
     """
     Logout: _aio.UnaryUnaryMultiCallable[_auth_service_pb2.LogoutRequest, _auth_service_pb2.LogoutResponse]  # type: ignore[assignment]
     """End the calling session."""
@@ -152,7 +156,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_service_pb2.ResolveSessionResponse, _abc.Awaitable[_auth_service_pb2.ResolveSessionResponse]]:
         """Internal: the principal behind a session token (the gateway's Bearer
-        scheme). Revoked, expired and idle sessions are UNAUTHENTICATED.
+        scheme). Revoked, expired and idle sessions are UNAUTHENTICATED; a
+        session used from outside its account's allowed networks is
+        PERMISSION_DENIED (NETWORK_NOT_ALLOWED).
         """
 
     @_abc_1.abstractmethod
