@@ -115,6 +115,8 @@ def suite(
     # Rewrap passes often enough for tests/e2e/test_key_retirement.py to see a retirement go through.
     config.env["messaging"]["MESSAGING_REWRAP_SECONDS"] = "2"
     config.env["identity"]["IDENTITY_REWRAP_SECONDS"] = "2"
+    # Account policy (tests/e2e/test_account_policy.py): a session lifetime of seconds, to watch one end.
+    config.env["identity"]["ACCOUNT_POLICY_MIN_SESSION_LIFETIME_SECONDS"] = "2"
     # Account closure (tests/e2e/test_account_closure.py): a pending window of seconds, swept and destroyed promptly.
     config.env["identity"].update(ACCOUNT_CLOSURE_PENDING_SECONDS="8", IDENTITY_CLOSURE_SWEEP_SECONDS="1")
     config.env["keys"].update(KEYS_MIN_DESTRUCTION_PENDING_SECONDS="1", KEYS_MAINTENANCE_SECONDS="1")
