@@ -289,3 +289,22 @@ async def test_the_session_lifetime_cuts_sessions_existing_ones_too(
     # A new login's expiry already says so.
     fresh = await auth.Login(login, metadata=_anonymous(HOME))
     assert fresh.session.expire_time.seconds - fresh.session.create_time.seconds == 1800
+
+
+async def test_a_change_the_audit_log_cannot_record_changes_nothing(
+    identity_app: App, cut_off_identity: App, certs: CertBundle, gw: grpc.aio.Channel,
+) -> None:
+    """Privileged: the change's audit event is stored before it commits; without the audit log, no change (and
+    no session ended)."""
+    account = await _account(identity_app, certs, gw)
+    auth = auth_service_pb2_grpc.AuthServiceStub(gw)
+    at_cafe = await auth.Login(auth_pb.LoginRequest(username=account.username, password=PASSWORD),
+                               metadata=_anonymous(CAFE))
+    async with channel_as(certs, "gateway", cut_off_identity.port, "identity") as cut:
+        refused = await _raises(account_policy_service_pb2_grpc.AccountPolicyServiceStub(cut).UpdateAccountPolicy(
+            _policy(OFFICE, require=True), metadata=account.main))
+    assert refused == (grpc.StatusCode.UNAVAILABLE, "AUDIT_UNAVAILABLE")
+    got = await account_policy_service_pb2_grpc.AccountPolicyServiceStub(gw).GetAccountPolicy(
+        pol.GetAccountPolicyRequest(), metadata=account.main)
+    assert got.policy == pol.AccountPolicy()
+    await auth.ResolveSession(auth_pb.ResolveSessionRequest(session_token=at_cafe.session_token, client_address=CAFE))
