@@ -21,6 +21,10 @@ from services.identity.domain.account_policy import (
     parse_networks,
     sessions_to_end,
 )
+from services.identity.domain.caller import Caller
+from services.identity.domain.errors import PrincipalRequired
+from services.identity.service.account_policy import AccountPolicies
+from svckit.errors import Unavailable
 
 NOW = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 
@@ -121,3 +125,71 @@ def test_the_audit_record_says_what_changed_as_facts() -> None:
     }
     same = describe_change(new, new_policy(True, ["192.0.2.0/24"], 3600))
     assert not same.changed and same.details["changed"] == ""
+
+
+# -- the use case (service/account_policy.py) over an in-memory store --------------------------------------------
+
+
+class FakePolicyStore:
+    def __init__(self, sessions: list[tuple[str, str, datetime]]) -> None:
+        self.policies: dict[int, AccountPolicy] = {}
+        self.sessions = sessions
+        self.revoked: list[tuple[str, str]] = []
+
+    async def account_policy(self, account_id: int) -> AccountPolicy:
+        return self.policies.get(account_id, AccountPolicy())
+
+    async def put_account_policy(self, account_id, policy, updated_by, before_commit):  # type: ignore[no-untyped-def]
+        old = await self.account_policy(account_id)
+        stored = AccountPolicy(policy.require_second_factor, policy.allowed_networks, policy.session_lifetime_seconds,
+                               NOW)
+        await before_commit(old, stored)  # a failure here stores nothing
+        self.policies[account_id] = stored
+        return old, stored
+
+    async def live_account_sessions(self, account_id: int) -> list[tuple[str, str, datetime]]:
+        return list(self.sessions)
+
+    async def revoke_account_sessions(self, account_id: int, session_ids: list[str], reason: str) -> list[str]:
+        self.revoked += [(sid, reason) for sid in session_ids]
+        return session_ids
+
+
+class FakeAudit:
+    def __init__(self, fail: bool = False) -> None:
+        self.strict: list[object] = []
+        self.events: list[object] = []
+        self.fail = fail
+
+    async def record(self, event: object) -> None:
+        self.events.append(event)
+
+    async def record_strict(self, event: object, timeout: float = 5.0) -> None:
+        if self.fail:
+            raise Unavailable("no audit log", reason="AUDIT_UNAVAILABLE")
+        self.strict.append(event)
+
+
+async def test_update_records_the_change_first_then_ends_the_sessions_it_governs() -> None:
+    store = FakePolicyStore([("in", "192.0.2.10", NOW), ("out", "203.0.113.5", NOW)])
+    audit = FakeAudit()
+    policies = AccountPolicies(store, audit, now=lambda: NOW)  # type: ignore[arg-type]
+    main = Caller(account_id=5, user_id=9, client_address="192.0.2.1")
+    policy, ended = await policies.update(main, True, ["192.0.2.0/24"], 3600)
+    assert (policy.require_second_factor, policy.network_texts, ended) == (True, ["192.0.2.0/24"], 1)
+    assert store.revoked == [("out", "account_policy")]
+    [event] = audit.strict
+    assert event.action == "account.policy.update" and event.details["changed"]  # type: ignore[attr-defined]
+    assert (await policies.get(Caller(account_id=5, user_id=11))).require_second_factor  # a sub-account reads it
+
+
+async def test_update_refused_or_unrecorded_changes_nothing() -> None:
+    store = FakePolicyStore([("out", "203.0.113.5", NOW)])
+    main = Caller(account_id=5, user_id=9, client_address="203.0.113.5")
+    with pytest.raises(CallerOutsideNetworks):
+        await AccountPolicies(store, FakeAudit()).update(main, False, ["192.0.2.0/24"], 0)  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="no audit log"):
+        await AccountPolicies(store, FakeAudit(fail=True)).update(main, True, [], 0)  # type: ignore[arg-type]
+    with pytest.raises(PrincipalRequired):
+        await AccountPolicies(store, FakeAudit()).get(Caller(account_id=1, user_id=2, staff=True))  # type: ignore[arg-type]
+    assert store.policies == {} and store.revoked == []
