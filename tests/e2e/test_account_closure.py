@@ -4,17 +4,22 @@ message is cancelled and refunded, sub-accounts and wrong names are refused, and
 user can still log in with password + second factor but holds only the closure (see, cancel). Cancel restores the
 account (revoked keys stay revoked); closing again and letting the window pass (seconds in the suite) destroys the
 keys, deletes the account's rows in every service database (checked table by table), keeps the audit events, and
-emails the signed destruction receipt to the owner, which verifies offline with the receipt-signing public key."""
+emails the signed destruction receipt to the owner, which verifies offline with the receipt-signing public key
+(`python -m tools.audit_verify receipt` over the saved email and key list; a changed byte fails)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -30,7 +35,7 @@ from svckit.tls import TlsFiles
 from tests.e2e.api_client import Http, Response
 from tests.e2e.conftest import Customer
 from tests.support import CertBundle
-from tools.suite import Suite
+from tools.suite import REPO, Suite
 
 T = TypeVar("T")
 PASSWORD = "granite walrus pivot 93 lantern"
@@ -114,7 +119,7 @@ def _closure_state(suite: Suite, account_id: int) -> str:
 
 
 def test_close_cancel_close_again_then_everything_is_gone_and_the_receipt_verifies(
-    suite: Suite, certs: CertBundle, customer: Customer, smtp_inbox: Any
+    suite: Suite, certs: CertBundle, customer: Customer, smtp_inbox: Any, tmp_path: Path
 ) -> None:
     http = Http(suite.gateway_url, str(certs.public_ca))
     name = f"Closure {uuid.uuid4().hex[:8]} Pty Ltd"
@@ -260,4 +265,19 @@ def test_close_cancel_close_again_then_everything_is_gone_and_the_receipt_verifi
     public = {k["key_id"]: base64.b64decode(k["public_key"]) for k in keys.json()["keys"]}[key_id.group(1).strip()]
     assert verify_receipt(public, body, sig)
     assert not verify_receipt(public, body.replace(b'"account_id"', b'"account_id" '), sig)  # a changed byte fails
+    # What the owner runs: the saved email and the saved key list, through tools.audit_verify.
+    (tmp_path / "receipt.eml").write_bytes(mails[0].data)
+    (tmp_path / "keys.json").write_bytes(keys.body)
+    checked = subprocess.run([sys.executable, "-m", "tools.audit_verify", "receipt", str(tmp_path / "receipt.eml"),
+                              "--keys", str(tmp_path / "keys.json")], capture_output=True, text=True, cwd=REPO,
+                             env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'gen' / 'python'}"})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert str(account_id) in checked.stdout, checked.stdout
+    forged_text = text.replace('"version":1', '"version":2')
+    assert forged_text != text
+    (tmp_path / "forged.txt").write_text(forged_text)
+    forged = subprocess.run([sys.executable, "-m", "tools.audit_verify", "receipt", str(tmp_path / "forged.txt"),
+                             "--keys", str(tmp_path / "keys.json")], capture_output=True, text=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'gen' / 'python'}"})
+    assert forged.returncode == 1 and "BAD_SIGNATURE" in forged.stdout + forged.stderr, forged.stdout
     print(f"closure: credentials refused {refused_after:.1f} s after close")

@@ -27,9 +27,10 @@ def closure_receipt_email(account_id: int, receipt: bytes, signature: bytes, sig
         "Your SendSafe account was closed as you asked. Its keys were destroyed (crypto-shredded), so nothing\n"
         "that was encrypted under them can ever be read again, and its data was deleted. Only the audit log's\n"
         "events about the account stay (ids and network facts, no content).\n\n"
-        "The receipt below is signed by SendSafe. Check it offline with the receipt-signing public key\n"
-        "(GET /v1/keys/receipt-signing-keys) and `python -m tools.audit_verify`, or any Ed25519 verifier over\n"
-        "the receipt's bytes exactly as shown on the Receipt line.\n\n"
+        "The receipt below is signed by SendSafe. Check it offline: save this email and the receipt-signing\n"
+        "public keys (GET /v1/keys/receipt-signing-keys), then run\n"
+        "`python -m tools.audit_verify receipt <this email> --keys <the keys>`, or use any Ed25519 verifier\n"
+        "over the receipt's bytes exactly as shown on the Receipt line.\n\n"
         f"Receipt: {receipt.decode()}\n"
         f"Signature (base64): {base64.b64encode(signature).decode()}\n"
         f"Signing key id: {signing_key_id}\n",
