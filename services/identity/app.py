@@ -16,6 +16,8 @@ from sendsafe.identity.v1 import (
     closure_service_pb2_grpc,
     identity_service_pb2,
     identity_service_pb2_grpc,
+    signup_service_pb2,
+    signup_service_pb2_grpc,
     staff_service_pb2,
     staff_service_pb2_grpc,
 )
@@ -23,16 +25,18 @@ from sendsafe.keys.v1 import keys_service_pb2_grpc
 from services.identity.adapters.closure_peers import ClosurePeerClients
 from services.identity.adapters.hasher import Hasher
 from services.identity.adapters.keys_client import KeysClient
-from services.identity.adapters.messaging_client import MessagingBalances
+from services.identity.adapters.messaging_client import MessagingBalances, MessagingMail
+from services.identity.adapters.signup_api import SignupServicer, StaffSignupServicer
 from services.identity.adapters.store.pg import PgIdentityStore
 from services.identity.adapters.store.rewrap import rewrap_columns
-from services.identity.api import AccountPolicyServicer, AuthServicer, ClosureServicer, IdentityServicer, StaffServicer
+from services.identity.api import AccountPolicyServicer, AuthServicer, ClosureServicer, IdentityServicer
 from services.identity.config import Settings
 from services.identity.service.account_policy import AccountPolicies
 from services.identity.service.accounts import Accounts
 from services.identity.service.closure import Closures
 from services.identity.service.factors import Factors
 from services.identity.service.sessions import Sessions
+from services.identity.service.signup import Signups
 from services.identity.service.staff import Staff
 from svckit.app import App, serve
 from svckit.audit import AuditClient, denial_recorder
@@ -115,15 +119,22 @@ async def build(settings: Settings) -> App:
             platform_account_id=sessions.platform_account_id, pending_seconds=settings.closure_pending_seconds,
             audit_strict_timeout=settings.audit_strict_timeout_seconds,
         )
-        staff = Staff(store, audit, sessions, closures)
+        # Self-service sign-up (issue 15): accounts made by `service`, codes emailed through messaging.
+        signups = Signups(
+            service, store, store, MessagingMail(messaging_channel), hasher, audit, policy=settings.signup,
+            password_policy=settings.password_policy, default_country=settings.default_country,
+            default_timezone=settings.default_timezone, audit_strict_timeout=settings.audit_strict_timeout_seconds,
+        )
+        staff = Staff(store, audit, sessions, closures, signups)
 
         def register(s: grpc.aio.Server) -> None:
             identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(service), s)
             auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(sessions, factors), s)
-            staff_service_pb2_grpc.add_StaffServiceServicer_to_server(StaffServicer(sessions, staff), s)
+            staff_service_pb2_grpc.add_StaffServiceServicer_to_server(StaffSignupServicer(sessions, staff), s)
             account_policy_service_pb2_grpc.add_AccountPolicyServiceServicer_to_server(
                 AccountPolicyServicer(policies), s)
             closure_service_pb2_grpc.add_AccountClosureServiceServicer_to_server(ClosureServicer(closures), s)
+            signup_service_pb2_grpc.add_SignupServiceServicer_to_server(SignupServicer(signups), s)
 
         server = await start_server(
             listen=settings.grpc_listen,
@@ -135,6 +146,7 @@ async def build(settings: Settings) -> App:
                 staff_service_pb2.DESCRIPTOR.services_by_name["StaffService"].full_name,
                 account_policy_service_pb2.DESCRIPTOR.services_by_name["AccountPolicyService"].full_name,
                 closure_service_pb2.DESCRIPTOR.services_by_name["AccountClosureService"].full_name,
+                signup_service_pb2.DESCRIPTOR.services_by_name["SignupService"].full_name,
             ],
             on_denied=denial_recorder(audit.record, settings.service_name),
             health_listen=settings.health_listen,
@@ -165,6 +177,7 @@ async def build(settings: Settings) -> App:
         extras={
             "service": service, "audit": audit, "sessions": sessions, "factors": factors, "staff": staff,
             "store": store, "rewrap": rewrap, "policies": policies, "closures": closures,
+            "signups": signups,
         },
     )
 

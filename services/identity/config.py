@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from services.identity.domain.accounts import Currency
 from services.identity.domain.credentials import Argon2Params, PasswordPolicy
 from services.identity.domain.sessions import SessionSettings, ThrottlePolicy
+from services.identity.domain.signup import SignupPolicy
 from svckit.config import KitSettings, setting
 
 
@@ -58,6 +59,16 @@ class Settings(KitSettings):
     login_ipv4_network_max_failures: int = setting(
         "LOGIN_IPV4_NETWORK_MAX_FAILURES", default=300, doc="per client IPv4 /24 (looser: NAT), in the address window"
     )
+    # Self-service sign-up (domain.signup): per client address and network, per window; and the emailed code.
+    signup_window_seconds: int = setting("SIGNUP_WINDOW_SECONDS", default=3600)
+    signup_address_max: int = setting("SIGNUP_ADDRESS_MAX", default=20, doc="sign-ups per client address")
+    signup_ipv4_network_max: int = setting("SIGNUP_IPV4_NETWORK_MAX", default=60, doc="sign-ups per IPv4 /24")
+    signup_ipv6_network_max: int = setting("SIGNUP_IPV6_NETWORK_MAX", default=20, doc="sign-ups per IPv6 /64")
+    signup_code_attempts_max: int = setting(
+        "SIGNUP_CODE_ATTEMPTS_MAX", default=60, doc="code entries and resends per client address and per network")
+    signup_code_ttl_seconds: int = setting("SIGNUP_CODE_TTL_SECONDS", default=1800, doc="how long a code works")
+    signup_resend_interval_seconds: int = setting(
+        "SIGNUP_RESEND_INTERVAL_SECONDS", default=60, doc="the shortest time between two codes for one sign-up")
     default_country: str = setting("DEFAULT_COUNTRY", default="AU", doc="ISO 3166 code for new accounts")
     default_timezone: str = setting("DEFAULT_TIMEZONE", default="Australia/Melbourne")
     currency_name_short: str = setting("CURRENCY_NAME_SHORT", default="AUD")
@@ -76,6 +87,15 @@ class Settings(KitSettings):
             currency_name_long=self.currency_name_long,
             min_recharge_amount=self.currency_min_recharge,
             max_recharge_amount=self.currency_max_recharge,
+        )
+
+    @property
+    def signup(self) -> SignupPolicy:
+        return SignupPolicy(
+            window_seconds=self.signup_window_seconds, address_max=self.signup_address_max,
+            ipv4_network_max=self.signup_ipv4_network_max, ipv6_network_max=self.signup_ipv6_network_max,
+            code_attempts_max=self.signup_code_attempts_max, code_ttl_seconds=self.signup_code_ttl_seconds,
+            resend_interval_seconds=self.signup_resend_interval_seconds,
         )
 
     @property

@@ -10,7 +10,7 @@ recorded before it commits (fail closed) and refusals are recorded as DENIED."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from sendsafe.audit.v1 import event_pb2
@@ -70,6 +70,7 @@ class CreateAccountInput:
     country: str
     test_mode: bool
     password: str = ""
+    timezone: str = ""  # validated by the caller (sign-up); the platform's default when empty
 
 
 @dataclass(frozen=True)
@@ -164,15 +165,20 @@ class Accounts:
         users = await self._store.users_after(account_id, after_user_id, limit)
         return users, (users[-1].id if len(users) == limit else 0)
 
-    async def create_account(self, req: CreateAccountInput) -> tuple[Account, User]:
+    async def create_account(
+        self, req: CreateAccountInput, also: Callable[[Account, User], Awaitable[None]] | None = None
+    ) -> tuple[Account, User]:
         """Create an account and its main user, all or nothing, with the audit event recorded
-        before the transaction commits: when the audit log cannot take it, nothing is created."""
+        before the transaction commits: when the audit log cannot take it, nothing is created. `also` runs
+        before the commit too, after that event (staff's transparency events for an account they open)."""
         stored: list[event_pb2.Event] = []
 
         async def evidence(account: Account, user: User) -> None:
             ev = self._created_event(account, user)
             stored.append(ev)
             await self._audit.record_strict(ev, timeout=self._strict_timeout)
+            if also is not None:
+                await also(account, user)
 
         try:
             new = new_account(
@@ -185,7 +191,7 @@ class Accounts:
                 country=req.country,
                 test_mode=req.test_mode,
                 default_country=self._default_country,
-                default_timezone=self._default_timezone,
+                default_timezone=req.timezone or self._default_timezone,
             )
             password_hash = None
             if req.password:

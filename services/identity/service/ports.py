@@ -13,6 +13,7 @@ from services.identity.domain.account_policy import AccountPolicy
 from services.identity.domain.accounts import Account, NewAccount, User
 from services.identity.domain.closure import Closure
 from services.identity.domain.sessions import Attempt, SecondFactorUse, SessionRecord, Subject, TotpFactor
+from services.identity.domain.signup import Verification
 from services.identity.domain.staff import StaffMember
 from services.identity.domain.subaccounts import NewSubaccount, SubaccountChanges
 
@@ -152,3 +153,27 @@ class AccountPolicyStore(Protocol):  # accounts' sign-in policies and their user
     ) -> tuple[AccountPolicy, AccountPolicy]: ...
     async def live_account_sessions(self, account_id: int) -> list[tuple[str, str, datetime]]: ...
     async def revoke_account_sessions(self, account_id: int, session_ids: list[str], reason: str) -> list[str]: ...
+
+
+class SignupStore(Protocol):  # adapters.store.signup
+    async def start_verification(
+        self, account_id: int, user_id: int, origin: str, code_hash: str, expire_time: datetime
+    ) -> None: ...
+    async def verification(self, username: str) -> Verification | None: ...  # the live main user's account
+    async def count_attempt(self, account_id: int) -> int: ...
+    async def forgive_attempt(self, account_id: int) -> None: ...
+    async def replace_code(
+        self, account_id: int, code_hash: str, expire_time: datetime, *, max_codes: int, interval_seconds: int
+    ) -> int: ...  # the new code's number, 0 when the limits refuse it
+    async def complete(
+        self, account_id: int, user_id: int, code_hash: str, password_hash: str | None,
+        before_commit: Callable[[], Awaitable[None]],
+    ) -> datetime | None: ...  # out of test mode (None: the code was used or replaced meanwhile)
+
+
+class Throttle(Protocol):  # adapters.store.auth (the login_throttle counters)
+    async def count_failure(self, scope: str, key: str, *, max_failures: int, window: int, lock: int) -> Attempt: ...
+
+
+class SignupMail(Protocol):  # adapters.messaging_client.MessagingMail: to the account's main user's address
+    async def send(self, account_id: int, subject: str, body: str, notification_id: str) -> str: ...

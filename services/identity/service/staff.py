@@ -25,6 +25,7 @@ from services.identity.domain.staff import GRANTABLE_ROLES, NewStaff, StaffMembe
 from services.identity.service.closure import Closures
 from services.identity.service.ports import Auditor, StaffStore
 from services.identity.service.sessions import Sessions
+from services.identity.service.signup import Opened, SignupInput, Signups
 from svckit.audit import new_event
 from svckit.envelope import aad_for
 
@@ -32,9 +33,10 @@ SERVICE = "identity"
 
 
 class Staff:
-    def __init__(self, store: StaffStore, audit: Auditor, sessions: Sessions, closures: Closures | None = None
-                 ) -> None:
+    def __init__(self, store: StaffStore, audit: Auditor, sessions: Sessions, closures: Closures | None = None,
+                 signups: Signups | None = None) -> None:
         self._store = store
+        self._signups = signups
         self._audit = audit
         self._sessions = sessions
         self._closures = closures
@@ -143,6 +145,19 @@ class Staff:
         return await self._closures.cancel_for(
             account_id, f"staff:{me.id}",
             lambda: self._transparency(me, account_id, "CancelCustomerAccountClosure", reason, {}))
+
+    async def create_customer_account(self, caller: Caller, req: SignupInput, reason: str) -> Opened:
+        """Open an account for a customer (no password: the customer sets it with the emailed code). Both feeds
+        get the staff event before the account commits; the account's own `account.create` event comes first."""
+        me = await self._me(caller)
+        reason = check_reason(reason)
+        if self._signups is None:
+            raise StaffOnly("opening accounts is not wired in this identity")
+
+        async def transparency(account: Account, user: User) -> None:
+            await self._transparency(me, account.id, "CreateCustomerAccount", reason, {"user_id": str(user.id)})
+
+        return await self._signups.open_for_customer(req, transparency)
 
     async def _transparency(
         self, me: StaffMember, account_id: int, operation: str, reason: str, extra: dict[str, str]

@@ -5,11 +5,12 @@ from __future__ import annotations
 from services.identity.adapters.store.account_policy import AccountPolicyQueries
 from services.identity.adapters.store.auth import AuthQueries
 from services.identity.adapters.store.closures import ClosureQueries
+from services.identity.adapters.store.signup import SignupQueries
 from services.identity.adapters.store.staff import StaffQueries
 from services.identity.adapters.store.users import UserQueries
 
 
-class PgIdentityStore(UserQueries, AuthQueries, StaffQueries, ClosureQueries, AccountPolicyQueries):
+class PgIdentityStore(UserQueries, AuthQueries, StaffQueries, ClosureQueries, AccountPolicyQueries, SignupQueries):
     """The one store app.py builds: every query class over one pool."""
 
     async def platform_account_id(self) -> int:

@@ -467,3 +467,90 @@ class CancelCustomerAccountClosureResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelCustomerAccountClosureResponse: _TypeAlias = CancelCustomerAccountClosureResponse  # noqa: Y015
+
+@_typing.final
+class CreateCustomerAccountRequest(_message.Message):
+    """The customer's account and main user, and why staff open it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    COUNTRY_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The customer's name: the main user's first and last name."""
+    username: _builtins.str
+    email: _builtins.str
+    """Where the code goes."""
+    country: _builtins.str
+    """ISO 3166-1 alpha-2."""
+    timezone: _builtins.str
+    """IANA time zone name; the platform's default when empty."""
+    account_name: _builtins.str
+    """The customer's name when empty."""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        username: _builtins.str = ...,
+        email: _builtins.str = ...,
+        country: _builtins.str = ...,
+        timezone: _builtins.str = ...,
+        account_name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_name", b"account_name", "country", b"country", "email", b"email", "name", b"name", "reason", b"reason", "timezone", b"timezone", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCustomerAccountRequest: _TypeAlias = CreateCustomerAccountRequest  # noqa: Y015
+
+@_typing.final
+class CreateCustomerAccountResponse(_message.Message):
+    """The new account, in test mode and without a password until the customer
+    enters the emailed code.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    TEST_MODE_FIELD_NUMBER: _builtins.int
+    EMAIL_VERIFICATION_PENDING_FIELD_NUMBER: _builtins.int
+    VERIFICATION_EMAIL_SENT_FIELD_NUMBER: _builtins.int
+    CODE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.int
+    user_id: _builtins.int
+    username: _builtins.str
+    test_mode: _builtins.bool
+    email_verification_pending: _builtins.bool
+    verification_email_sent: _builtins.bool
+    """False when the mail could not be handed over now (resend it)."""
+    @_builtins.property
+    def code_expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.int = ...,
+        user_id: _builtins.int = ...,
+        username: _builtins.str = ...,
+        test_mode: _builtins.bool = ...,
+        email_verification_pending: _builtins.bool = ...,
+        verification_email_sent: _builtins.bool = ...,
+        code_expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["code_expire_time", b"code_expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "code_expire_time", b"code_expire_time", "email_verification_pending", b"email_verification_pending", "test_mode", b"test_mode", "user_id", b"user_id", "username", b"username", "verification_email_sent", b"verification_email_sent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCustomerAccountResponse: _TypeAlias = CreateCustomerAccountResponse  # noqa: Y015

@@ -67,6 +67,11 @@ class StaffServiceStub:
                 request_serializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CancelCustomerAccountClosureRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CancelCustomerAccountClosureResponse.FromString,
                 _registered_method=True)
+        self.CreateCustomerAccount = channel.unary_unary(
+                '/sendsafe.identity.v1.StaffService/CreateCustomerAccount',
+                request_serializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CreateCustomerAccountRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CreateCustomerAccountResponse.FromString,
+                _registered_method=True)
 
 
 class StaffServiceServicer:
@@ -121,6 +126,16 @@ class StaffServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCustomerAccount(self, request, context):
+        """Open an account for a customer, with a stated reason (audited in the new
+        account's feed and the platform's). It has no password and stays in test
+        mode until the customer enters the code emailed to the address given
+        here, choosing their password with it (POST /v1/signup/verify).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StaffServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +168,11 @@ def add_StaffServiceServicer_to_server(servicer, server):
                     servicer.CancelCustomerAccountClosure,
                     request_deserializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CancelCustomerAccountClosureRequest.FromString,
                     response_serializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CancelCustomerAccountClosureResponse.SerializeToString,
+            ),
+            'CreateCustomerAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCustomerAccount,
+                    request_deserializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CreateCustomerAccountRequest.FromString,
+                    response_serializer=sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CreateCustomerAccountResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -320,6 +340,33 @@ class StaffService:
             '/sendsafe.identity.v1.StaffService/CancelCustomerAccountClosure',
             sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CancelCustomerAccountClosureRequest.SerializeToString,
             sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CancelCustomerAccountClosureResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCustomerAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.identity.v1.StaffService/CreateCustomerAccount',
+            sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CreateCustomerAccountRequest.SerializeToString,
+            sendsafe_dot_identity_dot_v1_dot_staff__service__pb2.CreateCustomerAccountResponse.FromString,
             options,
             channel_credentials,
             insecure,

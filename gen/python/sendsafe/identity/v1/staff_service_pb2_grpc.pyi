@@ -56,6 +56,12 @@ class StaffServiceStub:
     """Cancel a customer's account closure during its pending window, with a
     stated reason (audited in the customer's feed and the platform's).
     """
+    CreateCustomerAccount: _grpc.UnaryUnaryMultiCallable[_staff_service_pb2.CreateCustomerAccountRequest, _staff_service_pb2.CreateCustomerAccountResponse]
+    """Open an account for a customer, with a stated reason (audited in the new
+    account's feed and the platform's). It has no password and stays in test
+    mode until the customer enters the code emailed to the address given
+    here, choosing their password with it (POST /v1/signup/verify).
+    """
 
 @_typing.type_check_only
 class StaffServiceAsyncStub(StaffServiceStub):
@@ -84,6 +90,12 @@ class StaffServiceAsyncStub(StaffServiceStub):
     CancelCustomerAccountClosure: _aio.UnaryUnaryMultiCallable[_staff_service_pb2.CancelCustomerAccountClosureRequest, _staff_service_pb2.CancelCustomerAccountClosureResponse]  # type: ignore[assignment]
     """Cancel a customer's account closure during its pending window, with a
     stated reason (audited in the customer's feed and the platform's).
+    """
+    CreateCustomerAccount: _aio.UnaryUnaryMultiCallable[_staff_service_pb2.CreateCustomerAccountRequest, _staff_service_pb2.CreateCustomerAccountResponse]  # type: ignore[assignment]
+    """Open an account for a customer, with a stated reason (audited in the new
+    account's feed and the platform's). It has no password and stays in test
+    mode until the customer enters the code emailed to the address given
+    here, choosing their password with it (POST /v1/signup/verify).
     """
 
 class StaffServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -146,6 +158,18 @@ class StaffServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_staff_service_pb2.CancelCustomerAccountClosureResponse, _abc.Awaitable[_staff_service_pb2.CancelCustomerAccountClosureResponse]]:
         """Cancel a customer's account closure during its pending window, with a
         stated reason (audited in the customer's feed and the platform's).
+        """
+
+    @_abc_1.abstractmethod
+    def CreateCustomerAccount(
+        self,
+        request: _staff_service_pb2.CreateCustomerAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_staff_service_pb2.CreateCustomerAccountResponse, _abc.Awaitable[_staff_service_pb2.CreateCustomerAccountResponse]]:
+        """Open an account for a customer, with a stated reason (audited in the new
+        account's feed and the platform's). It has no password and stays in test
+        mode until the customer enters the code emailed to the address given
+        here, choosing their password with it (POST /v1/signup/verify).
         """
 
 def add_StaffServiceServicer_to_server(servicer: StaffServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -80,8 +80,9 @@ class NotificationServiceServicer:
         recorded like the owner's own sends, from the shared sender, only to a
         verified destination (else DESTINATION_NOT_VERIFIED). EMAIL goes over
         SMTP to a verified address, or with `account_owners` to the account's
-        owners (security notifications); a server that cannot take it now is
-        UNAVAILABLE (the caller retries).
+        owners (security notifications; identity's sign-up codes, from its fixed
+        template, to the new account's main user); a server that cannot take it
+        now is UNAVAILABLE (the caller retries).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,8 +44,9 @@ class NotificationServiceStub:
     recorded like the owner's own sends, from the shared sender, only to a
     verified destination (else DESTINATION_NOT_VERIFIED). EMAIL goes over
     SMTP to a verified address, or with `account_owners` to the account's
-    owners (security notifications); a server that cannot take it now is
-    UNAVAILABLE (the caller retries).
+    owners (security notifications; identity's sign-up codes, from its fixed
+    template, to the new account's main user); a server that cannot take it
+    now is UNAVAILABLE (the caller retries).
     """
     SendClosureReceipt: _grpc.UnaryUnaryMultiCallable[_notification_service_pb2.SendClosureReceiptRequest, _notification_service_pb2.SendClosureReceiptResponse]
     """Internal: email a closed account's signed destruction receipt to the
@@ -85,8 +86,9 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     recorded like the owner's own sends, from the shared sender, only to a
     verified destination (else DESTINATION_NOT_VERIFIED). EMAIL goes over
     SMTP to a verified address, or with `account_owners` to the account's
-    owners (security notifications); a server that cannot take it now is
-    UNAVAILABLE (the caller retries).
+    owners (security notifications; identity's sign-up codes, from its fixed
+    template, to the new account's main user); a server that cannot take it
+    now is UNAVAILABLE (the caller retries).
     """
     SendClosureReceipt: _aio.UnaryUnaryMultiCallable[_notification_service_pb2.SendClosureReceiptRequest, _notification_service_pb2.SendClosureReceiptResponse]  # type: ignore[assignment]
     """Internal: email a closed account's signed destruction receipt to the
@@ -129,8 +131,9 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         recorded like the owner's own sends, from the shared sender, only to a
         verified destination (else DESTINATION_NOT_VERIFIED). EMAIL goes over
         SMTP to a verified address, or with `account_owners` to the account's
-        owners (security notifications); a server that cannot take it now is
-        UNAVAILABLE (the caller retries).
+        owners (security notifications; identity's sign-up codes, from its fixed
+        template, to the new account's main user); a server that cannot take it
+        now is UNAVAILABLE (the caller retries).
         """
 
     @_abc_1.abstractmethod
