@@ -20,6 +20,18 @@ _BY_SUBJECT = (
     "DELETE FROM sessions WHERE subject_kind = 'user' AND subject_id = ANY($1::bigint[])",
 )
 _KEPT = ("accounts", "account_closures", "users")  # users go last, after whatever refers to them
+_USER_REFERENCES = (
+    "SELECT c.conrelid::regclass::text AS tbl, a.attname AS col FROM pg_constraint c"
+    " JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]"
+    " WHERE c.contype = 'f' AND c.confrelid = 'users'::regclass AND cardinality(c.conkey) = 1"
+    " AND c.conrelid <> 'users'::regclass"
+)
+_ACCOUNT_TABLES = (
+    "SELECT format('%I', c.table_name) AS tbl FROM information_schema.columns c JOIN information_schema.tables t"
+    " ON t.table_schema = c.table_schema AND t.table_name = c.table_name AND t.table_type = 'BASE TABLE'"
+    " WHERE c.table_schema = current_schema() AND c.column_name = 'account_id'"
+    " AND c.table_name <> ALL($1::text[]) ORDER BY c.table_name"
+)
 
 
 def _closure(r: asyncpg.Record) -> Closure:
@@ -132,14 +144,26 @@ class ClosureQueries(Queries):
             deleted = 0
             for sql in _BY_SUBJECT:
                 deleted += int((await conn.execute(sql, users)).split()[-1])
-            tables = await conn.fetch(
-                "SELECT c.table_name FROM information_schema.columns c JOIN information_schema.tables t"
-                " ON t.table_schema = c.table_schema AND t.table_name = c.table_name AND t.table_type = 'BASE TABLE'"
-                " WHERE c.table_schema = current_schema() AND c.column_name = 'account_id'"
-                " AND c.table_name <> ALL($1::text[]) ORDER BY c.table_name", list(_KEPT))
-            for name in [*('"' + r["table_name"].replace('"', '""') + '"' for r in tables), "users"]:
-                done = await conn.execute(f"DELETE FROM {name} WHERE account_id = $1", account_id)
+            # Rows that refer to the users by a foreign key (whatever their table is called), then every table with
+            # an account_id column, users last. Tables added later are found in the catalog, and one that refers to
+            # another is retried after it (a savepoint per attempt), so the order needs no list kept by hand.
+            for r in await conn.fetch(_USER_REFERENCES):
+                done = await conn.execute(f'DELETE FROM {r["tbl"]} WHERE "{r["col"]}" = ANY($1::bigint[])', users)
                 deleted += int(done.split()[-1])
+            tables = [r["tbl"] for r in await conn.fetch(_ACCOUNT_TABLES, list(_KEPT))]
+            for _ in range(len(tables) + 1):
+                if not tables:
+                    break
+                left = []
+                for name in tables:
+                    try:
+                        async with conn.transaction():  # a savepoint
+                            done = await conn.execute(f"DELETE FROM {name} WHERE account_id = $1", account_id)
+                        deleted += int(done.split()[-1])
+                    except asyncpg.ForeignKeyViolationError:
+                        left.append(name)
+                tables = left
+            deleted += int((await conn.execute("DELETE FROM users WHERE account_id = $1", account_id)).split()[-1])
             await conn.execute("DELETE FROM account_closures WHERE account_id = $1", account_id)
             await conn.execute(
                 "UPDATE accounts SET state = 'closed', close_time = now(), destruction_receipt_sha256 = $2,"
