@@ -16,9 +16,14 @@ import grpc
 import pytest
 
 from sendsafe.context.v1 import principal_pb2
-from sendsafe.identity.v1 import auth_service_pb2, auth_service_pb2_grpc, identity_service_pb2, identity_service_pb2_grpc
+from sendsafe.identity.v1 import (
+    auth_service_pb2,
+    auth_service_pb2_grpc,
+    identity_service_pb2,
+    identity_service_pb2_grpc,
+    signup_service_pb2_grpc,
+)
 from sendsafe.identity.v1 import signup_service_pb2 as pb
-from sendsafe.identity.v1 import signup_service_pb2_grpc
 from sendsafe.messaging.v1 import (
     messaging_service_pb2_grpc,
     notification_service_pb2,
@@ -186,7 +191,7 @@ async def test_a_taken_username_a_weak_password_and_a_bad_email_are_refused_clea
     async with channel_as(certs, "gateway", identity.port, "identity") as ch:
         signup = signup_service_pb2_grpc.SignupServiceStub(ch)
         cases = {
-            "taken (ignoring case)": (_request(first.username.upper()), grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"),
+            "taken (any case)": (_request(first.username.upper()), grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"),
             "weak password": (_request(password="password1234"), grpc.StatusCode.INVALID_ARGUMENT, "PASSWORD_REJECTED"),
             "no password": (_request(password=""), grpc.StatusCode.INVALID_ARGUMENT, "PASSWORD_REJECTED"),
             "bad email": (_request(email="not-an-address"), grpc.StatusCode.INVALID_ARGUMENT, "EMAIL_INVALID"),
@@ -293,5 +298,6 @@ async def test_the_account_stays_when_the_email_cannot_be_sent_and_a_resend_deli
 
 async def test_only_the_gateway_may_call_signup(identity: App, certs: CertBundle) -> None:
     async with channel_as(certs, "messaging", identity.port, "identity") as ch:
-        got = await _refused(signup_service_pb2_grpc.SignupServiceStub(ch).Signup(_request(), metadata=_from("10.0.0.1")))
+        stub = signup_service_pb2_grpc.SignupServiceStub(ch)
+        got = await _refused(stub.Signup(_request(), metadata=_from("10.0.0.1")))
     assert got[0] == grpc.StatusCode.PERMISSION_DENIED
