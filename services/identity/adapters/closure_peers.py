@@ -42,14 +42,20 @@ class ClosurePeerClients:
                                                  timeout=self._timeout)
 
     async def schedule_key_destruction(self, account_id: int, window_seconds: int) -> datetime | None:
-        """When the keys will be destroyed (None: already scheduled, or the account never had keys)."""
+        """When the keys will be destroyed (None: already scheduled). An account that never used its keys gets
+        its ring made first, so that its destruction too ends with a signed receipt."""
+        request = kpb.ScheduleAccountKeyDestructionRequest(account_id=account_id, pending_window_seconds=window_seconds)
         try:
-            resp = await self._keys.ScheduleAccountKeyDestruction(kpb.ScheduleAccountKeyDestructionRequest(
-                account_id=account_id, pending_window_seconds=window_seconds), timeout=self._timeout)
+            resp = await self._keys.ScheduleAccountKeyDestruction(request, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
-            if error_reason(err) in ("KEYS_PENDING_DESTRUCTION", "ACCOUNT_KEYS_NOT_FOUND"):
+            reason = error_reason(err)
+            if reason == "KEYS_PENDING_DESTRUCTION":
                 return None
-            raise
+            if reason != "ACCOUNT_KEYS_NOT_FOUND":
+                raise
+            await self._keys.GenerateDataKeyWithoutPlaintext(
+                kpb.GenerateDataKeyWithoutPlaintextRequest(account_id=account_id), timeout=self._timeout)
+            resp = await self._keys.ScheduleAccountKeyDestruction(request, timeout=self._timeout)
         return resp.status.destroy_time.ToDatetime(tzinfo=UTC)
 
     async def cancel_key_destruction(self, account_id: int) -> None:
