@@ -25,9 +25,11 @@ REAL = "+61491570156"  # a real (not test) Australian mobile number: priced when
 
 
 def wait_mail(inbox: Inbox, to: str, count: int = 1, deadline_s: float = 20.0) -> Received:
+    """The `count`th sign-up code email to `to` (security notices about the account go there too)."""
     end = time.monotonic() + deadline_s
     while True:
-        mails = [m for m in list(inbox.received) if m.rcpt_tos == [to]]
+        mails = [m for m in list(inbox.received)
+                 if m.rcpt_tos == [to] and m.message["Subject"] == "SendSafe sign-up code"]
         if len(mails) >= count:
             return mails[count - 1]
         assert time.monotonic() < end, f"no sign-up email reached {to}"

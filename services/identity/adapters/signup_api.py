@@ -22,7 +22,7 @@ def _ts(when: datetime) -> timestamp_pb2.Timestamp:
 
 def signup_input(r: signup_service_pb2.SignupRequest) -> SignupInput:
     return SignupInput(name=r.name, username=r.username, email=r.email, password=r.password, country=r.country,
-                       timezone=r.timezone, account_name=r.account_name)
+                       timezone=r.timezone)
 
 
 def opened_to_proto(o: Opened) -> signup_service_pb2.SignupResponse:
@@ -63,7 +63,7 @@ class StaffSignupServicer(StaffServicer):
     ) -> staff_service_pb2.CreateCustomerAccountResponse:
         o = await self.staff.create_customer_account(caller(), SignupInput(
             name=request.name, username=request.username, email=request.email, password="", country=request.country,
-            timezone=request.timezone, account_name=request.account_name,
+            timezone=request.timezone,
         ), request.reason)
         return staff_service_pb2.CreateCustomerAccountResponse(
             account_id=o.account.id, user_id=o.user.id, username=o.user.api_username, test_mode=o.account.test_mode,

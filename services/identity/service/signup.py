@@ -8,7 +8,9 @@ here). Entering the code takes the account out of test mode; nothing else does. 
 with ids and network facts (the call context's client address; the network in details) -- never an email
 address, a name or a code. A username already in use is 409 ALREADY_EXISTS, as ClickSend's create answers; the
 email is not required to be unique (see README: Sign-up), so sign-up reveals nothing about who has an account
-beyond usernames, which are public login names anyway; per-network throttling bounds probing for them."""
+beyond usernames, which are public login names anyway; per-network throttling bounds probing for them. The
+account is named after its username: account names are kept in clear like usernames, so a person's own name is
+never put there (it goes to the main user's sealed first and last name)."""
 
 from __future__ import annotations
 
@@ -52,7 +54,6 @@ class SignupInput:
     password: str
     country: str
     timezone: str = ""
-    account_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,11 @@ class Signups:
         """Open an account and email its code. The request's shape is checked before anything is counted;
         then the caller's address and network are throttled before the password is hashed."""
         name = check_name(req.name, "name", required=True)
-        account_name = check_name(req.account_name or name, "account_name", required=True)
+        check_username(req.username)  # before the account name made from it
         timezone = check_timezone(req.timezone, self._default_timezone)
         first, last = split_name(name)
         new = new_account(
-            account_name=account_name, api_username=req.username, email=req.email, phone_number="",
+            account_name=req.username, api_username=req.username, email=req.email, phone_number="",
             first_name=first, last_name=last, country=req.country, test_mode=True,
             default_country=self._default_country, default_timezone=timezone,
         )
@@ -119,10 +120,11 @@ class Signups:
         emailed code), test mode until then. `transparency` records staff's events in both feeds before the
         account is committed."""
         name = check_name(req.name, "name", required=True)
+        check_username(req.username)
         timezone = check_timezone(req.timezone, self._default_timezone)
         first, last = split_name(name)
         account, user = await self._accounts.create_account(CreateAccountInput(
-            account_name=req.account_name or name, api_username=req.username, email=req.email, phone_number="",
+            account_name=req.username, api_username=req.username, email=req.email, phone_number="",
             first_name=first, last_name=last, country=req.country, test_mode=True, timezone=timezone,
         ), also=transparency)
         sent, expire = await self._first_code(account, user, STAFF_OPENED)

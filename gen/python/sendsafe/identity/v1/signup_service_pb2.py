@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from sendsafe.options.v1 import options_pb2 as sendsafe_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)sendsafe/identity/v1/signup_service.proto\x12\x14sendsafe.identity.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!sendsafe/options/v1/options.proto\"\x89\x01\n\rSignupRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x10\n\x08password\x18\x04 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x05 \x01(\t\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12\x14\n\x0c\x61\x63\x63ount_name\x18\x07 \x01(\t\"\xd5\x01\n\x0eSignupResponse\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x11\n\ttest_mode\x18\x04 \x01(\x08\x12\"\n\x1a\x65mail_verification_pending\x18\x05 \x01(\x08\x12\x1f\n\x17verification_email_sent\x18\x06 \x01(\x08\x12\x34\n\x10\x63ode_expire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x13VerifySignupRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"\x80\x01\n\x14VerifySignupResponse\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x11\n\ttest_mode\x18\x03 \x01(\x08\x12/\n\x0bverify_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x17ResendSignupCodeRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"\x1a\n\x18ResendSignupCodeResponse2\xc0\x03\n\rSignupService\x12y\n\x06Signup\x12#.sendsafe.identity.v1.SignupRequest\x1a$.sendsafe.identity.v1.SignupResponse\"$\xaa\xbb\x18\x0b\n\x07gateway \x01\x82\xd3\xe4\x93\x02\x0f\"\n/v1/signup:\x01*\x12\x92\x01\n\x0cVerifySignup\x12).sendsafe.identity.v1.VerifySignupRequest\x1a*.sendsafe.identity.v1.VerifySignupResponse\"+\xaa\xbb\x18\x0b\n\x07gateway \x01\x82\xd3\xe4\x93\x02\x16\"\x11/v1/signup/verify:\x01*\x12\x9e\x01\n\x10ResendSignupCode\x12-.sendsafe.identity.v1.ResendSignupCodeRequest\x1a..sendsafe.identity.v1.ResendSignupCodeResponse\"+\xaa\xbb\x18\x0b\n\x07gateway \x01\x82\xd3\xe4\x93\x02\x16\"\x11/v1/signup/resend:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)sendsafe/identity/v1/signup_service.proto\x12\x14sendsafe.identity.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!sendsafe/options/v1/options.proto\"\x87\x01\n\rSignupRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x10\n\x08password\x18\x04 \x01(\t\x12\x0f\n\x07\x63ountry\x18\x05 \x01(\t\x12\x10\n\x08timezone\x18\x06 \x01(\tJ\x04\x08\x07\x10\x08R\x0c\x61\x63\x63ount_name\"\xd5\x01\n\x0eSignupResponse\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x10\n\x08username\x18\x03 \x01(\t\x12\x11\n\ttest_mode\x18\x04 \x01(\x08\x12\"\n\x1a\x65mail_verification_pending\x18\x05 \x01(\x08\x12\x1f\n\x17verification_email_sent\x18\x06 \x01(\x08\x12\x34\n\x10\x63ode_expire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"G\n\x13VerifySignupRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"\x80\x01\n\x14VerifySignupResponse\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x11\n\ttest_mode\x18\x03 \x01(\x08\x12/\n\x0bverify_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"+\n\x17ResendSignupCodeRequest\x12\x10\n\x08username\x18\x01 \x01(\t\"\x1a\n\x18ResendSignupCodeResponse2\xc0\x03\n\rSignupService\x12y\n\x06Signup\x12#.sendsafe.identity.v1.SignupRequest\x1a$.sendsafe.identity.v1.SignupResponse\"$\xaa\xbb\x18\x0b\n\x07gateway \x01\x82\xd3\xe4\x93\x02\x0f\"\n/v1/signup:\x01*\x12\x92\x01\n\x0cVerifySignup\x12).sendsafe.identity.v1.VerifySignupRequest\x1a*.sendsafe.identity.v1.VerifySignupResponse\"+\xaa\xbb\x18\x0b\n\x07gateway \x01\x82\xd3\xe4\x93\x02\x16\"\x11/v1/signup/verify:\x01*\x12\x9e\x01\n\x10ResendSignupCode\x12-.sendsafe.identity.v1.ResendSignupCodeRequest\x1a..sendsafe.identity.v1.ResendSignupCodeResponse\"+\xaa\xbb\x18\x0b\n\x07gateway \x01\x82\xd3\xe4\x93\x02\x16\"\x11/v1/signup/resend:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,17 +41,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SIGNUPSERVICE'].methods_by_name['ResendSignupCode']._loaded_options = None
   _globals['_SIGNUPSERVICE'].methods_by_name['ResendSignupCode']._serialized_options = b'\252\273\030\013\n\007gateway \001\202\323\344\223\002\026\"\021/v1/signup/resend:\001*'
   _globals['_SIGNUPREQUEST']._serialized_start=166
-  _globals['_SIGNUPREQUEST']._serialized_end=303
-  _globals['_SIGNUPRESPONSE']._serialized_start=306
-  _globals['_SIGNUPRESPONSE']._serialized_end=519
-  _globals['_VERIFYSIGNUPREQUEST']._serialized_start=521
-  _globals['_VERIFYSIGNUPREQUEST']._serialized_end=592
-  _globals['_VERIFYSIGNUPRESPONSE']._serialized_start=595
-  _globals['_VERIFYSIGNUPRESPONSE']._serialized_end=723
-  _globals['_RESENDSIGNUPCODEREQUEST']._serialized_start=725
-  _globals['_RESENDSIGNUPCODEREQUEST']._serialized_end=768
-  _globals['_RESENDSIGNUPCODERESPONSE']._serialized_start=770
-  _globals['_RESENDSIGNUPCODERESPONSE']._serialized_end=796
-  _globals['_SIGNUPSERVICE']._serialized_start=799
-  _globals['_SIGNUPSERVICE']._serialized_end=1247
+  _globals['_SIGNUPREQUEST']._serialized_end=301
+  _globals['_SIGNUPRESPONSE']._serialized_start=304
+  _globals['_SIGNUPRESPONSE']._serialized_end=517
+  _globals['_VERIFYSIGNUPREQUEST']._serialized_start=519
+  _globals['_VERIFYSIGNUPREQUEST']._serialized_end=590
+  _globals['_VERIFYSIGNUPRESPONSE']._serialized_start=593
+  _globals['_VERIFYSIGNUPRESPONSE']._serialized_end=721
+  _globals['_RESENDSIGNUPCODEREQUEST']._serialized_start=723
+  _globals['_RESENDSIGNUPCODEREQUEST']._serialized_end=766
+  _globals['_RESENDSIGNUPCODERESPONSE']._serialized_start=768
+  _globals['_RESENDSIGNUPCODERESPONSE']._serialized_end=794
+  _globals['_SIGNUPSERVICE']._serialized_start=797
+  _globals['_SIGNUPSERVICE']._serialized_end=1245
 # @@protoc_insertion_point(module_scope)

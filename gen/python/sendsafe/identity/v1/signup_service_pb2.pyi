@@ -29,7 +29,6 @@ class SignupRequest(_message.Message):
     PASSWORD_FIELD_NUMBER: _builtins.int
     COUNTRY_FIELD_NUMBER: _builtins.int
     TIMEZONE_FIELD_NUMBER: _builtins.int
-    ACCOUNT_NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The person's name ("Ada Lovelace"): the main user's first and last name."""
     username: _builtins.str
@@ -41,8 +40,6 @@ class SignupRequest(_message.Message):
     """ISO 3166-1 alpha-2."""
     timezone: _builtins.str
     """IANA time zone name; the platform's default when empty."""
-    account_name: _builtins.str
-    """The account's name; the person's name when empty."""
     def __init__(
         self,
         *,
@@ -52,11 +49,10 @@ class SignupRequest(_message.Message):
         password: _builtins.str = ...,
         country: _builtins.str = ...,
         timezone: _builtins.str = ...,
-        account_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_name", b"account_name", "country", b"country", "email", b"email", "name", b"name", "password", b"password", "timezone", b"timezone", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["country", b"country", "email", b"email", "name", b"name", "password", b"password", "timezone", b"timezone", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -479,7 +479,6 @@ class CreateCustomerAccountRequest(_message.Message):
     EMAIL_FIELD_NUMBER: _builtins.int
     COUNTRY_FIELD_NUMBER: _builtins.int
     TIMEZONE_FIELD_NUMBER: _builtins.int
-    ACCOUNT_NAME_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The customer's name: the main user's first and last name."""
@@ -490,8 +489,6 @@ class CreateCustomerAccountRequest(_message.Message):
     """ISO 3166-1 alpha-2."""
     timezone: _builtins.str
     """IANA time zone name; the platform's default when empty."""
-    account_name: _builtins.str
-    """The customer's name when empty."""
     reason: _builtins.str
     def __init__(
         self,
@@ -501,12 +498,11 @@ class CreateCustomerAccountRequest(_message.Message):
         email: _builtins.str = ...,
         country: _builtins.str = ...,
         timezone: _builtins.str = ...,
-        account_name: _builtins.str = ...,
         reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_name", b"account_name", "country", b"country", "email", b"email", "name", b"name", "reason", b"reason", "timezone", b"timezone", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["country", b"country", "email", b"email", "name", b"name", "reason", b"reason", "timezone", b"timezone", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
