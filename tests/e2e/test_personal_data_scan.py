@@ -1,9 +1,10 @@
 """Issue 15, Must show: no personal data in clear at rest. An account lives a scripted life through the gateway as
-a customer would (sub-accounts with names, emails, phone numbers and notes; an update; sends with a marker body
-and a marker custom string; the receipt; a reply; an alert rule; the reads that must still show everything; an
-export, left sealed at rest), then every row of every table of the four service databases (cast to text) and every
-Redis value under the suite's prefix is searched for this test's markers, emails, names and phone numbers (E.164
-and national digits), as text and as the hex PostgreSQL prints for bytea. The suite shares its databases with other
+a customer would (a sign-up with the owner's name and email, whose code email goes out; sub-accounts with names,
+emails, phone numbers and notes; an update; sends with a marker body and a marker custom string; the receipt; a
+reply; an alert rule; the reads that must still show everything; an export, left sealed at rest), then every row
+of every table of the four service databases (cast to text) and every Redis value under the suite's prefix is
+searched for this test's markers, emails, names and phone numbers (E.164 and national digits), as text and as the
+hex PostgreSQL prints for bytea. The suite shares its databases with other
 e2e tests, so only this test's unique values are searched for."""
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from sendsafe.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from svckit.rpc import secure_channel
 from svckit.tls import TlsFiles
@@ -48,23 +48,22 @@ def _mobile() -> tuple[str, str]:
     return f"+6141{rest}", f"041{rest}"
 
 
-def _make_account(suite: Suite, certs: CertBundle, username: str, **personal: str) -> tuple[int, str]:
-    """An account as operators open them today (there is no sign-up yet): test mode, so the reply hook works."""
+def _sign_up(suite: Suite, certs: CertBundle, http: Http, username: str, email: str, name: str) -> str:
+    """The account opens as a person opens one (POST /v1/signup; its code email goes out through messaging) and
+    stays unverified, so in test mode (the reply hook works). Its API key comes from the keys service with the ops
+    certificate: a session makes keys only after a second-factor step-up, which is tested elsewhere."""
+    r = http.call("POST", "/v1/signup", json_body={"name": name, "username": username, "email": email,
+                                                   "password": PASSWORD, "country": "AU"})
+    assert r.status == 200 and r.json()["test_mode"] is True, r.body
     tls = TlsFiles(certs.dir / "ops.crt", certs.dir / "ops.key", certs.dir / "internal-ca.crt")
 
-    async def make() -> tuple[int, str]:
-        async with (
-            secure_channel(suite.addrs["identity"], tls, server_name="identity") as ich,
-            secure_channel(suite.addrs["keys"], tls, server_name="keys") as kch,
-        ):
-            made = await identity_service_pb2_grpc.IdentityServiceStub(ich).CreateAccount(
-                identity_service_pb2.CreateAccountRequest(account_name="Scan Pty Ltd", api_username=username,
-                                                          country="AU", test_mode=True, **personal))
+    async def issue() -> str:
+        async with secure_channel(suite.addrs["keys"], tls, server_name="keys") as kch:
             issued = await keys_service_pb2_grpc.KeysServiceStub(kch).IssueApiKey(keys_service_pb2.IssueApiKeyRequest(
-                account_id=made.user.account_id, user_id=made.user.user_id, name="scan", test_mode=True))
-            return made.user.account_id, str(issued.api_key)
+                account_id=int(r.json()["account_id"]), user_id=int(r.json()["user_id"]), name="scan", test_mode=True))
+            return str(issued.api_key)
 
-    return asyncio.run(make())
+    return asyncio.run(issue())
 
 
 async def _scan_databases(suite: Suite, needles: dict[str, bytes]) -> tuple[list[str], int]:
@@ -128,15 +127,13 @@ async def _scan_redis(suite: Suite, needles: dict[str, bytes]) -> tuple[list[str
 
 def test_no_personal_data_in_clear_in_any_database_or_redis(suite: Suite, certs: CertBundle) -> None:
     m = uuid.uuid4().hex[:16]  # every free-text value below carries it
-    owner_e164, owner_national = _mobile()
     sub_e164, sub_national = _mobile()
     to_e164, to_national = _mobile()
     # The login name is kept in clear (looked up before the account is known; README): a non-personal one.
     username = f"scan{uuid.uuid4().hex[:10]}"
     owner_email = f"owner.{m}@example.com"
-    _, api_key = _make_account(suite, certs, username, email=owner_email, phone_number=owner_national,
-                                        first_name=f"Ownerfirst{m}", last_name=f"Ownerlast{m}")
     http = Http(suite.gateway_url, str(certs.public_ca))
+    api_key = _sign_up(suite, certs, http, username, owner_email, f"Ownerfirst{m} Ownerlast{m}")
     main = (username, api_key)
 
     # Sub-accounts with names, emails, numbers and notes; one changed afterwards.
@@ -187,8 +184,8 @@ def test_no_personal_data_in_clear_in_any_database_or_redis(suite: Suite, certs:
     needles = {
         "the marker": m.encode(),
         "an email": owner_email.encode(),
-        **{f"a number ({n})": n.encode() for n in (owner_e164, owner_national, sub_e164, sub_national, to_e164,
-                                                    to_national, to_e164[1:], owner_e164[1:], sub_e164[1:])},
+        **{f"a number ({n})": n.encode() for n in (sub_e164, sub_national, to_e164, to_national, to_e164[1:],
+                                                    sub_e164[1:])},
     }
 
     async def scan() -> tuple[list[str], int, int]:
