@@ -99,6 +99,12 @@ def test_the_main_user_exports_the_account_and_verifies_it_offline(
         assert refused.status == 403, refused.body
         assert refused.json()["error"]["reason"] == "MISSING_PERMISSION"
 
+    # The send's audit event under a signed checkpoint (its proof signs one if needed): the export's audit section
+    # holds what the latest checkpoint covers, and checkpoints are signed at most once a second.
+    sent = until(lambda: http.call("GET", "/v1/audit/events?action=gateway.SendSms", auth=main).json()["events"],
+                 bool, "the send's audit event")
+    assert http.call("GET", f"/v1/audit/events/{sent[0]['event_id']}/proof", auth=main).status == 200
+
     # The export, followed until it is ready.
     r = http.call("POST", "/v1/account/exports", auth=main, json_body={})
     assert r.status == 200, r.body
@@ -141,7 +147,7 @@ def test_the_main_user_exports_the_account_and_verifies_it_offline(
 
     # The audit section verifies offline with the log's verifier key, taken from the API (not from the file).
     audit = [x for x in got.body.decode().splitlines() if json.loads(x)["type"] in ("checkpoint", "event")]
-    assert any(json.loads(x).get("event", {}).get("action") == "messaging.export.requested" for x in audit)
+    assert any(json.loads(x).get("event", {}).get("action") == "gateway.SendSms" for x in audit)
     trail, key = tmp_path / "audit.jsonl", tmp_path / "log.vkey"
     trail.write_text("\n".join(audit) + "\n")
     key.write_text(http.call("GET", "/v1/audit/checkpoint", auth=main).json()["verifier_key"])
@@ -156,3 +162,16 @@ def test_the_main_user_exports_the_account_and_verifies_it_offline(
     assert again.json()["error"]["reason"] == "EXPORT_ALREADY_DOWNLOADED"
     done = progress()
     assert done["state"] == "ACCOUNT_EXPORT_STATE_DOWNLOADED" and done["download_time"]
+
+    # The export's own audit trail: requested, completed (counts, bytes), downloaded -- ids and numbers only.
+    def trail_events() -> list[dict[str, Any]]:
+        got = http.call("GET", "/v1/audit/events?action=messaging.export.*&page_size=50", auth=main)
+        assert got.status == 200, got.body
+        return [e for e in got.json()["events"] if e["resource"]["id"] == export_id]
+
+    events = until(trail_events, lambda es: len(es) >= 3, "the export's audit events")
+    by_action = {e["action"]: e for e in events}
+    assert {"messaging.export.requested", "messaging.export.completed", "messaging.export.downloaded"} <= set(
+        by_action)
+    assert by_action["messaging.export.completed"]["details"]["count.message"] == "3"
+    assert not any(marker in json.dumps(e) or to[1:] in json.dumps(e) for e in events)

@@ -18,9 +18,11 @@ import pytest
 from sendsafe.messaging.v1 import export_service_pb2 as epb
 from sendsafe.messaging.v1 import export_service_pb2_grpc
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
+from services.audit.service.formats import to_incoming
 from services.messaging.config import Settings
 from services.messaging.service.exports import Exports
 from svckit.app import App
+from svckit.audit import new_event
 from svckit.rpcstatus import error_reason
 from tests.conftest import channel_as
 from tests.integration.messaging.conftest import Messaging, principal_md
@@ -82,7 +84,7 @@ async def _download(stub: Any, md: Any, export_id: str) -> bytes:
 
 
 async def test_the_job_streams_the_account_into_sealed_chunks_downloaded_once(
-    exporting: Messaging, certs: CertBundle, monkeypatch: pytest.MonkeyPatch,
+    exporting: Messaging, certs: CertBundle, monkeypatch: pytest.MonkeyPatch, audit_app: App,
 ) -> None:
     m = exporting
     account = 7700 + uuid.uuid4().int % 200
@@ -109,6 +111,11 @@ async def test_the_job_streams_the_account_into_sealed_chunks_downloaded_once(
             original_message_id=first, body=f"reply {marker}"), metadata=md)
         await eventually(lambda: _receipts(m, account), what="receipts")
 
+        # An event of the account under a signed checkpoint: the audit section holds what the latest checkpoint
+        # covers, and a checkpoint is signed at most once a second (the export's own events may come after it).
+        log = audit_app.extras["service"]
+        await log.append_events([to_incoming(new_event("messaging", "test.before_export", account_id=account))])
+        assert await log.sign_checkpoint() is not None
         created = (await estub.CreateAccountExport(epb.CreateAccountExportRequest(), metadata=md)).export
         assert created.state == epb.ACCOUNT_EXPORT_STATE_PENDING and created.user_id == 7
         ready = await _ready(estub, md, created.export_id)
@@ -139,7 +146,7 @@ async def test_the_job_streams_the_account_into_sealed_chunks_downloaded_once(
         vkey = next(r["verifier_key"] for r in records if r["type"] == "checkpoint")
         report = verify(audit, vkey)
         assert report.ok and report.events >= 1, report.problem
-        assert any(r.get("event", {}).get("action") == "messaging.export.requested" for r in records)
+        assert any(r.get("event", {}).get("action") == "test.before_export" for r in records)
 
         with pytest.raises(grpc.aio.AioRpcError) as again:
             await _download(estub, md, created.export_id)
