@@ -221,7 +221,10 @@ class Signups:
             return
         await self._throttled(caller, "signup_code", "identity.signup.code_sent")
         v = await self._store.verification(username)
-        if v is None:
+        if v is None:  # recorded (network facts only), answered as any other refusal
+            await self._audit.record(self._event("identity.signup.code_sent", 0,
+                                                 {"failure": "no_pending_signup", **_network(caller)},
+                                                 outcome=event_pb2.OUTCOME_DENIED, reason="SIGNUP_RESEND_REFUSED"))
             return
         code, expire = new_code(), self._now() + timedelta(seconds=self.policy.code_ttl_seconds)
         number = await self._store.replace_code(
