@@ -418,6 +418,8 @@ def test_key_material_is_never_exportable() -> None:
         ("GenerateDataKeyWithoutPlaintextResponse", "wrapped_key"), ("DecryptDataKeyResponse", "plaintext"),
         ("EncryptResponse", "ciphertext"), ("DecryptResponse", "plaintext"), ("RewrapResult", "blob"),
         ("ReceiptSigningKey", "public_key"),
+        # A destroyed account's signed receipt (public: it names versions and hashes of wrapped keys now gone).
+        ("PurgeAccountKeysResponse", "receipt"), ("PurgeAccountKeysResponse", "signature"),
     }
     found = set()
 
