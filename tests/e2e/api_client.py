@@ -1,13 +1,30 @@
-"""Tiny HTTPS helpers for e2e tests: raw calls (for error paths) and the official ClickSend SDK."""
+"""Tiny HTTPS helpers for e2e tests: raw calls (for error paths), the official ClickSend SDK, and polling."""
 
 from __future__ import annotations
 
 import base64
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import pytest
 import urllib3
+
+T = TypeVar("T")
+
+
+def until(fetch: Callable[[], T], ok: Callable[[T], bool], what: str, deadline_s: float = 30.0) -> T:
+    """Poll observable state (`fetch`) until `ok` holds, failing the test after the deadline."""
+    end = time.monotonic() + deadline_s
+    while True:
+        value = fetch()
+        if ok(value):
+            return value
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}: {value!r:.300}")
+        time.sleep(0.2)
 
 
 @dataclass

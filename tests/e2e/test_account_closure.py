@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,7 +31,7 @@ from services.identity.domain.flags import ACCESS_FLAG_NAMES
 from services.keys.domain.receipts import verify_receipt
 from svckit.rpc import secure_channel
 from svckit.tls import TlsFiles
-from tests.e2e.api_client import Http, Response
+from tests.e2e.api_client import Http, Response, until
 from tests.e2e.conftest import Customer
 from tests.support import CertBundle
 from tools.suite import REPO, Suite
@@ -42,15 +41,6 @@ PASSWORD = "granite walrus pivot 93 lantern"
 TO = "+61412345678"  # not a ClickSend test number: priced
 
 
-def until(fetch: Callable[[], T], ok: Callable[[T], bool], what: str, deadline_s: float = 30.0) -> T:
-    end = time.monotonic() + deadline_s
-    while True:
-        value = fetch()
-        if ok(value):
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}: {value!r}")
-        time.sleep(0.2)
 
 
 def _bearer(token: str) -> dict[str, str]:

@@ -11,20 +11,16 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-
-import pytest
 
 from sendsafe.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from services.identity.domain.flags import ACCESS_FLAG_NAMES
 from svckit.rpc import secure_channel
 from svckit.tls import TlsFiles
-from tests.e2e.api_client import Http
+from tests.e2e.api_client import Http, until
 from tests.support import CertBundle
 from tools.suite import REPO, Suite
 
@@ -32,15 +28,6 @@ T = TypeVar("T")
 PASSWORD = "quartz meadow ladder 42 ripple"
 
 
-def until(fetch: Callable[[], T], ok: Callable[[T], bool], what: str, deadline_s: float = 60.0) -> T:
-    end = time.monotonic() + deadline_s
-    while True:
-        value = fetch()
-        if ok(value):
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}: {value!r}")
-        time.sleep(0.2)
 
 
 def _make_account(suite: Suite, certs: CertBundle, username: str) -> str:
@@ -80,7 +67,7 @@ def test_the_main_user_exports_the_account_and_verifies_it_offline(
     ids = [m["message_id"] for m in r.json()["data"]["messages"]]
     for mid in ids:
         until(lambda mid=mid: http.call("GET", f"/v3/sms/receipts/{mid}", auth=main).status,  # type: ignore[misc]
-              lambda s: s == 200, "a receipt")
+              lambda s: s == 200, "a receipt", deadline_s=60.0)
     reply = f"{marker} reply"
     r = http.call("POST", "/v3/sms/inbound", auth=main, json_body={"url": "poll", "original_message_id": ids[0],
                                                                    "body": reply})
@@ -102,7 +89,7 @@ def test_the_main_user_exports_the_account_and_verifies_it_offline(
     # The send's audit event under a signed checkpoint (its proof signs one if needed): the export's audit section
     # holds what the latest checkpoint covers, and checkpoints are signed at most once a second.
     sent = until(lambda: http.call("GET", "/v1/audit/events?action=gateway.SendSms", auth=main).json()["events"],
-                 bool, "the send's audit event")
+                 bool, "the send's audit event", deadline_s=60.0)
     assert http.call("GET", f"/v1/audit/events/{sent[0]['event_id']}/proof", auth=main).status == 200
 
     # The export, followed until it is ready.
@@ -117,7 +104,8 @@ def test_the_main_user_exports_the_account_and_verifies_it_offline(
         assert e["state"] != "ACCOUNT_EXPORT_STATE_FAILED", e
         return e
 
-    ready = until(progress, lambda e: e["state"] == "ACCOUNT_EXPORT_STATE_READY", "the export to be ready")
+    ready = until(progress, lambda e: e["state"] == "ACCOUNT_EXPORT_STATE_READY", "the export to be ready",
+                  deadline_s=60.0)
     counts = {k: int(v) for k, v in ready["counts"].items()}
     assert counts["message"] == 3 and counts["receipt"] == 3 and counts["reply"] == 1, counts
     assert counts["subaccount"] == 2 and counts["api_key"] >= 2 and counts["audit_event"] >= 5, counts
@@ -169,7 +157,7 @@ def test_the_main_user_exports_the_account_and_verifies_it_offline(
         assert got.status == 200, got.body
         return [e for e in got.json()["events"] if e["resource"]["id"] == export_id]
 
-    events = until(trail_events, lambda es: len(es) >= 3, "the export's audit events")
+    events = until(trail_events, lambda es: len(es) >= 3, "the export's audit events", deadline_s=60.0)
     by_action = {e["action"]: e for e in events}
     assert {"messaging.export.requested", "messaging.export.completed", "messaging.export.downloaded"} <= set(
         by_action)

@@ -20,9 +20,9 @@ from typing import Any
 
 import pyotp
 
-from tests.e2e.api_client import Http, Response
+from tests.e2e.api_client import Http, Response, until
 from tests.e2e.identity_support import PASSWORD, bearer, login, unique
-from tests.e2e.test_account_closure import _closure_state, _rows_of, until
+from tests.e2e.test_account_closure import _closure_state, _rows_of
 from tests.e2e.test_signup import code_of, wait_mail
 from tests.integration.messaging.smtp_server import Inbox
 from tests.support import CertBundle

@@ -10,19 +10,16 @@ e2e tests, so only this test's unique values are searched for."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 import asyncpg
-import pytest
 import redis.asyncio as aioredis
 
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from svckit.rpc import secure_channel
 from svckit.tls import TlsFiles
-from tests.e2e.api_client import Http
+from tests.e2e.api_client import Http, until
 from tests.support import CertBundle
 from tools.suite import Suite
 
@@ -31,15 +28,6 @@ SERVICES = ("identity", "keys", "messaging", "audit")
 PASSWORD = "quartz meadow ladder 42 ripple"
 
 
-def until(fetch: Callable[[], T], ok: Callable[[T], bool], what: str, deadline_s: float = 30.0) -> T:
-    end = time.monotonic() + deadline_s
-    while True:
-        value = fetch()
-        if ok(value):
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def _mobile() -> tuple[str, str]:

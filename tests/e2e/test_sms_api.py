@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import clicksend
@@ -21,7 +21,7 @@ from sendsafe.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from svckit.rpc import secure_channel
 from svckit.tls import TlsFiles
-from tests.e2e.api_client import Http, sdk_client
+from tests.e2e.api_client import Http, sdk_client, until
 from tests.e2e.conftest import Customer, OtlpReceiver
 from tests.support import CertBundle
 from tools.suite import Suite
@@ -34,16 +34,6 @@ def unique_number() -> str:
     return f"+6141{uuid.uuid4().int % 10**7:07d}"
 
 
-def until(fetch: Callable[[], T], ok: Callable[[T], bool], what: str, deadline_s: float = 30.0) -> T:
-    """Poll observable state until `ok`, failing after the deadline."""
-    end = time.monotonic() + deadline_s
-    while True:
-        value = fetch()
-        if ok(value):
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
