@@ -30,8 +30,9 @@ class Settings(KitSettings):
     metrics_listen: str = setting("AUDIT_METRICS_LISTEN", default="",
                                   doc="host:port of a plaintext Prometheus /metrics endpoint; empty: off")
     messaging_addr: str = setting("MESSAGING_ADDR", default="", doc="messaging, for alert SMS")
-    alert_messages_per_hour: int = setting("AUDIT_ALERT_MESSAGES_PER_HOUR", default=20,
-                                           doc="most alert SMS/emails per account and clock hour (then held back)")
+    alert_messages_per_hour: int = setting(
+        "AUDIT_ALERT_MESSAGES_PER_HOUR", default=20,
+        doc="most alert SMS/emails per account and hour from the first one (then held back)")
     webhook_allow_private: bool = setting(
         "AUDIT_WEBHOOK_ALLOW_PRIVATE", default=False,
         doc="TESTS ONLY: allow webhook URLs on loopback/private addresses and any port")

@@ -66,17 +66,8 @@ def handset(suite: Suite, certs: CertBundle) -> str:
     return asyncio.run(read())
 
 
-def clear_of_the_hour(needed_s: float) -> None:
-    """The cap counts per clock hour: start only when the rest of the test fits in this hour."""
-    now = datetime.now(UTC)
-    left = 3600 - (now.minute * 60 + now.second)
-    if left < needed_s:
-        time.sleep(left + 1)  # a clock boundary, not a wait for state
-
-
 def test_alert_sms_are_sends_by_the_owner_to_verified_numbers(suite: Suite, certs: CertBundle,
                                                               customer: Customer) -> None:
-    clear_of_the_hour(180)
     http = Http(customer.url, str(customer.ca))
     main = (customer.username, customer.api_key)
     made = http.call("POST", "/v1/api-keys", auth=main, json_body={

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from datetime import UTC, datetime
 
 import asyncpg
 import grpc
@@ -21,6 +20,7 @@ from services.audit.domain.forwarding import ForwardingSpec
 from services.audit.domain.rules import RuleSpec
 from services.audit.service.alerts import AlertService
 from tests.integration.audit.conftest import (
+    Audit,
     AuditFactory,
     FakeNotifications,
     Receiver,
@@ -235,9 +235,6 @@ async def test_alert_messages_stop_at_the_hourly_cap_with_one_event(
 ) -> None:
     servicer, addr = fake_messaging
     servicer.verified.add("+61411111111")
-    now = datetime.now(UTC)
-    if now.minute == 59 and now.second >= 40:  # the cap counts per clock hour: stay inside one
-        await asyncio.sleep(61 - now.second)
     audit = await make_audit(messaging_addr=addr, alert_messages_per_hour=2)
     account = 6321
     md = principal(account, *MANAGE, "sms.send")
@@ -257,6 +254,30 @@ async def test_alert_messages_stop_at_the_hourly_cap_with_one_event(
     feed = await audit.stub().ListEvents(pb.ListEventsRequest(action="audit.alert.*"), metadata=md)
     capped = [e for e in feed.events if e.action == "audit.alert.messages_capped"]
     assert len(capped) == 1 and capped[0].details["cap_per_hour"] == "2"  # once per window, not per message
+
+    # The window is the hour from its first message, not a clock hour: once that hour has passed (moved back
+    # here in the database), the next alert goes out and a new window starts.
+    pool: asyncpg.Pool = audit.app.extras["pool"]  # type: ignore[assignment]
+    assert await pool.fetchval("SELECT sent FROM alert_message_counts WHERE account_id = $1", account) == 5
+    await pool.execute("UPDATE alert_message_counts SET hour = hour - interval '59 minutes' WHERE account_id = $1",
+                       account)  # whatever the clock: 59 minutes into the window, it still holds
+    await audit.append(event(account, "test.cap"))
+    await eventually(lambda: _held_count(audit, account, 4), what="the sixth delivery to be held back")
+    assert len(servicer.requests) == 2
+    await pool.execute("UPDATE alert_message_counts SET hour = hour - interval '2 minutes' WHERE account_id = $1",
+                       account)
+    await audit.append(event(account, "test.cap"))
+    await eventually(lambda: _sent_count(servicer, 3), what="the alert of the new window")
+    assert await pool.fetchval("SELECT sent FROM alert_message_counts WHERE account_id = $1", account) == 1
+
+
+async def _held_count(audit: Audit, account: int, n: int) -> bool:
+    ds = [d for a in await _alerts(audit, account) for d in a.deliveries]
+    return sum(d.last_error == "ALERT_MESSAGE_CAP_REACHED" for d in ds) == n
+
+
+async def _sent_count(servicer: FakeNotifications, n: int) -> bool:
+    return len(servicer.requests) == n
 
 
 async def test_webhook_urls_outside_the_policy_are_refused_when_configured(make_audit: AuditFactory,

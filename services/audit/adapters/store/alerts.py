@@ -256,13 +256,22 @@ class PgAlertStore:
         ]
 
     async def count_alert_message(self, account_id: int) -> int:
-        """Count one more alert message for the account in the current clock hour; returns the count."""
-        n: int = await self._pool.fetchval(
-            "INSERT INTO alert_message_counts (account_id, hour, sent) VALUES ($1, date_trunc('hour', now()), 1)"
-            " ON CONFLICT (account_id, hour) DO UPDATE SET sent = alert_message_counts.sent + 1 RETURNING sent",
-            account_id)
-        await self._pool.execute(
-            "DELETE FROM alert_message_counts WHERE account_id = $1 AND hour < date_trunc('hour', now())", account_id)
+        """Count one more alert message for the account in its current hour window; returns the count.
+
+        A window opens with the first message counted after the previous one ended (not at a clock hour), so
+        "at most N an hour" holds for any hour an attacker could pick, and the count never resets mid-burst.
+        The per-account lock keeps two deliveries from opening two windows at once."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('alert_message_counts'), $1::int)",
+                               account_id % 2**31)
+            await conn.execute(
+                "DELETE FROM alert_message_counts WHERE account_id = $1 AND hour <= now() - interval '1 hour'",
+                account_id)
+            n: int = await conn.fetchval(
+                "INSERT INTO alert_message_counts (account_id, hour, sent)"
+                " VALUES ($1, coalesce((SELECT max(hour) FROM alert_message_counts WHERE account_id = $1), now()), 1)"
+                " ON CONFLICT (account_id, hour) DO UPDATE SET sent = alert_message_counts.sent + 1 RETURNING sent",
+                account_id)
         return n
 
     async def finish_delivery(self, delivery_id: int, status: int, attempts: int, error: str,
