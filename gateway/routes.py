@@ -61,6 +61,7 @@ class Route:
     data_field: str  # "" whole message, "-" null, else the field that becomes `data`
     public: bool = False  # reachable without credentials
     streaming: bool = False  # server-streaming google.api.HttpBody: the body is streamed as it comes (a download)
+    bare: bool = False  # /v3 answer without the envelope (ClickSend's newer resources: the model is the body)
 
     @property
     def key(self) -> str:
@@ -164,6 +165,7 @@ def _route(method: descriptor.MethodDescriptor, rule: http_pb2.HttpRule) -> Rout
         data_field=data_field,
         public=access.public,
         streaming=method.server_streaming,
+        bare=envelope.bare,
     )
 
 

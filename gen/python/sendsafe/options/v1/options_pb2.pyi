@@ -128,21 +128,28 @@ class Envelope(_message.Message):
 
     RESPONSE_MSG_FIELD_NUMBER: _builtins.int
     DATA_FIELD_FIELD_NUMBER: _builtins.int
+    BARE_FIELD_NUMBER: _builtins.int
     response_msg: _builtins.str
     """Text for `response_msg` on success."""
     data_field: _builtins.str
     """Name of the response field that becomes `data`. Empty: the whole
     response message is `data`; "-": `data` is null.
     """
+    bare: _builtins.bool
+    """No envelope: the response message is the whole body. ClickSend's newer
+    /v3 resources (alpha tags, own numbers) answer their model bare, and the
+    SDK validates the body itself; errors keep the envelope.
+    """
     def __init__(
         self,
         *,
         response_msg: _builtins.str = ...,
         data_field: _builtins.str = ...,
+        bare: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_field", b"data_field", "response_msg", b"response_msg"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bare", b"bare", "data_field", b"data_field", "response_msg", b"response_msg"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
