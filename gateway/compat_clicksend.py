@@ -68,7 +68,7 @@ def response_code(http_status: int, reason: str = "") -> str:
     return "INTERNAL_SERVER_ERROR" if http_status >= 500 else "BAD_REQUEST"
 
 
-def success_envelope(route: Route, response: message.Message) -> dict[str, Any]:
+def success_envelope(route: Route, response: message.Message) -> Any:
     data: Any
     if route.data_field == "-":
         data = None
@@ -76,6 +76,8 @@ def success_envelope(route: Route, response: message.Message) -> dict[str, Any]:
         data = field_to_json(response, route.data_field, Surface.CLICKSEND)
     else:
         data = message_to_json(response, Surface.CLICKSEND)
+    if route.bare:  # ClickSend's newer resources: the model is the whole body
+        return data
     return {"http_code": 200, "response_code": "SUCCESS", "response_msg": route.response_msg, "data": data}
 
 

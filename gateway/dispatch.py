@@ -150,7 +150,7 @@ class Dispatcher:
             if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
                 _LOG.warning("%s failed upstream: %s %s", route.rpc_path, err.code().name, err.details())
             raise from_rpc_error(err) from None
-        if route.surface is Surface.CLICKSEND and not route.bare:
+        if route.surface is Surface.CLICKSEND:
             out = compat_clicksend.success_envelope(route, reply)
         else:
             out = message_to_json(reply, route.surface)

@@ -136,9 +136,10 @@ class Envelope(_message.Message):
     response message is `data`; "-": `data` is null.
     """
     bare: _builtins.bool
-    """No envelope: the response message is the whole body. ClickSend's newer
-    /v3 resources (alpha tags, own numbers) answer their model bare, and the
-    SDK validates the body itself; errors keep the envelope.
+    """No envelope: what would be `data` (see data_field) is the whole body.
+    ClickSend's newer /v3 resources (alpha tags, own numbers) answer their
+    model bare, and the SDK validates the body itself; errors keep the
+    envelope.
     """
     def __init__(
         self,
