@@ -78,11 +78,16 @@ PERMISSIONS: Final[Mapping[str, Holders]] = MappingProxyType(
         "account.policy": customers(MAIN_USER),  # the account's sign-in policy: 2FA, networks, session lifetime
         "account.export": customers(MAIN_USER),  # the whole account's data, taken away (issue 15)
         "account.close": customers(MAIN_USER),  # close the account, see or cancel its closure (issue 15)
+        "alpha_tags.read": customers("access_settings"),  # the account's alpha tags (sender IDs) and their reviews
+        "alpha_tags.write": customers("access_settings"),  # request or cancel an alpha tag
         "staff.accounts.read": staff(*_EVERY_ROLE),
         "staff.accounts.write": staff("support_agent", "platform_admin"),
         "staff.roles.write": staff(*_SECURITY),
         "audit.read_all": staff(*_SECURITY),
         "audit.verify": staff(*_SECURITY),
+        "staff.alpha_tags.read": staff(*_EVERY_ROLE),  # alpha tags waiting for review, the protected sender names
+        "staff.alpha_tags.review": staff("support_agent", *_SECURITY),  # approve, reject, revoke an alpha tag
+        "staff.protected_names.write": staff(*_SECURITY),  # the names nobody sends as without proving them
     }
 )
 

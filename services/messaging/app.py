@@ -18,6 +18,8 @@ from typing import Any
 
 from sendsafe.keys.v1 import keys_service_pb2_grpc
 from sendsafe.messaging.v1 import (
+    alpha_tag_service_pb2,
+    alpha_tag_service_pb2_grpc,
     export_service_pb2,
     export_service_pb2_grpc,
     messaging_service_pb2,
@@ -25,6 +27,7 @@ from sendsafe.messaging.v1 import (
     notification_service_pb2,
     notification_service_pb2_grpc,
 )
+from services.messaging.adapters.alpha_tags_api import AlphaTagServicer
 from services.messaging.adapters.audit_client import discard, open_audit
 from services.messaging.adapters.carriers import HttpCarrier, SimulatorCarrier
 from services.messaging.adapters.email import open_mailer
@@ -35,6 +38,7 @@ from services.messaging.adapters.limits import RedisLimiter
 from services.messaging.adapters.routing import RoutingCarrier
 from services.messaging.adapters.smpp.carrier import SmppCarrier
 from services.messaging.adapters.smpp.session import SessionConfig
+from services.messaging.adapters.store.alpha_tags import PgAlphaTagStore
 from services.messaging.adapters.store.destinations import PgDestinationStore
 from services.messaging.adapters.store.exports import PgExportStore
 from services.messaging.adapters.store.pg import PgMessageStore
@@ -48,6 +52,7 @@ from services.messaging.domain.pricing import currency_for, parse_price_table
 from services.messaging.domain.routes import RouteTableError, parse_routes
 from services.messaging.entrypoints.callback_receiver import CallbackReceiver
 from services.messaging.entrypoints.dispatch_worker import StreamWorker, default_consumer_name, pump_receipts
+from services.messaging.service.alpha_tags import AlphaTags
 from services.messaging.service.common import MessagingOptions
 from services.messaging.service.delivery import DeliveryService
 from services.messaging.service.export_job import ExportWriter
@@ -73,6 +78,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name
 NOTIFICATION_SERVICE_NAME = notification_service_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name
 EXPORT_SERVICE_NAME = export_service_pb2.DESCRIPTOR.services_by_name["AccountExportService"].full_name
+ALPHA_TAG_SERVICE_NAME = alpha_tag_service_pb2.DESCRIPTOR.services_by_name["AlphaTagService"].full_name
 
 
 async def _common(settings: Settings, stack: contextlib.AsyncExitStack) -> tuple[Any, ...]:
@@ -128,7 +134,7 @@ async def build(settings: Settings) -> App:
             listen=settings.grpc_listen,
             tls=tls_of(settings),
             register=lambda s: _register(s, service, pool, record, owners, mailer, exports),
-            service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME, EXPORT_SERVICE_NAME],
+            service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME, EXPORT_SERVICE_NAME, ALPHA_TAG_SERVICE_NAME],
             on_denied=denial_recorder(record, settings.service_name),
             health_listen=settings.health_listen,
             step_up_max_age_seconds=settings.step_up_max_age_seconds,
@@ -171,6 +177,8 @@ def _register(server: Any, service: MessagingService, pool: Any, record: Any, ow
               mailer: Mailer | None, exports: Exports) -> None:
     messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(service), server)
     export_service_pb2_grpc.add_AccountExportServiceServicer_to_server(AccountExportServicer(exports), server)
+    alpha_tag_service_pb2_grpc.add_AlphaTagServiceServicer_to_server(
+        AlphaTagServicer(AlphaTags(PgAlphaTagStore(pool), record)), server)
     notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(
         NotificationServicer(Notifications(service, PgDestinationStore(pool), record, owners=owners, mailer=mailer,
                                            contacts=owners)), server)
