@@ -5,9 +5,9 @@ the account's sender identities: sends may use it as `from`), rejects it, or -- 
 stops working at once). The customer may cancel it in any live state (CANCELLED). Staff give a reason for every
 decision; the customer sees it in the tag's view (ClickSend's `reason`) and in the account's audit feed.
 
-A tag is 1-11 characters (the GSM limit for an alphanumeric originator): ASCII letters, digits, spaces and
-`. & _ -`, with at least one letter (a tag of digits alone would be a phone number), no leading or trailing
-space. Two tags of one account are the same tag when their *normalised* forms are equal: upper case, only
+A tag is 1-11 characters (the GSM limit for an alphanumeric originator): ASCII letters, digits and spaces,
+with at least one letter (a tag of digits alone would be a phone number), no leading or trailing space -- the
+same shape a send accepts as `from` (domain.recipients.validate_sender). Two tags of one account are the same tag when their *normalised* forms are equal: upper case, only
 letters and digits kept ("My-Bank" and "MYBANK" are one tag).
 
 Protected names (banks, government, carriers; a list staff edit) are matched on a *skeleton* that undoes the
@@ -39,7 +39,7 @@ MAX_REASON: Final = 500
 MAX_EVIDENCE: Final = 500
 MAX_NAME: Final = 40
 SHORT_NAME: Final = 3  # protected names this long or shorter match only at an edge or as a word
-_TAG: Final = re.compile(r"[A-Za-z0-9 .&_-]{1,11}")
+_TAG: Final = re.compile(r"[A-Za-z0-9 ]{1,11}")
 _ID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _NOT_ALNUM: Final = re.compile(r"[^A-Z0-9]+")
 _LOOKALIKE: Final = str.maketrans("0123456789L", "OIZEASGTBGI")
@@ -165,8 +165,8 @@ def check_tag(value: str) -> str:
     tag = value or ""
     if not _TAG.fullmatch(tag) or tag != tag.strip() or not any(c.isalpha() for c in tag):
         raise InvalidAlphaTag(
-            f"alpha_tag must be 1-{MAX_TAG} letters, digits, spaces or . & _ -, with at least one letter and no"
-            " leading or trailing space")
+            f"alpha_tag must be 1-{MAX_TAG} letters, digits or spaces, with at least one letter and no leading or"
+            " trailing space")
     return tag
 
 

@@ -44,13 +44,13 @@ def _tag(tag: str, state: AlphaTagState = AlphaTagState.REQUESTED) -> AlphaTag:
                     normalized=normalize(tag), request_reason="why", state=state)
 
 
-@pytest.mark.parametrize("tag", ["A", "MyShop", "Cafe Roma", "ACME-2024", "B&B Stay", "dr.who", "x_y", "A1234567890"])
-def test_tags_of_letters_digits_spaces_and_some_marks_up_to_11_are_accepted(tag: str) -> None:
+@pytest.mark.parametrize("tag", ["A", "MyShop", "Cafe Roma", "ACME 2024", "dr who", "A1234567890"])
+def test_tags_of_letters_digits_and_spaces_up_to_11_are_accepted(tag: str) -> None:
     assert check_tag(tag) == tag
 
 
 @pytest.mark.parametrize("tag", ["", "123456", "+61400000000", "TwelveChars!", "ABCDEFGHIJKL", " Shop", "Shop ",
-                                 "Caf\u00e9", "Shop\n", "a/b", "<script>"])
+                                 "Caf\u00e9", "Shop\n", "a/b", "<script>", "ACME-2024", "B&B", "dr.who"])
 def test_tags_that_are_numbers_too_long_padded_or_odd_are_refused(tag: str) -> None:
     with pytest.raises(InvalidAlphaTag):
         check_tag(tag)

@@ -99,9 +99,8 @@ class AlphaTagServiceServicer:
     """
 
     def RequestAlphaTag(self, request, context):
-        """Ask for an alpha tag (1-11 letters, digits, spaces or . & _ -, with a
-        letter), with the reason the account needs it. It is PENDING until staff
-        review it.
+        """Ask for an alpha tag (1-11 letters, digits or spaces, with a letter), with
+        the reason the account needs it. It is PENDING until staff review it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,9 +41,8 @@ class AlphaTagServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AlphaTagServiceAsyncStub: ...
     RequestAlphaTag: _grpc.UnaryUnaryMultiCallable[_alpha_tag_service_pb2.RequestAlphaTagRequest, _alpha_tag_service_pb2.RequestAlphaTagResponse]
-    """Ask for an alpha tag (1-11 letters, digits, spaces or . & _ -, with a
-    letter), with the reason the account needs it. It is PENDING until staff
-    review it.
+    """Ask for an alpha tag (1-11 letters, digits or spaces, with a letter), with
+    the reason the account needs it. It is PENDING until staff review it.
     """
     ListAlphaTags: _grpc.UnaryUnaryMultiCallable[_alpha_tag_service_pb2.ListAlphaTagsRequest, _alpha_tag_service_pb2.ListAlphaTagsResponse]
     """The account's alpha tags, oldest first (sort_direction=desc: newest)."""
@@ -84,9 +83,8 @@ class AlphaTagServiceAsyncStub(AlphaTagServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RequestAlphaTag: _aio.UnaryUnaryMultiCallable[_alpha_tag_service_pb2.RequestAlphaTagRequest, _alpha_tag_service_pb2.RequestAlphaTagResponse]  # type: ignore[assignment]
-    """Ask for an alpha tag (1-11 letters, digits, spaces or . & _ -, with a
-    letter), with the reason the account needs it. It is PENDING until staff
-    review it.
+    """Ask for an alpha tag (1-11 letters, digits or spaces, with a letter), with
+    the reason the account needs it. It is PENDING until staff review it.
     """
     ListAlphaTags: _aio.UnaryUnaryMultiCallable[_alpha_tag_service_pb2.ListAlphaTagsRequest, _alpha_tag_service_pb2.ListAlphaTagsResponse]  # type: ignore[assignment]
     """The account's alpha tags, oldest first (sort_direction=desc: newest)."""
@@ -130,9 +128,8 @@ class AlphaTagServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _alpha_tag_service_pb2.RequestAlphaTagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_alpha_tag_service_pb2.RequestAlphaTagResponse, _abc.Awaitable[_alpha_tag_service_pb2.RequestAlphaTagResponse]]:
-        """Ask for an alpha tag (1-11 letters, digits, spaces or . & _ -, with a
-        letter), with the reason the account needs it. It is PENDING until staff
-        review it.
+        """Ask for an alpha tag (1-11 letters, digits or spaces, with a letter), with
+        the reason the account needs it. It is PENDING until staff review it.
         """
 
     @_abc_1.abstractmethod
