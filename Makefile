@@ -24,9 +24,16 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests need: oathtool (an independent TOTP implementation to cross-check ours).
+# Debian packages the tests need: oathtool (an independent TOTP implementation to cross-check ours), and
+# Prometheus + promtool (the alert rules' checks and the real-Prometheus scrape test). Prometheus is only
+# unpacked into .dev/prometheus: installing the package would also install and start a system service.
+PROMETHEUS_DIR := .dev/prometheus
 sysdeps:
 	command -v oathtool >/dev/null || (apt-get update -qq && apt-get install -y -qq oathtool)
+	test -x $(PROMETHEUS_DIR)/usr/bin/promtool || (d=$$(mktemp -d) && cd $$d && \
+	  (apt-get download -qq prometheus || (apt-get update -qq && apt-get download -qq prometheus)) && \
+	  mkdir -p $(CURDIR)/$(PROMETHEUS_DIR) && dpkg-deb -x prometheus_*.deb $(CURDIR)/$(PROMETHEUS_DIR); \
+	  rc=$$?; rm -rf $$d; exit $$rc)
 
 $(CHECKOV):
 	$(PY) -m venv .venv-checkov
@@ -69,7 +76,7 @@ test-integration: install
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e -q
 
-test-deploy: install $(CHECKOV)
+test-deploy: install sysdeps $(CHECKOV)
 	$(BIN)/python -m pytest tests/deploy -q
 
 lint: install protos  # protos: buf needs the google/api protos it copies under protos/.third_party
