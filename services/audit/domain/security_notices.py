@@ -16,6 +16,7 @@ Which events notify (outcome SUCCESS only, in the account's own feed):
   staff_access               staff.customer_access (the customer's copy), audit.events.read_by_staff,
                              messaging.staff.history_read
   key_destruction_scheduled  keys.account_keys.destruction_scheduled
+  sender_identity_added      messaging.sender.activated (a number bought or verified, an alpha tag approved)
 
 New sign-in: a successful customer sign-in notifies when none of the same user's successful sign-ins in the
 SIGN_IN_WINDOW (90 days) before it came from the same network: the same IPv4 address, or the same IPv6 /64
@@ -39,6 +40,7 @@ MFA_REMOVED = "mfa_removed"
 PASSWORD_CHANGED = "password_changed"  # noqa: S105 - a notice kind, not a password
 STAFF_ACCESS = "staff_access"
 KEY_DESTRUCTION_SCHEDULED = "key_destruction_scheduled"
+SENDER_IDENTITY_ADDED = "sender_identity_added"
 
 SIGN_IN_ACTION = "auth.login"
 SIGN_IN_WINDOW = timedelta(days=90)
@@ -58,6 +60,7 @@ _KINDS: Mapping[str, str] = {
     "audit.events.read_by_staff": STAFF_ACCESS,
     "messaging.staff.history_read": STAFF_ACCESS,
     "keys.account_keys.destruction_scheduled": KEY_DESTRUCTION_SCHEDULED,
+    "messaging.sender.activated": SENDER_IDENTITY_ADDED,
 }
 CANDIDATE_ACTIONS = frozenset(_KINDS)
 
@@ -182,6 +185,7 @@ _SUBJECTS: Mapping[str, str] = {
     PASSWORD_CHANGED: "SendSafe security notice: a password was changed",
     STAFF_ACCESS: "SendSafe security notice: SendSafe staff accessed your account",
     KEY_DESTRUCTION_SCHEDULED: "SendSafe security notice: your account's keys are scheduled for destruction",
+    SENDER_IDENTITY_ADDED: "SendSafe security notice: a new sender identity",
 }
 _ADVICE: Mapping[str, str] = {
     API_KEY_CREATED: "If you do not know this key, revoke it (POST /v1/api-keys/{key_id}/revoke) and review "
@@ -197,6 +201,8 @@ _ADVICE: Mapping[str, str] = {
     KEY_DESTRUCTION_SCHEDULED: "When the keys are destroyed, every message and secret encrypted under them "
                                "becomes unreadable for good. If you did not ask for this, cancel the "
                                "destruction before that time and contact support.",
+    SENDER_IDENTITY_ADDED: "If nobody in your account added it, release it (/v3/numbers, /v3/own-numbers, "
+                           "/v3/alpha-tags) and review who has access to the account.",
 }
 
 
@@ -223,6 +229,10 @@ def _iso_time(raw: str) -> str:
     return _utc(when if when.tzinfo else when.replace(tzinfo=UTC))
 
 
+_SENDER_TYPES: Mapping[str, str] = {"dedicated_number": "dedicated number", "verified_number": "verified number",
+                                     "alpha_tag": "alpha tag"}
+
+
 def _what(kind: str, ev: NoticeEvent) -> str:
     actor = clean_id(ev.actor_id)
     target = clean_id(ev.resource_id)
@@ -244,6 +254,10 @@ def _what(kind: str, ev: NoticeEvent) -> str:
         op = clean_id(ev.details.get("operation", "") or ev.action, 48)
         return f"A member of SendSafe staff (staff id {actor or 'unknown'}) accessed your account's data " \
                f"({op})."
+    if kind == SENDER_IDENTITY_ADDED:  # the sender itself (a number, a tag) is never printed: only its type
+        what = _SENDER_TYPES.get(ev.details.get("sender_type", ""), "sender")
+        return f"A new {what} can now be used as a sender of your SendSafe account. Sender identity id: " \
+               f"{target or 'unknown'}."
     when = _iso_time(ev.details.get("destroy_time", ""))
     return "Destruction of your SendSafe account's encryption keys was scheduled" + \
         (f"; they will be destroyed at {when}." if when else ".")

@@ -55,6 +55,7 @@ CASES = [
     ("messaging.staff.history_read", {"content_visible": "false"}, sn.STAFF_ACCESS),
     ("keys.account_keys.destruction_scheduled", {"destroy_time": "2026-05-08T12:30:05+00:00"},
      sn.KEY_DESTRUCTION_SCHEDULED),
+    ("messaging.sender.activated", {"sender_type": "alpha_tag"}, sn.SENDER_IDENTITY_ADDED),
 ]
 
 
@@ -115,6 +116,14 @@ def test_templates_say_what_happened_when_where_and_which_key() -> None:
     odd = sn.render(sn.KEY_DESTRUCTION_SCHEDULED, ev("keys.account_keys.destruction_scheduled",
                                                     details={"destroy_time": PASSWORD}))
     assert PASSWORD not in odd.body and "was scheduled." in odd.body
+    # A new sender: its type from a fixed list, never the number or the tag itself (customer text).
+    sender = sn.render(sn.SENDER_IDENTITY_ADDED, ev("messaging.sender.activated", resource_id="abc-1",
+                                                    details={"sender_type": "verified_number", "alpha_tag": PASSWORD,
+                                                             "number": "+61*******678"}))
+    assert "A new verified number can now be used" in sender.body and "abc-1" in sender.body
+    assert PASSWORD not in sender.body and "678" not in sender.body
+    odd_type = sn.render(sn.SENDER_IDENTITY_ADDED, ev("messaging.sender.activated", details={"sender_type": PASSWORD}))
+    assert PASSWORD not in odd_type.body and "A new sender can now be used" in odd_type.body
     # An address that is not an IP address is not printed.
     assert "From address" not in sn.render(sn.API_KEY_CREATED, ev("keys.api_key.created", address="evil\nx")).body
 
