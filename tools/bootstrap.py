@@ -11,6 +11,12 @@ Runs as the `ops` service identity (its mTLS certificate under --certs):
   and prints the credentials and a curl line that sends an SMS through the gateway.
 
 The key is printed on purpose (a development convenience); it is never logged.
+
+In a cluster (the ops-bootstrap Job) it runs with `--to-secret NAME` instead: --certs is the mounted
+cert-manager Secret (tls.crt, tls.key, ca.crt), and the credentials (SENDSAFE_URL, SENDSAFE_USERNAME,
+SENDSAFE_API_KEY) go into the Kubernetes Secret NAME of the pod's namespace (tools.kube_secret), never to
+stdout or a file: pod logs outlive the key's secrecy, and the root filesystem is read-only. A re-run keeps a
+Secret whose user is still active; the operator reads the key once and deletes the Secret (docs/runbook.md).
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ from sendsafe.identity.v1 import account_pb2, identity_service_pb2, identity_ser
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from svckit.rpc import secure_channel
 from svckit.tls import TlsFiles
+from tools.kube_secret import InCluster, KubeApiError
 
 URL, USERNAME, API_KEY, CA_CERT = "SENDSAFE_URL", "SENDSAFE_USERNAME", "SENDSAFE_API_KEY", "SENDSAFE_CA_CERT"
 ENV_KEYS = (URL, USERNAME, API_KEY, CA_CERT)
+SECRET_KEYS = (URL, USERNAME, API_KEY)
+KUBE_SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEMO = identity_service_pb2.CreateAccountRequest(
     account_name="Demo",
     api_username="demo",
@@ -114,6 +123,40 @@ async def _demo_user(stub: identity_service_pb2_grpc.IdentityServiceStub) -> acc
     return user
 
 
+def tls_files(certs: Path) -> TlsFiles:
+    """The ops identity under `certs`: a mounted cert-manager Secret (tls.crt, tls.key, ca.crt) or the
+    `make certs` folder (ops.crt, ops.key, internal-ca.crt)."""
+    if (certs / "tls.crt").exists():
+        return TlsFiles(certs / "tls.crt", certs / "tls.key", certs / "ca.crt")
+    return TlsFiles(certs / "ops.crt", certs / "ops.key", certs / "internal-ca.crt")
+
+
+async def _credentials(
+    identity: str, keys: str, tls: TlsFiles, previous: dict[str, str], timeout: float
+) -> tuple[str, str, bool]:
+    """(username, API key, fresh): the previous ones while their user exists and is active, else the demo
+    account's main user (created or found) with a newly issued key."""
+    async with (
+        secure_channel(identity, tls, server_name="identity", timeout=timeout) as identity_channel,
+        secure_channel(keys, tls, server_name="keys", timeout=timeout) as keys_channel,
+    ):
+        ids = identity_service_pb2_grpc.IdentityServiceStub(identity_channel)
+        if previous.get(USERNAME) and previous.get(API_KEY):
+            user = await _find_user(ids, previous[USERNAME])
+            if user is not None and user.active:
+                return previous[USERNAME], previous[API_KEY], False
+        user = await _demo_user(ids)
+        if not user.active:
+            raise RuntimeError(f"the demo user {user.api_username!r} is disabled; a new key would not work")
+        issued = await keys_service_pb2_grpc.KeysServiceStub(keys_channel).IssueApiKey(
+            keys_service_pb2.IssueApiKeyRequest(
+                account_id=user.account_id, user_id=user.user_id, name="demo", test_mode=user.test_mode
+            ),
+            wait_for_ready=True,
+        )
+    return user.api_username, issued.api_key, True
+
+
 async def bootstrap(
     *,
     identity: str,
@@ -126,64 +169,73 @@ async def bootstrap(
 ) -> dict[str, str]:
     """Ensure the demo account and a working API key; return the four SENDSAFE_* values."""
     certs, out = Path(certs), Path(out)
-    tls = TlsFiles(certs / "ops.crt", certs / "ops.key", certs / "internal-ca.crt")
     ca = str((certs / "public-ca.crt").resolve())
-    url = gateway_url.rstrip("/")
     previous = read_env(out)
-    async with (
-        secure_channel(identity, tls, server_name="identity", timeout=timeout) as identity_channel,
-        secure_channel(keys, tls, server_name="keys", timeout=timeout) as keys_channel,
-    ):
-        ids = identity_service_pb2_grpc.IdentityServiceStub(identity_channel)
-        if previous.get(USERNAME) and previous.get(API_KEY):
-            user = await _find_user(ids, previous[USERNAME])
-            if user is not None and user.active:
-                creds = {URL: url, USERNAME: previous[USERNAME], API_KEY: previous[API_KEY], CA_CERT: ca}
-                if {k: previous.get(k) for k in ENV_KEYS} != creds:
-                    write_env(out, creds)
-                if announce_to_stdout:
-                    announce(creds, out, fresh=False)
-                return creds
-        user = await _demo_user(ids)
-        if not user.active:
-            raise RuntimeError(f"the demo user {user.api_username!r} is disabled; a new key would not work")
-        issued = await keys_service_pb2_grpc.KeysServiceStub(keys_channel).IssueApiKey(
-            keys_service_pb2.IssueApiKeyRequest(
-                account_id=user.account_id, user_id=user.user_id, name="demo", test_mode=user.test_mode
-            ),
-            wait_for_ready=True,
-        )
-    creds = {URL: url, USERNAME: user.api_username, API_KEY: issued.api_key, CA_CERT: ca}
-    write_env(out, creds)
+    username, api_key, fresh = await _credentials(identity, keys, tls_files(certs), previous, timeout)
+    creds = {URL: gateway_url.rstrip("/"), USERNAME: username, API_KEY: api_key, CA_CERT: ca}
+    if fresh or {k: previous.get(k) for k in ENV_KEYS} != creds:
+        write_env(out, creds)
     if announce_to_stdout:
-        announce(creds, out, fresh=True)
+        announce(creds, out, fresh=fresh)
     return creds
+
+
+async def bootstrap_to_secret(
+    *,
+    identity: str,
+    keys: str,
+    certs: Path | str,
+    api: InCluster,
+    secret: str,
+    gateway_url: str,
+    timeout: float = 15.0,
+) -> str:
+    """Ensure the first account and an API key held in Secret `secret`; print and return only the username."""
+    previous = api.get_secret(secret) or {}
+    username, api_key, fresh = await _credentials(identity, keys, tls_files(Path(certs)), previous, timeout)
+    creds = {URL: gateway_url.rstrip("/"), USERNAME: username, API_KEY: api_key}
+    if fresh or {k: previous.get(k) for k in SECRET_KEYS} != creds:
+        api.put_secret(secret, creds, {"app.kubernetes.io/part-of": "sendsafe", "sendsafe.io/handover": "bootstrap"})
+    state = "a new API key" if fresh else "the API key it already had"
+    print(
+        f"First account ready: user {username}, {state} in Secret {api.namespace}/{secret}.\n"
+        "Read the key once, store it where your credentials live, then delete the Secret:\n"
+        f"  kubectl -n {api.namespace} get secret {secret} -o jsonpath='{{.data.{API_KEY}}}' | base64 -d\n"
+        f"  kubectl -n {api.namespace} delete secret {secret}",
+        flush=True,
+    )
+    return username
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.bootstrap", description=__doc__.split("\n\n")[0])
     parser.add_argument("--identity", required=True, help="identity service host:port")
     parser.add_argument("--keys", required=True, help="keys service host:port")
-    parser.add_argument("--certs", required=True, type=Path, help="folder with ops.crt/.key, internal-ca.crt")
+    parser.add_argument("--certs", required=True, type=Path,
+                        help="folder with ops.crt/.key and internal-ca.crt, or tls.crt/.key and ca.crt")
     parser.add_argument("--out", type=Path, default=Path(".dev/demo.env"))
+    parser.add_argument("--to-secret", metavar="NAME", default="",
+                        help="in a pod: hand the credentials over in this Secret (no --out, nothing printed)")
+    parser.add_argument("--kube-api", type=Path, default=KUBE_SA_DIR, metavar="DIR",
+                        help="with --to-secret: folder holding the API token, ca.crt and namespace")
     parser.add_argument("--gateway-url", default="https://localhost:8443")
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds per call")
     args = parser.parse_args(argv)
     try:
-        asyncio.run(
-            bootstrap(
-                identity=args.identity,
-                keys=args.keys,
-                certs=args.certs,
-                out=args.out,
-                gateway_url=args.gateway_url,
-                timeout=args.timeout,
-            )
-        )
+        if args.to_secret:
+            asyncio.run(bootstrap_to_secret(
+                identity=args.identity, keys=args.keys, certs=args.certs, api=InCluster.load(args.kube_api),
+                secret=args.to_secret, gateway_url=args.gateway_url, timeout=args.timeout,
+            ))
+        else:
+            asyncio.run(bootstrap(
+                identity=args.identity, keys=args.keys, certs=args.certs, out=args.out,
+                gateway_url=args.gateway_url, timeout=args.timeout,
+            ))
     except grpc.aio.AioRpcError as err:
         print(f"bootstrap failed: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
-    except RuntimeError as err:
+    except (RuntimeError, KubeApiError) as err:
         print(f"bootstrap failed: {err}", file=sys.stderr)
         return 1
     return 0
