@@ -15,7 +15,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from svckit import metrics
 from svckit.config import ConfigError, KitSettings
+from svckit.readiness import Readiness, dependency_checks
 from svckit.server import RunningServer, wait_for_shutdown_signal
 from svckit.telemetry import setup_logging, setup_tracing, shutdown_tracing
 
@@ -31,6 +33,7 @@ class App:
     stack: contextlib.AsyncExitStack
     grace: float = 5.0
     extras: dict[str, object] = field(default_factory=dict)
+    metrics: metrics.Scrape = field(default_factory=metrics.Scrape)  # its scrape-time collectors
 
     @property
     def port(self) -> int:
@@ -65,6 +68,24 @@ def write_port_file(port: int) -> None:
         os.replace(tmp, path)
 
 
+async def expose_metrics(app: App, settings: KitSettings) -> None:
+    """Serve the process's /metrics on METRICS_LISTEN (once; empty = off) with the collectors every
+    process has: its certificate's expiry and, when it has one, its database pool."""
+    if not settings.metrics_listen or "metrics_port" in app.extras:
+        return
+    app.metrics.certificate("internal", settings.tls_cert_file)
+    pool = app.extras.get("pool")
+    if pool is not None:
+        app.metrics.pool(pool)
+    for name, part in app.extras.items():  # parts that report figures when scraped (messaging's stream)
+        collect = getattr(part, "collect_metrics", None)
+        if collect is not None:
+            app.metrics.add(name, collect)
+    runner, port = await metrics.start_endpoint(settings.metrics_listen, app.metrics, settings.service_name)
+    app.stack.push_async_callback(runner.cleanup)
+    app.extras["metrics_port"] = port
+
+
 async def serve(build: Callable[[S], Awaitable[App]], settings: S) -> None:
     setup_logging(settings.service_name, settings.log_level)
     setup_tracing(settings.service_name)
@@ -73,6 +94,11 @@ async def serve(build: Callable[[S], Awaitable[App]], settings: S) -> None:
     except ConfigError as exc:  # found only once connected (a root key that does not open the stored keys)
         _LOG.error("%s cannot start: %s", settings.service_name, exc)
         raise SystemExit(2) from None
+    # Built: connected and migrated. Readiness (health status "readiness") now follows the database and Redis;
+    # liveness ("") stays the process answering at all (svckit.readiness).
+    checks = dependency_checks(settings.database_url, settings.redis_url, app.stack)
+    Readiness(app.server.health, checks).start(app.stack)
+    await expose_metrics(app, settings)
     settle_heap()
     _LOG.info("%s serving on port %d", settings.service_name, app.port)
     write_port_file(app.port)

@@ -101,6 +101,8 @@ class KitSettings:
     service_name: str = setting("SERVICE_NAME")
     grpc_listen: str = setting("GRPC_LISTEN", default="127.0.0.1:0")
     health_listen: str = setting("HEALTH_LISTEN", default="", doc="plaintext health-only port for probes")
+    metrics_listen: str = setting("METRICS_LISTEN", default="",
+                                  doc="plaintext Prometheus GET /metrics (host:port); empty = off")
     tls_cert_file: Path = setting("TLS_CERT_FILE")
     tls_key_file: Path = setting("TLS_KEY_FILE")
     tls_ca_file: Path = setting("TLS_CA_FILE")

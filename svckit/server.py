@@ -19,6 +19,7 @@ Denials are reported to `on_denied` (the audit client) before the call is refuse
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import signal
 import socket
@@ -38,7 +39,7 @@ from grpc_health.v1._async import HealthServicer
 
 from sendsafe.context.v1 import principal_pb2
 from svckit import context as callctx
-from svckit import telemetry
+from svckit import metrics, telemetry
 from svckit.access import (
     DEIDENTIFIED_MESSAGE,
     DEIDENTIFIED_USER,
@@ -120,7 +121,25 @@ def status_for(code: grpc.StatusCode, reason: str, message: str, metadata: dict[
     detail = any_pb2.Any()
     detail.Pack(info)
     rich = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    _ABORTING.set((code.name, reason))
     return _RichStatus(code, message, (("grpc-status-details-bin", rich.SerializeToString()),))
+
+
+# The code and reason of the status the current call is aborting with (status_for sets it), for its metrics.
+_ABORTING: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("sendsafe_aborting", default=None)
+
+
+def _outcome(exc: BaseException | None, context: grpc.aio.ServicerContext) -> tuple[str, str]:
+    """A finished call's gRPC code and reason (bounded sets: codes and UPPER_SNAKE reasons)."""
+    if exc is None:
+        return "OK", ""
+    if isinstance(exc, asyncio.CancelledError):
+        return "CANCELLED", ""
+    aborting = _ABORTING.get()
+    if aborting is not None:
+        return aborting
+    code = context.code() if isinstance(exc, grpc.aio.AbortError) else None
+    return (code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"), ""
 
 
 async def _abort_for(method: str, context: grpc.aio.ServicerContext, exc: Exception) -> None:
@@ -168,17 +187,25 @@ class Guard(grpc.aio.ServerInterceptor):
             stream = handler.unary_stream
 
             async def guarded_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                trace_token, token = await guard._admit(method, context)
+                started = time.perf_counter()
+                failure: BaseException | None = None
                 try:
-                    async for item in stream(request, context):
-                        yield item
-                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    trace_token, token = await guard._admit(method, context)
+                    try:
+                        async for item in stream(request, context):
+                            yield item
+                    except (asyncio.CancelledError, grpc.aio.AbortError):
+                        raise
+                    except Exception as exc:
+                        await _abort_for(method, context, exc)
+                    finally:
+                        callctx.current.reset(token)
+                        telemetry.end_trace(trace_token)
+                except BaseException as exc:
+                    failure = exc
                     raise
-                except Exception as exc:
-                    await _abort_for(method, context, exc)
                 finally:
-                    callctx.current.reset(token)
-                    telemetry.end_trace(trace_token)
+                    metrics.observe_rpc(method, *_outcome(failure, context), time.perf_counter() - started)
 
             self._guarded[method] = grpc.unary_stream_rpc_method_handler(
                 guarded_stream, request_deserializer=handler.request_deserializer,
@@ -190,16 +217,24 @@ class Guard(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            trace_token, token = await guard._admit(method, context)
+            started = time.perf_counter()
+            failure: BaseException | None = None
             try:
-                return await inner(request, context)
-            except (asyncio.CancelledError, grpc.aio.AbortError):
+                trace_token, token = await guard._admit(method, context)
+                try:
+                    return await inner(request, context)
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as exc:
+                    await _abort_for(method, context, exc)
+                finally:
+                    callctx.current.reset(token)
+                    telemetry.end_trace(trace_token)
+            except BaseException as exc:
+                failure = exc
                 raise
-            except Exception as exc:
-                await _abort_for(method, context, exc)
             finally:
-                callctx.current.reset(token)
-                telemetry.end_trace(trace_token)
+                metrics.observe_rpc(method, *_outcome(failure, context), time.perf_counter() - started)
 
         self._guarded[method] = grpc.unary_unary_rpc_method_handler(
             guarded,

@@ -33,7 +33,7 @@ from services.audit.service.forwarding import ForwardingService
 from services.audit.service.log import LogService
 from services.audit.service.security_notices import SecurityNotices
 from svckit import tasks
-from svckit.app import App, serve
+from svckit.app import App, expose_metrics, serve
 from svckit.audit import denial_recorder
 from svckit.config import load
 from svckit.db import create_pool, migrate
@@ -160,13 +160,6 @@ async def build(settings: Settings) -> App:
                              "verification")
         await log.sign_checkpoint()  # a fresh anchor under this process's key
 
-        metrics_port = None
-        if settings.metrics_listen:
-            runner, metrics_port = await prometheus.start(
-                settings.metrics_listen, lambda: collect(log, alerts, forwarding, events, alert_store,
-                                                                  (notices, notice_store)))
-            stack.push_async_callback(runner.cleanup)
-
         server = await start_server(
             listen=settings.grpc_listen,
             tls=TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file),
@@ -180,10 +173,21 @@ async def build(settings: Settings) -> App:
     except BaseException:
         await stack.aclose()
         raise
-    return App(server, stack, grace=settings.shutdown_grace_seconds, extras={
+    app = App(server, stack, grace=settings.shutdown_grace_seconds, extras={
         "service": log, "alerts": alerts, "forwarding": forwarding, "notices": notices, "pool": pool,
-        "metrics_port": metrics_port,
     })
+
+    async def log_metrics() -> list[prometheus.Metric]:
+        return prometheus.families(await collect(log, alerts, forwarding, events, alert_store,
+                                                 (notices, notice_store)))
+
+    app.metrics.add("audit log", log_metrics)
+    try:
+        await expose_metrics(app, settings)  # here too, so in-process tests get it with METRICS_LISTEN
+    except BaseException:
+        await app.stop()
+        raise
+    return app
 
 
 async def collect(log: LogService, alerts: AlertService, forwarding: ForwardingService, events: PgEventStore,

@@ -27,8 +27,6 @@ class Settings(KitSettings):
     checkpoint_min_interval_seconds: float = setting("AUDIT_CHECKPOINT_MIN_INTERVAL_SECONDS", default=1.0)
     verify_interval_seconds: float = setting("AUDIT_VERIFY_INTERVAL_SECONDS", default=3600.0)
     poll_seconds: float = setting("AUDIT_POLL_SECONDS", default=1.0)
-    metrics_listen: str = setting("AUDIT_METRICS_LISTEN", default="",
-                                  doc="host:port of a plaintext Prometheus /metrics endpoint; empty: off")
     messaging_addr: str = setting("MESSAGING_ADDR", default="", doc="messaging, for alert SMS")
     alert_messages_per_hour: int = setting(
         "AUDIT_ALERT_MESSAGES_PER_HOUR", default=20,

@@ -6,5 +6,5 @@ store/             all SQL (PostgreSQL through asyncpg): events.py (the log), al
 messaging_client   messaging's NotificationService: alert SMS/email sent as the rule's owner, verified destinations,
                    security notices emailed to the account's owners
 webhooks           customers' HTTPS endpoints (alert webhooks, SIEM forwarding) through svckit.webhooks
-prometheus         the plaintext Prometheus /metrics endpoint (AUDIT_METRICS_LISTEN)
+prometheus         the log's figures for the process's /metrics (METRICS_LISTEN, svckit.metrics)
 """

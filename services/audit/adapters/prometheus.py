@@ -1,4 +1,4 @@
-"""Platform metrics for SREs, in the Prometheus text format, on a plaintext port (AUDIT_METRICS_LISTEN).
+"""The log's metrics for SREs, computed when scraped, on the process's /metrics (METRICS_LISTEN, svckit.metrics).
 
 What to alert on (see docs/runbook.md): `sendsafe_audit_integrity_ok == 0` (the stored log does not
 reproduce its signed checkpoints), `increase(sendsafe_audit_proof_violations_total[5m]) > 0`, a high
@@ -9,14 +9,11 @@ reproduce its signed checkpoints), `increase(sendsafe_audit_proof_violations_tot
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from services.audit.domain.stats import Histogram
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -27,34 +24,17 @@ class Sample:
     value: float | Histogram
 
 
-def render(samples: list[Sample]) -> str:
-    out: list[str] = []
+def families(samples: list[Sample]) -> list[Metric]:
+    """The samples as prometheus-client families, for the process's /metrics (svckit.metrics)."""
+    out: list[Metric] = []
     for s in samples:
-        out.append(f"# HELP {s.name} {s.help}")
-        out.append(f"# TYPE {s.name} {s.kind}")
         if isinstance(s.value, Histogram):
             h = s.value
-            for bound, count in zip(h.bounds, h.counts, strict=True):
-                out.append(f'{s.name}_bucket{{le="{bound:g}"}} {count}')
-            out.append(f'{s.name}_bucket{{le="+Inf"}} {h.count}')
-            out.append(f"{s.name}_sum {h.sum:.6f}")
-            out.append(f"{s.name}_count {h.count}")
+            buckets = [(f"{b:g}", float(c)) for b, c in zip(h.bounds, h.counts, strict=True)]
+            out.append(HistogramMetricFamily(s.name, s.help, buckets=[*buckets, ("+Inf", float(h.count))],
+                                             sum_value=h.sum))
+        elif s.kind == "counter":
+            out.append(CounterMetricFamily(s.name.removesuffix("_total"), s.help, value=float(s.value)))
         else:
-            out.append(f"{s.name} {s.value}" if isinstance(s.value, int) else f"{s.name} {s.value:.6f}")
-    return "\n".join(out) + "\n"
-
-
-async def start(listen: str, collect: Callable[[], Awaitable[list[Sample]]]) -> tuple[web.AppRunner, int]:
-    """Serve GET /metrics on `listen` (host:port, port 0 = any); returns the runner and the bound port."""
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=render(await collect()).encode(), headers={"Content-Type": CONTENT_TYPE})
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    host, _, port = listen.rpartition(":")
-    site = web.TCPSite(runner, host or "127.0.0.1", int(port))
-    await site.start()
-    return runner, int(runner.addresses[0][1])
+            out.append(GaugeMetricFamily(s.name, s.help, value=float(s.value)))
+    return out
