@@ -34,8 +34,10 @@ from gateway.routes import Route, discover_routes
 from gateway.unauth import UnauthenticatedRequests
 from sendsafe.identity.v1 import auth_service_pb2_grpc, identity_service_pb2_grpc
 from sendsafe.keys.v1 import keys_service_pb2_grpc
+from svckit import metrics
 from svckit.audit import AuditClient
 from svckit.keyevents import API_KEYS_CHANGED, Subscriber
+from svckit.readiness import Readiness, dependency_checks
 from svckit.redisconn import make_redis
 from svckit.rpc import secure_channel
 from svckit.telemetry import setup_tracing
@@ -58,8 +60,11 @@ class Gateway:
     unauth: UnauthenticatedRequests | None = None  # limits and summarises unauthenticated failures
     port: int = 0
     health_port: int | None = None
+    metrics_port: int | None = None
     _runner: web.AppRunner | None = field(default=None, repr=False)
     _health: Any = field(default=None, repr=False)
+    _readiness: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack, repr=False)
+    _metrics: web.AppRunner | None = field(default=None, repr=False)
 
     async def start(self) -> int:
         """Bind the HTTPS listener (port 0 = any free port) and return the bound port."""
@@ -82,6 +87,16 @@ class Gateway:
         if self.settings.health_listen:
             self._health = await _start_health(self.settings.health_listen)
             self.health_port = self._health[2]
+            # Readiness ("readiness") follows Redis (key notices); the gateway has no database, and its gRPC
+            # upstreams reconnect by themselves. Liveness ("") is the process answering.
+            checks = dependency_checks("", self.settings.redis_url, self._readiness)
+            Readiness(self._health[0], checks).start(self._readiness)
+        if self.settings.metrics_listen:
+            scrape = metrics.Scrape()
+            scrape.certificate("https", self.settings.https_cert_file)
+            scrape.certificate("internal", self.settings.tls_cert_file)
+            self._metrics, self.metrics_port = await metrics.start_endpoint(
+                self.settings.metrics_listen, scrape, self.settings.service_name)
         _LOG.info("gateway listening on https://%s:%d", host, self.port, extra={"event": "gateway.listening"})
         return self.port
 
@@ -90,6 +105,7 @@ class Gateway:
         if self._health is not None:
             servicer = self._health[0]
             await servicer.enter_graceful_shutdown()
+            await self._readiness.aclose()
         if self._runner is not None:
             await self._runner.cleanup()  # closes the listener, drains handlers (shutdown_timeout)
             self._runner = None
@@ -104,6 +120,9 @@ class Gateway:
         if self._health is not None:
             await self._health[1].stop(0)
             self._health = None
+        if self._metrics is not None:
+            await self._metrics.cleanup()
+            self._metrics = None
         _LOG.info("gateway stopped", extra={"event": "gateway.stopped"})
 
 

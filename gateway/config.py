@@ -62,6 +62,7 @@ class Settings:
     redis_url: str = setting("REDIS_URL", default="", secret=True, doc="key notices (revocations); empty = none")
     redis_prefix: str = setting("REDIS_PREFIX", default="sendsafe:", doc="the keys service's prefix")
     health_listen: str = setting("HEALTH_LISTEN", default="", doc="plaintext gRPC health port; empty = off")
+    metrics_listen: str = setting("METRICS_LISTEN", default="", doc="plaintext Prometheus /metrics; empty = off")
     log_level: str = setting("LOG_LEVEL", default="INFO")
     shutdown_grace_seconds: float = setting("SHUTDOWN_GRACE_SECONDS", default=5.0)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -47,6 +48,7 @@ from gateway.surface import Surface
 from gateway.transcode.fields import TranscodeError
 from gateway.unauth import UnauthenticatedRequests
 from svckit import context as callctx
+from svckit import metrics
 
 _LOG = logging.getLogger(__name__)
 
@@ -106,6 +108,7 @@ class Edge:
         parent = _TRACE_CONTEXT.extract(request.headers)
         name = f"{request.method} {template}" if template else request.method
         token = callctx.current.set(callctx.CallContext(self._service, None, request_id))
+        started = time.perf_counter()
         try:
             with self._tracer.start_as_current_span(
                 name, context=parent, kind=SpanKind.SERVER, attributes=attributes,
@@ -125,6 +128,10 @@ class Edge:
                     span.set_status(Status(StatusCode.ERROR))
                 trace_id = format(span.get_span_context().trace_id, "032x")
                 await self._evidence.record(request, state, response.status, trace_id)
+                # RED by route template (a request no route matched: "unmatched"), never by path or ids.
+                metrics.observe_http(template or "unmatched", request.method if route is not None else "other",
+                                     response.status, state.error.reason if state.error else "",
+                                     time.perf_counter() - started)
                 return response
         finally:
             callctx.current.reset(token)
