@@ -8,12 +8,16 @@ holds a body or a phone number, and a 100-message send costs one XADD rather tha
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from prometheus_client.core import Metric
 from redis.exceptions import ResponseError
+
+from svckit.metrics import gauge
 
 GROUP = "dispatchers"
 _FIELD = b"m"
@@ -116,6 +120,37 @@ class DispatchStream:
             pipe.xack(self.stream, GROUP, *entry_ids)
             pipe.xdel(self.stream, *entry_ids)
             await pipe.execute()
+
+
+    async def collect_metrics(self) -> list[Metric]:
+        """The backlog when scraped (svckit.metrics): entries waiting (acked ones are deleted), the group's
+        lag (never read) and pending (read, not acked), the oldest entry's age, and the dead letters."""
+        async with asyncio.timeout(self._timeout):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xlen(self.stream)
+            pipe.xrange(self.stream, count=1)
+            pipe.xlen(self.dead_stream)
+            pipe.xinfo_groups(self.stream)
+            length, first, dead, groups = await pipe.execute(raise_on_error=False)
+        group: dict[Any, Any] = next((g for g in (groups if isinstance(groups, list) else [])
+                                      if g.get("name") in (GROUP, GROUP.encode())), {})
+        oldest = 0.0
+        if isinstance(first, list) and first:
+            ms = int(first[0][0].split(b"-")[0])
+            oldest = max(0.0, time.time() - ms / 1000)
+        return [
+            gauge("sendsafe_dispatch_stream_entries", "Entries in the dispatch stream not yet delivered and acked "
+                  "(one entry is one published batch of message ids).",
+                  float(length if isinstance(length, int) else 0)),
+            gauge("sendsafe_dispatch_consumer_lag", "Entries the workers' consumer group has not read yet.",
+                  float(group.get("lag") or 0)),
+            gauge("sendsafe_dispatch_pending_entries", "Entries read by a worker and not acked yet.",
+                  float(group.get("pending") or 0)),
+            gauge("sendsafe_dispatch_oldest_entry_age_seconds", "Age of the oldest entry waiting in the dispatch "
+                  "stream (0 when it is empty).", oldest),
+            gauge("sendsafe_dead_letters", "Messages in the dead-letter stream (final failures).",
+                  float(dead if isinstance(dead, int) else 0)),
+        ]
 
 
 def _entry(entry_id: bytes, fields: dict[bytes, bytes] | None) -> Entry:

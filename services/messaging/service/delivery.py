@@ -4,6 +4,7 @@ the carrier)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -12,9 +13,11 @@ from services.messaging.domain.delivery import ClaimedMessage, Receipt, Submissi
 from services.messaging.domain.destinations import ALERT_DELIVERY
 from services.messaging.domain.receipts import InboundInput
 from services.messaging.domain.records import BODY_RECORD, TO_RECORD
+from services.messaging.service import pipeline_metrics
 from services.messaging.service.index_keys import IndexKeys
 from services.messaging.service.ports import SERVICE, Carrier, Cipher, DeliveryStore, Queue, Record
 from services.messaging.service.replies import Replies
+from services.messaging.service.sender_index import SenderIndex
 from svckit.audit import new_event
 from svckit.envelope import DecryptFailed, aad_for
 
@@ -34,6 +37,7 @@ class DeliveryService:
         retry_cap_seconds: float = 60.0,
         lease_seconds: float = 30.0,
         record: Record | None = None,
+        senders: SenderIndex | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
@@ -45,7 +49,7 @@ class DeliveryService:
         self._lease = lease_seconds
         self._record = record
         self.keys = IndexKeys(store, cipher)
-        self.replies = Replies(store, cipher, self.keys)
+        self.replies = Replies(store, cipher, self.keys, senders)  # replies to a sender identity: its account
 
     async def deliver(self, message_ids: Sequence[str]) -> int:
         """Claim, decrypt, submit and record one batch; returns how many were claimed.
@@ -67,12 +71,17 @@ class DeliveryService:
                 unreadable.append((m.id, 7))
                 continue
             submissions.append(Submission(m.id, to.decode(), body.decode(), m.sender, m.attempts))
+        started = time.perf_counter()
         try:
             results = await self._carrier.submit(submissions) if submissions else []
+            outcome = "ok"
         except Exception as exc:
             _LOG.warning("carrier %s submit failed (%s); %d messages will be retried",
                          self._carrier.name, type(exc).__name__, len(submissions))
             results = []
+            outcome = "error"
+        if submissions:
+            pipeline_metrics.CARRIER_SUBMIT.labels(self._carrier.name, outcome).observe(time.perf_counter() - started)
         unreadable_ids = {mid for mid, _ in unreadable}
         readable = [m for m in claimed if m.id not in unreadable_ids]
         sent, retry, failed = plan_results(readable, results, self._max_attempts)
@@ -84,9 +93,11 @@ class DeliveryService:
             failed,
             sent_by=[r.carrier for r in sent],  # a router names the carrier that took each message
         )
+        pipeline_metrics.count_results(self._carrier.name, [r.carrier for r in sent], len(retry), len(failed))
         if became_failed:
             codes = dict(failed)
             await self._queue.dead_letter([(mid, codes[mid]) for mid in became_failed])
+            pipeline_metrics.DEAD_LETTERED.inc(len(became_failed))
         await self._audit(claimed, {r.message_id for r in sent}, {mid for mid, _ in retry}, set(became_failed))
         return len(claimed)
 

@@ -12,6 +12,7 @@ import orjson
 from services.messaging.adapters.store.rows import b64
 from services.messaging.domain.records import NewMessage
 from services.messaging.domain.statuses import MessageStatus
+from services.messaging.service import pipeline_metrics
 
 _MESSAGE_COLUMNS = (
     "id", "account_id", "user_id", "api_username", "status", "body_ct", "to_ct", "sender", "country",
@@ -140,6 +141,8 @@ class PgSendTx:
         else:
             row = await self._conn.fetchrow(_INSERT_FUNDED, *args, str(funded[1]), funded[0])
         assert row is not None
+        if row["done"]:  # counted in the send's transaction: a rollback after this is rare and overcounts
+            pipeline_metrics.ACCEPTED.inc(len(messages))
         return bool(row["done"]), row["batch"]
 
     async def insert_messages(self, messages: Sequence[NewMessage]) -> int | None:
