@@ -131,7 +131,7 @@ class Suite:
         cert_name = "messaging" if worker else name
         env = {
             k: v for k, v in os.environ.items()
-            if not k.startswith(("GRPC_", "TLS_", "DATABASE_URL", "PORT_FILE", "GATEWAY_"))
+            if not k.startswith(("GRPC_", "TLS_", "DATABASE_URL", "PORT_FILE", "GATEWAY_", "METRICS_"))
         }
         env.update(
             SERVICE_NAME=name,
@@ -151,6 +151,8 @@ class Suite:
                 env[f"{callee.upper()}_ADDR"] = f"127.0.0.1:{cfg.ports[callee]}"
         if port_file is not None:
             env["PORT_FILE"] = str(port_file)
+        # Every process serves /metrics on a port of its own choosing, reported in <label>.metrics.
+        env["METRICS_LISTEN"] = "127.0.0.1:0"
         # A fixed port belongs to the first replica; further replicas take any free port.
         port = cfg.ports.get(name, 0) if port_file is None or port_file.stem == name else 0
         if name == "gateway":
@@ -177,9 +179,14 @@ class Suite:
                 port_file.unlink()
         module = "gateway" if name == "gateway" else f"services.{name}"
         args = [cfg.python, "-m", module, *(["worker"] if worker else [])]
+        env = self.env_for(name, port_file, worker)
+        metrics_file = cfg.workdir / f"{label}.metrics"
+        with contextlib.suppress(FileNotFoundError):
+            metrics_file.unlink()
+        env.setdefault("METRICS_PORT_FILE", str(metrics_file))
         with open(log, "ab") as fh:
             popen = subprocess.Popen(
-                args, cwd=REPO, env=self.env_for(name, port_file, worker), stdout=fh, stderr=subprocess.STDOUT,
+                args, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_parent,
             )
         proc = Proc(label, popen, log, None)
@@ -202,6 +209,11 @@ class Suite:
             name, _, replica = label.partition("-")
             suffix = f"-{replica}" if replica else ""
         return self.start_process(name, worker=worker, suffix=suffix, timeout=timeout)
+
+    def metrics_ports(self, timeout: float = 60.0) -> dict[str, int]:
+        """Each running process's /metrics port by label (waits for workers, which report no other port)."""
+        return {label: self._wait_port(proc, self.config.workdir / f"{label}.metrics", timeout)
+                for label, proc in self.procs.items()}
 
     def _wait_port(self, proc: Proc, port_file: Path, timeout: float) -> int:
         deadline = time.monotonic() + timeout
