@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from google.api import httpbody_pb2
 
 from gateway import compat_clicksend
 from gateway.auth import Authenticator, Identity, second_factor_within
@@ -115,9 +116,12 @@ class Dispatcher:
                 raise deidentified_user()
 
         body: Any = None
+        upload: bytes | None = None
         if route.body:
             raw = await self._read_body(request)
-            if raw.strip():
+            if route.upload:  # google.api.HttpBody: the bytes as sent, with their content type
+                upload = raw
+            elif raw.strip():
                 if not _is_json(request.content_type):
                     raise GatewayError(
                         415, "INVALID_ARGUMENT", "UNSUPPORTED_MEDIA_TYPE", "Send the request body as application/json."
@@ -128,6 +132,8 @@ class Dispatcher:
             route.input_desc, route.surface, body=body, body_field=route.body,
             query=request.query.items(), path_params=path_params,
         )
+        if upload is not None:
+            getattr(msg, route.body).MergeFrom(httpbody_pb2.HttpBody(content_type=request.content_type, data=upload))
 
         principal = (
             build_principal(identity, state.conn, state.request_id)

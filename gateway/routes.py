@@ -67,6 +67,13 @@ class Route:
     def key(self) -> str:
         return f"{self.http_method} {self.template}"
 
+    @property
+    def upload(self) -> bool:
+        """The http rule's body is a google.api.HttpBody field: the raw request body of any content type goes
+        into it as is (an upload, e.g. a CSV file), bounded by the body-size cap like every body."""
+        f = self.input_desc.fields_by_name.get(self.body) if self.body not in ("", "*") else None
+        return f is not None and f.message_type is not None and f.message_type.full_name == HTTP_BODY
+
 
 def service_modules(packages: Iterable[str] = SERVICE_PACKAGES) -> list[ModuleType]:
     """Every `*_service_pb2` module of the given packages."""

@@ -80,6 +80,8 @@ PERMISSIONS: Final[Mapping[str, Holders]] = MappingProxyType(
         "account.close": customers(MAIN_USER),  # close the account, see or cancel its closure (issue 15)
         "alpha_tags.read": customers("access_settings"),  # the account's alpha tags (sender IDs) and their reviews
         "alpha_tags.write": customers("access_settings"),  # request or cancel an alpha tag
+        "contacts.read": customers("access_contacts"),  # contact lists and their contacts (personal data)
+        "contacts.write": customers("access_contacts"),  # create, change, delete and import lists and contacts
         "staff.accounts.read": staff(*_EVERY_ROLE),
         "staff.accounts.write": staff("support_agent", "platform_admin"),
         "staff.roles.write": staff(*_SECURITY),

@@ -20,6 +20,8 @@ from sendsafe.keys.v1 import keys_service_pb2_grpc
 from sendsafe.messaging.v1 import (
     alpha_tag_service_pb2,
     alpha_tag_service_pb2_grpc,
+    contact_service_pb2,
+    contact_service_pb2_grpc,
     export_service_pb2,
     export_service_pb2_grpc,
     messaging_service_pb2,
@@ -30,6 +32,7 @@ from sendsafe.messaging.v1 import (
 from services.messaging.adapters.alpha_tags_api import AlphaTagServicer
 from services.messaging.adapters.audit_client import discard, open_audit
 from services.messaging.adapters.carriers import HttpCarrier, SimulatorCarrier
+from services.messaging.adapters.contacts_api import ContactServicer
 from services.messaging.adapters.email import open_mailer
 from services.messaging.adapters.export_peers import UnconfiguredPeers, open_export_peers
 from services.messaging.adapters.identity_client import AlertOwners, open_owners
@@ -39,6 +42,7 @@ from services.messaging.adapters.routing import RoutingCarrier
 from services.messaging.adapters.smpp.carrier import SmppCarrier
 from services.messaging.adapters.smpp.session import SessionConfig
 from services.messaging.adapters.store.alpha_tags import PgAlphaTagStore
+from services.messaging.adapters.store.contacts import PgContactStore
 from services.messaging.adapters.store.destinations import PgDestinationStore
 from services.messaging.adapters.store.exports import PgExportStore
 from services.messaging.adapters.store.pg import PgMessageStore
@@ -54,6 +58,7 @@ from services.messaging.entrypoints.callback_receiver import CallbackReceiver
 from services.messaging.entrypoints.dispatch_worker import StreamWorker, default_consumer_name, pump_receipts
 from services.messaging.service.alpha_tags import AlphaTags
 from services.messaging.service.common import MessagingOptions
+from services.messaging.service.contacts import IMPORT_POLL_SECONDS, ContactLists
 from services.messaging.service.delivery import DeliveryService
 from services.messaging.service.export_job import ExportWriter
 from services.messaging.service.exports import ExportOptions, Exports
@@ -79,6 +84,7 @@ SERVICE_NAME = messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingServi
 NOTIFICATION_SERVICE_NAME = notification_service_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name
 EXPORT_SERVICE_NAME = export_service_pb2.DESCRIPTOR.services_by_name["AccountExportService"].full_name
 ALPHA_TAG_SERVICE_NAME = alpha_tag_service_pb2.DESCRIPTOR.services_by_name["AlphaTagService"].full_name
+CONTACT_SERVICE_NAME = contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name
 
 
 async def _common(settings: Settings, stack: contextlib.AsyncExitStack) -> tuple[Any, ...]:
@@ -109,6 +115,8 @@ async def build(settings: Settings) -> App:
     try:
         pool, stream, envelope, record, redis = await _common(settings, stack)
         store = PgMessageStore(pool)
+        import_wake = asyncio.Event()
+        lists = ContactLists(PgContactStore(pool), envelope, IndexKeys(store, envelope), record, wake=import_wake.set)
         rates = RateConfig(
             account_rate=settings.account_rate, account_burst=settings.account_burst,
             key_rate=settings.key_rate, key_burst=settings.key_burst, prefix_limit=settings.prefix_limit,
@@ -125,6 +133,7 @@ async def build(settings: Settings) -> App:
                 relay_batch=settings.relay_batch, rates=rates, allow_private_webhooks=settings.webhook_allow_private,
             ),
             record=record,
+            lists=lists,
         )
         owners = open_owners(settings, stack)
         mailer = open_mailer(settings)
@@ -133,8 +142,9 @@ async def build(settings: Settings) -> App:
         server = await start_server(
             listen=settings.grpc_listen,
             tls=tls_of(settings),
-            register=lambda s: _register(s, service, pool, record, owners, mailer, exports),
-            service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME, EXPORT_SERVICE_NAME, ALPHA_TAG_SERVICE_NAME],
+            register=lambda s: _register(s, service, pool, record, owners, mailer, exports, lists),
+            service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME, EXPORT_SERVICE_NAME, ALPHA_TAG_SERVICE_NAME,
+                           CONTACT_SERVICE_NAME],
             on_denied=denial_recorder(record, settings.service_name),
             health_listen=settings.health_listen,
             step_up_max_age_seconds=settings.step_up_max_age_seconds,
@@ -148,6 +158,7 @@ async def build(settings: Settings) -> App:
                     "idempotency-cleanup")
         spawn(stack, drain("exports", exports.run_due, export_wake, settings.export_poll_seconds), "exports")
         spawn(stack, every("export-sweep", settings.export_sweep_seconds, exports.sweep), "export-sweep")
+        spawn(stack, drain("contact-imports", lists.run_imports, import_wake, IMPORT_POLL_SECONDS), "contact-imports")
         rewrap = open_rewrap(settings, stack, envelope, rewrap_columns(pool))
         spawn(stack, every("rewrap", settings.rewrap_seconds, rewrap), "rewrap")
         stack.push_async_callback(_final_cleanup, service)
@@ -174,8 +185,9 @@ def _exports(settings: Settings, stack: contextlib.AsyncExitStack, pool: Any, st
 
 
 def _register(server: Any, service: MessagingService, pool: Any, record: Any, owners: AlertOwners | None,
-              mailer: Mailer | None, exports: Exports) -> None:
+              mailer: Mailer | None, exports: Exports, lists: ContactLists) -> None:
     messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(service), server)
+    contact_service_pb2_grpc.add_ContactServiceServicer_to_server(ContactServicer(lists), server)
     export_service_pb2_grpc.add_AccountExportServiceServicer_to_server(AccountExportServicer(exports), server)
     alpha_tag_service_pb2_grpc.add_AlphaTagServiceServicer_to_server(
         AlphaTagServicer(AlphaTags(PgAlphaTagStore(pool), record)), server)

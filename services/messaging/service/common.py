@@ -11,6 +11,7 @@ from services.messaging.domain.limits import RateConfig
 from services.messaging.domain.pricing import Currency, PriceTable
 from services.messaging.service.closure import AccountClosures
 from services.messaging.service.index_keys import IndexKeys
+from services.messaging.service.list_sends import ListRecipients
 from services.messaging.service.ports import Cipher, Limiter, MessageStore, Queue, Record
 from services.messaging.service.replies import Replies
 from svckit.webhooks import check_destination
@@ -43,6 +44,7 @@ class UseCases:
     keys: IndexKeys
     replies: Replies
     closures: AccountClosures
+    lists: ListRecipients | None  # contact lists, for sends with list_id (None: such sends are refused)
 
     async def _webhook_url(self, url: str) -> str:
         """The one outbound-webhook policy, at configuration time (the worker applies it again)."""

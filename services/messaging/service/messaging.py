@@ -13,6 +13,7 @@ from services.messaging.service.common import MessagingOptions
 from services.messaging.service.history import HistoryUseCases
 from services.messaging.service.inbound import InboundUseCases
 from services.messaging.service.index_keys import IndexKeys
+from services.messaging.service.list_sends import ListRecipients
 from services.messaging.service.ports import Cipher, Limiter, MessageStore, Queue, Record
 from services.messaging.service.receipts import ReceiptUseCases
 from services.messaging.service.replies import Replies
@@ -39,6 +40,7 @@ class MessagingService(SendingUseCases, HistoryUseCases, ReceiptUseCases, Inboun
         limiter: Limiter | None = None,
         options: MessagingOptions | None = None,
         record: Record | None = None,
+        lists: ListRecipients | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
@@ -57,3 +59,4 @@ class MessagingService(SendingUseCases, HistoryUseCases, ReceiptUseCases, Inboun
         self.keys = IndexKeys(store, cipher)
         self.replies = Replies(store, cipher, self.keys)
         self.closures = AccountClosures(store, record)
+        self.lists = lists

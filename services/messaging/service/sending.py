@@ -40,6 +40,7 @@ from services.messaging.domain.statuses import MessageStatus, clicksend_history_
 from services.messaging.service.common import UseCases
 from services.messaging.service.custom_strings import custom_string_aad
 from services.messaging.service.ids import new_message_ids
+from services.messaging.service.list_sends import expand_lists
 from svckit.envelope import aad_for
 from svckit.groupcommit import GroupCommit
 
@@ -125,6 +126,7 @@ class SendingUseCases(UseCases):
             replay = await self._replay(caller, *idem)
             if replay is not None:
                 return replay
+        inputs = await expand_lists(self.lists, caller, inputs)  # list_id: one message per contact
         now = int(self._clock())
         items, valid = self._check(caller, inputs, now)
         if not valid:
@@ -327,6 +329,7 @@ class SendingUseCases(UseCases):
     async def price_sms(self, caller: Caller, inputs: Sequence[OutboundInput]) -> SendResult:
         """What a send would cost and which messages it would refuse, storing and charging nothing."""
         check_batch_size(len(inputs))
+        inputs = await expand_lists(self.lists, caller, inputs)
         now = int(self._clock())
         items, valid = self._check(caller, inputs, now)
         blocked: set[tuple[int, bytes]] = set()
