@@ -154,12 +154,21 @@ class Pod:
             raise AssertionError(f"{self.name} did not finish within {timeout:.0f}s:\n{tail}") from None
 
     def stop(self) -> int | None:
-        """SIGTERM, as kubelet does after preStop; the exit code, or None when it outlived its grace period."""
+        """As kubelet stops a pod: the preStop hook, then SIGTERM, all within terminationGracePeriodSeconds.
+        The exit code, or None when the process outlived the grace period (then it is killed)."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
+        deadline = time.monotonic() + float(self.spec.get("terminationGracePeriodSeconds", 30))
+        hook = (self.container.get("lifecycle") or {}).get("preStop")
+        if hook is not None:
+            (handler,) = hook
+            assert handler == "exec", f"{self.name}: preStop {handler} is not emulated"
+            argv = [self.local_path(a) for a in hook["exec"]["command"]]
+            subprocess.run(argv, cwd=self.cwd, env=self.env, timeout=max(0.1, deadline - time.monotonic()),
+                           check=True, capture_output=True)
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(float(self.spec.get("terminationGracePeriodSeconds", 30)))
+            return self.proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()

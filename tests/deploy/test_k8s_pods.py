@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from svckit.readiness import READINESS
 from tools.k8s_manifests import HEALTH_PORT, NAMESPACE, OVERLAYS, REPO, Doc, Workload, of_kind, workloads
 
 UID = 10001
@@ -283,8 +284,17 @@ def test_platform_deployments_probe_scale_and_survive_disruption(
         env = _env(docs, w, container)
         assert env.get("HEALTH_LISTEN") == f"0.0.0.0:{HEALTH_PORT}", f"{name}: HEALTH_LISTEN"
         assert {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"} in container["ports"]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container.get(probe, {}).get("grpc") == {"port": HEALTH_PORT}, f"{name}: {probe}"
+        # Liveness and startup: the process answers (""); readiness: its dependencies do (svckit.readiness).
+        for probe, service in (("startupProbe", ""), ("livenessProbe", ""), ("readinessProbe", READINESS)):
+            want = {"port": HEALTH_PORT, **({"service": service} if service else {})}
+            assert container.get(probe, {}).get("grpc") == want, f"{name}: {probe}"
+        # Stopping: preStop delay (endpoints drain), then SIGTERM and SHUTDOWN_GRACE_SECONDS of draining, then
+        # (the gateway) up to SHUTDOWN_GRACE_SECONDS + 5 s flushing audit events: all before kubelet's SIGKILL.
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep" and len(command) == 2, f"{name}: preStop"
+        drain = float(env.get("SHUTDOWN_GRACE_SECONDS", "5"))
+        assert float(command[1]) + 2 * drain + 5 <= w.pod_spec["terminationGracePeriodSeconds"], (
+            f"{name}: preStop {command[1]}s + SHUTDOWN_GRACE_SECONDS {drain}s does not fit the grace period")
 
 
 def test_gateway_tls_policy_is_the_gateways_own(rendered: dict[str, list[Doc]], overlay: str) -> None:
