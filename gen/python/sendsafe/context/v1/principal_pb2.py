@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#sendsafe/context/v1/principal.proto\x12\x13sendsafe.context.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x03\n\tPrincipal\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x14\n\x0c\x61pi_username\x18\x03 \x01(\t\x12\x34\n\x0b\x61uth_method\x18\x04 \x01(\x0e\x32\x1f.sendsafe.context.v1.AuthMethod\x12\x12\n\napi_key_id\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x13\n\x0bpermissions\x18\x07 \x03(\t\x12,\n\x08mfa_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63lient_address\x18\t \x01(\t\x12\x12\n\nuser_agent\x18\n \x01(\t\x12\x13\n\x0btls_version\x18\x0b \x01(\t\x12\x12\n\ntls_cipher\x18\x0c \x01(\t\x12\x12\n\nrequest_id\x18\r \x01(\t\x12\x11\n\ttest_mode\x18\x0e \x01(\x08\x12\r\n\x05staff\x18\x0f \x01(\x08\x12\x34\n\x0bsend_limits\x18\x10 \x01(\x0b\x32\x1f.sendsafe.context.v1.SendLimits\x12\x1e\n\x16sms_deidentify_message\x18\x11 \x01(\x08\"u\n\nSendLimits\x12\x1b\n\x13messages_per_minute\x18\x01 \x01(\x05\x12\x18\n\x10messages_per_day\x18\x02 \x01(\x05\x12\x19\n\x11\x61llowed_countries\x18\x03 \x03(\t\x12\x15\n\rbucket_key_id\x18\x04 \x01(\t*[\n\nAuthMethod\x12\x1b\n\x17\x41UTH_METHOD_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41UTH_METHOD_API_KEY\x10\x01\x12\x17\n\x13\x41UTH_METHOD_SESSION\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#sendsafe/context/v1/principal.proto\x12\x13sendsafe.context.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x03\n\tPrincipal\x12\x12\n\naccount_id\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x14\n\x0c\x61pi_username\x18\x03 \x01(\t\x12\x34\n\x0b\x61uth_method\x18\x04 \x01(\x0e\x32\x1f.sendsafe.context.v1.AuthMethod\x12\x12\n\napi_key_id\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x13\n\x0bpermissions\x18\x07 \x03(\t\x12,\n\x08mfa_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x63lient_address\x18\t \x01(\t\x12\x12\n\nuser_agent\x18\n \x01(\t\x12\x13\n\x0btls_version\x18\x0b \x01(\t\x12\x12\n\ntls_cipher\x18\x0c \x01(\t\x12\x12\n\nrequest_id\x18\r \x01(\t\x12\x11\n\ttest_mode\x18\x0e \x01(\x08\x12\r\n\x05staff\x18\x0f \x01(\x08\x12\x34\n\x0bsend_limits\x18\x10 \x01(\x0b\x32\x1f.sendsafe.context.v1.SendLimits\x12\x1e\n\x16sms_deidentify_message\x18\x11 \x01(\x08\"\xa7\x01\n\nSendLimits\x12\x1b\n\x13messages_per_minute\x18\x01 \x01(\x05\x12\x18\n\x10messages_per_day\x18\x02 \x01(\x05\x12\x19\n\x11\x61llowed_countries\x18\x03 \x03(\t\x12\x15\n\rbucket_key_id\x18\x04 \x01(\t\x12\x17\n\x0f\x61llowed_senders\x18\x05 \x03(\t\x12\x17\n\x0fsenders_limited\x18\x06 \x01(\x08*[\n\nAuthMethod\x12\x1b\n\x17\x41UTH_METHOD_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41UTH_METHOD_API_KEY\x10\x01\x12\x17\n\x13\x41UTH_METHOD_SESSION\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sendsafe.context.v1.principal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUTHMETHOD']._serialized_start=671
-  _globals['_AUTHMETHOD']._serialized_end=762
+  _globals['_AUTHMETHOD']._serialized_start=722
+  _globals['_AUTHMETHOD']._serialized_end=813
   _globals['_PRINCIPAL']._serialized_start=94
   _globals['_PRINCIPAL']._serialized_end=550
-  _globals['_SENDLIMITS']._serialized_start=552
-  _globals['_SENDLIMITS']._serialized_end=669
+  _globals['_SENDLIMITS']._serialized_start=553
+  _globals['_SENDLIMITS']._serialized_end=720
 # @@protoc_insertion_point(module_scope)

@@ -137,6 +137,8 @@ class SendLimits(_message.Message):
     MESSAGES_PER_DAY_FIELD_NUMBER: _builtins.int
     ALLOWED_COUNTRIES_FIELD_NUMBER: _builtins.int
     BUCKET_KEY_ID_FIELD_NUMBER: _builtins.int
+    ALLOWED_SENDERS_FIELD_NUMBER: _builtins.int
+    SENDERS_LIMITED_FIELD_NUMBER: _builtins.int
     messages_per_minute: _builtins.int
     messages_per_day: _builtins.int
     bucket_key_id: _builtins.str
@@ -145,9 +147,19 @@ class SendLimits(_message.Message):
     so rolling a key or minting a child never resets what was sent. Empty:
     the key's own (api_key_id).
     """
+    senders_limited: _builtins.bool
+    """True: only allowed_senders (possibly none) may be sent from, and an empty
+    `from` (the shared number) is refused. False: any of the account's.
+    """
     @_builtins.property
     def allowed_countries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """ISO 3166-1 alpha-2 destination countries; empty: every country."""
+
+    @_builtins.property
+    def allowed_senders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The sender ids the caller may name as `from` (the API key's and the
+        user's limits intersected; numbers "+digits"), when senders_limited.
+        """
 
     def __init__(
         self,
@@ -156,10 +168,12 @@ class SendLimits(_message.Message):
         messages_per_day: _builtins.int = ...,
         allowed_countries: _abc.Iterable[_builtins.str] | None = ...,
         bucket_key_id: _builtins.str = ...,
+        allowed_senders: _abc.Iterable[_builtins.str] | None = ...,
+        senders_limited: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_countries", b"allowed_countries", "bucket_key_id", b"bucket_key_id", "messages_per_day", b"messages_per_day", "messages_per_minute", b"messages_per_minute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_countries", b"allowed_countries", "allowed_senders", b"allowed_senders", "bucket_key_id", b"bucket_key_id", "messages_per_day", b"messages_per_day", "messages_per_minute", b"messages_per_minute", "senders_limited", b"senders_limited"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -107,11 +107,19 @@ class SendLimits(_message.Message):
     MESSAGES_PER_MINUTE_FIELD_NUMBER: _builtins.int
     MESSAGES_PER_DAY_FIELD_NUMBER: _builtins.int
     ALLOWED_COUNTRIES_FIELD_NUMBER: _builtins.int
+    ALLOWED_SENDERS_FIELD_NUMBER: _builtins.int
     messages_per_minute: _builtins.int
     messages_per_day: _builtins.int
     @_builtins.property
     def allowed_countries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """ISO 3166-1 alpha-2 codes of destination countries; empty = any."""
+
+    @_builtins.property
+    def allowed_senders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The sender ids (`from`) the key may send as: numbers in E.164 form,
+        alpha tags of 1-11 letters, digits or spaces; at most 20. Empty = any of
+        the account's sender identities. A limited key must name its `from`.
+        """
 
     def __init__(
         self,
@@ -119,10 +127,11 @@ class SendLimits(_message.Message):
         messages_per_minute: _builtins.int = ...,
         messages_per_day: _builtins.int = ...,
         allowed_countries: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_senders: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_countries", b"allowed_countries", "messages_per_day", b"messages_per_day", "messages_per_minute", b"messages_per_minute"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_countries", b"allowed_countries", "allowed_senders", b"allowed_senders", "messages_per_day", b"messages_per_day", "messages_per_minute", b"messages_per_minute"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
