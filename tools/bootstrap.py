@@ -34,6 +34,7 @@ from sendsafe.identity.v1 import account_pb2, identity_service_pb2, identity_ser
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from svckit.rpc import secure_channel
 from svckit.tls import TlsFiles
+from tools.keyadmin import ops_tls
 from tools.kube_secret import InCluster, KubeApiError
 
 URL, USERNAME, API_KEY, CA_CERT = "SENDSAFE_URL", "SENDSAFE_USERNAME", "SENDSAFE_API_KEY", "SENDSAFE_CA_CERT"
@@ -123,14 +124,6 @@ async def _demo_user(stub: identity_service_pb2_grpc.IdentityServiceStub) -> acc
     return user
 
 
-def tls_files(certs: Path) -> TlsFiles:
-    """The ops identity under `certs`: a mounted cert-manager Secret (tls.crt, tls.key, ca.crt) or the
-    `make certs` folder (ops.crt, ops.key, internal-ca.crt)."""
-    if (certs / "tls.crt").exists():
-        return TlsFiles(certs / "tls.crt", certs / "tls.key", certs / "ca.crt")
-    return TlsFiles(certs / "ops.crt", certs / "ops.key", certs / "internal-ca.crt")
-
-
 async def _credentials(
     identity: str, keys: str, tls: TlsFiles, previous: dict[str, str], timeout: float
 ) -> tuple[str, str, bool]:
@@ -171,7 +164,7 @@ async def bootstrap(
     certs, out = Path(certs), Path(out)
     ca = str((certs / "public-ca.crt").resolve())
     previous = read_env(out)
-    username, api_key, fresh = await _credentials(identity, keys, tls_files(certs), previous, timeout)
+    username, api_key, fresh = await _credentials(identity, keys, ops_tls(certs), previous, timeout)
     creds = {URL: gateway_url.rstrip("/"), USERNAME: username, API_KEY: api_key, CA_CERT: ca}
     if fresh or {k: previous.get(k) for k in ENV_KEYS} != creds:
         write_env(out, creds)
@@ -192,7 +185,7 @@ async def bootstrap_to_secret(
 ) -> str:
     """Ensure the first account and an API key held in Secret `secret`; print and return only the username."""
     previous = api.get_secret(secret) or {}
-    username, api_key, fresh = await _credentials(identity, keys, tls_files(Path(certs)), previous, timeout)
+    username, api_key, fresh = await _credentials(identity, keys, ops_tls(Path(certs)), previous, timeout)
     creds = {URL: gateway_url.rstrip("/"), USERNAME: username, API_KEY: api_key}
     if fresh or {k: previous.get(k) for k in SECRET_KEYS} != creds:
         api.put_secret(secret, creds, {"app.kubernetes.io/part-of": "sendsafe", "sendsafe.io/handover": "bootstrap"})

@@ -39,7 +39,9 @@ from svckit.rpcstatus import error_reason
 from svckit.tls import TlsFiles
 
 
-def _tls(certs: Path) -> TlsFiles:
+def ops_tls(certs: Path) -> TlsFiles:
+    """The ops identity under `certs`: a mounted cert-manager Secret (tls.crt, tls.key, ca.crt) in a pod,
+    else the `make certs` folder (ops.crt, ops.key, internal-ca.crt). tools.bootstrap and tools.staff too."""
     if (certs / "tls.crt").exists():  # a mounted Kubernetes secret
         return TlsFiles(certs / "tls.crt", certs / "tls.key", certs / "ca.crt")
     return TlsFiles(certs / "ops.crt", certs / "ops.key", certs / "internal-ca.crt")
@@ -50,7 +52,7 @@ def _show(msg: Any) -> None:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with secure_channel(args.keys, _tls(Path(args.certs)), server_name="keys", timeout=30.0) as ch:
+    async with secure_channel(args.keys, ops_tls(Path(args.certs)), server_name="keys", timeout=30.0) as ch:
         stub = keys_service_pb2_grpc.KeysServiceStub(ch)
         cmd = args.command
         if cmd == "root-status":

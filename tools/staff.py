@@ -26,7 +26,7 @@ import grpc
 
 from sendsafe.identity.v1 import staff_service_pb2, staff_service_pb2_grpc
 from svckit.rpc import secure_channel
-from svckit.tls import TlsFiles
+from tools.keyadmin import ops_tls
 
 ROLES = {
     "support_readonly": staff_service_pb2.STAFF_ROLE_SUPPORT_READONLY,
@@ -56,7 +56,7 @@ def initial_password() -> str:
 async def create(
     *, identity: str, certs: Path, username: str, email: str, role: str, display_name: str = "", timeout: float = 15.0
 ) -> Enrolment:
-    tls = TlsFiles(certs / "ops.crt", certs / "ops.key", certs / "internal-ca.crt")
+    tls = ops_tls(certs)
     password = initial_password()
     async with secure_channel(identity, tls, server_name="identity", timeout=timeout) as channel:
         resp = await staff_service_pb2_grpc.StaffServiceStub(channel).CreateStaffUser(
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("create", help="add a staff member and print their one-time enrolment")
     add.add_argument("--identity", required=True, help="identity service host:port")
-    add.add_argument("--certs", required=True, type=Path, help="folder with ops.crt/.key, internal-ca.crt")
+    add.add_argument("--certs", required=True, type=Path, help="ops.crt/.key+internal-ca.crt or tls.crt/.key+ca.crt")
     add.add_argument("--username", required=True)
     add.add_argument("--email", required=True)
     add.add_argument("--role", required=True, choices=sorted(ROLES))
