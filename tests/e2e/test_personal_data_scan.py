@@ -1,7 +1,8 @@
 """Issue 15, Must show: no personal data in clear at rest. An account lives a scripted life through the gateway as
 a customer would (a sign-up with the owner's name and email, whose code email goes out; sub-accounts with names,
 emails, phone numbers and notes; an update; sends with a marker body and a marker custom string; the receipt; a
-reply; an alert rule; the reads that must still show everything; an export, left sealed at rest), then every row
+reply; an alert rule; the reads that must still show everything; an export, left sealed at rest; a contact list
+with marker contacts added by hand and by a CSV import, and a send to it), then every row
 of every table of the four service databases (cast to text) and every Redis value under the suite's prefix is
 searched for this test's markers, emails, names and phone numbers (E.164 and national digits), as text and as the
 hex PostgreSQL prints for bytea. The suite shares its databases with other
@@ -169,11 +170,39 @@ def test_no_personal_data_in_clear_in_any_database_or_redis(suite: Suite, certs:
                   lambda e: e["state"] in ("ACCOUNT_EXPORT_STATE_READY", "ACCOUNT_EXPORT_STATE_FAILED"), "the export")
     assert ready["state"] == "ACCOUNT_EXPORT_STATE_READY" and int(ready["counts"]["message"]) == 1, ready
 
+    # A contact list (issue 21) with marker names, emails, custom fields and numbers: one contact by hand, more
+    # from an uploaded CSV (the file is kept sealed until its import ends), then a send to the list.
+    contact_e164, contact_national = _mobile()
+    csv_e164, csv_national = _mobile()
+    r = http.call("POST", "/v3/lists", auth=main, json_body={"list_name": f"list {m}"})
+    assert r.status == 200, r.body
+    list_id = r.json()["data"]["list_id"]
+    r = http.call("POST", f"/v3/lists/{list_id}/contacts", auth=main, json_body={
+        "phone_number": contact_national, "address_country": "AU", "first_name": f"Cfirst{m}",
+        "last_name": f"Clast{m}", "email": f"contact.{m}@example.com", "custom_1": f"custom {m}",
+        "address_line_1": f"1 {m} Street"})
+    assert r.status == 200, r.body
+    csv = f"phone_number,first_name,email,custom_2\n{csv_e164},Csvfirst{m},csv.{m}@example.com,note {m}\n"
+    r = http.call("POST", f"/v1/lists/{list_id}/imports", auth=main, body=csv.encode(),
+                  headers={"Content-Type": "text/csv"})
+    assert r.status == 200, r.body
+    imp = r.json()["contact_import"]["import_id"]
+    done = until(lambda: http.call("GET", f"/v1/lists/{list_id}/imports/{imp}", auth=main).json()["contact_import"],
+                 lambda x: x["state"] in ("CONTACT_IMPORT_STATE_DONE", "CONTACT_IMPORT_STATE_FAILED"), "the import")
+    assert done["state"] == "CONTACT_IMPORT_STATE_DONE" and int(done["imported"]) == 1, done
+    people = http.call("GET", f"/v3/lists/{list_id}/contacts?limit=100", auth=main).json()["data"]["data"]
+    assert sorted((c["phone_number"], c["first_name"]) for c in people) == sorted(
+        [(contact_e164, f"Cfirst{m}"), (csv_e164, f"Csvfirst{m}")])
+    r = http.call("POST", "/v3/sms/send", auth=main, json_body={"messages": [
+        {"list_id": str(list_id), "body": f"list body {m}"}]})
+    assert r.status == 200 and r.json()["data"]["queued_count"] == 2, r.body
+
     needles = {
         "the marker": m.encode(),
         "an email": owner_email.encode(),
         **{f"a number ({n})": n.encode() for n in (sub_e164, sub_national, to_e164, to_national, to_e164[1:],
-                                                    sub_e164[1:])},
+                                                    sub_e164[1:], contact_e164, contact_national, contact_e164[1:],
+                                                    csv_e164, csv_national, csv_e164[1:])},
     }
 
     async def scan() -> tuple[list[str], int, int]:
