@@ -95,6 +95,7 @@ class Gateway:
             scrape = metrics.Scrape()
             scrape.certificate("https", self.settings.https_cert_file)
             scrape.certificate("internal", self.settings.tls_cert_file)
+            scrape.cache("gateway_auth", self.authenticator.cache)  # API key and session verifications
             self._metrics, self.metrics_port = await metrics.start_endpoint(
                 self.settings.metrics_listen, scrape, self.settings.service_name)
         _LOG.info("gateway listening on https://%s:%d", host, self.port, extra={"event": "gateway.listening"})

@@ -36,7 +36,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 _LOG = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ HTTP_DURATION = Histogram("sendsafe_http_request_duration_seconds", "Seconds the
                           ["route", "method"], buckets=LATENCY_BUCKETS)
 BUILD_INFO = Gauge("sendsafe_build_info", "1, labelled with the process's service and version.",
                    ["service", "version"])
+WEBHOOK_DELIVERIES = Counter("sendsafe_webhook_deliveries", "Outbound webhook attempts (customers' message and "
+                             "alert webhooks, SIEM forwarding) by outcome.", ["outcome"])
 SCRAPE_ERRORS = Counter("sendsafe_metrics_collector_errors", "Scrape-time collectors that failed or timed out.",
                         ["collector"])
 
@@ -136,6 +138,18 @@ class Scrape:
             return [fam]
 
         self.add("db pool", collect)
+
+    def cache(self, name: str, cache: Any) -> None:
+        """A svckit.ttlcache's lookups by result (its hit ratio), read when scraped."""
+
+        async def collect() -> list[Metric]:
+            fam = CounterMetricFamily("sendsafe_cache_lookups", "Cache lookups by cache and result.",
+                                      labels=["cache", "result"])
+            fam.add_metric([name, "hit"], cache.hits)
+            fam.add_metric([name, "miss"], cache.misses)
+            return [fam]
+
+        self.add(f"cache {name}", collect)
 
     async def render(self) -> bytes:
         async def one(name: str, collect: Collect) -> list[Metric]:

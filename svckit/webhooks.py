@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from svckit import metrics
 from svckit.errors import InvalidArgument
 
 __all__ = [
@@ -272,6 +273,12 @@ class WebhookClient:
         self._ssl.minimum_version = ssl.TLSVersion.TLSv1_2
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> Attempt:
+        """One delivery attempt; counted by outcome (svckit.metrics), never by destination."""
+        attempt = await self._post(url, body, headers)
+        metrics.WEBHOOK_DELIVERIES.labels(_outcome(attempt)).inc()
+        return attempt
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> Attempt:
         started = time.monotonic()
         host = urlsplit(url).hostname or ""
 
@@ -301,6 +308,19 @@ class WebhookClient:
             return Attempt(host=host, error=_reason(exc), duration_ms=took())
         except Exception as exc:  # never let one customer's endpoint stop the others
             return Attempt(host=host, error=type(exc).__name__, duration_ms=took())
+
+
+def _outcome(attempt: Attempt) -> str:
+    """ok, http_4xx / http_5xx, refused (not a public HTTPS destination), timeout, tls or error."""
+    if attempt.ok:
+        return "ok"
+    if attempt.status:
+        return f"http_{attempt.status // 100}xx"
+    if attempt.refused:
+        return "refused"
+    if attempt.error == "timed out":
+        return "timeout"
+    return "tls" if attempt.error.startswith("TLS:") else "error"
 
 
 def _reason(exc: BaseException) -> str:
