@@ -52,6 +52,7 @@ from svckit.paging import PageWindow, page_window
 
 _LOG = logging.getLogger(__name__)
 SEAL_BATCH = 2000
+MAX_IMPORT_ATTEMPTS = 5
 IMPORT_POLL_SECONDS = 2.0  # how often a replica looks for imports another one queued (its own wake it at once)
 MAX_IMPORT_BYTES = 8 * 1024 * 1024
 _HIDDEN_WHEN_DEIDENTIFIED = ("email", "address_line_1", "address_line_2", "address_postal_code")
@@ -246,6 +247,9 @@ class ContactLists:
             return 0
         claimed, token = claim
         iid, acct = claimed["import_id"], claimed["account_id"]
+        if claimed["attempts"] > MAX_IMPORT_ATTEMPTS:  # it failed every time it ran: stop trying
+            await self._fail(claimed, token, "IMPORT_FAILED", f"gave up after {MAX_IMPORT_ATTEMPTS} attempts")
+            return 1
         try:
             data = await self._cipher.decrypt(acct, aad_for(acct, IMPORT_FILE_RECORD, str(iid)), claimed["file_ct"])
             parsed = parse_import(data, list(claimed["field_order"]), claimed["has_header"])

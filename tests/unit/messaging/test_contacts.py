@@ -227,6 +227,7 @@ class MemoryContacts:
         for i in self.imports.values():
             if i["state"] in ("pending", "running"):
                 i["state"] = "running"
+                i["attempts"] = i.get("attempts", 0) + 1
                 return i, "token"
         return None
 
@@ -335,3 +336,15 @@ async def test_a_file_that_cannot_be_read_fails_the_import_with_nothing_added() 
     failed = [e for e in events if e.action == "messaging.contact_import.failed"]
     assert failed and failed[0].outcome == event_pb2.OUTCOME_FAILURE
     assert json.dumps(dict(failed[0].details)).find("bad") == -1
+
+
+async def test_an_import_that_fails_every_time_is_given_up() -> None:
+    lists, store, _ = _lists()
+    lid = (await lists.create_list(ME, "flaky")).list_id
+    started = await lists.start_import(ME, lid, b"phone_number\n+61400000001\n", "", False)
+    for _ in range(5):
+        store.fail_next_commit = True
+        with pytest.raises(ConnectionError):
+            await lists.run_imports()
+    assert await lists.run_imports() == 1
+    assert (await lists.get_import(ME, lid, started.import_id)).state == "failed" and not store.contacts
