@@ -67,11 +67,13 @@ def limits_to_proto(limits: SendLimits) -> pb.SendLimits:
         messages_per_minute=limits.per_minute,
         messages_per_day=limits.per_day,
         allowed_countries=list(limits.countries),
+        allowed_senders=list(limits.senders),
     )
 
 
 def limits_from_proto(msg: pb.SendLimits) -> SendLimits:
-    return check_send_limits(msg.messages_per_minute, msg.messages_per_day, msg.allowed_countries)
+    return check_send_limits(msg.messages_per_minute, msg.messages_per_day, msg.allowed_countries,
+                             msg.allowed_senders)
 
 
 def api_key_to_proto(r: ApiKeyRecord, now: datetime) -> pb.ApiKey:

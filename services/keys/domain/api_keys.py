@@ -31,6 +31,7 @@ from services.keys.domain.restrictions import (
     limit_within,
 )
 from svckit.errors import PermissionDenied, Unauthenticated
+from svckit.senders import senders_within
 
 MAX_NAME_LEN = 100
 ALL_SCOPES = "*"
@@ -193,6 +194,8 @@ def check_within_calling_key(spec: KeySpec, parent: ApiKeyRecord | None) -> None
         raise ExceedsCallingKey("send limits must not be looser than those of the API key you call with")
     if p.countries and (not c.countries or not set(c.countries) <= set(p.countries)):
         raise ExceedsCallingKey("allowed_countries must be within those of the API key you call with")
+    if not senders_within(c.senders, p.senders):
+        raise ExceedsCallingKey("allowed_senders must be within those of the API key you call with")
 
 
 def check_new_key(
@@ -228,7 +231,8 @@ def inherited_limits(asked: SendLimits, parent: ApiKeyRecord | None) -> SendLimi
     if parent is None or parent.send_limits.unlimited:
         return asked
     p = parent.send_limits
-    return SendLimits(asked.per_minute or p.per_minute, asked.per_day or p.per_day, asked.countries or p.countries)
+    return SendLimits(asked.per_minute or p.per_minute, asked.per_day or p.per_day, asked.countries or p.countries,
+                      asked.senders or p.senders)
 
 
 def limits_root(parent: ApiKeyRecord | None, rolled: ApiKeyRecord | None = None) -> str:

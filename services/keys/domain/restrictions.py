@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import phonenumbers
 
 from services.keys.domain.errors import CidrInvalid, SendLimitsInvalid
+from svckit.senders import check_allowed_senders
 
 MAX_SEND_PER_MINUTE = 100_000
 MAX_SEND_PER_DAY = 10_000_000
@@ -25,16 +26,19 @@ class SendLimits:
     per_minute: int = 0
     per_day: int = 0
     countries: tuple[str, ...] = ()
+    senders: tuple[str, ...] = ()  # sender ids (`from`) the key may send as (svckit.senders)
 
     @property
     def unlimited(self) -> bool:
-        return not (self.per_minute or self.per_day or self.countries)
+        return not (self.per_minute or self.per_day or self.countries or self.senders)
 
 
 NO_LIMITS = SendLimits()
 
 
-def check_send_limits(per_minute: int, per_day: int, countries: Iterable[str]) -> SendLimits:
+def check_send_limits(
+    per_minute: int, per_day: int, countries: Iterable[str], senders: Iterable[str] = ()
+) -> SendLimits:
     if not 0 <= per_minute <= MAX_SEND_PER_MINUTE:
         raise SendLimitsInvalid(f"messages_per_minute must be between 0 (no limit) and {MAX_SEND_PER_MINUTE}")
     if not 0 <= per_day <= MAX_SEND_PER_DAY:
@@ -48,7 +52,7 @@ def check_send_limits(per_minute: int, per_day: int, countries: Iterable[str]) -
     if unknown:
         shown = ", ".join(repr(c[:8]) for c in unknown[:5])
         raise SendLimitsInvalid(f"allowed_countries must be ISO 3166-1 alpha-2 codes of phone regions: {shown}")
-    return SendLimits(per_minute, per_day, tuple(cleaned))
+    return SendLimits(per_minute, per_day, tuple(cleaned), check_allowed_senders(senders))
 
 
 def check_cidrs(values: Iterable[str]) -> tuple[str, ...]:

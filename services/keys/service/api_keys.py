@@ -45,6 +45,7 @@ from services.keys.service.ports import ApiKeyStore, Audit, LastUsed, NoNotices,
 from svckit.audit import new_event
 from svckit.errors import InvalidArgument
 from svckit.keyevents import API_KEYS_CHANGED, KeyNotice
+from svckit.senders import senders_summary
 
 _LOG = logging.getLogger(__name__)
 
@@ -406,6 +407,8 @@ def _key_details(record: ApiKeyRecord) -> dict[str, str]:
         details["allowed_cidrs"] = ",".join(record.allowed_cidrs)
     if not limits.unlimited:
         details["send_limits"] = f"{limits.per_minute}/min,{limits.per_day}/day,{'+'.join(limits.countries) or '*'}"
+    if limits.senders:  # tags as they are, numbers only counted (a number is never in an audit record)
+        details["allowed_senders"] = senders_summary(limits.senders)
     if record.created_by:
         details["created_by_key_id"] = record.created_by
     if record.limits_root:

@@ -49,6 +49,7 @@ from services.keys.domain.errors import (
     ScopeNotHeld,
     SendLimitsInvalid,
 )
+from svckit.senders import AllowedSendersInvalid
 from services.keys.domain.paging import page_size, page_token, parse_page_token
 from services.keys.domain.restrictions import (
     MAX_SEND_PER_MINUTE,
@@ -268,6 +269,24 @@ def test_send_limits() -> None:
                 (MAX_SEND_PER_MINUTE + 1, 0, [])):
         with pytest.raises(SendLimitsInvalid):
             check_send_limits(*bad)  # type: ignore[arg-type]
+
+
+def test_allowed_senders() -> None:
+    limits = check_send_limits(0, 0, [], ["61411111111", "My Brand"])
+    assert limits.senders == ("+61411111111", "My Brand") and not limits.unlimited
+    with pytest.raises(AllowedSendersInvalid):
+        check_send_limits(0, 0, [], ["Bank&Co"])
+
+
+def test_a_key_made_with_a_key_never_widens_its_senders() -> None:
+    parts = new_api_key(False)
+    parent = _record(parts, scopes=("sms.send",), send_limits=SendLimits(senders=("+61411111111", "Brand")))
+    via_key = dataclasses.replace(USER, permissions=frozenset({"sms.send"}), api_key_id=parts.key_id)
+    assert _new(via_key, parent).send_limits.senders == ("+61411111111", "Brand")  # inherited when not asked
+    assert _new(via_key, parent, send_limits=SendLimits(senders=("BRAND",))).send_limits.senders == ("BRAND",)
+    for wider in (("Brand", "Other"), ("+61422222222",)):
+        with pytest.raises(ExceedsCallingKey):
+            _new(via_key, parent, send_limits=SendLimits(senders=wider))
 
 
 def test_a_key_made_with_a_key_is_never_stronger() -> None:

@@ -231,6 +231,24 @@ async def test_send_limits_belong_to_the_lineage(p: Parts) -> None:
     assert fresh.limits_root == "" and (await p.api_keys.verify_api_key(fresh_key)).limits_bucket == fresh.key_id
 
 
+async def test_sender_limits_ride_the_lineage_and_the_audit_trail(p: Parts) -> None:
+    """A rolled key keeps its sender limit, a key minted with it stays within it, and the audit details name the
+    limit with numbers only counted (issue 21)."""
+    limited, key = await create(p, scopes=["sms.send", "api_keys.write"],
+                                send_limits=check_send_limits(0, 0, [], ["+61411111111", "Brand"]))
+    made = p.audit.strict[-1]
+    assert made.details["allowed_senders"] == "Brand,1 number" and "61411111111" not in str(made)
+    assert (await p.api_keys.verify_api_key(key)).send_limits.senders == ("+61411111111", "Brand")
+    rolled, rolled_key, _ = await p.api_keys.roll_api_key(ALICE, limited.key_id, 0, None)
+    assert rolled.send_limits.senders == limited.send_limits.senders
+    assert (await p.api_keys.verify_api_key(rolled_key)).send_limits.senders == ("+61411111111", "Brand")
+    assert p.audit.strict[-1].details["allowed_senders"] == "Brand,1 number"
+    via_key = Caller(5, 6, frozenset({"sms.send", "api_keys.write"}), api_key_id=rolled.key_id)
+    assert (await create(p, via_key))[0].send_limits.senders == ("+61411111111", "Brand")
+    with pytest.raises(ExceedsCallingKey):
+        await create(p, via_key, send_limits=check_send_limits(0, 0, [], ["Brand", "Other"]))
+
+
 async def test_owners_see_only_their_own_keys(p: Parts) -> None:
     made = []
     for i in range(5):
