@@ -7,7 +7,8 @@ ClickSend's scheme is HTTP Basic with `api_username:api_key`. Verification:
 3. the presented username must equal the user's api_username (constant-time), the user must be
    active and belong to the key's account;
 4. permissions = the user's permissions, intersected with the key's scopes unless the key has none
-   or has the wildcard scope "*" (what the keys service issues by default).
+   or has the wildcard scope "*" (what the keys service issues by default);
+5. send limits = the key's, with the sender ids both the key and the user allow (svckit.senders, issue 21).
 
 Results (successes AND definitive failures) are cached for at most `cache_seconds` (hard max 5 s)
 under a SHA-256 of the scheme, credentials and (for API keys) the client address, since a key's IP
@@ -34,7 +35,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -49,6 +50,7 @@ from svckit import context as callctx
 from svckit.access import second_factor_within as svckit_second_factor_within
 from svckit.keyevents import API_KEYS_CHANGED, KeyNotice
 from svckit.rpcstatus import error_info
+from svckit.senders import intersect_senders
 from svckit.ttlcache import TtlCache
 
 _LOG = logging.getLogger(__name__)
@@ -288,7 +290,7 @@ class Authenticator:
             api_key_id=key.key_id,
             outside_scope=held - permissions,
             cache_for=key.valid_for_seconds if key.HasField("expire_time") else None,
-            send_limits=_send_limits(key.send_limits, key.limits_key_id) if key.HasField("send_limits") else None,
+            send_limits=_send_limits(key.send_limits, key.limits_key_id, user.allowed_senders),
             sms_deidentify_message=bool(user.sms_deidentify_message),
         )
 
@@ -328,6 +330,7 @@ class Authenticator:
             mfa_time=s.mfa_time if s.HasField("mfa_time") else None,
             staff=s.staff,
             sms_deidentify_message=s.sms_deidentify_message,
+            send_limits=_send_limits(keys_service_pb2.SendLimits(), "", s.allowed_senders),
             # Never reused past the session's end (its account's lifetime may cut it short of the platform's).
             cache_for=max(0.0, s.expire_time.ToNanoseconds() / 1e9 - time.time()) if s.HasField("expire_time")
             else None,
@@ -361,14 +364,20 @@ def _cache_for(result: Identity | Rejection) -> float | None:
     return result.cache_for if isinstance(result, Identity) else None
 
 
-def _send_limits(limits: keys_service_pb2.SendLimits, bucket_key_id: str) -> principal_pb2.SendLimits | None:
-    if not (limits.messages_per_minute or limits.messages_per_day or limits.allowed_countries):
+def _send_limits(
+    limits: keys_service_pb2.SendLimits, bucket_key_id: str, user_senders: Sequence[str] = ()
+) -> principal_pb2.SendLimits | None:
+    """The principal's send limits: the key's, with the sender ids allowed by both the key and its user."""
+    senders, senders_limited = intersect_senders(limits.allowed_senders, user_senders)
+    if not (limits.messages_per_minute or limits.messages_per_day or limits.allowed_countries or senders_limited):
         return None
     return principal_pb2.SendLimits(
         messages_per_minute=limits.messages_per_minute,
         messages_per_day=limits.messages_per_day,
         allowed_countries=list(limits.allowed_countries),
         bucket_key_id=bucket_key_id,
+        allowed_senders=list(senders),
+        senders_limited=senders_limited,
     )
 
 

@@ -316,3 +316,20 @@ async def test_send_limits_travel_in_the_principal(parts) -> None:
     p = build_principal(who, Connection("203.0.113.50"), "rid-12345678")
     assert (p.send_limits.messages_per_minute, p.send_limits.messages_per_day, list(p.send_limits.allowed_countries)
             ) == (5, 50, ["AU"])
+
+
+async def test_sender_limits_are_the_key_and_the_user_intersected(parts) -> None:
+    """Issue 21: the principal carries the sender ids both the API key and its user may use; when both limit and
+    share none, it is limited to none (never to any)."""
+    keys, identity, _, auth = parts
+    identity.user.allowed_senders[:] = ["Brand", "+61411111111"]
+    p = build_principal(await auth.authenticate(_basic("alice", GOOD_KEY)), Connection("a"), "r")
+    assert p.send_limits.senders_limited and list(p.send_limits.allowed_senders) == ["Brand", "+61411111111"]
+    auth.cache.pop_where(lambda _, v: True)
+    keys.limits = keys_service_pb2.SendLimits(allowed_senders=["BRAND", "Other"])
+    p = build_principal(await auth.authenticate(_basic("alice", GOOD_KEY)), Connection("a"), "r")
+    assert p.send_limits.senders_limited and list(p.send_limits.allowed_senders) == ["BRAND"]
+    auth.cache.pop_where(lambda _, v: True)
+    keys.limits = keys_service_pb2.SendLimits(allowed_senders=["Other"])
+    p = build_principal(await auth.authenticate(_basic("alice", GOOD_KEY)), Connection("a"), "r")
+    assert p.send_limits.senders_limited and list(p.send_limits.allowed_senders) == []

@@ -173,6 +173,7 @@ class User(_message.Message):
     PERMISSIONS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     SMS_DEIDENTIFY_MESSAGE_FIELD_NUMBER: _builtins.int
+    ALLOWED_SENDERS_FIELD_NUMBER: _builtins.int
     user_id: _builtins.int
     account_id: _builtins.int
     api_username: _builtins.str
@@ -189,6 +190,12 @@ class User(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def allowed_senders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The sender ids (`from`) the user may send as (empty: any of the
+        account's); the gateway intersects them with its API key's.
+        """
+
     def __init__(
         self,
         *,
@@ -201,10 +208,11 @@ class User(_message.Message):
         permissions: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         sms_deidentify_message: _builtins.bool = ...,
+        allowed_senders: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "active", b"active", "api_username", b"api_username", "create_time", b"create_time", "is_main", b"is_main", "permissions", b"permissions", "sms_deidentify_message", b"sms_deidentify_message", "test_mode", b"test_mode", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "active", b"active", "allowed_senders", b"allowed_senders", "api_username", b"api_username", "create_time", b"create_time", "is_main", b"is_main", "permissions", b"permissions", "sms_deidentify_message", b"sms_deidentify_message", "test_mode", b"test_mode", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -179,6 +179,7 @@ class ResolveSessionResponse(_message.Message):
     MFA_TIME_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     SMS_DEIDENTIFY_MESSAGE_FIELD_NUMBER: _builtins.int
+    ALLOWED_SENDERS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     account_id: _builtins.int
     user_id: _builtins.int
@@ -193,6 +194,10 @@ class ResolveSessionResponse(_message.Message):
     def mfa_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def allowed_senders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The sender ids the user may send as (empty: any of the account's)."""
+
     def __init__(
         self,
         *,
@@ -206,10 +211,11 @@ class ResolveSessionResponse(_message.Message):
         mfa_time: _timestamp_pb2.Timestamp | None = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         sms_deidentify_message: _builtins.bool = ...,
+        allowed_senders: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time", "mfa_time", b"mfa_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "expire_time", b"expire_time", "mfa_time", b"mfa_time", "permissions", b"permissions", "session_id", b"session_id", "sms_deidentify_message", b"sms_deidentify_message", "staff", b"staff", "test_mode", b"test_mode", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "allowed_senders", b"allowed_senders", "expire_time", b"expire_time", "mfa_time", b"mfa_time", "permissions", b"permissions", "session_id", b"session_id", "sms_deidentify_message", b"sms_deidentify_message", "staff", b"staff", "test_mode", b"test_mode", "user_id", b"user_id", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
