@@ -41,6 +41,7 @@ from services.messaging.service.notifications import Notifications
 from svckit import context as callctx
 from svckit.errors import PermissionDenied
 from svckit.paging import clicksend_paging, page_window
+from svckit.senders import forms
 from svckit.times import optional_unix_seconds
 
 IDEMPOTENCY_METADATA_KEY = "idempotency-key"
@@ -49,7 +50,7 @@ IDEMPOTENCY_METADATA_KEY = "idempotency-key"
 def _limits(s: principal_pb2.SendLimits) -> SendLimits:
     return SendLimits(per_minute=max(0, s.messages_per_minute), per_day=max(0, s.messages_per_day),
                       countries=frozenset(c.strip().upper() for c in s.allowed_countries if c.strip()),
-                      bucket=s.bucket_key_id)
+                      bucket=s.bucket_key_id, senders=forms(s.allowed_senders) if s.senders_limited else None)
 
 
 def caller_from_context() -> Caller:

@@ -18,6 +18,7 @@ import phonenumbers
 
 from services.messaging.domain.outbound import MAX_MESSAGES_PER_REQUEST
 from svckit.errors import ResourceExhausted
+from svckit.senders import sender_allowed
 
 if TYPE_CHECKING:
     from services.messaging.domain.records import Caller
@@ -42,9 +43,14 @@ class SendLimits:
     per_day: int = 0
     countries: frozenset[str] = frozenset()
     bucket: str = ""
+    senders: frozenset[str] | None = None  # compared forms (svckit.senders) of the `from`s allowed; None = any
 
     def allows_country(self, country: str) -> bool:
         return not self.countries or country.upper() in self.countries
+
+    def allows_sender(self, sender: str) -> bool:
+        """The key's and the user's sender limit (issue 21); a limited caller must name one of its senders."""
+        return sender_allowed(sender, self.senders)
 
 
 @dataclass(frozen=True, slots=True)

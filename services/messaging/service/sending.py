@@ -92,7 +92,7 @@ class SendingUseCases(UseCases):
     def _check(self, caller: Caller, inputs: Sequence[OutboundInput], now: int) -> tuple[
         list[SendItem | None], list[tuple[int, ValidatedMessage, Decimal]]
     ]:
-        """Per-message validation (ClickSend's order), the key's allowed countries, and the price."""
+        """Per-message validation (ClickSend's order), the key's allowed countries and senders, and the price."""
         items: list[SendItem | None] = []
         valid: list[tuple[int, ValidatedMessage, Decimal]] = []
         for i, m in enumerate(inputs):
@@ -103,6 +103,10 @@ class SendingUseCases(UseCases):
             if not caller.limits.allows_country(v.recipient.country):
                 items.append(SendItem(m, MessageStatusCode.COUNTRY_NOT_ALLOWED, to=v.to, country=v.recipient.country,
                                       sender=v.sender, parts=v.sms.parts, schedule=m.schedule))
+                continue
+            if not caller.limits.allows_sender(v.sender):  # the key's and the user's sender limit (issue 21)
+                items.append(SendItem(m, MessageStatusCode.INVALID_SENDER_ID, to=v.to, sender=v.sender,
+                                      schedule=m.schedule))
                 continue
             free = caller.test_mode or v.is_test
             price = Decimal(0) if free else self._prices.price_for(v.recipient.country, v.sms.parts)
