@@ -45,7 +45,8 @@ def test_dashboard_and_alerts_name_metrics_that_exist(customer: Customer, suite:
         assert sent.data.queued_count == 1
     # Some series exist once something happened: the delivery's carrier figures, and the audit log's
     # integrity once its first self-verification ran (30 s after it started).
-    after_events = {"sendsafe_carrier_submit_duration_seconds_count", "sendsafe_audit_integrity_ok"}
+    after_events = {"sendsafe_carrier_submit_duration_seconds_count", "sendsafe_audit_integrity_ok",
+                    "sendsafe_message_accept_to_final_seconds_count"}
     exposed = until(lambda: _exposed(suite), lambda names: after_events <= names,
                     "a delivery's carrier metrics and the audit log's first verification", deadline_s=90)
 

@@ -99,7 +99,8 @@ def test_prometheus_sees_sends_deliveries_and_an_error(prometheus: PromQL, custo
     sends_ok = f'sum(sendsafe_http_requests_total{{route="{SEND_ROUTE}",status="200"}})'
     malformed = f'sum(sendsafe_http_requests_total{{route="{SEND_ROUTE}",status="400",reason="MALFORMED_JSON"}})'
     rpc_sends = 'sum(sendsafe_rpc_requests_total{method=~".*/SendSms",code="OK"})'
-    before = {q: prometheus.scalar(q) for q in (accepted, delivered, sends_ok, malformed, rpc_sends)}
+    final = 'sum(sendsafe_message_accept_to_final_seconds_count{status="DELIVERED"})'  # the carrier's receipts
+    before = {q: prometheus.scalar(q) for q in (accepted, delivered, sends_ok, malformed, rpc_sends, final)}
 
     with sdk_client(customer.url, customer.username, customer.api_key, str(customer.ca)) as client:
         sms = clicksend.SmsApi(client)
@@ -115,7 +116,8 @@ def test_prometheus_sees_sends_deliveries_and_an_error(prometheus: PromQL, custo
         return {q: prometheus.scalar(q) - before[q] for q in before}
 
     until(grown, lambda d: d[accepted] >= 2 and d[delivered] >= 2 and d[sends_ok] >= 2 and d[malformed] >= 1
-          and d[rpc_sends] >= 2, "the sends, their deliveries and the error in Prometheus", deadline_s=60)
+          and d[rpc_sends] >= 2 and d[final] >= 2, "the sends, their deliveries and the error in Prometheus",
+          deadline_s=60)
 
     # Latency histograms and the backlog gauges are there, labelled by template and method, never by ids.
     assert prometheus.scalar(f'sum(sendsafe_http_request_duration_seconds_count{{route="{SEND_ROUTE}"}})') >= 2

@@ -24,6 +24,12 @@ CARRIER_SUBMIT = Histogram(
     ["carrier", "outcome"], buckets=LATENCY_BUCKETS,
 )
 
+ACCEPT_TO_FINAL = Histogram(
+    "sendsafe_message_accept_to_final_seconds",
+    "Seconds from a message's acceptance to its final state (DELIVERED or FAILED), by that state.",
+    ["status"], buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 24 * 3600),
+)
+
 
 def count_results(carrier: str, sent_by: list[str], retry: int, failed: int) -> None:
     """A delivered batch's outcomes; `sent_by` names the carrier of each sent message ("" = `carrier`)."""

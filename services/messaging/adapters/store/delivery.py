@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from services.messaging.adapters.store.rows import PoolSql, id_text, source_statuses, uuid_texts
 from services.messaging.domain.delivery import ClaimedMessage, Receipt
 from services.messaging.domain.statuses import MessageStatus
+from services.messaging.service import pipeline_metrics
 
 # Who may be claimed for sending: due queued/scheduled messages, a retry whose time has come, and a message
 # another worker claimed longer than the lease ago without settling it (that worker died).
@@ -120,10 +122,11 @@ class DeliverySql(PoolSql):
                     " FROM (SELECT account_id, sum(price) AS total FROM changed GROUP BY account_id) s"
                     " WHERE b.account_id = s.account_id),"
                     " o AS (DELETE FROM outbox WHERE message_id = ANY($1::uuid[]))"
-                    + _RECEIPTS_FOR_CHANGED + " SELECT id FROM changed",
+                    + _RECEIPTS_FOR_CHANGED + " SELECT id, " + _AGE + " FROM changed",
                     uuid_texts([f[0] for f in failed]), [f[1] for f in failed], source_statuses(MessageStatus.FAILED),
                 )
                 done = [id_text(r["id"]) for r in rows]
+                _observe_final("FAILED", rows)
             return done
 
     async def resolve_refs(self, refs: Sequence[str]) -> dict[str, str]:
@@ -161,11 +164,23 @@ class DeliverySql(PoolSql):
                     " FROM unnest($1::uuid[], $2::int[]) AS r(id, code)"
                     " WHERE m.id = r.id AND m.status = ANY($5::text[])" + _CHANGED_RETURNING + "),"
                     " o AS (DELETE FROM outbox WHERE message_id IN (SELECT id FROM changed))"
-                    + (_RECEIPTS_FOR_CHANGED if final else "") + " SELECT id FROM changed",
+                    + (_RECEIPTS_FOR_CHANGED if final else "") + " SELECT id, " + _AGE + " FROM changed",
                     uuid_texts(list(items)), list(items.values()), status.value, final, source_statuses(status),
                 )
                 changed.extend(id_text(r["id"]) for r in rows)
+                if final:
+                    _observe_final(status.value, rows)
         return changed
+
+
+# Seconds from a message's acceptance to the final state it just reached (for the pipeline's histogram).
+_AGE = "extract(epoch FROM clock_timestamp() - create_time)::float8 AS age"
+
+
+def _observe_final(status: str, rows: Sequence[Any]) -> None:
+    hist = pipeline_metrics.ACCEPT_TO_FINAL.labels(status)
+    for r in rows:
+        hist.observe(max(0.0, float(r["age"])))
 
 
 def _is_uuid(value: str) -> bool:
