@@ -80,6 +80,9 @@ PERMISSIONS: Final[Mapping[str, Holders]] = MappingProxyType(
         "account.close": customers(MAIN_USER),  # close the account, see or cancel its closure (issue 15)
         "alpha_tags.read": customers("access_settings"),  # the account's alpha tags (sender IDs) and their reviews
         "alpha_tags.write": customers("access_settings"),  # request or cancel an alpha tag
+        "senders.read": customers("access_settings"),  # the account's dedicated and own numbers, numbers for sale
+        # Buy, verify or release a number the account sends from (privileged RPCs: a session steps up first).
+        "senders.write": customers("access_settings"),
         "contacts.read": customers("access_contacts"),  # contact lists and their contacts (personal data)
         "contacts.write": customers("access_contacts"),  # create, change, delete and import lists and contacts
         "staff.accounts.read": staff(*_EVERY_ROLE),

@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     certs = DEV / "certs"
     ensure_dev_certs(certs)
+    sender_key = ensure_root_key(DEV / "sender-index.key")  # sender numbers' platform hash key (issue 21)
     config = SuiteConfig(
         workdir=DEV / "run",
         certs=certs,
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             "AUDIT_SIGNING_KEY_FILE": str(ensure_root_key(DEV / "audit-signing.key")),
             "AUDIT_WEBHOOK_KEY_FILE": str(ensure_root_key(DEV / "audit-webhook.key")),
             "MESSAGING_ADDR": f"127.0.0.1:{os.environ.get('MESSAGING_PORT', '50053')}",
-        }},
+        }, **{role: {"MESSAGING_SENDER_INDEX_KEY_FILE": str(sender_key)} for role in ("messaging", "worker")}},
     )
     if "--reset" in (sys.argv[1:] if argv is None else argv):
         reset(config)
@@ -209,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
                 out=DEV / "demo.env", gateway_url=suite.gateway_url,
             )
         )
+        from tools.numbers import DEMO_NUMBERS, load, ops_files
+
+        added, _ = asyncio.run(load(suite.addrs["messaging"], ops_files(certs), list(DEMO_NUMBERS)))
+        print(f"Dedicated numbers for sale: {len(DEMO_NUMBERS)} demo numbers ({added} new): GET /v3/numbers/search/AU")
         print(f"\nSendSafe is running (logs in {config.workdir}). Press Ctrl-C to stop.")
         stop = {"now": False}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +29,8 @@ from sendsafe.messaging.v1 import (
     messaging_service_pb2_grpc,
     notification_service_pb2,
     notification_service_pb2_grpc,
+    sender_service_pb2,
+    sender_service_pb2_grpc,
 )
 from services.messaging.adapters.alpha_tags_api import AlphaTagServicer
 from services.messaging.adapters.audit_client import discard, open_audit
@@ -39,6 +42,7 @@ from services.messaging.adapters.identity_client import AlertOwners, open_owners
 from services.messaging.adapters.keys_client import open_envelope, open_rewrap
 from services.messaging.adapters.limits import RedisLimiter
 from services.messaging.adapters.routing import RoutingCarrier
+from services.messaging.adapters.senders_api import SenderServicer
 from services.messaging.adapters.smpp.carrier import SmppCarrier
 from services.messaging.adapters.smpp.session import SessionConfig
 from services.messaging.adapters.store.alpha_tags import PgAlphaTagStore
@@ -47,6 +51,7 @@ from services.messaging.adapters.store.destinations import PgDestinationStore
 from services.messaging.adapters.store.exports import PgExportStore
 from services.messaging.adapters.store.pg import PgMessageStore
 from services.messaging.adapters.store.rewrap import rewrap_columns
+from services.messaging.adapters.store.senders import PgSenderStore
 from services.messaging.adapters.store.simulator import PgSimulatorStore
 from services.messaging.adapters.stream import DispatchStream
 from services.messaging.api import AccountExportServicer, MessagingServicer, NotificationServicer
@@ -67,6 +72,8 @@ from services.messaging.service.messaging import MessagingService
 from services.messaging.service.notifications import Notifications
 from services.messaging.service.ports import Carrier, Mailer
 from services.messaging.service.replies import Replies
+from services.messaging.service.sender_index import SenderIndex
+from services.messaging.service.senders import Senders
 from services.messaging.service.webhooks import WebhookService
 from svckit.app import App, serve
 from svckit.audit import denial_recorder
@@ -80,10 +87,12 @@ from svckit.tasks import drain, every, spawn
 from svckit.webhooks import WebhookClient
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+_LOG = logging.getLogger(__name__)
 SERVICE_NAME = messaging_service_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name
 NOTIFICATION_SERVICE_NAME = notification_service_pb2.DESCRIPTOR.services_by_name["NotificationService"].full_name
 EXPORT_SERVICE_NAME = export_service_pb2.DESCRIPTOR.services_by_name["AccountExportService"].full_name
 ALPHA_TAG_SERVICE_NAME = alpha_tag_service_pb2.DESCRIPTOR.services_by_name["AlphaTagService"].full_name
+SENDER_SERVICE_NAME = sender_service_pb2.DESCRIPTOR.services_by_name["SenderService"].full_name
 CONTACT_SERVICE_NAME = contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name
 
 
@@ -98,6 +107,17 @@ async def _common(settings: Settings, stack: contextlib.AsyncExitStack) -> tuple
     audit = await open_audit(settings, stack)
     record: Callable[[Any], Awaitable[None]] = audit.record if audit is not None else discard
     return pool, stream, envelope, record, redis
+
+
+async def _sender_index(settings: Settings, pool: Any) -> SenderIndex:
+    """Sender identities as sends and replies see them, under the platform sender index key."""
+    store = PgSenderStore(pool)
+    key = settings.sender_index_key_bytes
+    if key is None:
+        _LOG.warning("MESSAGING_SENDER_INDEX_KEY is not set: sender numbers are hashed under a key kept in the"
+                     " database (development only)")
+        key = await store.sender_index_key()
+    return SenderIndex(store, key)
 
 
 def _webhooks(settings: Settings, store: PgMessageStore, envelope: Any) -> WebhookService:
@@ -115,6 +135,7 @@ async def build(settings: Settings) -> App:
     try:
         pool, stream, envelope, record, redis = await _common(settings, stack)
         store = PgMessageStore(pool)
+        senders = await _sender_index(settings, pool)
         import_wake = asyncio.Event()
         lists = ContactLists(PgContactStore(pool), envelope, IndexKeys(store, envelope), record, wake=import_wake.set)
         rates = RateConfig(
@@ -133,6 +154,7 @@ async def build(settings: Settings) -> App:
                 relay_batch=settings.relay_batch, rates=rates, allow_private_webhooks=settings.webhook_allow_private,
             ),
             record=record,
+            senders=senders,
             lists=lists,
         )
         owners = open_owners(settings, stack)
@@ -142,8 +164,10 @@ async def build(settings: Settings) -> App:
         server = await start_server(
             listen=settings.grpc_listen,
             tls=tls_of(settings),
-            register=lambda s: _register(s, service, pool, record, owners, mailer, exports, lists),
+            register=lambda s: _register(s, service, pool, record, owners, mailer, exports,
+                                         Senders(PgSenderStore(pool), senders, envelope, service, record), lists),
             service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME, EXPORT_SERVICE_NAME, ALPHA_TAG_SERVICE_NAME,
+                           SENDER_SERVICE_NAME,
                            CONTACT_SERVICE_NAME],
             on_denied=denial_recorder(record, settings.service_name),
             health_listen=settings.health_listen,
@@ -185,10 +209,11 @@ def _exports(settings: Settings, stack: contextlib.AsyncExitStack, pool: Any, st
 
 
 def _register(server: Any, service: MessagingService, pool: Any, record: Any, owners: AlertOwners | None,
-              mailer: Mailer | None, exports: Exports, lists: ContactLists) -> None:
+              mailer: Mailer | None, exports: Exports, senders: Senders, lists: ContactLists) -> None:
     messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(service), server)
     contact_service_pb2_grpc.add_ContactServiceServicer_to_server(ContactServicer(lists), server)
     export_service_pb2_grpc.add_AccountExportServiceServicer_to_server(AccountExportServicer(exports), server)
+    sender_service_pb2_grpc.add_SenderServiceServicer_to_server(SenderServicer(senders), server)
     alpha_tag_service_pb2_grpc.add_AlphaTagServiceServicer_to_server(
         AlphaTagServicer(AlphaTags(PgAlphaTagStore(pool), record)), server)
     notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(
@@ -270,6 +295,7 @@ async def build_worker(settings: Settings) -> App:
             retry_cap_seconds=settings.retry_cap_ms / 1000,
             lease_seconds=settings.lease_seconds,
             record=record,
+            senders=await _sender_index(settings, pool),
         )
         for child in _children(carrier):
             if isinstance(child, SmppCarrier):  # bind now (in the background), unbind last on shutdown

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -18,6 +20,10 @@ class Settings(KitSettings):
         "IDENTITY_ADDR", default="",
         doc="host:port of identity: alert SMS re-check their owner there (unset: alert SMS are refused)")
 
+    sender_index_key: str = setting(
+        "MESSAGING_SENDER_INDEX_KEY", default="", secret=True,
+        doc="platform key (32 bytes, hex or base64) of the keyed hashes that find a sender number's account across"
+            " accounts; never change it once numbers are held. Empty: a key kept in the database (development only)")
     db_pool_size: int = setting("MESSAGING_DB_POOL_SIZE", default=20, doc="PostgreSQL connections per process (max)")
 
     # Credit and prices.
@@ -174,6 +180,20 @@ class Settings(KitSettings):
     @property
     def dead_stream(self) -> str:
         return f"{self.redis_prefix}sms:dead"
+
+    @property
+    def sender_index_key_bytes(self) -> bytes | None:
+        """MESSAGING_SENDER_INDEX_KEY as 32 bytes; None when it is not set."""
+        text = self.sender_index_key.strip()
+        if not text:
+            return None
+        try:
+            raw = bytes.fromhex(text) if len(text) == 64 else base64.b64decode(text, validate=True)
+        except (ValueError, binascii.Error):
+            raw = b""
+        if len(raw) != 32:
+            raise ValueError("MESSAGING_SENDER_INDEX_KEY must be 32 bytes, hex or base64")
+        return raw
 
 
 def tls_of(settings: Settings) -> TlsFiles:

@@ -14,6 +14,7 @@ from services.messaging.service.index_keys import IndexKeys
 from services.messaging.service.list_sends import ListRecipients
 from services.messaging.service.ports import Cipher, Limiter, MessageStore, Queue, Record
 from services.messaging.service.replies import Replies
+from services.messaging.service.sender_index import SenderIndex
 from svckit.webhooks import check_destination
 
 POLL = "poll"
@@ -44,6 +45,7 @@ class UseCases:
     keys: IndexKeys
     replies: Replies
     closures: AccountClosures
+    senders: SenderIndex | None  # the account's sender identities (None: every non-empty `from` is refused)
     lists: ListRecipients | None  # contact lists, for sends with list_id (None: such sends are refused)
 
     async def _webhook_url(self, url: str) -> str:

@@ -17,6 +17,7 @@ from services.messaging.service import pipeline_metrics
 from services.messaging.service.index_keys import IndexKeys
 from services.messaging.service.ports import SERVICE, Carrier, Cipher, DeliveryStore, Queue, Record
 from services.messaging.service.replies import Replies
+from services.messaging.service.sender_index import SenderIndex
 from svckit.audit import new_event
 from svckit.envelope import DecryptFailed, aad_for
 
@@ -36,6 +37,7 @@ class DeliveryService:
         retry_cap_seconds: float = 60.0,
         lease_seconds: float = 30.0,
         record: Record | None = None,
+        senders: SenderIndex | None = None,
     ) -> None:
         self._store = store
         self._queue = queue
@@ -47,7 +49,7 @@ class DeliveryService:
         self._lease = lease_seconds
         self._record = record
         self.keys = IndexKeys(store, cipher)
-        self.replies = Replies(store, cipher, self.keys)
+        self.replies = Replies(store, cipher, self.keys, senders)  # replies to a sender identity: its account
 
     async def deliver(self, message_ids: Sequence[str]) -> int:
         """Claim, decrypt, submit and record one batch; returns how many were claimed.

@@ -17,6 +17,7 @@ from services.messaging.service.list_sends import ListRecipients
 from services.messaging.service.ports import Cipher, Limiter, MessageStore, Queue, Record
 from services.messaging.service.receipts import ReceiptUseCases
 from services.messaging.service.replies import Replies
+from services.messaging.service.sender_index import SenderIndex
 from services.messaging.service.sending import SendingUseCases
 from services.messaging.service.settings import SettingsUseCases
 from svckit.groupcommit import GroupCommit
@@ -40,6 +41,7 @@ class MessagingService(SendingUseCases, HistoryUseCases, ReceiptUseCases, Inboun
         limiter: Limiter | None = None,
         options: MessagingOptions | None = None,
         record: Record | None = None,
+        senders: SenderIndex | None = None,
         lists: ListRecipients | None = None,
     ) -> None:
         self._store = store
@@ -57,6 +59,7 @@ class MessagingService(SendingUseCases, HistoryUseCases, ReceiptUseCases, Inboun
         self._published: list[int] = []  # outbox batches published since the last forget_published
         self._group = GroupCommit(self._commit_group)
         self.keys = IndexKeys(store, cipher)
-        self.replies = Replies(store, cipher, self.keys)
+        self.senders = senders
+        self.replies = Replies(store, cipher, self.keys, senders)
         self.closures = AccountClosures(store, record)
         self.lists = lists

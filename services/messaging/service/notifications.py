@@ -70,7 +70,7 @@ from services.messaging.domain.emails import (
 from services.messaging.domain.errors import InvalidAccountId, MessageStatusCode
 from services.messaging.domain.privacy import mask_number
 from services.messaging.domain.recipients import parse_recipient
-from services.messaging.domain.records import Caller, OutboundInput
+from services.messaging.domain.records import Caller, OutboundInput, SendItem
 from services.messaging.service.messaging import MessagingService
 from services.messaging.service.ports import SERVICE, AccountContacts, DestinationStore, Mailer, Owners, Record
 from svckit.audit import new_event
@@ -93,6 +93,18 @@ def _address(to: str) -> str:
         return check_address(to)
     except EmailAddressInvalid:
         raise DestinationInvalid("the destination must be an email address, e.g. ops@example.com") from None
+
+
+async def send_code(messaging: MessagingService, caller: Caller, e164: str, code: str) -> SendItem:
+    """Send a verification code to `e164` as a send of `caller`'s (their key's limits, their price, their
+    history) from the shared number, marked DESTINATION_VERIFICATION so history never shows its body: whoever
+    can read the account's history could otherwise verify a number they do not hold. Notification destinations
+    and own sender numbers (service/senders.py) verify through this one send."""
+    sender = Caller(caller.account_id, caller.user_id, caller.api_username, test_mode=caller.test_mode,
+                    api_key_id=caller.api_key_id, limits=caller.limits, cause=DESTINATION_VERIFICATION)
+    result = await messaging.send_sms(sender, [OutboundInput(body=verification_text(code), to=e164,
+                                                             source=VERIFY_SOURCE)])
+    return result.items[0]
 
 
 class Notifications:
@@ -288,12 +300,7 @@ class Notifications:
                 await self._destinations.forget_code(dest.destination_id)
                 raise
             return dest, expires
-        e164 = value
-        sender = Caller(account, caller.user_id, caller.api_username, test_mode=caller.test_mode,
-                        api_key_id=caller.api_key_id, limits=caller.limits, cause=DESTINATION_VERIFICATION)
-        result = await self._messaging.send_sms(sender, [OutboundInput(
-            body=verification_text(code), to=e164, source=VERIFY_SOURCE)])
-        item = result.items[0]
+        item = await send_code(self._messaging, caller, value, code)
         if item.status is not MessageStatusCode.SUCCESS:
             await self._destinations.forget_code(dest.destination_id)
             raise NotificationRejected("the verification code could not be sent", status=item.status.value)

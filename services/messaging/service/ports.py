@@ -18,6 +18,14 @@ from services.messaging.domain.history import HistorySort
 from services.messaging.domain.limits import LimitRequest, LimitVerdict
 from services.messaging.domain.receipts import InboundRecord, NewInbound, ReceiptRecord
 from services.messaging.domain.records import NewMessage, StoredMessage
+from services.messaging.domain.senders import (
+    ActiveSenders,
+    InventoryNumber,
+    SenderIdentity,
+    SenderKind,
+    SenderState,
+    Verification,
+)
 from services.messaging.domain.settings import MessagingSettings, SettingsUpdate
 from services.messaging.domain.statuses import MessageStatus
 from services.messaging.domain.webhooks import WebhookDelivery, WebhookJob
@@ -257,6 +265,7 @@ class AlphaTagStore(Protocol):
     async def remove_protected_name(self, skeleton: str, before_commit: Callable[[ProtectedName], Awaitable[None]]
                                     ) -> bool: ...
 
+
 class ContactStore(Protocol):
     """adapters.store.contacts.PgContactStore: contact lists, contacts (sealed, with keyed hashes) and CSV imports.
     Each change runs its `before_commit` (the audit event) inside its transaction. Rows are asyncpg records."""
@@ -294,3 +303,38 @@ class ContactStore(Protocol):
     async def fail_import(self, import_id: int, token: str, failure: str,
                           before_commit: Callable[[], Awaitable[None]]) -> None: ...
 
+
+class SenderDirectory(Protocol):
+    """adapters.store.senders.PgSenderStore, as the send path and replies ask it (sender identities, issue 21)."""
+
+    async def active_sender_ids(self, account_id: int) -> ActiveSenders: ...
+    async def sender_holder(self, value_hash: bytes) -> int | None: ...
+
+
+class SenderStore(SenderDirectory, Protocol):
+    """adapters.store.senders.PgSenderStore: the inventory, the account's numbers and their verifications. Each
+    change runs its `before_commit` (the audit event) inside its transaction."""
+
+    async def load_inventory(self, numbers: Sequence[InventoryNumber],
+                             before_commit: Callable[[int, int], Awaitable[None]]) -> tuple[int, int]: ...
+    async def available_numbers(self, country: str, offset: int, limit: int
+                                ) -> tuple[int, list[InventoryNumber]]: ...
+    async def inventory_number(self, number: str) -> InventoryNumber | None: ...
+    async def buy_number(self, identity_id: str, account_id: int, user_id: int, number: str, value_hash: bytes,
+                         before_commit: Callable[[SenderIdentity], Awaitable[None]]) -> SenderIdentity | None: ...
+    async def identities(self, account_id: int, kind: SenderKind, states: Sequence[SenderState]
+                         ) -> list[SenderIdentity]: ...
+    async def identity(self, account_id: int, identity_id: str) -> SenderIdentity | None: ...
+    async def active_number(self, account_id: int, value_hash: bytes) -> SenderIdentity | None: ...
+    async def release(self, account_id: int, identity_id: str,
+                      before_commit: Callable[[SenderIdentity], Awaitable[None]]) -> SenderIdentity | None: ...
+    async def start_verification(
+        self, account_id: int, user_id: int, value_hash: bytes, new_identity: tuple[str, bytes, str, str, str],
+        code_hash: Callable[[str], bytes], ttl_s: int, per_account: int, per_number: int,
+    ) -> tuple[SenderIdentity, Verification] | str: ...
+    async def forget_code(self, verification_id: str) -> None: ...
+    async def attempt(self, account_id: int, verification_id: str, max_attempts: int
+                      ) -> tuple[Verification, bytes | None, bool, bool] | None: ...
+    async def activate_verified(self, account_id: int, verification_id: str,
+                                before_commit: Callable[[SenderIdentity], Awaitable[None]]
+                                ) -> SenderIdentity | None: ...

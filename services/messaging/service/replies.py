@@ -22,6 +22,7 @@ from services.messaging.service.custom_strings import with_custom_string
 from services.messaging.service.ids import new_message_id
 from services.messaging.service.index_keys import IndexKeys
 from services.messaging.service.ports import Cipher, InboundStore
+from services.messaging.service.sender_index import SenderIndex
 from svckit.envelope import DecryptFailed, aad_for
 
 _LOG = logging.getLogger(__name__)
@@ -31,15 +32,19 @@ class Replies:
     """Stores replies to the account's messages (from a carrier or the test hook): the sender's number and
     the body encrypted, a keyed hash of the number, and the opt-out change a STOP/START makes."""
 
-    def __init__(self, store: InboundStore, cipher: Cipher, keys: IndexKeys) -> None:
+    def __init__(self, store: InboundStore, cipher: Cipher, keys: IndexKeys, senders: SenderIndex | None = None
+                 ) -> None:
         self._store = store
         self._cipher = cipher
         self._keys = keys
+        self._senders = senders
         self.unmatched = 0
 
     async def receive(self, items: Sequence[InboundInput]) -> list[str]:
         """Replies as a carrier reports them: matched to the outbound message by our id or the carrier's
-        reference, or, when the carrier names none (SMPP MO), by the numbers: the newest message to the
+        reference, or, when the carrier names none (SMPP MO), by the numbers: a reply to a number that is an
+        account's active sender identity (dedicated or verified) belongs to that account (to its newest message
+        to the replying number from that number, else to no message); otherwise to the newest message to the
         replying number from the number it replied to (else from the shared number) in the last 7 days. A
         reply that matches nothing is counted and dropped (its content is not kept)."""
         new: list[NewInbound] = []
@@ -60,6 +65,13 @@ class Replies:
         except InvalidRecipient:
             return None
         ours = item.to.strip().lstrip("+")
+        if ours.isdigit() and self._senders is not None:  # first: the account whose sender identity it is
+            holder = await self._senders.holder("+" + ours)
+            if holder is not None:
+                senders = [ours, "+" + ours]
+                latest: OriginalMessage | None = await self._store.latest_sent_to(
+                    [(holder, (await self._keys.indexer(holder))(handset))], senders)
+                return latest or OriginalMessage("", holder, 0, "", "+" + ours)
         for senders in ([ours, "+" + ours] if ours else [], [""]):
             accounts = await self._store.reply_candidates(senders) if senders else []
             if accounts:

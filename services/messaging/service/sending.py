@@ -114,6 +114,23 @@ class SendingUseCases(UseCases):
             items.append(None)
         return items, valid
 
+    async def _check_senders(self, caller: Caller, inputs: Sequence[OutboundInput], items: list[SendItem | None],
+                             valid: list[tuple[int, ValidatedMessage, Decimal]]
+                             ) -> list[tuple[int, ValidatedMessage, Decimal]]:
+        """Messages whose `from` is not one of the account's active sender identities become INVALID_SENDER_ID
+        (issue 21; one query, none when no message names a `from`; without a SenderIndex every `from` is refused)."""
+        named = [v.sender for _, v, _ in valid if v.sender]
+        if not named:
+            return valid
+        refused = set(named) if self.senders is None else await self.senders.refused(caller.account_id, named)
+        if not refused:
+            return valid
+        for i, v, _ in valid:
+            if v.sender in refused:
+                items[i] = SendItem(inputs[i], MessageStatusCode.INVALID_SENDER_ID, to=v.to, sender=v.sender,
+                                    schedule=inputs[i].schedule)
+        return [entry for entry in valid if entry[1].sender not in refused]
+
     async def send_sms(
         self, caller: Caller, inputs: Sequence[OutboundInput], idempotency_key: str = ""
     ) -> SendResult:
@@ -133,6 +150,7 @@ class SendingUseCases(UseCases):
         inputs = await expand_lists(self.lists, caller, inputs)  # list_id: one message per contact
         now = int(self._clock())
         items, valid = self._check(caller, inputs, now)
+        valid = await self._check_senders(caller, inputs, items, valid)
         if not valid:
             return SendResult(date=now, items=[it for it in items if it is not None], currency=self.currency)
         key = await self.keys.get(acct)
@@ -336,6 +354,7 @@ class SendingUseCases(UseCases):
         inputs = await expand_lists(self.lists, caller, inputs)
         now = int(self._clock())
         items, valid = self._check(caller, inputs, now)
+        valid = await self._check_senders(caller, inputs, items, valid)
         blocked: set[tuple[int, bytes]] = set()
         hashes: list[bytes] = []
         if valid:

@@ -11,6 +11,7 @@ import pytest
 
 from sendsafe.messaging.v1 import messaging_service_pb2 as pb
 from tests.integration.messaging.conftest import Messaging, principal_md
+from tests.integration.messaging.senders_support import approve_tag
 from tests.integration.messaging.test_api import REAL_NUMBER, TEST_NUMBER, eventually, reason_of, sms, stub_for
 from tests.support import CertBundle
 
@@ -193,6 +194,7 @@ async def test_cancel_until_dispatch_with_refunds(messaging: Messaging, certs: C
 
 async def test_history_search_and_sort(messaging: Messaging, certs: CertBundle) -> None:
     md = principal_md(9108)
+    await approve_tag(messaging.pool, 9108, "Acme")
     ch, stub = stub_for(messaging, certs)
     async with ch:
         await stub.SendSms(pb.SendSmsRequest(messages=[  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from services.messaging.adapters.smpp.carrier import SmppCarrier
 from services.messaging.domain.encoding import count_parts
 from svckit.app import App
 from tests.integration.messaging.conftest import Messaging, principal_md
+from tests.integration.messaging.senders_support import approve_tag, hold_number
 from tests.integration.messaging.test_api import REAL_NUMBER, eventually, sms, stub_for
 from tests.support import CertBundle
 from tools.smsc import Smsc
@@ -74,6 +75,7 @@ def duplicates(smsc: Smsc) -> int:
 async def test_messages_are_delivered_and_receipts_applied(messaging: Messaging, certs: CertBundle,
                                                            smsc: Smsc) -> None:
     await smpp_worker(messaging, smsc)
+    await approve_tag(messaging.pool, 9301, "SendSafe")
     long_body = "Long message " * 30  # 390 GSM-7 septets: 3 parts
     bodies = [f"hello {i}" for i in range(28)] + [long_body, "Grüße ✓ unicode"]
     ids = await send(messaging, certs, 9301, bodies, sender="SendSafe")
@@ -162,6 +164,7 @@ async def test_mo_stop_and_start_over_smpp_change_opt_outs(messaging: Messaging,
                                                           smsc: Smsc) -> None:
     await smpp_worker(messaging, smsc)
     ours = "+61400555000"
+    await hold_number(messaging.pool, 9306, ours)  # the account's dedicated number
     [mid] = await send(messaging, certs, 9306, ["Reply STOP to opt out"], sender=ours)
     [shared] = await send(messaging, certs, 9306, ["from the shared number"])
     await settle(messaging, 9306, {"DELIVERED": 2})
@@ -182,9 +185,15 @@ async def test_mo_stop_and_start_over_smpp_change_opt_outs(messaging: Messaging,
     assert await messaging.pool.fetchval("SELECT count(*) FROM opt_outs WHERE account_id = 9306") == 0
     assert await messaging.pool.fetchval(
         "SELECT count(*) FROM inbound_messages WHERE original_message_id = $1::uuid", shared) == 1
-    # A reply from a number we never wrote to matches nothing: acknowledged (retrying cannot help), dropped.
+    # A message from a number we never wrote to, to the account's dedicated number: the account's (no original).
     assert await smsc.send_mo("+61487654321", ours, "hello?") == p.ESME_ROK
-    assert await messaging.pool.fetchval("SELECT count(*) FROM inbound_messages WHERE account_id = 9306") == 2
+    assert await messaging.pool.fetchval("SELECT count(*) FROM inbound_messages WHERE account_id = 9306") == 3
+    assert await messaging.pool.fetchval("SELECT count(*) FROM inbound_messages WHERE account_id = 9306"
+                                         " AND original_message_id IS NULL") == 1
+    # One to a number nobody holds and nobody sent from matches nothing: acknowledged, dropped.
+    assert await smsc.send_mo("+61487654321", "61400555999", "hello?") == p.ESME_ROK
+    assert await messaging.pool.fetchval("SELECT count(*) FROM inbound_messages") == \
+        await messaging.pool.fetchval("SELECT count(*) FROM inbound_messages WHERE account_id = 9306")
 
 
 async def test_window_is_never_exceeded(messaging: Messaging, certs: CertBundle, smsc: Smsc) -> None:

@@ -11,6 +11,8 @@ _THROUGH = (
     "DELETE FROM outbox WHERE message_id IN (SELECT id FROM messages WHERE account_id = $1)",
     "DELETE FROM carrier_sim_submissions WHERE message_id IN (SELECT id FROM messages WHERE account_id = $1)",
     "DELETE FROM account_export_chunks WHERE export_id IN (SELECT id FROM account_exports WHERE account_id = $1)",
+    # Dedicated numbers go back on sale (the inventory is the platform's; its rows are never the account's).
+    "UPDATE number_inventory SET holder_account_id = NULL, assign_time = NULL WHERE holder_account_id = $1",
 )
 _KEPT = ("account_closures",)
 

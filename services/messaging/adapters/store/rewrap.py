@@ -16,6 +16,7 @@ ENCRYPTED_COLUMNS = (
     ("idempotency_keys", "result_ct", ("account_id", "key_hash")),
     ("account_settings", "webhook_secret_ct", ("account_id",)),
     ("account_keys", "index_key_ct", ("account_id",)),
+    ("sender_identities", "value_ct", ("id",)),
     ("contact_lists", "name_ct", ("list_id",)),
     ("contacts", "data_ct", ("contact_id",)),
     ("contact_imports", "file_ct", ("import_id",)),

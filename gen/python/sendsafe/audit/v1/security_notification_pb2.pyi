@@ -72,7 +72,8 @@ class SecurityNotification(_message.Message):
     notification_id: _builtins.int
     kind: _builtins.str
     """api_key_created, new_sign_in, mfa_enrolled, mfa_removed,
-    password_changed, staff_access, key_destruction_scheduled.
+    password_changed, staff_access, key_destruction_scheduled,
+    sender_identity_added.
     """
     event_id: _builtins.str
     """The audit event it is about."""
