@@ -73,7 +73,7 @@ test-unit: install sysdeps
 test-integration: install
 	$(BIN)/python -m pytest tests/integration -q
 
-test-e2e: install
+test-e2e: install sysdeps
 	$(BIN)/python -m pytest tests/e2e -q
 
 test-deploy: install sysdeps $(CHECKOV)
