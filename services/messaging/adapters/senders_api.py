@@ -89,7 +89,7 @@ class SenderServicer(sender_service_pb2_grpc.SenderServiceServicer):
                                         **_paging(page, f"/v3/numbers/search/{request.country}"))  # type: ignore[arg-type]
 
     async def BuyNumber(self, request: pb.BuyNumberRequest, context: grpc.aio.ServicerContext) -> pb.BuyNumberResponse:
-        n = await self.senders.buy(caller_from_context(), request.dedicated_number)
+        n = await self.senders.buy(caller_from_context(), request.dedicated_number, request.type)
         return pb.BuyNumberResponse(dedicated_number=n.number, country=n.country,
                                     price_total=_money(n.price_setup + n.price_monthly),
                                     price_setup=_money(n.price_setup), price_monthly=_money(n.price_monthly))

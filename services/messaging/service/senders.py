@@ -122,11 +122,13 @@ class Senders:
         total, items = await self._store.available_numbers(check_country(country), (p - 1) * size, size)
         return NumberPage(total, p, size, items)
 
-    async def buy(self, caller: Caller, number: str) -> InventoryNumber:
+    async def buy(self, caller: Caller, number: str, service: str = "") -> InventoryNumber:
         e164 = check_e164(number, "dedicated number")
         offer = await self._store.inventory_number(e164)
         if offer is None or offer.holder_account_id:
             raise NumberNotAvailable("this number is not for sale; search the available numbers first")
+        if (service.strip().lower() or "sms") not in offer.capabilities:
+            raise InvalidArgument(f"this number is for {', '.join(offer.capabilities)}, not {service.strip()}")
 
         async def audit(identity: SenderIdentity) -> None:
             await self._activated(caller, identity, "messaging.sender.number_bought")

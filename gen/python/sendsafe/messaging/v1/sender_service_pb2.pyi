@@ -152,20 +152,26 @@ Global___SearchNumbersResponse: _TypeAlias = SearchNumbersResponse  # noqa: Y015
 
 @_typing.final
 class BuyNumberRequest(_message.Message):
-    """POST /v3/numbers/buy/{dedicated_number}."""
+    """POST /v3/numbers/buy/{dedicated_number} (ClickSend BuyNumberRequest)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DEDICATED_NUMBER_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     dedicated_number: _builtins.str
+    type: _builtins.str
+    """The service the number is bought for: "sms" (the default) or one of the
+    number's other capabilities.
+    """
     def __init__(
         self,
         *,
         dedicated_number: _builtins.str = ...,
+        type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dedicated_number", b"dedicated_number"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dedicated_number", b"dedicated_number", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
