@@ -64,6 +64,7 @@ def user_to_proto(account: Account, user: User) -> account_pb2.User:
         user_id=user.id, account_id=user.account_id, api_username=user.api_username, active=user.enabled,
         is_main=user.is_main, test_mode=account.test_mode, permissions=sorted(user.permissions),
         create_time=_ts(user.create_time), sms_deidentify_message=user.flags.sms_deidentify_message,
+        allowed_senders=list(user.allowed_senders),
     )
 
 
@@ -282,6 +283,7 @@ class AuthServicer(auth_service_pb2_grpc.AuthServiceServicer):
             session_id=session.id, account_id=subject.account_id, user_id=subject.id, username=subject.username,
             staff=subject.is_staff, permissions=sorted(subject.permissions), test_mode=subject.test_mode,
             expire_time=_ts(session.expire_time), sms_deidentify_message=subject.sms_deidentify_message,
+            allowed_senders=list(subject.allowed_senders),
         )
         if session.mfa_time is not None:
             out.mfa_time.CopyFrom(_ts(session.mfa_time))

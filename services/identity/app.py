@@ -26,10 +26,11 @@ from services.identity.adapters.closure_peers import ClosurePeerClients
 from services.identity.adapters.hasher import Hasher
 from services.identity.adapters.keys_client import KeysClient
 from services.identity.adapters.messaging_client import MessagingBalances, MessagingMail
+from services.identity.adapters.sender_limits_api import SenderLimitsIdentityServicer
 from services.identity.adapters.signup_api import SignupServicer, StaffSignupServicer
 from services.identity.adapters.store.pg import PgIdentityStore
 from services.identity.adapters.store.rewrap import rewrap_columns
-from services.identity.api import AccountPolicyServicer, AuthServicer, ClosureServicer, IdentityServicer
+from services.identity.api import AccountPolicyServicer, AuthServicer, ClosureServicer
 from services.identity.config import Settings
 from services.identity.service.account_policy import AccountPolicies
 from services.identity.service.accounts import Accounts
@@ -128,7 +129,7 @@ async def build(settings: Settings) -> App:
         staff = Staff(store, audit, sessions, closures, signups)
 
         def register(s: grpc.aio.Server) -> None:
-            identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(service), s)
+            identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(SenderLimitsIdentityServicer(service), s)
             auth_service_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(sessions, factors), s)
             staff_service_pb2_grpc.add_StaffServiceServicer_to_server(StaffSignupServicer(sessions, staff), s)
             account_policy_service_pb2_grpc.add_AccountPolicyServiceServicer_to_server(

@@ -39,9 +39,9 @@ def test_bad_entries_are_refused_by_position_never_by_value(bad: str) -> None:
 
 def test_at_most_twenty_senders() -> None:
     many = [f"Tag{i}" for i in range(MAX_ALLOWED_SENDERS)]
-    assert len(check_allowed_senders(many + ["tag0"])) == MAX_ALLOWED_SENDERS  # a duplicate is not another
+    assert len(check_allowed_senders([*many, "tag0"])) == MAX_ALLOWED_SENDERS  # a duplicate is not another
     with pytest.raises(AllowedSendersInvalid):
-        check_allowed_senders(many + ["Tag20"])
+        check_allowed_senders([*many, "Tag20"])
 
 
 def test_within_and_intersection() -> None:

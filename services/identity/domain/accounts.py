@@ -50,6 +50,7 @@ class User:
     banned: bool
     create_time: datetime
     update_time: datetime
+    allowed_senders: tuple[str, ...] = ()  # sender ids it may send as (svckit.senders); empty: any
 
     @property
     def enabled(self) -> bool:

@@ -29,6 +29,7 @@ class Subject:
     test_mode: bool = False
     role: str = ""  # staff only
     sms_deidentify_message: bool = False  # users only: bodies and numbers masked for them
+    allowed_senders: tuple[str, ...] = ()  # users only: the sender ids they may send as (empty: any)
 
     @property
     def key(self) -> str:

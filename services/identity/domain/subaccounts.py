@@ -3,7 +3,7 @@ and the delegation rule every create, change, re-key, password reset and delete 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from services.identity.domain.accounts import User
@@ -16,6 +16,7 @@ from services.identity.domain.errors import (
     RestrictionNotLiftable,
 )
 from services.identity.domain.flags import FLAG_NAMES, GRANT_FLAGS, RESTRICTION_FLAGS, AccessFlags, derive_permissions
+from svckit.senders import check_allowed_senders, senders_within
 
 MAX_NOTES = 1000
 
@@ -47,6 +48,7 @@ class NewSubaccount:
     last_name: str
     notes: str | None
     flags: AccessFlags
+    allowed_senders: tuple[str, ...] = ()  # the creator's: a limit is inherited
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,8 @@ def delegate(actor: User, target: User | None, requested: Mapping[str, bool] | N
     - Nobody changes their own access flags or restrictions through this path.
     - The target's resulting grants (the flags, and the permissions `derive_permissions` gives them, as if
       enabled) must be a subset of the actor's own, and the target must stay under every restriction the
-      actor is under: an actor acts only on users who can do no more than itself.
+      actor is under (its sender limit included: `delegate_senders`): an actor acts only on users who can do
+      no more than itself.
     """
     wanted = dict(requested or {})
     unknown = sorted(set(wanted) - set(FLAG_NAMES))
@@ -128,6 +131,9 @@ def delegate(actor: User, target: User | None, requested: Mapping[str, bool] | N
         raise DelegationExceedsActor(
             f"{who} would hold {', '.join(beyond)}, which you do not hold: only a user who holds them may do this"
         )
+    if target is not None and not senders_within(target.allowed_senders, actor.allowed_senders):
+        raise DelegationExceedsActor(
+            f"user {target.api_username} may send from senders you may not: only a user who may do this")
     unrestricted = sorted(actor_restrictions - _restricted(resulting))
     if target is not None and unrestricted:  # a new user inherited them above
         raise DelegationExceedsActor(
@@ -135,3 +141,24 @@ def delegate(actor: User, target: User | None, requested: Mapping[str, bool] | N
             " only a user who is not may do this"
         )
     return resulting
+
+
+def delegate_senders(actor: User, target: User, requested: Sequence[str]) -> tuple[str, ...]:
+    """The target's sender limit after `actor` sets it to `requested` (normalised; empty lifts it), or why not.
+
+    A sender limit is a restriction (issue 21): set on a sub-account by a user manager through `delegate`'s rule,
+    inherited by the users a limited user creates, and never lifted or widened by someone under it: a limited
+    actor sets only a non-empty subset of its own. Nobody limits the main user or changes their own limit."""
+    wanted = check_allowed_senders(requested)
+    if target.is_main:
+        raise MainUserProtected("the main user's senders cannot be limited")
+    if target.id == actor.id:
+        raise OwnAccessUnchangeable("you cannot change your own sender limit; ask the account's main user")
+    delegate(actor, target)
+    if actor.allowed_senders and not wanted:
+        raise RestrictionNotLiftable("you cannot lift a sender limit: you are under one yourself; ask a user who is"
+                                     " not", field="allowed_senders")
+    if not senders_within(wanted, actor.allowed_senders):
+        raise DelegationExceedsActor("allowed_senders must be within your own sender limit: only a user who may"
+                                     " send from them may do this")
+    return wanted

@@ -39,13 +39,14 @@ from services.identity.domain.errors import (
     UsernameInvalid,
     UserNotFound,
 )
-from services.identity.domain.flags import FLAG_NAMES, AccessFlags
+from services.identity.domain.flags import FLAG_NAMES
 from services.identity.domain.subaccounts import (
     NewSubaccount,
     SubaccountChanges,
     check_flag,
     check_notes,
     delegate,
+    delegate_senders,
 )
 from services.identity.service.ports import Auditor, Balances, IdentityStore, Keys, PasswordHasher
 from svckit.audit import new_event
@@ -55,6 +56,7 @@ from svckit.errors import (
     Unauthenticated,
 )
 from svckit.paging import PageWindow, page_window
+from svckit.senders import senders_summary
 
 SERVICE = "identity"
 
@@ -301,12 +303,13 @@ class Accounts:
                 last_name=check_name(req.last_name or "", "last_name", required=False),
                 notes=check_notes(req.notes),
                 flags=flags,
+                allowed_senders=actor.allowed_senders,  # a sender limit is inherited (delegate_senders)
             )
             password_hash = await self._password_hash(req.password, new.api_username, email)
             issued: list[str] = []
 
             async def before_commit(user: User) -> None:
-                await self._strict(self._event("subaccount.create", user, _flag_details(user.flags)))
+                await self._strict(self._event("subaccount.create", user, _flag_details(user)))
                 assert self._keys is not None
                 _, api_key = await self._keys.issue(account.id, user.id, "subaccount", account.test_mode)
                 issued.append(api_key)
@@ -353,10 +356,27 @@ class Accounts:
             async def before_commit(user: User) -> None:
                 details = {"fields": ",".join(changes.changed_fields())}
                 if flags is not None:
-                    details.update(_flag_details(flags))
+                    details.update(_flag_details(user))
                 await self._strict(self._event("subaccount.update", user, details))
 
             user = await self._store.update_user(target.id, changes, before_commit)
+            if user is None:
+                raise SubaccountNotFound("Subaccount not found.")
+            return user
+
+    async def update_sender_limits(self, caller: Caller, subaccount_id: int, requested: list[str]) -> User:
+        """Limit a sub-account to sender ids, or lift its limit (issue 21), under the delegation rule; the change is
+        a subaccount.update event (fields=allowed_senders) recorded before it commits."""
+        async with self._evidence("subaccount.update", str(subaccount_id)):
+            actor = await self._caller(caller)
+            _, target = await self._target(actor, subaccount_id)
+            senders = delegate_senders(actor, target, requested)
+
+            async def before_commit(user: User) -> None:
+                await self._strict(self._event("subaccount.update", user, {
+                    "fields": "allowed_senders", "allowed_senders": senders_summary(senders) or "any"}))
+
+            user = await self._store.set_allowed_senders(target.id, target.account_id, senders, before_commit)
             if user is None:
                 raise SubaccountNotFound("Subaccount not found.")
             return user
@@ -397,5 +417,8 @@ def _maybe(value: str | None, check: Callable[[str], str]) -> str | None:
     return None if value is None else check(value)
 
 
-def _flag_details(flags: AccessFlags) -> dict[str, str]:
-    return {"flags_on": ",".join(n for n in FLAG_NAMES if getattr(flags, n))}
+def _flag_details(user: User) -> dict[str, str]:
+    details = {"flags_on": ",".join(n for n in FLAG_NAMES if getattr(user.flags, n))}
+    if user.allowed_senders:  # tags as they are, numbers only counted
+        details["allowed_senders"] = senders_summary(user.allowed_senders)
+    return details

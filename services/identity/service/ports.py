@@ -35,6 +35,9 @@ class IdentityStore(Protocol):  # accounts, users and sub-accounts (adapters.sto
         self, user_id: int, changes: SubaccountChanges, before_commit: Callable[[User], Awaitable[None]]
     ) -> User | None: ...
     async def delete_user(self, user_id: int, before_commit: Callable[[], Awaitable[None]]) -> bool: ...
+    async def set_allowed_senders(
+        self, user_id: int, account_id: int, senders: tuple[str, ...], before_commit: Callable[[User], Awaitable[None]]
+    ) -> User | None: ...
 
 
 class Keys(Protocol):  # the keys service: sub-accounts' API keys (adapters.keys_client)

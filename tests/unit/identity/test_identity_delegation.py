@@ -3,6 +3,7 @@ with restrictions inherited and never lifted by someone under them."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +17,7 @@ from services.identity.domain.errors import (
     RestrictionNotLiftable,
 )
 from services.identity.domain.flags import FLAG_NAMES, AccessFlags
-from services.identity.domain.subaccounts import delegate
+from services.identity.domain.subaccounts import delegate, delegate_senders
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -117,3 +118,43 @@ def test_reasons_are_stable_and_messages_say_what_to_do() -> None:
     with pytest.raises(OwnAccessUnchangeable) as own:
         delegate(USERS, USERS, {"access_sms": True})
     assert own.value.reason == "OWN_ACCESS_UNCHANGEABLE"
+
+
+# -- sender limits (issue 21): a restriction like the flags above --------------------------------------------------
+
+def _limited(user: User, *senders: str) -> User:
+    return dataclasses.replace(user, allowed_senders=senders)
+
+
+SENDER_CASES: list[tuple[str, User, User, list[str], type[Exception] | tuple[str, ...]]] = [
+    ("main limits a user", MAIN, WEAK, ["61411111111", " Brand "], ("+61411111111", "Brand")),
+    ("main lifts a limit", MAIN, _limited(WEAK, "Brand"), [], ()),
+    ("nobody limits the main user", MAIN, MAIN, ["Brand"], MainUserProtected),
+    ("nobody changes their own limit", _limited(USERS, "Brand"), _limited(USERS, "Brand"), [], OwnAccessUnchangeable),
+    ("an unlimited manager limits a weaker user", USERS, WEAK, ["Brand"], ("Brand",)),
+    ("a limited manager narrows within its own", _limited(USERS, "Brand", "Shop"), _limited(WEAK, "Brand", "Shop"),
+     ["brand"], ("brand",)),
+    ("a limited manager cannot widen", _limited(USERS, "Brand"), _limited(WEAK, "Brand"), ["Brand", "Shop"],
+     DelegationExceedsActor),
+    ("a limited manager cannot lift", _limited(USERS, "Brand"), _limited(WEAK, "Brand"), [], RestrictionNotLiftable),
+    ("a limited manager cannot touch an unlimited user", _limited(USERS, "Brand"), WEAK, ["Brand"],
+     DelegationExceedsActor),
+]
+
+
+@pytest.mark.parametrize(("actor", "target", "requested", "expected"), [c[1:] for c in SENDER_CASES],
+                         ids=[c[0] for c in SENDER_CASES])
+def test_sender_limits_follow_the_delegation_rule(
+    actor: User, target: User, requested: list[str], expected: type[Exception] | tuple[str, ...]
+) -> None:
+    if isinstance(expected, tuple):
+        assert delegate_senders(actor, target, requested) == expected
+    else:
+        with pytest.raises(expected):
+            delegate_senders(actor, target, requested)
+
+
+def test_a_limited_manager_cannot_rekey_or_delete_a_user_outside_its_limit() -> None:
+    with pytest.raises(DelegationExceedsActor):
+        delegate(_limited(USERS, "Brand"), _limited(WEAK, "Brand", "Shop"))
+    delegate(_limited(USERS, "Brand", "Shop"), _limited(WEAK, "Shop"))

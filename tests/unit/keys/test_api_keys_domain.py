@@ -49,7 +49,6 @@ from services.keys.domain.errors import (
     ScopeNotHeld,
     SendLimitsInvalid,
 )
-from svckit.senders import AllowedSendersInvalid
 from services.keys.domain.paging import page_size, page_token, parse_page_token
 from services.keys.domain.restrictions import (
     MAX_SEND_PER_MINUTE,
@@ -58,6 +57,7 @@ from services.keys.domain.restrictions import (
     address_allowed,
     check_send_limits,
 )
+from svckit.senders import AllowedSendersInvalid
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 PEPPER = bytes(range(32))

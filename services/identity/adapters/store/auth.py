@@ -47,8 +47,8 @@ class AuthQueries(Queries):
             return to_staff_subject(row, platform_account_id) if row else None
         row = await self._pool.fetchrow(
             f"{SELECT.replace('SELECT ', 'SELECT u.password_hash, ', 1)} WHERE u.id = $1 AND {LIVE}", subject_id
-        )
-        return to_user_subject(row) if row else None
+        )  # a session's use: its sender limit is opened for the principal (issue 21)
+        return to_user_subject(row, await self._personal.open_senders(row)) if row else None
 
     async def set_password(self, kind: str, subject_id: int, password_hash: str, *, revoke_except: str | None) -> int:
         """Store a new password hash; with `revoke_except`, end every other session (a password change).

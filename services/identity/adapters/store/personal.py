@@ -6,6 +6,7 @@ them and empties those columns; reads take the ciphertext when there is one, els
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
@@ -50,6 +51,20 @@ class PersonalData:
             aad = aad_for(account_id, record_type(field), str(user_id))
             out[f"{field}_ct"] = None if value is None else await sealer.encrypt(account_id, aad, value.encode())
         return out
+
+    async def seal_senders(self, account_id: int, user_id: int, senders: tuple[str, ...]) -> bytes | None:
+        """A user's sender limit (issue 21; it may hold the customer's own numbers), sealed; None: no limit."""
+        if not senders:
+            return None
+        aad = aad_for(account_id, record_type("allowed_senders"), str(user_id))
+        return await self._need().encrypt(account_id, aad, json.dumps(list(senders)).encode())
+
+    async def open_senders(self, row: Mapping[str, Any]) -> tuple[str, ...]:
+        blob = row["allowed_senders_ct"]
+        if blob is None:
+            return ()
+        aad = aad_for(row["account_id"], record_type("allowed_senders"), str(row["id"]))
+        return tuple(json.loads(await self._need().decrypt(row["account_id"], aad, bytes(blob))))
 
     async def open(self, row: Mapping[str, Any]) -> dict[str, str | None]:
         """Each personal field of a user row (columns `id`, `account_id`, the clear and `_ct` columns)."""

@@ -11,6 +11,7 @@ ENCRYPTED_COLUMNS = (
     ("totp_factors", "secret_blob", ("subject_kind", "subject_id")),
     # Users' personal data (adapters/store/personal.py), one sealed column per field.
     *(("users", f"{field}_ct", ("id",)) for field in ("email", "phone_number", "first_name", "last_name", "notes")),
+    ("users", "allowed_senders_ct", ("id",)),  # a user's sender limit (issue 21)
 )
 
 

@@ -30,6 +30,7 @@ USER_FIELDS = (
     "notes",
     *CT_FIELDS,
     *FLAG_NAMES,
+    "allowed_senders_ct",
     "active",
     "banned",
     "create_time",
@@ -58,9 +59,11 @@ def to_account(r: asyncpg.Record) -> Account:
     )
 
 
-def to_user(r: asyncpg.Record, personal: Mapping[str, str | None] | None = None) -> User:
-    """The user of a row; its personal fields from `personal` (opened by `PersonalData.open`), or empty when
-    the caller needs none of them (login)."""
+def to_user(
+    r: asyncpg.Record, personal: Mapping[str, str | None] | None = None, senders: tuple[str, ...] = ()
+) -> User:
+    """The user of a row; its personal fields from `personal` (opened by `PersonalData.open`) and its sender
+    limit (`PersonalData.open_senders`), or empty when the caller needs none of them (login)."""
     p = personal or {}
     return User(
         id=r["id"],
@@ -77,6 +80,7 @@ def to_user(r: asyncpg.Record, personal: Mapping[str, str | None] | None = None)
         banned=r["banned"],
         create_time=r["create_time"],
         update_time=r["update_time"],
+        allowed_senders=senders,
     )
 
 
@@ -117,10 +121,10 @@ class Queries:
 
     async def _user(self, r: asyncpg.Record) -> User:
         """The user of a row with its personal data opened (decrypted under the account's data key)."""
-        return to_user(r, await self._personal.open(r))
+        return to_user(r, await self._personal.open(r), await self._personal.open_senders(r))
 
 
-def to_user_subject(r: asyncpg.Record) -> Subject:
+def to_user_subject(r: asyncpg.Record, senders: tuple[str, ...] = ()) -> Subject:
     user, account = to_user(r), to_account(r)
     return Subject(
         kind=USER,
@@ -135,6 +139,7 @@ def to_user_subject(r: asyncpg.Record) -> Subject:
             r["a_state"], user.is_main, derive_permissions(user.flags, is_main=user.is_main, enabled=user.enabled)),
         test_mode=account.test_mode,
         sms_deidentify_message=user.flags.sms_deidentify_message,
+        allowed_senders=senders,
     )
 
 

@@ -140,29 +140,47 @@ class UserQueries(Queries):
     ) -> User:
         """Insert the user; `before_commit` (audit, API key) runs inside the transaction."""
         names = ", ".join(FLAG_NAMES)
-        params = ", ".join(f"${i}" for i in range(10, 10 + len(FLAG_NAMES)))
+        params = ", ".join(f"${i}" for i in range(11, 11 + len(FLAG_NAMES)))
         _, user_id = await self._new_ids(account=False)
         personal: dict[str, str | None] = {
             "email": new.email, "phone_number": new.phone_number, "first_name": new.first_name,
             "last_name": new.last_name, "notes": new.notes,
         }
         sealed = await self._personal.seal(new.account_id, user_id, personal)
+        senders = await self._personal.seal_senders(new.account_id, user_id, new.allowed_senders)
         async with self._pool.acquire() as conn, conn.transaction():
             try:
                 row = await conn.fetchrow(
                     "INSERT INTO users (id, account_id, api_username, email_ct, phone_number_ct, first_name_ct,"
-                    f" last_name_ct, notes_ct, password_hash, password_change_time, is_main, {names})"
-                    f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now(), false, {params})"
+                    f" last_name_ct, notes_ct, password_hash, allowed_senders_ct, password_change_time, is_main,"
+                    f" {names}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now(), false, {params})"
                     f" RETURNING {', '.join(USER_FIELDS)}",
                     user_id, new.account_id, new.api_username, *(sealed[f"{f}_ct"] for f in personal),
-                    password_hash, *(getattr(new.flags, f) for f in FLAG_NAMES),
+                    password_hash, senders, *(getattr(new.flags, f) for f in FLAG_NAMES),
                 )
             except asyncpg.UniqueViolationError as err:
                 if err.constraint_name == _USERNAME_INDEX:
                     raise UsernameTaken("that api_username is taken") from None
                 raise
             assert row is not None
-            user = to_user(row, personal)
+            user = to_user(row, personal, new.allowed_senders)
+            await before_commit(user)
+        return user
+
+    async def set_allowed_senders(
+        self, user_id: int, account_id: int, senders: tuple[str, ...], before_commit: Callable[[User], Awaitable[None]]
+    ) -> User | None:
+        """Replace a user's sender limit (empty: none); `before_commit` (audit) runs inside the transaction."""
+        sealed = await self._personal.seal_senders(account_id, user_id, senders)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                f"UPDATE users u SET allowed_senders_ct = $3, update_time = now()"
+                f" WHERE u.id = $1 AND u.account_id = $2 AND {LIVE} RETURNING {', '.join(USER_FIELDS)}",
+                user_id, account_id, sealed,
+            )
+            if row is None:
+                return None
+            user = await self._user(row)
             await before_commit(user)
         return user
 

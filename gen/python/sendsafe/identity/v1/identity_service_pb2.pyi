@@ -20,6 +20,125 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class GetSubaccountSenderLimitsRequest(_message.Message):
+    """The sub-account whose sender limits to show."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    subaccount_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        subaccount_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subaccount_id", b"subaccount_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubaccountSenderLimitsRequest: _TypeAlias = GetSubaccountSenderLimitsRequest  # noqa: Y015
+
+@_typing.final
+class SubaccountSenderLimits(_message.Message):
+    """A sub-account's sender limits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ALLOWED_SENDERS_FIELD_NUMBER: _builtins.int
+    subaccount_id: _builtins.int
+    @_builtins.property
+    def allowed_senders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Numbers in E.164 form, alpha tags as given; empty = any of the account's
+        sender identities.
+        """
+
+    def __init__(
+        self,
+        *,
+        subaccount_id: _builtins.int = ...,
+        allowed_senders: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_senders", b"allowed_senders", "subaccount_id", b"subaccount_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubaccountSenderLimits: _TypeAlias = SubaccountSenderLimits  # noqa: Y015
+
+@_typing.final
+class GetSubaccountSenderLimitsResponse(_message.Message):
+    """The sub-account's sender limits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sender_limits(self) -> Global___SubaccountSenderLimits: ...
+    def __init__(
+        self,
+        *,
+        sender_limits: Global___SubaccountSenderLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sender_limits", b"sender_limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sender_limits", b"sender_limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubaccountSenderLimitsResponse: _TypeAlias = GetSubaccountSenderLimitsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateSubaccountSenderLimitsRequest(_message.Message):
+    """The new limits of one sub-account (empty allowed_senders: no limit)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    ALLOWED_SENDERS_FIELD_NUMBER: _builtins.int
+    subaccount_id: _builtins.int
+    @_builtins.property
+    def allowed_senders(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        subaccount_id: _builtins.int = ...,
+        allowed_senders: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_senders", b"allowed_senders", "subaccount_id", b"subaccount_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSubaccountSenderLimitsRequest: _TypeAlias = UpdateSubaccountSenderLimitsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateSubaccountSenderLimitsResponse(_message.Message):
+    """The sub-account's limits after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_LIMITS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sender_limits(self) -> Global___SubaccountSenderLimits: ...
+    def __init__(
+        self,
+        *,
+        sender_limits: Global___SubaccountSenderLimits | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sender_limits", b"sender_limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sender_limits", b"sender_limits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSubaccountSenderLimitsResponse: _TypeAlias = UpdateSubaccountSenderLimitsResponse  # noqa: Y015
+
+@_typing.final
 class GetAccountRequest(_message.Message):
     """Request for GetAccount; the account comes from the principal."""
 

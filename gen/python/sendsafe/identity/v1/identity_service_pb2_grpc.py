@@ -90,6 +90,16 @@ class IdentityServiceStub:
                 request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.RegenerateSubaccountApiKeyRequest.SerializeToString,
                 response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.RegenerateSubaccountApiKeyResponse.FromString,
                 _registered_method=True)
+        self.GetSubaccountSenderLimits = channel.unary_unary(
+                '/sendsafe.identity.v1.IdentityService/GetSubaccountSenderLimits',
+                request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetSubaccountSenderLimitsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetSubaccountSenderLimitsResponse.FromString,
+                _registered_method=True)
+        self.UpdateSubaccountSenderLimits = channel.unary_unary(
+                '/sendsafe.identity.v1.IdentityService/UpdateSubaccountSenderLimits',
+                request_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.UpdateSubaccountSenderLimitsRequest.SerializeToString,
+                response_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.UpdateSubaccountSenderLimitsResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -186,6 +196,23 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSubaccountSenderLimits(self, request, context):
+        """The sender ids a sub-account may send as (SendSafe's own: ClickSend's
+        sub-account shapes have no such field).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSubaccountSenderLimits(self, request, context):
+        """Limit a sub-account to a set of sender ids, or lift its limit (an empty
+        list), under the delegation rule: a user limited itself can only set a
+        subset of its own set, never lift or widen it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +270,16 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.RegenerateSubaccountApiKey,
                     request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.RegenerateSubaccountApiKeyRequest.FromString,
                     response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.RegenerateSubaccountApiKeyResponse.SerializeToString,
+            ),
+            'GetSubaccountSenderLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubaccountSenderLimits,
+                    request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetSubaccountSenderLimitsRequest.FromString,
+                    response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetSubaccountSenderLimitsResponse.SerializeToString,
+            ),
+            'UpdateSubaccountSenderLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSubaccountSenderLimits,
+                    request_deserializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.UpdateSubaccountSenderLimitsRequest.FromString,
+                    response_serializer=sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.UpdateSubaccountSenderLimitsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -543,6 +580,60 @@ class IdentityService:
             '/sendsafe.identity.v1.IdentityService/RegenerateSubaccountApiKey',
             sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.RegenerateSubaccountApiKeyRequest.SerializeToString,
             sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.RegenerateSubaccountApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubaccountSenderLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.identity.v1.IdentityService/GetSubaccountSenderLimits',
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetSubaccountSenderLimitsRequest.SerializeToString,
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.GetSubaccountSenderLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSubaccountSenderLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendsafe.identity.v1.IdentityService/UpdateSubaccountSenderLimits',
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.UpdateSubaccountSenderLimitsRequest.SerializeToString,
+            sendsafe_dot_identity_dot_v1_dot_identity__service__pb2.UpdateSubaccountSenderLimitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

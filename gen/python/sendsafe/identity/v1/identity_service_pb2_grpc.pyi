@@ -75,6 +75,15 @@ class IdentityServiceStub:
     """A new API key for a sub-account; every older key of that user is revoked
     at once (ClickSend `PUT /v3/subaccounts/{subaccount_id}/regen-api-key`).
     """
+    GetSubaccountSenderLimits: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.GetSubaccountSenderLimitsRequest, _identity_service_pb2.GetSubaccountSenderLimitsResponse]
+    """The sender ids a sub-account may send as (SendSafe's own: ClickSend's
+    sub-account shapes have no such field).
+    """
+    UpdateSubaccountSenderLimits: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.UpdateSubaccountSenderLimitsRequest, _identity_service_pb2.UpdateSubaccountSenderLimitsResponse]
+    """Limit a sub-account to a set of sender ids, or lift its limit (an empty
+    list), under the delegation rule: a user limited itself can only set a
+    subset of its own set, never lift or widen it.
+    """
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -122,6 +131,15 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     RegenerateSubaccountApiKey: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.RegenerateSubaccountApiKeyRequest, _identity_service_pb2.RegenerateSubaccountApiKeyResponse]  # type: ignore[assignment]
     """A new API key for a sub-account; every older key of that user is revoked
     at once (ClickSend `PUT /v3/subaccounts/{subaccount_id}/regen-api-key`).
+    """
+    GetSubaccountSenderLimits: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.GetSubaccountSenderLimitsRequest, _identity_service_pb2.GetSubaccountSenderLimitsResponse]  # type: ignore[assignment]
+    """The sender ids a sub-account may send as (SendSafe's own: ClickSend's
+    sub-account shapes have no such field).
+    """
+    UpdateSubaccountSenderLimits: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.UpdateSubaccountSenderLimitsRequest, _identity_service_pb2.UpdateSubaccountSenderLimitsResponse]  # type: ignore[assignment]
+    """Limit a sub-account to a set of sender ids, or lift its limit (an empty
+    list), under the delegation rule: a user limited itself can only set a
+    subset of its own set, never lift or widen it.
     """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -233,6 +251,27 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_service_pb2.RegenerateSubaccountApiKeyResponse, _abc.Awaitable[_identity_service_pb2.RegenerateSubaccountApiKeyResponse]]:
         """A new API key for a sub-account; every older key of that user is revoked
         at once (ClickSend `PUT /v3/subaccounts/{subaccount_id}/regen-api-key`).
+        """
+
+    @_abc_1.abstractmethod
+    def GetSubaccountSenderLimits(
+        self,
+        request: _identity_service_pb2.GetSubaccountSenderLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.GetSubaccountSenderLimitsResponse, _abc.Awaitable[_identity_service_pb2.GetSubaccountSenderLimitsResponse]]:
+        """The sender ids a sub-account may send as (SendSafe's own: ClickSend's
+        sub-account shapes have no such field).
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateSubaccountSenderLimits(
+        self,
+        request: _identity_service_pb2.UpdateSubaccountSenderLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.UpdateSubaccountSenderLimitsResponse, _abc.Awaitable[_identity_service_pb2.UpdateSubaccountSenderLimitsResponse]]:
+        """Limit a sub-account to a set of sender ids, or lift its limit (an empty
+        list), under the delegation rule: a user limited itself can only set a
+        subset of its own set, never lift or widen it.
         """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
