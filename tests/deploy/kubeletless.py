@@ -273,7 +273,7 @@ class Cluster:
 
     def rewrite(self, pod: Pod, value: str) -> str:
         """A value as this pod's process sees it here: listen addresses, Service names, URLs, mounted paths."""
-        m = re.fullmatch(r"(0\.0\.0\.0|\[::\]):(\d+)", value)
+        m = re.fullmatch(r"(0\.0\.0\.0|\[::\]|):(\d+)", value)  # all interfaces, incl. ":P"
         if m:
             port = int(m.group(2))
             return f"127.0.0.1:{pod.ports.setdefault(port, free_port())}"
