@@ -63,6 +63,12 @@ class SenderNumberTaken(FailedPrecondition):
     reason = "SENDER_NUMBER_TAKEN"
 
 
+class SenderAlreadyActive(FailedPrecondition):
+    """The account sends from this number already (nothing to verify)."""
+
+    reason = "SENDER_ALREADY_ACTIVE"
+
+
 class SenderCodeInvalid(InvalidArgument):
     reason = "SENDER_CODE_INVALID"
 

@@ -40,6 +40,7 @@ from services.messaging.domain.senders import (
     InvalidSenderNumber,
     InventoryNumber,
     NumberNotAvailable,
+    SenderAlreadyActive,
     SenderAttemptsExceeded,
     SenderCodeExpired,
     SenderCodeInvalid,
@@ -61,7 +62,7 @@ from services.messaging.service.ports import SERVICE, Cipher, Record, SenderStor
 from services.messaging.service.sender_index import SenderIndex
 from svckit.audit import new_event
 from svckit.envelope import aad_for
-from svckit.errors import FailedPrecondition, InvalidArgument
+from svckit.errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class Senders:
             lambda vid: destination_code_hash(key, vid, code), DESTINATION_CODE_TTL_SECONDS,
             SENDER_CODES_PER_HOUR, NUMBER_CODES_PER_HOUR)
         if got == "held":
-            raise FailedPrecondition("the account already sends from this number")
+            raise SenderAlreadyActive("the account already sends from this number")
         if got == "taken":
             raise SenderNumberTaken("another account holds this number as a sender; it must release it first")
         if got in ("account", "number"):

@@ -149,6 +149,8 @@ async def test_an_own_number_is_verified_with_the_code_sent_to_it_and_held_by_on
         assert await _send_from(gw, a, HANDSET) == "SUCCESS"
         assert await _send_from(gw, b, HANDSET) == "INVALID_SENDER_ID"
 
+        await _refused(stub.RequestOwnNumberVerification(pb.RequestOwnNumberVerificationRequest(
+            phone_number=HANDSET), metadata=me), grpc.StatusCode.FAILED_PRECONDITION, "SENDER_ALREADY_ACTIVE")
         # Held by one account at a time: another cannot even get a code sent.
         await _refused(stub.RequestOwnNumberVerification(pb.RequestOwnNumberVerificationRequest(
             phone_number=HANDSET), metadata=them), grpc.StatusCode.FAILED_PRECONDITION, "SENDER_NUMBER_TAKEN")
