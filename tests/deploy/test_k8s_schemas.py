@@ -2,8 +2,9 @@
 
 kubernetes-validate runs in strict mode (an unknown field is an error) against Kubernetes 1.30, the
 oldest version the manifests support. It knows built-in kinds only, so the cert-manager custom resources
-(Certificate, Issuer) are checked against the small hand-written JSON schemas below instead: they accept
-the cert-manager.io/v1 fields this repository uses, with their value rules, and reject anything else, so
+(Certificate, Issuer) and the Prometheus Operator's (PrometheusRule, PodMonitor) are checked against the
+small hand-written JSON schemas below instead: they accept the fields this repository uses, with their
+value rules, and reject anything else, so
 a typo fails here rather than in the cluster. A new custom kind fails until a schema is added here.
 """
 
@@ -153,7 +154,49 @@ _ISSUER_SPEC = {
         },
     },
 }
+# Prometheus Operator (monitoring.coreos.com/v1), deploy/k8s/components/prometheus-operator: the fields used.
+_DURATION = {"type": "string", "pattern": r"^(0|([0-9]+(ms|s|m|h|d|w|y))+)$"}
+_LABELS = {"type": "object", "additionalProperties": {"type": "string"}}
+_RULE = {
+    "type": "object",
+    "required": ["alert", "expr", "labels", "annotations"],
+    "additionalProperties": False,
+    "properties": {
+        "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+        "expr": _STR,
+        "for": _DURATION,
+        "labels": _LABELS,
+        "annotations": {"type": "object", "required": ["summary", "runbook_url"],
+                        "additionalProperties": {"type": "string"}},
+    },
+}
+PROMETHEUS_RULE = _resource("monitoring.coreos.com/v1", "PrometheusRule", {
+    "type": "object",
+    "required": ["groups"],
+    "additionalProperties": False,
+    "properties": {"groups": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["name", "rules"], "additionalProperties": False,
+        "properties": {"name": _STR, "interval": _DURATION, "rules": {"type": "array", "minItems": 1, "items": _RULE}},
+    }}},
+})
+POD_MONITOR = _resource("monitoring.coreos.com/v1", "PodMonitor", {
+    "type": "object",
+    "required": ["selector", "podMetricsEndpoints"],
+    "additionalProperties": False,
+    "properties": {
+        "jobLabel": _STR,
+        "selector": {"type": "object", "additionalProperties": False,
+                     "properties": {"matchLabels": _LABELS}},
+        "podMetricsEndpoints": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["port"], "additionalProperties": False,
+            "properties": {"port": _STR, "path": {"type": "string", "pattern": "^/"},
+                           "scheme": {"enum": ["http", "https"]}, "interval": _DURATION},
+        }},
+    },
+})
 CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "PrometheusRule"): PROMETHEUS_RULE,
+    ("monitoring.coreos.com/v1", "PodMonitor"): POD_MONITOR,
     ("cert-manager.io/v1", "Certificate"): CERTIFICATE,
     ("cert-manager.io/v1", "Issuer"): _resource("cert-manager.io/v1", "Issuer", _ISSUER_SPEC),
     ("cert-manager.io/v1", "ClusterIssuer"): _resource("cert-manager.io/v1", "ClusterIssuer", _ISSUER_SPEC),

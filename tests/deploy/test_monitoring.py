@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPONENT = REPO / "deploy" / "k8s" / "components" / "prometheus-operator"
 PROMTOOL = REPO / ".dev" / "prometheus" / "usr" / "bin" / "promtool"
 RUNBOOK = REPO / "docs" / "runbook.md"
+UNIT_TESTS = Path(__file__).with_name("prometheus-rules.test.yaml")  # promtool test rules: the alerts' unit tests
 METRICS_PORT = 9464
 # The runbook's alert table (docs/runbook.md, "Alerts"): every row has a rule.
 RUNBOOK_ALERTS = {
@@ -44,7 +45,7 @@ def rule_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("rules")
     doc = yaml.safe_load((COMPONENT / "prometheus-rules.yaml").read_text())
     (out / "rules.yaml").write_text(yaml.safe_dump({"groups": doc["spec"]["groups"]}))
-    shutil.copy(COMPONENT / "prometheus-rules.test.yaml", out / "rules.test.yaml")
+    shutil.copy(UNIT_TESTS, out / "rules.test.yaml")
     return out
 
 
@@ -61,7 +62,7 @@ def test_promtool_check_rules(rule_dir: Path) -> None:
 def test_promtool_unit_tests_fire_and_stay_quiet(rule_dir: Path) -> None:
     result = _promtool("test", "rules", str(rule_dir / "rules.test.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    tested = set(re.findall(r"alertname: (\w+)", (COMPONENT / "prometheus-rules.test.yaml").read_text()))
+    tested = set(re.findall(r"alertname: (\w+)", UNIT_TESTS.read_text()))
     assert tested == {r["alert"] for r in _rules()}  # every alert has a unit test
 
 
