@@ -92,9 +92,20 @@ def sender_allowed(sender: str, allowed: frozenset[str] | None) -> bool:
     return bool(sender.strip()) and sender_form(sender) in allowed
 
 
+def split_numbers(senders: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(alpha tags, numbers) of a limit: numbers may be the customer's own phone numbers, kept sealed at rest."""
+    values = tuple(senders)
+    numbers = tuple(s for s in values if _NUMBER.fullmatch(s.replace(" ", "")))
+    return tuple(s for s in values if s not in numbers), numbers
+
+
+def merge_senders(*parts: Iterable[str]) -> tuple[str, ...]:
+    """One limit from its parts, in check_allowed_senders' order (by compared form)."""
+    return tuple(sorted((s for part in parts for s in part), key=sender_form))
+
+
 def senders_summary(senders: Iterable[str]) -> str:
     """For audit details: the alpha tags as they are and how many numbers (never a number)."""
-    values = tuple(senders)
-    tags = [s for s in values if not _NUMBER.fullmatch(s.replace(" ", ""))]
-    numbers = len(values) - len(tags)
-    return ",".join(tags + ([f"{numbers} number{'s' if numbers != 1 else ''}"] if numbers else []))
+    tags, numbers = split_numbers(senders)
+    n = len(numbers)
+    return ",".join([*tags, *([f"{n} number{'s' if n != 1 else ''}"] if n else [])])

@@ -103,6 +103,7 @@ async def build(settings: Settings, *, now: Callable[[], datetime] | None = None
             usage=usage,
         )
         await rings.prepare()
+        api_keys.use_sealer(rings)  # the numbers of keys' sender limits are sealed under the account's key
 
         # Other replicas' ring changes (rotation, retirement, destruction) clear this one's KEK cache.
         notices = Subscriber(redis, settings.redis_prefix, on_notice=rings.on_notice, on_resync=rings.forget_all)

@@ -16,7 +16,7 @@ from services.keys.domain.root_key import RootWrapped
 _KEY_COLUMNS = (
     "key_id, account_id, user_id, name, test_mode, scopes, secret_hmac, pepper_id, create_time, expire_time,"
     " revoke_time, last_used_time, last_used_address, allowed_cidrs, send_per_minute, send_per_day,"
-    " send_countries, rolled_from, rolled_to, created_by, limits_root_key_id, send_senders"
+    " send_countries, rolled_from, rolled_to, created_by, limits_root_key_id, send_senders, send_sender_numbers_ct"
 )
 _RING_COLUMNS = (
     "k.account_id, k.current_version, k.min_decryption_version, k.state, k.rotation_period_seconds,"
@@ -73,18 +73,19 @@ def _api_key(row: asyncpg.Record | None) -> ApiKeyRecord | None:
         rolled_to=row["rolled_to"] or "",
         created_by=row["created_by"] or "",
         limits_root=row["limits_root_key_id"] or "",
+        sealed_numbers=bytes(row["send_sender_numbers_ct"]) if row["send_sender_numbers_ct"] is not None else None,
     )
 
 
 async def _insert_key(conn: asyncpg.Connection, r: ApiKeyRecord) -> None:
     await conn.execute(
         f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES"
-        " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+        " ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)",
         r.key_id, r.account_id, r.user_id, r.name, r.test_mode, list(r.scopes), r.secret_hmac, r.pepper_id,
         r.create_time, r.expire_time, r.revoke_time, r.last_used_time, r.last_used_address or None,
         list(r.allowed_cidrs), r.send_limits.per_minute, r.send_limits.per_day, list(r.send_limits.countries),
         r.rolled_from or None, r.rolled_to or None, r.created_by or None, r.limits_root or None,
-        list(r.send_limits.senders),
+        list(r.send_limits.senders), r.sealed_numbers,
     )
 
 

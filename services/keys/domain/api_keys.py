@@ -84,6 +84,8 @@ class ApiKeyRecord:
     rolled_to: str = ""
     created_by: str = ""
     limits_root: str = ""  # the first key of its send-limits lineage; "" = itself
+    # Stored form only: the numbers of send_limits.senders, sealed under the account's key (the service opens it).
+    sealed_numbers: bytes | None = None
 
     def __repr__(self) -> str:  # the keyed hash is not a secret, but it has no business in logs either
         return f"ApiKeyRecord(key_id={self.key_id!r}, account_id={self.account_id}, user_id={self.user_id})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -41,11 +42,20 @@ from services.keys.domain.errors import (
 from services.keys.domain.paging import page_size, page_token, parse_page_token
 from services.keys.domain.restrictions import SendLimits
 from services.keys.service.audit_trail import strict
-from services.keys.service.ports import ApiKeyStore, Audit, LastUsed, NoNotices, Notices, RootKeyProvider, utcnow
+from services.keys.service.ports import (
+    ApiKeyStore,
+    Audit,
+    LastUsed,
+    NoNotices,
+    Notices,
+    RootKeyProvider,
+    Sealer,
+    utcnow,
+)
 from svckit.audit import new_event
 from svckit.errors import InvalidArgument
 from svckit.keyevents import API_KEYS_CHANGED, KeyNotice
-from svckit.senders import senders_summary
+from svckit.senders import merge_senders, senders_summary, split_numbers
 
 _LOG = logging.getLogger(__name__)
 
@@ -82,6 +92,11 @@ class ApiKeyService:
         self._now = now
         self._notices: Notices = notices or NoNotices()
         self._peppers: dict[str, bytes] = {}
+        self._sealer: Sealer | None = None
+
+    def use_sealer(self, sealer: Sealer) -> None:
+        """The account keys that seal the numbers of keys' sender limits (the KeyRingService, built after this)."""
+        self._sealer = sealer
 
     def now(self) -> datetime:
         return self._now()
@@ -114,7 +129,8 @@ class ApiKeyService:
             send_limits=spec.send_limits, created_by=caller.api_key_id, limits_root=limits_root(parent),
         )
         event = self._key_event("keys.api_key.created", record, _key_details(record))
-        await strict(self._audit, self._name, event, lambda evidence: self._store.insert_api_key(record, evidence))
+        stored = await self._sealed(record)
+        await strict(self._audit, self._name, event, lambda evidence: self._store.insert_api_key(stored, evidence))
         return record, parts.format()
 
     async def list_api_keys(
@@ -126,7 +142,7 @@ class ApiKeyService:
             after=parse_page_token(token), limit=limit + 1,
         )
         more = len(rows) > limit
-        rows = rows[:limit]
+        rows = [await self._opened(r) for r in rows[:limit]]
         return rows, page_token(rows[-1].create_time, rows[-1].key_id) if more else ""
 
     async def list_account_api_keys(
@@ -140,7 +156,7 @@ class ApiKeyService:
             account_id, None, show_inactive=True, now=self._now(), after=parse_page_token(token), limit=limit + 1,
         )
         more = len(rows) > limit
-        rows = rows[:limit]
+        rows = [await self._opened(r) for r in rows[:limit]]
         return rows, page_token(rows[-1].create_time, rows[-1].key_id) if more else ""
 
     async def get_api_key(self, caller: Caller, key_id: str) -> ApiKeyRecord:
@@ -181,8 +197,9 @@ class ApiKeyService:
             "previous_expire_time": old_until.isoformat(),
         }
         event = self._key_event("keys.api_key.rolled", new, details)
+        stored = await self._sealed(new)
         await strict(
-            self._audit, self._name, event, lambda evidence: self._store.roll_api_key(old, old_until, new, evidence)
+            self._audit, self._name, event, lambda evidence: self._store.roll_api_key(old, old_until, stored, evidence)
         )
         await self._notices.publish(KeyNotice(API_KEYS_CHANGED, old.account_id, (old.key_id,), "rolled"))
         return new, parts.format(), replace(old, expire_time=old_until, rolled_to=new.key_id)
@@ -240,6 +257,7 @@ class ApiKeyService:
             current_id, current = await self._pepper(None)
             await self._best_effort("rehash", self._store.rehash_api_key(
                 record.key_id, record.pepper_id, secret_hmac(current, parts), current_id))
+        record = await self._opened(record)
         return VerifiedKey(
             record.key_id, record.account_id, record.user_id, record.scopes, record.send_limits,
             record.expire_time, valid_for(record, now), record.limits_bucket,
@@ -327,7 +345,7 @@ class ApiKeyService:
         record = await self._store.api_key(key_id)
         if record is None or record.account_id != caller.account_id or record.user_id != caller.user_id:
             raise ApiKeyNotFound()
-        return record
+        return await self._opened(record)
 
     async def _calling_key(self, caller: Caller) -> ApiKeyRecord | None:
         """The API key the caller authenticated with (None for sessions); it must still be active."""
@@ -336,7 +354,31 @@ class ApiKeyService:
         record = await self._store.api_key(caller.api_key_id)
         if record is None or record.account_id != caller.account_id or not record.active(self._now()):
             raise ApiKeyInactive("the API key you call with is no longer active")
-        return record
+        return await self._opened(record)
+
+    async def _sealed(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        """The stored form: a sender limit's numbers (they may be the customer's own phone numbers) sealed under
+        the account's key, bound to the key id; its alpha tags stay in clear."""
+        tags, numbers = split_numbers(record.send_limits.senders)
+        if not numbers:
+            return record
+        if self._sealer is None:
+            raise RuntimeError("the keys service was built without a sealer for sender limits")
+        blob, _ = await self._sealer.encrypt(record.account_id, json.dumps(numbers).encode(),
+                                             _senders_context(record.key_id))
+        return replace(record, send_limits=replace(record.send_limits, senders=tags), sealed_numbers=blob)
+
+    async def _opened(self, record: ApiKeyRecord) -> ApiKeyRecord:
+        """A stored record with its sender limit whole again. A blob that no longer opens fails the call (the
+        key's limit cannot be known, so it is not used), never widening it."""
+        if record.sealed_numbers is None:
+            return record
+        if self._sealer is None:
+            raise RuntimeError("the keys service was built without a sealer for sender limits")
+        plain, _ = await self._sealer.decrypt(record.account_id, record.sealed_numbers,
+                                              _senders_context(record.key_id))
+        senders = merge_senders(record.send_limits.senders, json.loads(plain))
+        return replace(record, send_limits=replace(record.send_limits, senders=senders), sealed_numbers=None)
 
     async def _pepper(self, pepper_id: str | None) -> tuple[str, bytes]:
         kid = pepper_id or self._root.current_key_id
@@ -392,6 +434,10 @@ class ApiKeyService:
                 await call
         except Exception as exc:
             _LOG.warning("API key %s failed: %s", what, type(exc).__name__)
+
+
+def _senders_context(key_id: str) -> dict[str, str]:
+    return {"record": "keys.api_key.allowed_senders", "key_id": key_id}
 
 
 def _key_details(record: ApiKeyRecord) -> dict[str, str]:

@@ -3,7 +3,7 @@ audit log, the root key and the clock. Adapters implement these (services/keys/a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -80,6 +80,15 @@ class LastUsed(Protocol):
     async def touch(self, key_id: str, address: str = "", when: float | None = None) -> None: ...
     async def take(self, limit: int) -> list[tuple[str, datetime, str]]: ...
     async def give_back(self, key_ids: Sequence[str]) -> None: ...
+
+
+class Sealer(Protocol):  # KeyRingService: small values sealed under an account's current KEK
+    async def encrypt(
+        self, account_id: int, plaintext: bytes, context: Mapping[str, str] | None = None
+    ) -> tuple[bytes, int]: ...
+    async def decrypt(
+        self, account_id: int, ciphertext: bytes, context: Mapping[str, str] | None = None
+    ) -> tuple[bytes, int]: ...
 
 
 class Notices(Protocol):

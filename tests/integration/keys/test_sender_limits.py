@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import asyncpg
 import grpc
 import pytest
 
@@ -25,7 +26,7 @@ async def gw(keys_app: App, certs: CertBundle) -> AsyncIterator[keys_service_pb2
         yield keys_service_pb2_grpc.KeysServiceStub(ch)
 
 
-async def test_a_key_limited_to_senders(gw: keys_service_pb2_grpc.KeysServiceStub) -> None:
+async def test_a_key_limited_to_senders(gw: keys_service_pb2_grpc.KeysServiceStub, keys_database: str) -> None:
     made = await gw.CreateApiKey(pb.CreateApiKeyRequest(
         name="brand only", scopes=["*"], send_limits=pb.SendLimits(allowed_senders=["61 411 111 111", " Brand "])),
         metadata=as_user(80, 1, PERMS))
@@ -39,6 +40,14 @@ async def test_a_key_limited_to_senders(gw: keys_service_pb2_grpc.KeysServiceStu
     via_key = as_user(80, 1, PERMS, key_id=rolled.api_key.key_id)
     child = await gw.CreateApiKey(pb.CreateApiKeyRequest(name="child", scopes=["sms.send"]), metadata=via_key)
     assert list(child.api_key.send_limits.allowed_senders) == ["+61411111111", "Brand"]
+    # At rest the number is sealed under the account's key (it may be the customer's own); the tag is in clear.
+    conn = await asyncpg.connect(keys_database)
+    try:
+        rows = await conn.fetch("SELECT send_senders, send_sender_numbers_ct FROM api_keys WHERE account_id = 80")
+    finally:
+        await conn.close()
+    assert len(rows) == 3 and all(list(r["send_senders"]) == ["Brand"] for r in rows)
+    assert all(r["send_sender_numbers_ct"] and b"61411111111" not in bytes(r["send_sender_numbers_ct"]) for r in rows)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await gw.CreateApiKey(pb.CreateApiKeyRequest(
             name="wider", scopes=["sms.send"], send_limits=pb.SendLimits(allowed_senders=["Brand", "Other"])),

@@ -57,11 +57,11 @@ class Parts:
 
 def services(store: FakeStore, last_used: FakeLastUsed, audit: FakeAudit, notices: FakeNotices, clock: Clock,
              root: RootKeyProvider = ROOT, **kw: object) -> Services:
-    return Services(
-        ApiKeyService(store, last_used, root, audit, rules=RULES, now=clock, notices=notices),
-        KeyRingService(store, root, audit, now=clock, notices=notices,
-                       min_pending_window=timedelta(days=7), **kw),  # type: ignore[arg-type]
-    )
+    api_keys = ApiKeyService(store, last_used, root, audit, rules=RULES, now=clock, notices=notices)
+    rings = KeyRingService(store, root, audit, now=clock, notices=notices,
+                           min_pending_window=timedelta(days=7), **kw)  # type: ignore[arg-type]
+    api_keys.use_sealer(rings)
+    return Services(api_keys, rings)
 
 
 def parts() -> Parts:

@@ -238,6 +238,8 @@ async def test_sender_limits_ride_the_lineage_and_the_audit_trail(p: Parts) -> N
                                 send_limits=check_send_limits(0, 0, [], ["+61411111111", "Brand"]))
     made = p.audit.strict[-1]
     assert made.details["allowed_senders"] == "Brand,1 number" and "61411111111" not in str(made)
+    stored = p.store.api_keys[limited.key_id]  # the number sealed under the account's key, the tag in clear
+    assert stored.send_limits.senders == ("Brand",) and stored.sealed_numbers and b"614111" not in stored.sealed_numbers
     assert (await p.api_keys.verify_api_key(key)).send_limits.senders == ("+61411111111", "Brand")
     rolled, rolled_key, _ = await p.api_keys.roll_api_key(ALICE, limited.key_id, 0, None)
     assert rolled.send_limits.senders == limited.send_limits.senders
