@@ -13,7 +13,6 @@ from sendsafe.identity.v1 import auth_service_pb2_grpc, identity_service_pb2_grp
 from sendsafe.identity.v1 import identity_service_pb2 as pb
 from svckit.app import App
 from svckit.rpcstatus import error_reason
-from tests.conftest import channel_as
 from tests.integration.identity.test_account_policy import HOME, _account, _api_key, _subaccount, gw  # noqa: F401
 from tests.integration.identity.test_auth_concurrency import PASSWORD, _anonymous
 from tests.integration.identity.test_identity_api import _audit_events
