@@ -36,6 +36,7 @@ from services.messaging.domain.settings import MessagingSettings, SettingsUpdate
 from services.messaging.domain.statuses import clicksend_receipt_view
 from services.messaging.domain.webhooks import WebhookDelivery
 from services.messaging.service.exports import Exports
+from services.messaging.service.list_sends import for_caller
 from services.messaging.service.messaging import MessagingService
 from services.messaging.service.notifications import Notifications
 from svckit import context as callctx
@@ -205,11 +206,12 @@ class MessagingServicer(messaging_service_pb2_grpc.MessagingServiceServicer):
     async def SendSms(self, request: pb.SendSmsRequest, context: grpc.aio.ServicerContext) -> pb.SendSmsResponse:
         caller = caller_from_context()
         result = await self.service.send_sms(caller, [to_input(m) for m in request.messages], idempotency_key(context))
-        return send_response(result, caller)
+        return send_response(for_caller(caller, result), caller)
 
     async def PriceSms(self, request: pb.PriceSmsRequest, context: grpc.aio.ServicerContext) -> pb.PriceSmsResponse:
-        result = await self.service.price_sms(caller_from_context(), [to_input(m) for m in request.messages])
-        return price_response(result)
+        caller = caller_from_context()
+        result = await self.service.price_sms(caller, [to_input(m) for m in request.messages])
+        return price_response(for_caller(caller, result))
 
     async def ListSmsHistory(
         self, request: pb.ListSmsHistoryRequest, context: grpc.aio.ServicerContext

@@ -260,8 +260,9 @@ class ContactLists:
         outcome = await self._commit_import(claimed, token, parsed)
         if outcome == "no_list":
             _LOG.info("contact import %s: its list was deleted", iid)
-        elif outcome == "duplicate":  # a contact was added meanwhile: the lease ends and the import runs again
-            _LOG.info("contact import %s: the list changed while it ran; it will run again", iid)
+        elif outcome == "duplicate":  # a contact was added meanwhile: the import runs again, against the new list
+            _LOG.info("contact import %s: the list changed while it ran; it runs again", iid)
+            await self._store.release_import(iid, token)
         return 1
 
     async def _commit_import(self, claimed: Any, token: str, parsed: ParsedImport) -> str:

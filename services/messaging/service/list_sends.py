@@ -3,7 +3,8 @@ before validation, so everything after it (validation, opt-outs by the keyed num
 the one transaction of the group commit) is the ordinary send path, whole: the expanded request is stored and
 charged all or nothing, once, and each message keeps the list's id (and the contact's) in history. An opted-out
 contact gets RECIPIENT_OPTED_OUT like any opted-out recipient. A list that is not the caller account's (or does
-not exist) refuses the whole request: NOT_ENOUGH_PERMISSION_TO_LIST_ID, nothing stored."""
+not exist) refuses the whole request: NOT_ENOUGH_PERMISSION_TO_LIST_ID, nothing stored. A de-identified user, who
+reads a list's contacts with their numbers masked, gets the answer's list recipients masked too (`for_caller`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from collections.abc import Sequence
 from typing import Final, Protocol
 
 from services.messaging.domain.outbound import TooManyRecipients
-from services.messaging.domain.records import Caller, OutboundInput
+from services.messaging.domain.privacy import mask_number
+from services.messaging.domain.records import Caller, OutboundInput, SendResult
 
 MAX_EXPANDED: Final = 25_000  # messages in one request once its lists are expanded (the answer lists each one)
 
@@ -42,3 +44,13 @@ async def expand_lists(lists: ListRecipients | None, caller: Caller, inputs: Seq
             raise TooManyRecipients(f"A request may reach at most {MAX_EXPANDED} recipients with its lists.",
                                     max_messages=str(MAX_EXPANDED))
     return out
+
+
+def for_caller(caller: Caller, result: SendResult) -> SendResult:
+    """The answer as `caller` may see it: a de-identified user's list recipients masked (numbers the user typed
+    stay as typed)."""
+    if not caller.deidentified or not any(i.input.list_id for i in result.items):
+        return result
+    return dataclasses.replace(result, items=[
+        dataclasses.replace(i, to=mask_number(i.to), input=dataclasses.replace(i.input, to=mask_number(i.input.to)))
+        if i.input.list_id else i for i in result.items])

@@ -209,3 +209,8 @@ async def test_a_send_to_a_list_reaches_each_contact_but_opted_out_ones(messagin
         assert {m.list_id for m in out.messages} == {str(lid)} and all(m.contact_id for m in out.messages)
         rows = await messaging.pool.fetch("SELECT list_id, contact_id FROM messages WHERE account_id = $1", account)
         assert len(rows) == 4 and {r["list_id"] for r in rows} == {str(lid)}
+        # A de-identified user, who reads the list's numbers masked, gets them masked in an answer too.
+        priced = await sms.PriceSms(mpb.PriceSmsRequest(messages=[{"body": "sale", "list_id": str(lid)}]),
+                                    metadata=principal_md(account, *PERMS, test_mode=True, deidentified=True))
+        assert sorted(m.to for m in priced.messages) == sorted(f"+61******{n[-3:]}" for n in numbers)
+        assert "RECIPIENT_OPTED_OUT" in [m.status for m in priced.messages]

@@ -26,11 +26,13 @@ from services.messaging.domain.contacts import (
     field_order,
     parse_import,
 )
+from services.messaging.domain.errors import MessageStatusCode
 from services.messaging.domain.outbound import TooManyRecipients
-from services.messaging.domain.records import Caller, OutboundInput
+from services.messaging.domain.pricing import CURRENCIES
+from services.messaging.domain.records import Caller, OutboundInput, SendItem, SendResult
 from services.messaging.service.contacts import ContactLists
 from services.messaging.service.index_keys import IndexKeys
-from services.messaging.service.list_sends import MAX_EXPANDED, expand_lists
+from services.messaging.service.list_sends import MAX_EXPANDED, expand_lists, for_caller
 from svckit.envelope import Envelope
 from tests.unit.messaging.test_service import FakeKeys, FakeStore
 
@@ -137,6 +139,18 @@ async def test_a_list_id_becomes_one_message_per_contact() -> None:
         await expand_lists(big, caller, [OutboundInput(body="x", to="", list_id="9")])
     assert await expand_lists(None, caller, [OutboundInput(body="x", to="", list_id="9")]) == [
         OutboundInput(body="x", to="", list_id="9")]
+
+
+def test_a_deidentified_user_reads_list_recipients_masked() -> None:
+    typed = OutboundInput(body="a", to="+61412345678")
+    listed = OutboundInput(body="a", to="+61400000001", list_id="7", contact_id="1")
+    result = SendResult(date=1, items=[SendItem(typed, MessageStatusCode.SUCCESS, to=typed.to),
+                                       SendItem(listed, MessageStatusCode.SUCCESS, to=listed.to)],
+                        currency=next(iter(CURRENCIES.values())))
+    seen = for_caller(Caller(1, 2, "ro", deidentified=True), result)
+    assert [(i.to, i.input.to) for i in seen.items] == [("+61412345678", "+61412345678"),
+                                                        ("+61******001", "+61******001")]
+    assert for_caller(Caller(1, 2, "me"), result) is result
 
 
 # -- the use cases over an in-memory store --------------------------------------------------------------------------
@@ -254,6 +268,9 @@ class MemoryContacts:
                                      data_ct=ct, phone_hash=ph, email_hash=em, create_time=now, update_time=now)
         claimed.update(state="done", counts=counts, problems=list(problems), file_ct=None)
         return "ok"
+
+    async def release_import(self, import_id: int, token: str) -> None:
+        self.imports[import_id]["state"] = "pending"
 
     async def fail_import(self, import_id: int, token: str, failure: str,
                           before_commit: Callable[[], Awaitable[None]]) -> None:

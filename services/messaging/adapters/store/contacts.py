@@ -243,6 +243,11 @@ class PgContactStore:
             await before_commit()
         return "ok"
 
+    async def release_import(self, import_id: int, token: str) -> None:
+        """Give a claimed import back (to be claimed again at once)."""
+        await self._pool.execute("UPDATE contact_imports SET state = 'pending', claim_token = NULL, claim_until = NULL"
+                                 " WHERE import_id = $1 AND claim_token = $2", import_id, token)
+
     async def fail_import(self, import_id: int, token: str, failure: str, before_commit: Audit) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             done = await conn.execute(
