@@ -47,7 +47,7 @@ from services.messaging.service.index_keys import IndexKeys
 from services.messaging.service.ports import SERVICE, Cipher, ContactStore, Record
 from svckit.audit import new_event
 from svckit.envelope import aad_for
-from svckit.errors import InvalidArgument
+from svckit.errors import PermissionDenied
 from svckit.paging import PageWindow, page_window
 
 _LOG = logging.getLogger(__name__)
@@ -186,8 +186,8 @@ class ContactLists:
         """ClickSend's PUT: the fields given replace theirs; the others stay."""
         current = await self.get_contact(caller, list_id, contact_id)
         if caller.deidentified:
-            raise InvalidArgument("A de-identified user cannot change contacts (it cannot see them whole).",
-                                  reason="DEIDENTIFIED_USER")
+            raise PermissionDenied("A de-identified user cannot change contacts (it cannot see them whole).",
+                                   reason="DEIDENTIFIED_USER")
         merged = {**current.fields, **{k: v for k, v in fields.items() if v}}
         contact = clean_contact(merged)
         (row,) = await self._seal(caller.account_id, [(current.contact_id, contact)])

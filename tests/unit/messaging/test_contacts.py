@@ -34,6 +34,7 @@ from services.messaging.service.contacts import ContactLists
 from services.messaging.service.index_keys import IndexKeys
 from services.messaging.service.list_sends import MAX_EXPANDED, expand_lists, for_caller
 from svckit.envelope import Envelope
+from svckit.errors import PermissionDenied
 from tests.unit.messaging.test_service import FakeKeys, FakeStore
 
 # -- the rules ----------------------------------------------------------------------------------------------------
@@ -310,6 +311,9 @@ async def test_contacts_are_sealed_deduplicated_and_private_to_their_account() -
     assert await lists.recipients(ME.account_id, str(made.list_id)) == [(ann.contact_id, "+61412345678")]
     masked = await lists.get_contact(Caller(31, 3, "ro", deidentified=True), made.list_id, ann.contact_id)
     assert masked.fields["phone_number"] == "+61******678"
+    with pytest.raises(PermissionDenied):
+        await lists.update_contact(Caller(31, 3, "ro", deidentified=True), made.list_id, ann.contact_id,
+                                   {"first_name": "Bob"})
     assert [e.action for e in events] == ["messaging.contact_list.created", "messaging.contact.created"]
     assert "Ann" not in str(events) and "412345678" not in str(events) and "Regulars" not in str(events)
 
