@@ -236,6 +236,7 @@ class Cluster:
         }
         out["keys-root-key"] = {"root-key": secrets.token_hex(32)}
         out["audit-keys"] = {"signing-key": secrets.token_hex(32), "webhook-key": secrets.token_hex(32)}
+        out["messaging-keys"] = {"sender-index-key": secrets.token_hex(32)}
         out["backup-key"] = {"key": secrets.token_hex(32)}
         for db, dsn in self.databases.items():  # prod: the managed database's DSNs (dev renders its own)
             out[f"{db}-db"] = {"database-url": dsn}
