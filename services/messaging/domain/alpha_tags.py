@@ -7,8 +7,9 @@ decision; the customer sees it in the tag's view (ClickSend's `reason`) and in t
 
 A tag is 1-11 characters (the GSM limit for an alphanumeric originator): ASCII letters, digits and spaces,
 with at least one letter (a tag of digits alone would be a phone number), no leading or trailing space -- the
-same shape a send accepts as `from` (domain.recipients.validate_sender). Two tags of one account are the same tag when their *normalised* forms are equal: upper case, only
-letters and digits kept ("My-Bank" and "MYBANK" are one tag).
+same shape a send accepts as `from` (domain.recipients.validate_sender). Two tags of one account are the same
+tag when their *normalised* forms are equal: upper case, only letters and digits kept ("My Bank" and "MYBANK"
+are one tag; a send's `from` is compared in this form too).
 
 Protected names (banks, government, carriers; a list staff edit) are matched on a *skeleton* that undoes the
 usual tricks, so "C0mm Bank", "W e s t p a c" and "PAYPA1" all match:
