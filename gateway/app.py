@@ -195,6 +195,7 @@ def http_app(
         route_of=dispatcher.route_of,
         unauth=unauth,
         evidence=Evidence(audit, unauth, settings.service_name),
+        access_log_level=settings.access_log_level,
     )
     app = web.Application(middlewares=[edge.middleware], client_max_size=settings.max_body_bytes)
     app.on_response_prepare.append(security_headers)

@@ -19,6 +19,8 @@ from svckit.tls import TlsFiles
 # user must stop working almost at once.
 AUTH_CACHE_HARD_MAX_SECONDS = 5.0
 
+ACCESS_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "OFF")
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -64,6 +66,10 @@ class Settings:
     health_listen: str = setting("HEALTH_LISTEN", default="", doc="plaintext gRPC health port; empty = off")
     metrics_listen: str = setting("METRICS_LISTEN", default="", doc="plaintext Prometheus /metrics; empty = off")
     log_level: str = setting("LOG_LEVEL", default="INFO")
+    access_log_level: str = setting(
+        "GATEWAY_ACCESS_LOG_LEVEL", default="INFO",
+        doc="level of the one JSON access line per request (logger gateway.access): DEBUG, INFO, WARNING or OFF",
+    )
     shutdown_grace_seconds: float = setting("SHUTDOWN_GRACE_SECONDS", default=5.0)
 
     def __post_init__(self) -> None:
@@ -85,6 +91,9 @@ class Settings:
             problems.append("GATEWAY_UNAUTH_WINDOW_SECONDS: must be positive")
         if not 0 <= self.unauth_dedup_seconds <= 3600:
             problems.append("GATEWAY_UNAUTH_DEDUP_SECONDS: must be between 0 and 3600")
+        if self.access_log_level.upper() not in ACCESS_LOG_LEVELS:
+            problems.append(f"GATEWAY_ACCESS_LOG_LEVEL: one of {', '.join(ACCESS_LOG_LEVELS)}"
+                            f" (got {self.access_log_level!r})")
         for cidr in self.trusted_proxies:
             try:
                 ipaddress.ip_network(cidr, strict=False)

@@ -51,6 +51,9 @@ from svckit import context as callctx
 from svckit import metrics
 
 _LOG = logging.getLogger(__name__)
+# One line per request (`_access_line`): ids, method, route TEMPLATE, status, latency, bytes, client, key id.
+# Never the path's values, the query, a header or a body.
+ACCESS_LOG = logging.getLogger("gateway.access")
 
 SECURITY_HEADERS: dict[str, str] = {
     "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
@@ -64,6 +67,7 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9-]{8,64}")
 MAX_USER_AGENT = 512
 # Only W3C trace context crosses the edge: client-supplied baggage is not forwarded to the services.
 _TRACE_CONTEXT = TraceContextTextMapPropagator()
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Edge:
@@ -78,6 +82,7 @@ class Edge:
         route_of: Callable[[web.Request], Route | None],
         unauth: UnauthenticatedRequests,
         evidence: Evidence,
+        access_log_level: str = "INFO",
     ) -> None:
         self._service = service
         self._trusted = trusted_proxies
@@ -86,6 +91,8 @@ class Edge:
         self._unauth = unauth
         self._evidence = evidence
         self._tracer = trace.get_tracer("sendsafe.gateway")
+        level = access_log_level.upper()
+        self._access_level = 0 if level == "OFF" else logging.getLevelName(level)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Callable[[web.Request], Awaitable[Any]]) -> Any:
@@ -129,9 +136,10 @@ class Edge:
                 trace_id = format(span.get_span_context().trace_id, "032x")
                 await self._evidence.record(request, state, response.status, trace_id)
                 # RED by route template (a request no route matched: "unmatched"), never by path or ids.
+                elapsed = time.perf_counter() - started
                 metrics.observe_http(template or "unmatched", request.method if route is not None else "other",
-                                     response.status, state.error.reason if state.error else "",
-                                     time.perf_counter() - started)
+                                     response.status, state.error.reason if state.error else "", elapsed)
+                self._access_line(request, state, template, response, trace_id, elapsed)
                 return response
         finally:
             callctx.current.reset(token)
@@ -168,6 +176,25 @@ class Edge:
             status=failed.http_status, body=dumps(error_body(failed, surface)), content_type=JSON_CONTENT_TYPE,
             headers=failed.headers,
         )
+
+    def _access_line(self, request: web.Request, state: RequestState, template: str,
+                     response: web.StreamResponse, trace_id: str, elapsed: float) -> None:
+        if not self._access_level or not ACCESS_LOG.isEnabledFor(self._access_level):
+            return
+        sent = response.body_length if response.prepared else (response.content_length or 0)
+        ACCESS_LOG.log(self._access_level, "%s %s %d", request.method, template or "unmatched", response.status, extra={
+            "event": "http.access",
+            "request_id": state.request_id,
+            "trace_id": trace_id,
+            "method": request.method if state.route is not None or request.method in _METHODS else "other",
+            "route": template or "unmatched",
+            "status": response.status,
+            "latency_ms": round(elapsed * 1000, 3),
+            "bytes": sent,
+            "client_address": state.conn.client_address,
+            "key_id": state.identity.api_key_id if state.identity is not None else "",
+            "reason": state.error.reason if state.error else "",
+        })
 
     def _limited(self, state: RequestState) -> GatewayError | None:
         """Count an unauthenticated failure against the client's network: the 429 when it is over its limit."""

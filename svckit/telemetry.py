@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -139,8 +140,35 @@ def current_trace_id() -> str:
     return format(ctx.trace_id, "032x") if ctx.is_valid else ""
 
 
+# LogRecord's own attributes: everything else on a record came from `extra=` and is logged.
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# Extra fields whose NAME says they may hold a secret, a body or personal data are logged as "<redacted>"
+# (as `svckit.config` shows secret settings); ids such as `api_key_id` stay. Values that look like an
+# API key are redacted whatever their name, in the message too.
+_SECRET_NAME = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|authori[sz]ation|cookie|credential|private|signature"
+    r"|api_?key$|body|content|phone|msisdn|number|email|^to$|^from$|otp|recovery|query",
+    re.IGNORECASE,
+)
+_API_KEY_VALUE = re.compile(r"ss_(live|test)_[0-9A-Za-z]{12}_[0-9A-Za-z]{20,}")
+REDACTED = "<redacted>"
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _API_KEY_VALUE.sub(REDACTED, value)
+    if isinstance(value, Mapping):
+        return {str(k): REDACTED if _SECRET_NAME.search(str(k)) else _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_scrub(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _scrub(str(value))
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, service, trace/span/request ids."""
+    """One JSON object per line: time, level, logger, message, service, trace/span/request ids, and every
+    `extra=` field of the record (redacted by name: `_SECRET_NAME`)."""
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -152,7 +180,7 @@ class JsonFormatter(logging.Formatter):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _scrub(record.getMessage()),
             "service": self.service,
         }
         if span_ctx.is_valid:
@@ -162,10 +190,11 @@ class JsonFormatter(logging.Formatter):
         if rid:
             out["request_id"] = rid
         if record.exc_info:
-            out["error"] = self.formatException(record.exc_info)
-        for key in ("event", "method", "code", "reason"):
-            if hasattr(record, key):
-                out[key] = getattr(record, key)
+            out["error"] = _scrub(self.formatException(record.exc_info))
+        for key, value in record.__dict__.items():
+            if key in _RECORD_ATTRS or key.startswith("_") or key in ("time", "level", "logger", "service"):
+                continue
+            out[key] = REDACTED if _SECRET_NAME.search(key) else _scrub(value)
         return json.dumps(out, default=str)
 
 

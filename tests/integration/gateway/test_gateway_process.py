@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from gateway import tls
-from tests.integration.gateway.gw_support import ALICE, Backends, RunningGateway, client_ssl
+from tests.integration.gateway.gw_support import ALICE, ALICE_KEY, Backends, RunningGateway, basic, client_ssl
 from tests.support import CertBundle
 
 REPO = Path(__file__).resolve().parents[3]
@@ -144,3 +144,74 @@ async def test_refuses_to_start_with_an_openssl_conf_that_allows_chacha(
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 78 and b"refusing to start" in err
     assert not (tmp_path / "gateway.port").exists()
+
+
+async def test_access_log_one_json_line_per_request_without_secrets(
+    gateway_process, certs: CertBundle, gw_backends: Backends
+) -> None:
+    """The real process's stderr: one `gateway.access` line per request with its ids, the route TEMPLATE,
+    status, latency, bytes, client and key id, and none of the key, the Authorization header, the body,
+    the number or the query's values."""
+    proc, port, log = gateway_process
+    number, text = "+61433377799", "access-log-secret-body"
+    wrong = basic("alice", "ssk_test_wrong_0123456789abcdef0123456789")
+    connector = aiohttp.TCPConnector(ssl=client_ssl(certs))
+    seen: dict[str, tuple[str, int]] = {}
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for method, path, headers, body in [
+            ("POST", "/v3/sms/send", ALICE, {"messages": [{"to": number, "body": text}]}),
+            ("GET", f"/v3/sms/history?q={number}&limit=5", ALICE, None),
+            ("GET", "/v3/account", wrong, None),
+            ("GET", f"/v3/no-such/{number}", ALICE, None),
+        ]:
+            async with http.request(method, f"https://localhost:{port}{path}", headers=headers, json=body) as resp:
+                payload = await resp.read()
+                seen[resp.headers["X-Request-Id"]] = (resp.headers["traceparent"].split("-")[1], len(payload))
+                assert resp.status in (200, 401, 404), (path, resp.status)
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 15) == 0
+    raw = log.read_text()
+    access = {rec["request_id"]: rec for rec in map(json.loads, filter(lambda s: s.startswith("{"), raw.splitlines()))
+              if rec.get("event") == "http.access"}
+    assert set(access) == set(seen)
+    by_route = {rec["route"]: rec for rec in access.values()}
+    assert set(by_route) == {"/v3/sms/send", "/v3/sms/history", "/v3/account", "unmatched"}
+    for rid, rec in access.items():
+        trace_id, size = seen[rid]
+        assert rec["logger"] == "gateway.access" and rec["level"] == "INFO" and rec["service"] == "gateway"
+        assert rec["trace_id"] == trace_id and rec["bytes"] == size and rec["client_address"] == "127.0.0.1"
+        assert isinstance(rec["latency_ms"], float) and rec["latency_ms"] > 0 and rec["time"].endswith("Z")
+    assert (by_route["/v3/sms/send"]["method"], by_route["/v3/sms/send"]["status"]) == ("POST", 200)
+    assert by_route["/v3/sms/send"]["key_id"] == "key_alice"
+    assert (by_route["/v3/account"]["status"], by_route["/v3/account"]["key_id"]) == (401, "")
+    assert by_route["/v3/account"]["reason"] and by_route["unmatched"]["status"] == 404
+    for secret in (ALICE_KEY, "ssk_test_wrong", ALICE["Authorization"], "Basic ", text, number, number[1:]):
+        assert secret not in raw, secret
+
+
+async def test_access_log_level_off_and_invalid(certs: CertBundle, gw_backends: Backends, tmp_path: Path) -> None:
+    from gateway.config import Settings
+    from svckit.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match="GATEWAY_ACCESS_LOG_LEVEL"):
+        load(Settings, env={**_env(certs, gw_backends, tmp_path), "GATEWAY_ACCESS_LOG_LEVEL": "LOUD"})
+    log = tmp_path / "quiet.log"
+    with open(log, "wb") as fh:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", cwd=REPO, stdout=fh, stderr=fh,
+            env=_env(certs, gw_backends, tmp_path, GATEWAY_ACCESS_LOG_LEVEL="OFF"),
+        )
+    port_file = tmp_path / "gateway.port"
+    for _ in range(600):
+        if port_file.exists() or proc.returncode is not None:
+            break
+        await asyncio.sleep(0.05)
+    connector = aiohttp.TCPConnector(ssl=client_ssl(certs))
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        http.get(f"https://localhost:{int(port_file.read_text())}/v3/account", headers=ALICE) as resp,
+    ):
+        assert resp.status == 200
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 15) == 0
+    assert "listening" in log.read_text() and "http.access" not in log.read_text()
