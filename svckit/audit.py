@@ -27,7 +27,7 @@ from sendsafe.audit.v1 import audit_service_pb2, audit_service_pb2_grpc, event_p
 from svckit import context as callctx
 from svckit.errors import Unavailable
 from svckit.server import Denial, OnDenied
-from svckit.telemetry import current_trace_id
+from svckit.telemetry import current_trace_id, current_traceparent, span
 
 _LOG = logging.getLogger(__name__)
 Outcome = event_pb2.Outcome
@@ -112,6 +112,8 @@ class AuditClient:
         self._retry_cap = retry_cap
         self._strict_timeout = strict_timeout
         self._task: asyncio.Task[None] | None = None
+        # event id -> traceparent of the operation that recorded it: the append's span continues (or links to) it.
+        self._origins: dict[str, str] = {}
         self.sent = 0
         self.refused = 0
 
@@ -126,12 +128,14 @@ class AuditClient:
         if event.outcome == event_pb2.OUTCOME_SUCCESS and callctx.privileged():
             await self.record_strict(event)
             return
+        self._origin(event)
         await self._queue.put((event, None))
 
     async def record_strict(self, event: event_pb2.Event, timeout: float | None = None) -> None:
         """Store the event or raise AuditUnavailable within `timeout` seconds (the client's default)."""
         timeout = self._strict_timeout if timeout is None else timeout
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._origin(event)
         try:
             async with asyncio.timeout(timeout):
                 await self._queue.put((event, fut))
@@ -142,6 +146,11 @@ class AuditClient:
             # a superseding failure event for that case.)
             fut.cancel()
             raise AuditUnavailable("the audit log cannot record this action now; it was not performed") from None
+
+    def _origin(self, event: event_pb2.Event) -> None:
+        traceparent = current_traceparent()
+        if traceparent:
+            self._origins[event.event_id] = traceparent
 
     @property
     def pending(self) -> int:
@@ -172,8 +181,13 @@ class AuditClient:
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             live = [(ev, fut) for ev, fut in batch if fut is None or not fut.cancelled()]
+            origins = [self._origins.pop(ev.event_id, "") for ev, _ in batch]
             if live:
-                await self._send(live)
+                # A span per append: one recording operation's events continue its trace, a batch gathered
+                # from several links to each of theirs (attributes: counts only, never the events' details).
+                with span("audit.append", traceparents=origins,
+                          attributes={"sendsafe.audit.events": len(live)}):
+                    await self._send(live)
             for _ in batch:
                 self._queue.task_done()
 

@@ -13,13 +13,14 @@ trace ids in responses, logs and audit events stay the same either way.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -29,6 +30,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from svckit import context as callctx
 
@@ -133,6 +135,50 @@ def shutdown_tracing() -> None:
     if isinstance(provider, TracerProvider):
         provider.force_flush(5000)
         provider.shutdown()
+
+
+_W3C = TraceContextTextMapPropagator()
+
+
+def current_traceparent() -> str:
+    """The W3C `traceparent` of the current span ("" outside any trace): what work handed over through a
+    queue carries, so whoever takes it up continues or links to the trace that asked for it."""
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier)
+    return carrier.get("traceparent", "")
+
+
+@contextlib.contextmanager
+def span(name: str, *, kind: str = "internal", attributes: Mapping[str, Any] | None = None,
+         traceparents: Iterable[str] = ()) -> Iterator[trace.Span]:
+    """A span of `name` around a unit of work, for modules that must not import OpenTelemetry (the service
+    layer). With `traceparents` (from `current_traceparent`, e.g. carried by a stream entry) the span
+    continues that trace when they all name one span, and starts its own trace linking to each of them
+    otherwise (a batch gathered from several requests). Attributes are ids, counts and outcomes: never a
+    secret, a body or a phone number."""
+    parents: dict[tuple[int, int], trace.SpanContext] = {}
+    for header in traceparents:
+        if not header:
+            continue
+        ctx = trace.get_current_span(_W3C.extract({"traceparent": header})).get_span_context()
+        if ctx.is_valid:
+            parents.setdefault((ctx.trace_id, ctx.span_id), ctx)
+    context = None
+    links: list[trace.Link] = []
+    if len(parents) == 1:
+        context = trace.set_span_in_context(trace.NonRecordingSpan(next(iter(parents.values()))))
+    elif parents:
+        links = [trace.Link(ctx) for ctx in list(parents.values())[:128]]
+        context = otel_context.Context()  # a new trace of its own, linked to every request in the batch
+    tracer = trace.get_tracer("sendsafe")
+    with tracer.start_as_current_span(name, context=context, kind=SpanKind[kind.upper()],
+                                      attributes=dict(attributes or {}), links=links) as current:
+        yield current
+
+
+def set_span_attributes(**attributes: Any) -> None:
+    """Add attributes to the current span (ids, counts, outcomes; never secrets, bodies or numbers)."""
+    trace.get_current_span().set_attributes(attributes)
 
 
 def current_trace_id() -> str:

@@ -19,6 +19,7 @@ class SpanRecord:
     span_id: str
     parent_span_id: str
     attributes: dict[str, str]
+    links: tuple[str, ...] = ()  # the trace ids this span links to
 
 
 @dataclass
@@ -43,7 +44,8 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                         attrs = {a.key: str(getattr(a.value, a.value.WhichOneof("value") or "string_value"))
                                  for a in s.attributes}
                         self.spans.append(SpanRecord(service, s.name, s.trace_id.hex(), s.span_id.hex(),
-                                                     s.parent_span_id.hex(), attrs))
+                                                     s.parent_span_id.hex(), attrs,
+                                                     tuple(link.trace_id.hex() for link in s.links)))
             self.arrived.notify_all()
         return trace_service_pb2.ExportTraceServiceResponse()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,15 +18,18 @@ from prometheus_client.core import Metric
 from redis.exceptions import ResponseError
 
 from svckit.metrics import gauge
+from svckit.telemetry import current_traceparent
 
 GROUP = "dispatchers"
 _FIELD = b"m"
+_TRACE = b"tp"  # the publishing request's W3C traceparent: the worker continues (or links to) its trace
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     entry_id: bytes
     message_ids: tuple[str, ...]  # empty when the entry is malformed or was deleted
+    traceparent: str = ""  # of the send that published it ("" for entries published outside a trace)
 
 
 class DispatchStream:
@@ -43,14 +46,25 @@ class DispatchStream:
         self.dead_stream = dead_stream
         self._timeout = timeout
 
-    async def publish(self, message_ids: Sequence[str], chunk: int = 1000) -> None:
-        """XADD one entry per `chunk` message ids (pipelined, no MULTI): one round trip per call."""
+    async def publish(self, message_ids: Sequence[str], traceparents: Mapping[str, str] | None = None,
+                      chunk: int = 1000) -> None:
+        """XADD one entry per `chunk` message ids (pipelined, no MULTI): one round trip per call. Each entry
+        carries the W3C traceparent of the request that sent its messages (`traceparents`, else the current
+        one): ids of different requests' traces go in different entries."""
         if not message_ids:
             return
+        current = current_traceparent()
+        by_trace: dict[str, list[str]] = {}
+        for mid in message_ids:
+            by_trace.setdefault((traceparents or {}).get(mid) or current, []).append(mid)
         async with asyncio.timeout(self._timeout):
             pipe = self._redis.pipeline(transaction=False)
-            for i in range(0, len(message_ids), chunk):
-                pipe.xadd(self.stream, {_FIELD: ",".join(message_ids[i:i + chunk]).encode()})
+            for traceparent, ids in by_trace.items():
+                for i in range(0, len(ids), chunk):
+                    fields = {_FIELD: ",".join(ids[i:i + chunk]).encode()}
+                    if traceparent:
+                        fields[_TRACE] = traceparent.encode()
+                    pipe.xadd(self.stream, fields)  # type: ignore[arg-type]
             await pipe.execute()
 
     async def dead_letter(self, failed: Sequence[tuple[str, int]]) -> None:
@@ -156,6 +170,7 @@ class DispatchStream:
 def _entry(entry_id: bytes, fields: dict[bytes, bytes] | None) -> Entry:
     raw = (fields or {}).get(_FIELD, b"")
     try:
-        return Entry(entry_id, tuple(i for i in raw.decode("ascii").split(",") if i))
+        traceparent = (fields or {}).get(_TRACE, b"").decode("ascii")
+        return Entry(entry_id, tuple(i for i in raw.decode("ascii").split(",") if i), traceparent)
     except UnicodeDecodeError:
         return Entry(entry_id, ())

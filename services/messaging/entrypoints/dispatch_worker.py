@@ -19,6 +19,7 @@ from services.messaging.adapters.stream import DispatchStream, Entry
 from services.messaging.service.delivery import DeliveryService
 from services.messaging.service.ports import Carrier
 from svckit.tasks import drain
+from svckit.telemetry import span
 
 _LOG = logging.getLogger(__name__)
 _PRUNE_EVERY_S = 300.0
@@ -102,9 +103,15 @@ class StreamWorker:
                 return
 
     async def _handle(self, entries: list[Entry]) -> None:
-        ids = [mid for e in entries for mid in e.message_ids if _looks_like_id(mid)]
-        for i in range(0, len(ids), self._batch):
-            await self._delivery.deliver(ids[i:i + self._batch])
+        items = [(mid, e.traceparent) for e in entries for mid in e.message_ids if _looks_like_id(mid)]
+        for i in range(0, len(items), self._batch):
+            chunk = items[i:i + self._batch]
+            # The delivery continues the trace of the send that published these ids (several sends' entries
+            # in one batch: its own trace, linked to each of theirs), so one message is followed end to end.
+            with span("dispatch.deliver", kind="consumer", traceparents=[tp for _, tp in chunk],
+                      attributes={"messaging.system": "redis", "messaging.operation.type": "process",
+                                  "messaging.batch.message_count": len(chunk)}):
+                await self._delivery.deliver([mid for mid, _ in chunk])
         await self._stream.ack([e.entry_id for e in entries])
         self.batches += 1
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
+from typing import Any
 
 from sendsafe.audit.v1 import event_pb2
 from services.messaging.domain.delivery import ClaimedMessage, Receipt, Submission, plan_results, retry_delay
@@ -20,6 +22,7 @@ from services.messaging.service.replies import Replies
 from services.messaging.service.sender_index import SenderIndex
 from svckit.audit import new_event
 from svckit.envelope import DecryptFailed, aad_for
+from svckit.telemetry import span
 
 _LOG = logging.getLogger(__name__)
 
@@ -58,28 +61,37 @@ class DeliveryService:
         pending so they are delivered again. Idempotent: re-delivering a batch re-claims only what is not
         final (and not held by a live worker), and the carrier deduplicates by message id.
         """
-        claimed = await self._store.claim(list(dict.fromkeys(message_ids)), self._lease)
+        with span("dispatch.claim", attributes={"sendsafe.messages.requested": len(message_ids)}) as claiming:
+            claimed = await self._store.claim(list(dict.fromkeys(message_ids)), self._lease)
+            claiming.set_attribute("sendsafe.messages.claimed", len(claimed))
         if not claimed:
             return 0
         submissions: list[Submission] = []
         unreadable: list[tuple[str, int]] = []
-        for m in claimed:
-            try:
-                body = await self._cipher.decrypt(m.account_id, aad_for(m.account_id, BODY_RECORD, m.id), m.body_ct)
-                to = await self._cipher.decrypt(m.account_id, aad_for(m.account_id, TO_RECORD, m.id), m.to_ct)
-            except DecryptFailed:  # keys destroyed or data tampered with: it can never be sent
-                unreadable.append((m.id, 7))
-                continue
-            submissions.append(Submission(m.id, to.decode(), body.decode(), m.sender, m.attempts))
+        with span("dispatch.decrypt", attributes={"sendsafe.messages.count": len(claimed)}) as decrypting:
+            for m in claimed:
+                try:
+                    body = await self._cipher.decrypt(m.account_id, aad_for(m.account_id, BODY_RECORD, m.id),
+                                                      m.body_ct)
+                    to = await self._cipher.decrypt(m.account_id, aad_for(m.account_id, TO_RECORD, m.id), m.to_ct)
+                except DecryptFailed:  # keys destroyed or data tampered with: it can never be sent
+                    unreadable.append((m.id, 7))
+                    continue
+                submissions.append(Submission(m.id, to.decode(), body.decode(), m.sender, m.attempts))
+            decrypting.set_attribute("sendsafe.messages.unreadable", len(unreadable))
         started = time.perf_counter()
-        try:
-            results = await self._carrier.submit(submissions) if submissions else []
-            outcome = "ok"
-        except Exception as exc:
-            _LOG.warning("carrier %s submit failed (%s); %d messages will be retried",
-                         self._carrier.name, type(exc).__name__, len(submissions))
-            results = []
-            outcome = "error"
+        with span("carrier.submit", kind="client", attributes={
+                "sendsafe.carrier": self._carrier.name, "sendsafe.messages.count": len(submissions)}) as submitting:
+            try:
+                results = await self._carrier.submit(submissions) if submissions else []
+                outcome = "ok"
+            except Exception as exc:
+                _LOG.warning("carrier %s submit failed (%s); %d messages will be retried",
+                             self._carrier.name, type(exc).__name__, len(submissions))
+                results = []
+                outcome = "error"
+                submitting.set_attribute("error.type", type(exc).__name__)
+            submitting.set_attribute("sendsafe.outcome", outcome)
         if submissions:
             pipeline_metrics.CARRIER_SUBMIT.labels(self._carrier.name, outcome).observe(time.perf_counter() - started)
         unreadable_ids = {mid for mid, _ in unreadable}
@@ -103,7 +115,10 @@ class DeliveryService:
 
     async def apply_receipts(self, receipts: list[Receipt]) -> int:
         """Apply carrier receipts through the ordered, idempotent status transition."""
-        return len(await self._store.apply_receipts(receipts))
+        with _receipt_span(receipts) as current:
+            changed = len(await self._store.apply_receipts(receipts))
+            current.set_attribute("sendsafe.receipts.changed", changed)
+        return changed
 
     async def apply_carrier_receipts(self, receipts: list[Receipt]) -> tuple[int, int]:
         """Receipts from a carrier callback: (applied, unresolved). A receipt that names only a carrier
@@ -119,7 +134,10 @@ class DeliveryService:
         known = await self._store.resolve_refs(refs) if refs else {}
         ready = [r if r.message_id else replace(r, message_id=known.get(r.carrier_ref, "")) for r in receipts]
         resolved = [r for r in ready if r.message_id]
-        changed = len(await self._store.apply_receipts(resolved)) if resolved else 0
+        with _receipt_span(resolved) as current:
+            changed = len(await self._store.apply_receipts(resolved)) if resolved else 0
+            current.set_attribute("sendsafe.receipts.changed", changed)
+            current.set_attribute("sendsafe.receipts.unresolved", len(ready) - len(resolved))
         return changed, [bool(r.message_id) for r in ready]
 
     async def receive_inbound(self, items: list[InboundInput]) -> int:
@@ -147,3 +165,10 @@ class DeliveryService:
             )
             ev.cause = cause
             await self._record(ev)
+
+
+def _receipt_span(receipts: Sequence[Receipt]) -> AbstractContextManager[Any]:
+    """A receipt's span names the messages it settles (ids, never numbers): search `sendsafe.message_ids`
+    for a message id to find its receipt after its send's trace."""
+    return span("receipt.apply", attributes={"sendsafe.receipts.count": len(receipts),
+                                             "sendsafe.message_ids": [r.message_id for r in receipts[:100]]})

@@ -3,7 +3,7 @@ sender, alert owners, mailer), as Protocols the adapters implement, and where au
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
 from typing import Any, Protocol
@@ -126,7 +126,9 @@ class DeliveryStore(InboundStore, Protocol):
 
 
 class Queue(Protocol):
-    async def publish(self, message_ids: Sequence[str]) -> None: ...
+    async def publish(self, message_ids: Sequence[str], traceparents: Mapping[str, str] | None = None) -> None:
+        """Queue the ids for delivery; `traceparents` (id -> W3C traceparent of the request that sent it)
+        lets the worker continue each request's trace."""
     async def dead_letter(self, failed: Sequence[tuple[str, int]]) -> None: ...
 
 

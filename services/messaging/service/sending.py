@@ -43,6 +43,7 @@ from services.messaging.service.ids import new_message_ids
 from services.messaging.service.list_sends import expand_lists
 from svckit.envelope import aad_for
 from svckit.groupcommit import GroupCommit
+from svckit.telemetry import current_traceparent
 
 _LOG = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class _SendJob:
     limits: LimitRequest
     build: Callable[[list[MessageStatusCode]], SendResult]
     idempotency: tuple[bytes, bytes] | None = None  # (key hash, request fingerprint)
+    traceparent: str = ""  # the request's trace: its messages' stream entry carries it to the worker
 
 
 class _Replay:
@@ -212,7 +214,7 @@ class SendingUseCases(UseCases):
                 )
             return SendResult(date=now, items=[it for it in out if it is not None], currency=self.currency)
 
-        job = _SendJob(caller, rows, limit_request(rates, caller, tokens), build, idem)
+        job = _SendJob(caller, rows, limit_request(rates, caller, tokens), build, idem, current_traceparent())
         outcome = await self._group.submit(job)
         if isinstance(outcome, Exception):
             raise outcome
@@ -293,7 +295,7 @@ class SendingUseCases(UseCases):
             if funded:
                 for i in active:
                     results[i] = base[i]
-                await self._publish(accepted, batch)
+                await self._publish(accepted, batch, group)
                 return [r if r is not None else [] for r in results]
         accepted = []
         async with self._store.send_tx(atomic=bool(paying or claims)) as tx:
@@ -331,16 +333,17 @@ class SendingUseCases(UseCases):
             for acct in paying:
                 await tx.debit(acct, spent[acct])
             await tx.save_idempotent_results(saved)
-        await self._publish(accepted, batch)
+        await self._publish(accepted, batch, group)
         return [r if r is not None else [] for r in results]
 
-    async def _publish(self, accepted: list[NewMessage], batch: int | None) -> None:
-        """Publish the queued messages of a commit with one stream write; on failure the outbox relay will."""
+    async def _publish(self, accepted: list[NewMessage], batch: int | None, group: Sequence[_SendJob]) -> None:
+        """Publish the queued messages of a commit with one stream write (an entry per request's trace);
+        on failure the outbox relay will."""
         due = [r for r in accepted if r.status is MessageStatus.QUEUED]
         if not due:
             return
         try:
-            await self._queue.publish([r.id for r in due])
+            await self._queue.publish([r.id for r in due], {r.id: j.traceparent for j in group for r in j.rows})
         except Exception as exc:  # the relay publishes from the outbox
             _LOG.warning("dispatch publish failed (%s); %d messages left to the outbox relay",
                          type(exc).__name__, len(due))

@@ -20,6 +20,7 @@ from services.messaging.service.custom_strings import with_custom_string
 from services.messaging.service.ports import Cipher, WebhookSender, WebhookStore
 from services.messaging.service.replies import Replies
 from svckit.envelope import aad_for
+from svckit.telemetry import set_span_attributes, span
 from svckit.webhooks import signed_headers
 
 
@@ -56,6 +57,13 @@ class WebhookService:
         return len(jobs)
 
     async def _deliver(self, job: WebhookJob) -> None:
+        attributes: dict[str, object] = {"sendsafe.webhook.event": job.event.value, "sendsafe.webhook.id": job.id}
+        if job.event is WebhookEvent.RECEIPT:
+            attributes["sendsafe.message_id"] = job.ref  # an id, never the URL, the payload or a number
+        with span("webhook.deliver", attributes=attributes):  # internal: a root CLIENT span is not sampled
+            await self._deliver_one(job)
+
+    async def _deliver_one(self, job: WebhookJob) -> None:
         settings = await self._store.settings(job.account_id)
         url = job.url or (settings.receipt_webhook_url if job.event is WebhookEvent.RECEIPT
                           else settings.inbound_webhook_url)
@@ -81,6 +89,7 @@ class WebhookService:
             outcome, retry = "ABANDONED", None
         else:
             outcome, retry = "RETRYING", webhook_backoff(job.attempts, self._base, self._cap)
+        set_span_attributes(**{"sendsafe.outcome": outcome, "http.response.status_code": attempt.status})
         await self._store.finish_webhook(job, outcome=outcome, host=attempt.host, http_status=attempt.status,
                                          error=attempt.error, duration_ms=attempt.duration_ms, retry_in_s=retry)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
 
@@ -186,7 +186,7 @@ class FakeQueue:
         self.dead: list[tuple[str, int]] = []
         self.fail = False
 
-    async def publish(self, message_ids: Sequence[str]) -> None:
+    async def publish(self, message_ids: Sequence[str], traceparents: Mapping[str, str] | None = None) -> None:
         if self.fail:
             raise ConnectionError("redis is down")
         self.published.extend(message_ids)

@@ -1,0 +1,57 @@
+"""Following one message in its trace: the send's trace continues through the dispatch stream into the
+worker (claim, decrypt, carrier submit) and its audit append; the receipt's span names the message id.
+No span holds the number, the body or the key."""
+
+from __future__ import annotations
+
+import time
+
+from tests.e2e.api_client import Http
+from tests.e2e.conftest import Customer, OtlpReceiver, SpanRecord
+
+
+def _in_trace(span: SpanRecord, trace_id: str) -> bool:
+    return span.trace_id == trace_id or trace_id in span.links
+
+
+def test_one_send_is_followed_to_the_carrier_and_its_receipt(
+    customer: Customer, otlp: tuple[OtlpReceiver, int]
+) -> None:
+    receiver, _ = otlp
+    http = Http(customer.url, str(customer.ca))
+    number, body = "+61422233344", f"follow-me-{time.monotonic_ns()}"
+    r = http.call("POST", "/v3/sms/send", auth=(customer.username, customer.api_key),
+                  json_body={"messages": [{"to": number, "body": body}]})
+    assert r.status == 200, r.body
+    trace_id = r.headers["traceparent"].split("-")[1]
+    message_id = r.json()["data"]["messages"][0]["message_id"]
+
+    wanted = {"dispatch.deliver", "dispatch.claim", "dispatch.decrypt", "carrier.submit"}
+
+    def delivered(spans: list[SpanRecord]) -> bool:
+        return wanted <= {s.name for s in spans if _in_trace(s, trace_id)}
+
+    spans = receiver.wait_for(delivered, timeout=30)
+    mine = [s for s in spans if _in_trace(s, trace_id)]
+    assert delivered(spans), sorted({(s.service, s.name) for s in mine})
+    by_name = {s.name: s for s in mine}
+    deliver, submit = by_name["dispatch.deliver"], by_name["carrier.submit"]
+    # The worker's spans hang off the delivery span, which continues the send (or links to it in a batch).
+    assert submit.trace_id == deliver.trace_id and submit.parent_span_id == deliver.span_id
+    assert deliver.service != "gateway" and submit.attributes["sendsafe.outcome"] == "ok"
+    assert int(submit.attributes["sendsafe.messages.count"]) >= 1
+    if deliver.trace_id == trace_id:  # continued: its parent is a span of the send's trace
+        assert deliver.parent_span_id in {s.span_id for s in spans if s.trace_id == trace_id}
+    # The audit append of the send's evidence is a span of the same trace.
+    assert any(s.name == "audit.append" for s in receiver.wait_for(
+        lambda ss: any(s.name == "audit.append" and _in_trace(s, trace_id) for s in ss)) if _in_trace(s, trace_id))
+
+    # The receipt: its span names the message id (the simulator reports every delivery).
+    def receipted(spans: list[SpanRecord]) -> bool:
+        return any(s.name == "receipt.apply" and message_id in s.attributes.get("sendsafe.message_ids", "")
+                   for s in spans)
+
+    assert receipted(receiver.wait_for(receipted, timeout=30)), "no receipt span names the message"
+    flat = " ".join(f"{s.name} {k}={v}" for s in receiver.spans for k, v in s.attributes.items())
+    for secret in (number, number[1:], body, customer.api_key):
+        assert secret not in flat
