@@ -2,8 +2,8 @@
 
 The middleware
 - assigns the request id (a client `X-Request-Id` is kept only if it matches ^[A-Za-z0-9-]{8,64}$),
-- starts the SERVER span `<METHOD> <route template>` continuing an incoming W3C `traceparent`
-  (trace context only: client `baggage` is dropped at the edge),
+- starts the SERVER span `<METHOD> <route template>` of a new trace, linked to an incoming W3C
+  `traceparent` (trace context only: client `baggage` is dropped at the edge),
 - turns every failure into the surface's error body (ClickSend envelope on /v3, `{"error": ...}` else),
 - adds `X-Request-Id` and `traceparent` (of the gateway span) to the response,
 - records exactly one audit event (`gateway.evidence`).
@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -105,20 +106,25 @@ class Edge:
         surface = route.surface if route is not None else Surface.for_path(request.path)
         template = route.template if route is not None else ""
         attributes: dict[str, Any] = {
-            "http.method": request.method,
+            "http.request.method": request.method,
             "client.address": state.conn.client_address,
             "sendsafe.request_id": request_id,
         }
         if route is not None:
             attributes["http.route"] = template
+            # The template, not the path: a path's values may be phone numbers or ids.
+            attributes["url.path"] = template
             attributes["sendsafe.rpc"] = route.rpc_path
-        parent = _TRACE_CONTEXT.extract(request.headers)
+        # The gateway starts its own trace: the ids in audit evidence are the platform's choice, not the
+        # client's. A client's `traceparent` is kept as a link, so its trace still leads here.
+        client = trace.get_current_span(_TRACE_CONTEXT.extract(request.headers)).get_span_context()
+        links = [trace.Link(client, {"sendsafe.link": "client"})] if client.is_valid else []
         name = f"{request.method} {template}" if template else request.method
         token = callctx.current.set(callctx.CallContext(self._service, None, request_id))
         started = time.perf_counter()
         try:
             with self._tracer.start_as_current_span(
-                name, context=parent, kind=SpanKind.SERVER, attributes=attributes,
+                name, context=otel_context.Context(), kind=SpanKind.SERVER, attributes=attributes, links=links,
                 record_exception=False, set_status_on_exception=False,
             ) as span:
                 response = await self._respond(request, handler, state, surface)
@@ -127,7 +133,9 @@ class Edge:
                 _TRACE_CONTEXT.inject(carrier)
                 if "traceparent" in carrier:
                     response.headers["traceparent"] = carrier["traceparent"]
-                span.set_attribute("http.status_code", response.status)
+                span.set_attribute("http.response.status_code", response.status)
+                if state.error is not None:
+                    span.set_attribute("error.type", state.error.reason or str(response.status))
                 if state.identity is not None:
                     span.set_attribute("sendsafe.account_id", state.identity.account_id)
                     span.set_attribute("sendsafe.api_key_id", state.identity.api_key_id)

@@ -28,7 +28,14 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, Sampler, SamplingResult
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -51,7 +58,11 @@ class _RecordWhenObserved(Sampler):
 
     def __init__(self) -> None:
         self.observed = False
-        self._on = ParentBased(ALWAYS_ON)
+        self._on: Sampler = ParentBased(ALWAYS_ON)
+
+    def configure(self, env: Mapping[str, str]) -> None:
+        """The standard OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG choice (default parentbased_always_on)."""
+        self._on = sampler_from_env(env)
 
     def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
                       *args: Any, **kwargs: Any) -> SamplingResult:
@@ -68,6 +79,26 @@ class _RecordWhenObserved(Sampler):
 
 
 _SAMPLER = _RecordWhenObserved()
+_SAMPLERS = {"always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off",
+             "parentbased_traceidratio"}
+
+
+def sampler_from_env(env: Mapping[str, str]) -> Sampler:
+    """OTEL_TRACES_SAMPLER (one of `_SAMPLERS`; default parentbased_always_on) with OTEL_TRACES_SAMPLER_ARG
+    (the ratio, 0..1, for the *traceidratio ones; default 1). An unknown name or ratio is a start-up error."""
+    name = env.get("OTEL_TRACES_SAMPLER", "").strip().lower() or "parentbased_always_on"
+    if name not in _SAMPLERS:
+        raise ValueError(f"OTEL_TRACES_SAMPLER: one of {', '.join(sorted(_SAMPLERS))} (got {name!r})")
+    raw = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip() or "1"
+    try:
+        ratio = float(raw)
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"OTEL_TRACES_SAMPLER_ARG: a ratio between 0 and 1 (got {raw!r})")
+    root: Sampler = {"always_on": ALWAYS_ON, "always_off": ALWAYS_OFF}.get(
+        name.removeprefix("parentbased_"), TraceIdRatioBased(ratio))
+    return ParentBased(root) if name.startswith("parentbased_") else root
 
 
 def setup_tracing(service_name: str, processors: Iterable[SpanProcessor] = ()) -> TracerProvider:
@@ -79,6 +110,7 @@ def setup_tracing(service_name: str, processors: Iterable[SpanProcessor] = ()) -
     if isinstance(current, TracerProvider):
         provider = current
     else:
+        _SAMPLER.configure(os.environ)
         provider = TracerProvider(resource=Resource.create({"service.name": service_name}), sampler=_SAMPLER)
         if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter

@@ -29,7 +29,11 @@ def test_one_send_is_followed_to_the_carrier_and_its_receipt(
     wanted = {"dispatch.deliver", "dispatch.claim", "dispatch.decrypt", "carrier.submit"}
 
     def delivered(spans: list[SpanRecord]) -> bool:
-        return wanted <= {s.name for s in spans if _in_trace(s, trace_id)}
+        """The worker's spans, and (exports come in batches) every parent they name in the send's trace."""
+        mine = [s for s in spans if _in_trace(s, trace_id)]
+        ids = {s.span_id for s in spans if s.trace_id == trace_id} | {""}
+        return wanted <= {s.name for s in mine} and all(s.parent_span_id in ids for s in mine
+                                                        if s.trace_id == trace_id)
 
     spans = receiver.wait_for(delivered, timeout=30)
     mine = [s for s in spans if _in_trace(s, trace_id)]

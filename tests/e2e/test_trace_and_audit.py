@@ -46,7 +46,9 @@ def test_one_trace_across_services_and_matching_audit_event(
         headers={"traceparent": f"00-{trace_id}-{parent}-01", "User-Agent": "e2e-trace/1.0"},
     )
     assert r.status == 200
-    assert r.headers["traceparent"].split("-")[1] == trace_id
+    # The gateway chose its own trace id; the client's trace is a link of the gateway's span.
+    client_trace, trace_id = trace_id, r.headers["traceparent"].split("-")[1]
+    assert trace_id != client_trace
     request_id = r.headers["x-request-id"]
 
     def complete(spans) -> bool:  # type: ignore[no-untyped-def]
@@ -57,12 +59,14 @@ def test_one_trace_across_services_and_matching_audit_event(
             s.service == "messaging" and ("INSERT" in s.name or "postgresql" in s.attributes.get("db.system", ""))
             for s in mine
         )
-        ids = {s.span_id for s in mine} | {parent}
+        ids = {s.span_id for s in mine} | {""}
         return {"gateway", "keys", "messaging"} <= services and has_db and all(s.parent_span_id in ids for s in mine)
 
     spans = [s for s in receiver.wait_for(complete) if s.trace_id == trace_id]
     # One trace through every hop, and no orphan: each span hangs off one the trace already holds.
     assert complete(spans), sorted({(s.service, s.name, s.parent_span_id) for s in spans})
+    root = next(s for s in spans if s.service == "gateway" and not s.parent_span_id)
+    assert root.links == (client_trace,) and parent not in {s.parent_span_id for s in spans}
     # Never the key or the body in a span attribute.
     flat = " ".join(f"{k}={v}" for s in spans for k, v in s.attributes.items())
     assert api_key not in flat and "traced" not in flat

@@ -254,25 +254,41 @@ async def test_bad_client_request_id_is_replaced(http, gw, gw_backends) -> None:
     assert gw_backends.rec.last("GetAccount").meta("x-request-id") == [rid]
 
 
-async def test_trace_is_continued_and_propagated(http, gw, gw_backends) -> None:
-    trace_id, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
-    headers = {**ALICE, "traceparent": f"00-{trace_id}-{parent}-01"}
+async def test_own_trace_links_the_clients_and_is_propagated(http, gw, gw_backends) -> None:
+    """The gateway starts its own trace (audit evidence holds ids the platform chose) and keeps the client's
+    `traceparent` as a link; its trace reaches the service and the audit event."""
+    client_trace, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    headers = {**ALICE, "traceparent": f"00-{client_trace}-{parent}-01"}
     resp, _ = await _call(http, gw, "POST", "/v3/sms/send", json=SEND, headers=headers)
     m = TRACEPARENT_RE.fullmatch(resp.headers["traceparent"])
-    assert m and m.group(1) == trace_id and m.group(2) != parent
+    assert m and m.group(1) != client_trace and m.group(2) != parent
+    trace_id = m.group(1)
     (seen,) = gw_backends.rec.last("SendSms").meta("traceparent")
     assert seen.split("-")[1] == trace_id
     spans = [s for s in gw.spans.get_finished_spans() if format(s.context.trace_id, "032x") == trace_id]
     server = next(s for s in spans if s.kind == SpanKind.SERVER and s.name == "POST /v3/sms/send")
-    assert format(server.parent.span_id, "016x") == parent
+    assert server.parent is None
+    assert [(format(ln.context.trace_id, "032x"), format(ln.context.span_id, "016x")) for ln in server.links] == [
+        (client_trace, parent)]
     attrs = dict(server.attributes or {})
-    assert attrs["http.method"] == "POST" and attrs["http.route"] == "/v3/sms/send"
-    assert attrs["http.status_code"] == 200 and attrs["sendsafe.account_id"] == 42
+    assert attrs["http.request.method"] == "POST" and attrs["http.route"] == "/v3/sms/send"
+    assert attrs["url.path"] == "/v3/sms/send" and "error.type" not in attrs
+    assert attrs["http.response.status_code"] == 200 and attrs["sendsafe.account_id"] == 42
     assert attrs["sendsafe.api_key_id"] == "key_alice" and attrs["client.address"] == "127.0.0.1"
     flat = json.dumps({k: str(v) for s in spans for k, v in (s.attributes or {}).items()})
     assert ALICE_KEY not in flat and "hello there" not in flat
     event = await _event(gw_backends, gw, resp.headers["X-Request-Id"])
     assert event.trace_id == trace_id
+
+
+async def test_failed_request_span_names_the_error_type(http, gw) -> None:
+    resp, _ = await _call(http, gw, "GET", "/v3/account", headers=basic("alice", "ssk_test_nope_0123456789abcdef0123"))
+    assert resp.status == 401
+    trace_id = TRACEPARENT_RE.fullmatch(resp.headers["traceparent"]).group(1)  # type: ignore[union-attr]
+    (server,) = [s for s in gw.spans.get_finished_spans()
+                 if format(s.context.trace_id, "032x") == trace_id and s.kind == SpanKind.SERVER]
+    attrs = dict(server.attributes or {})
+    assert attrs["http.response.status_code"] == 401 and attrs["error.type"] == "INVALID_CREDENTIALS"
 
 
 async def test_new_trace_without_traceparent(http, gw, gw_backends) -> None:
