@@ -9,6 +9,7 @@ account's active identities, and which the caller may use, are decided elsewhere
 from __future__ import annotations
 
 import enum
+import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -153,3 +154,28 @@ def choose_sender(defaults: Iterable[DefaultSender], subaccount_id: int, country
             if active(s.sender_id) and permitted(s.sender_id):
                 return s.sender_id
     return ""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDefault:
+    """A default sender as stored: its strategies sealed under the account's key."""
+
+    id: str
+    account_id: int
+    user_id: int
+    subaccount_id: int
+    country: str
+    product: str
+    strategies_ct: bytes
+    create_time: float = 0.0
+    update_time: float = 0.0
+
+
+def strategies_json(strategies: Iterable[Strategy]) -> bytes:
+    return json.dumps([{"t": s.sender_type.value, "s": s.sender_id, "c": s.sender_country, "st": s.status.value,
+                        "n": s.note} for s in strategies], separators=(",", ":")).encode()
+
+
+def strategies_of(raw: bytes) -> tuple[Strategy, ...]:
+    return tuple(Strategy(SenderType(d["t"]), d["s"], d["c"], StrategyStatus(d["st"]), d["n"])
+                 for d in json.loads(raw))

@@ -10,6 +10,7 @@ from decimal import Decimal
 from services.messaging.domain.limits import RateConfig
 from services.messaging.domain.pricing import Currency, PriceTable
 from services.messaging.service.closure import AccountClosures
+from services.messaging.service.default_senders import DefaultSenders
 from services.messaging.service.index_keys import IndexKeys
 from services.messaging.service.list_sends import ListRecipients
 from services.messaging.service.ports import Cipher, Limiter, MessageStore, Queue, Record
@@ -47,6 +48,7 @@ class UseCases:
     closures: AccountClosures
     senders: SenderIndex | None  # the account's sender identities (None: every non-empty `from` is refused)
     lists: ListRecipients | None  # contact lists, for sends with list_id (None: such sends are refused)
+    defaults: DefaultSenders | None = None  # default senders for an empty `from` (None: the shared number)
 
     async def _webhook_url(self, url: str) -> str:
         """The one outbound-webhook policy, at configuration time (the worker applies it again)."""

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from sendsafe.audit.v1 import event_pb2
 from services.messaging.domain.alpha_tags import AlphaTag, AlphaTagState, ProtectedName, Review
 from services.messaging.domain.contacts import ContactImport, ImportProblem
+from services.messaging.domain.default_senders import StoredDefault
 from services.messaging.domain.delivery import ClaimedMessage, Receipt, Submission, SubmitResult
 from services.messaging.domain.destinations import Destination, OwnerUser
 from services.messaging.domain.exports import ExportRecord
@@ -341,3 +342,18 @@ class SenderStore(SenderDirectory, Protocol):
     async def activate_verified(self, account_id: int, verification_id: str,
                                 before_commit: Callable[[SenderIdentity], Awaitable[None]]
                                 ) -> SenderIdentity | None: ...
+
+
+class DefaultSenderStore(Protocol):
+    """adapters.store.default_senders.PgDefaultSenderStore: default senders (issue 21), strategies sealed. Each
+    change runs its `before_commit` (the audit event) inside its transaction."""
+
+    async def create_default(self, new: StoredDefault, before_commit: Callable[[], Awaitable[None]]
+                             ) -> StoredDefault | None: ...
+    async def defaults(self, account_id: int, after_seq: int = 0, limit: int = 10_000
+                       ) -> list[tuple[int, StoredDefault]]: ...
+    async def default(self, account_id: int, default_id: str) -> StoredDefault | None: ...
+    async def update_default(self, account_id: int, default_id: str, user_id: int, strategies_ct: bytes,
+                             before_commit: Callable[[], Awaitable[None]]) -> StoredDefault | None: ...
+    async def delete_default(self, account_id: int, default_id: str,
+                             before_commit: Callable[[], Awaitable[None]]) -> bool: ...
