@@ -23,6 +23,8 @@ from sendsafe.messaging.v1 import (
     alpha_tag_service_pb2_grpc,
     contact_service_pb2,
     contact_service_pb2_grpc,
+    default_sender_service_pb2,
+    default_sender_service_pb2_grpc,
     export_service_pb2,
     export_service_pb2_grpc,
     messaging_service_pb2,
@@ -36,6 +38,7 @@ from services.messaging.adapters.alpha_tags_api import AlphaTagServicer
 from services.messaging.adapters.audit_client import discard, open_audit
 from services.messaging.adapters.carriers import HttpCarrier, SimulatorCarrier
 from services.messaging.adapters.contacts_api import ContactServicer
+from services.messaging.adapters.default_senders_api import DefaultSenderServicer
 from services.messaging.adapters.email import open_mailer
 from services.messaging.adapters.export_peers import UnconfiguredPeers, open_export_peers
 from services.messaging.adapters.identity_client import AlertOwners, open_owners
@@ -47,6 +50,7 @@ from services.messaging.adapters.smpp.carrier import SmppCarrier
 from services.messaging.adapters.smpp.session import SessionConfig
 from services.messaging.adapters.store.alpha_tags import PgAlphaTagStore
 from services.messaging.adapters.store.contacts import PgContactStore
+from services.messaging.adapters.store.default_senders import PgDefaultSenderStore
 from services.messaging.adapters.store.destinations import PgDestinationStore
 from services.messaging.adapters.store.exports import PgExportStore
 from services.messaging.adapters.store.pg import PgMessageStore
@@ -64,6 +68,7 @@ from services.messaging.entrypoints.dispatch_worker import StreamWorker, default
 from services.messaging.service.alpha_tags import AlphaTags
 from services.messaging.service.common import MessagingOptions
 from services.messaging.service.contacts import IMPORT_POLL_SECONDS, ContactLists
+from services.messaging.service.default_senders import DefaultSenders
 from services.messaging.service.delivery import DeliveryService
 from services.messaging.service.export_job import ExportWriter
 from services.messaging.service.exports import ExportOptions, Exports
@@ -93,6 +98,7 @@ NOTIFICATION_SERVICE_NAME = notification_service_pb2.DESCRIPTOR.services_by_name
 EXPORT_SERVICE_NAME = export_service_pb2.DESCRIPTOR.services_by_name["AccountExportService"].full_name
 ALPHA_TAG_SERVICE_NAME = alpha_tag_service_pb2.DESCRIPTOR.services_by_name["AlphaTagService"].full_name
 SENDER_SERVICE_NAME = sender_service_pb2.DESCRIPTOR.services_by_name["SenderService"].full_name
+DEFAULT_SENDER_SERVICE_NAME = default_sender_service_pb2.DESCRIPTOR.services_by_name["DefaultSenderService"].full_name
 CONTACT_SERVICE_NAME = contact_service_pb2.DESCRIPTOR.services_by_name["ContactService"].full_name
 
 
@@ -157,6 +163,7 @@ async def build(settings: Settings) -> App:
             senders=senders,
             lists=lists,
         )
+        service.defaults = defaults = DefaultSenders(PgDefaultSenderStore(pool), senders, envelope, record)
         owners = open_owners(settings, stack)
         mailer = open_mailer(settings)
         export_wake = asyncio.Event()
@@ -165,9 +172,10 @@ async def build(settings: Settings) -> App:
             listen=settings.grpc_listen,
             tls=tls_of(settings),
             register=lambda s: _register(s, service, pool, record, owners, mailer, exports,
-                                         Senders(PgSenderStore(pool), senders, envelope, service, record), lists),
+                                         Senders(PgSenderStore(pool), senders, envelope, service, record), lists,
+                                         defaults),
             service_names=[SERVICE_NAME, NOTIFICATION_SERVICE_NAME, EXPORT_SERVICE_NAME, ALPHA_TAG_SERVICE_NAME,
-                           SENDER_SERVICE_NAME,
+                           SENDER_SERVICE_NAME, DEFAULT_SENDER_SERVICE_NAME,
                            CONTACT_SERVICE_NAME],
             on_denied=denial_recorder(record, settings.service_name),
             health_listen=settings.health_listen,
@@ -209,11 +217,13 @@ def _exports(settings: Settings, stack: contextlib.AsyncExitStack, pool: Any, st
 
 
 def _register(server: Any, service: MessagingService, pool: Any, record: Any, owners: AlertOwners | None,
-              mailer: Mailer | None, exports: Exports, senders: Senders, lists: ContactLists) -> None:
+              mailer: Mailer | None, exports: Exports, senders: Senders, lists: ContactLists,
+              defaults: DefaultSenders) -> None:
     messaging_service_pb2_grpc.add_MessagingServiceServicer_to_server(MessagingServicer(service), server)
     contact_service_pb2_grpc.add_ContactServiceServicer_to_server(ContactServicer(lists), server)
     export_service_pb2_grpc.add_AccountExportServiceServicer_to_server(AccountExportServicer(exports), server)
     sender_service_pb2_grpc.add_SenderServiceServicer_to_server(SenderServicer(senders), server)
+    default_sender_service_pb2_grpc.add_DefaultSenderServiceServicer_to_server(DefaultSenderServicer(defaults), server)
     alpha_tag_service_pb2_grpc.add_AlphaTagServiceServicer_to_server(
         AlphaTagServicer(AlphaTags(PgAlphaTagStore(pool), record)), server)
     notification_service_pb2_grpc.add_NotificationServiceServicer_to_server(

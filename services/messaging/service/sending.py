@@ -150,6 +150,8 @@ class SendingUseCases(UseCases):
             if replay is not None:
                 return replay
         inputs = await expand_lists(self.lists, caller, inputs)  # list_id: one message per contact
+        if self.defaults is not None:  # an empty `from`: the caller's default sender (cached, issue 21)
+            inputs = await self.defaults.sender_for(caller, inputs)
         now = int(self._clock())
         items, valid = self._check(caller, inputs, now)
         valid = await self._check_senders(caller, inputs, items, valid)
@@ -355,6 +357,8 @@ class SendingUseCases(UseCases):
         """What a send would cost and which messages it would refuse, storing and charging nothing."""
         check_batch_size(len(inputs))
         inputs = await expand_lists(self.lists, caller, inputs)
+        if self.defaults is not None:
+            inputs = await self.defaults.sender_for(caller, inputs)
         now = int(self._clock())
         items, valid = self._check(caller, inputs, now)
         valid = await self._check_senders(caller, inputs, items, valid)
