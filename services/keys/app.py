@@ -10,6 +10,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from prometheus_client.core import CounterMetricFamily, Metric
+
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
 from sendsafe.options.v1 import options_pb2
 from services.keys.adapters.last_used import RedisLastUsed
@@ -22,6 +24,7 @@ from services.keys.service.api_keys import ApiKeyService
 from services.keys.service.key_rings import KeyRingService
 from services.keys.service.key_usage import KeyUsage
 from services.keys.service.ports import utcnow
+from svckit import metrics
 from svckit.app import App, serve
 from svckit.audit import AuditClient, denial_recorder
 from svckit.db import create_pool, migrate
@@ -134,11 +137,35 @@ async def build(settings: Settings, *, now: Callable[[], datetime] | None = None
     except BaseException:
         await stack.aclose()
         raise
-    return App(
+    app = App(
         server, stack, grace=settings.shutdown_grace_seconds,
         extras={"api_keys": api_keys, "rings": rings, "usage": usage, "pool": pool, "audit": audit,
                 "notices": notices},
     )
+    add_metrics(app, rings, usage)
+    return app
+
+
+def add_metrics(app: App, rings: KeyRingService, usage: KeyUsage) -> None:
+    """Keys' own figures on its /metrics, read when scraped: the ring/KEK cache's lookups (its hit ratio)
+    and the rewrap backlog per data owner (what must move before an old key version can be retired)."""
+
+    async def kek_cache() -> list[Metric]:
+        hits, misses = rings.cache_lookups()
+        fam = CounterMetricFamily("sendsafe_cache_lookups", "Cache lookups by cache and result.",
+                                          labels=["cache", "result"])
+        fam.add_metric(["keys_kek", "hit"], hits)
+        fam.add_metric(["keys_kek", "miss"], misses)
+        return [fam]
+
+    async def rewrap_backlog() -> list[Metric]:
+        return [metrics.gauge("sendsafe_keys_rewrap_backlog_items", "Items a data owner's last rewrap pass "
+                              "counted under an older key version than their account's current one.", n,
+                              {"service": service})
+                for service, n in sorted((await usage.backlog()).items())]
+
+    app.metrics.add("keys kek cache", kek_cache)
+    app.metrics.add("keys rewrap backlog", rewrap_backlog)
 
 
 def main() -> None:

@@ -472,6 +472,15 @@ class PgKeyStore:
         )
         return [(r["service"], r["pass_start_time"], int(r["below"])) for r in rows]
 
+    async def rewrap_backlog(self) -> dict[str, int]:
+        """Per data owner: items its last pass counted under a version older than the account's current one
+        (what its next rewrap passes still have to move)."""
+        rows = await self._pool.fetch(
+            "SELECT u.service, sum(u.items) AS items FROM key_usage u"
+            " JOIN account_keys a ON a.account_id = u.account_id"
+            " WHERE u.version < a.current_version GROUP BY u.service")
+        return {r["service"]: int(r["items"]) for r in rows}
+
     async def key_usage_of(
         self, account_id: int, services: Sequence[str]
     ) -> list[tuple[str, datetime | None, dict[int, int]]]:

@@ -49,12 +49,20 @@ class KekCache:
         self._keks: TtlCache[tuple[int, int], Kek] = TtlCache(seconds, entries)
         self._inflight: dict[Hashable, asyncio.Task[Any]] = {}
         self._epoch = 0  # bumped by every forget: a load that started in an older epoch is not cached
+        self._hits = 0  # ring and KEK lookups served from memory / that had to load (or join a load)
+        self._misses = 0
+
+    def lookups(self) -> tuple[int, int]:
+        """(hits, misses) of the ring and KEK caches together, for the cache hit ratio metric."""
+        return self._hits, self._misses
 
     async def ring(self, account_id: int, *, create: bool) -> AccountRing:
         check_account_id(account_id)
         ring = self._rings.get(account_id)
         if ring is not None:
+            self._hits += 1
             return ring
+        self._misses += 1
         return await self._single(("ring", account_id, create), lambda: self._load_ring(account_id, create))
 
     async def _load_ring(self, account_id: int, create: bool) -> AccountRing:
@@ -90,7 +98,9 @@ class KekCache:
     async def kek(self, account_id: int, version: int) -> Kek:
         kek = self._keks.get((account_id, version))
         if kek is not None:
+            self._hits += 1
             return kek
+        self._misses += 1
         return await self._single(("kek", account_id, version), lambda: self._load_kek(account_id, version))
 
     async def _load_kek(self, account_id: int, version: int) -> Kek:

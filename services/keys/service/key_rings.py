@@ -373,6 +373,10 @@ class KeyRingService:
 
     # -- key notices -------------------------------------------------------------------------------------------
 
+    def cache_lookups(self) -> tuple[int, int]:
+        """(hits, misses) of this process's ring and KEK cache."""
+        return self._cache.lookups()
+
     def forget_account(self, account_id: int) -> None:
         """Drop what this process caches about an account's keys (on a notice from another replica)."""
         self._cache.forget_account(account_id)

@@ -42,6 +42,12 @@ class KeyUsage:
     def data_owners(self) -> tuple[str, ...]:
         return self._owners
 
+    async def backlog(self) -> dict[str, int]:
+        """Per data owner (every configured one, 0 when nothing is left): items still under an older version
+        than their account's current one, as its last pass counted them - the rewrap backlog SREs watch."""
+        left = await self._store.rewrap_backlog()
+        return {owner: left.get(owner, 0) for owner in self._owners} | left
+
     async def report(self, service: str, pass_start: datetime, usage: Sequence[tuple[int, int, int]]) -> bool:
         """Store `service`'s counts ((account, version, items)) from a pass that started at `pass_start`.
         False when a later pass of the service was already reported (several replicas)."""

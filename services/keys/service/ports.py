@@ -55,6 +55,7 @@ class KeyRingStore(Protocol):
     async def key_usage_of(
         self, account_id: int, services: Sequence[str]
     ) -> list[tuple[str, datetime | None, dict[int, int]]]: ...
+    async def rewrap_backlog(self) -> dict[str, int]: ...
 
 
 class ApiKeyStore(Protocol):
