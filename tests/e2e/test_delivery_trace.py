@@ -24,7 +24,9 @@ def test_one_send_is_followed_to_the_carrier_and_its_receipt(
                   json_body={"messages": [{"to": number, "body": body}]})
     assert r.status == 200, r.body
     trace_id = r.headers["traceparent"].split("-")[1]
-    message_id = r.json()["data"]["messages"][0]["message_id"]
+    sent = r.json()["data"]["messages"][0]
+    assert sent["status"] == "SUCCESS", sent["status"]
+    message_id = sent["message_id"]
 
     wanted = {"dispatch.deliver", "dispatch.claim", "dispatch.decrypt", "carrier.submit"}
 
@@ -33,9 +35,9 @@ def test_one_send_is_followed_to_the_carrier_and_its_receipt(
         mine = [s for s in spans if _in_trace(s, trace_id)]
         ids = {s.span_id for s in spans if s.trace_id == trace_id} | {""}
         return wanted <= {s.name for s in mine} and all(s.parent_span_id in ids for s in mine
-                                                        if s.trace_id == trace_id)
+                                                        if s.trace_id == trace_id and s.name == "dispatch.deliver")
 
-    spans = receiver.wait_for(delivered, timeout=30)
+    spans = receiver.wait_for(delivered, timeout=60)
     mine = [s for s in spans if _in_trace(s, trace_id)]
     assert delivered(spans), sorted({(s.service, s.name) for s in mine})
     by_name = {s.name: s for s in mine}
