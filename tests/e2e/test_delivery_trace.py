@@ -10,8 +10,9 @@ from tests.e2e.api_client import Http
 from tests.e2e.conftest import Customer, OtlpReceiver, SpanRecord
 
 
-def _in_trace(span: SpanRecord, trace_id: str) -> bool:
-    return span.trace_id == trace_id or trace_id in span.links
+def _traces(spans: list[SpanRecord], trace_id: str) -> set[str]:
+    """The send's trace and any delivery trace linked to it (a worker batch gathering several sends)."""
+    return {trace_id} | {s.trace_id for s in spans if trace_id in s.links}
 
 
 def test_one_send_is_followed_to_the_carrier_and_its_receipt(
@@ -32,16 +33,17 @@ def test_one_send_is_followed_to_the_carrier_and_its_receipt(
 
     def delivered(spans: list[SpanRecord]) -> bool:
         """The worker's spans, and (exports come in batches) every parent they name in the send's trace."""
-        mine = [s for s in spans if _in_trace(s, trace_id)]
+        mine = [s for s in spans if s.trace_id in _traces(spans, trace_id)]
         ids = {s.span_id for s in spans if s.trace_id == trace_id} | {""}
         return wanted <= {s.name for s in mine} and all(s.parent_span_id in ids for s in mine
                                                         if s.trace_id == trace_id and s.name == "dispatch.deliver")
 
     spans = receiver.wait_for(delivered, timeout=60)
-    mine = [s for s in spans if _in_trace(s, trace_id)]
+    mine = [s for s in spans if s.trace_id in _traces(spans, trace_id)]
     assert delivered(spans), sorted({(s.service, s.name) for s in mine})
-    by_name = {s.name: s for s in mine}
-    deliver, submit = by_name["dispatch.deliver"], by_name["carrier.submit"]
+    deliver = next(s for s in mine if s.name == "dispatch.deliver")
+    submit = next((s for s in mine if s.name == "carrier.submit" and s.parent_span_id == deliver.span_id), None)
+    assert submit is not None, sorted((s.name, s.parent_span_id) for s in mine)
     # The worker's spans hang off the delivery span, which continues the send (or links to it in a batch).
     assert submit.trace_id == deliver.trace_id and submit.parent_span_id == deliver.span_id
     assert deliver.service != "gateway" and submit.attributes["sendsafe.outcome"] == "ok"
@@ -50,7 +52,8 @@ def test_one_send_is_followed_to_the_carrier_and_its_receipt(
         assert deliver.parent_span_id in {s.span_id for s in spans if s.trace_id == trace_id}
     # The audit append of the send's evidence is a span of the same trace.
     assert any(s.name == "audit.append" for s in receiver.wait_for(
-        lambda ss: any(s.name == "audit.append" and _in_trace(s, trace_id) for s in ss)) if _in_trace(s, trace_id))
+        lambda ss: any(s.name == "audit.append" and s.trace_id in _traces(ss, trace_id) for s in ss))
+        if s.trace_id in _traces(receiver.spans, trace_id))
 
     # The receipt: its span names the message id (the simulator reports every delivery).
     def receipted(spans: list[SpanRecord]) -> bool:
