@@ -38,13 +38,15 @@ def test_one_send_is_followed_to_the_carrier_and_its_receipt(
 
     def delivered(spans: list[SpanRecord]) -> bool:
         """The worker's spans, and (exports come in batches) every parent they name in the send's trace."""
-        mine = [s for s in spans if s.trace_id in _traces(spans, trace_id)]
+        traces = _traces(spans, trace_id)  # once: the predicate runs under the receiver's lock
+        mine = [s for s in spans if s.trace_id in traces]
         ids = {s.span_id for s in spans if s.trace_id == trace_id} | {""}
         return wanted <= {s.name for s in mine} and all(s.parent_span_id in ids for s in mine
                                                         if s.trace_id == trace_id and s.name == "dispatch.deliver")
 
     spans = receiver.wait_for(delivered, timeout=60)
-    mine = [s for s in spans if s.trace_id in _traces(spans, trace_id)]
+    traces = _traces(spans, trace_id)
+    mine = [s for s in spans if s.trace_id in traces]
     assert delivered(spans), sorted({(s.service, s.name) for s in mine})
     deliver = next(s for s in mine if s.name == "dispatch.deliver")
     submit = next((s for s in mine if s.name == "carrier.submit" and s.parent_span_id == deliver.span_id), None)
@@ -56,9 +58,11 @@ def test_one_send_is_followed_to_the_carrier_and_its_receipt(
     if deliver.trace_id == trace_id:  # continued: its parent is a span of the send's trace
         assert deliver.parent_span_id in {s.span_id for s in spans if s.trace_id == trace_id}
     # The audit append of the send's evidence is a span of the same trace.
-    assert any(s.name == "audit.append" for s in receiver.wait_for(
-        lambda ss: any(s.name == "audit.append" and s.trace_id in _traces(ss, trace_id) for s in ss))
-        if s.trace_id in _traces(receiver.spans, trace_id))
+    def appended(spans: list[SpanRecord]) -> bool:
+        traces = _traces(spans, trace_id)
+        return any(s.name == "audit.append" and s.trace_id in traces for s in spans)
+
+    assert appended(receiver.wait_for(appended))
 
     # The receipt: its span names the message id (the simulator reports every delivery).
     def receipted(spans: list[SpanRecord]) -> bool:
