@@ -317,6 +317,7 @@ class Cluster:
         env.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"), HOME="/nonexistent", HOSTNAME=f"{pod.name}-0")
         if self.api is not None:  # kubelet sets these in every container
             env.update(KUBERNETES_SERVICE_HOST="127.0.0.1", KUBERNETES_SERVICE_PORT=str(self.api.port))
+        image = dict(env)  # the image's and kubelet's own values: already this machine's paths, never remapped
         c = pod.container
         for ref in c.get("envFrom") or []:
             if "configMapRef" in ref:
@@ -334,7 +335,7 @@ class Cluster:
             else:
                 ref = src.get("secretKeyRef") or src["configMapKeyRef"]
                 env[var["name"]] = (secrets_ if "secretKeyRef" in src else maps)[ref["name"]][ref["key"]]
-        env = {k: self.rewrite(pod, v) for k, v in env.items()}
+        env = {k: v if image.get(k) == v else self.rewrite(pod, v) for k, v in env.items()}
         if env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None) is not None:
             env["OTEL_TRACES_EXPORTER"] = "none"
         if "/tmp" in pod.mounts:
