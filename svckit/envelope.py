@@ -110,7 +110,8 @@ class DataKeySource(Protocol):
 
     async def rewrap(self, account_id: int, wrapped_keys: Sequence[bytes]) -> list[bytes | str]:
         """Each wrapped key under the account's newest key version (the same bytes when it already is), or
-        the error reason (str) for a key that cannot be rewrapped. At most `REWRAP_BATCH` keys per call."""
+        the error reason (str) for a key that cannot be rewrapped. At most `REWRAP_BATCH` keys per call.
+        Raise `KeysRefused` when the account's keys take no rewrap at all (destruction pending, or destroyed)."""
         ...
 
 
@@ -169,6 +170,10 @@ class KeysStubSource:
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _TRANSIENT:
                 raise KeysUnavailable() from None
+            if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # the whole account (per-item errors are results)
+                reason = error_reason(exc, consistent=False) or KeysRefused.reason
+                raise KeysRefused("the account's keys take no rewrap (destruction pending or done)",
+                                  reason=reason) from None
             raise
         if len(resp.results) != len(wrapped_keys):
             raise KeysUnavailable("the keys service returned a malformed rewrap answer")
@@ -287,7 +292,8 @@ class Envelope:
 
     async def rewrap_many(self, account_id: int, blobs: Sequence[bytes]) -> list[RewrapOutcome]:
         """Each blob with its wrapped data key moved to the account's newest key version (ciphertext unchanged).
-        Blobs that share a data key share one rewrap; nothing here ever sees a plaintext."""
+        Blobs that share a data key share one rewrap; nothing here ever sees a plaintext. `KeysRefused` when
+        the account's keys take no rewrap at all (its destruction is pending or done)."""
         parsed: list[tuple[bytes, bytes, bytes] | None] = []
         for blob in blobs:
             try:

@@ -20,7 +20,7 @@ import asyncpg
 from google.protobuf import timestamp_pb2
 
 from sendsafe.keys.v1 import keys_service_pb2, keys_service_pb2_grpc
-from svckit.envelope import Envelope, RewrapOutcome
+from svckit.envelope import Envelope, KeysRefused, RewrapOutcome
 
 _LOG = logging.getLogger(__name__)
 _BLOB_HEAD = struct.Struct(">BH")  # svckit.envelope blob: format byte, wrapped key length
@@ -39,6 +39,8 @@ class RewrapProgress:
     failures: dict[str, int] | None = None
     versions: dict[tuple[int, int], int] = field(default_factory=dict)  # (account, KEK version) -> rows
     newest: dict[int, int] = field(default_factory=dict)  # account -> newest version the keys service returned
+    skipped: int = 0  # rows of accounts whose keys take no rewrap (closing or destroyed), left as they are
+    refused: dict[int, str] = field(default_factory=dict)  # such accounts -> the keys service's reason
 
 
 def kek_version(blob: bytes) -> int:
@@ -67,6 +69,7 @@ async def rewrap_all(
     batch: int = 500,
     on_progress: Callable[[RewrapProgress], Awaitable[None]] | None = None,
     newest: dict[int, int] | None = None,
+    refused: dict[int, str] | None = None,
 ) -> RewrapProgress:
     """Move every stored blob of a table to its account's newest key version, in batches.
 
@@ -76,8 +79,15 @@ async def rewrap_all(
     before it are done). Rows that fail (e.g. a retired version) are counted and left as they are.
     `newest` (account -> newest key version seen, shared by the tables of one pass) spares the keys service
     the batches already under it.
+
+    An account whose keys take no rewrap at all (KeysRefused: its destruction is scheduled - a closing
+    account - or done) is skipped, not a reason to stop: its rows are left as they are, counted in `skipped`
+    and still under their versions (so a cancelled closure cannot let keys retire a version they need), and
+    the account is named in `refused` (shared by the tables of one pass like `newest`, so keys is asked, and
+    the skip logged, once per pass). Its data is crypto-shredded when the destruction happens.
     """
-    progress = RewrapProgress(cursor=start, failures={}, newest={} if newest is None else newest)
+    progress = RewrapProgress(cursor=start, failures={}, newest={} if newest is None else newest,
+                              refused={} if refused is None else refused)
     while True:
         rows = await fetch(progress.cursor, batch)
         if not rows:
@@ -89,12 +99,26 @@ async def rewrap_all(
         for account_id, indexes in by_account.items():
             blobs = [rows[i][2] for i in indexes]
             seen = progress.newest.get(account_id)
-            if seen is not None and all(kek_version(b) >= seen for b in blobs):
+            if account_id in progress.refused:
+                outcomes = None
+            elif seen is not None and all(kek_version(b) >= seen for b in blobs):
                 # Already under the newest version this pass has seen: no call. A rotation during the pass
                 # leaves them counted under their (older) version, so the report stays true.
                 outcomes = [RewrapOutcome(b, False) for b in blobs]
             else:
-                outcomes = await envelope.rewrap_many(account_id, blobs)
+                try:
+                    outcomes = await envelope.rewrap_many(account_id, blobs)
+                except KeysRefused as refusal:
+                    progress.refused[account_id] = refusal.reason
+                    _LOG.info("rewrap skips account %d: its keys take no rewrap (%s); its data is left as it is",
+                              account_id, refusal.reason)
+                    outcomes = None
+            if outcomes is None:  # a closing (or destroyed) account: left as it is, still counted where it is
+                for b in blobs:
+                    if version := kek_version(b):
+                        progress.versions[(account_id, version)] = progress.versions.get((account_id, version), 0) + 1
+                progress.skipped += len(blobs)
+                continue
             for i, outcome in zip(indexes, outcomes, strict=True):
                 tally = (account_id, kek_version(outcome.blob))
                 if tally[1]:  # 0: not a readable blob, under no version
@@ -172,14 +196,17 @@ async def rewrap_pass(
     done: dict[str, RewrapProgress] = {}
     usage: dict[tuple[int, int], int] = {}
     newest: dict[int, int] = {}  # per pass: a rotation is seen by the next pass at the latest
+    refused: dict[int, str] = {}  # per pass: closing accounts, skipped (and logged) once each
     for column in columns:
-        progress = await rewrap_all(envelope, column.fetch, column.save, batch=batch, newest=newest)
+        progress = await rewrap_all(envelope, column.fetch, column.save, batch=batch, newest=newest,
+                                    refused=refused)
         done[column.name] = progress
         for key, n in progress.versions.items():
             usage[key] = usage.get(key, 0) + n
-        if progress.changed or progress.failed:
-            _LOG.info("rewrap of %s: %d rows, %d moved to the newest key version, %d failed %s", column.name,
-                      progress.scanned, progress.changed, progress.failed, progress.failures or {})
+        if progress.changed or progress.failed or progress.skipped:
+            _LOG.info("rewrap of %s: %d rows, %d moved to the newest key version, %d failed %s, %d skipped (%d"
+                      " accounts whose keys take no rewrap)", column.name, progress.scanned, progress.changed,
+                      progress.failed, progress.failures or {}, progress.skipped, len(refused))
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(start)
     await keys.ReportKeyUsage(keys_service_pb2.ReportKeyUsageRequest(
