@@ -78,6 +78,7 @@ class NewMessage:
     cause: str = ""  # Caller.cause
     custom_ct: bytes | None = None  # the custom string sealed (CUSTOM_STRING_RECORD); custom_string is then ""
     custom_hash: bytes | None = None  # its keyed hash (custom_string_index)
+    traceparent: str = ""  # W3C traceparent of the request that sent it: receipts and webhooks link to it
 
 
 @dataclass(frozen=True, slots=True)

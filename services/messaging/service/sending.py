@@ -176,6 +176,7 @@ class SendingUseCases(UseCases):
                 sealing.append((custom_string_aad(acct, mid), inputs[i].custom_string.encode()))
         blobs = await self._cipher.encrypt_many(acct, sealing)
         rates = self._opts.rates
+        traceparent = current_traceparent()  # stored with each row: receipts, retries and webhooks link to it
         rows: list[NewMessage] = []
         tokens: list[str | None] = []
         prefix_tokens: dict[str, str] = {}
@@ -202,6 +203,7 @@ class SendingUseCases(UseCases):
                 to_hash=to_index(v.to), cause=caller.cause,
                 custom_ct=blobs[customs[k]] if k in customs else None,
                 custom_hash=custom_string_index(key, m.custom_string) if k in customs else None,
+                traceparent=traceparent,
             ))
 
         def build(statuses: list[MessageStatusCode]) -> SendResult:
@@ -216,7 +218,7 @@ class SendingUseCases(UseCases):
                 )
             return SendResult(date=now, items=[it for it in out if it is not None], currency=self.currency)
 
-        job = _SendJob(caller, rows, limit_request(rates, caller, tokens), build, idem, current_traceparent())
+        job = _SendJob(caller, rows, limit_request(rates, caller, tokens), build, idem, traceparent)
         outcome = await self._group.submit(job)
         if isinstance(outcome, Exception):
             raise outcome
