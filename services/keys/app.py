@@ -20,14 +20,16 @@ from services.keys.adapters.store import PgKeyStore
 from services.keys.api import KeysServicer
 from services.keys.config import Settings, load_settings
 from services.keys.domain.api_keys import KeyRules
-from services.keys.service.api_keys import ApiKeyService
+from services.keys.service.api_keys import ApiKeyService, sender_limit_context
 from services.keys.service.key_rings import KeyRingService
 from services.keys.service.key_usage import KeyUsage
+from services.keys.service.own_rewrap import OwnRewrap, SealedColumn
 from services.keys.service.ports import utcnow
 from svckit import metrics
 from svckit.app import App, serve
 from svckit.audit import AuditClient, denial_recorder
 from svckit.db import create_pool, migrate
+from svckit.envelope_rewrap import pg_column
 from svckit.keyevents import Publisher, Subscriber
 from svckit.redisconn import make_redis
 from svckit.rpc import secure_channel
@@ -91,7 +93,11 @@ async def build(settings: Settings, *, now: Callable[[], datetime] | None = None
             notices=notices_out,
             now=now or utcnow,
         )
-        usage = KeyUsage(store, [s.strip() for s in settings.rewrap_services.split(",")], now=now or utcnow)
+        # Keys' own sealed items (API keys' sender-limit numbers) count like any data owner's whenever
+        # retirement is checked: retiring a version they are under would break those keys' verification.
+        owners = [s.strip() for s in settings.rewrap_services.split(",") if s.strip()]
+        owners += [settings.service_name] if owners else []
+        usage = KeyUsage(store, owners, now=now or utcnow)
         rings = KeyRingService(
             store,
             root,
@@ -123,6 +129,11 @@ async def build(settings: Settings, *, now: Callable[[], datetime] | None = None
         spawn(stack, every("API-key last-used write-back", settings.last_used_flush_seconds, api_keys.flush_last_used),
               "keys-last-used-flush")
         spawn(stack, every("key maintenance", settings.maintenance_seconds, rings.run_maintenance), "keys-maintenance")
+        own_rewrap = OwnRewrap(rings, usage, [SealedColumn(
+            pg_column(pool, "api_keys", "send_sender_numbers_ct", ("key_id",)),
+            lambda unique: sender_limit_context(unique[0]),
+        )], service_name=settings.service_name, now=now or utcnow)
+        spawn(stack, every("keys' own rewrap", settings.rewrap_seconds, own_rewrap.run_pass), "keys-rewrap")
 
         servicer = KeysServicer(api_keys, rings, usage)
         server = await start_server(
@@ -140,7 +151,7 @@ async def build(settings: Settings, *, now: Callable[[], datetime] | None = None
     app = App(
         server, stack, grace=settings.shutdown_grace_seconds,
         extras={"api_keys": api_keys, "rings": rings, "usage": usage, "pool": pool, "audit": audit,
-                "notices": notices},
+                "notices": notices, "rewrap": own_rewrap.run_pass},
     )
     add_metrics(app, rings, usage)
     return app

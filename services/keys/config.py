@@ -67,7 +67,13 @@ class Settings(KitSettings):
     rewrap_services: str = setting(
         "KEYS_REWRAP_SERVICES", default="identity,messaging",
         doc="data-owning services (comma-separated) whose rewrap reports must show nothing left under a version"
-            " before it can be retired; empty: retirement is not checked",
+            " before it can be retired (keys' own sealed items always count too, as data owner 'keys'); empty:"
+            " retirement is not checked",
+    )
+    rewrap_seconds: float = setting(
+        "KEYS_REWRAP_SECONDS", default=600.0,
+        doc="period of keys' own rewrap pass: API keys' sealed sender-limit numbers moved to their account's newest"
+            " key version, what is left reported as data owner 'keys' (retire refuses while any is below)",
     )
 
     def __post_init__(self) -> None:
@@ -84,6 +90,8 @@ class Settings(KitSettings):
             problems.append("KEYS_LAST_USED_FLUSH_SECONDS: must be positive")
         if self.maintenance_seconds <= 0:
             problems.append("KEYS_MAINTENANCE_SECONDS: must be positive")
+        if self.rewrap_seconds <= 0:
+            problems.append("KEYS_REWRAP_SECONDS: must be positive")
         if not 0 < self.api_key_max_lifetime_days <= 3660:
             problems.append("KEYS_API_KEY_MAX_LIFETIME_DAYS: must be between 0 and 3660")
         if not 0 < self.api_key_default_lifetime_days <= self.api_key_max_lifetime_days:

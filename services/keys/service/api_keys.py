@@ -365,7 +365,7 @@ class ApiKeyService:
         if self._sealer is None:
             raise RuntimeError("the keys service was built without a sealer for sender limits")
         blob, _ = await self._sealer.encrypt(record.account_id, json.dumps(numbers).encode(),
-                                             _senders_context(record.key_id))
+                                             sender_limit_context(record.key_id))
         return replace(record, send_limits=replace(record.send_limits, senders=tags), sealed_numbers=blob)
 
     async def _opened(self, record: ApiKeyRecord) -> ApiKeyRecord:
@@ -376,7 +376,7 @@ class ApiKeyService:
         if self._sealer is None:
             raise RuntimeError("the keys service was built without a sealer for sender limits")
         plain, _ = await self._sealer.decrypt(record.account_id, record.sealed_numbers,
-                                              _senders_context(record.key_id))
+                                              sender_limit_context(record.key_id))
         senders = merge_senders(record.send_limits.senders, json.loads(plain))
         return replace(record, send_limits=replace(record.send_limits, senders=senders), sealed_numbers=None)
 
@@ -436,7 +436,8 @@ class ApiKeyService:
             _LOG.warning("API key %s failed: %s", what, type(exc).__name__)
 
 
-def _senders_context(key_id: str) -> dict[str, str]:
+def sender_limit_context(key_id: str) -> dict[str, str]:
+    """The encryption context a key's sealed sender-limit numbers are bound to (also for keys' own rewrap)."""
     return {"record": "keys.api_key.allowed_senders", "key_id": key_id}
 
 

@@ -92,6 +92,17 @@ class Sealer(Protocol):  # KeyRingService: small values sealed under an account'
     ) -> tuple[bytes, int]: ...
 
 
+class SealedItems(Protocol):
+    """One column of ciphertexts keys stores under account keys, scanned in cursor order for keys' own rewrap
+    pass (svckit.envelope_rewrap.RewrapColumn over the keys database): `fetch(after, limit)` gives rows
+    ((unique columns, blob), account id, blob), `save` swaps changed blobs ((row's first item, new blob))."""
+
+    @property
+    def fetch(self) -> Callable[[Any, int], Awaitable[Sequence[tuple[Any, int, bytes]]]]: ...
+    @property
+    def save(self) -> Callable[[list[tuple[Any, bytes]]], Awaitable[None]]: ...
+
+
 class Notices(Protocol):
     async def publish(self, notice: KeyNotice) -> int: ...
 

@@ -24,8 +24,9 @@ PRINCIPAL_KEY = "x-sendsafe-principal-bin"
 
 
 @pytest.fixture(scope="session")
-async def keys_addr(certs: CertBundle, new_database: NewDatabase, audit_app: App) -> AsyncIterator[str]:
-    """The real keys service, in-process over mTLS (data keys wrapped per account under a test root key)."""
+async def keys_service(certs: CertBundle, new_database: NewDatabase, audit_app: App) -> AsyncIterator[App]:
+    """The real keys service, in-process over mTLS (data keys wrapped per account under a test root key); its
+    own rewrap pass is `keys_service.extras["rewrap"]`."""
     from services.keys.app import build as build_keys
     from services.keys.config import Settings as KeysSettings
 
@@ -35,8 +36,13 @@ async def keys_addr(certs: CertBundle, new_database: NewDatabase, audit_app: App
         database_url=await new_database("keys"), root_key=os.urandom(32).hex(),
         audit_addr=f"127.0.0.1:{audit_app.port}",
     ))
-    yield f"127.0.0.1:{app.port}"
+    yield app
     await app.stop()
+
+
+@pytest.fixture(scope="session")
+def keys_addr(keys_service: App) -> str:
+    return f"127.0.0.1:{keys_service.port}"
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,8 @@ from tests.support import CertBundle
 
 
 async def test_a_closing_account_is_skipped_and_every_other_account_rewrapped(
-    messaging: Messaging, identity_app: App, keys_addr: str, certs: CertBundle, caplog: pytest.LogCaptureFixture
+    messaging: Messaging, identity_app: App, keys_service: App, keys_addr: str, certs: CertBundle,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     base = 970_000 + uuid.uuid4().int % 10_000 * 2
     closing, other = base, base + 1
@@ -56,9 +57,10 @@ async def test_a_closing_account_is_skipped_and_every_other_account_rewrapped(
                          " its data is left as it is"]
         assert all(r.levelno == logging.INFO for r in caplog.records if "skips account" in r.getMessage())
 
-        # And the pass was reported: retiring the other account's version 1 goes through once identity's
-        # pass (it holds nothing of these accounts) has run since the rotation too.
+        # And the pass was reported: retiring the other account's version 1 goes through once identity's and
+        # keys' own passes (they hold nothing of these accounts) have run since the rotation too.
         await identity_app.extras["rewrap"]()
+        await keys_service.extras["rewrap"]()
         retired = await ops.SetAccountKeyPolicy(kpb.SetAccountKeyPolicyRequest(
             account_id=other, min_decryption_version=2))
         assert retired.status.min_decryption_version == 2
