@@ -115,6 +115,7 @@ def suite(
     # Rewrap passes often enough for tests/e2e/test_key_retirement.py to see a retirement go through.
     config.env["messaging"]["MESSAGING_REWRAP_SECONDS"] = "2"
     config.env["identity"]["IDENTITY_REWRAP_SECONDS"] = "2"
+    config.env["keys"]["KEYS_REWRAP_SECONDS"] = "2"  # keys' own sealed items (API keys' sender-limit numbers)
     # Account policy (tests/e2e/test_account_policy.py): a session lifetime of seconds, to watch one end.
     config.env["identity"]["ACCOUNT_POLICY_MIN_SESSION_LIFETIME_SECONDS"] = "2"
     # Account closure (tests/e2e/test_account_closure.py): a pending window of seconds, swept and destroyed promptly.
