@@ -46,6 +46,15 @@ class Settings:
         "GATEWAY_TRUSTED_PROXIES", default=(), doc="CIDRs whose X-Forwarded-For is believed; empty = none"
     )
     upstream_timeout_seconds: float = setting("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", default=10.0)
+    coalesce_max_batch: int = setting(
+        "GATEWAY_COALESCE_MAX_BATCH", default=64,
+        doc="concurrent calls of an RPC declaring `coalesce` (SendSms) travel together, up to this many per"
+        " batch call; 1 = each call alone",
+    )
+    coalesce_max_in_flight: int = setting(
+        "GATEWAY_COALESCE_MAX_IN_FLIGHT", default=2,
+        doc="batch calls on their way to one service at once; calls made meanwhile wait for the next batch",
+    )
     step_up_max_age_seconds: int = setting(
         "STEP_UP_MAX_AGE_SECONDS", default=300,
         doc="privileged routes on a session need a second factor this recent (RFC 9470); every service's guard"
@@ -83,6 +92,10 @@ class Settings:
             problems.append("GATEWAY_MAX_BODY_BYTES: must be positive")
         if self.upstream_timeout_seconds <= 0:
             problems.append("GATEWAY_UPSTREAM_TIMEOUT_SECONDS: must be positive")
+        if not 1 <= self.coalesce_max_batch <= 1000:
+            problems.append("GATEWAY_COALESCE_MAX_BATCH: must be between 1 and 1000")
+        if self.coalesce_max_in_flight < 1:
+            problems.append("GATEWAY_COALESCE_MAX_IN_FLIGHT: must be 1 or more")
         if self.step_up_max_age_seconds <= 0:
             problems.append("STEP_UP_MAX_AGE_SECONDS: must be positive")
         if self.unauth_limit < 0:

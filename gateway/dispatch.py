@@ -2,7 +2,9 @@
 
 body-size cap -> authentication -> the route's permission (and RFC 9470 step-up for privileged routes on a
 session) -> JSON/query/path -> proto -> the gRPC call with the principal in `x-sendsafe-principal-bin` ->
-proto -> JSON (the ClickSend envelope on /v3); a streamed route (server-streaming `google.api.HttpBody`) is
+proto -> JSON (the ClickSend envelope on /v3). Calls of an RPC that declares `coalesce` (SendSms) made at about
+the same time travel to the service together in one batch call, each still checked and answered alone
+(`svckit.batching`). A streamed route (server-streaming `google.api.HttpBody`) is
 written out chunk by chunk instead (`gateway.streaming`).
 """
 
@@ -41,6 +43,8 @@ from gateway.transcode.response import message_to_json
 from sendsafe.context.v1 import principal_pb2
 from svckit import context as callctx
 from svckit.access import access_for, destination_refused
+from svckit.batching import Coalescer
+from svckit.telemetry import trace_headers
 
 _LOG = logging.getLogger(__name__)
 
@@ -69,6 +73,14 @@ class Dispatcher:
         self._max_body = settings.max_body_bytes
         self._calls: dict[str, UnaryCall] = {}
         self._by_aiohttp_route: dict[Any, Route] = {}
+        self._outputs: dict[str, Any] = {route.key: message_class(route.output_desc) for route in routes}
+        # Concurrent calls of a route whose RPC declares `coalesce` travel together (svckit.batching).
+        self.coalescers: dict[str, Coalescer] = {
+            route.service: Coalescer(channels[route.service], timeout=self._timeout,
+                                     max_batch=settings.coalesce_max_batch,
+                                     max_in_flight=settings.coalesce_max_in_flight)
+            for route in routes if route.coalesce and settings.coalesce_max_batch > 1
+        }
         for route in routes:
             output_cls = message_class(route.output_desc)
             make = channels[route.service].unary_stream if route.streaming else channels[route.service].unary_unary
@@ -149,8 +161,13 @@ class Dispatcher:
             metadata += ((IDEMPOTENCY_METADATA_KEY, idempotency_key[:MAX_IDEMPOTENCY_KEY]),)
         if route.streaming:  # a download (google.api.HttpBody messages), written as it comes
             return await serve_stream(request, state, self._calls[route.key], msg, metadata, self._timeout)
+        coalescer = self.coalescers.get(route.service) if route.coalesce else None
         try:
-            reply = await self._calls[route.key](msg, metadata=metadata, timeout=self._timeout)
+            if coalescer is not None:  # its own trace headers: the batch call carries only the batch's
+                raw = await coalescer.call(route.rpc_path, msg.SerializeToString(), (*metadata, *trace_headers()))
+                reply = self._outputs[route.key].FromString(raw)
+            else:
+                reply = await self._calls[route.key](msg, metadata=metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:
             state.upstream_code = err.code().name
             if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):

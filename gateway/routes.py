@@ -62,6 +62,7 @@ class Route:
     public: bool = False  # reachable without credentials
     streaming: bool = False  # server-streaming google.api.HttpBody: the body is streamed as it comes (a download)
     bare: bool = False  # /v3 answer without the envelope (ClickSend's newer resources: the model is the body)
+    coalesce: bool = False  # concurrent calls travel together to the service (svckit.batching)
 
     @property
     def key(self) -> str:
@@ -173,6 +174,7 @@ def _route(method: descriptor.MethodDescriptor, rule: http_pb2.HttpRule) -> Rout
         public=access.public,
         streaming=method.server_streaming,
         bare=envelope.bare,
+        coalesce=access.coalesce,
     )
 
 

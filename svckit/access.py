@@ -20,6 +20,8 @@ class Access:
     public: bool = False
     # Only an interactive session may call it (one's own password, second factors, sessions).
     session_only: bool = False
+    # Concurrent calls may travel together in one BatchService.CallBatch (svckit.batching), each checked alone.
+    coalesce: bool = False
 
     @property
     def sets_destination(self) -> bool:
@@ -39,7 +41,7 @@ def access_for(method_path: str) -> Access | None:
         return None
     rule = opts.Extensions[options_pb2.access]
     return Access(frozenset(rule.allowed_callers), rule.permission, rule.privileged, rule.data_out, rule.public,
-                  rule.session_only)
+                  rule.session_only, rule.coalesce)
 
 
 # -- the rules every guard applies (svckit.server in each service, and the gateway before it calls one) -------

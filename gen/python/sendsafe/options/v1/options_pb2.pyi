@@ -74,6 +74,7 @@ class Access(_message.Message):
     PUBLIC_FIELD_NUMBER: _builtins.int
     DATA_OUT_FIELD_NUMBER: _builtins.int
     SESSION_ONLY_FIELD_NUMBER: _builtins.int
+    COALESCE_FIELD_NUMBER: _builtins.int
     permission: _builtins.str
     """Permission the end-user principal must hold. Empty for internal RPCs."""
     privileged: _builtins.bool
@@ -96,6 +97,13 @@ class Access(_message.Message):
     password, second factors and sessions (a leaked key must not be able to
     change them). Refused otherwise with SESSION_REQUIRED by every guard.
     """
+    coalesce: _builtins.bool
+    """Concurrent calls of this RPC may travel together in one
+    sendsafe.batch.v1.BatchService.CallBatch (the gateway coalesces single
+    sends so the per-call costs are paid once per batch). Each call inside is
+    checked by the callee's guard, run, audited and answered exactly as if it
+    had come alone; a batch may carry only RPCs that declare this.
+    """
     @_builtins.property
     def allowed_callers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Service names (the last part of the caller's SPIFFE ID,
@@ -111,10 +119,11 @@ class Access(_message.Message):
         public: _builtins.bool = ...,
         data_out: Global___DataOut.ValueType = ...,
         session_only: _builtins.bool = ...,
+        coalesce: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_callers", b"allowed_callers", "data_out", b"data_out", "permission", b"permission", "privileged", b"privileged", "public", b"public", "session_only", b"session_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_callers", b"allowed_callers", "coalesce", b"coalesce", "data_out", b"data_out", "permission", b"permission", "privileged", b"privileged", "public", b"public", "session_only", b"session_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
