@@ -4,6 +4,8 @@ destroyed every row of it is deleted. Identity drives it (internal RPCs); each s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from services.messaging.domain.closure import AccountClosing, AccountNotClosing
 from services.messaging.domain.errors import InvalidAccountId
 from services.messaging.service.ports import SERVICE, ClosureStore, Record
@@ -20,10 +22,13 @@ class AccountClosures:
             await self._record(new_event(SERVICE, action, resource_type="account", resource_id=str(account_id),
                                          account_id=account_id, details=details))
 
-    async def check_open(self, account_id: int) -> None:
-        """Refuse to send for a closing (or closed) account."""
-        if await self._store.account_closing(account_id):
-            raise AccountClosing("the account is closing: it sends nothing")
+    async def closing(self, account_ids: Sequence[int]) -> dict[int, AccountClosing]:
+        """The refusal for each of `account_ids` that is closing (or closed): it sends nothing. One query for
+        all the accounts of a group commit."""
+        if not account_ids:
+            return {}
+        return {acct: AccountClosing("the account is closing: it sends nothing")
+                for acct in await self._store.closing_accounts(account_ids)}
 
     async def stop_sends(self, account_id: int) -> int:
         _check(account_id)

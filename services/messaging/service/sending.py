@@ -141,7 +141,6 @@ class SendingUseCases(UseCases):
         idempotency key, a retry of the same request gets the first answer and nothing happens twice."""
         check_batch_size(len(inputs))
         acct = caller.account_id
-        await self.closures.check_open(acct)  # a closing account sends nothing (issue 15)
         idem: tuple[bytes, bytes] | None = None
         if idempotency_key:
             check_idempotency_key(idempotency_key)
@@ -260,16 +259,20 @@ class SendingUseCases(UseCases):
         does not cover it, nothing was written and the group goes the long way."""
         results: list[_JobResult | None] = [None] * len(group)
         pairs = sorted({(r.account_id, r.to_hash) for j in group for r in j.rows if r.to_hash is not None})
-        # Two independent reads, at the same time: the limiter (Redis) and the opt-out list (a read outside
-        # the transaction, so the balance locks are held no longer than before).
-        verdicts, blocked = await asyncio.gather(
+        # Independent reads, at the same time: the limiter (Redis), the opt-out list (a read outside the
+        # transaction, so the balance locks are held no longer than before), and which of the group's accounts
+        # are closing (issue 15: a closing account sends nothing; one query per group, not per request).
+        verdicts, blocked, closing = await asyncio.gather(
             self._limiter.check([j.limits for j in group]) if self._limiter is not None
             else _no_limits(group),
             self._store.opted_out(pairs),
+            self.closures.closing(sorted({j.caller.account_id for j in group})),
         )
         active: list[int] = []
         for i, (job, verdict) in enumerate(zip(group, verdicts, strict=True)):
-            if verdict.retry_after:
+            if job.caller.account_id in closing:
+                results[i] = closing[job.caller.account_id]
+            elif verdict.retry_after:
                 results[i] = limit_error(verdict, job.caller.limits)
             else:
                 active.append(i)

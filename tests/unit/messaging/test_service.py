@@ -161,8 +161,8 @@ class FakeStore:
 
     closing: frozenset[int] = frozenset()  # account closure (issue 15): tests/unit/messaging/test_closure.py
 
-    async def account_closing(self, account_id: int) -> bool:
-        return account_id in self.closing
+    async def closing_accounts(self, account_ids: Sequence[int]) -> set[int]:
+        return set(account_ids) & self.closing
 
     async def history(
         self, account_id: int, date_from: int | None, date_to: int | None, offset: int, limit: int,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import asyncpg
 
 from services.messaging.adapters.store.messages import MessagesSql
@@ -31,8 +33,10 @@ async def account_tables(conn: asyncpg.Connection, kept: tuple[str, ...]) -> lis
 class ClosuresSql:
     _pool: asyncpg.Pool
 
-    async def account_closing(self, account_id: int) -> bool:
-        return bool(await self._pool.fetchval("SELECT true FROM account_closures WHERE account_id = $1", account_id))
+    async def closing_accounts(self, account_ids: Sequence[int]) -> set[int]:
+        rows = await self._pool.fetch(
+            "SELECT account_id FROM account_closures WHERE account_id = ANY($1::bigint[])", list(account_ids))
+        return {int(r["account_id"]) for r in rows}
 
     async def stop_sends(self, account_id: int) -> int:
         """Mark the account closing, then cancel (and refund) its scheduled and queued messages, as CancelSms."""
