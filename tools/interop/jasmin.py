@@ -163,6 +163,11 @@ class JasminChain:
     run_smsc: bool = True  # False: the caller runs an SMSC on smsc_port
     smsc_dlr_delay: float = 0.05
     connector: str = "sendsafe-smsc"
+    # The peer benchmark (bench/peer.py) sends over Jasmin's HTTP API instead: http_port > 0 turns it on
+    # (the user may then http_send, no throughput quota), dlr_services=False starts jasmind without its DLR
+    # lookup/thrower (plain HTTP sends ask for no receipt; the stock jasmind runs without them).
+    http_port: int = 0
+    dlr_services: bool = True
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sendsafe-jasmin-")))
     procs: list[Proc] = field(default_factory=list)
 
@@ -183,8 +188,9 @@ class JasminChain:
         self.logs.mkdir(parents=True, exist_ok=True)
         self._ensure_redis()
         self._ensure_rabbitmq()
-        for port, what in ((self.smpp_port, "Jasmin's SMPP server"), (self.jcli_port, "jCli")):
-            if port_open(port):
+        for port, what in ((self.smpp_port, "Jasmin's SMPP server"), (self.jcli_port, "jCli"),
+                           (self.http_port, "Jasmin's HTTP API")):
+            if port and port_open(port):
                 raise InteropError(f"127.0.0.1:{port} ({what}) is taken: another Jasmin is running? stop it first")
         if self.run_smsc:
             self.smsc_port = self.smsc_port or free_port()
@@ -197,12 +203,13 @@ class JasminChain:
             raise InteropError("run_smsc=False needs the caller's smsc_port")
         self._write_config(py)
         self._clear_stale_lock()
-        jasmind = start("jasmind", [str(py), str(VENV / "bin" / "jasmind.py"), "-c", str(self.config_file),
-                                    "--enable-dlr-lookup", "--enable-dlr-thrower", "--disable-http-api"],
+        options = [*(["--enable-dlr-lookup", "--enable-dlr-thrower"] if self.dlr_services else []),
+                   *([] if self.http_port else ["--disable-http-api"])]
+        jasmind = start("jasmind", [str(py), str(VENV / "bin" / "jasmind.py"), "-c", str(self.config_file), *options],
                         self.logs / "jasmind.out", env={"ROOT_PATH": str(self.workdir)})
         self.procs.append(jasmind)
-        wait_for(lambda: port_open(self.jcli_port) and port_open(self.smpp_port), "jasmind (jCli and SMPP server)",
-                 60, jasmind.popen, jasmind.logfile)
+        wait_for(lambda: all(port_open(p) for p in (self.jcli_port, self.smpp_port, self.http_port) if p),
+                 "jasmind (jCli, SMPP server, HTTP API if on)", 60, jasmind.popen, jasmind.logfile)
         self._provision()
         log(f"ready: bind to {HOST}:{self.smpp_port} as {self.system_id}; SMSC on {HOST}:{self.smsc_port}; "
             f"logs in {self.logs}")
@@ -277,7 +284,7 @@ class JasminChain:
             "client-management": {"bind": HOST},
             "router": {"bind": HOST},
             "jcli": {"bind": HOST, "port": str(self.jcli_port)},
-            "http-api": {"bind": HOST},
+            "http-api": {"bind": HOST, **({"port": str(self.http_port)} if self.http_port else {})},
             "sm-listener": {"log_privacy": "True"},
             "dlr": {"log_privacy": "True", "dlr_lookup_retry_delay": "1", "dlr_lookup_max_retries": "10"},
             "dlr-thrower": {"retry_delay": "2", "max_retries": "10"},
@@ -324,6 +331,8 @@ class JasminChain:
                 "mt_messaging_cred quota balance none",
                 "mt_messaging_cred quota sms_count none",
                 "mt_messaging_cred quota smpps_throughput none",
+                *(["mt_messaging_cred authorization http_send yes", "mt_messaging_cred quota http_throughput none"]
+                  if self.http_port else []),
             ], optional=("smpps_cred authorization ip 127.0.0.0/8",))  # the whitelist is newer than 0.11.1
             jcli.add("smppccm", [f"cid {self.connector}", f"host {HOST}", f"port {self.smsc_port}",
                                  "username jasmin", "password jasmin", "submit_throughput 0"])
