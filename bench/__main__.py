@@ -11,7 +11,8 @@ import pkgutil
 import sys
 from pathlib import Path
 
-_NOT_SECTIONS = {"__main__", "load", "bare_tls"}
+# Not sections: helpers, and `peer` (Jasmin beside SendSafe: needs RabbitMQ and .venv-jasmin; `make bench-peer`).
+_NOT_SECTIONS = {"__main__", "load", "bare_tls", "peer", "peer_report", "peer_smsc"}
 
 
 def sections() -> list[str]:

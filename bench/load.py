@@ -1,12 +1,16 @@
-"""A small closed-loop HTTPS load generator (aiohttp client) used for every figure, so ratios compare
-like with like: the same client, the same connection count, the same machine, the same run."""
+"""A small closed-loop HTTP(S) load generator (aiohttp client) used for every figure, so ratios compare
+like with like: the same client, the same connection count, the same machine, the same run.
+
+`accept(status, body)` decides which answers count (default: HTTP 200); `ca=None` means plain HTTP (the peer
+benchmark's Jasmin); `on_measure_start` runs when the warm-up ends, so a caller can read CPU and delivery
+counters over exactly the measured window."""
 
 from __future__ import annotations
 
 import asyncio
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -44,11 +48,12 @@ class Result:
 
 
 async def run(
-    label: str, url: str, *, ca: str, concurrency: int, seconds: float, method: str = "GET",
+    label: str, url: str, *, ca: str | None, concurrency: int, seconds: float, method: str = "GET",
     body: Callable[[], bytes] | None = None, headers: dict[str, str] | None = None, items_per_request: int = 1,
-    warmup: float = 1.0,
+    warmup: float = 1.0, accept: Callable[[int, bytes], bool] | None = None,
+    on_measure_start: Callable[[], Awaitable[None]] | None = None,
 ) -> Result:
-    ctx = ssl.create_default_context(cafile=ca)
+    ctx: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca) if ca else False
     conn = aiohttp.TCPConnector(ssl=ctx, limit=concurrency)
     latencies: list[float] = []
     errors = 0
@@ -66,8 +71,8 @@ async def run(
                     return
                 try:
                     async with session.request(method, url, data=body() if body else None) as resp:
-                        await resp.read()
-                        ok = resp.status == 200
+                        data = await resp.read()
+                        ok = accept(resp.status, data) if accept else resp.status == 200
                 except aiohttp.ClientError:
                     ok = False
                 t1 = time.perf_counter()
@@ -79,5 +84,10 @@ async def run(
                     else:
                         errors += 1
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        async def mark() -> None:
+            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            if on_measure_start is not None:
+                await on_measure_start()
+
+        await asyncio.gather(mark(), *(worker() for _ in range(concurrency)))
     return Result(label, done, done * items_per_request, errors, seconds, latencies, completed)
