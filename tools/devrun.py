@@ -6,8 +6,10 @@ four services, the delivery worker and the gateway as separate processes over mT
 creates the demo account and API key on first run, prints a curl line, and stops everything on Ctrl-C.
 
 Configuration (environment): GATEWAY_PORT (8443), AUDIT_PORT (50054), KEYS_PORT (50052),
-MESSAGING_PORT (50053), IDENTITY_PORT (50051), PG_DSN (postgresql://postgres@127.0.0.1:5432/postgres),
-REDIS_URL (redis://127.0.0.1:6379/0), SENDSAFE_TRACE_UI=1 (start Arize Phoenix and export traces to it).
+MESSAGING_PORT (50053), IDENTITY_PORT (50051), PG_DSN (postgresql://postgres@127.0.0.1:5432/postgres; or
+PGPASSWORD / ~/.pgpass for its password; a server that refuses the login gets a private cluster under
+.dev/pg instead, see tools/localpg.py), REDIS_URL (redis://127.0.0.1:6379/0), SENDSAFE_TRACE_UI=1 (start
+Arize Phoenix and export traces to it).
 It also writes `.dev/backup.env`, the settings `python -m tools.backup` needs for these databases.
 `--reset` (`make run RESET=1`) first drops make run's databases and Redis keys: the demo data goes, and
 the suite starts over with this checkout's `.dev/` keys.
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tools.localpg import PgMissingError, admin_dsn, pg_bin, redact, usable_admin_dsn
 from tools.suite import (
     REPO,
     SERVICES,
@@ -58,21 +61,28 @@ def _wait_for(host: str, port: int, seconds: float) -> bool:
     return False
 
 
-def ensure_postgres(dsn: str) -> None:
+def ensure_postgres(dsn: str) -> str:
+    """The admin DSN `make run` uses: `dsn` if we can log in with it; a private cluster under .dev/pg when the
+    server answers but refuses the login (a stock Debian/Ubuntu server asks for a password on 127.0.0.1); the
+    installed server started (or a private one on its port under .dev/pgdata) when nothing answers."""
+    usable, reach = usable_admin_dsn(dsn, DEV / "pg")
+    if reach == "refused":
+        print(f"PostgreSQL at {redact(dsn)} refused our login (set PG_DSN, or PGPASSWORD, to use it); "
+              f"using a private cluster under {DEV / 'pg'}: {usable}")
+    if reach != "down":
+        return usable
     parts = urlsplit(dsn)
     host, port = parts.hostname or "127.0.0.1", parts.port or 5432
-    if _answers(host, port):
-        return
     print(f"PostgreSQL is not answering on {host}:{port}; starting it")
     versions = sorted(Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").exists() else []
     if versions and shutil.which("pg_ctlcluster"):
         subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1].name, "main", "start"], check=False)
         if _wait_for(host, port, 20):
-            return
-    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
-    if not bins:
-        sys.exit("PostgreSQL is not installed. Install it with: apt-get install -y postgresql")
-    bin_dir = bins[-1]
+            return ensure_postgres(dsn)  # it answers now: it may still refuse our login
+    try:
+        initdb, pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
+    except PgMissingError as exc:
+        sys.exit(str(exc))
     data = DEV / "pgdata"
     data.parent.mkdir(exist_ok=True)
     as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -80,14 +90,15 @@ def ensure_postgres(dsn: str) -> None:
         data.mkdir(parents=True, exist_ok=True)
         if as_pg:
             shutil.chown(data, "postgres", "postgres")
-        subprocess.run([*as_pg, str(bin_dir / "initdb"), "-A", "trust", "-U", "postgres", "-D", str(data)], check=True)
+        subprocess.run([*as_pg, initdb, "-A", "trust", "-U", "postgres", "-D", str(data)], check=True)
     subprocess.run(
-        [*as_pg, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-w",
+        [*as_pg, pg_ctl, "-D", str(data), "-l", str(data / "server.log"), "-w",
          "-o", f"-p {port} -k /tmp -c listen_addresses={host}", "start"],
         check=True,
     )
     if not _wait_for(host, port, 20):
         sys.exit(f"PostgreSQL did not start; see {data / 'server.log'}")
+    return dsn
 
 
 def ensure_redis(url: str) -> None:
@@ -152,9 +163,8 @@ ROOT_KEY_MISMATCH = "do not open them"  # in the keys service's start-up refusal
 
 
 def main(argv: list[str] | None = None) -> int:
-    pg_dsn = os.environ.get("PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+    pg_dsn = ensure_postgres(admin_dsn())
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    ensure_postgres(pg_dsn)
     ensure_redis(redis_url)
     from tools.certs import ensure_dev_certs
 

@@ -18,6 +18,7 @@ import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -37,7 +38,6 @@ from tests.e2e.api_client import Http, until
 from tests.support import CertBundle
 from tools.k8s_manifests import OVERLAYS, Doc
 
-PG = "postgresql://postgres@127.0.0.1:5432"
 STAND_INS = {"dev": ["jaeger", "otel-collector", "postgres", "redis"], "prod": []}
 TO = "+61411111111"
 
@@ -56,8 +56,10 @@ def test_image_mapping_is_the_dockerfiles() -> None:
         assert f"COPY {part} {part}" in runtime, f"the image has {part}; the harness maps /app to the repo"
 
 
-def _databases(run: str) -> dict[str, str]:
-    return {name: f"{PG}/sst_k8s_{run}_{name}" for name in ("identity", "keys", "messaging", "audit")}
+def _databases(pg_admin_dsn: str, run: str) -> dict[str, str]:
+    parts = urlsplit(pg_admin_dsn)  # the tests' server (PG_DSN, or the private one a refusing server gets)
+    return {name: urlunsplit(parts._replace(path=f"/sst_k8s_{run}_{name}"))
+            for name in ("identity", "keys", "messaging", "audit")}
 
 
 async def _dbs(dsns: list[str], create: bool) -> None:
@@ -73,10 +75,11 @@ def _handover_secret(job: Pod) -> str:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_starts_bootstraps_and_sends_one_sms(
     rendered: dict[str, list[Doc]], overlay: str, certs: CertBundle, tmp_path_factory: pytest.TempPathFactory,
+    pg_admin_dsn: str,
 ) -> None:
     docs = rendered[overlay]
     run = uuid.uuid4().hex[:10]
-    databases = _databases(run)
+    databases = _databases(pg_admin_dsn, run)
     prefix = f"sst:k8s:{run}:"
     asyncio.run(_dbs(list(databases.values()), create=True))
     api = FakeKubeApi(docs, certs.https_cert, certs.https_key)  # any server certificate its CA vouches for
