@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from services.audit.domain.alerts import (
     ALERT_SUBJECT,
@@ -23,9 +23,10 @@ from services.audit.domain.alerts import (
 )
 from services.audit.domain.delivery import retry_delay, webhook_secret
 from services.audit.domain.errors import DestinationNotVerified, RuleNotFound, TooManyRules, need_account
-from services.audit.domain.evaluation import evaluate, longest_window
+from services.audit.domain.evaluation import evaluate
 from services.audit.domain.events import SERVICE
 from services.audit.domain.paging import page_size_of, parse_page_token
+from services.audit.domain.rule_index import RuleIndex
 from services.audit.domain.rules import (
     MAX_RULES_PER_ACCOUNT,
     Rule,
@@ -71,6 +72,7 @@ class AlertService:
         self._batch = batch
         self._retry_base = retry_base
         self._clock = clock
+        self._index = RuleIndex()  # the accounts' rules by action, kept across passes
         self.fired = 0
         self.delivered = 0
         self.delivery_failures = 0
@@ -179,11 +181,13 @@ class AlertService:
                 for account_id in await tx.new_accounts(accounts):
                     await tx.insert_rules(account_id, default_rules(), default=True)
                 rules = await tx.rules_for(accounts)
+                self._index.update(accounts, rules)  # rebuilds only the accounts whose rules changed
                 thresholds = [r for r in rules if r.spec.is_threshold]
-                window = longest_window(thresholds)
                 earliest = min(f.event_time for f in facts)
-                hits = await tx.hits_since([r.rule_id for r in thresholds], earliest - timedelta(seconds=window))
-                result = evaluate(rules, facts, hits)
+                hits = await tx.window_hits([r.rule_id for r in thresholds],
+                                            [r.spec.window_seconds for r in thresholds],
+                                            earliest, max(f.event_time for f in facts)) if thresholds else {}
+                result = evaluate(rules, facts, hits, self._index)
                 await tx.insert_hits(result.hits)
                 await tx.record_fires(result.fires)
                 await tx.set_last_fire(result.last_fire)

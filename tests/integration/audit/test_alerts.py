@@ -339,3 +339,37 @@ async def test_webhooks_stored_before_the_check_are_refused_at_delivery(make_aud
 
     await eventually(forwarding_refused, what="forwarding to be refused")
     assert receiver.received == [] and receiver.attempt_ids == []
+
+
+async def test_a_threshold_rule_on_every_action_fires_once_over_a_batch_and_counts_it(
+    make_audit: AuditFactory,
+) -> None:
+    """Issue 17: a rule on actions ["*"] counts every event of the account (whatever its action) through the
+    index and the stored-hits query (edges one by one, the rest as a sum), and fires exactly once per window."""
+    audit = await make_audit()
+    account = 6501
+    stub = audit.stub()
+    md = principal(account, *MANAGE)
+    everything = (await stub.CreateAlertRule(pb.CreateAlertRuleRequest(rule=alert_pb2.AlertRule(
+        name="everything", actions=["*"], threshold=150, window_seconds=3600)), metadata=md)).rule
+    # Rules on other actions never match these events; another account's events never count.
+    await stub.CreateAlertRule(pb.CreateAlertRuleRequest(rule=alert_pb2.AlertRule(
+        name="keys", actions=["keys.*"], threshold=2, window_seconds=60)), metadata=md)
+    await audit.append(*[event(account + 1, "test.other") for _ in range(200)])
+    actions = ("gateway.SendSms", "messaging.sms.sent", "test.a.b")
+    first = [event(account, actions[i % 3]) for i in range(100)]
+    await audit.append(*first)
+    await _evaluated(audit)  # a first pass: 100 hits stored, nothing fired
+    assert [a for a in await _alerts(audit, account) if a.rule_id == everything.rule_id] == []
+    await audit.append(*[event(account, actions[i % 3]) for i in range(300)])  # the 150th event is in here
+    await _evaluated(audit)
+    fired = [a for a in await _alerts(audit, account) if a.rule_id == everything.rule_id]
+    assert len(fired) == 1
+    assert fired[0].match_count == 150 and fired[0].window_seconds == 3600
+    pool: asyncpg.Pool = audit.app.extras["pool"]  # type: ignore[assignment]
+    # The account's feed also holds the two rule changes' own events (audit.alert_rule.created): they count too.
+    rows = await pool.fetch("SELECT sequence, action FROM events WHERE account_id = $1 ORDER BY sequence", account)
+    assert len(rows) == 402 and [r["action"] for r in rows[:2]] == ["audit.alert_rule.created"] * 2
+    assert fired[0].event_sequence == rows[149]["sequence"]
+    assert await pool.fetchval("SELECT count(*) FROM alert_hits WHERE rule_id = $1", everything.rule_id) == 402
+    assert [a.rule_name for a in await _alerts(audit, account)] == ["everything"]

@@ -77,10 +77,26 @@ class PgAlertTx(NoticeTxQueries):
             " AND NOT (spec->>'disabled')::bool ORDER BY id FOR UPDATE", list(account_ids))
         return [_rule(r) for r in rows]
 
-    async def hits_since(self, rule_ids: Sequence[int], since: datetime) -> dict[int, list[Hit]]:
+    async def window_hits(self, rule_ids: Sequence[int], windows: Sequence[int], earliest: datetime,
+                          latest: datetime) -> dict[int, list[Hit]]:
+        """`evaluation.needed_hits` in SQL: one by one the hits in (earliest - w, latest - w] and
+        (max(earliest, latest - w), latest], and those in (latest - w, earliest] summed as one hit at
+        `earliest` (sequence 0) - inside every event's window, so only their sum matters."""
         rows = await self._conn.fetch(
-            "SELECT rule_id, event_time, amount, sequence FROM alert_hits"
-            " WHERE rule_id = ANY($1::bigint[]) AND event_time > $2", list(rule_ids), since)
+            "WITH w AS (SELECT rule_id, make_interval(secs => seconds) AS span"
+            "           FROM unnest($1::bigint[], $2::int[]) AS u(rule_id, seconds))"
+            " SELECT h.rule_id, h.event_time, h.amount, h.sequence FROM w JOIN alert_hits h ON h.rule_id = w.rule_id"
+            "  WHERE h.event_time > $3::timestamptz - w.span AND h.event_time <= $4::timestamptz - w.span"
+            " UNION ALL"
+            " SELECT h.rule_id, h.event_time, h.amount, h.sequence FROM w JOIN alert_hits h ON h.rule_id = w.rule_id"
+            "  WHERE h.event_time > greatest($3::timestamptz, $4::timestamptz - w.span)"
+            "    AND h.event_time <= $4::timestamptz"
+            " UNION ALL"
+            " SELECT h.rule_id, $3::timestamptz, sum(h.amount)::bigint, 0::bigint"
+            "  FROM w JOIN alert_hits h ON h.rule_id = w.rule_id"
+            "  WHERE h.event_time > $4::timestamptz - w.span AND h.event_time <= $3::timestamptz"
+            "  GROUP BY h.rule_id",
+            list(rule_ids), list(windows), earliest, latest)
         out: dict[int, list[Hit]] = {}
         for r in rows:
             out.setdefault(r["rule_id"], []).append(Hit(r["rule_id"], r["event_time"], r["amount"], r["sequence"]))
