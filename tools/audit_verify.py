@@ -1,7 +1,9 @@
 """Offline verifier for SendSafe audit exports, and a fetcher for them.
 
     python -m tools.audit_verify verify EXPORT.jsonl --key VKEY [--checkpoint NOTE_FILE]
-    python -m tools.audit_verify fetch --url https://... --username U --api-key K [--ca CA] --out EXPORT.jsonl
+    python -m tools.audit_verify fetch --url https://... --username U [--ca CA] --out EXPORT.jsonl
+        (the API key from $SENDSAFE_API_KEY, --api-key-file FILE, or stdin / a prompt; --api-key K still
+        works but lands in your shell history)
     python -m tools.audit_verify receipt RECEIPT.json (--keys SIGNING_KEYS.json | --key ID=BASE64 ...)
 
 `receipt` verifies signed key-destruction receipts offline (a standalone receipt, the audit event
@@ -32,7 +34,7 @@ import json
 import sys
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from google.protobuf.message import DecodeError
 from sendsafe.audit.v1 import event_pb2
 from services.audit.domain import merkle
 from tools import receipt_verify
+from tools.cli import progress, secret
 
 ALTERED, REMOVED, INSERTED, REORDERED = "ALTERED", "REMOVED", "INSERTED", "REORDERED"
 BAD_SIGNATURE, MALFORMED, CHECKPOINT_MISMATCH = "BAD_SIGNATURE", "MALFORMED", "CHECKPOINT_MISMATCH"
@@ -287,8 +290,9 @@ def _included(seg: _Segment, leaf: bytes, index: int, path: list[bytes]) -> bool
 
 
 def fetch(url: str, username: str, api_key: str, *, ca: Path | None = None, cursor: str = "",
-          page_size: int = 1000) -> Iterator[str]:
-    """Lines of a complete export from `cursor` (JSON Lines with proofs), page by page."""
+          page_size: int = 1000, on_page: Callable[[int], None] | None = None) -> Iterator[str]:
+    """Lines of a complete export from `cursor` (JSON Lines with proofs), page by page (`on_page` gets each
+    page's line count)."""
     import ssl
 
     if not url.startswith("https://"):
@@ -301,27 +305,69 @@ def fetch(url: str, username: str, api_key: str, *, ca: Path | None = None, curs
             f"{url.rstrip('/')}/v1/audit/export?{query}", headers={"Authorization": f"Basic {token}"})
         with urllib.request.urlopen(request, context=context, timeout=60) as resp:  # noqa: S310
             page = json.loads(resp.read())
-        yield from page["data"].splitlines()
+        lines = page["data"].splitlines()
+        if on_page is not None:
+            on_page(len(lines))
+        yield from lines
         cursor = page["next_cursor"]
         if page["complete"]:
             return
 
 
+API_KEY_ENV = "SENDSAFE_API_KEY"
+EXIT_CODES = ("exit status: 0 verified (or fetched), 1 verification failed or the fetch was refused (one line on "
+              "stderr), 2 usage")
+
+
+def _fetch_to(args: argparse.Namespace) -> int:
+    import urllib.error
+
+    key = secret("API key", argv_value=args.api_key, file=args.api_key_file, env=API_KEY_ENV, flag="--api-key")
+    if not key:
+        print(f"fetch: no API key (set ${API_KEY_ENV}, --api-key-file, or give it on stdin)", file=sys.stderr)
+        return 2
+    done = {"events": 0, "pages": 0}
+
+    def on_page(n: int) -> None:
+        done["pages"] += 1
+        done["events"] += n
+        progress(f"fetched {done['events']} lines ({done['pages']} pages)", same_line=True)
+
+    try:
+        with args.out.open("w") as fh:
+            for line in fetch(args.url, args.username, key, ca=args.ca, cursor=args.cursor, on_page=on_page):
+                fh.write(line + "\n")
+    except urllib.error.HTTPError as exc:
+        print(f"\nfetch refused: HTTP {exc.code} {exc.reason}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"\nfetch failed: {getattr(exc, 'reason', None) or exc}", file=sys.stderr)
+        return 1
+    print(f"\nwrote {done['events']} lines to {args.out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.audit_verify", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("verify", help="check an export file")
-    v.add_argument("file", type=Path)
+    parser = argparse.ArgumentParser(prog="sendsafe-audit-verify", description=__doc__.split("\n\n")[0],
+                                     epilog=EXIT_CODES)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    v = sub.add_parser("verify", help="check an export file", description="check an export file offline",
+                       epilog=EXIT_CODES)
+    v.add_argument("file", type=Path, help="the export (JSON Lines)")
     v.add_argument("--key", required=True, help="the log's verifier key (name+id+base64), or @file")
     v.add_argument("--checkpoint", type=Path, help="a signed checkpoint saved earlier that the file must match")
-    f = sub.add_parser("fetch", help="download a complete export over HTTPS")
-    f.add_argument("--url", required=True)
-    f.add_argument("--username", required=True)
-    f.add_argument("--api-key", required=True)
-    f.add_argument("--ca", type=Path)
-    f.add_argument("--cursor", default="")
-    f.add_argument("--out", type=Path, required=True)
-    r = sub.add_parser("receipt", help="verify signed key-destruction receipts offline")
+    f = sub.add_parser("fetch", help="download a complete export over HTTPS", epilog=EXIT_CODES,
+                       description=f"download a complete export over HTTPS; the API key from ${API_KEY_ENV}, "
+                                   "--api-key-file, or stdin (a prompt on a terminal)")
+    f.add_argument("--url", required=True, help="the API's base URL (https://...)")
+    f.add_argument("--username", required=True, help="the API username")
+    f.add_argument("--api-key", help="the API key (discouraged: it lands in shell history)")
+    f.add_argument("--api-key-file", type=Path, help="a file holding the API key")
+    f.add_argument("--ca", type=Path, help="a CA bundle to trust for the API's certificate")
+    f.add_argument("--cursor", default="", help="continue from this cursor")
+    f.add_argument("--out", type=Path, required=True, help="where to write the export (JSON Lines)")
+    r = sub.add_parser("receipt", help="verify signed key-destruction receipts offline", epilog=EXIT_CODES,
+                       description="verify signed key-destruction receipts offline")
     r.add_argument("file", type=Path, help="a receipt, an audit event or export (JSON Lines), or a register")
     r.add_argument("--keys", type=Path, help="the JSON answer of GET /v1/keys/receipt-signing-keys")
     r.add_argument("--key", action="append", default=[], help="a receipt-signing key as ID=BASE64 (repeatable)")
@@ -331,10 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("receipt: give the receipt-signing public keys (--keys FILE or --key ID=BASE64)")
         return receipt_verify.run(args.file, args.keys, args.key)
     if args.command == "fetch":
-        with args.out.open("w") as fh:
-            for line in fetch(args.url, args.username, args.api_key, ca=args.ca, cursor=args.cursor):
-                fh.write(line + "\n")
-        return 0
+        return _fetch_to(args)
     key = Path(args.key[1:]).read_text().strip() if args.key.startswith("@") else args.key
     note = args.checkpoint.read_text() if args.checkpoint else None
     with args.file.open() as fh:

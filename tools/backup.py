@@ -4,7 +4,7 @@
     python -m tools.backup list    --dir BACKUPS
     python -m tools.backup verify  --from BACKUPS/<stamp>
     python -m tools.backup restore --from BACKUPS/<stamp> [--services ...] [--register FILE ...]
-                                   [--without-destruction-register]
+                                   [--without-destruction-register] [--yes]
     python -m tools.backup register --out FILE
 
 Each database is dumped with `pg_dump -Fc` and streamed through authenticated encryption into
@@ -27,6 +27,8 @@ Settings (environment): BACKUP_KEY_FILE (32 random bytes, hex; or BACKUP_KEY), a
 `<SERVICE>_DATABASE_URL` (or `<SERVICE>_DATABASE_URL_FILE`), e.g. AUDIT_DATABASE_URL. `make run` writes
 them for its databases to `.dev/backup.env`. The backup key is not the keys service's root key:
 restoring readable data also needs the root key (every version the backup's data was wrapped with).
+Progress goes to stderr. A restore names the databases it replaces and asks on a terminal; `--yes` confirms
+ahead (a Job, a script); with neither it refuses. Exit status: 0 done, 1 refused or failed, 2 usage.
 
 Crypto-shredding survives a restore (tools/destruction_register.py): every backup also writes
 `<stamp>/destructions.json`, the authenticated register of every account whose keys are destroyed; a restore
@@ -62,6 +64,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from tools import destruction_register as dr
+from tools.cli import confirm, progress
+from tools.localpg import redact
 
 MAGIC = b"SSBK1"
 CHUNK = 1 << 20
@@ -204,6 +208,7 @@ def _remove(folder: Path) -> None:
 
 
 def _dump(key: bytes, svc: str, url: str, out: Path) -> dict[str, object]:
+    started = progress(f"dumping {svc}…")
     path = out / f"{svc}.pgdump.enc"
     with tempfile.TemporaryFile() as errors:
         proc = subprocess.Popen(
@@ -218,6 +223,7 @@ def _dump(key: bytes, svc: str, url: str, out: Path) -> dict[str, object]:
             code = proc.wait()
         if code != 0:
             raise BackupError(f"pg_dump failed for {svc}: {_tail(errors, url)}")
+    progress(f"dumped {svc}: {size} bytes in {time.monotonic() - started:.1f} s")
     return {"file": path.name, "plain_size": size, "sha256": _sha256(path)}
 
 
@@ -277,6 +283,7 @@ def restore(
     with the register's re-application before the commit); should decryption still fail part-way, the
     restore is killed before it sees the end of its input, so that transaction rolls back.
     """
+    progress(f"verifying {folder}…")
     files = verify(key, folder)
     missing = [svc for svc in urls if svc not in files]
     if missing:
@@ -297,11 +304,13 @@ def restore(
     try:
         for svc, url in urls.items():
             path = folder / str(files[svc]["file"])
+            started = progress(f"restoring {svc} ({files[svc].get('plain_size', '?')} bytes)…")
             if svc == "keys" and register is not None:
                 dr.refresh(register, url)  # anything destroyed while the other databases were restored
                 report.reapplied = dr.parse_report(_restore_keys(key, path, url, dr.reapply_sql(register)))
             else:
                 _restore_one(key, path, svc, url)
+            progress(f"restored {svc} in {time.monotonic() - started:.1f} s")
         if "identity" in urls and register is not None:
             dr.advance_account_ids(urls["identity"], register)
     except dr.RegisterError as exc:
@@ -414,7 +423,8 @@ def prune(root: Path, keep: int) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m tools.backup", description="Encrypted database backups.")
+    parser = argparse.ArgumentParser(prog="sendsafe-backup", description="Encrypted database backups.",
+                                     epilog="exit status: 0 done, 1 refused or failed (one line on stderr), 2 usage")
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("backup", help="dump every database into DIR/<UTC stamp>/")
     b.add_argument("--dir", type=Path, required=True)
@@ -423,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--from", dest="src", type=Path, required=True)
     r.add_argument("--register", type=Path, action="append", default=[],
                    help="a destruction register file to re-apply as well (repeatable)")
+    r.add_argument("--yes", action="store_true", help="replace the databases without asking")
     r.add_argument("--without-destruction-register", action="store_true",
                    help="restore the keys database even when no destruction register is found")
     g = sub.add_parser("register", help="write the destruction register of the live keys database to FILE")
@@ -472,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
             for old in prune(args.dir, args.keep):
                 print(f"deleted the older backup {old}")
         else:
+            if not args.yes and not confirm("restore REPLACES these databases (their contents are lost)",
+                                            [f"{svc}: {redact(url)}" for svc, url in urls.items()]):
+                return 1
             report = restore(key, args.src, urls, registers=args.register,
                              without_register=args.without_destruction_register)
             _print_restore(report)

@@ -93,26 +93,51 @@ async def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {  # name -> one-line help (each subcommand's --help says it)
+    "root-status": "root keys in use: KEK versions and API-key hashes under each",
+    "maintenance": "run rotations, destructions and one root-key rewrap batch now",
+    "rewrap-root": "run maintenance until nothing is wrapped under an old root key",
+    "account": "an account's key versions, policy and lifecycle state",
+    "rotate": "add a key version to an account and make it current",
+    "retire": "versions below MIN_VERSION stop decrypting; refused (REWRAP_INCOMPLETE) until every rewrap pass "
+              "has moved the account's data to MIN_VERSION or later",
+    "destroy": "schedule an account's key destruction after a pending window of DAYS (every use fails meanwhile)",
+    "cancel-destroy": "cancel a scheduled destruction",
+    "revoke-user": "revoke every API key of a user",
+    "leaked": "read strings (one per line) on stdin; revoke every live API key among them",
+}
+EXIT_CODES = "exit status: 0 done, 1 refused by the keys service or not reachable (one line on stderr), 2 usage"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.keyadmin", description=__doc__.split("\n\n")[0])
-    p.add_argument("--keys", default=os.environ.get("KEYS_ADDR", "127.0.0.1:50052"))
-    p.add_argument("--certs", default=os.environ.get("SENDSAFE_CERTS", ".dev/certs"))
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("root-status")
-    sub.add_parser("maintenance")
-    sub.add_parser("rewrap-root").add_argument("--max-rounds", type=int, default=10_000)
+    p = argparse.ArgumentParser(prog="sendsafe-keyadmin", description=__doc__.split("\n\n")[0], epilog=EXIT_CODES)
+    p.add_argument("--keys", default=os.environ.get("KEYS_ADDR", "127.0.0.1:50052"),
+                   help="the keys service's address (default: $KEYS_ADDR or 127.0.0.1:50052)")
+    p.add_argument("--certs", default=os.environ.get("SENDSAFE_CERTS", ".dev/certs"),
+                   help="folder with the ops identity: ops.crt, ops.key, internal-ca.crt (or a mounted tls.crt, "
+                        "tls.key, ca.crt); default: $SENDSAFE_CERTS or .dev/certs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name], epilog=EXIT_CODES)
+
+    account_help = "the account's id"
+    add("root-status")
+    add("maintenance")
+    add("rewrap-root").add_argument("--max-rounds", type=int, default=10_000,
+                                    help="stop after this many maintenance rounds (default 10000)")
     for name in ("account", "rotate", "cancel-destroy"):
-        sub.add_parser(name).add_argument("account_id", type=int)
-    retire = sub.add_parser("retire")
-    retire.add_argument("account_id", type=int)
-    retire.add_argument("min_version", type=int)
-    destroy = sub.add_parser("destroy")
-    destroy.add_argument("account_id", type=int)
-    destroy.add_argument("days", type=float)
-    revoke = sub.add_parser("revoke-user")
-    revoke.add_argument("account_id", type=int)
-    revoke.add_argument("user_id", type=int)
-    sub.add_parser("leaked").add_argument("--source", required=True)
+        add(name).add_argument("account_id", type=int, help=account_help)
+    retire = add("retire")
+    retire.add_argument("account_id", type=int, help=account_help)
+    retire.add_argument("min_version", type=int, help="the oldest key version that may still decrypt")
+    destroy = add("destroy")
+    destroy.add_argument("account_id", type=int, help=account_help)
+    destroy.add_argument("days", type=float, help="the pending window in days before the keys are destroyed")
+    revoke = add("revoke-user")
+    revoke.add_argument("account_id", type=int, help=account_help)
+    revoke.add_argument("user_id", type=int, help="the user whose API keys are revoked")
+    add("leaked").add_argument("--source", required=True, help="where the strings were found (recorded in audit)")
     return p
 
 
@@ -123,6 +148,9 @@ async def _run_or_explain(args: argparse.Namespace) -> int:
     except grpc.aio.AioRpcError as exc:
         reason = error_reason(exc, consistent=False) or exc.code().name
         print(f"{args.command} refused: {exc.code().name} {reason}: {exc.details()}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # the ops certificate files missing or unreadable
+        print(f"{args.command} failed: {exc.strerror or exc}: {exc.filename or ''} (see --certs)", file=sys.stderr)
         return 1
 
 

@@ -380,7 +380,7 @@ def test_cli_backup_verify_restore_round_trip(
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed == [str(older[1]), str(folder)]  # complete backups only, oldest first
     assert bk.main(["verify", "--from", str(folder)]) == 0
-    assert bk.main(["restore", "--from", str(folder), "--services", "first,second"]) == 0
+    assert bk.main(["restore", "--from", str(folder), "--services", "first,second", "--yes"]) == 0
     assert f"restored first, second from {folder}" in capsys.readouterr().out
     monkeypatch.setenv("BACKUP_KEY", os.urandom(32).hex())
     monkeypatch.delenv("BACKUP_KEY_FILE")

@@ -273,7 +273,7 @@ async def test_each_kind_of_entry_is_reapplied_and_reported(
     monkeypatch.setenv("BACKUP_KEY_FILE", str(key_file))
     monkeypatch.setenv("KEYS_DATABASE_URL", url)
     monkeypatch.setenv("IDENTITY_DATABASE_URL", identity)
-    assert bk.main(["restore", "--from", str(folder), "--services", "identity,keys",
+    assert bk.main(["restore", "--yes", "--from", str(folder), "--services", "identity,keys",
                     "--register", str(register_file)]) == 0
     out = capsys.readouterr().out
     assert "destruction register: 4 account(s)" in out
