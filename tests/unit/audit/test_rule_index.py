@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.audit.domain.evaluation import EventFacts, Evaluation, Fire, Hit, evaluate, matches, needed_hits
+from services.audit.domain.evaluation import Evaluation, EventFacts, Fire, Hit, evaluate, matches, needed_hits
 from services.audit.domain.rule_index import RuleIndex, pattern_kind
 from services.audit.domain.rules import Rule, RuleSpec, normalize_rule
 
