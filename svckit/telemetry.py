@@ -189,31 +189,47 @@ def current_traceparent() -> str:
     return carrier.get("traceparent", "")
 
 
+def _span_contexts(traceparents: Iterable[str]) -> list[trace.SpanContext]:
+    """The valid span contexts named by W3C traceparents, each once, in order."""
+    found: dict[tuple[int, int], trace.SpanContext] = {}
+    for header in traceparents:
+        if header:
+            ctx = trace.get_current_span(_W3C.extract({"traceparent": header})).get_span_context()
+            if ctx.is_valid:
+                found.setdefault((ctx.trace_id, ctx.span_id), ctx)
+    return list(found.values())
+
+
+def link_traces(traceparents: Iterable[str]) -> None:
+    """Link the current span to the spans the traceparents name (at most 128): for work that learns which
+    traces it serves only as it runs, e.g. a receipt that finds the send's stored traceparent."""
+    current = trace.get_current_span()
+    if current.is_recording():
+        for ctx in _span_contexts(traceparents)[:128]:
+            current.add_link(ctx)
+
+
 @contextlib.contextmanager
 def span(name: str, *, kind: str = "internal", attributes: Mapping[str, Any] | None = None,
-         traceparents: Iterable[str] = ()) -> Iterator[trace.Span]:
+         traceparents: Iterable[str] = (), links: Iterable[str] = ()) -> Iterator[trace.Span]:
     """A span of `name` around a unit of work, for modules that must not import OpenTelemetry (the service
     layer). With `traceparents` (from `current_traceparent`, e.g. carried by a stream entry) the span
     continues that trace when they all name one span, and starts its own trace linking to each of them
-    otherwise (a batch gathered from several requests). Attributes are ids, counts and outcomes: never a
-    secret, a body or a phone number."""
-    parents: dict[tuple[int, int], trace.SpanContext] = {}
-    for header in traceparents:
-        if not header:
-            continue
-        ctx = trace.get_current_span(_W3C.extract({"traceparent": header})).get_span_context()
-        if ctx.is_valid:
-            parents.setdefault((ctx.trace_id, ctx.span_id), ctx)
+    otherwise (a batch gathered from several requests). `links` (traceparents too) are only linked: the
+    span stays where it is (work done long after, such as a webhook for a send's receipt). Attributes are
+    ids, counts and outcomes: never a secret, a body or a phone number."""
+    parents = _span_contexts(traceparents)
     context = None
-    links: list[trace.Link] = []
+    linked: list[trace.Link] = []
     if len(parents) == 1:
-        context = trace.set_span_in_context(trace.NonRecordingSpan(next(iter(parents.values()))))
+        context = trace.set_span_in_context(trace.NonRecordingSpan(parents[0]))
     elif parents:
-        links = [trace.Link(ctx) for ctx in list(parents.values())[:128]]
+        linked = [trace.Link(ctx) for ctx in parents[:128]]
         context = otel_context.Context()  # a new trace of its own, linked to every request in the batch
+    linked += [trace.Link(ctx) for ctx in _span_contexts(links)[:128]]
     tracer = trace.get_tracer("sendsafe")
     with tracer.start_as_current_span(name, context=context, kind=SpanKind[kind.upper()],
-                                      attributes=dict(attributes or {}), links=links) as current:
+                                      attributes=dict(attributes or {}), links=linked) as current:
         yield current
 
 

@@ -64,12 +64,13 @@ def test_one_send_is_followed_to_the_carrier_and_its_receipt(
 
     assert appended(receiver.wait_for(appended))
 
-    # The receipt: its span names the message id (the simulator reports every delivery).
+    # The receipt: its span names the message id (the simulator reports every delivery) and links to the
+    # send's trace (the message row keeps the send's traceparent).
     def receipted(spans: list[SpanRecord]) -> bool:
         return any(s.name == "receipt.apply" and message_id in s.attributes.get("sendsafe.message_ids", "")
-                   for s in spans)
+                   and trace_id in s.links for s in spans)
 
-    assert receipted(receiver.wait_for(receipted, timeout=30)), "no receipt span names the message"
+    assert receipted(receiver.wait_for(receipted, timeout=30)), "no receipt span names the message and links"
     flat = " ".join(f"{s.name} {k}={v}" for s in receiver.spans for k, v in s.attributes.items())
     for secret in (number, number[1:], body, customer.api_key):
         assert secret not in flat

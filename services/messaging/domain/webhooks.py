@@ -24,6 +24,7 @@ class WebhookJob:
     ref: str  # receipt id or inbound message id
     attempts: int
     url: str  # "" = the account's current URL for the event
+    traceparent: str = ""  # a receipt's: its message's send (the delivery's span links to it)
 
 
 @dataclass(frozen=True, slots=True)

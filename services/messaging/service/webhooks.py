@@ -60,7 +60,8 @@ class WebhookService:
         attributes: dict[str, object] = {"sendsafe.webhook.event": job.event.value, "sendsafe.webhook.id": job.id}
         if job.event is WebhookEvent.RECEIPT:
             attributes["sendsafe.message_id"] = job.ref  # an id, never the URL, the payload or a number
-        with span("webhook.deliver", attributes=attributes):  # internal: a root CLIENT span is not sampled
+        # Internal (a root CLIENT span is not sampled); linked to the send's trace, which it may outlive by hours.
+        with span("webhook.deliver", attributes=attributes, links=[job.traceparent]):
             await self._deliver_one(job)
 
     async def _deliver_one(self, job: WebhookJob) -> None:

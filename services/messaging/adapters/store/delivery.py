@@ -11,6 +11,7 @@ from services.messaging.adapters.store.rows import PoolSql, id_text, source_stat
 from services.messaging.domain.delivery import ClaimedMessage, Receipt
 from services.messaging.domain.statuses import MessageStatus
 from services.messaging.service import pipeline_metrics
+from svckit.telemetry import link_traces
 
 # Who may be claimed for sending: due queued/scheduled messages, a retry whose time has come, and a message
 # another worker claimed longer than the lease ago without settling it (that worker died).
@@ -32,7 +33,7 @@ _CLAIM = (
 # reached a final state: appended to a data-modifying CTE named `changed` (id) that returns those ids.
 _CHANGED_RETURNING = (
     " RETURNING m.id, m.account_id, m.user_id, m.status, m.error_code, m.custom_string, m.sent_time, m.create_time,"
-    " m.is_test, m.price"
+    " m.is_test, m.price, m.traceparent"
 )
 # A receipt row and (when the account has a receipt webhook) a webhook job for every message that just
 # reached a final state: appended to a data-modifying CTE named `changed` with `_CHANGED_RETURNING` (the
@@ -42,8 +43,9 @@ _RECEIPTS_FOR_CHANGED = (
     "  is_test)"
     "  SELECT account_id, user_id, id, status, error_code, custom_string, coalesce(sent_time, create_time), is_test"
     "  FROM changed ON CONFLICT (message_id) DO NOTHING RETURNING account_id, message_id),"
-    " w AS (INSERT INTO webhook_outbox (account_id, event, ref)"
-    "  SELECT r.account_id, 'sms.receipt', upper(r.message_id::text) FROM r"
+    " w AS (INSERT INTO webhook_outbox (account_id, event, ref, traceparent)"
+    "  SELECT r.account_id, 'sms.receipt', upper(r.message_id::text), c.traceparent FROM r"
+    "  JOIN changed c ON c.id = r.message_id"
     "  JOIN account_settings s ON s.account_id = r.account_id AND s.receipt_webhook_url <> '')"
 )
 
@@ -164,10 +166,12 @@ class DeliverySql(PoolSql):
                     " FROM unnest($1::uuid[], $2::int[]) AS r(id, code)"
                     " WHERE m.id = r.id AND m.status = ANY($5::text[])" + _CHANGED_RETURNING + "),"
                     " o AS (DELETE FROM outbox WHERE message_id IN (SELECT id FROM changed))"
-                    + (_RECEIPTS_FOR_CHANGED if final else "") + " SELECT id, " + _AGE + " FROM changed",
+                    + (_RECEIPTS_FOR_CHANGED if final else "") + " SELECT id, traceparent, " + _AGE + " FROM changed",
                     uuid_texts(list(items)), list(items.values()), status.value, final, source_statuses(status),
                 )
                 changed.extend(id_text(r["id"]) for r in rows)
+                # The receipt's span (current) links to the trace of each send it settles.
+                link_traces(r["traceparent"] for r in rows if r["traceparent"])
                 if final:
                     _observe_final(status.value, rows)
         return changed

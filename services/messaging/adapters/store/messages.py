@@ -126,21 +126,25 @@ class MessagesSql(PoolSql):
                 list(batches), float(redeliver_s),
             )
 
-    async def relay_due(self, limit: int, publish: Callable[[list[str]], Awaitable[None]], redeliver_s: float) -> int:
+    async def relay_due(self, limit: int, publish: Callable[..., Awaitable[None]], redeliver_s: float) -> int:
         """Publish the messages whose outbox time has come and move that time on by `redeliver_s`, doubled
         for every earlier republication (capped at 32x), in one transaction (SKIP LOCKED, so several relays
         share the work; a failed publish rolls back). Rows of messages that have settled are deleted.
+        `publish(ids, traceparents)` (the Queue's) gets each message's stored send traceparent, so a retry or a
+        redelivery continues (or links to) the send's trace rather than starting an unrelated one.
         Returns how many outbox rows and batches it looked at (up to `limit` of each)."""
         return await self._relay_messages(limit, publish, redeliver_s) + await self._relay_batches(
             limit, publish, redeliver_s)
 
     async def _relay_batches(
-        self, limit: int, publish: Callable[[list[str]], Awaitable[None]], redeliver_s: float
+        self, limit: int, publish: Callable[..., Awaitable[None]], redeliver_s: float
     ) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT b.id, ARRAY(SELECT m.id FROM messages m WHERE m.id = ANY(b.message_ids)"
-                " AND m.status = ANY($2::text[])) AS live"
+                " AND m.status = ANY($2::text[]) ORDER BY m.id) AS live,"
+                " ARRAY(SELECT coalesce(m.traceparent, '') FROM messages m WHERE m.id = ANY(b.message_ids)"
+                " AND m.status = ANY($2::text[]) ORDER BY m.id) AS traces"
                 " FROM outbox_batches b WHERE b.available_time <= now() ORDER BY b.available_time LIMIT $1"
                 " FOR UPDATE OF b SKIP LOCKED",
                 limit, UNSETTLED_STATUSES,
@@ -149,7 +153,8 @@ class MessagesSql(PoolSql):
                 return 0
             live = [r for r in rows if r["live"]]
             if live:
-                await publish(list(dict.fromkeys(id_text(i) for r in live for i in r["live"])))
+                traces = {id_text(i): t for r in live for i, t in zip(r["live"], r["traces"], strict=True)}
+                await publish(list(traces), traces)
                 await conn.execute(
                     "UPDATE outbox_batches SET publish_count = publish_count + 1,"
                     " available_time = now() + make_interval(secs => $2 * 2 ^ least(publish_count, 5))"
@@ -162,11 +167,12 @@ class MessagesSql(PoolSql):
             return len(rows)
 
     async def _relay_messages(
-        self, limit: int, publish: Callable[[list[str]], Awaitable[None]], redeliver_s: float
+        self, limit: int, publish: Callable[..., Awaitable[None]], redeliver_s: float
     ) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "SELECT o.id, o.message_id, m.status FROM outbox o LEFT JOIN messages m ON m.id = o.message_id"
+                "SELECT o.id, o.message_id, m.status, m.traceparent"
+                " FROM outbox o LEFT JOIN messages m ON m.id = o.message_id"
                 " WHERE o.available_time <= now() ORDER BY o.available_time LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
                 limit,
             )
@@ -175,7 +181,8 @@ class MessagesSql(PoolSql):
             live = [r for r in rows if r["status"] in UNSETTLED_STATUSES]
             dead = [r["id"] for r in rows if r["status"] not in UNSETTLED_STATUSES]
             if live:
-                await publish(list(dict.fromkeys(id_text(r["message_id"]) for r in live)))
+                traces = {id_text(r["message_id"]): r["traceparent"] or "" for r in live}
+                await publish(list(traces), traces)
                 await conn.execute(
                     "UPDATE outbox SET publish_count = publish_count + 1,"
                     " available_time = now() + make_interval(secs => $2 * 2 ^ least(publish_count, 5))"

@@ -90,11 +90,11 @@ class SettingsSql(PoolSql):
             "UPDATE webhook_outbox SET attempts = attempts + 1, available_time = now() + make_interval(secs => $2)"
             " WHERE id IN (SELECT id FROM webhook_outbox WHERE available_time <= now() ORDER BY available_time"
             " LIMIT $1 FOR UPDATE SKIP LOCKED)"
-            " RETURNING id, account_id, event, ref, attempts, url",
+            " RETURNING id, account_id, event, ref, attempts, url, traceparent",
             limit, float(lease_s),
         )
-        return [WebhookJob(r["id"], r["account_id"], WebhookEvent(r["event"]), r["ref"], r["attempts"], r["url"])
-                for r in rows]
+        return [WebhookJob(r["id"], r["account_id"], WebhookEvent(r["event"]), r["ref"], r["attempts"], r["url"],
+                           r["traceparent"] or "") for r in rows]
 
     async def finish_webhook(self, job: WebhookJob, *, outcome: str, host: str, http_status: int, error: str,
                              duration_ms: int, retry_in_s: float | None) -> None:
