@@ -48,6 +48,7 @@ from services.identity.domain.sessions import (
     TotpFactor,
     throttle_counters,
 )
+from services.identity.service import auth_metrics
 from services.identity.service.ports import AccountPolicyStore, Auditor, AuthStore, PasswordHasher, Sealer
 from svckit.audit import new_event
 from svckit.envelope import aad_for
@@ -93,7 +94,19 @@ class Sessions:
     async def login(
         self, caller: Caller, kind: str, username: str, password: str, totp_code: str = "", recovery_code: str = ""
     ) -> tuple[str, SessionRecord]:
-        """(token, session) or InvalidCredentials / MfaRequired / LoginThrottled."""
+        """(token, session) or InvalidCredentials / MfaRequired / LoginThrottled; counted by outcome."""
+        label = STAFF if kind == STAFF else USER
+        try:
+            result = await self._login(caller, kind, username, password, totp_code, recovery_code)
+        except Exception as exc:
+            auth_metrics.LOGINS.labels(label, auth_metrics.outcome_of(exc)).inc()
+            raise
+        auth_metrics.LOGINS.labels(label, "success").inc()
+        return result
+
+    async def _login(
+        self, caller: Caller, kind: str, username: str, password: str, totp_code: str, recovery_code: str
+    ) -> tuple[str, SessionRecord]:
         if totp_code and recovery_code:
             raise CodeChoice("give a totp_code or a recovery_code, not both")
         address = caller.client_address
@@ -204,6 +217,7 @@ class Sessions:
                               {"failure": failure, "failures": str(failures)})
         )
         if failures == self._throttle.max_failures:
+            auth_metrics.LOCKOUTS.labels(STAFF if kind == STAFF else USER).inc()
             ev = self._login_event(subject, kind, event_pb2.OUTCOME_SUCCESS, "",
                                    {"failures": str(failures), "lock_seconds": str(self._throttle.lock_seconds)})
             ev.action = "auth.lockout"
@@ -292,6 +306,15 @@ class Sessions:
     # -- step-up (RFC 9470; a privileged RPC's guard checks how recent it is) ----------------------------
 
     async def step_up(self, caller: Caller, totp_code: str, recovery_code: str) -> datetime:
+        try:
+            when = await self._step_up(caller, totp_code, recovery_code)
+        except Exception as exc:
+            auth_metrics.STEP_UPS.labels(auth_metrics.outcome_of(exc)).inc()
+            raise
+        auth_metrics.STEP_UPS.labels("success").inc()
+        return when
+
+    async def _step_up(self, caller: Caller, totp_code: str, recovery_code: str) -> datetime:
         session, subject = await self.me(caller)
         if bool(totp_code) == bool(recovery_code):
             raise CodeChoice("give a totp_code or a recovery_code")
