@@ -17,5 +17,11 @@ mapfile -t files < <(cd protos && find sendsafe -name '*.proto' | sort)
   --python_out=gen/python --grpc_python_out=gen/python \
   --mypy_out=gen/python --mypy_grpc_out=gen/python \
   "${files[@]/#/protos/}"
+# The comments, for what is generated from the descriptors at run time (the OpenAPI document): pb2 carries none.
+descriptors=$(mktemp)
+"$PY" -m grpc_tools.protoc -I protos -I protos/.third_party -I "$tools_inc" --include_source_info \
+  --descriptor_set_out="$descriptors" "${files[@]/#/protos/}"
+PYTHONPATH=. "$PY" -m tools.protocomments "$descriptors" gen/python/sendsafe/proto_comments.json
+rm -f "$descriptors"
 find gen/python/sendsafe -type d -exec touch {}/__init__.py \;
 echo "generated $(find gen/python -name '*_pb2.py' | wc -l) modules"
