@@ -24,7 +24,7 @@ import grpc
 from aiohttp import web
 from opentelemetry.sdk.trace import SpanProcessor
 
-from gateway import tls
+from gateway import openapi, tls
 from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.dispatch import Dispatcher
@@ -197,7 +197,9 @@ def http_app(
         evidence=Evidence(audit, unauth, settings.service_name),
         access_log_level=settings.access_log_level,
     )
-    app = web.Application(middlewares=[edge.middleware], client_max_size=settings.max_body_bytes)
+    # GET /openapi.json (public) is answered before the edge: the document of these routes, built once, here.
+    app = web.Application(middlewares=[openapi.middleware(routes), edge.middleware],
+                          client_max_size=settings.max_body_bytes)
     app.on_response_prepare.append(security_headers)
     dispatcher.mount(app)
     return app
