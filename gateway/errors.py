@@ -98,8 +98,15 @@ def key_forbidden(reason: str) -> GatewayError:
                         clicksend_code="FORBIDDEN")
 
 
+# No route has this method and path: on /v3 most often a ClickSend SDK method SendSafe does not offer.
+ROUTE_NOT_FOUND_MESSAGE = (
+    "Resource not found: SendSafe has no route for this method and path. A ClickSend API method SendSafe does not"
+    " offer answers this (which work: docs/clicksend-sdk.md); every route is in GET /openapi.json."
+)
+
+
 def not_found() -> GatewayError:
-    return GatewayError(404, "NOT_FOUND", "ROUTE_NOT_FOUND", "Resource not found.", clicksend_code="NOT_FOUND")
+    return GatewayError(404, "NOT_FOUND", "ROUTE_NOT_FOUND", ROUTE_NOT_FOUND_MESSAGE, clicksend_code="NOT_FOUND")
 
 
 def method_not_allowed(allowed: set[str]) -> GatewayError:
