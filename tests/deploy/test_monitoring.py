@@ -76,13 +76,19 @@ def _anchors(markdown: str) -> set[str]:
     return out
 
 
-def test_every_runbook_alert_has_a_rule_that_links_to_its_section() -> None:
-    rules = _rules()
+def test_every_runbook_alert_has_a_rule_that_links_to_its_section(with_component: list[Doc]) -> None:
+    """As rendered: every alert's runbook_url is absolute - the PrometheusRule's one base URL (annotation
+    sendsafe.io/runbook-base-url, put in front by the component's kustomize replacement) and a section
+    anchor that docs/runbook.md has."""
+    rendered = next(d for d in with_component if d["kind"] == "PrometheusRule")
+    base = rendered["metadata"]["annotations"]["sendsafe.io/runbook-base-url"]
+    assert re.fullmatch(r"https://[^/#\s]+/\S*docs/runbook\.md", base), base
+    rules = [rule for group in rendered["spec"]["groups"] for rule in group["rules"]]
     assert {r["alert"] for r in rules} == RUNBOOK_ALERTS
     anchors = _anchors(RUNBOOK.read_text())
     for rule in rules:
         url = rule["annotations"]["runbook_url"]
-        assert url.startswith("docs/runbook.md#"), url
+        assert url.startswith(base + "#"), (rule["alert"], url)
         assert url.split("#", 1)[1] in anchors, f"{rule['alert']}: no section {url} in docs/runbook.md"
         assert rule["labels"]["severity"] in {"page", "ticket"}
         assert rule["annotations"]["summary"]
