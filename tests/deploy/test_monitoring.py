@@ -147,3 +147,24 @@ def test_prometheus_is_admitted_to_the_metrics_port_only(with_component: list[Do
         assert [p["port"] for p in rule["ports"]] == [METRICS_PORT]
         for peer in rule["from"]:
             assert "ipBlock" not in peer and peer["namespaceSelector"] and peer["podSelector"]
+
+
+def test_a_plain_prometheus_scrapes_every_process_without_the_operator(rendered: dict[str, list[Doc]]) -> None:
+    """The component is opt-in (it needs the Operator's CRDs), so every overlay without it still serves
+    /metrics on 9464 from every SendSafe pod, announces it with prometheus.io/* annotations on each pod
+    template (the NetworkPolicy admitting Prometheus comes with the component, or the deployer lists it)."""
+    for overlay, docs in rendered.items():
+        assert not any(d["kind"] in {"PodMonitor", "PrometheusRule"} for d in docs), overlay
+        env = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("sendsafe-env"))
+        assert env["data"]["METRICS_LISTEN"] == f"0.0.0.0:{METRICS_PORT}", overlay
+        deployments = _platform_deployments(docs)
+        assert len(deployments) >= 7, overlay
+        for dep in deployments:
+            notes = dep["spec"]["template"]["metadata"].get("annotations", {})
+            assert (notes.get("prometheus.io/scrape"), notes.get("prometheus.io/port"),
+                    notes.get("prometheus.io/path")) == ("true", str(METRICS_PORT), "/metrics"), \
+                (overlay, dep["metadata"]["name"])
+            container = dep["spec"]["template"]["spec"]["containers"][0]
+            assert any(ref.get("configMapRef", {}).get("name") == env["metadata"]["name"]
+                       for ref in container.get("envFrom", [])), (overlay, dep["metadata"]["name"])
+            assert {p["name"]: p["containerPort"] for p in container["ports"]}.get("metrics") == METRICS_PORT
