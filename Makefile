@@ -3,11 +3,11 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements-dev.lock pyproject.toml | sha256sum | cut -c1-12)
 CHECKOV := .venv-checkov/bin/checkov
 export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 
-.PHONY: help install sysdeps protos protos-check certs run test test-unit test-integration test-e2e test-deploy interop lint bench bench-peer clean trace-ui-install
+.PHONY: help install lock sysdeps protos protos-check certs run test test-unit test-integration test-e2e test-deploy interop lint bench bench-peer clean trace-ui-install
 
 help:
 	@echo "make run    start the whole suite (services, worker, gateway) with a demo account"
@@ -16,15 +16,25 @@ help:
 	@echo "make interop   SendSafe -> Jasmin -> SMSC chain, 1,000 messages and their receipts (needs RabbitMQ: apt)"
 	@echo "make bench-peer   SendSafe beside Jasmin, same load generator, interleaved runs (.dev/bench/peer-*)"
 
-$(STAMP): requirements.lock pyproject.toml
+# requirements-dev.lock: runtime + development pins with hashes (requirements.lock: runtime only, the image's).
+$(STAMP): requirements-dev.lock pyproject.toml
 	$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PY) -m venv $(VENV); } || \
 	  { echo "'$(PY) -m venv' failed: install python3-venv (Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.lock
+	$(BIN)/python -m pip install -q --require-hashes -r requirements-dev.lock
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 install: $(STAMP)
+
+# Regenerate both locks from pyproject.toml's ranges, keeping every pin they already have (pip-tools in its own
+# venv); the development lock takes the runtime lock's pins as they are. `make lock UPGRADE=1`: newest allowed.
+PIP_COMPILE = .venv-piptools/bin/pip-compile -q --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+  --no-emit-find-links $(if $(UPGRADE),--upgrade,)
+lock:
+	test -x .venv-piptools/bin/pip-compile || ($(PY) -m venv .venv-piptools && .venv-piptools/bin/pip install -q pip-tools==7.6.2)
+	$(PIP_COMPILE) -o requirements.lock pyproject.toml
+	$(PIP_COMPILE) --extra dev -o requirements-dev.lock pyproject.toml requirements.lock
 
 # Debian packages the tests need: oathtool (an independent TOTP implementation to cross-check ours), the
 # PostgreSQL server binaries (initdb/pg_ctl: private clusters in the fault and stock-machine tests; found under
@@ -114,4 +124,4 @@ trace-ui-install:
 	test -x .venv-phoenix/bin/phoenix || ($(PY) -m venv .venv-phoenix && .venv-phoenix/bin/pip install -q arize-phoenix==20.26.1)
 
 clean:
-	rm -rf $(VENV) .venv-checkov .venv-phoenix .dev/run
+	rm -rf $(VENV) .venv-checkov .venv-phoenix .venv-piptools .dev/run

@@ -19,7 +19,7 @@ def main(lock_path: str) -> int:
             line = line.split("#", 1)[0].strip()
             if "==" in line:
                 name, version = line.split("==", 1)
-                pins[_norm(name)] = version.split(";", 1)[0].strip()
+                pins[_norm(name.strip())] = version.split(";", 1)[0].split()[0]  # "1.2 \\" with hashes
     bad = []
     for dist in importlib.metadata.distributions():
         name, version = _norm(dist.metadata["Name"]), dist.version
