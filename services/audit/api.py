@@ -184,7 +184,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         f = _filter(request, _account())
         rows = await self.log.list_events(f)
         return audit_service_pb2.ListEventsResponse(
-            events=[to_proto(s, b) for s, b in rows],
+            events=[to_proto(s, b, self.log.trace_url_template) for s, b in rows],
             next_page_token=next_token(rows[-1][0] if rows else None, len(rows), f.limit),
         )
 
@@ -194,7 +194,7 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
         f = _filter(request, request.account_id or None)
         rows = await self.log.search_events(f, request.justification)
         return audit_service_pb2.SearchEventsResponse(
-            events=[to_proto(s, b) for s, b in rows],
+            events=[to_proto(s, b, self.log.trace_url_template) for s, b in rows],
             next_page_token=next_token(rows[-1][0] if rows else None, len(rows), f.limit),
         )
 
@@ -203,7 +203,8 @@ class AuditServicer(audit_service_pb2_grpc.AuditServiceServicer):
     ) -> audit_service_pb2.GetEventProofResponse:
         proof = await self.log.event_proof(_account(), request.event_id, request.tree_size)
         return audit_service_pb2.GetEventProofResponse(
-            event=to_proto(proof.sequence, proof.leaf), leaf_index=proof.sequence - 1, leaf_data=proof.leaf,
+            event=to_proto(proof.sequence, proof.leaf, self.log.trace_url_template),
+            leaf_index=proof.sequence - 1, leaf_data=proof.leaf,
             leaf_hash=bytes.fromhex(to_proto(proof.sequence, proof.leaf).hash), inclusion_path=proof.path,
             checkpoint=checkpoint_proto(proof.checkpoint),
         )

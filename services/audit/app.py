@@ -26,6 +26,7 @@ from services.audit.adapters.webhooks import HttpsWebhooks
 from services.audit.api import AuditServicer
 from services.audit.config import Settings
 from services.audit.domain.merkle import Signer, Verifier
+from services.audit.domain.trace_links import check_template
 from services.audit.service.alerts import AlertService
 from services.audit.service.closure import AccountConfigPurge
 from services.audit.service.formats import to_incoming
@@ -102,6 +103,7 @@ async def build(settings: Settings) -> App:
             events, signer_for(settings), trusted=[Verifier.parse(k) for k in settings.trusted_keys],
             max_batch=settings.max_batch, checkpoint_min_interval=settings.checkpoint_min_interval_seconds,
         )
+        log.trace_url_template = check_template(settings.trace_url_template)  # a bad template stops the start
 
         async def record(evs: Sequence[event_pb2.Event]) -> None:
             # The audit service records its own events straight into its log.
@@ -121,7 +123,8 @@ async def build(settings: Settings) -> App:
                               notifier=notifier, retry_base=settings.retry_base_seconds,
                               messages_per_hour=settings.alert_messages_per_hour, notices=notices)
         forwarding = ForwardingService(alert_store, events, record, secret_root=root, webhooks=webhooks,
-                                       retry_base=settings.retry_base_seconds)
+                                       retry_base=settings.retry_base_seconds,
+                                       trace_url_template=log.trace_url_template)
 
         engine_wake, delivery_wake, forward_wake = asyncio.Event(), asyncio.Event(), asyncio.Event()
         notice_wake = asyncio.Event()

@@ -12,6 +12,10 @@ from svckit.config import KitSettings, setting
 class Settings(KitSettings):
     service_name: str = setting("SERVICE_NAME", default="audit")
     max_batch: int = setting("AUDIT_MAX_BATCH", default=5000)
+    trace_url_template: str = setting(
+        "AUDIT_TRACE_URL_TEMPLATE", default="",
+        doc="trace UI link for an event's trace_id, with {trace_id} (e.g. https://tempo.example/trace/{trace_id});"
+            " empty = no link")
     db_pool_size: int = setting("AUDIT_DB_POOL_SIZE", default=10, doc="most database connections per process")
     db_role: str = setting("AUDIT_DB_ROLE", default="sendsafe_audit_writer",
                            doc="role every connection switches to (INSERT/SELECT on the evidence); empty: none")

@@ -25,11 +25,12 @@ from services.audit.domain.evaluation import EventFacts
 from services.audit.domain.events import IncomingEvent
 from services.audit.domain.security_notices import NoticeEvent
 from services.audit.domain.siem import cef_ext, cef_header, cef_severity
+from services.audit.domain.trace_links import trace_url
 from svckit.times import to_datetime
 
 JSONL_CONTENT_TYPE = "application/x-ndjson"
 CEF_CONTENT_TYPE = "text/plain"
-_SERVER_FIELDS = ("sequence", "prev_hash", "hash", "account_sequence")
+_SERVER_FIELDS = ("sequence", "prev_hash", "hash", "account_sequence", "trace_url")
 _OUTCOME_WORD = {1: "success", 2: "failure", 3: "denied"}
 
 
@@ -58,12 +59,13 @@ def to_incoming(ev: event_pb2.Event) -> IncomingEvent:
     )
 
 
-def to_proto(sequence: int, leaf: bytes) -> event_pb2.Event:
+def to_proto(sequence: int, leaf: bytes, trace_url_template: str = "") -> event_pb2.Event:
     """The stored event as the API shows it: `hash` is its leaf hash; legacy (hash-chained) rows get their
-    sequence from the row."""
+    sequence from the row; `trace_url` links its trace in the trace UI (when a template is set)."""
     ev = event_pb2.Event.FromString(leaf)
     ev.sequence = sequence
     ev.hash = merkle.leaf_hash(leaf).hex()
+    ev.trace_url = trace_url(trace_url_template, ev.trace_id)
     return ev
 
 
@@ -117,7 +119,8 @@ def checkpoint_line(cp: StoredCheckpoint, verifier_key: str, account_head: str, 
     )
 
 
-def jsonl_line(sequence: int, leaf: bytes, tree_size: int | None, path: Sequence[bytes] | None) -> str:
+def jsonl_line(sequence: int, leaf: bytes, tree_size: int | None, path: Sequence[bytes] | None,
+               trace_url_template: str = "") -> str:
     line: dict[str, Any] = {
         "type": "event",
         "leaf_index": sequence - 1,
@@ -127,11 +130,14 @@ def jsonl_line(sequence: int, leaf: bytes, tree_size: int | None, path: Sequence
     if tree_size is not None and path is not None:
         line["tree_size"] = tree_size
         line["inclusion_path"] = [b64(p) for p in path]
-    line["event"] = event_view(leaf)
+    line["event"] = event_view(leaf)  # exactly what the bytes say (tools/audit_verify.py compares them)
+    link = trace_url(trace_url_template, str(line["event"].get("trace_id", "")))
+    if link:
+        line["trace_url"] = link  # beside the event, not in it
     return json.dumps(line, separators=(",", ":"), ensure_ascii=False)
 
 
-def cef_line(sequence: int, leaf: bytes) -> str:
+def cef_line(sequence: int, leaf: bytes, trace_url_template: str = "") -> str:
     ev = event_pb2.Event.FromString(leaf)
     when = ev.event_time.ToDatetime(tzinfo=UTC)
     ext: list[tuple[str, str]] = [
@@ -150,6 +156,9 @@ def cef_line(sequence: int, leaf: bytes) -> str:
         ("reason", ev.error_reason),
         ("deviceProcessName", ev.service),
     ]
+    link = trace_url(trace_url_template, ev.trace_id)
+    if link:  # the trace UI's page for cs3's trace id
+        ext += [("flexString1Label", "traceUrl"), ("flexString1", link)]
     if _is_ip(ev.source.client_address):
         ext.append(("src", ev.source.client_address))
     extension = " ".join(f"{k}={cef_ext(v)}" for k, v in ext if v)
@@ -184,9 +193,10 @@ def alert_payload(delivery_id: int, account_id: int, alert: Alert, leaf: bytes |
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def forward_body(rows: Sequence[tuple[int, bytes]], fmt: int) -> tuple[bytes, str]:
+def forward_body(rows: Sequence[tuple[int, bytes]], fmt: int, trace_url_template: str = "") -> tuple[bytes, str]:
     """A forwarding batch: JSON Lines (without proofs) or CEF lines."""
     if fmt == 2:
-        return ("\n".join(cef_line(s, leaf) for s, leaf in rows) + "\n").encode(), CEF_CONTENT_TYPE
-    text = "\n".join(jsonl_line(s, leaf, None, None) for s, leaf in rows) + "\n"
+        lines = (cef_line(s, leaf, trace_url_template) for s, leaf in rows)
+        return ("\n".join(lines) + "\n").encode(), CEF_CONTENT_TYPE
+    text = "\n".join(jsonl_line(s, leaf, None, None, trace_url_template) for s, leaf in rows) + "\n"
     return text.encode(), JSONL_CONTENT_TYPE

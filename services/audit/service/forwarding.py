@@ -30,6 +30,7 @@ class ForwardingService:
         webhooks: WebhookPoster,
         batch: int = 500,
         retry_base: float = 2.0,
+        trace_url_template: str = "",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
@@ -39,6 +40,7 @@ class ForwardingService:
         self._webhooks = webhooks
         self._batch = batch
         self._retry_base = retry_base
+        self._trace_url_template = trace_url_template
         self._clock = clock
         self.forwarded = 0
         self.failures = 0
@@ -72,7 +74,8 @@ class ForwardingService:
         rows = await self._events.account_events(dest.account_id, dest.delivered_sequence, None, self._batch)
         if not rows:
             return 0
-        body, content_type = formats.forward_body(rows, dest.spec.format or FORMAT_JSONL)
+        body, content_type = formats.forward_body(rows, dest.spec.format or FORMAT_JSONL,
+                                                     self._trace_url_template)
         version = await self._store.secret_version(dest.account_id)
         secret = webhook_secret(self._secret_root, dest.account_id, version)
         first, last = rows[0][0], rows[-1][0]

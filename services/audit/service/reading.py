@@ -30,6 +30,8 @@ class Reading(Appending, Proofs):
     """Lists, staff search and export (part of `LogService`); search records through `Appending`, export proves
     through `Proofs`."""
 
+    trace_url_template = ""  # AUDIT_TRACE_URL_TEMPLATE: exports link each event's trace (domain/trace_links.py)
+
     async def list_events(self, f: EventFilter) -> list[tuple[int, bytes]]:
         return await self._store.list_events(f)
 
@@ -58,9 +60,9 @@ class Reading(Appending, Proofs):
         if fmt == FORMAT_CEF or omit_proofs:
             rows = await self._store.account_events(account_id, cursor.after_sequence, None, limit)
             if fmt == FORMAT_CEF:
-                lines = [formats.cef_line(s, leaf) for s, leaf in rows]
+                lines = [formats.cef_line(s, leaf, self.trace_url_template) for s, leaf in rows]
             else:
-                lines = [formats.jsonl_line(s, leaf, None, None) for s, leaf in rows]
+                lines = [formats.jsonl_line(s, leaf, None, None, self.trace_url_template) for s, leaf in rows]
             last = rows[-1][0] if rows else cursor.after_sequence
             return ExportPage(_text(lines), ExportCursor(last, 0), len(rows) < limit, len(rows), None)
         lines = []
@@ -77,7 +79,8 @@ class Reading(Appending, Proofs):
                                                  cursor.after_sequence))
         rows = await self._store.account_events(account_id, cursor.after_sequence, cp.tree_size, limit)
         paths = await self._paths([s - 1 for s, _ in rows], cp.tree_size) if rows else []
-        lines += [formats.jsonl_line(s, leaf, cp.tree_size, p) for (s, leaf), p in zip(rows, paths, strict=True)]
+        lines += [formats.jsonl_line(s, leaf, cp.tree_size, p, self.trace_url_template)
+                  for (s, leaf), p in zip(rows, paths, strict=True)]
         complete = len(rows) < limit
         last = rows[-1][0] if rows else cursor.after_sequence
         return ExportPage(_text(lines), ExportCursor(last, 0 if complete else cp.tree_size), complete, len(rows), cp)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsendsafe/audit/v1/event.proto\x12\x11sendsafe.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n\x05\x41\x63tor\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\x03\x12\x13\n\x0b\x61uth_method\x18\x04 \x01(\t\x12\x12\n\napi_key_id\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\"]\n\x06Source\x12\x16\n\x0e\x63lient_address\x18\x01 \x01(\t\x12\x12\n\nuser_agent\x18\x02 \x01(\t\x12\x13\n\x0btls_version\x18\x03 \x01(\t\x12\x12\n\ntls_cipher\x18\x04 \x01(\t\"$\n\x08Resource\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\xb6\x04\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x05\x61\x63tor\x18\x03 \x01(\x0b\x32\x18.sendsafe.audit.v1.Actor\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12-\n\x08resource\x18\x05 \x01(\x0b\x32\x1b.sendsafe.audit.v1.Resource\x12+\n\x07outcome\x18\x06 \x01(\x0e\x32\x1a.sendsafe.audit.v1.Outcome\x12\x14\n\x0c\x65rror_reason\x18\x07 \x01(\t\x12)\n\x06source\x18\x08 \x01(\x0b\x32\x19.sendsafe.audit.v1.Source\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x10\n\x08trace_id\x18\n \x01(\t\x12\x0f\n\x07service\x18\x0b \x01(\t\x12\x36\n\x07\x64\x65tails\x18\x0c \x03(\x0b\x32%.sendsafe.audit.v1.Event.DetailsEntry\x12\x10\n\x08sequence\x18\r \x01(\x03\x12\x11\n\tprev_hash\x18\x0e \x01(\t\x12\x0c\n\x04hash\x18\x0f \x01(\t\x12\x1a\n\x12subject_account_id\x18\x10 \x01(\x03\x12\x18\n\x10\x61\x63\x63ount_sequence\x18\x11 \x01(\x03\x12\r\n\x05\x63\x61use\x18\x12 \x01(\t\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*`\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x13\n\x0fOUTCOME_FAILURE\x10\x02\x12\x12\n\x0eOUTCOME_DENIED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dsendsafe/audit/v1/event.proto\x12\x11sendsafe.audit.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"r\n\x05\x41\x63tor\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\x03\x12\x13\n\x0b\x61uth_method\x18\x04 \x01(\t\x12\x12\n\napi_key_id\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\"]\n\x06Source\x12\x16\n\x0e\x63lient_address\x18\x01 \x01(\t\x12\x12\n\nuser_agent\x18\x02 \x01(\t\x12\x13\n\x0btls_version\x18\x03 \x01(\t\x12\x12\n\ntls_cipher\x18\x04 \x01(\t\"$\n\x08Resource\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"\xc9\x04\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12.\n\nevent_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x05\x61\x63tor\x18\x03 \x01(\x0b\x32\x18.sendsafe.audit.v1.Actor\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12-\n\x08resource\x18\x05 \x01(\x0b\x32\x1b.sendsafe.audit.v1.Resource\x12+\n\x07outcome\x18\x06 \x01(\x0e\x32\x1a.sendsafe.audit.v1.Outcome\x12\x14\n\x0c\x65rror_reason\x18\x07 \x01(\t\x12)\n\x06source\x18\x08 \x01(\x0b\x32\x19.sendsafe.audit.v1.Source\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x10\n\x08trace_id\x18\n \x01(\t\x12\x0f\n\x07service\x18\x0b \x01(\t\x12\x36\n\x07\x64\x65tails\x18\x0c \x03(\x0b\x32%.sendsafe.audit.v1.Event.DetailsEntry\x12\x10\n\x08sequence\x18\r \x01(\x03\x12\x11\n\tprev_hash\x18\x0e \x01(\t\x12\x0c\n\x04hash\x18\x0f \x01(\t\x12\x1a\n\x12subject_account_id\x18\x10 \x01(\x03\x12\x18\n\x10\x61\x63\x63ount_sequence\x18\x11 \x01(\x03\x12\r\n\x05\x63\x61use\x18\x12 \x01(\t\x12\x11\n\ttrace_url\x18\x13 \x01(\t\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*`\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x13\n\x0fOUTCOME_FAILURE\x10\x02\x12\x12\n\x0eOUTCOME_DENIED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EVENT_DETAILSENTRY']._loaded_options = None
   _globals['_EVENT_DETAILSENTRY']._serialized_options = b'8\001'
-  _globals['_OUTCOME']._serialized_start=903
-  _globals['_OUTCOME']._serialized_end=999
+  _globals['_OUTCOME']._serialized_start=922
+  _globals['_OUTCOME']._serialized_end=1018
   _globals['_ACTOR']._serialized_start=85
   _globals['_ACTOR']._serialized_end=199
   _globals['_SOURCE']._serialized_start=201
@@ -43,7 +43,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCE']._serialized_start=296
   _globals['_RESOURCE']._serialized_end=332
   _globals['_EVENT']._serialized_start=335
-  _globals['_EVENT']._serialized_end=901
-  _globals['_EVENT_DETAILSENTRY']._serialized_start=855
-  _globals['_EVENT_DETAILSENTRY']._serialized_end=901
+  _globals['_EVENT']._serialized_end=920
+  _globals['_EVENT_DETAILSENTRY']._serialized_start=874
+  _globals['_EVENT_DETAILSENTRY']._serialized_end=920
 # @@protoc_insertion_point(module_scope)

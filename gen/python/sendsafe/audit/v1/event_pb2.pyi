@@ -180,6 +180,7 @@ class Event(_message.Message):
     SUBJECT_ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_SEQUENCE_FIELD_NUMBER: _builtins.int
     CAUSE_FIELD_NUMBER: _builtins.int
+    TRACE_URL_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     action: _builtins.str
     outcome: Global___Outcome.ValueType
@@ -208,6 +209,11 @@ class Event(_message.Message):
     """Why a service acted on its own, when it matters to alert rules:
     "alert_delivery" marks what sending an alert notification caused (such
     events never match alert rules, so an alert cannot feed on itself).
+    """
+    trace_url: _builtins.str
+    """The trace UI's link for `trace_id` (the audit service's
+    AUDIT_TRACE_URL_TEMPLATE), added when an event is read; never part of the
+    stored bytes, so it is empty in `leaf_data` and an emitter's value is dropped.
     """
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp: ...
@@ -242,10 +248,11 @@ class Event(_message.Message):
         subject_account_id: _builtins.int = ...,
         account_sequence: _builtins.int = ...,
         cause: _builtins.str = ...,
+        trace_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "event_time", b"event_time", "resource", b"resource", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_sequence", b"account_sequence", "action", b"action", "actor", b"actor", "cause", b"cause", "details", b"details", "error_reason", b"error_reason", "event_id", b"event_id", "event_time", b"event_time", "hash", b"hash", "outcome", b"outcome", "prev_hash", b"prev_hash", "request_id", b"request_id", "resource", b"resource", "sequence", b"sequence", "service", b"service", "source", b"source", "subject_account_id", b"subject_account_id", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_sequence", b"account_sequence", "action", b"action", "actor", b"actor", "cause", b"cause", "details", b"details", "error_reason", b"error_reason", "event_id", b"event_id", "event_time", b"event_time", "hash", b"hash", "outcome", b"outcome", "prev_hash", b"prev_hash", "request_id", b"request_id", "resource", b"resource", "sequence", b"sequence", "service", b"service", "source", b"source", "subject_account_id", b"subject_account_id", "trace_id", b"trace_id", "trace_url", b"trace_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
