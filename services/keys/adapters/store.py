@@ -439,7 +439,7 @@ class PgKeyStore:
     async def replace_key_usage(
         self, service: str, pass_start: datetime, now: datetime, usage: Sequence[tuple[int, int, int]]
     ) -> bool:
-        """Replace `service`'s counts (account, version, items) unless a later pass is already stored."""
+        """Replace `service`'s counts (account, version, items) unless a later pass is stored; not destroyed rings'."""
         async with self._pool.acquire() as conn, conn.transaction():
             kept = await conn.fetchval(
                 "INSERT INTO key_usage_passes (service, pass_start_time, report_time) VALUES ($1, $2, $3)"
@@ -452,7 +452,8 @@ class PgKeyStore:
             await conn.execute("DELETE FROM key_usage WHERE service = $1", service)
             await conn.execute(
                 "INSERT INTO key_usage (service, account_id, version, items)"
-                " SELECT $1, a, v, n FROM unnest($2::bigint[], $3::int[], $4::bigint[]) AS u(a, v, n) WHERE n > 0",
+                " SELECT $1, a, v, n FROM unnest($2::bigint[], $3::int[], $4::bigint[]) AS u(a, v, n) WHERE n > 0"
+                " AND NOT EXISTS (SELECT 1 FROM account_keys k WHERE k.account_id = a AND k.state = 'destroyed')",
                 service, [a for a, _, _ in usage], [v for _, v, _ in usage], [n for _, _, n in usage],
             )
             return True
