@@ -52,6 +52,7 @@ from services.messaging.adapters.store.alpha_tags import PgAlphaTagStore
 from services.messaging.adapters.store.contacts import PgContactStore
 from services.messaging.adapters.store.default_senders import PgDefaultSenderStore
 from services.messaging.adapters.store.destinations import PgDestinationStore
+from services.messaging.adapters.store.export_reads import PgExportIdentities
 from services.messaging.adapters.store.exports import PgExportStore
 from services.messaging.adapters.store.pg import PgMessageStore
 from services.messaging.adapters.store.rewrap import rewrap_columns
@@ -209,7 +210,7 @@ def _exports(settings: Settings, stack: contextlib.AsyncExitStack, pool: Any, st
     stack.push_async_callback(keys.close)
     peers = open_export_peers(settings, stack) or UnconfiguredPeers()
     replies = Replies(store, envelope, IndexKeys(store, envelope))
-    writer = ExportWriter(store, envelope, replies, peers, settings.export_page_size)
+    writer = ExportWriter(store, envelope, replies, peers, settings.export_page_size, PgExportIdentities(pool))
     return Exports(PgExportStore(pool), writer, KeysStubSource(keys_service_pb2_grpc.KeysServiceStub(keys)), record,
                    ExportOptions(download_seconds=settings.export_download_seconds,
                                  chunk_bytes=settings.export_chunk_bytes, page_size=settings.export_page_size),

@@ -7,7 +7,10 @@ the metadata stays (ids, counts, times: no content).
 
 The file is JSON Lines. Every line is an object whose "type" names the record: a header ("export"), then
 "message" (ClickSend's /v3/sms/history fields, body and number opened), "receipt" (/v3/sms/receipts fields),
-"reply" (/v3/sms/inbound fields), "settings", "webhook", "subaccount", "api_key", "alert_rule", and last the
+"reply" (/v3/sms/inbound fields), "settings", "webhook", the account's sender identities ("dedicated_number" in
+/v3/numbers fields, "own_number" in /v3/own-numbers fields with the number opened, "alpha_tag" in /v3/alpha-tags
+fields), its contacts ("contact_list" in /v3/lists fields, then "contact" in /v3/lists/{list_id}/contacts fields,
+every field opened), "subaccount", "api_key", "alert_rule", and last the
 account's audit events exactly as GET /v1/audit/export gives them ("checkpoint" and "event" lines, with
 proofs): those lines, taken alone, are a file `python -m tools.audit_verify verify` checks offline.
 """
@@ -20,11 +23,15 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
+from services.messaging.domain.alpha_tags import AlphaTag
+from services.messaging.domain.contacts import FIELDS as CONTACT_FIELDS
 from services.messaging.domain.history import HistoryItem
 from services.messaging.domain.pricing import format_price
 from services.messaging.domain.receipts import InboundView, ReceiptRecord
+from services.messaging.domain.senders import SenderIdentity, SenderKind, SenderState
 from services.messaging.domain.settings import MessagingSettings
 from services.messaging.domain.statuses import clicksend_receipt_view
 from svckit.errors import FailedPrecondition, NotFound
@@ -33,8 +40,8 @@ FORMAT_VERSION: Final = 1
 CONTENT_TYPE: Final = "application/x-ndjson"
 AUDIT_LINE_TYPES: Final = frozenset({"checkpoint", "event"})  # the audit log's own export lines
 # Record types in the order the file holds them (the audit section last: its lines verify on their own).
-RECORD_TYPES: Final = ("message", "receipt", "reply", "settings", "webhook", "subaccount", "api_key", "alert_rule",
-                       "audit_event")
+RECORD_TYPES: Final = ("message", "receipt", "reply", "settings", "webhook", "dedicated_number", "own_number",
+                       "alpha_tag", "contact_list", "contact", "subaccount", "api_key", "alert_rule", "audit_event")
 _EXPORT_ID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
@@ -190,3 +197,43 @@ def settings_records(s: MessagingSettings) -> list[dict[str, Any]]:
 def peer_record(record_type: str, fields: Mapping[str, Any]) -> dict[str, Any]:
     """A record another service gave (a sub-account, an API key's metadata, an alert rule), typed."""
     return {"type": record_type, **{k: v for k, v in fields.items() if k != "type"}}
+
+
+def _iso(unix: float | None) -> str:
+    """ClickSend's timestamp form for senders and tags (ISO 8601, UTC, seconds); "" for none."""
+    if unix is None:
+        return ""
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def sender_record(i: SenderIdentity, number: str) -> dict[str, Any]:
+    """A number the account holds or held: a dedicated number with /v3/numbers field names, a verified one with
+    /v3/own-numbers field names; `number` is the number opened (E.164). `_state` and the times are ours."""
+    times = {"_state": i.state.value, "created_timestamp": _iso(i.create_time),
+             "_activated_timestamp": _iso(i.activate_time), "_released_timestamp": _iso(i.release_time)}
+    if i.kind is SenderKind.DEDICATED_NUMBER:
+        return {"type": "dedicated_number", "dedicated_number": number, "country": i.country,
+                "number_guid": i.id.upper(), "number_type": "longcode", "subaccount_id": i.user_id, **times}
+    return {"type": "own_number", "id": i.id, "phone_number": number, "country": i.country, "label": i.label,
+            "status": "APPROVED" if i.state is SenderState.ACTIVE else i.state.value.upper(),
+            "verified_timestamp": _iso(i.activate_time), "subaccount_id": i.user_id, **times}
+
+
+def alpha_tag_record(t: AlphaTag) -> dict[str, Any]:
+    """An alpha tag request with /v3/alpha-tags field names, and the customer's own request reason."""
+    return {"type": "alpha_tag", "id": t.id, "account_id": str(t.account_id), "user_id": str(t.user_id),
+            "alpha_tag": t.tag, "status": t.status, "reason": t.shown_reason, "countries": list(t.countries),
+            "created_timestamp": _iso(t.create_time), "updated_timestamp": _iso(t.update_time),
+            "_request_reason": t.request_reason}
+
+
+def contact_list_record(list_id: int, name: str) -> dict[str, Any]:
+    """A contact list with /v3/lists field names."""
+    return {"type": "contact_list", "list_id": list_id, "list_name": name}
+
+
+def contact_record(contact_id: int, list_id: int, fields: Mapping[str, str], create_time: int,
+                   update_time: int) -> dict[str, Any]:
+    """A contact with /v3/lists/{list_id}/contacts field names, every field opened."""
+    return {"type": "contact", "contact_id": contact_id, "list_id": list_id, "date_added": create_time,
+            "date_updated": update_time, **{k: fields[k] for k in CONTACT_FIELDS if fields.get(k)}}

@@ -8,21 +8,28 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from services.messaging.domain.contacts import CONTACT_RECORD, LIST_RECORD
 from services.messaging.domain.export_chunks import ChunkWriter
 from services.messaging.domain.exports import (
     ExportRecord,
+    alpha_tag_record,
+    contact_list_record,
+    contact_record,
     header_record,
     line,
     message_record,
     peer_record,
     receipt_record,
     reply_record,
+    sender_record,
     settings_records,
 )
+from services.messaging.domain.senders import SENDER_NUMBER_RECORD, SenderKind
 from services.messaging.service.custom_strings import with_custom_string
 from services.messaging.service.history import open_message
-from services.messaging.service.ports import Cipher, ExportPeers, ExportReads
+from services.messaging.service.ports import Cipher, ExportIdentities, ExportPeers, ExportReads
 from services.messaging.service.replies import Replies
+from svckit.envelope import aad_for
 
 
 class ClaimLost(Exception):
@@ -39,8 +46,9 @@ class ExportWriter:
     """Every section of one account's export, in the file's order."""
 
     def __init__(self, reads: ExportReads, cipher: Cipher, replies: Replies, peers: ExportPeers,
-                 page_size: int) -> None:
+                 page_size: int, identities: ExportIdentities) -> None:
         self._reads = reads
+        self._ids = identities
         self._cipher = cipher
         self._replies = replies
         self._peers = peers
@@ -57,6 +65,8 @@ class ExportWriter:
             await out.add("reply", item)
         for record in settings_records(await self._reads.settings(acct)):
             await out.add(record["type"], line(record))
+        async for kind, item in self._senders_and_contacts(acct):
+            await out.add(kind, item)
         async for kind, item in self._peer_records(acct):
             await out.add(kind, item)
         async for kind, item in self._audit(acct):
@@ -92,6 +102,51 @@ class ExportWriter:
             if len(page) < self._page:
                 return
             after = page[-1][0]
+
+    async def _senders_and_contacts(self, acct: int) -> AsyncIterator[tuple[str, bytes]]:
+        """Numbers (a verified one opened), alpha tags, then every list and each list's contacts (opened), each
+        read in keyset pages."""
+        for kind in (SenderKind.DEDICATED_NUMBER, SenderKind.VERIFIED_NUMBER):
+            after = 0
+            while True:
+                page = await self._ids.sender_identities_after(acct, kind, after, self._page)
+                for _, ident, sealed in page:
+                    number = ident.value if sealed is None else (await self._cipher.decrypt(
+                        acct, aad_for(acct, SENDER_NUMBER_RECORD, ident.id), sealed)).decode()
+                    record = sender_record(ident, number)
+                    yield record["type"], line(record)
+                if len(page) < self._page:
+                    break
+                after = page[-1][0]
+        after = 0
+        while True:
+            tags = await self._ids.alpha_tags_after(acct, after, self._page)
+            for _, tag in tags:
+                yield "alpha_tag", line(alpha_tag_record(tag))
+            if len(tags) < self._page:
+                break
+            after = tags[-1][0]
+        list_ids: list[int] = []
+        after = 0
+        while True:
+            lists = await self._ids.contact_lists_after(acct, after, self._page)
+            for list_id, name_ct in lists:
+                name = await self._cipher.decrypt(acct, aad_for(acct, LIST_RECORD, str(list_id)), name_ct)
+                list_ids.append(list_id)
+                yield "contact_list", line(contact_list_record(list_id, name.decode()))
+            if len(lists) < self._page:
+                break
+            after = lists[-1][0]
+        for list_id in list_ids:
+            after = 0
+            while True:
+                contacts = await self._ids.contacts_after(acct, list_id, after, self._page)
+                for cid, data_ct, created, updated in contacts:
+                    raw = await self._cipher.decrypt(acct, aad_for(acct, CONTACT_RECORD, str(cid)), data_ct)
+                    yield "contact", line(contact_record(cid, list_id, json.loads(raw), created, updated))
+                if len(contacts) < self._page:
+                    break
+                after = contacts[-1][0]
 
     async def _peer_records(self, acct: int) -> AsyncIterator[tuple[str, bytes]]:
         after_user = 0

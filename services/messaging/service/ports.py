@@ -240,6 +240,18 @@ class ExportPeers(Protocol):
     async def audit_events(self, account_id: int, cursor: str) -> tuple[str, str, bool]: ...  # lines, next, done
 
 
+class ExportIdentities(Protocol):
+    """adapters.store.export_reads.PgExportIdentities: the account's senders and contacts in keyset pages."""
+
+    async def sender_identities_after(self, account_id: int, kind: SenderKind, after_seq: int, limit: int
+                                      ) -> list[tuple[int, SenderIdentity, bytes | None]]: ...
+    async def alpha_tags_after(self, account_id: int, after_seq: int, limit: int) -> list[tuple[int, AlphaTag]]: ...
+    async def contact_lists_after(self, account_id: int, after_list_id: int, limit: int
+                                  ) -> list[tuple[int, bytes]]: ...
+    async def contacts_after(self, account_id: int, list_id: int, after_contact_id: int, limit: int
+                             ) -> list[tuple[int, bytes, int, int]]: ...
+
+
 class DataKeys(Protocol):
     """svckit.envelope.KeysStubSource: one data key per export, wrapped under the account's key by keys."""
 
