@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from tests.integration.messaging.conftest import identity_app, keys_addr, messaging_settings
+from tests.integration.messaging.conftest import identity_app, keys_addr, keys_service, messaging_settings
 
-__all__ = ["identity_app", "keys_addr", "messaging_settings"]  # the messaging fixtures, reused
+__all__ = ["identity_app", "keys_addr", "keys_service", "messaging_settings"]  # the messaging fixtures, reused
 
 
 def pytest_configure(config: pytest.Config) -> None:
