@@ -73,9 +73,8 @@ class Dispatcher:
         self._max_body = settings.max_body_bytes
         self._calls: dict[str, UnaryCall] = {}
         self._by_aiohttp_route: dict[Any, Route] = {}
-        self._outputs: dict[str, Any] = {route.key: message_class(route.output_desc) for route in routes}
         # Concurrent calls of a route whose RPC declares `coalesce` travel together (svckit.batching).
-        self.coalescers: dict[str, Coalescer] = {
+        self._coalescers: dict[str, Coalescer] = {
             route.service: Coalescer(channels[route.service], timeout=self._timeout,
                                      max_batch=settings.coalesce_max_batch,
                                      max_in_flight=settings.coalesce_max_in_flight)
@@ -161,11 +160,11 @@ class Dispatcher:
             metadata += ((IDEMPOTENCY_METADATA_KEY, idempotency_key[:MAX_IDEMPOTENCY_KEY]),)
         if route.streaming:  # a download (google.api.HttpBody messages), written as it comes
             return await serve_stream(request, state, self._calls[route.key], msg, metadata, self._timeout)
-        coalescer = self.coalescers.get(route.service) if route.coalesce else None
+        coalescer = self._coalescers.get(route.service) if route.coalesce else None
         try:
             if coalescer is not None:  # its own trace headers: the batch call carries only the batch's
                 raw = await coalescer.call(route.rpc_path, msg.SerializeToString(), (*metadata, *trace_headers()))
-                reply = self._outputs[route.key].FromString(raw)
+                reply = message_class(route.output_desc).FromString(raw)
             else:
                 reply = await self._calls[route.key](msg, metadata=metadata, timeout=self._timeout)
         except grpc.aio.AioRpcError as err:

@@ -53,7 +53,7 @@ class Coalescer:
         self._pending: list[tuple[pb.Call, asyncio.Future[pb.CallResult]]] = []
         self._in_flight = 0
         self._scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # the batches on their way (kept from the collector)
 
     async def call(self, method: str, request: bytes, metadata: Metadata) -> bytes:
         """The serialized response of `method`, or the AioRpcError it failed with (the batch's own when the
@@ -95,11 +95,6 @@ class Coalescer:
         finally:
             self._in_flight -= 1
             self._schedule(asyncio.get_running_loop())
-
-    async def close(self) -> None:
-        """Wait for the batches on their way (their callers are waiting for them)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def result_or_raise(result: pb.CallResult) -> bytes:
